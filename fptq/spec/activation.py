@@ -1,0 +1,123 @@
+"""INT8 activation quantization (spec section 2).
+
+Symmetric INT8 in [-127, 127]. Two granularities:
+
+* per-tensor **static**: one scale, fixed offline from calibration;
+* per-token **dynamic**: one scale per row of a 2-D [M, K] activation,
+  computed at run time from that row's amax.
+
+All arithmetic is float32, each op rounded separately; division is true IEEE
+division (``x / s``, never ``x * (1 / s)``); rounding is half to even.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import FLOAT, INT8_ACT, MIN_SCALE
+from .validate import as_float32, check_dtype, check_ndim, check_positive_scale
+
+__all__ = [
+    "act_scale_from_amax",
+    "quantize_act_per_tensor",
+    "quantize_act_per_token",
+    "dequantize_act",
+]
+
+
+def act_scale_from_amax(amax) -> np.ndarray:
+    """Scale of a symmetric INT8 activation from its absolute maximum.
+
+    Formula: ``scale = max(float32(amax) / 127, MIN_SCALE)``, where the
+    division is one correctly rounded float32 division and ``MIN_SCALE`` is
+    2**-126 (the smallest normal float32).
+
+    Args:
+        amax: float32, any shape, finite and >= 0.
+    Returns:
+        float32 array of the same shape, every element in [2**-126, 2**121].
+    Corners: amax = 0 (all-zero tensor/row) and amax < 127 * 2**-126 give
+    ``MIN_SCALE``; every element then quantizes to 0 or to a value that the
+    clip keeps in range.
+    """
+    amax = as_float32(amax, "amax")
+    if amax.size and (amax < 0).any():
+        raise ValueError("amax must be >= 0")
+    scale = amax / FLOAT(INT8_ACT.scale_divisor)
+    return np.maximum(scale, MIN_SCALE).astype(FLOAT)
+
+
+def _quantize(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``q = clip(rint(x / scale), -127, 127)`` as int8 (shared rounding rule)."""
+    with np.errstate(over="ignore"):  # |x / s| may overflow to inf; the clip saturates it
+        y = np.rint(x / scale)
+    return np.clip(y, INT8_ACT.qmin, INT8_ACT.qmax).astype(np.int8)
+
+
+def quantize_act_per_tensor(x, scale) -> np.ndarray:
+    """Per-tensor static INT8 quantization.
+
+    Formula: ``q = clip(rint(x / scale), -127, 127)``; ``x / scale`` is one
+    float32 division, ``rint`` rounds half to even (2.5 -> 2, -0.5 -> -0),
+    values beyond the range saturate (including a quotient that overflows to
+    +-inf).
+
+    Args:
+        x: float32, any shape (empty allowed), finite.
+        scale: float32 scalar (0-d or shape [1]), finite, > 0 (from calibration).
+    Returns:
+        int8 array of x's shape, values in [-127, 127].
+    """
+    x = as_float32(x, "x")
+    scale = as_float32(scale, "scale").reshape(-1)
+    if scale.shape != (1,):
+        raise ValueError(f"scale: per-tensor quantization takes one scale, got shape {scale.shape}")
+    check_positive_scale(scale, "scale")
+    return _quantize(x, scale[0])
+
+
+def quantize_act_per_token(x) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token dynamic INT8 quantization of a 2-D activation.
+
+    Formula, per row m: ``amax_m = max_k |x[m, k]|`` (0 for an empty row),
+    ``scale_m = act_scale_from_amax(amax_m)``,
+    ``q[m, k] = clip(rint(x[m, k] / scale_m), -127, 127)``.
+
+    Args:
+        x: float32 [M, K], finite (M or K may be 0).
+    Returns:
+        (q int8 [M, K], scale float32 [M]).
+    Corners: an all-zero row gets scale ``MIN_SCALE`` and q = 0. The element
+    holding the row's amax quantizes to +-127 exactly (amax / (amax / 127)
+    rounds to 127 or to within half a unit of it).
+    """
+    x = as_float32(x, "x")
+    check_ndim(x, 2, "x")
+    if x.shape[1] == 0:
+        amax = np.zeros(x.shape[0], dtype=FLOAT)
+    else:
+        amax = np.abs(x).max(axis=1)
+    scale = act_scale_from_amax(amax)
+    return _quantize(x, scale[:, None]), scale
+
+
+def dequantize_act(q, scale) -> np.ndarray:
+    """Dequantize INT8 activations: ``x_hat = float32(q) * scale`` (one float32 multiply).
+
+    Args:
+        q: int8 [M, K] (or any shape with a scalar scale).
+        scale: float32 scalar (per-tensor) or [M] (per-token, broadcast over K).
+    Returns:
+        float32 array of q's shape.
+    """
+    q = check_dtype(q, np.int8, "q")
+    scale = as_float32(scale, "scale")
+    check_positive_scale(scale, "scale")
+    if scale.ndim == 1 and scale.shape[0] != 1:
+        check_ndim(q, 2, "q")
+        if scale.shape[0] != q.shape[0]:
+            raise ValueError(f"scale: expected shape ({q.shape[0]},) for q of shape {q.shape}, got {scale.shape}")
+        scale = scale[:, None]
+    elif scale.ndim > 1:
+        raise ValueError(f"scale: expected a scalar or a 1-D per-row scale, got shape {scale.shape}")
+    return (q.astype(FLOAT) * scale).astype(FLOAT)
