@@ -35,7 +35,8 @@ def act_scale_from_amax(amax) -> np.ndarray:
     Args:
         amax: float32, any shape, finite and >= 0.
     Returns:
-        float32 array of the same shape, every element in [2**-126, 2**121].
+        float32 array of the same shape, every element in [2**-126, FLT_MAX / 127]
+        (FLT_MAX / 127 = 2.68e36, just above 2**121).
     Corners: amax = 0 (all-zero tensor/row) and amax < 127 * 2**-126 give
     ``MIN_SCALE``; every element then quantizes to 0 or to a value that the
     clip keeps in range.
@@ -87,9 +88,11 @@ def quantize_act_per_token(x) -> tuple[np.ndarray, np.ndarray]:
         x: float32 [M, K], finite (M or K may be 0).
     Returns:
         (q int8 [M, K], scale float32 [M]).
-    Corners: an all-zero row gets scale ``MIN_SCALE`` and q = 0. The element
-    holding the row's amax quantizes to +-127 exactly (amax / (amax / 127)
-    rounds to 127 or to within half a unit of it).
+    Corners: an all-zero row gets scale ``MIN_SCALE`` and q = 0. When
+    ``amax / 127 >= MIN_SCALE`` the element holding the row's amax quantizes
+    to +-127 exactly (amax / float32(amax / 127) is within a few float32 ulps
+    of 127); when the scale is clamped to ``MIN_SCALE`` (amax < 127 * 2**-126)
+    it quantizes to ``rint(amax / 2**-126)`` < 127 instead.
     """
     x = as_float32(x, "x")
     check_ndim(x, 2, "x")

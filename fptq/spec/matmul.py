@@ -36,7 +36,9 @@ import numpy as np
 
 from .formats import FLOAT, WeightFormat
 from .packing import unpack_int4
-from .validate import as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape
+from .validate import (
+    as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape, check_zero_points,
+)
 from .weights import num_groups
 
 __all__ = ["w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul"]
@@ -69,19 +71,16 @@ def w4a8_group_sums(qx, packed, zero, k: int, group_size: int,
     fmt = WeightFormat(fmt)
     q = unpack_int4(packed, k, signed=fmt is WeightFormat.SYMMETRIC).astype(np.int64)
     m, n, ng = qx.shape[0], q.shape[0], num_groups(k, g)
+    zero = check_zero_points(zero, (n, ng), fmt is WeightFormat.ASYMMETRIC)
     x = qx.astype(np.int64)
     acc = np.zeros((m, n, ng), dtype=np.int64)
     for gi in range(ng):
         lo, hi = gi * g, min((gi + 1) * g, k)
         acc[:, :, gi] = x[:, lo:hi] @ q[:, lo:hi].T
-    if fmt is WeightFormat.ASYMMETRIC:
-        zero = check_dtype(zero, np.uint8, "zero")
-        check_shape(zero, (n, ng), "zero")
+    if zero is not None:
         xsum = np.stack([x[:, gi * g:min((gi + 1) * g, k)].sum(axis=1) for gi in range(ng)], axis=1) \
             if ng else np.zeros((m, 0), np.int64)
         acc -= zero.astype(np.int64)[None, :, :] * xsum[:, None, :]
-    elif zero is not None:
-        raise ValueError("zero: the symmetric format has no zero point; pass None")
     assert np.abs(acc).max(initial=0) < 2**31  # guaranteed by the bound in the docstring
     return acc.astype(np.int32)
 

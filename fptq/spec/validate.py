@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import FLOAT, MAX_GROUP_SIZE
+from .formats import FLOAT, MAX_GROUP_SIZE, UINT4_ASYM
 
 
 def as_float32(x, name: str) -> np.ndarray:
@@ -78,3 +78,21 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or int(k) != k or k < 0:
         raise ValueError(f"K must be a non-negative integer, got {k!r}")
     return int(k)
+
+
+def check_zero_points(zero, shape: tuple, asymmetric: bool):
+    """Zero points: uint8 of ``shape`` with values in [0, 15] for the asymmetric
+    format (the overflow bound of the matmul relies on it); ``None`` for the
+    symmetric one. Returns the checked array (or None)."""
+    if not asymmetric:
+        if zero is not None:
+            raise ValueError("zero: the symmetric format has no zero point; pass None")
+        return None
+    if zero is None:
+        raise ValueError("zero: the asymmetric format needs a zero point per group")
+    zero = check_dtype(zero, np.uint8, "zero")
+    check_shape(zero, shape, "zero")
+    if zero.size and zero.max() > UINT4_ASYM.qmax:
+        bad = tuple(int(i) for i in np.argwhere(zero > UINT4_ASYM.qmax)[0])
+        raise ValueError(f"zero: zero points must be in [0, {UINT4_ASYM.qmax}], got {int(zero[bad])} at index {bad}")
+    return zero

@@ -27,7 +27,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .formats import FLOAT, MIN_SCALE, WeightFormat, weight_format_spec
-from .validate import as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape
+from .validate import (
+    as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape, check_zero_points,
+)
 
 __all__ = [
     "QuantizedWeight",
@@ -135,16 +137,9 @@ def quantize_weight_with_scales(w, scale, zero, group_size: int, fmt: WeightForm
     check_positive_scale(scale, "scale")
     with np.errstate(over="ignore"):
         y = np.rint(w / _expand(scale, k, g))
-    if WeightFormat(fmt) is WeightFormat.ASYMMETRIC:
-        if zero is None:
-            raise ValueError("zero: the asymmetric format needs a zero point per group")
-        zero = check_dtype(zero, np.uint8, "zero")
-        check_shape(zero, (n, ng), "zero")
-        if zero.size and zero.max() > spec.qmax:
-            raise ValueError(f"zero: zero points must be in [0, {spec.qmax}]")
+    zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
+    if zero is not None:
         y = y + _expand(zero, k, g).astype(FLOAT)
-    elif zero is not None:
-        raise ValueError("zero: the symmetric format has no zero point; pass None")
     return np.clip(y, spec.qmin, spec.qmax).astype(np.int8)
 
 
@@ -179,9 +174,9 @@ def dequantize_weight(q, scale, zero, group_size: int, fmt: WeightFormat | str =
     ng = num_groups(k, g)
     scale = as_float32(scale, "scale")
     check_shape(scale, (n, ng), "scale")
+    check_positive_scale(scale, "scale")
     qi = q.astype(np.int32)
-    if WeightFormat(fmt) is WeightFormat.ASYMMETRIC:
-        zero = check_dtype(zero, np.uint8, "zero")
-        check_shape(zero, (n, ng), "zero")
+    zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
+    if zero is not None:
         qi = qi - _expand(zero, k, g).astype(np.int32)
     return (qi.astype(FLOAT) * _expand(scale, k, g)).astype(FLOAT)
