@@ -1,0 +1,316 @@
+"""Calling a backend across the NumPy boundary and comparing it with the spec, exactly.
+
+:func:`check_op` is the one assertion of the suite: it computes the spec's
+answer, converts the inputs with ``backend.from_numpy``, calls the backend's
+operation of the same name (positionally, in the spec's parameter order),
+converts every output with ``backend.to_numpy`` and compares
+
+* the dtype and the shape exactly;
+* integers with ``==``; floats by their **bit patterns** (``view(uint32)``),
+  so -0.0 vs +0.0 and one-ulp differences are caught. NaN compares equal to
+  NaN at the same position whatever its payload (IEEE 754 leaves payloads
+  unspecified); the spec only produces NaN from overflowed scales anyway;
+* ``lae_scales`` only: within ``fptq.spec.LAE_SCALE_ULP_TOLERANCE`` ulps
+  (the one transcendental of the spec).
+
+If the spec rejects the input (ValueError/TypeError), the backend must raise
+the same kind of error. A failure names the first bad element and the spec
+clause, e.g. ``q[3, 5] = -8, but should be -7 [quantize_act_per_token,
+docs/spec.md §2]``, and carries a snippet that reproduces it (``add_note``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from fptq import spec
+from fptq.spec import WeightFormat
+
+#: op -> (docs/spec.md section number, spec module)
+SECTIONS = {
+    "act_scale_from_amax": (2, "activation"), "quantize_act_per_tensor": (2, "activation"),
+    "quantize_act_per_token": (2, "activation"), "dequantize_act": (2, "activation"),
+    "lae_scales": (3, "lae"), "lae_apply_activation": (3, "lae"), "lae_apply_weight": (3, "lae"),
+    "weight_scales": (4, "weights"), "quantize_weight_with_scales": (4, "weights"),
+    "quantize_weight": (4, "weights"), "dequantize_weight": (4, "weights"),
+    "pack_int4": (5, "packing"), "unpack_int4": (5, "packing"),
+    "w4a8_group_sums": (6, "matmul"), "w4a8_epilogue": (6, "matmul"), "w4a8_matmul": (6, "matmul"),
+    "select_policies": (7, "policy"),
+}
+
+#: op -> names of its outputs (for messages: ``q[3, 5] = ...``)
+OUTPUT_NAMES = {
+    "act_scale_from_amax": ("scale",), "quantize_act_per_tensor": ("q",),
+    "quantize_act_per_token": ("q", "scale"), "dequantize_act": ("x_hat",),
+    "lae_scales": ("s",), "lae_apply_activation": ("x_eq",), "lae_apply_weight": ("w_eq",),
+    "weight_scales": ("scale", "zero"), "quantize_weight_with_scales": ("q",),
+    "quantize_weight": ("q", "scale", "zero", "group_size", "fmt"), "dequantize_weight": ("w_hat",),
+    "pack_int4": ("packed",), "unpack_int4": ("q",), "w4a8_group_sums": ("acc",),
+    "w4a8_epilogue": ("y",), "w4a8_matmul": ("y",), "select_policies": ("policy",),
+}
+
+#: Largest input (elements) written inline into a reproducer; larger ones go to an .npz file.
+INLINE_LIMIT = 512
+
+
+def clause(op: str) -> str:
+    """``"op, docs/spec.md §N"``: the clause a result of ``op`` must satisfy."""
+    sec, _ = SECTIONS.get(op, ("?", "?"))
+    return f"{op}, docs/spec.md §{sec}"
+
+
+def spec_args(op: str, case: dict) -> list:
+    """The case's values in the spec function's parameter order (defaults filled in)."""
+    params = inspect.signature(getattr(spec, op)).parameters
+    unknown = set(case) - set(params)
+    if unknown:
+        raise KeyError(f"case for {op} has unknown arguments {sorted(unknown)}")
+    out = []
+    for name, p in params.items():
+        if name in case:
+            out.append(case[name])
+        elif p.default is not inspect.Parameter.empty:
+            out.append(p.default)
+        else:
+            raise KeyError(f"case for {op} lacks argument {name!r}")
+    return out
+
+
+def to_backend(backend, value):
+    """NumPy arrays cross via ``from_numpy``; None, ints, bools, floats, formats pass as they are."""
+    if isinstance(value, np.ndarray):
+        return backend.from_numpy(value)
+    return value
+
+
+def from_backend(backend, value):
+    """Backend outputs back to NumPy (tuples and QuantizedWeight element-wise; None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, spec.QuantizedWeight):
+        return spec.QuantizedWeight(from_backend(backend, value.q), from_backend(backend, value.scale),
+                                    from_backend(backend, value.zero), value.group_size, value.fmt)
+    if isinstance(value, (tuple, list)):
+        return tuple(from_backend(backend, v) for v in value)
+    if isinstance(value, (int, str, WeightFormat)) and not isinstance(value, bool):
+        return value
+    return backend.to_numpy(value)
+
+
+def call_backend(backend, op: str, case: dict):
+    """``backend.op(*inputs)`` with NumPy inputs converted in and outputs converted out."""
+    fn = getattr(backend, op, None)
+    if fn is None:
+        raise AssertionError(f"backend {backend.name!r} lacks the operation {op!r} [{clause(op)}]")
+    args = [to_backend(backend, a) for a in spec_args(op, case)]
+    with np.errstate(all="ignore"):  # overflow to inf is part of the spec; NumPy would only warn
+        return from_backend(backend, fn(*args))
+
+
+def _outputs(op: str, result) -> list[tuple[str, Any]]:
+    names = OUTPUT_NAMES[op]
+    if len(names) == 1:
+        return [(names[0], result)]
+    if not isinstance(result, tuple) or len(result) != len(names):
+        raise AssertionError(f"{op} must return {len(names)} values {names}, got {type(result).__name__} "
+                             f"[{clause(op)}]")
+    return list(zip(names, result))
+
+
+# ---------------------------------------------------------------------------
+# comparisons
+
+
+def _fmt_value(a: np.ndarray, idx) -> str:
+    v = a[idx]
+    if a.dtype.kind == "f":
+        bits = np.asarray(v).view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
+        return f"{v} ({int(bits):#0{2 + 2 * a.dtype.itemsize}x})"
+    return str(v.item() if hasattr(v, "item") else v)
+
+
+def _index_str(name: str, idx: tuple) -> str:
+    return f"{name}[{', '.join(str(int(i)) for i in idx)}]" if idx else name
+
+
+def _float_equal(a: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Element-wise: same bit pattern, or both NaN."""
+    u = np.uint32 if a.dtype.itemsize == 4 else np.uint64
+    return (a.view(u) == e.view(u)) | (np.isnan(a) & np.isnan(e))
+
+
+def ulp_distance(a: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """|a - e| in float32 ulps (int64), via the monotone integer ordering of float32 bit patterns."""
+    def ordered(x):
+        i = x.astype(np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(2**31) - i, i)
+    return np.abs(ordered(a) - ordered(e))
+
+
+def compare(name: str, actual, expected, op: str, inputs: dict | None = None, max_ulp: int = 0) -> str | None:
+    """None if ``actual`` matches ``expected`` exactly (or within ``max_ulp`` float32 ulps);
+    otherwise a message naming the first bad element and the clause."""
+    where = f"[{clause(op)}]"
+    if expected is None or isinstance(expected, (int, str, WeightFormat)):
+        if isinstance(expected, WeightFormat) and actual is not None:
+            try:
+                actual = WeightFormat(actual)
+            except ValueError:
+                pass
+        if actual != expected or type(actual) is bool:
+            return f"{name} = {actual!r}, but should be {expected!r} {where}"
+        return None
+    if not isinstance(actual, np.ndarray):
+        return f"{name}: to_numpy returned {type(actual).__name__}, expected a numpy.ndarray {where}"
+    if actual.dtype != expected.dtype:
+        return f"{name}: dtype {actual.dtype}, but should be {expected.dtype} {where}"
+    if actual.shape != expected.shape:
+        return f"{name}: shape {actual.shape}, but should be {expected.shape} {where}"
+    if expected.dtype.kind == "f":
+        ok = _float_equal(actual, expected)
+        if max_ulp:
+            finite = np.isfinite(actual) & np.isfinite(expected) & (np.sign(actual) == np.sign(expected))
+            ok |= finite & (ulp_distance(actual, expected) <= max_ulp)
+    else:
+        ok = actual == expected
+    if ok.all():
+        return None
+    bad = np.argwhere(~ok)
+    idx = tuple(int(i) for i in bad[0])
+    msg = (f"{_index_str(name, idx)} = {_fmt_value(actual, idx)}, but should be "
+           f"{_fmt_value(expected, idx)} {where}")
+    if max_ulp:
+        msg += f" (tolerance {max_ulp} ulp; off by {int(ulp_distance(actual[idx], expected[idx]))} ulp)"
+    msg += f"\n  {len(bad)} of {expected.size} elements differ"
+    for iname, arr in (inputs or {}).items():
+        if isinstance(arr, np.ndarray) and arr.shape == expected.shape and arr.size:
+            msg += f"; input {_index_str(iname, idx)} = {_fmt_value(arr, idx)}"
+    return msg
+
+
+# ---------------------------------------------------------------------------
+# reproducers
+
+
+def _array_src(a: np.ndarray, name: str, big: dict) -> str:
+    if a.size > INLINE_LIMIT:
+        big[name] = a
+        return f"_saved[{name!r}]"
+    if a.dtype.kind == "f":
+        u = "uint32" if a.dtype.itemsize == 4 else "uint64"
+        bits = ", ".join(f"{int(b):#x}" for b in a.reshape(-1).view(getattr(np, u)))
+        return f"np.array([{bits}], dtype=np.{u}).view(np.{a.dtype}).reshape({a.shape})"
+    return f"np.array({a.reshape(-1).tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
+
+
+_BACKEND_NAMES: dict[int, str] = {}
+
+
+def remember_backend_name(backend, name: str) -> None:
+    """Record how ``backend`` was selected (``--backend NAME``), for the reproducers."""
+    _BACKEND_NAMES[id(backend)] = name
+
+
+def reproducer(backend_name: str, op: str, case: dict) -> str:
+    """Python code that recomputes the backend's and the spec's answers for ``case`` (floats bit-exact)."""
+    big: dict[str, np.ndarray] = {}
+    lines = []
+    params = list(inspect.signature(getattr(spec, op)).parameters)
+    for name, value in zip(params, spec_args(op, case)):
+        if isinstance(value, np.ndarray):
+            lines.append(f"    {name}={_array_src(value, name, big)},")
+        elif isinstance(value, WeightFormat):
+            lines.append(f"    {name}=spec.WeightFormat({value.value!r}),")
+        else:
+            lines.append(f"    {name}={value!r},")
+    head = ["import numpy as np", "from fptq import spec", "from fptq.backends import get_backend"]
+    if big:
+        fd, path = tempfile.mkstemp(prefix=f"fptq-{op}-", suffix=".npz")
+        os.close(fd)
+        np.savez(path, **big)
+        head.append(f"_saved = np.load({path!r})")
+    return "\n".join(head + [
+        f"b = get_backend({backend_name!r})",
+        "case = dict(", *lines, ")",
+        f"got = b.{op}(*[b.from_numpy(a) if isinstance(a, np.ndarray) else a for a in case.values()])",
+        f"want = spec.{op}(**case)",
+    ])
+
+
+def fail_with_reproducer(msg: str, backend, op: str, case: dict):
+    """Raise AssertionError(msg) with a note holding Python code that reproduces the failure."""
+    err = AssertionError(msg)
+    name = _BACKEND_NAMES.get(id(backend), getattr(backend, "name", "?"))
+    err.add_note("Reproduce with:\n" + reproducer(name, op, case))
+    raise err
+
+
+# ---------------------------------------------------------------------------
+# the assertion
+
+
+def check_op(backend, op: str, case: dict, max_ulp: int = 0):
+    """Assert that ``backend``'s ``op`` on ``case`` equals ``fptq.spec``'s, exactly (see module docstring).
+
+    Returns the spec's result (or the exception it raised) for further checks.
+    """
+    try:
+        with np.errstate(all="ignore"):
+            expected = getattr(spec, op)(**case)
+    except (ValueError, TypeError) as e:
+        expected_exc = type(e)
+        kind = ValueError if isinstance(e, ValueError) else TypeError
+        try:
+            call_backend(backend, op, case)
+        except kind:
+            return e
+        except Exception as got:  # noqa: BLE001 - any other exception is the failure we report
+            fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}, but the spec raises {expected_exc.__name__} "
+                  f"({e}) [{clause(op)}]", backend, op, case)
+        fail_with_reproducer(f"{op} returned a result, but the spec rejects this input with {expected_exc.__name__}: {e} "
+              f"[{clause(op)}]", backend, op, case)
+    try:
+        actual = call_backend(backend, op, case)
+    except AssertionError:
+        raise
+    except Exception as got:  # noqa: BLE001
+        fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}, but the spec accepts this input [{clause(op)}]",
+              backend, op, case)
+    inputs = {k: v for k, v in case.items() if isinstance(v, np.ndarray)}
+    errors = []
+    exp_outs = _outputs(op, tuple(expected) if isinstance(expected, tuple) else expected)
+    try:
+        act_outs = _outputs(op, tuple(actual) if isinstance(actual, tuple) else actual)
+    except AssertionError as e:
+        fail_with_reproducer(str(e), backend, op, case)
+    for (name, e), (_, a) in zip(exp_outs, act_outs):
+        m = compare(name, a, e, op, inputs, max_ulp)
+        if m:
+            errors.append(m)
+    if errors:
+        fail_with_reproducer("\n".join(errors), backend, op, case)
+    return expected
+
+
+def check_raises(backend, op: str, case: dict, kinds=(ValueError, TypeError)):
+    """Assert that both the spec and the backend reject ``case`` with one of ``kinds``."""
+    try:
+        getattr(spec, op)(**case)
+    except kinds:
+        pass
+    else:  # the case itself is wrong: the suite, not the backend, has a bug
+        raise RuntimeError(f"conformance suite bug: spec.{op} accepts a case meant to be rejected")
+    try:
+        call_backend(backend, op, case)
+    except kinds:
+        return
+    except Exception as got:  # noqa: BLE001
+        fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}; expected {' or '.join(k.__name__ for k in kinds)} "
+              f"[{clause(op)}, docs/spec.md: the public API rejects bad input]", backend, op, case)
+    fail_with_reproducer(f"{op} accepted an input the spec rejects; expected {' or '.join(k.__name__ for k in kinds)} "
+          f"[{clause(op)}]", backend, op, case)

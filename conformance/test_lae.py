@@ -1,0 +1,36 @@
+"""Spec section 3: logarithmic activation equalization.
+
+``docs/spec.md §3``, :mod:`fptq.spec.lae`. ``lae_scales`` is the one result
+with a tolerance (``LAE_SCALE_ULP_TOLERANCE`` float32 ulps, for its log2),
+except for channels with ``m < 2**-126``, whose scale is exactly 1. The
+transforms take ``s`` as data and are bit-exact.
+"""
+
+import numpy as np
+from hypothesis import given
+
+from fptq import spec
+
+from . import hypothesis_helpers as hh
+from .pytest_helpers import call_backend, check_op, compare
+
+
+@given(case=hh.channel_max_cases())
+def test_lae_scales(backend, case):
+    check_op(backend, "lae_scales", case, max_ulp=spec.LAE_SCALE_ULP_TOLERANCE)
+    m = case["channel_max"]
+    idle = m < spec.MIN_SCALE
+    if idle.any():
+        s = call_backend(backend, "lae_scales", case)
+        msg = compare("s[idle channels]", s[idle], np.ones(int(idle.sum()), np.float32), "lae_scales")
+        assert msg is None, msg
+
+
+@given(case=hh.lae_apply_cases("x"))
+def test_lae_apply_activation(backend, case):
+    check_op(backend, "lae_apply_activation", case)
+
+
+@given(case=hh.lae_apply_cases("w"))
+def test_lae_apply_weight(backend, case):
+    check_op(backend, "lae_apply_weight", case)
