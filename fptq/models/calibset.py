@@ -1,0 +1,31 @@
+"""The calibration token set: real text from :mod:`fptq.data`, or random tokens for smoke tests.
+
+``source="random"`` draws uniform token ids (a mechanics check for tiny models
+and CI only: random tokens say nothing about a trained model's activations);
+every other source is passed to :func:`fptq.data.text.calibration_samples`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["calibration_ids"]
+
+
+def calibration_ids(tokenizer, source: str = "wiki", n_samples: int = 128, seq_len: int = 512,
+                    seed: int = 0, vocab_size: int | None = None):
+    """LongTensor [n_samples, seq_len] of calibration tokens."""
+    import torch
+
+    if n_samples < 1 or seq_len < 2:
+        raise ValueError(f"calibration needs n_samples >= 1 and seq_len >= 2, got {n_samples} x {seq_len}")
+    if source == "random":
+        vocab = int(vocab_size or len(tokenizer))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, vocab, (n_samples, seq_len), generator=g, dtype=torch.long)
+    try:
+        from ..data.text import calibration_samples
+    except ImportError as e:
+        raise RuntimeError(f"calibration text needs fptq.data ({e}); use --calib random for a smoke test") from e
+    ids = calibration_samples(tokenizer, source=source, n_samples=n_samples, seq_len=seq_len, seed=seed)
+    if tuple(ids.shape) != (n_samples, seq_len):
+        raise RuntimeError(f"calibration_samples returned shape {tuple(ids.shape)}, expected {(n_samples, seq_len)}")
+    return ids

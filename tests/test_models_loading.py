@@ -1,0 +1,55 @@
+"""Model resolution: local files only, clear errors; the GGUF conversion (slow, opt-in)."""
+
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from fptq.models.loading import ModelLoadError, cache_dir, load_float_model, resolve_model_dir  # noqa: E402
+from fptq.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found.*never downloads"):
+        resolve_model_dir(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_model_dir("HuggingFaceTB/SmolLM2-135M")  # a hub id is not a local path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_dir(tmp_path / "empty")
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPTQ_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FPTQ_CACHE")
+    assert cache_dir().name == "fptq"
+
+
+def test_local_directory_loads_in_float32(tmp_path):
+    d = tmp_path / "m"
+    ref = tiny_model("gemma")
+    ref.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    model, tok, src = load_float_model(d, progress=False)
+    assert src == d and not model.training and tok is not None
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FPTQ_RUN_SLOW"), reason="converts the 98 MB GGUF (~30 s); set FPTQ_RUN_SLOW=1")
+def test_embedded_gguf_converts_to_a_working_model(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("FPTQ_CACHE", str(tmp_path))
+    model, tok, src = load_float_model(None, progress=False)
+    assert src.parent == tmp_path and (src / "model.safetensors").is_file()
+    assert model.config.model_type == "llama" and model.config.hidden_size == 576
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert "Paris" in tok.decode(out[0])

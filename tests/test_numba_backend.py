@@ -1,0 +1,356 @@
+"""Numba-specific tests of the ``numba`` backend (the conformance suite covers the spec itself:
+``pytest conformance/ --backend numba``).
+
+Here: the three matmul paths give identical bits; both weight formats, odd K,
+ragged and odd groups, M around the 4-row blocks; inputs on which an FMA or a
+reciprocal multiplication would change the float32 bits; every kernel compiled
+with ``cache=True`` and without fast-math, and a second process loading the
+cache instead of compiling; the SIMD instruction the W4A8 kernel is built on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba", reason="numba is not installed (pip install 'fptq[numba]')")
+
+from fptq import spec  # noqa: E402
+from fptq.backends import get_backend  # noqa: E402
+from fptq.backends.numba_backend import NumbaBackend  # noqa: E402
+from fptq.spec import WeightFormat  # noqa: E402
+
+SYM, ASYM = WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return get_backend("numba")
+
+
+def same_bits(got, want, what: str) -> None:
+    """dtype, shape and every byte equal (floats compared by bit pattern)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}, want {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
+    if got.tobytes() != want.tobytes():
+        g = got.view(np.uint32) if got.dtype == np.float32 else got
+        w = want.view(np.uint32) if want.dtype == np.float32 else want
+        bad = tuple(int(i) for i in np.argwhere(g != w)[0])
+        raise AssertionError(f"{what}: [{bad}] = {got[bad]!r}, want {want[bad]!r}")
+
+
+def matmul_case(rng, m: int, n: int, k: int, g: int, fmt: WeightFormat, per_token: bool = True):
+    """Random W4A8 operands (qx covers the whole int8 range, -128 included)."""
+    w = rng.standard_normal((n, k)).astype(np.float32) * rng.uniform(0.01, 3.0, (n, 1)).astype(np.float32)
+    qw = spec.quantize_weight(w, g, fmt)
+    packed = spec.pack_int4(qw.q, signed=fmt is SYM)
+    qx = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    xs = (rng.uniform(0.001, 0.1, m) if per_token else rng.uniform(0.001, 0.1, 1)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    return qx, xs, packed, qw.scale, qw.zero, bias
+
+
+# ------------------------------------------------------------------------------------------- matmul paths
+
+# (M, N, K, G): 4-row blocks and their remainders, odd K, ragged last groups, G % 64 != 0,
+# groups of exactly 16/32/64 bytes (the 4-groups-at-once kernel) with and without a remainder,
+# per-channel, tiny and empty shapes.
+SHAPES = [
+    (1, 7, 256, 128), (1, 9, 255, 32), (3, 5, 130, 64), (4, 3, 512, 128), (5, 70, 300, 128),
+    (7, 4, 97, 96), (8, 66, 1024, 64), (17, 33, 200, 2), (2, 5, 257, 256), (6, 3, 33, 34),
+    (1, 3, 4096, 4096), (20, 130, 160, 32), (9, 2, 1, 2), (0, 4, 64, 32), (3, 0, 64, 32), (2, 3, 0, 8),
+]
+
+
+@pytest.mark.parametrize("fmt", [SYM, ASYM], ids=["sym", "asym"])
+@pytest.mark.parametrize("m,n,k,g", SHAPES)
+def test_matmul_paths_identical_to_spec(nb, m, n, k, g, fmt):
+    rng = np.random.default_rng([m, n, k, g, fmt is SYM])
+    qx, xs, packed, ws, zero, bias = matmul_case(rng, m, n, k, g, fmt)
+    for b in (None, bias):
+        want = spec.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b)
+        for path in ("decode", "tiled", "generic"):
+            same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b, path=path), want,
+                      f"w4a8_matmul path={path} M={m} N={n} K={k} G={g} {fmt.value} bias={b is not None}")
+        same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b), want, "w4a8_matmul (auto path)")
+    same_bits(nb.w4a8_group_sums(qx, packed, zero, k, g, fmt), spec.w4a8_group_sums(qx, packed, zero, k, g, fmt),
+              f"w4a8_group_sums M={m} N={n} K={k} G={g} {fmt.value}")
+
+
+@pytest.mark.parametrize("fmt", [SYM, ASYM], ids=["sym", "asym"])
+@pytest.mark.parametrize("g", [1, 3, 5, 127])
+def test_matmul_odd_group_size(nb, g, fmt):
+    """Odd G: groups end mid-byte, only the generic path applies (and is chosen)."""
+    rng = np.random.default_rng(g)
+    m, n, k = 6, 9, 131
+    qx, xs, packed, ws, zero, bias = matmul_case(rng, m, n, k, g, fmt, per_token=False)
+    same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, bias),
+              spec.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, bias), f"w4a8_matmul G={g}")
+    with pytest.raises(ValueError, match="even group size"):
+        nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, bias, path="decode")
+
+
+def test_decode_and_tiled_agree_across_the_threshold():
+    """The same product through NumbaBackend(decode_max_m=0) (always tiled) and the default."""
+    rng = np.random.default_rng(7)
+    args = matmul_case(rng, 16, 96, 640, 128, SYM)
+    qx, xs, packed, ws, zero, bias = args
+    tiled_only = NumbaBackend(decode_max_m=0)
+    same_bits(tiled_only.w4a8_matmul(qx, xs, packed, ws, zero, 640, 128, SYM, bias),
+              get_backend("numba").w4a8_matmul(qx, xs, packed, ws, zero, 640, 128, SYM, bias), "decode vs tiled")
+
+
+def test_extreme_integer_sums(nb):
+    """All qx = -128 against all-(-8) symmetric / all-15 asymmetric (z = 0) nibbles: the largest
+    |group sums| the formats allow (1024 * G and 1920 * G)."""
+    k, g = 512, 256
+    qx = np.full((5, k), -128, np.int8)
+    for fmt, q, zero in ((SYM, np.full((3, k), -8, np.int8), None),
+                         (ASYM, np.full((3, k), 15, np.int8), np.zeros((3, 2), np.uint8))):
+        packed = spec.pack_int4(q, signed=fmt is SYM)
+        same_bits(nb.w4a8_group_sums(qx, packed, zero, k, g, fmt), spec.w4a8_group_sums(qx, packed, zero, k, g, fmt),
+                  f"extreme group sums {fmt.value}")
+
+
+def test_zero_points_outside_the_nibble_range_are_refused(nb):
+    """zero > 15 would break the int32 bound (and the kernels' nibble arithmetic): refused as by the spec."""
+    rng = np.random.default_rng(3)
+    qx, xs, packed, ws, zero, bias = matmul_case(rng, 3, 4, 64, 32, ASYM)
+    zero = zero.copy()
+    zero[1, 0] = 200
+    for call in (lambda: nb.w4a8_matmul(qx, xs, packed, ws, zero, 64, 32, ASYM, bias),
+                 lambda: nb.w4a8_group_sums(qx, packed, zero, 64, 32, ASYM)):
+        with pytest.raises(ValueError, match=r"zero points must be in \[0, 15\], got 200 at index \(1, 0\)"):
+            call()
+
+
+def test_non_contiguous_inputs(nb):
+    rng = np.random.default_rng(11)
+    qx, xs, packed, ws, zero, bias = matmul_case(rng, 5, 8, 96, 32, ASYM)
+    qx_f, packed_f, ws_f = np.asfortranarray(qx), np.asfortranarray(packed), ws.T.copy().T
+    same_bits(nb.w4a8_matmul(qx_f, xs, packed_f, ws_f, zero, 96, 32, ASYM, bias[::1]),
+              spec.w4a8_matmul(qx, xs, packed, ws, zero, 96, 32, ASYM, bias), "Fortran-ordered inputs")
+    x = rng.standard_normal((40, 30)).astype(np.float32)[::2, ::3]
+    for got, want in zip(nb.quantize_act_per_token(x), spec.quantize_act_per_token(x)):
+        same_bits(got, want, "quantize_act_per_token of a strided view")
+
+
+# ------------------------------------------------------------------------- the other operations, randomized
+
+@pytest.mark.parametrize("seed", range(4))
+def test_all_operations_match_spec(nb, seed):
+    rng = np.random.default_rng(100 + seed)
+    m, k, n = int(rng.integers(1, 9)), int(rng.integers(1, 300)), int(rng.integers(1, 20))
+    x = (rng.standard_normal((m, k)) * rng.choice([0.01, 1, 30, 3000])).astype(np.float32)
+    x[0, : k // 3] = 0  # zero runs, an all-zero row when k < 3
+    x = np.where(rng.random(x.shape) < 0.05, np.round(x) + 0.5, x).astype(np.float32)  # ties
+    amax = np.abs(x).max(axis=0)
+    s = spec.lae_scales(amax)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    same_bits(nb.act_scale_from_amax(amax), spec.act_scale_from_amax(amax), "act_scale_from_amax")
+    sc = np.float32(rng.uniform(1e-3, 2))
+    same_bits(nb.quantize_act_per_tensor(x, sc), spec.quantize_act_per_tensor(x, sc), "quantize_act_per_tensor")
+    q, qs = spec.quantize_act_per_token(x)
+    for got, want in zip(nb.quantize_act_per_token(x), (q, qs)):
+        same_bits(got, want, "quantize_act_per_token")
+    same_bits(nb.dequantize_act(q, qs), spec.dequantize_act(q, qs), "dequantize_act per token")
+    same_bits(nb.dequantize_act(q, sc), spec.dequantize_act(q, sc), "dequantize_act per tensor")
+    same_bits(nb.lae_scales(amax), spec.lae_scales(amax), "lae_scales")
+    same_bits(nb.lae_apply_activation(x, s), spec.lae_apply_activation(x, s), "lae_apply_activation")
+    same_bits(nb.lae_apply_weight(w, s), spec.lae_apply_weight(w, s), "lae_apply_weight")
+    for fmt in (SYM, ASYM):
+        for g in (1, 2, 7, 32, 128, -1):
+            sw, zw = spec.weight_scales(w, g, fmt)
+            got_s, got_z = nb.weight_scales(w, g, fmt)
+            same_bits(got_s, sw, f"weight_scales G={g} {fmt.value}")
+            if zw is None:
+                assert got_z is None
+            else:
+                same_bits(got_z, zw, f"weight zero points G={g}")
+            qw = spec.quantize_weight(w, g, fmt)
+            r = nb.quantize_weight(w, g, fmt)
+            same_bits(r.q, qw.q, f"quantize_weight G={g} {fmt.value}")
+            same_bits(nb.quantize_weight_with_scales(w, sw, zw, g, fmt),
+                      spec.quantize_weight_with_scales(w, sw, zw, g, fmt), "quantize_weight_with_scales")
+            same_bits(nb.dequantize_weight(qw.q, qw.scale, qw.zero, g, fmt),
+                      spec.dequantize_weight(qw.q, qw.scale, qw.zero, g, fmt), "dequantize_weight")
+            packed = spec.pack_int4(qw.q, fmt is SYM)
+            same_bits(nb.pack_int4(qw.q, fmt is SYM), packed, "pack_int4")
+            same_bits(nb.unpack_int4(packed, k, fmt is SYM), spec.unpack_int4(packed, k, fmt is SYM), "unpack_int4")
+            acc = spec.w4a8_group_sums(q, packed, qw.zero, k, g, fmt)
+            same_bits(nb.w4a8_epilogue(acc, qw.scale, qs), spec.w4a8_epilogue(acc, qw.scale, qs), "w4a8_epilogue")
+    v = np.abs(rng.standard_normal(50) * 100).astype(np.float32)
+    v[:3] = [15, 150, np.nextafter(np.float32(15), np.float32(0))]
+    same_bits(nb.select_policies(v), spec.select_policies(v), "select_policies")
+    same_bits(nb.select_policies(v, 1.0, 2.5), spec.select_policies(v, 1.0, 2.5), "select_policies(1, 2.5)")
+
+
+def test_every_operation_is_a_numba_kernel():
+    """No operation is inherited from elsewhere (e.g. a NumPy fallback): all are defined here."""
+    from fptq.backends import OPERATIONS
+    missing = [op for op in OPERATIONS if op not in vars(NumbaBackend)]
+    assert not missing, f"NumbaBackend does not define {missing}"
+
+
+def test_errors_name_the_tensor(nb):
+    x = np.ones((2, 3), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"x contains a non-finite value"):
+        nb.quantize_act_per_token(x)
+    with pytest.raises(TypeError, match="qx: expected dtype int8"):
+        nb.w4a8_matmul(np.ones((1, 4), np.int16), np.ones(1, np.float32), np.zeros((1, 2), np.uint8),
+                       np.ones((1, 1), np.float32), None, 4, 4)
+    with pytest.raises(ValueError, match="wscale: expected shape"):
+        nb.w4a8_matmul(np.ones((1, 4), np.int8), np.ones(1, np.float32), np.zeros((1, 2), np.uint8),
+                       np.ones((1, 2), np.float32), None, 4, 4)
+    with pytest.raises(ValueError, match="zero: the symmetric format has no zero point"):
+        nb.w4a8_group_sums(np.ones((1, 4), np.int8), np.zeros((1, 2), np.uint8), np.zeros((1, 1), np.uint8), 4, 4)
+    with pytest.raises(ValueError, match="unknown matmul path"):
+        nb.w4a8_matmul(np.ones((1, 4), np.int8), np.ones(1, np.float32), np.zeros((1, 2), np.uint8),
+                       np.ones((1, 1), np.float32), None, 4, 4, path="fast")
+
+
+# ------------------------------------------------------------------ float rounding: no FMA, no reciprocal
+
+
+def _fma32(a, b, c) -> np.float32:
+    """Exactly rounded float32 of a * b + c (what a fused multiply-add returns)."""
+    return np.float32(float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))))
+
+
+def _fma_sensitive(rng, count: int, integer_a: bool = False, b=None):
+    """``count`` float32 triples (a, b, c), a > 0 and b > 0 (an integer a if ``integer_a``;
+    the given b if one is given), where round(round(a * b) + c) != fma(a, b, c)."""
+    out = []
+    while len(out) < count:
+        a = np.float32(rng.integers(1 << 20, 1 << 24)) if integer_a else np.float32(rng.uniform(1, 2))
+        bb = np.float32(rng.uniform(1e-3, 2)) if b is None else np.float32(b)
+        c = np.float32(-(np.float64(a) * np.float64(bb)) * rng.uniform(0.5, 1.0))
+        if np.float32(np.float32(a * bb) + c) != _fma32(a, bb, c):
+            out.append((a, bb, c))
+    return out
+
+
+def test_epilogue_group_sum_is_not_contracted_to_fma(nb):
+    """Two groups per output: y = float32(-1) * (-c) = c, then y + float32(acc1) * ws1 with
+    (acc1, ws1, c) chosen so that fma(acc1, ws1, y) has other bits."""
+    cases = _fma_sensitive(np.random.default_rng(5), 8, integer_a=True)
+    n = len(cases)
+    acc = np.array([[[-1, int(a)] for a, _, _ in cases]], np.int32)        # [1, N, 2]
+    ws = np.array([[-c, b] for _, b, c in cases], np.float32)              # [N, 2], > 0
+    xs = np.ones(1, np.float32)
+    want = spec.w4a8_epilogue(acc, ws, xs)
+    fused = np.array([_fma32(a, b, c) for a, b, c in cases], np.float32)
+    assert (fused.view(np.uint32) != want[0].view(np.uint32)).all(), "inputs do not separate FMA from mul + add"
+    same_bits(nb.w4a8_epilogue(acc, ws, xs), want, "w4a8_epilogue, group accumulation")
+
+
+def test_epilogue_scale_and_bias_are_not_contracted_to_fma(nb):
+    """One group with acc = 1, so y = wscale[n] = a; then y * xscale + bias = a * b + c with an
+    FMA-sensitive (a, b, c) per output column: checked in w4a8_epilogue and in every matmul
+    path (K = 2, G = 2, qx = (1, 0), q = (1, 0)), for one row and for five (the 4-row kernel)."""
+    cases = _fma_sensitive(np.random.default_rng(9), 8, b=0.8125)
+    n = len(cases)
+    ws = np.array([[a] for a, _, _ in cases], np.float32)
+    xs = np.array([cases[0][1]], np.float32)
+    bias = np.array([c for _, _, c in cases], np.float32)
+    fused = np.array([_fma32(a, b, c) for a, b, c in cases], np.float32)
+    want = spec.w4a8_epilogue(np.ones((1, n, 1), np.int32), ws, xs, bias)
+    assert (fused.view(np.uint32) != want[0].view(np.uint32)).all(), "inputs do not separate FMA from mul + add"
+    same_bits(nb.w4a8_epilogue(np.ones((1, n, 1), np.int32), ws, xs, bias), want, "w4a8_epilogue, xscale and bias")
+    packed = spec.pack_int4(np.tile(np.array([[1, 0]], np.int8), (n, 1)))
+    for m in (1, 5):
+        qx = np.tile(np.array([[1, 0]], np.int8), (m, 1))
+        want = spec.w4a8_matmul(qx, xs, packed, ws, None, 2, 2, SYM, bias)
+        assert (want[-1].view(np.uint32) != fused.view(np.uint32)).all()
+        for path in ("decode", "tiled", "generic"):
+            same_bits(nb.w4a8_matmul(qx, xs, packed, ws, None, 2, 2, SYM, bias, path=path), want,
+                      f"w4a8_matmul path={path} M={m}")
+
+
+def test_division_is_not_a_reciprocal_multiply(nb):
+    """x / s differs from x * (1 / s) on these inputs; the backend must divide."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-100, 100, (4, 256)).astype(np.float32)
+    s = rng.uniform(0.5, 3, 256).astype(np.float32)
+    recip = (x * (np.float32(1) / s)).astype(np.float32)
+    assert (recip != x / s).any()
+    same_bits(nb.lae_apply_activation(x, s), spec.lae_apply_activation(x, s), "lae_apply_activation")
+    sc = np.float32(0.37)
+    xq = (np.arange(-300, 300, dtype=np.float32) * sc + sc / 2).astype(np.float32).reshape(1, -1)  # near ties
+    assert (np.rint(xq * (np.float32(1) / sc)) != np.rint(xq / sc)).any()
+    same_bits(nb.quantize_act_per_tensor(xq, sc), spec.quantize_act_per_tensor(xq, sc), "quantize near ties")
+
+
+# ---------------------------------------------------------------------------------- compilation settings
+
+def _dispatchers():
+    from fptq.backends import numba_kernels as k
+    from numba.core.registry import CPUDispatcher
+    for mod in (k.activation, k.lae, k.weights, k.packing, k.matmul, k.policy, k.simd):
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher):
+                yield f"{mod.__name__}.{name}", obj
+
+
+def test_every_kernel_is_cached_and_exact():
+    from numba.core.caching import NullCache
+    found = list(_dispatchers())
+    assert len(found) > 30
+    for name, d in found:
+        assert d.targetoptions.get("cache") is True or not isinstance(d._cache, NullCache), f"{name}: cache off"
+        assert not d.targetoptions.get("fastmath"), f"{name}: fastmath on"
+        assert d.targetoptions.get("error_model") == "numpy", f"{name}: error_model"
+
+
+_CACHE_SCRIPT = textwrap.dedent("""
+    import json, numpy as np
+    from fptq.backends.numba_kernels import packing
+    q = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)
+    packing.pack_int4(q)
+    st = packing.pack_int4.stats
+    print(json.dumps({"hits": sum(st.cache_hits.values()), "misses": sum(st.cache_misses.values())}))
+""")
+
+
+def test_second_process_loads_the_cache(tmp_path):
+    """cache=True: a fresh process with the cache warm loads the machine code (hits, no misses)."""
+    import json
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [json.loads(subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                                      text=True, check=True, timeout=300).stdout.splitlines()[-1])
+            for _ in range(2)]
+    assert runs[0] == {"hits": 0, "misses": 1}, runs
+    assert runs[1] == {"hits": 1, "misses": 0}, runs
+    assert any(p.suffix == ".nbc" for p in tmp_path.rglob("*"))
+
+
+def _host_has_vnni() -> bool:
+    import llvmlite.binding as llvm
+    feats = llvm.get_host_cpu_features()
+    return bool(feats.get("avx512vnni") or feats.get("avxvnni"))
+
+
+@pytest.mark.skipif(not _host_has_vnni(), reason="the host CPU has no AVX-512 VNNI / AVX-VNNI")
+def test_simd_dot_compiles_to_vnni():
+    """The byte dot product of the packed matmul paths becomes vpdpbusd (64 products per instruction)."""
+    from fptq.backends.numba_kernels import simd
+
+    @numba.njit(error_model="numpy")
+    def dot(w, xe, xo):
+        return simd.dot1_64(simd.address(w), simd.address(xe), simd.address(xo), 64, np.uint8(0x88))
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 256, 64).astype(np.uint8)
+    xe, xo = rng.integers(-128, 128, (2, 64)).astype(np.int8)
+    u = (w ^ 0x88).astype(np.int64)
+    assert dot(w, xe, xo) == int(((u & 15) * xe + (u >> 4) * xo).sum())
+    asm = dot.inspect_asm(dot.signatures[0])
+    assert "vpdpbusd" in asm
