@@ -25,9 +25,9 @@ import numpy as np
 from .. import spec
 from ..spec import WeightFormat
 from ..spec.formats import FLOAT, weight_format_spec
-from ..spec.matmul import _check_qx
+from ..spec.matmul import check_qx
 from ..spec.packing import packed_width
-from ..spec.policy import _thresholds
+from ..spec.policy import policy_thresholds
 from ..spec.validate import (
     as_float32, check_dtype, check_group_size, check_k, check_ndim, check_positive_scale, check_shape,
     check_zero_points,
@@ -236,7 +236,7 @@ class NumbaBackend:
         (qx, packed, zero [N, ng] (zeros if symmetric), K, G, signed)."""
         k = int(k)
         g = check_group_size(group_size, k)
-        qx = _c(_check_qx(qx, k))
+        qx = _c(check_qx(qx, k))
         fmt = WeightFormat(fmt)
         packed = self._check_packed(packed, k)
         n, ng = packed.shape[0], num_groups(k, g)
@@ -293,5 +293,5 @@ class NumbaBackend:
         v = as_float32(v, "v")
         if v.size and (v < 0).any():
             raise ValueError("v (activation range) must be >= 0")
-        t0, t1 = _thresholds(v0, v1)
+        t0, t1 = policy_thresholds(v0, v1)
         return self.k.policy.select_policies(_c(v).reshape(-1), t0, t1).reshape(v.shape)

@@ -34,7 +34,7 @@ import numpy as np
 from .. import spec
 from ..spec import MIN_SCALE, WeightFormat, num_groups
 from ..spec.formats import weight_format_spec
-from ..spec.policy import _thresholds
+from ..spec.policy import policy_thresholds
 from ..spec.validate import check_group_size, check_k
 from .base import BackendUnavailable
 
@@ -418,7 +418,7 @@ class TorchBackend:
         v = self._f32(v, "v")
         if v.numel() and bool((v < 0).any()):
             raise ValueError("v (activation range) must be >= 0")
-        t0, t1 = _thresholds(v0, v1)
+        t0, t1 = policy_thresholds(v0, v1)
         one = torch.ones_like(v, dtype=torch.uint8)
         return torch.where(v < float(t0), one * 0, torch.where(v < float(t1), one, one * 2))
 

@@ -41,10 +41,11 @@ from .validate import (
 )
 from .weights import num_groups
 
-__all__ = ["w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul"]
+__all__ = ["check_qx", "w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul"]
 
 
-def _check_qx(qx, k) -> np.ndarray:
+def check_qx(qx, k) -> np.ndarray:
+    """Check the matmul activation: int8, 2-D, K columns (TypeError/ValueError naming ``qx``)."""
     qx = check_dtype(qx, np.int8, "qx")
     check_ndim(qx, 2, "qx")
     if qx.shape[1] != k:
@@ -67,7 +68,7 @@ def w4a8_group_sums(qx, packed, zero, k: int, group_size: int,
     """
     k = int(k)
     g = check_group_size(group_size, k)
-    qx = _check_qx(qx, k)
+    qx = check_qx(qx, k)
     fmt = WeightFormat(fmt)
     q = unpack_int4(packed, k, signed=fmt is WeightFormat.SYMMETRIC).astype(np.int64)
     m, n, ng = qx.shape[0], q.shape[0], num_groups(k, g)

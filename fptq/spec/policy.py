@@ -19,14 +19,15 @@ import numpy as np
 from .formats import DEFAULT_V0, DEFAULT_V1, FLOAT, ActPolicy
 from .validate import as_float32
 
-__all__ = ["POLICY_CODES", "select_policy", "select_policies"]
+__all__ = ["POLICY_CODES", "policy_thresholds", "select_policy", "select_policies"]
 
 #: Integer codes used for arrays of policies (backends return these).
 POLICY_CODES = {ActPolicy.STATIC: 0, ActPolicy.LAE_STATIC: 1, ActPolicy.DYNAMIC: 2}
 _BY_CODE = {c: p for p, c in POLICY_CODES.items()}
 
 
-def _thresholds(v0, v1) -> tuple[np.float32, np.float32]:
+def policy_thresholds(v0, v1) -> tuple[np.float32, np.float32]:
+    """The thresholds as float32, checked: ``0 <= v0 < v1`` (ValueError otherwise)."""
     t = as_float32(np.array([v0, v1], dtype=np.float64), "v0/v1")
     if not 0 <= t[0] < t[1]:
         raise ValueError(f"thresholds must satisfy 0 <= v0 < v1, got v0={v0}, v1={v1}")
@@ -46,7 +47,7 @@ def select_policies(v, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1) -> np.nda
     v = as_float32(v, "v")
     if v.size and (v < 0).any():
         raise ValueError("v (activation range) must be >= 0")
-    t0, t1 = _thresholds(v0, v1)
+    t0, t1 = policy_thresholds(v0, v1)
     return np.where(v < t0, 0, np.where(v < t1, 1, 2)).astype(np.uint8)
 
 
