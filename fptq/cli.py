@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
+    q.add_argument("--policy-select", default="bands", choices=["bands", "error"],
+                   help="bands = the paper's v0/v1 bands; error = below v1, static or LAE + static, whichever "
+                   "gives the smaller output error on calibration rows (v0 unused)")
     q.add_argument("--weight-quantizer", default="rtn", choices=["rtn", "mse"],
                    help="INT4 scales: rtn = round to nearest (the paper's), mse = activation-aware clipping search")
     _add_calib(q)
@@ -129,7 +132,7 @@ def cmd_quantize(a) -> int:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     _check_backend(a.backend)
     cfg = QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
-                      weight_quantizer=a.weight_quantizer,
+                      weight_quantizer=a.weight_quantizer, policy_select=a.policy_select,
                       n_samples=a.samples, seq_len=a.seq_len, calib=a.calib, seed=a.seed, sequential=a.sequential)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)

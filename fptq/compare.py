@@ -17,6 +17,9 @@ method                     weights                          activations
 ``fptq_w4a8_int``          same, integer backend            FPTQ plan, integer W4A8 matmuls
 ``fptq_a8_only``           float32, LAE-folded              FPTQ plan (attribution row)
 ``fptq_w4_only``           INT4, LAE-folded                 float32 (attribution row)
+``fptq_w4a8_select``       INT4 groupwise RTN, LAE-folded   below v1: static or LAE + static,
+                                                            whichever has the smaller output
+                                                            error on calibration rows
 ``fptq_w4a8_mse[_asym]``   INT4 (sym / asym) with an        FPTQ plan (fake-quant)
                            activation-aware clipping search
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
@@ -62,6 +65,7 @@ class CompareSettings:
     methods: tuple | None = None
     int_max_windows: int | None = None
     sq_alpha: float = 0.5
+    keep_rows: int = 1024
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -81,6 +85,7 @@ class Method:
     mode: str = "fake_quant"
     weight_quantizer: str = "rtn"
     weight_format: str | None = None  # None: the settings' format
+    select: str = "bands"              # "error": static vs LAE chosen by calibration error
 
 
 def _methods(s: CompareSettings) -> list[Method]:
@@ -106,6 +111,11 @@ def _methods(s: CompareSettings) -> list[Method]:
     ]
     wq = f"INT4 {{}} {g} act-aware clip search, LAE-folded"
     rows += [
+        Method("fptq_w4a8_select", "FPTQ W4A8, static/LAE chosen by calibration error", w4 + ", LAE-folded",
+               f"FPTQ plan, error-selected below v1={s.v1:g}", "w4a8", select="error"),
+        Method("fptq_w4a8_select_mse_asym", "FPTQ W4A8, error-selected + asym + clip search",
+               wq.format("uint4_asym"), f"FPTQ plan, error-selected below v1={s.v1:g}", "w4a8",
+               weight_quantizer="mse", weight_format="uint4_asym", select="error"),
         Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(s.weight_format), "FPTQ plan",
                "w4a8", weight_quantizer="mse"),
         Method("fptq_w4a8_mse_asym", "FPTQ W4A8 + asym + clip search (fake-quant)", wq.format("uint4_asym"),
@@ -124,12 +134,10 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     import torch
 
     from .models.fakequant import FakeQuantLinear, fake_quant_weight_int4, fake_quant_weight_int8_per_channel
-    from .models.quantize import QuantConfig, w4a8_factory
+    from .models.quantize import w4a8_factory
 
     if m.kind == "w4a8":
-        cfg = QuantConfig(group_size=s.group_size, weight_format=m.weight_format or s.weight_format, v0=s.v0,
-                          v1=s.v1, weight_quantizer=m.weight_quantizer)
-        return w4a8_factory(cfg, s.backend, m.mode)
+        return w4a8_factory(_quant_config(m, s), s.backend, m.mode)
 
     def make(linear, gp):
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
@@ -142,12 +150,20 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     return make
 
 
-def build_variant(model, stats: dict, m: Method, s: CompareSettings):
-    """A deep copy of the float ``model`` quantized as method ``m`` from shared statistics.
+def _quant_config(m: Method, s: CompareSettings):
+    from .models.quantize import QuantConfig
+
+    return QuantConfig(group_size=s.group_size, weight_format=m.weight_format or s.weight_format, v0=s.v0,
+                       v1=s.v1, weight_quantizer=m.weight_quantizer, policy_select=m.select)
+
+
+def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None):
+    """A deep copy of the float ``model`` quantized as method ``m`` from shared statistics
+    (``samples``: calibration rows per linear input, needed by ``select="error"`` methods).
 
     Returns ``(model_copy, plan_groups)``."""
     from .models.arch import arch_of_model, find_decoder_layers
-    from .models.quantize import apply_plan_layer
+    from .models.quantize import apply_plan_layer, dequantized_weight_fn
 
     model = copy.deepcopy(model)
     if m.kind == "float":
@@ -155,10 +171,11 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings):
     arch = arch_of_model(model)
     path, layers, _ = find_decoder_layers(model)
     make = _make_linear_factory(m, s)
+    weight_fn = dequantized_weight_fn(_quant_config(m, s)) if m.kind == "w4a8" else None
     groups = []
     for i, layer in enumerate(layers):
         groups += apply_plan_layer(i, f"{path}.{i}", layer, arch, model.config, stats, make, s.v0, s.v1,
-                                   m.force, m.equalize, m.groups)
+                                   m.force, m.equalize, m.groups, m.select, samples, weight_fn)
     return model, groups
 
 
@@ -213,6 +230,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     import torch
 
     from .data.text import eval_tokens
+    from .models.arch import LINEAR_GROUPS, arch_of_model
     from .models.calibrate import calibrate
     from .models.calibset import calibration_ids
     from .models.loading import DEFAULT_MODEL_NAME, load_float_model
@@ -227,13 +245,27 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     model, tok, src = load_float_model(s.model, progress=s.progress)
     tokens = {t: eval_tokens(tok, t) for t in s.ppl}
     ids = calibration_ids(tok, s.calib, s.n_samples, s.seq_len, s.seed, vocab_size=model.config.vocab_size)
-    stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress)
+    samples = None
+    on_layer = None
+    if any(m.select == "error" for m in methods):
+        samples = {}
+
+        arch = arch_of_model(model)
+        firsts = [arch.group_linears(g)[0] for g in LINEAR_GROUPS]
+
+        def on_layer(i, prefix, layer, layer_stats, layer_samples):
+            # one row sample per input-sharing group (the plan reads its first linear's)
+            for rel in firsts:
+                samples[f"{prefix}.{rel}"] = layer_samples[f"{prefix}.{rel}"]
+
+    stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
+                      keep_rows=s.keep_rows if samples is not None else 0)
     t_cal = time.time() - t0
     print(f"calibrated on {s.calib} {s.n_samples} x {s.seq_len} in {t_cal:.0f} s", flush=True)
     rows, plan_json = [], None
     for m in methods:
         t1 = time.time()
-        qm, groups = build_variant(model, stats, m, s)
+        qm, groups = build_variant(model, stats, m, s, samples)
         if m.key == "fptq_w4a8_fake":
             plan_json = [g.to_json() for g in groups]
         windows = s.int_max_windows if (m.mode == "integer" and s.int_max_windows) else s.max_windows

@@ -149,3 +149,25 @@ def test_mse_clip_search_never_loses_to_rtn(fmt):
     assert errs["mse"] < errs["rtn"]
     rtn = spec.quantize_weight(w, 32, fmt)
     assert np.array_equal(quantize_weight(w, 32, fmt, "rtn").q, rtn.q)
+
+
+def test_error_selected_policies_pick_the_smaller_measured_error():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(group_size=32, policy_select="error", keep_rows=64)
+    res = quantize_model(model, ids, cfg, backend="numpy", mode="fake_quant", progress=False)
+    chosen = set()
+    for g in res.plan.groups:
+        if g.band is ActPolicy.DYNAMIC:
+            assert g.policy is ActPolicy.DYNAMIC and g.err_static is None
+            continue
+        assert g.err_static is not None and g.err_lae is not None
+        want = ActPolicy.LAE_STATIC if g.err_lae < g.err_static else ActPolicy.STATIC
+        assert g.policy is want
+        chosen.add(g.policy)
+        assert (g.s is not None) == (g.policy is ActPolicy.LAE_STATIC)
+    assert chosen  # some group was decided by error
+    with torch.no_grad():
+        assert torch.isfinite(res.model(ids).logits).all()
+    with pytest.raises(ValueError, match="policy_select"):
+        QuantConfig(policy_select="vibes")

@@ -114,22 +114,25 @@ def _check_weights(layer, prefix: str) -> None:
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
-def _amax_hook(module, inputs, output, *, name, stats):
+def _amax_hook(module, inputs, output, *, name, stats, samples=None, stride=1):
     import torch
 
     x = inputs[0].detach()
-    m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).to(torch.float32)
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.abs().amax(dim=0).to(torch.float32)
     if not torch.isfinite(m).all():
         raise NonFiniteError(f"calibration activation at the input of {name} contains NaN or Inf")
     prev = stats.get(name)
     stats[name] = m if prev is None else torch.maximum(prev, m)
+    if samples is not None:
+        samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
 
 
 def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None) -> list:
+def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1) -> list:
     import torch
     import torch.nn as nn
 
@@ -139,7 +142,8 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None) ->
             for rel, mod in layer.named_modules():
                 if isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False):
                     handles.append(mod.register_forward_hook(
-                        functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats)))
+                        functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
+                                          samples=samples, stride=stride)))
         outs = []
         with torch.no_grad():
             for b, h in enumerate(cap.hidden):
@@ -151,16 +155,19 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None) ->
 
 
 def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
-              on_layer=None, sequential: bool = False) -> dict[str, np.ndarray]:
+              on_layer=None, sequential: bool = False, keep_rows: int = 0) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
         model: transformers causal LM (float32, eval mode).
         input_ids: LongTensor [n_samples, seq_len].
         batch_size: samples per forward.
-        on_layer: optional ``f(index, prefix, layer, layer_stats)`` called after a
-            layer's statistics are collected (``layer_stats``: full module name ->
-            float32 ndarray [K]); it may modify the layer in place.
+        on_layer: optional ``f(index, prefix, layer, layer_stats, layer_samples)`` called
+            after a layer's statistics are collected (``layer_stats``: full module name ->
+            float32 ndarray [K]; ``layer_samples``: full module name -> float32 tensor
+            [~keep_rows, K] of input rows, or None); it may modify the layer in place.
+        keep_rows: also keep about this many input rows (tokens, evenly strided over
+            the calibration set) of every linear for ``on_layer`` (0 = none).
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
     Returns:
@@ -174,16 +181,22 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
     path, layers, _ = find_decoder_layers(model)
     cap = capture_layer_inputs(model, input_ids, batch_size)
     stats: dict[str, np.ndarray] = {}
+    stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     bar = tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer")
     for i in bar:
         layer, prefix = layers[i], f"{path}.{i}"
         _check_weights(layer, prefix)
         layer_stats: dict = {}
-        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats)
+        samples = {} if keep_rows else None
+        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride)
         layer_np = {k: v.cpu().numpy().astype(np.float32) for k, v in layer_stats.items()}
         stats.update(layer_np)
+        if samples is not None:
+            import torch
+
+            samples = {k: torch.cat(v) for k, v in samples.items()}
         if on_layer is not None:
-            on_layer(i, prefix, layer, layer_np)
+            on_layer(i, prefix, layer, layer_np, samples)
             if sequential:
                 outs = _run_layer(layer, cap, i)
         cap.hidden = outs

@@ -61,6 +61,8 @@ class GroupPlan:
         s_fold: float32 divisors of the fold target's output rows / norm channels
             (equal to ``s`` except for o_proj under GQA: one per kv channel).
         m: float32 [K] the input's channel maxima (before equalization).
+        err_static, err_lae: with ``select="error"``, the measured output error of
+            the two static candidates on calibration rows (None otherwise).
     """
 
     layer: int
@@ -77,6 +79,8 @@ class GroupPlan:
     s: np.ndarray | None = field(default=None, repr=False)
     s_fold: np.ndarray | None = field(default=None, repr=False)
     m: np.ndarray | None = field(default=None, repr=False)
+    err_static: float | None = None
+    err_lae: float | None = None
 
     def input_channel_max(self) -> np.ndarray:
         """float32 [K]: channel maxima of the input the quantized linear sees (``m / s`` after LAE)."""
@@ -88,7 +92,8 @@ class GroupPlan:
                 "v": float(self.v), "band": self.band.value, "policy": self.policy.value,
                 "fold": self.fold, "fallback": self.fallback,
                 "v_after": None if self.v_after is None else float(self.v_after),
-                "act_scale": None if self.act_scale is None else float(self.act_scale)}
+                "act_scale": None if self.act_scale is None else float(self.act_scale),
+                "err_static": self.err_static, "err_lae": self.err_lae}
 
 
 @dataclass
@@ -205,9 +210,46 @@ def _fold_target(arch: Arch, group: str, prefix: str) -> str:
     return f"{prefix}.{rel}"
 
 
+def _group_error(x, layer, arch: Arch, group: str, s, act_scale: float, weight_fn) -> float:
+    """``sum_l || fq(x / s) (Q(W_l * s))^T - x W_l^T ||^2`` over the group's linears l
+    (``s = None``: no equalization; ``fq``: static INT8 fake quantization with ``act_scale``;
+    ``Q``: ``weight_fn(w, channel_weight)`` or identity)."""
+    import torch
+
+    from .qlinear import fake_quant_act
+
+    scale = torch.tensor([act_scale], dtype=torch.float32)
+    xs = x if s is None else x / torch.from_numpy(s)
+    xq = fake_quant_act(xs, ActPolicy.STATIC, scale)
+    cmax = xs.abs().amax(dim=0).numpy()
+    err = 0.0
+    for path in arch.group_linears(group):
+        w = get_submodule(layer, path).weight.detach().to(torch.float32)
+        ref = x @ w.T
+        wn = w.numpy() if s is None else spec.lae_apply_weight(w.numpy(), s)
+        if weight_fn is not None:
+            wn = weight_fn(wn, np.square(cmax))
+        err += float(((xq @ torch.from_numpy(np.ascontiguousarray(wn)).T - ref) ** 2).sum())
+    return err
+
+
+def _select_by_error(gp: GroupPlan, x, layer, arch: Arch, config, equalize, weight_fn) -> None:
+    """Between ``static`` and ``lae_static``, keep the one with the smaller measured error."""
+    scale_static = float(spec.act_scale_from_amax(np.float32(gp.v)))
+    gp.err_static = _group_error(x, layer, arch, gp.group, None, scale_static, weight_fn)
+    if fold_check(arch, gp.group, layer, config) is not None:
+        return  # no LAE candidate: the band decides (an LAE-band group falls back to dynamic)
+    trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, gp.v, gp.band, ActPolicy.LAE_STATIC, m=gp.m)
+    _equalize_group(trial, gp.m, layer, arch, config, equalize)
+    scale_lae = float(spec.act_scale_from_amax(np.float32(trial.v_after)))
+    gp.err_lae = _group_error(x, layer, arch, gp.group, trial.s, scale_lae, weight_fn)
+    gp.policy = ActPolicy.LAE_STATIC if gp.err_lae < gp.err_static else ActPolicy.STATIC
+
+
 def plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict,
                v0: float = spec.DEFAULT_V0, v1: float = spec.DEFAULT_V1,
-               force: ActPolicy | None = None, equalize="lae") -> list[GroupPlan]:
+               force: ActPolicy | None = None, equalize="lae", select: str = "bands",
+               samples: dict | None = None, weight_fn=None) -> list[GroupPlan]:
     """Plan the four groups of one decoder layer from its calibration statistics.
 
     Args:
@@ -217,6 +259,11 @@ def plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict,
             foldable input). None = FPTQ's bands.
         equalize: ``"lae"`` or ``("smoothquant", alpha)``: which scales the
             equalizing groups get.
+        select: ``"bands"`` (the paper: v0 and v1 decide) or ``"error"``: below v1,
+            choose between ``static`` and ``lae_static`` by the output error measured
+            on calibration rows (``samples``: full linear name -> float32 tensor
+            [n, K]), with weights passed through ``weight_fn(w, channel_weight)``
+            (e.g. INT4 quantize-dequantize); v0 is then not used.
     Returns:
         one :class:`GroupPlan` per group, in :data:`LINEAR_GROUPS` order.
     """
@@ -228,7 +275,13 @@ def plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict,
         band = spec.select_policy(v, v0, v1)
         policy = band if force is None else ActPolicy(force)
         gp = GroupPlan(index, prefix, group, names, v, band, policy, m=m)
-        if policy is ActPolicy.LAE_STATIC:
+        if select == "error" and force is None and band is not ActPolicy.DYNAMIC:
+            if not samples or names[0] not in samples:
+                raise ValueError("select='error' needs calibration samples of every linear input")
+            _select_by_error(gp, samples[names[0]], layer, arch, config, equalize, weight_fn)
+        elif select not in ("bands", "error"):
+            raise ValueError(f"select must be 'bands' or 'error', got {select!r}")
+        if gp.policy is ActPolicy.LAE_STATIC:
             reason = fold_check(arch, group, layer, config)
             if reason is None:
                 gp.fold = _fold_target(arch, group, prefix)

@@ -50,6 +50,9 @@ class QuantConfig:
         clipping search, :mod:`fptq.models.wquant`).
     v0, v1: policy thresholds. n_samples, seq_len, calib: calibration set.
     sequential: calibrate layer i on the quantized layers' outputs.
+    policy_select: ``bands`` (the paper: v < v0 static, v0 <= v < v1 LAE + static, v >= v1
+        dynamic) or ``error``: below v1, static or LAE + static, whichever gives the smaller
+        output error (INT4 weights included) on ``keep_rows`` calibration rows; v0 unused.
     force_policy: one policy for every group (baselines), None = FPTQ bands.
     groups: which linear groups to quantize (the rest stay float; ablations).
     """
@@ -64,6 +67,8 @@ class QuantConfig:
     calib: str = "wiki"
     seed: int = 0
     sequential: bool = False
+    policy_select: str = "bands"
+    keep_rows: int = 2048
     force_policy: str | None = None
     groups: tuple[str, ...] = field(default_factory=lambda: LINEAR_GROUPS)
 
@@ -77,6 +82,8 @@ class QuantConfig:
         bad = set(self.groups) - set(LINEAR_GROUPS)
         if bad:
             raise ValueError(f"unknown linear groups {sorted(bad)}; choose from {LINEAR_GROUPS}")
+        if self.policy_select not in ("bands", "error"):
+            raise ValueError(f"policy_select must be 'bands' or 'error', got {self.policy_select!r}")
         if self.force_policy is not None:
             ActPolicy(self.force_policy)
 
@@ -109,6 +116,18 @@ def quantize_linear_weight(linear, gp, config: QuantConfig):
     return quantize_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
 
 
+def dequantized_weight_fn(config: QuantConfig):
+    """``f(w, channel_weight) -> float32 [N, K]``: the INT4 weight ``config`` would store, dequantized
+    (used to measure candidate policies' errors with the weights they would really get)."""
+    from .. import spec
+
+    def fn(w, channel_weight):
+        c = channel_weight if config.weight_quantizer == "mse" else None
+        qw = quantize_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
+        return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
+    return fn
+
+
 def w4a8_factory(config: QuantConfig, backend: str = "torch", mode: str = "integer"):
     """``f(linear, group_plan) -> W4A8Linear`` with INT4 weights from ``config.weight_quantizer``."""
     if mode not in MODES:
@@ -121,13 +140,16 @@ def w4a8_factory(config: QuantConfig, backend: str = "torch", mode: str = "integ
 
 
 def apply_plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict, make_linear,
-                     v0: float, v1: float, force=None, equalize="lae", groups=LINEAR_GROUPS):
+                     v0: float, v1: float, force=None, equalize="lae", groups=LINEAR_GROUPS,
+                     select: str = "bands", samples=None, weight_fn=None):
     """Plan one decoder layer, fold its equalization, replace its linears (in place).
 
     Only groups in ``groups`` are equalized and replaced; the others stay float.
+    ``select``/``samples``/``weight_fn``: see :func:`fptq.models.plan.plan_layer`.
     Returns the layer's list of :class:`~fptq.models.plan.GroupPlan`.
     """
-    gps = [gp for gp in plan_layer(index, prefix, layer, arch, config, stats, v0, v1, force, equalize)
+    gps = [gp for gp in plan_layer(index, prefix, layer, arch, config, stats, v0, v1, force, equalize,
+                                   select, samples, weight_fn)
            if gp.group in groups]
     for gp in gps:
         fold_group(layer, arch, gp)
@@ -165,12 +187,16 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     # the requested mode is set afterwards
     make = w4a8_factory(config, backend, "fake_quant")
 
-    def on_layer(i, prefix, layer, layer_stats):
-        plan.groups.extend(apply_plan_layer(i, prefix, layer, arch, model.config, layer_stats, make,
-                                            config.v0, config.v1, config.force_policy, "lae", config.groups))
+    weight_fn = dequantized_weight_fn(config)
 
+    def on_layer(i, prefix, layer, layer_stats, samples):
+        plan.groups.extend(apply_plan_layer(i, prefix, layer, arch, model.config, layer_stats, make,
+                                            config.v0, config.v1, config.force_policy, "lae", config.groups,
+                                            config.policy_select, samples, weight_fn))
+
+    keep = config.keep_rows if config.policy_select == "error" else 0
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
-                      sequential=config.sequential)
+                      sequential=config.sequential, keep_rows=keep)
     set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch)
 
