@@ -128,6 +128,27 @@ def _amax_hook(module, inputs, output, *, name, stats, samples=None, stride=1):
         samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
 
 
+def release_freed_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Quantizing a layer frees tens of MB of float temporaries in many sizes; without
+    this, glibc keeps them in fragmented arenas and the resident set grows by roughly
+    that much per layer (measured: ~1 GB over SmolLM2's 30 layers)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -199,5 +220,10 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:
                 outs = _run_layer(layer, cap, i)
+                for mod in layer.modules():  # e.g. fake-quant weight copies, rebuilt on demand
+                    if hasattr(mod, "release_cache"):
+                        mod.release_cache()
         cap.hidden = outs
+        del outs, samples
+        release_freed_memory()
     return stats

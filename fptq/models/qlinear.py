@@ -129,6 +129,10 @@ class W4A8Linear(nn.Module):
         self._cache = None
         return self
 
+    def release_cache(self) -> None:
+        """Drop the cached dequantized / backend copies of the weight (rebuilt on the next call)."""
+        self._cache = None
+
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
         return super()._apply(fn, *args, **kwargs)
