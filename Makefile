@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/fptq quantize --out $(OUT)
 	$(VENV)/bin/fptq report $(OUT)
-	$(VENV)/bin/fptq eval $(OUT)
+	$(VENV)/bin/fptq eval $(OUT) --max-windows 32
 
 # The project's tests, then the conformance suite against every CPU backend.
 test: install
