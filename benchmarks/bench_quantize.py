@@ -72,7 +72,7 @@ def main(argv=None) -> int:
               "sequential": a.sequential, "checkpoint_mb": size, "stdout": p.stdout.strip().splitlines()[-2:],
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores", "loadavg_at_end": os.getloadavg(), "outer_wall_s": time.time() - t0})
-    print("| calibration | wall (s) | user (s) | peak RSS (MB) | CPU % | checkpoint (MB) |")
+    print("| calibration | wall (s) | user (s) | peak RSS (MB) | CPU % | checkpoint (MiB) |")
     print("|---|---|---|---|---|---|")
     print(f"| {a.calib} {a.samples} x {a.seq_len}{' sequential' if a.sequential else ''} | {r['wall_s']:.0f} | "
           f"{r['user_s']:.0f} | {r['max_rss_mb']:.0f} | {r['cpu_percent']} | {size:.1f} |")

@@ -88,6 +88,8 @@ class W4A8Linear(nn.Module):
             self.act_scale = None
         else:
             self.register_buffer("act_scale", torch.ones(1, dtype=torch.float32))
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.backend_name = backend
         self.mode = mode
         self._cache = None
