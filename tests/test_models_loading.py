@@ -1,6 +1,4 @@
-"""Model resolution: local files only, clear errors; the GGUF conversion (slow, opt-in)."""
-
-import os
+"""Model resolution: local files only, clear errors."""
 
 import pytest
 
@@ -40,16 +38,4 @@ def test_local_directory_loads_in_float32(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref(ids).logits)
 
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FPTQ_RUN_SLOW"), reason="converts the 98 MB GGUF (~30 s); set FPTQ_RUN_SLOW=1")
-def test_embedded_gguf_converts_to_a_working_model(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    monkeypatch.setenv("FPTQ_CACHE", str(tmp_path))
-    model, tok, src = load_float_model(None, progress=False)
-    assert src.parent == tmp_path and (src / "model.safetensors").is_file()
-    assert model.config.model_type == "llama" and model.config.hidden_size == 576
-    ids = tok("The capital of France is", return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=2, do_sample=False)
-    assert "Paris" in tok.decode(out[0])
+# The GGUF conversion of the embedded model is tested in tests/test_real_model_smoke.py.
