@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
                    "nothing (embedded SmolLM2-135M, float)")
     e.add_argument("--ppl", type=_csv, default=("ptb", "wiki"), help="comma-separated perplexity texts")
-    e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,arc_easy,hellaswag,"
-                   "winogrande)")
+    e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,hellaswag,"
+                   "winogrande,arc_easy,arc_challenge,mmlu)")
     e.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
     e.add_argument("--seq-len", type=_positive_int, default=512)
     e.add_argument("--max-windows", type=_positive_int, default=None, help="perplexity windows per text")

