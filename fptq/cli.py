@@ -4,6 +4,7 @@
 
     fptq quantize [MODEL] --out DIR [--backend B] [--group-size G] [--weight-format F]
                   [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
+                  [--policy-select error|bands]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
@@ -63,6 +64,13 @@ def _add_calib(p, samples=128):
     p.add_argument("--v1", type=float, default=150.0, help="LAE / per-token dynamic threshold (default 150)")
 
 
+def _add_policy_select(p):
+    p.add_argument("--policy-select", default="error", choices=["error", "bands"],
+                   help="error (default) = per-token dynamic from v1, below it static or LAE + static, whichever "
+                   "gives the smaller output error on calibration rows (v0 unused); bands = the paper's fixed "
+                   "v0/v1 bands")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fptq", description="FPTQ W4A8 post-training quantization of LLMs "
                                  "(4-bit groupwise weights, 8-bit activations, integer matmuls).")
@@ -73,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
-    q.add_argument("--policy-select", default="bands", choices=["bands", "error"],
-                   help="bands = the paper's v0/v1 bands; error = below v1, static or LAE + static, whichever "
-                   "gives the smaller output error on calibration rows (v0 unused)")
+    _add_policy_select(q)
     q.add_argument("--weight-quantizer", default="rtn", choices=["rtn", "mse"],
                    help="INT4 scales: rtn = round to nearest (the paper's), mse = activation-aware clipping search")
     _add_calib(q)
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--int-max-windows", type=_positive_int, default=None,
                    help="windows for the (slow) integer-backend row (default: --max-windows)")
     c.add_argument("--out", default="results/compare", help="directory for compare.md / compare.json")
+    _add_policy_select(c)
     _add_calib(c)
     _add_common(c)
 
@@ -198,7 +205,7 @@ def cmd_compare(a) -> int:
     s = CompareSettings(model=a.model, ppl=a.ppl, tasks=a.tasks, limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
                         calib=a.calib, n_samples=a.samples, seq_len=a.seq_len, seed=a.seed,
                         batch_size=a.batch_size, group_size=a.group_size, weight_format=a.weight_format,
-                        v0=a.v0, v1=a.v1, backend=a.backend, methods=a.methods,
+                        v0=a.v0, v1=a.v1, policy_select=a.policy_select, backend=a.backend, methods=a.methods,
                         int_max_windows=a.int_max_windows, progress=not a.quiet)
     run_compare(s, out_dir=a.out, argv=sys.argv)
     return 0

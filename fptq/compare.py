@@ -17,15 +17,20 @@ method                     weights                          activations
 ``fptq_w4a8_int``          same, integer backend            FPTQ plan, integer W4A8 matmuls
 ``fptq_a8_only``           float32, LAE-folded              FPTQ plan (attribution row)
 ``fptq_w4_only``           INT4, LAE-folded                 float32 (attribution row)
-``fptq_w4a8_select``       INT4 groupwise RTN, LAE-folded   below v1: static or LAE + static,
-                                                            whichever has the smaller output
-                                                            error on calibration rows
+``fptq_w4a8_bands`` or     INT4 groupwise RTN, LAE-folded   FPTQ plan made by the *other*
+``fptq_w4a8_error``                                         policy selection (see below)
 ``fptq_w4a8_mse[_asym]``   INT4 (sym / asym) with an        FPTQ plan (fake-quant)
                            activation-aware clipping search
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
                            (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
                            rest float                       most of the W4A8 loss)
 =========================  ===============================  ===============================
+
+"FPTQ plan" follows ``policy_select`` (as ``fptq quantize --policy-select``):
+``error`` (the default: v >= v1 per-token dynamic; below v1, static or LAE +
+static, whichever gives the smaller output error on calibration rows) or
+``bands`` (the paper's fixed v0/v1 bands). The row for the other selection is
+``fptq_w4a8_bands`` (default settings) or ``fptq_w4a8_error``.
 
 Every row except ``fptq_w4a8_int`` is fake quantization (float matmuls on
 dequantized values), named as such in the table.
@@ -43,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
+__all__ = ["CompareSettings", "METHODS", "ALL_METHODS", "run_compare", "build_variant", "format_markdown"]
 
 
 @dataclass
@@ -63,11 +68,12 @@ class CompareSettings:
     weight_format: str = "int4_sym"
     v0: float = 15.0
     v1: float = 150.0
+    policy_select: str = "error"
     backend: str = "torch"
     methods: tuple | None = None
     int_max_windows: int | None = None
     sq_alpha: float = 0.5
-    keep_rows: int = 1024
+    keep_rows: int = 2048  # calibration rows per input for policy_select="error" (= QuantConfig's)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -87,7 +93,7 @@ class Method:
     mode: str = "fake_quant"
     weight_quantizer: str = "rtn"
     weight_format: str | None = None  # None: the settings' format
-    select: str = "bands"              # "error": static vs LAE chosen by calibration error
+    select: str | None = None          # policy selection; None: the settings' policy_select
 
 
 def _methods(s: CompareSettings) -> list[Method]:
@@ -112,12 +118,12 @@ def _methods(s: CompareSettings) -> list[Method]:
                "fake", weight="int4", act=False),
     ]
     wq = f"INT4 {{}} {g} act-aware clip search, LAE-folded"
+    other = "bands" if s.policy_select == "error" else "error"
+    alt_acts = (f"paper bands v0={s.v0:g}, v1={s.v1:g}" if other == "bands"
+                else f"static/LAE by calibration error below v1={s.v1:g}")
     rows += [
-        Method("fptq_w4a8_select", "FPTQ W4A8, static/LAE chosen by calibration error", w4 + ", LAE-folded",
-               f"FPTQ plan, error-selected below v1={s.v1:g}", "w4a8", select="error"),
-        Method("fptq_w4a8_select_mse_asym", "FPTQ W4A8, error-selected + asym + clip search",
-               wq.format("uint4_asym"), f"FPTQ plan, error-selected below v1={s.v1:g}", "w4a8",
-               weight_quantizer="mse", weight_format="uint4_asym", select="error"),
+        Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", w4 + ", LAE-folded", f"FPTQ plan, {alt_acts}",
+               "w4a8", select=other),
         Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(s.weight_format), "FPTQ plan",
                "w4a8", weight_quantizer="mse"),
         Method("fptq_w4a8_mse_asym", "FPTQ W4A8 + asym + clip search (fake-quant)", wq.format("uint4_asym"),
@@ -130,6 +136,8 @@ def _methods(s: CompareSettings) -> list[Method]:
 
 
 METHODS = tuple(m.key for m in _methods(CompareSettings()))
+#: every method key any settings can produce (the alternative policy row depends on policy_select)
+ALL_METHODS = METHODS + tuple(m.key for m in _methods(CompareSettings(policy_select="bands")) if m.key not in METHODS)
 
 
 def _make_linear_factory(m: Method, s: CompareSettings):
@@ -152,11 +160,23 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     return make
 
 
+def _plan_words(select: str, s: CompareSettings) -> str:
+    if select == "bands":
+        return f"the paper's bands (static below v0={s.v0:g}, LAE + static below v1={s.v1:g}, else per-token dynamic)"
+    return (f"per-token dynamic from v1={s.v1:g}, below it static or LAE + static, whichever gives the smaller "
+            f"output error on {s.keep_rows} calibration rows")
+
+
+def _select(m: Method, s: CompareSettings) -> str:
+    return m.select or s.policy_select
+
+
 def _quant_config(m: Method, s: CompareSettings):
     from .models.quantize import QuantConfig
 
     return QuantConfig(group_size=s.group_size, weight_format=m.weight_format or s.weight_format, v0=s.v0,
-                       v1=s.v1, weight_quantizer=m.weight_quantizer, policy_select=m.select)
+                       v1=s.v1, weight_quantizer=m.weight_quantizer, policy_select=_select(m, s),
+                       keep_rows=s.keep_rows)
 
 
 def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None):
@@ -177,7 +197,7 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: di
     groups = []
     for i, layer in enumerate(layers):
         groups += apply_plan_layer(i, f"{path}.{i}", layer, arch, model.config, stats, make, s.v0, s.v1,
-                                   m.force, m.equalize, m.groups, m.select, samples, weight_fn)
+                                   m.force, m.equalize, m.groups, _select(m, s), samples, weight_fn)
     return model, groups
 
 
@@ -263,7 +283,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     if s.methods:
         unknown = set(s.methods) - {m.key for m in methods}
         if unknown:
-            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(m.key for m in methods)}")
         methods = [m for m in methods if m.key in s.methods]
     unknown_tasks = set(s.tasks) - set(TASKS)
     if unknown_tasks:
@@ -275,7 +295,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     ids = calibration_ids(tok, s.calib, s.n_samples, s.seq_len, s.seed, vocab_size=model.config.vocab_size)
     samples = None
     on_layer = None
-    if any(m.select == "error" for m in methods):
+    if any(m.kind != "float" and m.force is None and _select(m, s) == "error" for m in methods):
         samples = {}
 
         arch = arch_of_model(model)
@@ -314,7 +334,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
               + f" ({row['seconds']:.0f} s)", flush=True)
     if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
         m = next(x for x in methods if x.key == "fptq_w4a8_fake")
-        qm, _ = build_variant(model, stats, m, s)
+        qm, _ = build_variant(model, stats, m, s, samples)
         with torch.no_grad():
             res = _eval_ppl(qm, tokens, s.eval_seq_len, s.int_max_windows, s.progress, bos)
         rows.append({"key": "fptq_w4a8_fake_int_windows", "label": "FPTQ W4A8 (fake-quant)",
@@ -330,6 +350,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
               f"date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; machine: {_machine()}\n\n"
               f"model: {DEFAULT_MODEL_NAME if s.model is None else s.model} ({src}); "
               f"calibration {s.calib} {s.n_samples} x {s.seq_len} (shared by all methods); "
+              f"\"FPTQ plan\" = {_plan_words(s.policy_select, s)}; "
               f"perplexity on {s.max_windows} windows of {s.eval_seq_len} tokens per text; "
               + (f"tasks zero-shot, {'first ' + str(s.limit) if s.limit else 'all'} examples each "
                  "(accuracy in %; acc_norm where the task has it); " if s.tasks else "") +

@@ -35,6 +35,7 @@ def ckpt(model_dir, tmp_path_factory):
 def test_quantize_writes_a_loadable_checkpoint(ckpt, capsys):
     meta = read_metadata(ckpt)
     assert meta["group_size"] == "32" and meta["quant_config"]["n_samples"] == 4
+    assert meta["quant_config"]["policy_select"] == "error"  # the default (docs/results.md says why)
     assert meta["info"]["calibration"].startswith("random: 4 x 32")
     model, tok, _ = load_quantized(ckpt, backend="numpy")
     assert tok is not None
@@ -126,12 +127,12 @@ def test_compare_writes_one_table(model_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", str(model_dir), "--out", str(out), "--ppl", "ptb", "--max-windows", "2",
             "--eval-seq-len", "32", "--methods", "fp32,rtn_w4a16,smoothquant_w8a8,w4a8_static,fptq_w4a8_fake,"
-            "fptq_w4a8_int,fptq_a8_only,fptq_w4a8_select,fptq_only_down", *SMALL]
+            "fptq_w4a8_int,fptq_a8_only,fptq_w4a8_bands,fptq_only_down", *SMALL]
     assert main(args) == 0
     res = json.loads((out / "compare.json").read_text())
     keys = [r["key"] for r in res["rows"]]
     assert keys == ["fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_static", "fptq_w4a8_fake", "fptq_w4a8_int",
-                    "fptq_a8_only", "fptq_w4a8_select", "fptq_only_down"]
+                    "fptq_a8_only", "fptq_w4a8_bands", "fptq_only_down"]
     rows = {r["key"]: r for r in res["rows"]}
     assert all(r["ppl"]["ptb"] > 1 and r["n_windows"] == 2 for r in rows.values())
     assert rows["fptq_w4a8_int"]["fake_quant"] is False and rows["fptq_w4a8_fake"]["fake_quant"] is True
