@@ -168,3 +168,19 @@ def test_compare_can_score_tasks_too(model_dir, tmp_path, capsys):
     assert "| piqa acc_norm | lambada acc |" in md and "first 3 examples" in md
     assert main(["compare", str(model_dir), "--tasks", "nope", "--out", str(out), *SMALL]) == 2
     assert "unknown tasks ['nope']" in capsys.readouterr().err
+
+
+def test_compare_policy_select_bands_swaps_the_alternative_row(model_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", str(model_dir), "--out", str(out), "--ppl", "ptb", "--max-windows", "1", "--eval-seq-len",
+            "32", "--policy-select", "bands", "--methods", "fptq_w4a8_fake,fptq_w4a8_error", *SMALL]
+    assert main(args) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert res["settings"]["policy_select"] == "bands"
+    assert [r["key"] for r in res["rows"]] == ["fptq_w4a8_fake", "fptq_w4a8_error"]
+    # the FPTQ plan is the bands' plan: every group's policy is its band
+    assert all(g["policy"] == g["band"] for g in res["fptq_plan"])
+    assert "the paper's bands" in (out / "compare.md").read_text()
+    # with the default (error) the alternative row is the bands one, and the error one does not exist
+    assert main(["compare", str(model_dir), "--methods", "fptq_w4a8_error", "--out", str(out), *SMALL]) == 2
+    assert "unknown methods ['fptq_w4a8_error']" in capsys.readouterr().err
