@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CompareSettings", "METHODS", "ALL_METHODS", "run_compare", "build_variant", "format_markdown"]
+__all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
 
 
 @dataclass
@@ -136,8 +136,6 @@ def _methods(s: CompareSettings) -> list[Method]:
 
 
 METHODS = tuple(m.key for m in _methods(CompareSettings()))
-#: every method key any settings can produce (the alternative policy row depends on policy_select)
-ALL_METHODS = METHODS + tuple(m.key for m in _methods(CompareSettings(policy_select="bands")) if m.key not in METHODS)
 
 
 def _make_linear_factory(m: Method, s: CompareSettings):
@@ -225,20 +223,16 @@ def _machine() -> str:
 _HEADLINE = {"piqa": "acc_norm", "hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "acc_norm"}
 
 
-def _task_metric(name: str, r: dict) -> tuple[str, float]:
-    """The headline number of task ``name``'s result ``r``: ``(metric name, value)``."""
-    key = _HEADLINE.get(name, "acc")
-    return key, r[key]
+def _task_value(name: str, r: dict) -> float:
+    """The headline number of task ``name``'s result ``r`` (:data:`_HEADLINE`, else ``acc``)."""
+    return r[_HEADLINE.get(name, "acc")]
 
 
 def format_markdown(rows: list[dict], texts, tasks=()) -> str:
     """The comparison table in markdown: ppl per text, the increase over FP32, accuracy (%) per task."""
     base = next((r for r in rows if r["key"] == "fp32"), None)
-    task_heads = []
-    for t in tasks:
-        task_heads.append(f"{t} {_HEADLINE.get(t, 'acc')}")
     head = ("| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " | vs FP32 | "
-            + "".join(f"{h} | " for h in task_heads) + "time (s) |")
+            + "".join(f"{t} {_HEADLINE.get(t, 'acc')} | " for t in tasks) + "time (s) |")
     lines = [head, "|" + "---|" * (5 + len(texts) + len(tasks))]
     for r in rows:
         ppls = [r["ppl"].get(t) for t in texts]
@@ -248,7 +242,7 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
             vs = " / ".join(f"{x:+.1f}%" for x in rel)
         else:
             vs = "-"
-        tcells = "".join((f"{100 * _task_metric(t, r['tasks'][t])[1]:.1f} | " if t in r.get("tasks", {}) else "- | ")
+        tcells = "".join((f"{100 * _task_value(t, r['tasks'][t]):.1f} | " if t in r.get("tasks", {}) else "- | ")
                          for t in tasks)
         note = f" ({r['n_windows']} windows)" if r.get("n_windows_note") else ""
         lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {tcells}"
@@ -330,7 +324,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                "tasks": task_res, "seconds": time.time() - t1}
         rows.append(row)
         print(f"{m.label}: " + ", ".join([f"{t} {p:.3f}" for t, p in row["ppl"].items()]
-                                         + [f"{t} {100 * _task_metric(t, r)[1]:.1f}" for t, r in task_res.items()])
+                                         + [f"{t} {100 * _task_value(t, r):.1f}" for t, r in task_res.items()])
               + f" ({row['seconds']:.0f} s)", flush=True)
     if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
         m = next(x for x in methods if x.key == "fptq_w4a8_fake")
