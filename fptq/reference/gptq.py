@@ -1,0 +1,172 @@
+"""GPTQ: INT4 groupwise weights chosen with second-order error feedback.
+
+GPTQ (Frantar et al., 2022, arXiv 2210.17323) quantizes a linear layer's
+weight ``W`` [N, K] one input column at a time and spreads each column's
+rounding error over the columns not yet quantized, so that the layer's output
+error ``||X W^T - X Q^T||^2`` over the calibration inputs ``X`` stays small.
+The inputs enter only through the Hessian of that error,
+``H = X^T X / n`` [K, K] (:class:`HessianAccumulator`).
+
+With ``U`` the upper Cholesky factor of ``(H + lambda I)^{-1}``,
+``lambda = damp * mean(diag H)``, column ``i`` is quantized and then
+
+    ``err = (w_i - dequant(q_i)) / U[i, i]``
+    ``W[:, j] -= err * U[i, j]``   for every later column j.
+
+The output is the spec's format: a :class:`fptq.spec.QuantizedWeight` whose
+codes are exactly ``fptq.spec.quantize_weight_with_scales`` of the
+error-updated weights with the returned scales, so packing, the W4A8 matmul and
+the checkpoint are unchanged. Group scales (and zero points):
+
+* ``act_order=False`` (default): a group's scale is taken when its first
+  column is reached, from the group's *updated* weights (as in the GPTQ code);
+* ``act_order=True``: columns are visited by decreasing ``diag(H)``; the group
+  scales are fixed beforehand from the original weights ("static groups"), so
+  every group keeps one consistent scale whatever the visiting order.
+
+``scale_fn(w_group [N, g]) -> (scale [N], zero [N] | None)`` chooses a group's
+scale; the default is the spec's RTN scale (:func:`fptq.spec.weight_scales`
+with per-channel groups), and a clipping search can be passed instead.
+
+The Hessian and the error feedback are float64; the quantization of each
+column is the spec's float32 arithmetic. Memory: ``H`` and its inverse,
+``2 K^2`` float64, plus the weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import spec
+from ..spec import WeightFormat
+from ..spec.formats import FLOAT, weight_format_spec
+
+__all__ = ["HessianAccumulator", "gptq_quantize", "rtn_group_scale"]
+
+ScaleFn = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+class HessianAccumulator:
+    """``H = X^T X / n`` over every calibration row a layer sees (float64 [K, K])."""
+
+    def __init__(self, k: int) -> None:
+        self.k = int(k)
+        self._sum = np.zeros((self.k, self.k), np.float64)
+        self.n = 0
+
+    def add_batch(self, x) -> None:
+        """Add rows ``x`` [..., K] (any float dtype); leading axes are flattened."""
+        x = np.asarray(x)
+        if x.shape[-1] != self.k:
+            raise ValueError(f"x: expected last dimension {self.k}, got shape {x.shape}")
+        rows = x.reshape(-1, self.k).astype(np.float64)
+        if not np.isfinite(rows).all():
+            raise ValueError("x contains a non-finite value; fptq rejects NaN and Inf")
+        self._sum += rows.T @ rows
+        self.n += rows.shape[0]
+
+    @property
+    def H(self) -> np.ndarray:
+        if self.n == 0:
+            raise ValueError("no calibration rows were added to the Hessian")
+        return self._sum / self.n
+
+
+def rtn_group_scale(fmt: WeightFormat) -> ScaleFn:
+    """The spec's round-to-nearest scale of one group of columns (per row)."""
+    def scale_fn(wg: np.ndarray):
+        scale, zero = spec.weight_scales(wg, -1, fmt)
+        return scale[:, 0], None if zero is None else zero[:, 0]
+    return scale_fn
+
+
+def _quantize_column(w: np.ndarray, scale: np.ndarray, zero, fmt: WeightFormat) -> np.ndarray:
+    """The spec's per-element rule (§4.2/§4.3) on one float32 column; returns the dequantized column."""
+    f = weight_format_spec(fmt)
+    y = np.rint(w / scale)
+    if zero is None:
+        return (np.clip(y, f.qmin, f.qmax) * scale).astype(FLOAT)
+    zf = zero.astype(FLOAT)
+    return ((np.clip(y + zf, f.qmin, f.qmax) - zf) * scale).astype(FLOAT)
+
+
+def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^{-1}``."""
+    k = H.shape[0]
+    lam = damp * float(np.mean(np.diag(H))) if k else 0.0
+    Hd = H + (lam if lam > 0 else damp) * np.eye(k)
+    Linv = np.linalg.inv(np.linalg.cholesky(Hd))
+    Hinv = Linv.T @ Linv
+    return np.linalg.cholesky(Hinv).T
+
+
+def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC, *,
+                  damp: float = 0.01, act_order: bool = False, block_size: int = 128,
+                  scale_fn: ScaleFn | None = None) -> spec.QuantizedWeight:
+    """GPTQ of ``w`` [N, K] float32 given ``H`` [K, K] (see the module docstring).
+
+    Args:
+        w: float32 [N, K], finite. H: symmetric positive semi-definite [K, K].
+        group_size: G (or -1 = per-channel), as in :func:`fptq.spec.quantize_weight`.
+        fmt: weight format. damp: relative dampening (> 0). act_order: visit
+        columns by decreasing ``diag(H)`` with static group scales.
+        block_size: columns per lazy-update block (speed only; results equal
+        up to float64 rounding). scale_fn: group scale chooser.
+    Returns:
+        :class:`fptq.spec.QuantizedWeight` with codes equal to
+        ``spec.quantize_weight_with_scales(W_updated, scale, zero, G, fmt)``.
+    """
+    w = spec.validate.as_float32(w, "w")
+    spec.validate.check_ndim(w, 2, "w")
+    fmt = WeightFormat(fmt)
+    n, k = w.shape
+    g = spec.validate.check_group_size(group_size, k)
+    H = np.array(H, dtype=np.float64)
+    if H.shape != (k, k) or not np.isfinite(H).all():
+        raise ValueError(f"H: expected a finite [{k}, {k}] matrix, got shape {H.shape}")
+    if not damp > 0:
+        raise ValueError(f"damp: expected > 0, got {damp!r}")
+    scale_fn = scale_fn or rtn_group_scale(fmt)
+    ng = spec.num_groups(k, g)
+    scale = np.empty((n, ng), FLOAT)
+    zero = np.zeros((n, ng), np.uint8) if fmt is WeightFormat.ASYMMETRIC else None
+
+    W = w.astype(np.float64)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    if act_order:
+        for gi, (a, b) in enumerate(spec.group_bounds(k, g)):
+            scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT))
+            if zero is not None:
+                zero[:, gi] = z
+        perm = np.argsort(-np.diag(H), kind="stable")
+    else:
+        perm = np.arange(k)
+    U = _inverse_cholesky(H[np.ix_(perm, perm)], damp)
+    W = W[:, perm]
+    W_final = np.empty((n, k), FLOAT)  # the float32 column each code was taken from, in original order
+
+    for b0 in range(0, k, block_size):
+        b1 = min(b0 + block_size, k)
+        Err = np.zeros((n, b1 - b0))
+        for i in range(b0, b1):
+            col = perm[i]
+            gi = col // g
+            if not act_order and col % g == 0:
+                a, b = spec.group_bounds(k, g)[gi]
+                scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT))
+                if zero is not None:
+                    zero[:, gi] = z
+            wc = W[:, i].astype(FLOAT)
+            W_final[:, col] = wc
+            deq = _quantize_column(wc, scale[:, gi], None if zero is None else zero[:, gi], fmt)
+            e = (wc.astype(np.float64) - deq) / U[i, i]
+            W[:, i + 1:b1] -= np.outer(e, U[i, i + 1:b1])
+            Err[:, i - b0] = e
+        W[:, b1:] -= Err @ U[b0:b1, b1:]
+
+    q = spec.quantize_weight_with_scales(W_final, scale, zero, g, fmt)
+    return spec.QuantizedWeight(q, scale, zero, g, fmt)
