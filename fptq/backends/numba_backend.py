@@ -1,10 +1,19 @@
 """The ``numba`` backend: every spec primitive as Numba-compiled code on NumPy arrays.
 
 For CPU-only machines without a deep-learning framework. Arrays are NumPy
-arrays (``from_numpy``/``to_numpy`` are the identity). Each operation checks
-its inputs with the spec's own validators (:mod:`fptq.spec.validate`, so the
-errors are the reference's: NaN/Inf named by tensor, wrong dtypes and shapes),
-makes them C-contiguous, and runs a kernel of :mod:`fptq.backends.numba_kernels`.
+arrays (``from_numpy``/``to_numpy`` are the identity). Each operation runs the
+spec's own check of the same name once (:mod:`fptq.spec.validate` over the
+NumPy adapter, so it rejects exactly what the reference rejects, with the same
+errors), then its unchecked implementation ``_<op>_unchecked``, which makes
+the arrays C-contiguous and runs a kernel of :mod:`fptq.backends.numba_kernels`.
+
+Internal entry points for callers that checked their arguments once (a model's
+forward): ``_w4a8_matmul_unchecked(qx, xscale, packed, wscale, zero, k, G, fmt,
+bias)`` takes exactly what ``validate.w4a8_matmul`` returns (G resolved, ``fmt``
+the enum, ``xscale`` of shape (), [1] or [M]); likewise
+``_quantize_act_per_tensor_unchecked(x, scale)``,
+``_quantize_act_per_token_unchecked(x)`` and ``_lae_apply_activation_unchecked(x, s)``.
+Nothing is re-checked inside, and results are never re-checked.
 Results are bit-identical to :mod:`fptq.spec` (``lae_scales`` is allowed 2 ulp
 for its log2; it computes log2 in float64 like the reference and matches it).
 
@@ -24,14 +33,9 @@ import numpy as np
 
 from .. import spec
 from ..spec import WeightFormat
-from ..spec.formats import FLOAT, weight_format_spec
-from ..spec.matmul import check_qx
-from ..spec.packing import packed_width
-from ..spec.policy import policy_thresholds
-from ..spec.validate import (
-    as_float32, check_dtype, check_group_size, check_k, check_ndim, check_positive_scale, check_shape,
-    check_zero_points,
-)
+from ..spec import validate as V
+from ..spec.arrays import NUMPY
+from ..spec.formats import FLOAT
 from ..spec.weights import num_groups
 from .base import BackendUnavailable
 
@@ -85,213 +89,134 @@ class NumbaBackend:
     # ------------------------------------------------------------------ activations (section 2)
 
     def act_scale_from_amax(self, amax):
-        amax = as_float32(amax, "amax")
-        if amax.size and (amax < 0).any():
-            raise ValueError("amax must be >= 0")
+        amax = V.act_scale_from_amax(NUMPY, amax)
         return self.k.activation.act_scale_from_amax(_c(amax).reshape(-1)).reshape(amax.shape)
 
     def quantize_act_per_tensor(self, x, scale):
-        x = as_float32(x, "x")
-        scale = as_float32(scale, "scale").reshape(-1)
-        if scale.shape != (1,):
-            raise ValueError(f"scale: per-tensor quantization takes one scale, got shape {scale.shape}")
-        check_positive_scale(scale, "scale")
-        return self.k.activation.quantize_per_tensor(_c(x).reshape(-1), scale[0]).reshape(x.shape)
+        return self._quantize_act_per_tensor_unchecked(*V.quantize_act_per_tensor(NUMPY, x, scale))
+
+    def _quantize_act_per_tensor_unchecked(self, x, scale):
+        return self.k.activation.quantize_per_tensor(_c(x).reshape(-1), scale.reshape(-1)[0]).reshape(x.shape)
 
     def quantize_act_per_token(self, x):
-        x = as_float32(x, "x")
-        check_ndim(x, 2, "x")
+        return self._quantize_act_per_token_unchecked(V.quantize_act_per_token(NUMPY, x))
+
+    def _quantize_act_per_token_unchecked(self, x):
         return self.k.activation.quantize_per_token(_c(x))
 
     def dequantize_act(self, q, scale):
-        q = check_dtype(q, np.int8, "q")
-        scale = as_float32(scale, "scale")
-        check_positive_scale(scale, "scale")
-        if scale.ndim == 1 and scale.shape[0] != 1:
-            check_ndim(q, 2, "q")
-            if scale.shape[0] != q.shape[0]:
-                raise ValueError(f"scale: expected shape ({q.shape[0]},) for q of shape {q.shape}, "
-                                 f"got {scale.shape}")
+        q, scale, per_token = V.dequantize_act(NUMPY, q, scale)
+        if per_token:
             return self.k.activation.dequantize_per_token(_c(q), _c(scale))
-        if scale.ndim > 1:
-            raise ValueError(f"scale: expected a scalar or a 1-D per-row scale, got shape {scale.shape}")
-        shape = np.broadcast_shapes(q.shape, scale.shape)
         out = self.k.activation.dequantize_per_tensor(_c(q).reshape(-1), scale.reshape(-1)[0])
-        return out.reshape(shape)
+        return out.reshape(q.shape)
 
     # ------------------------------------------------------------------ LAE (section 3)
 
     def lae_scales(self, channel_max):
-        m = as_float32(channel_max, "channel_max")
-        check_ndim(m, 1, "channel_max")
-        if m.size and (m < 0).any():
-            raise ValueError("channel_max must be >= 0")
-        return self.k.lae.lae_scales(_c(m))
-
-    @staticmethod
-    def _check_s(s, k: int) -> np.ndarray:
-        s = as_float32(s, "s")
-        check_ndim(s, 1, "s")
-        if s.shape[0] != k:
-            raise ValueError(f"s: expected {k} channel scales, got {s.shape[0]}")
-        check_positive_scale(s, "s")
-        return _c(s)
+        return self.k.lae.lae_scales(_c(V.lae_scales(NUMPY, channel_max)))
 
     def lae_apply_activation(self, x, s):
-        x = as_float32(x, "x")
-        check_ndim(x, 2, "x")
-        return self.k.lae.lae_apply_activation(_c(x), self._check_s(s, x.shape[1]))
+        return self._lae_apply_activation_unchecked(*V.lae_apply_activation(NUMPY, x, s))
+
+    def _lae_apply_activation_unchecked(self, x, s):
+        return self.k.lae.lae_apply_activation(_c(x), _c(s))
 
     def lae_apply_weight(self, w, s):
-        w = as_float32(w, "w")
-        check_ndim(w, 2, "w")
-        return self.k.lae.lae_apply_weight(_c(w), self._check_s(s, w.shape[1]))
+        w, s = V.lae_apply_weight(NUMPY, w, s)
+        return self.k.lae.lae_apply_weight(_c(w), _c(s))
 
     # ------------------------------------------------------------------ weights (section 4)
 
     def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w = as_float32(w, "w")
-        check_ndim(w, 2, "w")
-        weight_format_spec(fmt)
-        g = check_group_size(group_size, w.shape[1])
-        if WeightFormat(fmt) is WeightFormat.SYMMETRIC:
+        return self._weight_scales_unchecked(*V.weight_scales(NUMPY, w, group_size, fmt))
+
+    def _weight_scales_unchecked(self, w, g, fmt):
+        g = max(min(g, w.shape[1]), 1)                 # G > K is one group of K columns
+        if fmt is WeightFormat.SYMMETRIC:
             return self.k.weights.weight_scales_sym(_c(w), g), None
         scale, zero, overflow = self.k.weights.weight_scales_asym(_c(w), g)
         if overflow.any():
-            raise ValueError("w: a group's range max - min overflows float32")
+            raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
         return scale, zero
 
-    def _check_weight_scales(self, w, scale, zero, group_size, fmt):
-        """The spec's checks of quantize_weight_with_scales; returns (w, scale, zero-or-None, G)."""
-        w = as_float32(w, "w")
-        check_ndim(w, 2, "w")
-        weight_format_spec(fmt)
-        n, k = w.shape
-        g = check_group_size(group_size, k)
-        ng = num_groups(k, g)
-        scale = as_float32(scale, "scale")
-        check_shape(scale, (n, ng), "scale")
-        check_positive_scale(scale, "scale")
-        zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
-        return _c(w), _c(scale), zero, g
-
     def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, scale, zero, g = self._check_weight_scales(w, scale, zero, group_size, fmt)
+        w, scale, zero, g, fmt = V.quantize_weight_with_scales(NUMPY, w, scale, zero, group_size, fmt)
+        return self._quantize_weight_with_scales_unchecked(w, scale, zero, g)
+
+    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g):
+        g = max(min(g, w.shape[1]), 1)
         if zero is None:
-            return self.k.weights.quantize_sym(w, scale, g)
-        return self.k.weights.quantize_asym(w, scale, _c(zero), g)
+            return self.k.weights.quantize_sym(_c(w), _c(scale), g)
+        return self.k.weights.quantize_asym(_c(w), _c(scale), _c(zero), g)
 
     def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w = as_float32(w, "w")
-        check_ndim(w, 2, "w")
-        g = check_group_size(group_size, w.shape[1])
-        scale, zero = self.weight_scales(w, g, fmt)
-        q = self.quantize_weight_with_scales(w, scale, zero, g, fmt)
-        return spec.QuantizedWeight(q, scale, zero, g, WeightFormat(fmt))
+        w, g, fmt = V.quantize_weight(NUMPY, w, group_size, fmt)
+        scale, zero = self._weight_scales_unchecked(w, g, fmt)
+        q = self._quantize_weight_with_scales_unchecked(w, scale, zero, g)
+        return spec.QuantizedWeight(q, scale, zero, g, fmt)
 
     def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        q = check_dtype(q, np.int8, "q")
-        check_ndim(q, 2, "q")
+        q, scale, zero, g, fmt = V.dequantize_weight(NUMPY, q, scale, zero, group_size, fmt)
         n, k = q.shape
-        g = check_group_size(group_size, k)
-        ng = num_groups(k, g)
-        scale = as_float32(scale, "scale")
-        check_shape(scale, (n, ng), "scale")
-        check_positive_scale(scale, "scale")
-        zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
+        g = max(min(g, k), 1)
         if zero is None:
-            zero = _zeros_u8(n, ng)
+            zero = _zeros_u8(n, num_groups(k, g))
         return self.k.weights.dequantize(_c(q), _c(scale), _c(zero), g)
 
     # ------------------------------------------------------------------ packing (section 5)
 
     def pack_int4(self, q, signed=True):
-        q = check_dtype(q, np.int8, "q")
-        check_ndim(q, 2, "q")
-        fmt = spec.INT4_SYM if signed else spec.UINT4_ASYM
-        if q.size and (q.min() < fmt.storage_min or q.max() > fmt.storage_max):
-            raise ValueError(
-                f"q: values must be in [{fmt.storage_min}, {fmt.storage_max}] for "
-                f"{'signed' if signed else 'unsigned'} INT4, got [{q.min()}, {q.max()}]"
-            )
-        return self.k.packing.pack_int4(_c(q))
+        return self.k.packing.pack_int4(_c(V.pack_int4(NUMPY, q, signed)))
 
     def unpack_int4(self, packed, k, signed=True):
-        packed = self._check_packed(packed, k)
-        return self.k.packing.unpack_int4(packed, check_k(k), bool(signed))
-
-    @staticmethod
-    def _check_packed(packed, k) -> np.ndarray:
-        packed = check_dtype(packed, np.uint8, "packed")
-        check_ndim(packed, 2, "packed")
-        k = check_k(k)
-        if packed.shape[1] != packed_width(k):
-            raise ValueError(f"packed: expected {packed_width(k)} bytes per row for K={k}, got {packed.shape[1]}")
-        return _c(packed)
+        packed, k = V.unpack_int4(NUMPY, packed, k, signed)
+        return self.k.packing.unpack_int4(_c(packed), k, bool(signed))
 
     # ------------------------------------------------------------------ matmul (section 6)
 
-    def _check_core(self, qx, packed, zero, k, group_size, fmt):
-        """The spec's checks of w4a8_group_sums (in its order); returns
-        (qx, packed, zero [N, ng] (zeros if symmetric), K, G, signed)."""
-        k = int(k)
-        g = check_group_size(group_size, k)
-        qx = _c(check_qx(qx, k))
-        fmt = WeightFormat(fmt)
-        packed = self._check_packed(packed, k)
-        n, ng = packed.shape[0], num_groups(k, g)
-        zero = check_zero_points(zero, (n, ng), fmt is WeightFormat.ASYMMETRIC)
-        if zero is None:
-            return qx, packed, _zeros_u8(n, ng), k, g, True
-        return qx, packed, _c(zero), k, g, False
+    @staticmethod
+    def _core_args(qx, packed, zero, k, fmt, n, ng):
+        """C-contiguous core arguments; zero points all 0 for the symmetric format; and ``signed``."""
+        signed = fmt is WeightFormat.SYMMETRIC
+        return _c(qx), _c(packed), (_zeros_u8(n, ng) if zero is None else _c(zero)), signed
 
     def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
-        qx, packed, zero, k, g, signed = self._check_core(qx, packed, zero, k, group_size, fmt)
+        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(NUMPY, qx, packed, zero, k, group_size, fmt)
+        qx, packed, zero, signed = self._core_args(qx, packed, zero, k, fmt, packed.shape[0], num_groups(k, g))
         return self.k.matmul.group_sums(qx, packed, zero, k, g, signed)
 
     @staticmethod
-    def _check_epilogue(m, n, ng, wscale, xscale, bias):
-        """The spec's checks of w4a8_epilogue; returns (wscale, xs [M], bias or None)."""
-        wscale = as_float32(wscale, "wscale")
-        check_shape(wscale, (n, ng), "wscale")
-        check_positive_scale(wscale, "wscale")
-        xs = as_float32(xscale, "xscale").reshape(-1)
-        check_positive_scale(xs, "xscale")
-        if xs.shape[0] == 1:
-            xs = np.full(m, xs[0], dtype=FLOAT)
-        elif xs.shape[0] != m:
-            raise ValueError(f"xscale: expected one scale or {m} per-token scales, got shape {xs.shape}")
-        if bias is not None:
-            bias = as_float32(bias, "bias")
-            check_shape(bias, (n,), "bias")
-            bias = _c(bias)
-        return _c(wscale), _c(xs), bias
+    def _xs(xscale, m: int) -> np.ndarray:
+        """An activation scale of shape (), [1] or [M] as float32 [M]."""
+        xs = xscale.reshape(-1)
+        return _c(xs) if xs.shape[0] == m else np.full(m, xs[0], dtype=FLOAT)
 
     def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
-        acc = check_dtype(acc, np.int32, "acc")
-        check_ndim(acc, 3, "acc")
-        m, n, ng = acc.shape
-        wscale, xs, bias = self._check_epilogue(m, n, ng, wscale, xscale, bias)
+        acc, wscale, xscale, bias = V.w4a8_epilogue(NUMPY, acc, wscale, xscale, bias)
         has_bias = bias is not None
-        b = bias if has_bias else np.zeros(0, FLOAT)
-        return self.k.matmul.epilogue(_c(acc), wscale, xs, b, has_bias)
+        b = _c(bias) if has_bias else np.zeros(0, FLOAT)
+        return self.k.matmul.epilogue(_c(acc), _c(wscale), self._xs(xscale, acc.shape[0]), b, has_bias)
 
     def w4a8_matmul(self, qx, xscale, packed, wscale, zero, k, group_size, fmt=WeightFormat.SYMMETRIC,
                     bias=None, path=None):
         """See :func:`fptq.spec.w4a8_matmul`. ``path``: None (choose by M and G), ``"decode"``,
         ``"tiled"`` or ``"generic"`` (see :mod:`fptq.backends.numba_kernels.matmul`); all give the same bits."""
-        qx, packed, zero, k, g, signed = self._check_core(qx, packed, zero, k, group_size, fmt)
+        args = V.w4a8_matmul(NUMPY, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+        return self._w4a8_matmul_unchecked(*args, path=path)
+
+    def _w4a8_matmul_unchecked(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias=None, path=None):
+        """:meth:`w4a8_matmul` on arguments already checked by ``fptq.spec.validate.w4a8_matmul``
+        (pass its return value, in order). No check is repeated here."""
         m, n, ng = qx.shape[0], packed.shape[0], num_groups(k, g)
-        wscale, xs, bias = self._check_epilogue(m, n, ng, wscale, xscale, bias)
+        qx, packed, zero, signed = self._core_args(qx, packed, zero, k, fmt, n, ng)
         if path is None:
             path = self.k.matmul.choose_path(m, g, self.decode_max_m)
-        return self.k.matmul.matmul(qx, xs, packed, wscale, zero, k, g, signed, bias, path)
+        return self.k.matmul.matmul(qx, self._xs(xscale, m), packed, _c(wscale), zero, k, g, signed,
+                                    None if bias is None else _c(bias), path)
 
     # ------------------------------------------------------------------ policy (section 7)
 
     def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
-        v = as_float32(v, "v")
-        if v.size and (v < 0).any():
-            raise ValueError("v (activation range) must be >= 0")
-        t0, t1 = policy_thresholds(v0, v1)
+        v, t0, t1 = V.select_policies(NUMPY, v, v0, v1)
         return self.k.policy.select_policies(_c(v).reshape(-1), t0, t1).reshape(v.shape)

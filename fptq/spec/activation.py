@@ -8,14 +8,19 @@ Symmetric INT8 in [-127, 127]. Two granularities:
 
 All arithmetic is float32, each op rounded separately; division is true IEEE
 division (``x / s``, never ``x * (1 / s)``); rounding is half to even.
+
+Each public function runs its check of :mod:`fptq.spec.validate` once, then
+an unchecked implementation (``_scale_from_amax``, ``_quantize``,
+``_per_token``, ``_dequantize``) that assumes checked arguments.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import validate as V
+from .arrays import NUMPY
 from .formats import FLOAT, INT8_ACT, MIN_SCALE
-from .validate import as_float32, check_dtype, check_ndim, check_positive_scale
 
 __all__ = [
     "act_scale_from_amax",
@@ -41,9 +46,11 @@ def act_scale_from_amax(amax) -> np.ndarray:
     ``MIN_SCALE``; every element then quantizes to 0 or to a value that the
     clip keeps in range.
     """
-    amax = as_float32(amax, "amax")
-    if amax.size and (amax < 0).any():
-        raise ValueError("amax must be >= 0")
+    return _scale_from_amax(V.act_scale_from_amax(NUMPY, amax))
+
+
+def _scale_from_amax(amax: np.ndarray) -> np.ndarray:
+    """Unchecked :func:`act_scale_from_amax` (float32, finite, >= 0)."""
     scale = amax / FLOAT(INT8_ACT.scale_divisor)
     return np.maximum(scale, MIN_SCALE).astype(FLOAT)
 
@@ -65,16 +72,12 @@ def quantize_act_per_tensor(x, scale) -> np.ndarray:
 
     Args:
         x: float32, any shape (empty allowed), finite.
-        scale: float32 scalar (0-d or shape [1]), finite, > 0 (from calibration).
+        scale: one float32 (shape () or [1], nothing else), finite, > 0 (from calibration).
     Returns:
         int8 array of x's shape, values in [-127, 127].
     """
-    x = as_float32(x, "x")
-    scale = as_float32(scale, "scale").reshape(-1)
-    if scale.shape != (1,):
-        raise ValueError(f"scale: per-tensor quantization takes one scale, got shape {scale.shape}")
-    check_positive_scale(scale, "scale")
-    return _quantize(x, scale[0])
+    x, scale = V.quantize_act_per_tensor(NUMPY, x, scale)
+    return _quantize(x, scale.reshape(-1)[0])
 
 
 def quantize_act_per_token(x) -> tuple[np.ndarray, np.ndarray]:
@@ -94,13 +97,16 @@ def quantize_act_per_token(x) -> tuple[np.ndarray, np.ndarray]:
     of 127); when the scale is clamped to ``MIN_SCALE`` (amax < 127 * 2**-126)
     it quantizes to ``rint(amax / 2**-126)`` < 127 instead.
     """
-    x = as_float32(x, "x")
-    check_ndim(x, 2, "x")
+    return _per_token(V.quantize_act_per_token(NUMPY, x))
+
+
+def _per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unchecked :func:`quantize_act_per_token` (float32 [M, K], finite)."""
     if x.shape[1] == 0:
         amax = np.zeros(x.shape[0], dtype=FLOAT)
     else:
         amax = np.abs(x).max(axis=1)
-    scale = act_scale_from_amax(amax)
+    scale = _scale_from_amax(amax)
     return _quantize(x, scale[:, None]), scale
 
 
@@ -108,19 +114,17 @@ def dequantize_act(q, scale) -> np.ndarray:
     """Dequantize INT8 activations: ``x_hat = float32(q) * scale`` (one float32 multiply).
 
     Args:
-        q: int8 [M, K] (or any shape with a scalar scale).
-        scale: float32 scalar (per-tensor) or [M] (per-token, broadcast over K).
+        q: int8, any shape with one scale; [M, K] with a per-token scale.
+        scale: one float32 (shape () or [1]: per-tensor), or float32 [M]
+            (per-token, broadcast over K), finite, > 0.
     Returns:
-        float32 array of q's shape.
+        float32 array of q's shape (a 0-d q gives a 0-d result).
     """
-    q = check_dtype(q, np.int8, "q")
-    scale = as_float32(scale, "scale")
-    check_positive_scale(scale, "scale")
-    if scale.ndim == 1 and scale.shape[0] != 1:
-        check_ndim(q, 2, "q")
-        if scale.shape[0] != q.shape[0]:
-            raise ValueError(f"scale: expected shape ({q.shape[0]},) for q of shape {q.shape}, got {scale.shape}")
-        scale = scale[:, None]
-    elif scale.ndim > 1:
-        raise ValueError(f"scale: expected a scalar or a 1-D per-row scale, got shape {scale.shape}")
-    return (q.astype(FLOAT) * scale).astype(FLOAT)
+    q, scale, per_token = V.dequantize_act(NUMPY, q, scale)
+    return _dequantize(q, scale, per_token)
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, per_token: bool) -> np.ndarray:
+    """Unchecked :func:`dequantize_act`."""
+    s = scale[:, None] if per_token else scale.reshape(-1)[0]
+    return np.asarray(q.astype(FLOAT) * s, dtype=FLOAT).reshape(q.shape)

@@ -27,6 +27,12 @@ __all__ = [
     "DEFAULT_V1",
     "FLOAT",
     "weight_format_spec",
+    "POLICY_CODES",
+    "NIBBLE_BITS",
+    "NIBBLE_MASK",
+    "INT4_SIGN_OFFSET",
+    "MAX_TERM",
+    "check_table",
 ]
 
 #: The one floating-point type of the spec. Every float op is float32, IEEE 754
@@ -127,6 +133,19 @@ class ActPolicy(str, enum.Enum):
     DYNAMIC = "dynamic"
 
 
+#: Integer codes of the policies in arrays (``select_policies`` returns these; spec §7).
+POLICY_CODES = {ActPolicy.STATIC: 0, ActPolicy.LAE_STATIC: 1, ActPolicy.DYNAMIC: 2}
+
+#: Bits of one packed INT4 value (spec §5).
+NIBBLE_BITS = INT4_SYM.bits
+#: ``0x0F``: the low nibble of a byte.
+NIBBLE_MASK = (1 << NIBBLE_BITS) - 1
+#: 8: a signed nibble q with its sign bit flipped (``q ^ 8``) reads, unsigned, as ``q + 8``:
+#: symmetric weights become unsigned ones with zero point 8 (used by fused kernels).
+INT4_SIGN_OFFSET = -INT4_SYM.storage_min
+#: 1920 = 128 * 15: the largest |int8 x (q - z)| term of a group sum (spec §6.3).
+MAX_TERM = -INT8_ACT.storage_min * (UINT4_ASYM.qmax - UINT4_ASYM.qmin)
+
 #: Smallest scale the spec ever produces: the smallest normal float32, 2**-126.
 #: Any computed scale below it (an all-zero row or group, or an amax so small
 #: that amax / qmax would be subnormal or underflow to zero) is replaced by it.
@@ -142,23 +161,35 @@ DEFAULT_V0 = 15.0
 DEFAULT_V1 = 150.0
 
 
-def _check_table() -> None:
-    for f in (INT8_ACT, INT4_SYM, UINT4_ASYM):
-        assert f.storage_min <= f.qmin < f.qmax <= f.storage_max, f
-        assert 0 < f.scale_divisor <= f.qmax - f.qmin, f
-    # symmetric formats: the scale divisor is the positive end of the range
-    assert INT8_ACT.scale_divisor == INT8_ACT.qmax == -INT8_ACT.qmin
-    assert INT4_SYM.scale_divisor == INT4_SYM.qmax and INT4_SYM.qmin == INT4_SYM.storage_min
-    # asymmetric: the whole unsigned range
-    assert UINT4_ASYM.scale_divisor == UINT4_ASYM.qmax - UINT4_ASYM.qmin
-    assert INT4_SYM.bits == UINT4_ASYM.bits == 4 and INT8_ACT.bits == 8
-    # overflow bound of the integer matmul (see MAX_GROUP_SIZE)
-    max_x = -INT8_ACT.storage_min
-    max_w = max(INT4_SYM.storage_max - INT4_SYM.storage_min, UINT4_ASYM.qmax)
-    assert max_x * max_w * MAX_GROUP_SIZE <= 2**31 - 1
-    assert max_x * INT4_SYM.storage_max * MAX_GROUP_SIZE <= 2**31 - 1
-    assert float(MIN_SCALE) == 2.0**-126 and np.finfo(np.float32).tiny == MIN_SCALE
-    assert 0 < DEFAULT_V0 < DEFAULT_V1
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise RuntimeError(f"fptq.spec.formats: the format table is inconsistent: {what}")
 
 
-_check_table()
+def check_table(int8: IntFormat = INT8_ACT, int4: IntFormat = INT4_SYM, uint4: IntFormat = UINT4_ASYM,
+                max_group_size: int = MAX_GROUP_SIZE) -> None:
+    """Check the table for internal consistency (run at import; a real check, not an ``assert``).
+
+    Raises RuntimeError naming the broken rule. The arguments exist so that a test can
+    hand it a broken row; by default it checks the table above.
+    """
+    for f in (int8, int4, uint4):
+        _require(f.storage_min <= f.qmin < f.qmax <= f.storage_max, f"{f.name}: qmin/qmax outside the bit width")
+        _require(0 < f.scale_divisor <= f.qmax - f.qmin, f"{f.name}: scale divisor outside the range")
+    _require(int8.scale_divisor == int8.qmax == -int8.qmin, f"{int8.name}: symmetric scale divisor != qmax")
+    _require(int4.scale_divisor == int4.qmax and int4.qmin == int4.storage_min,
+             f"{int4.name}: scale divisor != qmax or qmin != storage_min")
+    _require(uint4.scale_divisor == uint4.qmax - uint4.qmin, f"{uint4.name}: scale divisor != range")
+    _require(int4.bits == uint4.bits == NIBBLE_BITS and int8.bits == 8, "bit widths (INT4 nibbles, INT8 bytes)")
+    _require(-int4.storage_min == INT4_SIGN_OFFSET and NIBBLE_MASK == (1 << int4.bits) - 1, "nibble constants")
+    # overflow bound of the integer matmul (spec §6.3)
+    max_x = -int8.storage_min
+    max_w = max(int4.storage_max - int4.storage_min, uint4.qmax - uint4.qmin)
+    _require(max_x * max_w <= MAX_TERM and max_x * max_w * max_group_size <= 2**31 - 1,
+             f"1920 * G <= 2**31 - 1 for G = {max_group_size} (int32 overflow bound)")
+    _require(float(MIN_SCALE) == 2.0**-126 and np.finfo(np.float32).tiny == MIN_SCALE, "MIN_SCALE != 2**-126")
+    _require(0 < DEFAULT_V0 < DEFAULT_V1, "default thresholds")
+    _require(sorted(POLICY_CODES.values()) == list(range(len(ActPolicy))), "policy codes")
+
+
+check_table()

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import validate as V
+from .arrays import NUMPY
 from .formats import FLOAT, MIN_SCALE
-from .validate import as_float32, check_ndim, check_positive_scale
 
 __all__ = ["LAE_SCALE_ULP_TOLERANCE", "lae_scales", "lae_apply_activation", "lae_apply_weight"]
 
@@ -45,23 +46,15 @@ def lae_scales(channel_max) -> np.ndarray:
     value in that channel is never divided by zero or by a subnormal.
     Tolerance: <= 2 ulp of float32 against this reference (see module docstring).
     """
-    m = as_float32(channel_max, "channel_max")
-    check_ndim(m, 1, "channel_max")
-    if m.size and (m < 0).any():
-        raise ValueError("channel_max must be >= 0")
+    return _lae_scales(V.lae_scales(NUMPY, channel_max))
+
+
+def _lae_scales(m: np.ndarray) -> np.ndarray:
+    """Unchecked :func:`lae_scales` (float32 [K], finite, >= 0)."""
     t = (m + FLOAT(2)).astype(FLOAT)
     l2 = np.log2(t.astype(np.float64)).astype(FLOAT)
     s = (m / l2).astype(FLOAT)
     return np.where(m < MIN_SCALE, FLOAT(1), s).astype(FLOAT)
-
-
-def _check_s(s, k: int) -> np.ndarray:
-    s = as_float32(s, "s")
-    check_ndim(s, 1, "s")
-    if s.shape[0] != k:
-        raise ValueError(f"s: expected {k} channel scales, got {s.shape[0]}")
-    check_positive_scale(s, "s")
-    return s
 
 
 def lae_apply_activation(x, s) -> np.ndarray:
@@ -75,9 +68,7 @@ def lae_apply_activation(x, s) -> np.ndarray:
     preceding norm's weight, or the rows of the preceding linear); this function
     is the definition the folded form must reproduce.
     """
-    x = as_float32(x, "x")
-    check_ndim(x, 2, "x")
-    s = _check_s(s, x.shape[1])
+    x, s = V.lae_apply_activation(NUMPY, x, s)
     return (x / s[None, :]).astype(FLOAT)
 
 
@@ -89,7 +80,5 @@ def lae_apply_weight(w, s) -> np.ndarray:
     Returns:
         float32 [N, K].
     """
-    w = as_float32(w, "w")
-    check_ndim(w, 2, "w")
-    s = _check_s(s, w.shape[1])
+    w, s = V.lae_apply_weight(NUMPY, w, s)
     return (w * s[None, :]).astype(FLOAT)

@@ -28,29 +28,22 @@ scalar or per-token [M]); optional bias [N].
 
 Kernels may compute the integer core any way they like; the epilogue must
 produce exactly these float32 bits.
+
+Each public function checks its arguments once (:mod:`fptq.spec.validate`)
+and runs an unchecked implementation (``_group_sums``, ``_epilogue``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import validate as V
+from .arrays import NUMPY
 from .formats import FLOAT, WeightFormat
-from .packing import unpack_int4
-from .validate import (
-    as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape, check_zero_points,
-)
+from .packing import _unpack
 from .weights import num_groups
 
-__all__ = ["check_qx", "w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul"]
-
-
-def check_qx(qx, k) -> np.ndarray:
-    """Check the matmul activation: int8, 2-D, K columns (TypeError/ValueError naming ``qx``)."""
-    qx = check_dtype(qx, np.int8, "qx")
-    check_ndim(qx, 2, "qx")
-    if qx.shape[1] != k:
-        raise ValueError(f"qx: expected K={k} columns to match the weight, got shape {qx.shape}")
-    return qx
+__all__ = ["w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul"]
 
 
 def w4a8_group_sums(qx, packed, zero, k: int, group_size: int,
@@ -61,18 +54,20 @@ def w4a8_group_sums(qx, packed, zero, k: int, group_size: int,
         qx: int8 [M, K] (any int8 value admitted, -128 included).
         packed: uint8 [N, ceil(K/2)], :mod:`fptq.spec.packing` layout.
         zero: uint8 [N, ng] in [0, 15] for the asymmetric format, None for symmetric.
-        k: logical K. group_size: G (or -1 = per-channel).
+        k: logical K, an integer >= 0 (not a bool, not a float).
+        group_size: G (or -1 = per-channel).
         fmt: weight format (decides the nibble interpretation and the zero-point term).
     Returns:
         int32 [M, N, ng].
     """
-    k = int(k)
-    g = check_group_size(group_size, k)
-    qx = check_qx(qx, k)
-    fmt = WeightFormat(fmt)
-    q = unpack_int4(packed, k, signed=fmt is WeightFormat.SYMMETRIC).astype(np.int64)
+    qx, packed, zero, k, g, fmt = V.w4a8_group_sums(NUMPY, qx, packed, zero, k, group_size, fmt)
+    return _group_sums(qx, packed, zero, k, g, fmt)
+
+
+def _group_sums(qx, packed, zero, k: int, g: int, fmt: WeightFormat) -> np.ndarray:
+    """Unchecked :func:`w4a8_group_sums`."""
+    q = _unpack(packed, k, signed=fmt is WeightFormat.SYMMETRIC).astype(np.int64)
     m, n, ng = qx.shape[0], q.shape[0], num_groups(k, g)
-    zero = check_zero_points(zero, (n, ng), fmt is WeightFormat.ASYMMETRIC)
     x = qx.astype(np.int64)
     acc = np.zeros((m, n, ng), dtype=np.int64)
     for gi in range(ng):
@@ -82,7 +77,9 @@ def w4a8_group_sums(qx, packed, zero, k: int, group_size: int,
         xsum = np.stack([x[:, gi * g:min((gi + 1) * g, k)].sum(axis=1) for gi in range(ng)], axis=1) \
             if ng else np.zeros((m, 0), np.int64)
         acc -= zero.astype(np.int64)[None, :, :] * xsum[:, None, :]
-    assert np.abs(acc).max(initial=0) < 2**31  # guaranteed by the bound in the docstring
+    if np.abs(acc).max(initial=0) >= 2**31:  # impossible by the bound in the docstring: a real check
+        raise ArithmeticError("w4a8_group_sums: an int32 group sum overflowed; the overflow bound of "
+                              "docs/spec.md §6.3 was broken (an unchecked input?)")
     return acc.astype(np.int32)
 
 
@@ -92,23 +89,21 @@ def w4a8_epilogue(acc, wscale, xscale, bias=None) -> np.ndarray:
     Args:
         acc: int32 [M, N, ng].
         wscale: float32 [N, ng], > 0.
-        xscale: float32 scalar / [1] (per-tensor) or [M] (per-token), > 0.
+        xscale: one float32, shape () or [1] (per-tensor), or float32 [M] (per-token), > 0.
         bias: float32 [N] or None.
     Returns:
         float32 [M, N].
     """
-    acc = check_dtype(acc, np.int32, "acc")
-    check_ndim(acc, 3, "acc")
+    acc, wscale, xscale, bias = V.w4a8_epilogue(NUMPY, acc, wscale, xscale, bias)
+    return _epilogue(acc, wscale, xscale, bias)
+
+
+def _epilogue(acc, wscale, xscale, bias) -> np.ndarray:
+    """Unchecked :func:`w4a8_epilogue` (xscale of shape (), [1] or [M])."""
     m, n, ng = acc.shape
-    wscale = as_float32(wscale, "wscale")
-    check_shape(wscale, (n, ng), "wscale")
-    check_positive_scale(wscale, "wscale")
-    xs = as_float32(xscale, "xscale").reshape(-1)
-    check_positive_scale(xs, "xscale")
-    if xs.shape[0] == 1:
+    xs = xscale.reshape(-1)
+    if xs.shape[0] != m:  # one per-tensor scale for every row
         xs = np.full(m, xs[0], dtype=FLOAT)
-    elif xs.shape[0] != m:
-        raise ValueError(f"xscale: expected one scale or {m} per-token scales, got shape {xs.shape}")
     y = np.zeros((m, n), dtype=FLOAT)
     for gi in range(ng):
         t = acc[:, :, gi].astype(FLOAT)
@@ -116,8 +111,6 @@ def w4a8_epilogue(acc, wscale, xscale, bias=None) -> np.ndarray:
         y = (y + t).astype(FLOAT)
     y = (y * xs[:, None]).astype(FLOAT)
     if bias is not None:
-        bias = as_float32(bias, "bias")
-        check_shape(bias, (n,), "bias")
         y = (y + bias[None, :]).astype(FLOAT)
     return y
 
@@ -129,5 +122,6 @@ def w4a8_matmul(qx, xscale, packed, wscale, zero, k: int, group_size: int,
     Approximates ``(qx * xscale) @ dequantize_weight(...)^T + bias`` with integer
     products; returns float32 [M, N] bit-exactly as pinned above.
     """
-    acc = w4a8_group_sums(qx, packed, zero, k, group_size, fmt)
-    return w4a8_epilogue(acc, wscale, xscale, bias)
+    qx, xscale, packed, wscale, zero, k, g, fmt, bias = V.w4a8_matmul(
+        NUMPY, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+    return _epilogue(_group_sums(qx, packed, zero, k, g, fmt), wscale, xscale, bias)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import INT4_SYM, UINT4_ASYM, Int4Packing
-from .validate import check_dtype, check_k, check_ndim
+from . import validate as V
+from .arrays import NUMPY
+from .formats import INT4_SYM, NIBBLE_BITS, NIBBLE_MASK, Int4Packing
 
 __all__ = ["PACKING", "packed_width", "pack_int4", "unpack_int4"]
 
 PACKING = Int4Packing.K_LOW_FIRST
+_BITS, _MASK, _VALUES = np.uint8(NIBBLE_BITS), np.uint8(NIBBLE_MASK), 1 << NIBBLE_BITS   # 4, 0x0F, 16
 
 
 def packed_width(k: int) -> int:
@@ -45,19 +47,16 @@ def pack_int4(q, signed: bool = True) -> np.ndarray:
         uint8 [N, ceil(K / 2)].
     Raises ValueError if a value is out of range (it would not survive 4 bits).
     """
-    q = check_dtype(q, np.int8, "q")
-    check_ndim(q, 2, "q")
-    fmt = INT4_SYM if signed else UINT4_ASYM
-    if q.size and (q.min() < fmt.storage_min or q.max() > fmt.storage_max):
-        raise ValueError(
-            f"q: values must be in [{fmt.storage_min}, {fmt.storage_max}] for "
-            f"{'signed' if signed else 'unsigned'} INT4, got [{q.min()}, {q.max()}]"
-        )
+    return _pack(V.pack_int4(NUMPY, q, signed))
+
+
+def _pack(q: np.ndarray) -> np.ndarray:
+    """Unchecked :func:`pack_int4` (int8 [N, K] in range)."""
     n, k = q.shape
-    nib = (q.astype(np.uint8) & np.uint8(0x0F))
+    nib = (q.astype(np.uint8) & _MASK)
     if k % 2:
         nib = np.concatenate([nib, np.zeros((n, 1), np.uint8)], axis=1)
-    return (nib[:, 0::2] | (nib[:, 1::2] << np.uint8(4))).astype(np.uint8)
+    return (nib[:, 0::2] | (nib[:, 1::2] << _BITS)).astype(np.uint8)
 
 
 def unpack_int4(packed, k: int, signed: bool = True) -> np.ndarray:
@@ -72,18 +71,19 @@ def unpack_int4(packed, k: int, signed: bool = True) -> np.ndarray:
     Returns:
         int8 [N, K], in [-8, 7] (signed) or [0, 15] (unsigned).
     """
-    packed = check_dtype(packed, np.uint8, "packed")
-    check_ndim(packed, 2, "packed")
-    k = check_k(k)
-    if packed.shape[1] != packed_width(k):
-        raise ValueError(f"packed: expected {packed_width(k)} bytes per row for K={k}, got {packed.shape[1]}")
+    packed, k = V.unpack_int4(NUMPY, packed, k, signed)
+    return _unpack(packed, k, bool(signed))
+
+
+def _unpack(packed: np.ndarray, k: int, signed: bool) -> np.ndarray:
+    """Unchecked :func:`unpack_int4`."""
     n = packed.shape[0]
     out = np.empty((n, 2 * packed.shape[1]), dtype=np.int8)
-    lo = (packed & np.uint8(0x0F)).astype(np.int8)
-    hi = (packed >> np.uint8(4)).astype(np.int8)
-    if signed:
-        lo = np.where(lo >= 8, lo - 16, lo).astype(np.int8)
-        hi = np.where(hi >= 8, hi - 16, hi).astype(np.int8)
+    lo = (packed & _MASK).astype(np.int8)
+    hi = (packed >> _BITS).astype(np.int8)
+    if signed:  # two's complement: a nibble v >= 8 means v - 16
+        lo = np.where(lo > INT4_SYM.qmax, lo - _VALUES, lo).astype(np.int8)
+        hi = np.where(hi > INT4_SYM.qmax, hi - _VALUES, hi).astype(np.int8)
     out[:, 0::2] = lo
     out[:, 1::2] = hi
     return out[:, :k]

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import DEFAULT_V0, DEFAULT_V1, FLOAT, ActPolicy
-from .validate import as_float32
+from . import validate as V
+from .arrays import NUMPY
+from .formats import DEFAULT_V0, DEFAULT_V1, FLOAT, POLICY_CODES, ActPolicy
 
 __all__ = ["POLICY_CODES", "policy_thresholds", "select_policy", "select_policies"]
 
-#: Integer codes used for arrays of policies (backends return these).
-POLICY_CODES = {ActPolicy.STATIC: 0, ActPolicy.LAE_STATIC: 1, ActPolicy.DYNAMIC: 2}
 _BY_CODE = {c: p for p, c in POLICY_CODES.items()}
 
 
 def policy_thresholds(v0, v1) -> tuple[np.float32, np.float32]:
-    """The thresholds as float32, checked: ``0 <= v0 < v1`` (ValueError otherwise)."""
-    t = as_float32(np.array([v0, v1], dtype=np.float64), "v0/v1")
-    if not 0 <= t[0] < t[1]:
-        raise ValueError(f"thresholds must satisfy 0 <= v0 < v1, got v0={v0}, v1={v1}")
-    return t[0], t[1]
+    """The thresholds as float32, checked: real numbers, finite as float32, ``0 <= v0 < v1``."""
+    return V.thresholds(v0, v1)
 
 
 def select_policies(v, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1) -> np.ndarray:
@@ -39,16 +35,20 @@ def select_policies(v, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1) -> np.nda
 
     Args:
         v: float32 array of ranges (>= 0, finite), any shape.
-        v0, v1: thresholds, 0 <= v0 < v1.
+        v0, v1: thresholds: real numbers (not bool), finite as float32, 0 <= v0 < v1.
     Returns:
         uint8 array of the same shape holding ``POLICY_CODES`` (0 static,
         1 LAE + static, 2 dynamic).
     """
-    v = as_float32(v, "v")
-    if v.size and (v < 0).any():
-        raise ValueError("v (activation range) must be >= 0")
-    t0, t1 = policy_thresholds(v0, v1)
-    return np.where(v < t0, 0, np.where(v < t1, 1, 2)).astype(np.uint8)
+    v, t0, t1 = V.select_policies(NUMPY, v, v0, v1)
+    return _select(v, t0, t1)
+
+
+def _select(v: np.ndarray, t0: np.float32, t1: np.float32) -> np.ndarray:
+    """Unchecked :func:`select_policies` (v float32 >= 0, float32 thresholds 0 <= t0 < t1)."""
+    c = {p: np.uint8(code) for p, code in POLICY_CODES.items()}
+    return np.where(v < t0, c[ActPolicy.STATIC],
+                    np.where(v < t1, c[ActPolicy.LAE_STATIC], c[ActPolicy.DYNAMIC])).astype(np.uint8)
 
 
 def select_policy(v: float, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1) -> ActPolicy:

@@ -1,98 +1,502 @@
-"""Input checks shared by the public API: clear errors that name the tensor.
+"""The argument checks of the public API, written once (docs/spec.md §9).
 
-The spec's primitives assume finite float32 inputs of the documented shapes.
-The public functions call these checks first, so NaN/Inf, wrong dtypes and
-mismatched shapes are rejected with a ``ValueError``/``TypeError`` that names
-the offending argument instead of producing garbage.
+Every public operation of :mod:`fptq.spec`, and the operation of the same name
+of every backend, runs the check function of the same name here first, e.g.
+``validate.quantize_act_per_tensor(xp, x, scale)``, then an unchecked
+implementation. ``xp`` is an array adapter (:mod:`fptq.spec.arrays`): the
+spec, numpy and numba backends pass :data:`fptq.spec.arrays.NUMPY`, the torch
+backend its own, so one rule is one piece of code for every framework.
+
+Each check returns the checked arguments (float arguments converted to
+float32, ``group_size`` resolved to the G it means, ``k`` as an int) and
+raises ``TypeError`` or ``ValueError`` naming the operation, the argument and
+what was wrong, citing §9. When an input has several faults, the error is
+the first failing check in this order (docs/spec.md §9.2), the same in every
+operation:
+
+1. **parameters** (``k``, ``group_size``, ``fmt``, ``v0``, ``v1``), in
+   signature order: their types, then their own ranges;
+2. **array types**, in signature order: each array argument is read as an
+   array and its dtype checked (float arguments converted to float32; a
+   zero point given or missing for the format);
+3. **shapes**, in signature order (a ``group_size`` of -1 becomes K here when
+   K comes from an array);
+4. **values**, in signature order: non-finite floats, scales <= 0, negative
+   maxima, integers outside their format's range.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .formats import FLOAT, MAX_GROUP_SIZE, UINT4_ASYM
+from .arrays import NUMPY, REAL_DTYPES
+from .formats import INT4_SYM, MAX_GROUP_SIZE, UINT4_ASYM, WeightFormat, weight_format_spec
+
+__all__ = [
+    "act_scale_from_amax", "quantize_act_per_tensor", "quantize_act_per_token", "dequantize_act",
+    "lae_scales", "lae_apply_activation", "lae_apply_weight",
+    "weight_scales", "quantize_weight_with_scales", "quantize_weight", "dequantize_weight",
+    "pack_int4", "unpack_int4", "w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul", "select_policies",
+    "integer_param", "group_size_param", "resolve_group_size", "thresholds",
+    "as_float32", "check_finite", "check_dtype", "check_ndim", "check_shape", "check_positive_scale",
+    "check_group_size", "check_k", "check_zero_points",
+]
 
 
-def as_float32(x, name: str) -> np.ndarray:
-    """Return ``x`` as a float32 ndarray; reject non-float dtypes and non-finite values."""
-    a = np.asarray(x)
-    if a.dtype != FLOAT:
-        if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
-            raise TypeError(f"{name}: expected a float32 array, got dtype {a.dtype}")
-        a = a.astype(FLOAT)
-    check_finite(a, name)
+def _where(op: str | None) -> str:
+    return f" [{op}, docs/spec.md §9]" if op else " [docs/spec.md §9]"
+
+
+# ---------------------------------------------------------------------------
+# the rules, over an array adapter ``xp``
+
+
+def float_array(xp, x, name: str, op: str | None = None):
+    """``x`` as a float32 array: float32 as is, another real dtype converted (round to nearest);
+    bool, complex and non-numeric dtypes are a TypeError. Values are not looked at (see :func:`finite`)."""
+    a = xp.asarray(x, name)
+    dt = xp.dtype(a)
+    if dt == "float32":
+        return a
+    if dt not in REAL_DTYPES:
+        raise TypeError(f"{name}: expected a float32 array (or another real dtype, converted to float32), "
+                        f"got dtype {dt}{_where(op)}")
+    return xp.to_float32(a)
+
+
+def int_array(xp, x, dtype: str, name: str, op: str | None = None):
+    """``x`` as an array that must already have the integer ``dtype`` (no conversion)."""
+    a = xp.asarray(x, name)
+    if xp.dtype(a) != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {xp.dtype(a)}{_where(op)}")
     return a
 
 
-def check_finite(a: np.ndarray, name: str) -> None:
-    """Raise ``ValueError`` naming ``name`` and the first bad index if ``a`` has NaN/Inf."""
-    if a.size and not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        idx = tuple(int(i) for i in bad)
-        raise ValueError(
-            f"{name} contains a non-finite value ({a[idx]!r} at index {idx}); "
-            "fptq rejects NaN and Inf"
-        )
+def ndim(xp, a, n: int, name: str, op: str | None = None) -> None:
+    if len(xp.shape(a)) != n:
+        raise ValueError(f"{name}: expected a {n}-D array, got shape {xp.shape(a)}{_where(op)}")
 
 
-def check_dtype(a: np.ndarray, dtype, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype != np.dtype(dtype):
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {a.dtype}")
-    return a
+def shape(xp, a, want: tuple, name: str, op: str | None = None) -> None:
+    if xp.shape(a) != tuple(want):
+        raise ValueError(f"{name}: expected shape {tuple(want)}, got {xp.shape(a)}{_where(op)}")
 
 
-def check_ndim(a: np.ndarray, ndim: int, name: str) -> None:
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+def finite(xp, a, name: str, op: str | None = None) -> None:
+    """ValueError naming ``name`` and the first index if ``a`` holds NaN or Inf."""
+    idx = xp.first_true(~xp.isfinite(a))
+    if idx is not None:
+        raise ValueError(f"{name} contains a non-finite value ({xp.item(a, idx)!r} at index {idx}); "
+                         f"fptq rejects NaN and Inf{_where(op)}")
 
 
-def check_shape(a: np.ndarray, shape: tuple, name: str) -> None:
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
+def positive(xp, a, name: str, op: str | None = None) -> None:
+    """Scales: finite and > 0."""
+    finite(xp, a, name, op)
+    idx = xp.first_true(~(a > 0))
+    if idx is not None:
+        raise ValueError(f"{name} must be > 0, got {xp.item(a, idx)!r} at index {idx}{_where(op)}")
 
 
-def check_positive_scale(s: np.ndarray, name: str) -> None:
-    """Scales must be finite and > 0 (the spec never produces anything else)."""
-    check_finite(s, name)
-    if s.size and not (s > 0).all():
-        bad = tuple(int(i) for i in np.argwhere(~(s > 0))[0])
-        raise ValueError(f"{name} must be > 0, got {s[bad]!r} at index {bad}")
+def nonnegative(xp, a, name: str, op: str | None = None) -> None:
+    """Maxima and ranges: finite and >= 0."""
+    finite(xp, a, name, op)
+    idx = xp.first_true(a < 0)
+    if idx is not None:
+        raise ValueError(f"{name} must be >= 0, got {xp.item(a, idx)!r} at index {idx}{_where(op)}")
 
 
-def check_group_size(group_size: int, k: int) -> int:
-    """Validate a group size (1 <= G <= MAX_GROUP_SIZE); ``G = -1`` or ``None`` means per-channel (G = K)."""
-    if group_size is None or group_size == -1:
-        group_size = max(int(k), 1)
-    if isinstance(group_size, bool) or int(group_size) != group_size:
-        raise TypeError(f"group_size must be an integer, got {group_size!r}")
-    group_size = int(group_size)
-    if not 1 <= group_size <= MAX_GROUP_SIZE:
-        raise ValueError(
-            f"group_size must be in [1, {MAX_GROUP_SIZE}] (int32 overflow bound), got {group_size}"
-        )
-    return group_size
+def in_range(xp, a, lo: int, hi: int, name: str, what: str, op: str | None = None) -> None:
+    """Integers in [lo, hi] (``what`` says whose range it is)."""
+    idx = xp.first_true((a < lo) | (a > hi))
+    if idx is not None:
+        raise ValueError(f"{name}: {what} must be in [{lo}, {hi}], got {xp.item(a, idx)} "
+                         f"at index {idx}{_where(op)}")
 
 
-def check_k(k: int) -> int:
-    if isinstance(k, bool) or int(k) != k or k < 0:
-        raise ValueError(f"K must be a non-negative integer, got {k!r}")
-    return int(k)
+def _is_integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def check_zero_points(zero, shape: tuple, asymmetric: bool):
-    """Zero points: uint8 of ``shape`` with values in [0, 15] for the asymmetric
-    format (the overflow bound of the matmul relies on it); ``None`` for the
-    symmetric one. Returns the checked array (or None)."""
-    if not asymmetric:
+def integer_param(v, name: str, op: str | None = None) -> int:
+    """A Python (or NumPy) integer that is not a bool; 5.0, 5.7, True, np.bool_ are TypeErrors."""
+    if not _is_integer(v):
+        raise TypeError(f"{name} must be an integer (not a bool or a float), got {v!r} "
+                        f"of type {type(v).__name__}{_where(op)}")
+    return int(v)
+
+
+def k_param(k, op: str | None = None) -> int:
+    """The logical K: an integer >= 0."""
+    k = integer_param(k, "k", op)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}{_where(op)}")
+    return k
+
+
+def group_size_param(group_size, op: str | None = None) -> int:
+    """``group_size``: -1 or None (per-channel, returned as -1), or an integer in [1, MAX_GROUP_SIZE]."""
+    if group_size is None:
+        return -1
+    g = integer_param(group_size, "group_size", op)
+    if g != -1 and not 1 <= g <= MAX_GROUP_SIZE:
+        raise ValueError(f"group_size must be in [1, {MAX_GROUP_SIZE}] (int32 overflow bound, §6.3) "
+                         f"or -1 for per-channel, got {g}{_where(op)}")
+    return g
+
+
+def resolve_group_size(g: int, k: int, op: str | None = None) -> int:
+    """The G a checked ``group_size`` means for K columns: -1 -> K (1 when K = 0)."""
+    if g != -1:
+        return g
+    g = max(int(k), 1)
+    if g > MAX_GROUP_SIZE:
+        raise ValueError(f"group_size: per-channel (-1) means G = K = {k}, above {MAX_GROUP_SIZE} "
+                         f"(int32 overflow bound, §6.3); choose a group size{_where(op)}")
+    return g
+
+
+def fmt_param(fmt, op: str | None = None) -> WeightFormat:
+    """The :class:`WeightFormat` (the enum or its value; unknown -> ValueError)."""
+    weight_format_spec(fmt)
+    return WeightFormat(fmt)
+
+
+def thresholds(v0, v1, op: str | None = None) -> tuple[float, float]:
+    """Policy thresholds as float32 values: real numbers, finite after conversion, ``0 <= v0 < v1``."""
+    out = []
+    for name, v in (("v0", v0), ("v1", v1)):
+        if isinstance(v, bool) or type(v).__name__ == "bool_" or not isinstance(v, (int, float, np.integer,
+                                                                                    np.floating)):
+            raise TypeError(f"{name} must be a real number, got {v!r} of type {type(v).__name__}{_where(op)}")
+        with np.errstate(over="ignore"):
+            t = np.float32(v)
+        if not np.isfinite(t):
+            raise ValueError(f"{name} must be finite (as float32), got {v!r}{_where(op)}")
+        out.append(t)
+    if not 0 <= out[0] < out[1]:
+        raise ValueError(f"thresholds must satisfy 0 <= v0 < v1, got v0={v0}, v1={v1}{_where(op)}")
+    return out[0], out[1]
+
+
+def zero_points(xp, zero, fmt: WeightFormat, op: str | None = None):
+    """Phase 2 of a zero-point argument: uint8 for the asymmetric format, None for the symmetric one."""
+    if fmt is not WeightFormat.ASYMMETRIC:
         if zero is not None:
-            raise ValueError("zero: the symmetric format has no zero point; pass None")
+            raise ValueError(f"zero: the symmetric format has no zero point; pass None{_where(op)}")
         return None
     if zero is None:
-        raise ValueError("zero: the asymmetric format needs a zero point per group")
-    zero = check_dtype(zero, np.uint8, "zero")
-    check_shape(zero, shape, "zero")
-    if zero.size and zero.max() > UINT4_ASYM.qmax:
-        bad = tuple(int(i) for i in np.argwhere(zero > UINT4_ASYM.qmax)[0])
-        raise ValueError(f"zero: zero points must be in [0, {UINT4_ASYM.qmax}], got {int(zero[bad])} at index {bad}")
+        raise ValueError(f"zero: the asymmetric format needs a zero point per group{_where(op)}")
+    return int_array(xp, zero, "uint8", "zero", op)
+
+
+def zero_values(xp, zero, op: str | None = None) -> None:
+    if zero is not None:
+        in_range(xp, zero, UINT4_ASYM.qmin, UINT4_ASYM.qmax, "zero", "zero points", op)
+
+
+def one_scale(xp, s, name: str, op: str, rows: int | None = None) -> None:
+    """Shape of an activation scale: one float32 (0-d or [1]), or, if ``rows`` is given, also [rows]."""
+    shp = xp.shape(s)
+    if shp in ((), (1,)) or (rows is not None and shp == (rows,)):
+        return
+    also = f" or per-token [{rows}]" if rows is not None else ""
+    raise ValueError(f"{name}: expected one scale (shape () or (1,)){also}, got shape {shp}{_where(op)}")
+
+
+def _optional_float(xp, x, name, op):
+    return None if x is None else float_array(xp, x, name, op)
+
+
+# ---------------------------------------------------------------------------
+# one check per operation (docs/spec.md §2-§7); each returns the checked arguments
+
+
+def act_scale_from_amax(xp, amax):
+    op = "act_scale_from_amax"
+    amax = float_array(xp, amax, "amax", op)
+    nonnegative(xp, amax, "amax", op)
+    return amax
+
+
+def quantize_act_per_tensor(xp, x, scale):
+    op = "quantize_act_per_tensor"
+    x, scale = float_array(xp, x, "x", op), float_array(xp, scale, "scale", op)
+    one_scale(xp, scale, "scale", op)
+    finite(xp, x, "x", op)
+    positive(xp, scale, "scale", op)
+    return x, scale
+
+
+def quantize_act_per_token(xp, x):
+    op = "quantize_act_per_token"
+    x = float_array(xp, x, "x", op)
+    ndim(xp, x, 2, "x", op)
+    finite(xp, x, "x", op)
+    return x
+
+
+def dequantize_act(xp, q, scale):
+    """Returns (q, scale, per_token): per_token when ``scale`` is [M] for a q of [M, K] with M != 1."""
+    op = "dequantize_act"
+    q, scale = int_array(xp, q, "int8", "q", op), float_array(xp, scale, "scale", op)
+    qs, ss = xp.shape(q), xp.shape(scale)
+    per_token = len(ss) == 1 and ss != (1,)
+    if per_token:
+        ndim(xp, q, 2, "q", op)
+    one_scale(xp, scale, "scale", op, rows=qs[0] if len(qs) == 2 else None)
+    positive(xp, scale, "scale", op)
+    return q, scale, per_token
+
+
+def _lae_s(xp, s, k, op):
+    ndim(xp, s, 1, "s", op)
+    if xp.shape(s)[0] != k:
+        raise ValueError(f"s: expected {k} channel scales, got {xp.shape(s)[0]}{_where(op)}")
+
+
+def lae_scales(xp, channel_max):
+    op = "lae_scales"
+    m = float_array(xp, channel_max, "channel_max", op)
+    ndim(xp, m, 1, "channel_max", op)
+    nonnegative(xp, m, "channel_max", op)
+    return m
+
+
+def _lae_apply(xp, a, s, name, op):
+    a, s = float_array(xp, a, name, op), float_array(xp, s, "s", op)
+    ndim(xp, a, 2, name, op)
+    _lae_s(xp, s, xp.shape(a)[1], op)
+    finite(xp, a, name, op)
+    positive(xp, s, "s", op)
+    return a, s
+
+
+def lae_apply_activation(xp, x, s):
+    return _lae_apply(xp, x, s, "x", "lae_apply_activation")
+
+
+def lae_apply_weight(xp, w, s):
+    return _lae_apply(xp, w, s, "w", "lae_apply_weight")
+
+
+def _ng(k: int, g: int) -> int:
+    return -(-k // g)
+
+
+def weight_scales(xp, w, group_size, fmt):
+    """Returns (w, G, fmt)."""
+    op = "weight_scales"
+    g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
+    w = float_array(xp, w, "w", op)
+    ndim(xp, w, 2, "w", op)
+    g = resolve_group_size(g, xp.shape(w)[1], op)
+    finite(xp, w, "w", op)
+    return w, g, fmt
+
+
+def quantize_weight(xp, w, group_size, fmt):
+    """Returns (w, G, fmt)."""
+    op = "quantize_weight"
+    g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
+    w = float_array(xp, w, "w", op)
+    ndim(xp, w, 2, "w", op)
+    g = resolve_group_size(g, xp.shape(w)[1], op)
+    finite(xp, w, "w", op)
+    return w, g, fmt
+
+
+def quantize_weight_with_scales(xp, w, scale, zero, group_size, fmt):
+    """Returns (w, scale, zero-or-None, G, fmt)."""
+    op = "quantize_weight_with_scales"
+    g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
+    w, scale = float_array(xp, w, "w", op), float_array(xp, scale, "scale", op)
+    zero = zero_points(xp, zero, fmt, op)
+    ndim(xp, w, 2, "w", op)
+    n, k = xp.shape(w)
+    g = resolve_group_size(g, k, op)
+    shape(xp, scale, (n, _ng(k, g)), "scale", op)
+    if zero is not None:
+        shape(xp, zero, (n, _ng(k, g)), "zero", op)
+    finite(xp, w, "w", op)
+    positive(xp, scale, "scale", op)
+    zero_values(xp, zero, op)
+    return w, scale, zero, g, fmt
+
+
+def dequantize_weight(xp, q, scale, zero, group_size, fmt):
+    """Returns (q, scale, zero-or-None, G, fmt); q must lie in the format's range."""
+    op = "dequantize_weight"
+    g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
+    q, scale = int_array(xp, q, "int8", "q", op), float_array(xp, scale, "scale", op)
+    zero = zero_points(xp, zero, fmt, op)
+    ndim(xp, q, 2, "q", op)
+    n, k = xp.shape(q)
+    g = resolve_group_size(g, k, op)
+    shape(xp, scale, (n, _ng(k, g)), "scale", op)
+    if zero is not None:
+        shape(xp, zero, (n, _ng(k, g)), "zero", op)
+    f = weight_format_spec(fmt)
+    in_range(xp, q, f.qmin, f.qmax, "q", f"{f.name} weights", op)
+    positive(xp, scale, "scale", op)
+    zero_values(xp, zero, op)
+    return q, scale, zero, g, fmt
+
+
+def pack_int4(xp, q, signed):
+    op = "pack_int4"
+    q = int_array(xp, q, "int8", "q", op)
+    ndim(xp, q, 2, "q", op)
+    f = INT4_SYM if signed else UINT4_ASYM
+    in_range(xp, q, f.storage_min, f.storage_max, "q", f"{'signed' if signed else 'unsigned'} INT4 values", op)
+    return q
+
+
+def _packed(xp, packed, k, op):
+    ndim(xp, packed, 2, "packed", op)
+    want = (k + 1) // 2
+    if xp.shape(packed)[1] != want:
+        raise ValueError(f"packed: expected {want} bytes per row for K={k}, got {xp.shape(packed)[1]}{_where(op)}")
+
+
+def unpack_int4(xp, packed, k, signed):
+    """Returns (packed, k)."""
+    op = "unpack_int4"
+    k = k_param(k, op)
+    packed = int_array(xp, packed, "uint8", "packed", op)
+    _packed(xp, packed, k, op)
+    return packed, k
+
+
+def _core(xp, qx, packed, zero, k, group_size, fmt, op):
+    """Phases 1-2 of the integer core's arguments; returns (qx, packed, zero, k, G, fmt)."""
+    k, g, fmt = k_param(k, op), group_size_param(group_size, op), fmt_param(fmt, op)
+    g = resolve_group_size(g, k, op)
+    qx = int_array(xp, qx, "int8", "qx", op)
+    packed = int_array(xp, packed, "uint8", "packed", op)
+    zero = zero_points(xp, zero, fmt, op)
+    return qx, packed, zero, k, g, fmt
+
+
+def _qx_shape(xp, qx, k, op):
+    ndim(xp, qx, 2, "qx", op)
+    if xp.shape(qx)[1] != k:
+        raise ValueError(f"qx: expected K={k} columns to match the weight, got shape {xp.shape(qx)}{_where(op)}")
+
+
+def w4a8_group_sums(xp, qx, packed, zero, k, group_size, fmt):
+    """Returns (qx, packed, zero-or-None, k, G, fmt)."""
+    op = "w4a8_group_sums"
+    qx, packed, zero, k, g, fmt = _core(xp, qx, packed, zero, k, group_size, fmt, op)
+    _qx_shape(xp, qx, k, op)
+    _packed(xp, packed, k, op)
+    if zero is not None:
+        shape(xp, zero, (xp.shape(packed)[0], _ng(k, g)), "zero", op)
+    zero_values(xp, zero, op)
+    return qx, packed, zero, k, g, fmt
+
+
+def w4a8_epilogue(xp, acc, wscale, xscale, bias):
+    """Returns (acc, wscale, xscale, bias-or-None); xscale is () / [1] / [M]."""
+    op = "w4a8_epilogue"
+    acc = int_array(xp, acc, "int32", "acc", op)
+    wscale, xscale = float_array(xp, wscale, "wscale", op), float_array(xp, xscale, "xscale", op)
+    bias = _optional_float(xp, bias, "bias", op)
+    ndim(xp, acc, 3, "acc", op)
+    m, n, ng = xp.shape(acc)
+    shape(xp, wscale, (n, ng), "wscale", op)
+    one_scale(xp, xscale, "xscale", op, rows=m)
+    if bias is not None:
+        shape(xp, bias, (n,), "bias", op)
+    positive(xp, wscale, "wscale", op)
+    positive(xp, xscale, "xscale", op)
+    if bias is not None:
+        finite(xp, bias, "bias", op)
+    return acc, wscale, xscale, bias
+
+
+def w4a8_matmul(xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias):
+    """Returns (qx, xscale, packed, wscale, zero-or-None, k, G, fmt, bias-or-None)."""
+    op = "w4a8_matmul"
+    k, g, fmt = k_param(k, op), group_size_param(group_size, op), fmt_param(fmt, op)
+    g = resolve_group_size(g, k, op)
+    qx = int_array(xp, qx, "int8", "qx", op)
+    xscale = float_array(xp, xscale, "xscale", op)
+    packed = int_array(xp, packed, "uint8", "packed", op)
+    wscale = float_array(xp, wscale, "wscale", op)
+    zero = zero_points(xp, zero, fmt, op)
+    bias = _optional_float(xp, bias, "bias", op)
+    _qx_shape(xp, qx, k, op)
+    one_scale(xp, xscale, "xscale", op, rows=xp.shape(qx)[0])
+    _packed(xp, packed, k, op)
+    n, ng = xp.shape(packed)[0], _ng(k, g)
+    shape(xp, wscale, (n, ng), "wscale", op)
+    if zero is not None:
+        shape(xp, zero, (n, ng), "zero", op)
+    if bias is not None:
+        shape(xp, bias, (n,), "bias", op)
+    positive(xp, xscale, "xscale", op)
+    positive(xp, wscale, "wscale", op)
+    zero_values(xp, zero, op)
+    if bias is not None:
+        finite(xp, bias, "bias", op)
+    return qx, xscale, packed, wscale, zero, k, g, fmt, bias
+
+
+def select_policies(xp, v, v0, v1):
+    """Returns (v, t0, t1): the ranges and the float32 thresholds."""
+    op = "select_policies"
+    t0, t1 = thresholds(v0, v1, op)
+    v = float_array(xp, v, "v", op)
+    nonnegative(xp, v, "v", op)
+    return v, t0, t1
+
+
+# ---------------------------------------------------------------------------
+# NumPy conveniences (fptq.reference and the model pipeline check their own arrays with these)
+
+
+def as_float32(x, name: str):
+    """``x`` as a finite float32 ndarray (other real dtypes converted; see :func:`float_array`)."""
+    a = float_array(NUMPY, x, name)
+    finite(NUMPY, a, name)
+    return a
+
+
+def check_finite(a, name: str) -> None:
+    finite(NUMPY, NUMPY.asarray(a, name), name)
+
+
+def check_dtype(a, dtype, name: str):
+    return int_array(NUMPY, a, np.dtype(dtype).name, name)
+
+
+def check_ndim(a, n: int, name: str) -> None:
+    ndim(NUMPY, NUMPY.asarray(a, name), n, name)
+
+
+def check_shape(a, want: tuple, name: str) -> None:
+    shape(NUMPY, NUMPY.asarray(a, name), want, name)
+
+
+def check_positive_scale(s, name: str) -> None:
+    positive(NUMPY, NUMPY.asarray(s, name), name)
+
+
+def check_group_size(group_size, k: int) -> int:
+    """The G of ``group_size`` for K columns (-1/None -> K), checked as :func:`group_size_param`."""
+    return resolve_group_size(group_size_param(group_size), k)
+
+
+def check_k(k) -> int:
+    return k_param(k)
+
+
+def check_zero_points(zero, want: tuple, asymmetric: bool):
+    """Zero points: uint8 ``want``-shaped in [0, 15] (asymmetric), None (symmetric)."""
+    fmt = WeightFormat.ASYMMETRIC if asymmetric else WeightFormat.SYMMETRIC
+    zero = zero_points(NUMPY, zero, fmt)
+    if zero is not None:
+        shape(NUMPY, zero, want, "zero")
+        zero_values(NUMPY, zero)
     return zero

@@ -26,10 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import validate as V
+from .arrays import NUMPY
 from .formats import FLOAT, MIN_SCALE, WeightFormat, weight_format_spec
-from .validate import (
-    as_float32, check_dtype, check_group_size, check_ndim, check_positive_scale, check_shape, check_zero_points,
-)
 
 __all__ = [
     "QuantizedWeight",
@@ -43,7 +42,16 @@ __all__ = [
 
 
 class QuantizedWeight(NamedTuple):
-    """Unpacked INT4 weight: ``q`` int8 [N, K], ``scale`` float32 [N, ng], ``zero`` uint8 [N, ng] or None."""
+    """The result of :func:`quantize_weight` (docs/spec.md §4.4), unpacked.
+
+    Fields, in this order:
+        q: int8 [N, K], in [-8, 7] (symmetric) or [0, 15] (asymmetric).
+        scale: float32 [N, ng], every element > 0.
+        zero: uint8 [N, ng] in [0, 15] (asymmetric), or None (symmetric).
+        group_size: the resolved G, a Python int in [1, MAX_GROUP_SIZE]: the
+            group size that was asked for, K for ``-1``/None, and 1 when K = 0.
+        fmt: the :class:`WeightFormat` member (not its string value).
+    """
 
     q: np.ndarray
     scale: np.ndarray
@@ -62,14 +70,29 @@ def group_bounds(k: int, group_size: int) -> list[tuple[int, int]]:
     return [(g * group_size, min((g + 1) * group_size, k)) for g in range(num_groups(k, group_size))]
 
 
+def _width(k: int, group_size: int) -> int:
+    """The group width that matters for K columns: ``min(G, K)`` (at least 1).
+
+    G > K means one group of K columns, so padding to G would only waste memory:
+    with this width every padded array below holds fewer than 2 N K elements.
+    """
+    return max(min(group_size, k), 1)
+
+
 def _padded_groups(w: np.ndarray, group_size: int) -> np.ndarray:
-    """View w [N, K] as [N, ng, G], zero-padding the ragged last group."""
+    """View w [N, K] as [N, ng, G'] (G' = min(G, K)), zero-padding the ragged last group."""
     n, k = w.shape
-    ng = num_groups(k, group_size)
-    pad = ng * group_size - k
+    g = _width(k, group_size)
+    ng = num_groups(k, g)
+    pad = ng * g - k
     if pad:
         w = np.concatenate([w, np.zeros((n, pad), dtype=w.dtype)], axis=1)
-    return w.reshape(n, ng, group_size)
+    return w.reshape(n, ng, g)
+
+
+def _expand(per_group: np.ndarray, k: int, group_size: int) -> np.ndarray:
+    """Broadcast a per-group [N, ng] array to per-column [N, K] (O(N K) memory for any G)."""
+    return np.repeat(per_group, _width(k, group_size), axis=1)[:, :k]
 
 
 def weight_scales(w, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC):
@@ -86,12 +109,14 @@ def weight_scales(w, group_size: int, fmt: WeightFormat | str = WeightFormat.SYM
     get ``MIN_SCALE`` (and z = 0).
     Raises ValueError if ``hi - lo`` overflows float32 (|w| near 1.7e38).
     """
-    w = as_float32(w, "w")
-    check_ndim(w, 2, "w")
+    return _weight_scales(*V.weight_scales(NUMPY, w, group_size, fmt))
+
+
+def _weight_scales(w: np.ndarray, g: int, fmt: WeightFormat):
+    """Unchecked :func:`weight_scales` (w float32 [N, K] finite, G resolved, fmt the enum)."""
     spec = weight_format_spec(fmt)
-    g = check_group_size(group_size, w.shape[1])
     wg = _padded_groups(w, g)
-    if WeightFormat(fmt) is WeightFormat.SYMMETRIC:
+    if fmt is WeightFormat.SYMMETRIC:
         amax = np.abs(wg).max(axis=2) if wg.shape[1] else np.zeros(wg.shape[:2], FLOAT)
         scale = np.maximum(amax / FLOAT(spec.scale_divisor), MIN_SCALE).astype(FLOAT)
         return scale, None
@@ -102,15 +127,10 @@ def weight_scales(w, group_size: int, fmt: WeightFormat | str = WeightFormat.SYM
     with np.errstate(over="ignore"):
         span = (hi - lo).astype(FLOAT)
     if not np.isfinite(span).all():
-        raise ValueError("w: a group's range max - min overflows float32")
+        raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
     scale = np.maximum(span / FLOAT(spec.scale_divisor), MIN_SCALE).astype(FLOAT)
     zero = np.clip(np.rint(-lo / scale), spec.qmin, spec.qmax).astype(np.uint8)
     return scale, zero
-
-
-def _expand(per_group: np.ndarray, k: int, group_size: int) -> np.ndarray:
-    """Broadcast a per-group [N, ng] array to per-column [N, K]."""
-    return np.repeat(per_group, group_size, axis=1)[:, :k]
 
 
 def quantize_weight_with_scales(w, scale, zero, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC) -> np.ndarray:
@@ -126,18 +146,16 @@ def quantize_weight_with_scales(w, scale, zero, group_size: int, fmt: WeightForm
     Returns:
         int8 [N, K] (values in the format's range; unsigned values 0..15 fit int8).
     """
-    w = as_float32(w, "w")
-    check_ndim(w, 2, "w")
+    w, scale, zero, g, fmt = V.quantize_weight_with_scales(NUMPY, w, scale, zero, group_size, fmt)
+    return _quantize_with_scales(w, scale, zero, g, fmt)
+
+
+def _quantize_with_scales(w, scale, zero, g: int, fmt: WeightFormat) -> np.ndarray:
+    """Unchecked :func:`quantize_weight_with_scales`."""
     spec = weight_format_spec(fmt)
-    n, k = w.shape
-    g = check_group_size(group_size, k)
-    ng = num_groups(k, g)
-    scale = as_float32(scale, "scale")
-    check_shape(scale, (n, ng), "scale")
-    check_positive_scale(scale, "scale")
+    k = w.shape[1]
     with np.errstate(over="ignore"):
         y = np.rint(w / _expand(scale, k, g))
-    zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
     if zero is not None:
         y = y + _expand(zero, k, g).astype(FLOAT)
     return np.clip(y, spec.qmin, spec.qmax).astype(np.int8)
@@ -150,33 +168,30 @@ def quantize_weight(w, group_size: int, fmt: WeightFormat | str = WeightFormat.S
     Args:
         w: float32 [N, K], finite. group_size: G (or -1 = per-channel). fmt: weight format.
     Returns:
-        :class:`QuantizedWeight` (q int8 [N, K], scale float32 [N, ng], zero uint8 [N, ng] | None).
+        :class:`QuantizedWeight` (q int8 [N, K], scale float32 [N, ng], zero uint8 [N, ng] | None,
+        the resolved G, the format enum).
     """
-    w = as_float32(w, "w")
-    check_ndim(w, 2, "w")
-    g = check_group_size(group_size, w.shape[1])
-    scale, zero = weight_scales(w, g, fmt)
-    q = quantize_weight_with_scales(w, scale, zero, g, fmt)
-    return QuantizedWeight(q, scale, zero, g, WeightFormat(fmt))
+    w, g, fmt = V.quantize_weight(NUMPY, w, group_size, fmt)
+    scale, zero = _weight_scales(w, g, fmt)
+    return QuantizedWeight(_quantize_with_scales(w, scale, zero, g, fmt), scale, zero, g, fmt)
 
 
 def dequantize_weight(q, scale, zero, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC) -> np.ndarray:
     """Dequantize: symmetric ``float32(q) * scale``; asymmetric ``float32(q - z) * scale``
     (q - z is an exact integer in [-15, 15]); one float32 multiply per element.
 
-    Args: q int8 [N, K]; scale float32 [N, ng]; zero uint8 [N, ng] | None.
+    Args: q int8 [N, K] in the format's range ([-8, 7] or [0, 15]); scale float32 [N, ng];
+    zero uint8 [N, ng] | None.
     Returns: float32 [N, K].
     """
-    q = check_dtype(q, np.int8, "q")
-    check_ndim(q, 2, "q")
-    n, k = q.shape
-    g = check_group_size(group_size, k)
-    ng = num_groups(k, g)
-    scale = as_float32(scale, "scale")
-    check_shape(scale, (n, ng), "scale")
-    check_positive_scale(scale, "scale")
+    q, scale, zero, g, _ = V.dequantize_weight(NUMPY, q, scale, zero, group_size, fmt)
+    return _dequantize(q, scale, zero, g)
+
+
+def _dequantize(q, scale, zero, g: int) -> np.ndarray:
+    """Unchecked :func:`dequantize_weight`."""
+    k = q.shape[1]
     qi = q.astype(np.int32)
-    zero = check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC)
     if zero is not None:
         qi = qi - _expand(zero, k, g).astype(np.int32)
     return (qi.astype(FLOAT) * _expand(scale, k, g)).astype(FLOAT)

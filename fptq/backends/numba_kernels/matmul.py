@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...spec.formats import FLOAT
+from ...spec.formats import FLOAT, INT4_SIGN_OFFSET, NIBBLE_BITS
 from . import simd
 from ._jit import njit, njit_inline, pnjit, prange
 
@@ -55,6 +55,8 @@ DECODE_TILE_N = 16
 #: weight rows per parallel tile of the tiled and generic paths
 TILE_N = 64
 PATHS = ("decode", "tiled", "generic")
+#: 0x88: XOR that flips the sign bit of both nibbles of a byte (two's complement q -> unsigned q + 8)
+SIGN_FLIP = np.uint8(INT4_SIGN_OFFSET | (INT4_SIGN_OFFSET << NIBBLE_BITS))
 
 
 # ============================================================================ the float epilogue
@@ -257,7 +259,7 @@ def _packed_operands(qx, zero, k, g, ng, signed):
     xe, xo = split_even_odd(qx, (k + 1) // 2)
     xsum = act_group_sums(qx, g, ng)
     if signed:   # two's complement nibble q read as q ^ 8 = q + 8 (unsigned), zero point 8
-        return xe, xo, xsum, np.full((zero.shape[0], ng), 8, np.uint8), np.uint8(0x88)
+        return xe, xo, xsum, np.full((zero.shape[0], ng), INT4_SIGN_OFFSET, np.uint8), SIGN_FLIP
     return xe, xo, xsum, zero, np.uint8(0)
 
 
@@ -388,7 +390,7 @@ def matmul(qx, xs, packed, wscale, zero, k, g, signed, bias, path=None):
     b = bias if has_bias else np.zeros(0, FLOAT)
     if path in ("decode", "tiled"):
         if g % 2:
-            raise ValueError(f"the {path!r} matmul path needs an even group size, got {g}")
+            raise ValueError(f"path: the {path!r} matmul path needs an even group size, got {g}")
         xe, xo, xsum, zc, flip = _packed_operands(qx, zero, k, g, wscale.shape[1], signed)
         decode = path == "decode"
         return matmul_packed(xe, xo, xsum, packed, zc, wscale, xs, b, has_bias, g // 2, flip,
