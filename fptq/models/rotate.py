@@ -1,0 +1,164 @@
+"""Rotate a float transformers model's residual stream and value heads (the math: :mod:`fptq.reference.rotation`).
+
+:func:`rotate_model` changes the model in place so that it computes the same
+logits (up to float32 rounding) with rotated hidden states:
+
+1. tied embeddings are untied (the input embedding and ``lm_head`` get
+   different weights from here on);
+2. every pre-norm's per-channel gain is folded into the linears that read it
+   (``rms``: ``w``, then ``w = 1``; Gemma's ``rms_one_plus``: ``1 + w``, then
+   ``w = 0``), the final norm's into ``lm_head``;
+3. the residual stream is rotated by ``Q`` = :func:`fptq.reference.rotation.random_orthogonal`
+   (embeddings and the linears that write the stream: ``Q^T``-side;
+   q/k/v, gate/up, lm_head: ``Q``-side);
+4. with ``heads=True``, every value head is rotated by one ``Q_h`` folded into
+   v_proj's rows and o_proj's columns.
+
+Gemma 2/3 apply *post*-norms to the attention and MLP outputs before adding
+them to the stream; a per-channel gain does not commute with ``Q``, so there
+o_proj/down_proj keep their output basis and the post-norm's output is
+rotated at run time (:class:`RotateOutput`, one ``[d, d]`` float matmul per
+token and post-norm; the report says so). LayerNorm models (OPT) subtract the
+mean, which a rotation does not preserve: they are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..reference import rotation as R
+from ._torch import nn, torch
+from .arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
+
+__all__ = ["RotateOutput", "RotationReport", "rotate_model"]
+
+#: post-norms (applied to a sub-block's output before the residual add), by attribute name
+POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+
+
+class RotateOutput(nn.Module):
+    """``norm(x) @ Q``: a post-norm whose output is rotated into the residual stream's basis."""
+
+    def __init__(self, norm: nn.Module, q: np.ndarray) -> None:
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("rotation", torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)))
+
+    def forward(self, x):
+        y = self.norm(x)
+        return y @ self.rotation.to(y.dtype)
+
+
+@dataclass
+class RotationReport:
+    """What :func:`rotate_model` did."""
+
+    family: str
+    hidden: int
+    head_dim: int | None
+    seed: int
+    untied: bool = False
+    online_post_norms: list[str] = field(default_factory=list)
+
+
+def _get(module, name: str) -> np.ndarray:
+    """``module.<name>`` as a float32 NumPy array."""
+    return getattr(module, name).detach().cpu().numpy().astype(np.float32)
+
+
+def _set(param, value: np.ndarray) -> None:
+    param.data = torch.from_numpy(np.ascontiguousarray(value)).to(param.dtype)
+
+
+def _norm_gain(norm, kind: str) -> np.ndarray:
+    w = _get(norm, "weight")
+    if kind == "rms":
+        return w
+    if kind == "rms_one_plus":
+        return (w.astype(np.float64) + 1.0).astype(np.float32)
+    raise UnsupportedArchitecture(f"rotation needs RMS norms; {kind} subtracts the mean, which a rotation does not keep")
+
+
+def _reset_norm(norm, kind: str) -> None:
+    norm.weight.data.fill_(1.0 if kind == "rms" else 0.0)
+
+
+def _fold_norm(norm, kind: str, linears) -> None:
+    gain = _norm_gain(norm, kind)
+    for lin in linears:
+        _set(lin.weight, R.fold_norm_weight(_get(lin, "weight"), gain))
+    _reset_norm(norm, kind)
+
+
+def _rotate_reader(lin, q) -> None:
+    _set(lin.weight, R.rotate_input_side(_get(lin, "weight"), q))
+
+
+def _rotate_writer(lin, q) -> None:
+    b = None if lin.bias is None else _get(lin, "bias")
+    w2, b2 = R.rotate_output_side(_get(lin, "weight"), q, b)
+    _set(lin.weight, w2)
+    if b2 is not None:
+        _set(lin.bias, b2)
+
+
+def _final_norm(model):
+    norm = getattr(model.base_model, "norm", None)
+    if norm is None:
+        raise UnsupportedArchitecture(f"{type(model).__name__}: no final norm at base_model.norm")
+    return norm
+
+
+def _head_dim(config) -> int:
+    hd = getattr(config, "head_dim", None)
+    return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+
+def rotate_model(model, seed: int = 0, heads: bool = True) -> RotationReport:
+    """Rotate ``model`` in place (see the module docstring); returns a :class:`RotationReport`."""
+    arch = arch_of_model(model)
+    if arch.norm_kind not in ("rms", "rms_one_plus"):
+        raise UnsupportedArchitecture(
+            f"{arch.family}: rotation needs RMS norms; {arch.norm_kind} subtracts the mean, which a rotation does not keep")
+    config = model.config
+    _, layers, _ = find_decoder_layers(model)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    d = emb.weight.shape[1]
+    hd = _head_dim(config) if heads else None
+    report = RotationReport(arch.family, d, hd, seed)
+    q = R.random_orthogonal(d, seed)
+    qh = R.random_orthogonal(hd, seed + 1) if heads else None
+
+    with torch.no_grad():
+        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+            head.weight = nn.Parameter(emb.weight.detach().clone())
+            config.tie_word_embeddings = False
+            report.untied = True
+        _fold_norm(_final_norm(model), arch.norm_kind, [head])
+        _rotate_reader(head, q)
+        _set(emb.weight, R.rotate_input_side(_get(emb, "weight"), q))   # E' = E Q (rows are tokens)
+        for i, layer in enumerate(layers):
+            sub = lambda path: get_submodule(layer, path)  # noqa: E731
+            readers = [sub(p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]
+            _fold_norm(sub(arch.attn_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("qkv")])
+            _fold_norm(sub(arch.mlp_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("gate_up")])
+            for lin in readers:
+                _rotate_reader(lin, q)
+            posts = [n for n in POST_NORMS if n != arch.mlp_norm and get_submodule(layer, n) is not None]
+            if posts:
+                for n in posts:
+                    setattr(layer, n, RotateOutput(get_submodule(layer, n), q))
+                    report.online_post_norms.append(f"layers.{i}.{n}")
+            else:
+                _rotate_writer(sub(arch.o), q)
+                _rotate_writer(sub(arch.down), q)
+            if heads:
+                v, o = sub(arch.v), sub(arch.o)
+                w2, b2 = R.rotate_head_rows(_get(v, "weight"), qh, None if v.bias is None else _get(v, "bias"))
+                _set(v.weight, w2)
+                if b2 is not None:
+                    _set(v.bias, b2)
+                _set(o.weight, R.rotate_head_columns(_get(o, "weight"), qh))
+    return report

@@ -1,0 +1,99 @@
+"""Rotation of the residual stream and value heads: orthogonal matrices, and float models unchanged by it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fptq.reference import rotation as R
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from fptq.models.arch import UnsupportedArchitecture  # noqa: E402
+from fptq.models.rotate import RotateOutput, rotate_model  # noqa: E402
+from fptq.models.tiny import TINY_FAMILIES, tiny_model  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 2, 16, 64, 576, 640, 96])
+def test_random_orthogonal_is_orthogonal_and_spreads_a_channel(n):
+    q = R.random_orthogonal(n, seed=3)
+    assert q.shape == (n, n)
+    np.testing.assert_allclose(q @ q.T, np.eye(n), atol=1e-12)
+    p2 = n & -n
+    # one loud channel is spread: no output entry of a one-hot row exceeds 1/sqrt(2^a) in magnitude
+    assert np.abs(q).max() <= 1 / np.sqrt(p2) + 1e-12
+    assert not np.array_equal(q, R.random_orthogonal(n, seed=4)) or n == 1
+
+
+def test_sylvester_hadamard():
+    h = R.sylvester_hadamard(8)
+    assert np.array_equal(h @ h.T, 8 * np.eye(8))
+    with pytest.raises(ValueError, match="power of two"):
+        R.sylvester_hadamard(12)
+
+
+def test_head_rotations_cancel():
+    rng = np.random.default_rng(0)
+    hd, heads, d = 16, 4, 64
+    v = rng.standard_normal((heads * hd, d)).astype(np.float32)
+    bv = rng.standard_normal(heads * hd).astype(np.float32)
+    o = rng.standard_normal((d, heads * hd)).astype(np.float32)
+    qh = R.random_orthogonal(hd, 1)
+    v2, bv2 = R.rotate_head_rows(v, qh, bv)
+    o2 = R.rotate_head_columns(o, qh)
+    x = rng.standard_normal((5, d))
+    ref = (x @ v.T.astype(np.float64) + bv) @ o.T.astype(np.float64)
+    got = (x @ v2.T.astype(np.float64) + bv2) @ o2.T.astype(np.float64)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="whole number of heads"):
+        R.rotate_head_rows(v[:7], qh)
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "opt"])
+def test_rotated_float_model_has_the_same_logits(family):
+    model = tiny_model(family, seed=1)
+    ids = torch.randint(3, 260, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits.double()
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    report = rotate_model(model, seed=5)
+    with torch.no_grad():
+        after = model(ids).logits.double()
+    err = float((after - before).abs().max() / before.abs().max())
+    assert err < 1e-4, err
+    assert report.untied  # the tiny models tie embeddings
+    assert not torch.equal(model.get_input_embeddings().weight, emb_before)   # really rotated
+    online = any(isinstance(m, RotateOutput) for m in model.modules())
+    assert online == (family in ("gemma2", "gemma3")) == bool(report.online_post_norms)
+
+
+def test_rotation_spreads_norm_outliers():
+    """The tiny models plant channels 0-1 at 60/300 in the attention norm; after rotation the q/k/v inputs are flat."""
+    model = tiny_model("llama", seed=1)
+    ids = torch.randint(3, 260, (1, 32), generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def grab(mod, args, name):
+        seen[name] = args[0].detach().abs().amax(dim=(0, 1))
+
+    def ratio():
+        seen.clear()
+        h = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda m, a: grab(m, a, "q"))
+        try:
+            with torch.no_grad():
+                model(ids)
+        finally:
+            h.remove()
+        m = seen["q"]
+        return float(m.max() / m.median())
+
+    before = ratio()
+    rotate_model(model, seed=0)
+    after = ratio()
+    assert after < before / 5, (before, after)
+
+
+def test_layernorm_models_are_refused():
+    with pytest.raises(UnsupportedArchitecture, match="RMS norms"):
+        rotate_model(tiny_model("opt"))
