@@ -1,0 +1,120 @@
+// W4A8 matmul, decode path (M <= 16): stream the packed INT4 weights, int8 dot
+// products with __dp4a, the pinned epilogue in group order (docs/spec.md §6).
+//
+// Preconditions (checked by the host, cupy_launch.decode_ok): K % 32 == 0,
+// G % 32 == 0 (every group is whole 16-byte chunks of 32 nibbles), 16-byte
+// aligned base pointers.
+//
+// Work split. A block is DEC_WARPS warps; a warp owns DEC_ROWS consecutive
+// output rows n and all MT activation rows m. Lane l of a warp computes group
+// g = gbase + l of those rows (gbase = 0, 32, 64, ...): it streams the group's
+// weights of each of its rows in 16-byte loads (DEC_ROWS independent loads in
+// flight per chunk, unrolled over chunks), reuses each 32-byte activation
+// chunk for the DEC_ROWS rows, and accumulates exact int32 sums
+//   dot[r][m] = sum x * u   (u the unsigned nibble, u = q + 8 for symmetric),
+//   xsum[m]   = sum x,
+//   acc       = dot - c * xsum   (c = 8 symmetric, c = zero[n, g] asymmetric).
+// Then t = float32(acc) * wscale[n, g] (rounded) goes to shared memory at
+// [value][lane]; after each round of 32 groups, lane v adds the t of its value
+// v = r * MT + m in ascending group order into its running y (rounded adds:
+// the spec's order exactly). At the end y * xscale (+ bias) is stored.
+#include "common.cu"
+
+#define DEC_WARPS 4
+#define DEC_ROWS 4
+
+template <int MT>
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u8* __restrict__ packed,
+            const float* __restrict__ wscale, const u8* __restrict__ zero, const float* __restrict__ bias,
+            float* __restrict__ out, int m_rows, int n_rows, int k, int g, int ng,
+            int asym, int per_token, int has_bias) {
+    constexpr int V = DEC_ROWS * MT;  // output values of a warp, <= 64
+    __shared__ float tr[DEC_WARPS][V][33];  // +1 column: conflict-free transposed reads
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n0 = (blockIdx.x * DEC_WARPS + warp) * DEC_ROWS;
+    const i64 kb = k >> 1;  // bytes per packed row
+    const unsigned flip = asym ? 0u : FPTQ_SIGN_FLIP;
+    float y0 = 0.0f, y1 = 0.0f;  // the running sums of values lane and lane + 32
+
+    for (int gbase = 0; gbase < ng; gbase += 32) {
+        const int gi = gbase + lane;
+        if (gi < ng) {
+            int dot[DEC_ROWS][MT], xsum[MT];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                xsum[m] = 0;
+#pragma unroll
+                for (int r = 0; r < DEC_ROWS; ++r) dot[r][m] = 0;
+            }
+            const int e0 = gi * g, e1 = min(e0 + g, k);
+#pragma unroll 2
+            for (int e = e0; e < e1; e += 32) {
+                uint4 w[DEC_ROWS];
+#pragma unroll
+                for (int r = 0; r < DEC_ROWS; ++r) {
+                    const int n = n0 + r;
+                    w[r] = n < n_rows ? *(const uint4*)(packed + (i64)n * kb + (e >> 1)) : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    if (m >= m_rows) break;
+                    const uint4* xp = (const uint4*)(qx + (i64)m * k + e);
+                    const uint4 xa = xp[0], xb = xp[1];
+                    const unsigned xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const int ev = (int)fptq_even_bytes(xw[2 * i], xw[2 * i + 1]);
+                        const int od = (int)fptq_odd_bytes(xw[2 * i], xw[2 * i + 1]);
+                        xsum[m] = __dp4a(ev, 0x01010101, __dp4a(od, 0x01010101, xsum[m]));
+#pragma unroll
+                        for (int r = 0; r < DEC_ROWS; ++r) {
+                            const unsigned wi = (i == 0 ? w[r].x : i == 1 ? w[r].y : i == 2 ? w[r].z : w[r].w) ^ flip;
+                            dot[r][m] = __dp4a(ev, (int)(wi & FPTQ_NIBBLE_MASK), dot[r][m]);
+                            dot[r][m] = __dp4a(od, (int)((wi >> 4) & FPTQ_NIBBLE_MASK), dot[r][m]);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < DEC_ROWS; ++r) {
+                const int n = min(n0 + r, n_rows - 1);  // rows past N compute garbage that is never stored
+                const int c = asym ? (int)zero[(i64)n * ng + gi] : 8;
+                const float ws = wscale[(i64)n * ng + gi];
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+                    tr[warp][r * MT + m][lane] = __fmul_rn(__int2float_rn(dot[r][m] - c * xsum[m]), ws);
+            }
+        }
+        __syncwarp();
+        const int cnt = min(32, ng - gbase);
+        if (lane < V)
+            for (int i = 0; i < cnt; ++i) y0 = __fadd_rn(y0, tr[warp][lane][i]);
+        if (lane + 32 < V)
+            for (int i = 0; i < cnt; ++i) y1 = __fadd_rn(y1, tr[warp][lane + 32][i]);
+        __syncwarp();
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int v = lane + 32 * h;
+        if (v >= V) break;
+        const int r = v / MT, m = v % MT, n = n0 + r;
+        if (m < m_rows && n < n_rows) {
+            float y = __fmul_rn(h ? y1 : y0, xscale[per_token ? m : 0]);
+            if (has_bias) y = __fadd_rn(y, bias[n]);
+            out[(i64)m * n_rows + n] = y;
+        }
+    }
+}
+
+// The instantiations the host launches (cupy_launch.DECODE_MT), as NVRTC name expressions.
+template __global__ void gemm_decode<1>(const i8*, const float*, const u8*, const float*, const u8*, const float*,
+                                        float*, int, int, int, int, int, int, int, int);
+template __global__ void gemm_decode<2>(const i8*, const float*, const u8*, const float*, const u8*, const float*,
+                                        float*, int, int, int, int, int, int, int, int);
+template __global__ void gemm_decode<4>(const i8*, const float*, const u8*, const float*, const u8*, const float*,
+                                        float*, int, int, int, int, int, int, int, int);
+template __global__ void gemm_decode<8>(const i8*, const float*, const u8*, const float*, const u8*, const float*,
+                                        float*, int, int, int, int, int, int, int, int);
+template __global__ void gemm_decode<16>(const i8*, const float*, const u8*, const float*, const u8*, const float*,
+                                         float*, int, int, int, int, int, int, int, int);

@@ -1,0 +1,260 @@
+"""Compiling the cupy backend's CUDA sources (``fptq/backends/cuda/*.cu``) with NVRTC.
+
+The backend and the compile check (``tests/test_cupy_compile.py``) both go
+through :func:`compile_module`, so what is checked without a GPU is what runs
+on one: the same sources, the same options, the same NVRTC.
+
+Why fptq calls NVRTC itself instead of ``cupy.RawModule(code=...)``: CuPy's
+compile path appends ``-ftz=true`` to every user's options (CuPy 14), and the
+last ``-ftz`` wins, so every float op would flush subnormals to zero, which
+the spec forbids (a flushed subnormal is a wrong bit). Here the options are
+exactly :func:`compile_options`: no fast math, ``--fmad=false``,
+``-ftz=false``, IEEE division and square root, and ``ptxas -v`` for the
+resource report. The cubin is loaded with ``cupy.RawModule(path=...)``.
+CuPy's own elementwise kernels (``a * b``, ``a > 0`` on float arrays) are
+compiled with ``-ftz=true`` too, which is why the backend does no float
+arithmetic or float comparison with CuPy operators (see
+:mod:`fptq.backends.cupy_arrays`).
+
+NVRTC comes from CuPy's bindings (``cupy_backends.cuda.libs.nvrtc``), which
+need no GPU: compiling for an explicit architecture works on any machine with
+CuPy and the NVRTC library installed.
+
+The integer formats reach the kernels as ``-D`` macros made from the one
+table, :mod:`fptq.spec.formats` (:func:`spec_defines`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..spec import INT4_SYM, INT8_ACT, MIN_SCALE, POLICY_CODES, UINT4_ASYM, ActPolicy
+from . import cupy_launch as L
+
+__all__ = ["HEADER", "MODULES", "KernelResources", "CompiledModule", "spec_defines", "compile_options",
+           "name_expressions", "read_source", "parse_ptxas_log", "nvrtc_version", "compile_module",
+           "cache_dir", "compile_ptx"]
+
+#: The header every module includes (not compiled alone).
+HEADER = "common.cu"
+#: The modules, one per .cu file (file stem), and the kernels each defines.
+MODULES = {
+    "activation": ("act_scale_from_amax", "quantize_act_per_tensor", "quantize_act_per_token", "dequantize_act"),
+    "lae": ("lae_scales", "lae_apply_activation", "lae_apply_weight"),
+    "weights": ("weight_scales", "quantize_weight_with_scales", "dequantize_weight"),
+    "packing": ("pack_int4", "unpack_int4"),
+    "matmul": ("w4a8_group_sums", "w4a8_epilogue"),
+    "policy": ("select_policies",),
+    "gemm_decode": tuple(L.decode_kernel_name(mt) for mt in L.DECODE_MT),
+    "gemm_prefill": tuple(L.prefill_kernel_name(t) for t in L.PREFILL_TILES),
+}
+#: Modules whose kernels are C++ templates, looked up through NVRTC name expressions.
+_TEMPLATED = ("gemm_decode", "gemm_prefill")
+
+
+def _hexfloat(x: np.float32) -> str:
+    return float(x).hex().replace("0x1.0000000000000p", "0x1p") + "f"
+
+
+def spec_defines() -> tuple[str, ...]:
+    """``-D`` options for every constant the kernels use, from :mod:`fptq.spec.formats`."""
+    d = {
+        "FPTQ_INT8_QMIN": INT8_ACT.qmin, "FPTQ_INT8_QMAX": INT8_ACT.qmax,
+        "FPTQ_INT8_DIVISOR": INT8_ACT.scale_divisor,
+        "FPTQ_INT4_SYM_QMIN": INT4_SYM.qmin, "FPTQ_INT4_SYM_QMAX": INT4_SYM.qmax,
+        "FPTQ_INT4_SYM_DIVISOR": INT4_SYM.scale_divisor,
+        "FPTQ_UINT4_QMIN": UINT4_ASYM.qmin, "FPTQ_UINT4_QMAX": UINT4_ASYM.qmax,
+        "FPTQ_UINT4_DIVISOR": UINT4_ASYM.scale_divisor,
+        "FPTQ_MIN_SCALE": _hexfloat(MIN_SCALE),
+        "FPTQ_POLICY_STATIC": POLICY_CODES[ActPolicy.STATIC],
+        "FPTQ_POLICY_LAE_STATIC": POLICY_CODES[ActPolicy.LAE_STATIC],
+        "FPTQ_POLICY_DYNAMIC": POLICY_CODES[ActPolicy.DYNAMIC],
+    }
+    return tuple(f"-D{k}={v}" for k, v in d.items())
+
+
+def compile_options(arch: str) -> tuple[str, ...]:
+    """The NVRTC options of every module for ``arch`` (e.g. ``"90"``: a cubin for sm_90).
+
+    Pinned float math: ``--fmad=false`` (no FMA contraction), ``-ftz=false``
+    (subnormals kept), ``-prec-div=true`` / ``-prec-sqrt=true`` (IEEE), no
+    ``--use_fast_math``. ``--ptxas-options=-v`` only adds the resource report to
+    the log. ``-lineinfo`` is not used (it does not change the code, but keeps
+    the cache key small).
+    """
+    if not re.fullmatch(r"\d{2,3}a?", str(arch)):
+        raise ValueError(f"arch: expected a compute capability such as '90' or '90a', got {arch!r}")
+    return (f"-arch=sm_{arch}", "--std=c++17", "--fmad=false", "-ftz=false", "-prec-div=true",
+            "-prec-sqrt=true", "--ptxas-options=-v") + spec_defines()
+
+
+def name_expressions(module: str) -> tuple[str, ...]:
+    """The template instantiations of a module to look up by name (empty for plain extern "C" kernels)."""
+    return MODULES[module] if module in _TEMPLATED else ()
+
+
+def read_source(name: str) -> str:
+    """The text of ``fptq/backends/cuda/<name>`` (shipped as package data)."""
+    return resources.files("fptq.backends").joinpath("cuda", name).read_text(encoding="utf-8")
+
+
+@dataclass
+class KernelResources:
+    """What ``ptxas -v`` reports for one kernel."""
+
+    registers: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    stack_bytes: int = 0
+    smem_bytes: int = 0
+
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas_log(log: str) -> dict[str, KernelResources]:
+    """Per-kernel registers, spills, stack frame and static shared memory from a ``ptxas -v`` log.
+
+    Keys are the kernels' (mangled) entry names, in the order ptxas reports them.
+    """
+    out: dict[str, KernelResources] = {}
+    cur = None
+    for line in log.splitlines():
+        if m := _ENTRY.search(line):
+            cur = out.setdefault(m.group(1), KernelResources())
+        elif cur is not None and (m := _FRAME.search(line)):
+            cur.stack_bytes, cur.spill_stores, cur.spill_loads = (int(v) for v in m.groups())
+        elif cur is not None and (m := _USED.search(line)):
+            cur.registers = int(m.group(1))
+            if s := _SMEM.search(line):
+                cur.smem_bytes = int(s.group(1))
+    return out
+
+
+@dataclass
+class CompiledModule:
+    """One compiled .cu file: the cubin, NVRTC's log, kernel name -> entry name, resources per kernel."""
+
+    name: str
+    arch: str
+    cubin: bytes
+    log: str
+    entries: dict[str, str]
+    resources: dict[str, KernelResources] = field(default_factory=dict)
+
+    def kernel_resources(self, kernel: str) -> KernelResources:
+        """The ptxas report of ``kernel`` (its name as in :data:`MODULES`)."""
+        return self.resources[self.entries[kernel]]
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except ImportError as e:
+        raise ImportError(f"compiling the CUDA kernels needs CuPy's NVRTC bindings (pip install cupy-cuda13x): {e}") \
+            from e
+    return nvrtc
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """NVRTC's (major, minor); ImportError/RuntimeError when CuPy or the NVRTC library is missing."""
+    nvrtc = _nvrtc()
+    try:
+        return tuple(nvrtc.getVersion())
+    except Exception as e:  # noqa: BLE001 - the library itself is missing: say so
+        raise RuntimeError(f"NVRTC is not usable here ({type(e).__name__}: {e}); "
+                           "install the NVRTC library, e.g. pip install 'nvidia-cuda-nvrtc==13.0.*'") from e
+
+
+def cache_dir() -> Path:
+    """Where compiled cubins are kept: ``$FPTQ_CUDA_CACHE`` or ``~/.cache/fptq/cuda``."""
+    return Path(os.environ.get("FPTQ_CUDA_CACHE") or Path.home() / ".cache" / "fptq" / "cuda")
+
+
+def _key(name: str, arch: str, opts: tuple[str, ...], sources: list[str]) -> str:
+    h = hashlib.sha256()
+    for part in (name, arch, repr(opts), repr(nvrtc_version()), *sources):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModule:
+    """Compile ``cuda/<name>.cu`` for ``sm_<arch>`` with :func:`compile_options` (NVRTC, no GPU needed).
+
+    Cached on disk under :func:`cache_dir` (key: sources, options, NVRTC version).
+    Raises ``RuntimeError`` with NVRTC's log when the source does not compile.
+    """
+    if name not in MODULES:
+        raise ValueError(f"unknown CUDA module {name!r}; expected one of {sorted(MODULES)}")
+    src, header = read_source(f"{name}.cu"), read_source(HEADER)
+    opts = compile_options(arch)
+    key = _key(name, arch, opts, [src, header])
+    cubin_path = cache_dir() / f"{name}-sm{arch}-{key}.cubin"
+    meta_path = cubin_path.with_suffix(".json")
+    if use_cache and cubin_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return CompiledModule(name, arch, cubin_path.read_bytes(), meta["log"], meta["entries"],
+                              parse_ptxas_log(meta["log"]))
+    nvrtc = _nvrtc()
+    nvrtc_version()
+    prog = nvrtc.createProgram(src, f"{name}.cu", (header.encode(),), (HEADER.encode(),))
+    try:
+        exprs = name_expressions(name)
+        for e in exprs:
+            nvrtc.addNameExpression(prog, e)
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"NVRTC failed to compile fptq/backends/cuda/{name}.cu for sm_{arch}: {e}\n"
+                               f"{nvrtc.getProgramLog(prog)}") from None
+        log = nvrtc.getProgramLog(prog)
+        cubin = nvrtc.getCUBIN(prog)
+        entries = {e: nvrtc.getLoweredName(prog, e) for e in exprs} or {k: k for k in MODULES[name]}
+    finally:
+        nvrtc.destroyProgram(prog)
+    mod = CompiledModule(name, arch, cubin, log, entries, parse_ptxas_log(log))
+    if use_cache:
+        _write_cache(cubin_path, meta_path, cubin, {"log": log, "entries": entries})
+    return mod
+
+
+def _write_cache(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict) -> None:
+    """Write atomically (temp file + rename); a cache that cannot be written is skipped."""
+    try:
+        cubin_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, data in ((cubin_path, cubin), (meta_path, json.dumps(meta).encode())):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def compile_ptx(name: str, arch: str) -> str:
+    """The PTX of ``cuda/<name>.cu`` with the same options as :func:`compile_module` except
+    ``-arch=compute_<arch>`` (for reading: the compile check scans it for float ops the spec forbids)."""
+    nvrtc = _nvrtc()
+    opts = tuple(f"-arch=compute_{arch}" if o.startswith("-arch=") else o for o in compile_options(arch)
+                 if o != "--ptxas-options=-v")
+    prog = nvrtc.createProgram(read_source(f"{name}.cu"), f"{name}.cu", (read_source(HEADER).encode(),),
+                               (HEADER.encode(),))
+    try:
+        for e in name_expressions(name):
+            nvrtc.addNameExpression(prog, e)
+        nvrtc.compileProgram(prog, opts)
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
