@@ -6,9 +6,18 @@ function of the same name and returns the same bits (``lae_scales`` within
 reference, so it normally matches exactly). Tensors stay on the backend's
 device: ``TorchBackend`` computes on the CPU, ``TorchCudaBackend`` on the
 current CUDA device. ``from_numpy`` puts an array there, ``to_numpy`` brings a
-tensor back. A tensor on another device, a wrong dtype or shape, or NaN/Inf is
-refused with a ``ValueError``/``TypeError`` naming the argument
-(:mod:`fptq.backends.torch_checks`).
+tensor back. Every operation runs the spec's own check of the same name once
+(:mod:`fptq.spec.validate` over :class:`fptq.backends.torch_arrays.TorchArrays`),
+so it rejects exactly what the reference rejects, with the same exception and
+message (a tensor on another device is a ``TypeError`` naming the argument),
+then an unchecked implementation; results are never re-checked.
+
+Internal entry point for callers that checked their arguments once (a model's
+forward): ``_w4a8_matmul_unchecked(qx, xscale, packed, wscale, zero, k, G, fmt,
+bias)`` takes exactly what ``validate.w4a8_matmul(backend._xp, ...)`` returns;
+``_quantize_act_per_tensor_unchecked(x, scale)``,
+``_quantize_act_per_token_unchecked(x)`` and ``_lae_apply_activation_unchecked(x, s)``
+likewise.
 
 Float rules kept: every float op is one float32 torch kernel (IEEE division
 ``x / s``, never a reciprocal; ``torch.round`` is half to even; no fused
@@ -27,16 +36,16 @@ weight for many calls::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 
 from .. import spec
 from ..spec import MIN_SCALE, WeightFormat, num_groups
-from ..spec.formats import weight_format_spec
-from ..spec.policy import policy_thresholds
-from ..spec.validate import check_group_size, check_k
-from .base import BackendUnavailable
+from ..spec import validate as V
+from ..spec.formats import POLICY_CODES, ActPolicy, weight_format_spec
+from .base import BackendUnavailable, LinearPath
 
 try:
     import torch
@@ -44,8 +53,8 @@ except ImportError as _e:  # pragma: no cover - exercised only without torch
     torch = None
     _TORCH_ERROR = _e
 else:
-    from . import torch_checks as C
     from . import torch_matmul as MM
+    from .torch_arrays import TorchArrays
 
 __all__ = ["TorchBackend", "TorchCudaBackend"]
 
@@ -59,7 +68,7 @@ def _no_grad(fn):
     return wrapper
 
 
-class TorchBackend:
+class TorchBackend(LinearPath):
     """The spec on torch tensors, on the CPU.
 
     Args:
@@ -79,6 +88,8 @@ class TorchBackend:
             raise BackendUnavailable(f"the {self.name} backend needs PyTorch: pip install torch "
                                      f"(CPU build: --index-url https://download.pytorch.org/whl/cpu); {_TORCH_ERROR}")
         self.device = self._select_device()
+        self._xp = TorchArrays(self.device)
+        self.array_type = torch.Tensor
         if shape is None:
             shape = MM.CUDA_INT_MM_SHAPE if self.device.type == "cuda" else MM.CPU_INT_MM_SHAPE
         self._shape = shape
@@ -101,7 +112,7 @@ class TorchBackend:
     # -- boundary -------------------------------------------------------------------------
     def from_numpy(self, a) -> "torch.Tensor":
         """A copy of ``a`` as a tensor on this backend's device (dtype kept)."""
-        return C.as_tensor(np.asarray(a), "a", self.device)
+        return self._xp.asarray(np.asarray(a), "a")
 
     def to_numpy(self, t) -> np.ndarray:
         """A NumPy copy of a tensor (any device); array-likes pass through ``np.asarray``."""
@@ -116,65 +127,45 @@ class TorchBackend:
         return f"torch {torch.__version__} on {where}; integer core: {core}"
 
     # -- small helpers ----------------------------------------------------------------------
-    def _f32(self, x, name):
-        return C.as_float32(x, name, self.device)
-
-    def _int(self, x, dtype, name):
-        return C.check_dtype(x, dtype, name, self.device)
-
     def _groups(self, t, g: int, fill: float = 0.0):
-        """View t [N, K] as [N, ng, G], zero-padding the ragged last group."""
+        """View t [N, K] as [N, ng, G'] (G' = min(G, K): one group when G > K, so memory stays
+        O(N K) for any G), zero-padding the ragged last group."""
         n, k = t.shape
+        g = max(min(g, k), 1)
         ng = num_groups(k, g)
         if ng * g != k:
             t = torch.nn.functional.pad(t, (0, ng * g - k), value=fill)
         return t.reshape(n, ng, g)
-
-    def _zero(self, zero, n: int, ng: int, fmt):
-        """Zero points as the spec checks them: uint8 [N, ng] in [0, 15] (asymmetric), None (symmetric)."""
-        return C.check_zero_points(zero, (n, ng), WeightFormat(fmt) is WeightFormat.ASYMMETRIC, self.device)
 
     def _quantize(self, x, scale):
         """``clip(rint(x / scale), -127, 127)`` as int8 (x / s may overflow to inf; the clip saturates)."""
         fmt = spec.INT8_ACT
         return torch.round(x / scale).clamp_(fmt.qmin, fmt.qmax).to(torch.int8)
 
-    def _xscale(self, xscale, m: int):
-        xs = self._f32(xscale, "xscale").reshape(-1)
-        C.check_positive_scale(xs, "xscale")
-        if xs.shape[0] == 1:
-            return xs.expand(m)
-        if xs.shape[0] != m:
-            raise ValueError(f"xscale: expected one scale or {m} per-token scales, got shape {tuple(xs.shape)}")
-        return xs
-
-    def _bias(self, bias, n: int):
-        if bias is None:
-            return None
-        b = self._f32(bias, "bias")
-        C.check_shape(b, (n,), "bias")
-        return b
+    @staticmethod
+    def _xs(xscale, m: int):
+        """A checked activation scale of shape (), [1] or [M] as float32 [M]."""
+        xs = xscale.reshape(-1)
+        return xs if xs.shape[0] == m else xs.expand(m)
 
     # -- activations (spec section 2) ----------------------------------------------------------
     @_no_grad
     def act_scale_from_amax(self, amax):
-        amax = self._f32(amax, "amax")
-        C.check_nonnegative(amax, "amax")
+        amax = V.act_scale_from_amax(self._xp, amax)
         return torch.maximum(amax / self._divisor[spec.INT8_ACT.scale_divisor], self._min_scale)
 
     @_no_grad
     def quantize_act_per_tensor(self, x, scale):
-        x = self._f32(x, "x")
-        scale = self._f32(scale, "scale").reshape(-1)
-        if scale.shape != (1,):
-            raise ValueError(f"scale: per-tensor quantization takes one scale, got shape {tuple(scale.shape)}")
-        C.check_positive_scale(scale, "scale")
+        return self._quantize_act_per_tensor_unchecked(*V.quantize_act_per_tensor(self._xp, x, scale))
+
+    def _quantize_act_per_tensor_unchecked(self, x, scale):
         return self._quantize(x, scale.reshape([1] * x.dim()))
 
     @_no_grad
     def quantize_act_per_token(self, x):
-        x = self._f32(x, "x")
-        C.check_ndim(x, 2, "x")
+        return self._quantize_act_per_token_unchecked(V.quantize_act_per_token(self._xp, x))
+
+    def _quantize_act_per_token_unchecked(self, x):
         if x.shape[1] == 0:
             amax = torch.zeros(x.shape[0], dtype=torch.float32, device=self.device)
         else:
@@ -184,60 +175,40 @@ class TorchBackend:
 
     @_no_grad
     def dequantize_act(self, q, scale):
-        q = self._int(q, torch.int8, "q")
-        scale = self._f32(scale, "scale")
-        C.check_positive_scale(scale, "scale")
-        if scale.dim() == 1 and scale.shape[0] != 1:
-            C.check_ndim(q, 2, "q")
-            if scale.shape[0] != q.shape[0]:
-                raise ValueError(f"scale: expected shape ({q.shape[0]},) for q of shape {tuple(q.shape)}, "
-                                 f"got {tuple(scale.shape)}")
-            scale = scale[:, None]
-        elif scale.dim() > 1:
-            raise ValueError(f"scale: expected a scalar or a 1-D per-row scale, got shape {tuple(scale.shape)}")
-        return q.to(torch.float32) * scale
+        q, scale, per_token = V.dequantize_act(self._xp, q, scale)
+        return q.to(torch.float32) * (scale[:, None] if per_token else scale.reshape(()))
 
     # -- LAE (section 3) -------------------------------------------------------------------
     @_no_grad
     def lae_scales(self, channel_max):
-        m = self._f32(channel_max, "channel_max")
-        C.check_ndim(m, 1, "channel_max")
-        C.check_nonnegative(m, "channel_max")
+        m = V.lae_scales(self._xp, channel_max)
         t = m + 2.0                                             # one float32 add
         l2 = torch.log2(t.to(torch.float64)).to(torch.float32)  # as the reference: float64 log2, rounded once
         s = m / l2
         return torch.where(m < self._min_scale, torch.ones_like(s), s)
 
-    def _lae_s(self, s, k: int):
-        s = self._f32(s, "s")
-        C.check_ndim(s, 1, "s")
-        if s.shape[0] != k:
-            raise ValueError(f"s: expected {k} channel scales, got {s.shape[0]}")
-        C.check_positive_scale(s, "s")
-        return s
-
     @_no_grad
     def lae_apply_activation(self, x, s):
-        x = self._f32(x, "x")
-        C.check_ndim(x, 2, "x")
-        return x / self._lae_s(s, x.shape[1])[None, :]
+        return self._lae_apply_activation_unchecked(*V.lae_apply_activation(self._xp, x, s))
+
+    def _lae_apply_activation_unchecked(self, x, s):
+        return x / s[None, :]
 
     @_no_grad
     def lae_apply_weight(self, w, s):
-        w = self._f32(w, "w")
-        C.check_ndim(w, 2, "w")
-        return w * self._lae_s(s, w.shape[1])[None, :]
+        w, s = V.lae_apply_weight(self._xp, w, s)
+        return w * s[None, :]
 
     # -- weights (section 4) -----------------------------------------------------------------
     @_no_grad
     def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w = self._f32(w, "w")
-        C.check_ndim(w, 2, "w")
+        return self._weight_scales_unchecked(*V.weight_scales(self._xp, w, group_size, fmt))
+
+    def _weight_scales_unchecked(self, w, g, fmt):
         fs = weight_format_spec(fmt)
-        g = check_group_size(group_size, w.shape[1])
         wg = self._groups(w, g)
         n, ng = wg.shape[0], wg.shape[1]
-        if WeightFormat(fmt) is WeightFormat.SYMMETRIC:
+        if fmt is WeightFormat.SYMMETRIC:
             amax = wg.abs().amax(dim=2) if ng else torch.zeros((n, 0), dtype=torch.float32, device=self.device)
             return torch.maximum(amax / self._divisor[fs.scale_divisor], self._min_scale), None
         if ng == 0:
@@ -248,136 +219,78 @@ class TorchBackend:
         hi = torch.maximum(wg.amax(dim=2), zero_f)
         span = hi - lo
         if not bool(torch.isfinite(span).all()):
-            raise ValueError("w: a group's range max - min overflows float32")
+            raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
         scale = torch.maximum(span / self._divisor[fs.scale_divisor], self._min_scale)
         zero = torch.round(-lo / scale).clamp_(fs.qmin, fs.qmax).to(torch.uint8)
         return scale, zero
 
     @_no_grad
     def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        w = self._f32(w, "w")
-        C.check_ndim(w, 2, "w")
+        w, scale, zero, g, fmt = V.quantize_weight_with_scales(self._xp, w, scale, zero, group_size, fmt)
+        return self._quantize_weight_with_scales_unchecked(w, scale, zero, g, fmt)
+
+    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
         fs = weight_format_spec(fmt)
         n, k = w.shape
-        g = check_group_size(group_size, k)
-        ng = num_groups(k, g)
-        scale = self._f32(scale, "scale")
-        C.check_shape(scale, (n, ng), "scale")
-        C.check_positive_scale(scale, "scale")
-        y = torch.round(self._groups(w, g) / scale[:, :, None])
-        zero = self._zero(zero, n, ng, fmt)
+        wg = self._groups(w, g)
+        y = torch.round(wg / scale[:, :, None])
         if zero is not None:
             y = y + zero.to(torch.float32)[:, :, None]
-        return y.clamp_(fs.qmin, fs.qmax).to(torch.int8).reshape(n, ng * g)[:, :k].contiguous()
+        return y.clamp_(fs.qmin, fs.qmax).to(torch.int8).reshape(n, wg.shape[1] * wg.shape[2])[:, :k].contiguous()
 
+    @_no_grad
     def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w = self._f32(w, "w")
-        C.check_ndim(w, 2, "w")
-        g = check_group_size(group_size, w.shape[1])
-        scale, zero = self.weight_scales(w, g, fmt)
-        q = self.quantize_weight_with_scales(w, scale, zero, g, fmt)
-        return spec.QuantizedWeight(q, scale, zero, g, WeightFormat(fmt))
+        w, g, fmt = V.quantize_weight(self._xp, w, group_size, fmt)
+        scale, zero = self._weight_scales_unchecked(w, g, fmt)
+        q = self._quantize_weight_with_scales_unchecked(w, scale, zero, g, fmt)
+        return spec.QuantizedWeight(q, scale, zero, g, fmt)
 
     @_no_grad
     def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        q = self._int(q, torch.int8, "q")
-        C.check_ndim(q, 2, "q")
+        q, scale, zero, g, fmt = V.dequantize_weight(self._xp, q, scale, zero, group_size, fmt)
         n, k = q.shape
-        g = check_group_size(group_size, k)
-        ng = num_groups(k, g)
-        scale = self._f32(scale, "scale")
-        C.check_shape(scale, (n, ng), "scale")
-        C.check_positive_scale(scale, "scale")
         qi = self._groups(q.to(torch.int32), g)
-        zero = self._zero(zero, n, ng, fmt)
         if zero is not None:
             qi = qi - zero.to(torch.int32)[:, :, None]
-        return (qi.to(torch.float32) * scale[:, :, None]).reshape(n, ng * g)[:, :k].contiguous()
+        return (qi.to(torch.float32) * scale[:, :, None]).reshape(n, qi.shape[1] * qi.shape[2])[:, :k].contiguous()
 
     # -- packing (section 5) -------------------------------------------------------------------
     @_no_grad
     def pack_int4(self, q, signed=True):
-        q = self._int(q, torch.int8, "q")
-        C.check_ndim(q, 2, "q")
-        fs = spec.INT4_SYM if signed else spec.UINT4_ASYM
-        if q.numel():
-            lo, hi = int(q.min()), int(q.max())
-            if lo < fs.storage_min or hi > fs.storage_max:
-                raise ValueError(f"q: values must be in [{fs.storage_min}, {fs.storage_max}] for "
-                                 f"{'signed' if signed else 'unsigned'} INT4, got [{lo}, {hi}]")
-        nib = q.view(torch.uint8) & 0x0F
+        q = V.pack_int4(self._xp, q, signed)
+        nib = q.view(torch.uint8) & spec.formats.NIBBLE_MASK
         if q.shape[1] % 2:
             nib = torch.nn.functional.pad(nib, (0, 1))
-        return nib[:, 0::2] | (nib[:, 1::2] << 4)
+        return nib[:, 0::2] | (nib[:, 1::2] << spec.formats.NIBBLE_BITS)
 
     @_no_grad
     def unpack_int4(self, packed, k, signed=True):
-        packed = self._int(packed, torch.uint8, "packed")
-        C.check_ndim(packed, 2, "packed")
-        k = check_k(k)
-        self._check_width(packed, k)
+        packed, k = V.unpack_int4(self._xp, packed, k, signed)
         return MM._unpack_nibbles(packed, signed).view(packed.shape[0], 2 * packed.shape[1])[:, :k].contiguous()
 
-    @staticmethod
-    def _check_width(packed, k):
-        if packed.shape[1] != spec.packed_width(k):
-            raise ValueError(f"packed: expected {spec.packed_width(k)} bytes per row for K={k}, "
-                             f"got {packed.shape[1]}")
-
     # -- matmul (section 6) ----------------------------------------------------------------------
-    def _check_weight(self, packed, zero, k, group_size, fmt):
-        """Checks shared by the matmul entry points; returns (packed, zero, k, G, fmt)."""
-        k = check_k(k)
-        g = check_group_size(group_size, k)
-        fmt = WeightFormat(fmt)
-        packed = self._int(packed, torch.uint8, "packed")
-        C.check_ndim(packed, 2, "packed")
-        self._check_width(packed, k)
-        zero = self._zero(zero, packed.shape[0], num_groups(k, g), fmt)
-        return packed, zero, k, g, fmt
-
-    def _check_qx(self, qx, k):
-        qx = self._int(qx, torch.int8, "qx")
-        C.check_ndim(qx, 2, "qx")
-        if qx.shape[1] != k:
-            raise ValueError(f"qx: expected K={k} columns to match the weight, got shape {tuple(qx.shape)}")
-        return qx
-
-    def _check_wscale(self, wscale, n, ng):
-        ws = self._f32(wscale, "wscale")
-        C.check_shape(ws, (n, ng), "wscale")
-        C.check_positive_scale(ws, "wscale")
-        return ws
-
     @_no_grad
     def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
-        k = check_k(k)
-        check_group_size(group_size, k)
-        qx = self._check_qx(qx, k)
-        packed, zero, k, g, fmt = self._check_weight(packed, zero, k, group_size, fmt)
+        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(self._xp, qx, packed, zero, k, group_size, fmt)
         prep = MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
         return MM.group_sums(qx, prep, self.use_int_mm)
 
     @_no_grad
     def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
-        acc = self._int(acc, torch.int32, "acc")
-        C.check_ndim(acc, 3, "acc")
-        m, n, ng = acc.shape
-        ws = self._check_wscale(wscale, n, ng)
-        xs = self._xscale(xscale, m)
-        return MM.epilogue(acc, ws, xs, self._bias(bias, n))
+        acc, wscale, xscale, bias = V.w4a8_epilogue(self._xp, acc, wscale, xscale, bias)
+        return MM.epilogue(acc, wscale, self._xs(xscale, acc.shape[0]), bias)
 
     @_no_grad
     def w4a8_matmul(self, qx, xscale, packed, wscale, zero, k, group_size, fmt=WeightFormat.SYMMETRIC, bias=None):
-        k = check_k(k)
-        check_group_size(group_size, k)
-        qx = self._check_qx(qx, k)
-        packed, zero, k, g, fmt = self._check_weight(packed, zero, k, group_size, fmt)
+        return self._w4a8_matmul_unchecked(
+            *V.w4a8_matmul(self._xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias))
+
+    def _w4a8_matmul_unchecked(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias=None):
+        """:meth:`w4a8_matmul` on arguments already checked by ``fptq.spec.validate.w4a8_matmul``
+        (pass its return value, in order). No check is repeated here."""
         prep = MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
-        ws = self._check_wscale(wscale, prep.n, prep.ng)
-        xs = self._xscale(xscale, qx.shape[0])
-        return MM.matmul_prepared(qx, xs, prep, MM.scales_transposed(ws, prep), self._bias(bias, prep.n),
-                                  self.use_int_mm)
+        return MM.matmul_prepared(qx, self._xs(xscale, qx.shape[0]), prep, MM.scales_transposed(wscale, prep),
+                                  bias, self.use_int_mm)
 
     # -- the prepared-weight hot path (not a spec primitive) ------------------------------------
     @_no_grad
@@ -388,7 +301,7 @@ class TorchBackend:
         :class:`fptq.backends.torch_matmul.PreparedWeight`: int8 [ng, N, G]
         group-major (``q`` or ``q - z``), about N*K bytes on this device.
         """
-        packed, zero, k, g, fmt = self._check_weight(packed, zero, k, group_size, fmt)
+        packed, zero, k, g, fmt = V.packed_weight(self._xp, packed, zero, k, group_size, fmt, "prepare_weight")
         return MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
 
     @_no_grad
@@ -399,28 +312,51 @@ class TorchBackend:
         ``wscale`` float32 [N, ng] and ``bias`` float32 [N] are checked on first use and
         cached in ``prepared`` while the same tensors are passed unmodified.
         """
+        op = "w4a8_matmul_prepared"
         if not isinstance(prepared, MM.PreparedWeight):
             raise TypeError(f"prepared: expected the result of prepare_weight, got {type(prepared).__name__}")
         if prepared.device != self.device or prepared.shape != self._shape:
             raise ValueError(f"prepared: made for {prepared.device}, but this backend computes on {self.device}")
-        qx = self._check_qx(qx, prepared.k)
-        xs = self._xscale(xscale, qx.shape[0])
+        qx, xscale = V.activation_side(self._xp, qx, xscale, prepared.k, op)
+        xs = self._xs(xscale, qx.shape[0])
         ws_t = prepared.cached("wscale", wscale if isinstance(wscale, torch.Tensor) else None,
                                lambda t: MM.scales_transposed(
-                                   self._check_wscale(wscale, prepared.n, prepared.ng), prepared))
+                                   V.weight_scale_side(self._xp, wscale, prepared.n, prepared.ng, op), prepared))
         b = prepared.cached("bias", bias if isinstance(bias, torch.Tensor) else None,
-                            lambda t: self._bias(bias, prepared.n))
+                            lambda t: V.bias_side(self._xp, bias, prepared.n, op))
         return MM.matmul_prepared(qx, xs, prepared, ws_t, b, self.use_int_mm)
+
+    # -- a model's prepared linear (fptq.backends.base.LinearPath) ------------------------------
+    @_no_grad
+    def prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt=WeightFormat.SYMMETRIC,
+                       policy=spec.ActPolicy.DYNAMIC):
+        """:meth:`fptq.backends.base.LinearPath.prepare_linear`, plus the weight unpacked once
+        (:meth:`prepare_weight`) and its scales transposed for the integer core."""
+        prep = LinearPath.prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt, policy)
+        w = MM.prepare_weight(packed, zero, prep.k, prep.group_size, prep.fmt, self._shape)
+        return dataclasses.replace(prep, kernel=(w, MM.scales_transposed(wscale, w)))
+
+    @_no_grad
+    def linear_forward(self, x, prepared):
+        """Same bits as :meth:`LinearPath.linear_forward`: ``x`` checked once (by the quantizer),
+        then the integer core on the prepared weight, nothing checked again."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != prepared.k:
+            raise ValueError(f"x: expected a float32 tensor [M, {prepared.k}], got {getattr(x, 'shape', type(x))}")
+        if prepared.policy is spec.ActPolicy.DYNAMIC:
+            qx, xs = self.quantize_act_per_token(x)
+        else:
+            qx = self.quantize_act_per_tensor(x, prepared.act_scale)
+            xs = prepared.act_scale.reshape(-1).expand(qx.shape[0])
+        w, ws_t = prepared.kernel
+        return MM.matmul_prepared(qx, xs, w, ws_t, prepared.bias, self.use_int_mm)
 
     # -- policy (section 7) ------------------------------------------------------------------------
     @_no_grad
     def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
-        v = self._f32(v, "v")
-        if v.numel() and bool((v < 0).any()):
-            raise ValueError("v (activation range) must be >= 0")
-        t0, t1 = policy_thresholds(v0, v1)
-        one = torch.ones_like(v, dtype=torch.uint8)
-        return torch.where(v < float(t0), one * 0, torch.where(v < float(t1), one, one * 2))
+        v, t0, t1 = V.select_policies(self._xp, v, v0, v1)
+        code = {p: torch.tensor(c, dtype=torch.uint8, device=self.device) for p, c in POLICY_CODES.items()}
+        return torch.where(v < float(t0), code[ActPolicy.STATIC],
+                           torch.where(v < float(t1), code[ActPolicy.LAE_STATIC], code[ActPolicy.DYNAMIC]))
 
 
 class TorchCudaBackend(TorchBackend):

@@ -18,7 +18,7 @@ framework, in the spirit of einops' one-small-class-per-framework backends:
 ``first_true(mask)``   the index tuple of the first True element, or None
 ``item(a, idx)``       one element as a Python number (for messages)
 ``min(a)``, ``max(a)`` Python numbers (``a`` non-empty)
-``device(a)``          where the array lives (for messages)
+``device_of(a)``       where the array lives (for messages)
 =====================  ========================================================
 
 Comparisons (``a > 0``) and ``~mask`` are the framework's own operators.
@@ -91,7 +91,7 @@ class NumpyArrays:
     def max(self, a: np.ndarray):
         return a.max().item()
 
-    def device(self, a) -> str:
+    def device_of(self, a) -> str:
         return "cpu"
 
 

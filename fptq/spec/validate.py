@@ -38,6 +38,7 @@ __all__ = [
     "weight_scales", "quantize_weight_with_scales", "quantize_weight", "dequantize_weight",
     "pack_int4", "unpack_int4", "w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul", "select_policies",
     "integer_param", "group_size_param", "resolve_group_size", "thresholds",
+    "packed_weight", "activation_side", "weight_scale_side", "bias_side",
     "as_float32", "check_finite", "check_dtype", "check_ndim", "check_shape", "check_positive_scale",
     "check_group_size", "check_k", "check_zero_points",
 ]
@@ -441,6 +442,46 @@ def w4a8_matmul(xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias):
     if bias is not None:
         finite(xp, bias, "bias", op)
     return qx, xscale, packed, wscale, zero, k, g, fmt, bias
+
+
+def packed_weight(xp, packed, zero, k, group_size, fmt, op: str):
+    """The weight side of :func:`w4a8_matmul` alone (a backend preparing a weight once):
+    returns (packed, zero-or-None, k, G, fmt)."""
+    k, g, fmt = k_param(k, op), group_size_param(group_size, op), fmt_param(fmt, op)
+    g = resolve_group_size(g, k, op)
+    packed = int_array(xp, packed, "uint8", "packed", op)
+    zero = zero_points(xp, zero, fmt, op)
+    _packed(xp, packed, k, op)
+    if zero is not None:
+        shape(xp, zero, (xp.shape(packed)[0], _ng(k, g)), "zero", op)
+    zero_values(xp, zero, op)
+    return packed, zero, k, g, fmt
+
+
+def activation_side(xp, qx, xscale, k: int, op: str):
+    """The activation side of :func:`w4a8_matmul` against a prepared weight of K columns: (qx, xscale)."""
+    qx, xscale = int_array(xp, qx, "int8", "qx", op), float_array(xp, xscale, "xscale", op)
+    _qx_shape(xp, qx, k, op)
+    one_scale(xp, xscale, "xscale", op, rows=xp.shape(qx)[0])
+    positive(xp, xscale, "xscale", op)
+    return qx, xscale
+
+
+def weight_scale_side(xp, wscale, n: int, ng: int, op: str):
+    """``wscale`` of :func:`w4a8_matmul` against a prepared weight: float32 [N, ng] > 0."""
+    wscale = float_array(xp, wscale, "wscale", op)
+    shape(xp, wscale, (n, ng), "wscale", op)
+    positive(xp, wscale, "wscale", op)
+    return wscale
+
+
+def bias_side(xp, bias, n: int, op: str):
+    """``bias`` of :func:`w4a8_matmul` against a prepared weight: None or finite float32 [N]."""
+    bias = _optional_float(xp, bias, "bias", op)
+    if bias is not None:
+        shape(xp, bias, (n,), "bias", op)
+        finite(xp, bias, "bias", op)
+    return bias
 
 
 def select_policies(xp, v, v0, v1):
