@@ -1,6 +1,6 @@
 """fptq.backends: one interface, interchangeable implementations, a registry.
 
-``get_backend("numpy" | "numba" | "torch" | "torch-cuda" | "cupy" | "pkg.mod:Class")``;
+``get_backend("numpy" | "numba" | "torch" | "torch-cuda" | "pkg.mod:Class")``;
 third-party backends register under the entry-point group ``fptq.backends``.
 """
 
