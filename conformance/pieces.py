@@ -26,6 +26,16 @@ F32_MAX = float(np.finfo(np.float32).max)
 MIN_SCALE = float(spec.MIN_SCALE)
 ACT_QMAX = spec.INT8_ACT.qmax
 SYM_QMAX = spec.INT4_SYM.qmax
+#: the format table, by name (no bare 127 / 15 / 150 / 1920 below: docs/spec.md §1.1)
+ACT_MIN = spec.INT8_ACT.storage_min          # -128: the int8 the matmul admits but no quantizer makes
+SYM_MIN = spec.INT4_SYM.qmin                 # -8
+ASYM_QMAX = spec.UINT4_ASYM.qmax             # 15
+V0, V1 = spec.DEFAULT_V0, spec.DEFAULT_V1    # 15, 150
+MAX_TERM = spec.formats.MAX_TERM             # 1920 = 128 * 15, the overflow bound per column (§6.3)
+#: float32 exponents (not the INT8 range): the largest, and the one that encodes subnormals
+EMAX = int(np.finfo(np.float32).maxexp) - 1  # 127
+ESUB = int(np.finfo(np.float32).minexp) - 1  # -127
+MANT_BITS = int(np.finfo(np.float32).nmant)  # 23
 
 
 class Source:
@@ -71,7 +81,7 @@ class Source:
 def f32_from_parts(sign, exp, mant) -> np.ndarray:
     """float32 from sign (0/1), unbiased exponent in [-127, 127] (-127 = subnormal), 23-bit mantissa."""
     bits = (np.asarray(sign, np.uint32) << np.uint32(31)) \
-        | ((np.asarray(exp, np.int64) + 127).astype(np.uint32) << np.uint32(23)) \
+        | ((np.asarray(exp, np.int64) + EMAX).astype(np.uint32) << np.uint32(MANT_BITS)) \
         | np.asarray(mant, np.uint32)
     return bits.astype(np.uint32).view(F32)
 
@@ -87,7 +97,7 @@ def log_uniform(src: Source, shape, lo_exp: int, hi_exp: int, signed: bool = Tru
 
 def nice_scale(src: Source, lo_exp: int = -24, hi_exp: int = 8) -> F32:
     """``c * 2**e`` with c odd in [1, 255]: (k + 0.5) * scale is then exact, so ties are real ties."""
-    c = 2 * int(src.ints(0, 127)) + 1
+    c = 2 * int(src.ints(0, 255 // 2)) + 1
     return F32(np.ldexp(float(c), int(src.ints(lo_exp, hi_exp))))
 
 
@@ -108,7 +118,7 @@ def scale_of_kind(src: Source, kind: str) -> F32:
     if kind == "min":
         return F32(MIN_SCALE)
     if kind == "subnormal":
-        return F32(f32_from_parts(0, -127, int(src.ints(1, 2**23 - 1))))
+        return F32(f32_from_parts(0, ESUB, int(src.ints(1, 2**MANT_BITS - 1))))
     if kind == "huge":
         return F32(log_uniform(src, (), 90, 120, signed=False))
     raise ValueError(f"unknown scale kind {kind!r}")
@@ -153,23 +163,23 @@ def act_elements(src: Source, shape, scale: float, kind: str) -> np.ndarray:
     """
     s = float(scale)
     if kind == "tie":
-        return _to_f32((src.ints(-128, 127, shape) + 0.5) * s)
+        return _to_f32((src.ints(ACT_MIN, ACT_QMAX, shape) + 0.5) * s)
     if kind == "near_tie":
-        t = _to_f32((src.ints(-128, 127, shape) + 0.5) * s)
+        t = _to_f32((src.ints(ACT_MIN, ACT_QMAX, shape) + 0.5) * s)
         return np.nextafter(t, np.where(src.ints(0, 1, shape) == 1, F32(np.inf), F32(-np.inf))).astype(F32)
     if kind == "in_range":
-        return _to_f32((2.0 * src.unit(shape) - 1.0) * 127.5 * s)
+        return _to_f32((2.0 * src.unit(shape) - 1.0) * (ACT_QMAX + 0.5) * s)
     if kind == "limit":
-        base = _to_f32(src.signs(shape) * np.where(src.ints(0, 1, shape) == 1, 127.5, 127.0) * s)
+        base = _to_f32(src.signs(shape) * np.where(src.ints(0, 1, shape) == 1, ACT_QMAX + 0.5, float(ACT_QMAX)) * s)
         return _step_ulp(src, base)
     if kind == "beyond":
-        return _to_f32(src.signs(shape) * (128.0 + 872.0 * src.unit(shape)) * s)
+        return _to_f32(src.signs(shape) * ((ACT_QMAX + 1.0) + 872.0 * src.unit(shape)) * s)
     if kind == "zero":
         return signed_zeros(src, shape)
     if kind == "huge":
-        return log_uniform(src, shape, 100, 127)
+        return log_uniform(src, shape, 100, EMAX)
     if kind == "tiny":
-        return log_uniform(src, shape, -127, -120)
+        return log_uniform(src, shape, ESUB, -120)
     raise ValueError(f"unknown activation element kind {kind!r}")
 
 
@@ -209,7 +219,7 @@ def token_row(src: Source, k: int, kind: str) -> np.ndarray:
     shape = (k,)
     if kind in ("ties", "underflow_edge"):
         s = nice_scale(src) if kind == "ties" else F32(MIN_SCALE)
-        amax = F32(127.0 * float(s))
+        amax = F32(float(ACT_QMAX) * float(s))
         if kind == "underflow_edge":
             amax = F32(_step_ulp(src, np.array(amax, F32)))
         w = {"tie": 6, "near_tie": 2, "in_range": 2, "zero": 1}
@@ -222,9 +232,9 @@ def token_row(src: Source, k: int, kind: str) -> np.ndarray:
     if kind == "zeros":
         return signed_zeros(src, shape)
     if kind == "tiny":
-        return log_uniform(src, shape, -127, -124)
+        return log_uniform(src, shape, ESUB, -124)
     if kind == "huge":
-        return log_uniform(src, shape, 100, 127)
+        return log_uniform(src, shape, 100, EMAX)
     if kind == "max_float":
         row = _to_f32((2.0 * src.unit(shape) - 1.0) * F32_MAX)
         row[int(src.ints(0, k - 1))] = F32(F32_MAX) * F32(src.signs())
@@ -255,15 +265,15 @@ def amax_values(src: Source, shape, weights: dict[str, int]) -> np.ndarray:
         if kind == "zero":
             return np.zeros(shape, F32)
         if kind == "tiny":
-            return log_uniform(src, shape, -127, -120, signed=False)
+            return log_uniform(src, shape, ESUB, -120, signed=False)
         if kind == "underflow_edge":
-            return _step_ulp(src, np.full(shape, F32(127.0 * MIN_SCALE)))
+            return _step_ulp(src, np.full(shape, F32(ACT_QMAX * MIN_SCALE)))
         if kind == "generic":
             return log_uniform(src, shape, -30, 30, signed=False)
         if kind == "max_float":
             return _step_ulp(src, np.full(shape, F32(F32_MAX)), up=False)
         if kind == "nice":
-            return _to_f32(127.0 * np.array([float(nice_scale(src)) for _ in range(int(np.prod(shape)))]).reshape(shape))
+            return _to_f32(float(ACT_QMAX) * np.array([float(nice_scale(src)) for _ in range(int(np.prod(shape)))]).reshape(shape))
         raise ValueError(kind)
     return np.abs(mixture(src, shape, weights, make)).astype(F32)
 
@@ -280,17 +290,17 @@ def channel_max_values(src: Source, shape, weights: dict[str, int]) -> np.ndarra
         if kind == "zero":
             return np.zeros(shape, F32)
         if kind == "tiny":
-            return log_uniform(src, shape, -127, -127, signed=False)
+            return log_uniform(src, shape, ESUB, ESUB, signed=False)
         if kind == "min":
             return np.full(shape, F32(MIN_SCALE))
         if kind == "small":
-            return _to_f32(15.0 * src.unit(shape))
+            return _to_f32(V0 * src.unit(shape))
         if kind == "band":
-            return _to_f32(15.0 + 135.0 * src.unit(shape))
+            return _to_f32(V0 + (V1 - V0) * src.unit(shape))
         if kind == "large":
-            return _to_f32(150.0 + 3946.0 * src.unit(shape))
+            return _to_f32(V1 + (4096.0 - V1) * src.unit(shape))
         if kind == "huge":
-            return log_uniform(src, shape, 20, 127, signed=False)
+            return log_uniform(src, shape, 20, EMAX, signed=False)
         raise ValueError(kind)
     return mixture(src, shape, weights, make)
 
@@ -318,12 +328,13 @@ def weight_group(src: Source, n_cols: int, kind: str, fmt: spec.WeightFormat) ->
     if kind == "ties":
         s = float(nice_scale(src, -20, 4))
         if spec.WeightFormat(fmt) is spec.WeightFormat.SYMMETRIC:
-            vals = _to_f32((src.ints(-7, 6, shape) + 0.5) * s)
-            ends = (-7.0 * s, 7.0 * s)
+            vals = _to_f32((src.ints(-SYM_QMAX, SYM_QMAX - 1, shape) + 0.5) * s)
+            ends = (-SYM_QMAX * s, SYM_QMAX * s)
         else:
-            a = int(src.ints(0, 15))
-            vals = _to_f32((src.ints(-a, 14 - a, shape) + 0.5) * s) if a < 15 else _to_f32(-(src.ints(0, 14, shape) + 0.5) * s)
-            ends = (-a * s, (15 - a) * s)
+            a = int(src.ints(0, ASYM_QMAX))
+            vals = (_to_f32((src.ints(-a, ASYM_QMAX - 1 - a, shape) + 0.5) * s) if a < ASYM_QMAX
+                    else _to_f32(-(src.ints(0, ASYM_QMAX - 1, shape) + 0.5) * s))
+            ends = (-a * s, (ASYM_QMAX - a) * s)
         pos = src.ints(0, n_cols - 1, (2,))
         vals[int(pos[0])] = F32(ends[0]) if src.ints(0, 1) else F32(ends[1])
         vals[int(pos[1])] = F32(ends[1]) if vals[int(pos[0])] == F32(ends[0]) else F32(ends[0])
@@ -331,14 +342,14 @@ def weight_group(src: Source, n_cols: int, kind: str, fmt: spec.WeightFormat) ->
     if kind == "zero":
         return signed_zeros(src, shape)
     if kind == "tiny":
-        return log_uniform(src, shape, -127, -125)
+        return log_uniform(src, shape, ESUB, -125)
     if kind in ("positive", "negative"):
         v = np.abs(log_uniform(src, shape, -8, 4))
         return (v if kind == "positive" else -v).astype(F32)
     if kind == "constant":
         return np.full(shape, log_uniform(src, (), -8, 4), F32)
     if kind == "huge":
-        return log_uniform(src, shape, 120, 127)
+        return log_uniform(src, shape, 120, EMAX)
     raise ValueError(f"unknown weight group kind {kind!r}")
 
 
@@ -372,9 +383,9 @@ def int8_activations(src: Source, shape, weights: dict[str, int]) -> np.ndarray:
     """int8 values: ``uniform`` over all 256 (-128 included), ``extreme`` in {-128, -127, 127}, ``zero``, ``small`` in [-2, 2]."""
     def make(kind):
         if kind == "uniform":
-            return src.ints(-128, 127, shape)
+            return src.ints(ACT_MIN, ACT_QMAX, shape)
         if kind == "extreme":
-            return np.array([-128, -127, 127])[src.ints(0, 2, shape)]
+            return np.array([ACT_MIN, -ACT_QMAX, ACT_QMAX])[src.ints(0, 2, shape)]
         if kind == "zero":
             return np.zeros(shape, np.int64)
         if kind == "small":
@@ -390,15 +401,15 @@ def int8_activations(src: Source, shape, weights: dict[str, int]) -> np.ndarray:
 
 def nibbles(src: Source, shape, signed: bool, kind: str) -> np.ndarray:
     """int8 INT4 values: ``uniform`` over the 16 values, ``all_values`` (every value, shuffled, tiled), ``extreme`` (the two ends)."""
-    lo = -8 if signed else 0
+    lo = SYM_MIN if signed else 0
     if kind == "uniform":
-        return src.ints(lo, lo + 15, shape).astype(np.int8)
+        return src.ints(lo, lo + ASYM_QMAX, shape).astype(np.int8)
     if kind == "all_values":
         n = int(np.prod(shape, dtype=np.int64))
         perm = np.argsort(src.unit((16,)), kind="stable")
         return (lo + np.resize(perm, n)).reshape(shape).astype(np.int8)
     if kind == "extreme":
-        return np.where(src.ints(0, 1, shape) == 1, lo, lo + 15).astype(np.int8)
+        return np.where(src.ints(0, 1, shape) == 1, lo, lo + ASYM_QMAX).astype(np.int8)
     raise ValueError(f"unknown nibble kind {kind!r}")
 
 
@@ -406,7 +417,7 @@ def int32_sums(src: Source, shape, kind: str, group_size: int = 128) -> np.ndarr
     """int32 group sums: ``realistic`` (|acc| <= 1920 G), ``small``, ``wide`` (the whole int32 range,
     INT32_MIN included), ``rounding`` (above 2**24, where int32 -> float32 rounds, ties included)."""
     if kind == "realistic":
-        bound = min(1920 * group_size, 2**31 - 1)
+        bound = min(MAX_TERM * group_size, 2**31 - 1)
         return src.ints(-bound, bound, shape).astype(np.int32)
     if kind == "small":
         return src.ints(-1000, 1000, shape).astype(np.int32)
@@ -455,6 +466,6 @@ def policy_ranges(src: Source, shape, v0: float, v1: float, weights: dict[str, i
         if kind == "generic":
             return _to_f32(src.unit(shape) * 2.0 * float(t[1]))
         if kind == "huge":
-            return log_uniform(src, shape, 20, 127, signed=False)
+            return log_uniform(src, shape, 20, EMAX, signed=False)
         raise ValueError(kind)
     return np.abs(mixture(src, shape, weights, make)).astype(F32)
