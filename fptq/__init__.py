@@ -6,3 +6,12 @@ implementations.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # ``fptq.load`` without importing torch/transformers at ``import fptq`` time
+    if name == "load":
+        from .generate import load
+
+        return load
+    raise AttributeError(f"module 'fptq' has no attribute {name!r}")

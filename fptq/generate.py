@@ -1,0 +1,102 @@
+"""Use a model: load a W4A8 checkpoint (or a float model) as a transformers model, and generate text.
+
+::
+
+    import fptq
+    model, tok = fptq.load("runs/smollm2-w4a8", backend="numba")   # W4A8, integer kernels
+    model, tok = fptq.load()                                         # the embedded float SmolLM2
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    print(tok.decode(model.generate(ids, max_new_tokens=20)[0]))
+
+The model is an ordinary ``transformers`` causal LM whose quantized linears are
+:class:`fptq.models.qlinear.W4A8Linear`; ``.generate()`` and its options work
+as usual. :func:`generate_text` adds a chat template and streaming.
+"""
+
+from __future__ import annotations
+
+__all__ = ["load", "generate_text", "GENERATION_DEFAULTS"]
+
+#: defaults of ``fptq generate``; sampling options are named as transformers names them
+GENERATION_DEFAULTS = dict(max_new_tokens=64, do_sample=False, temperature=1.0, top_k=50, top_p=1.0)
+
+
+def load(model=None, backend: str = "torch", mode: str = "integer", progress: bool = False):
+    """``(model, tokenizer)`` from a W4A8 checkpoint directory or a float model (dir, ``.gguf``, or None = embedded).
+
+    Args:
+        model: a checkpoint written by ``fptq quantize``, a local transformers
+            model directory, a ``.gguf`` file, or None for the embedded SmolLM2-135M-Instruct.
+        backend: the W4A8 backend of a checkpoint's integer matmuls (a registered
+            name or ``package.module:Class``); checked before anything is loaded.
+        mode: ``"integer"`` (the backend's integer kernels) or ``"fake_quant"``.
+    Raises:
+        ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
+    """
+    from .models.checkpoint import is_checkpoint, load_quantized
+    from .models.loading import load_float_model
+
+    if model is not None and is_checkpoint(model):
+        from .backends import get_backend
+
+        get_backend(backend)  # an unknown or unavailable backend fails here, not at the first forward
+        m, tok, _ = load_quantized(model, backend=backend, mode=mode)
+        if tok is None:
+            raise ValueError(f"{model}: the checkpoint has no tokenizer files")
+        return m, tok
+    m, tok, _ = load_float_model(model, progress=progress)
+    return m, tok
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool):
+    if not chat:
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--chat: this tokenizer has no chat template (use a plain prompt)")
+    out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    return out["input_ids"]
+
+
+def generate_text(model, tokenizer, prompt: str, *, chat: bool = False, stream=None, seed: int = 0,
+                  **options) -> str:
+    """Generate a continuation of ``prompt`` and return it (without the prompt).
+
+    Args:
+        chat: wrap the prompt in the tokenizer's chat template as one user turn.
+        stream: a text file (e.g. ``sys.stdout``) that receives tokens as they are produced, or None.
+        seed: the torch seed for sampling (greedy decoding ignores it).
+        options: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``
+            (transformers' names; defaults :data:`GENERATION_DEFAULTS`).
+    """
+    import torch
+
+    unknown = set(options) - set(GENERATION_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown generation option(s) {sorted(unknown)}; known: {sorted(GENERATION_DEFAULTS)}")
+    opts = {**GENERATION_DEFAULTS, **options}
+    if opts["max_new_tokens"] < 1:
+        raise ValueError(f"max_new_tokens: expected >= 1, got {opts['max_new_tokens']}")
+    gen = {"max_new_tokens": int(opts["max_new_tokens"]), "do_sample": bool(opts["do_sample"])}
+    # greedy ignores the model's generation_config sampling defaults (None overrides them)
+    for k in ("temperature", "top_k", "top_p"):
+        gen[k] = opts[k] if gen["do_sample"] else None
+    ids = _prompt_ids(tokenizer, prompt, chat)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    streamer = None if stream is None else _file_streamer(tokenizer, stream)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=pad, streamer=streamer, **gen)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _file_streamer(tokenizer, file):
+    """transformers' TextStreamer, writing the generated text (not the prompt) to ``file`` as it comes."""
+    from transformers import TextStreamer
+
+    class FileStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            file.write(text + ("\n" if stream_end else ""))
+            file.flush()
+
+    return FileStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
