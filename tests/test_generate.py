@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 import fptq  # noqa: E402
 from fptq.cli import main  # noqa: E402
 from fptq.generate import generate_text  # noqa: E402
-from fptq.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 CPU_BACKENDS = ["numpy", "numba", "torch"]
 

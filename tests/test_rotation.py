@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from fptq.models.arch import UnsupportedArchitecture  # noqa: E402
 from fptq.models.rotate import RotateOutput, rotate_model  # noqa: E402
-from fptq.models.tiny import TINY_FAMILIES, tiny_model  # noqa: E402
+from fptq.testing import TINY_FAMILIES, tiny_model  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [1, 2, 16, 64, 576, 640, 96])
