@@ -41,7 +41,7 @@ from . import cupy_launch as L
 
 __all__ = ["HEADER", "MODULES", "KernelResources", "CompiledModule", "spec_defines", "compile_options",
            "name_expressions", "read_source", "parse_ptxas_log", "nvrtc_version", "compile_module",
-           "cache_dir", "compile_ptx"]
+           "cache_dir", "compile_ptx", "forbidden_float_ops"]
 
 #: The header every module includes (not compiled alone).
 HEADER = "common.cu"
@@ -152,6 +152,8 @@ class CompiledModule:
     log: str
     entries: dict[str, str]
     resources: dict[str, KernelResources] = field(default_factory=dict)
+    #: the cached cubin file (None when the cache is off or could not be written)
+    path: Path | None = None
 
     def kernel_resources(self, kernel: str) -> KernelResources:
         """The ptxas report of ``kernel`` (its name as in :data:`MODULES`)."""
@@ -206,7 +208,7 @@ def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModu
     if use_cache and cubin_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return CompiledModule(name, arch, cubin_path.read_bytes(), meta["log"], meta["entries"],
-                              parse_ptxas_log(meta["log"]))
+                              parse_ptxas_log(meta["log"]), cubin_path)
     nvrtc = _nvrtc()
     nvrtc_version()
     prog = nvrtc.createProgram(src, f"{name}.cu", (header.encode(),), (HEADER.encode(),))
@@ -225,13 +227,13 @@ def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModu
     finally:
         nvrtc.destroyProgram(prog)
     mod = CompiledModule(name, arch, cubin, log, entries, parse_ptxas_log(log))
-    if use_cache:
-        _write_cache(cubin_path, meta_path, cubin, {"log": log, "entries": entries})
+    if use_cache and _write_cache(cubin_path, meta_path, cubin, {"log": log, "entries": entries}):
+        mod.path = cubin_path
     return mod
 
 
-def _write_cache(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict) -> None:
-    """Write atomically (temp file + rename); a cache that cannot be written is skipped."""
+def _write_cache(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict) -> bool:
+    """Write atomically (temp file + rename); False when the cache cannot be written (then it is skipped)."""
     try:
         cubin_path.parent.mkdir(parents=True, exist_ok=True)
         for path, data in ((cubin_path, cubin), (meta_path, json.dumps(meta).encode())):
@@ -239,15 +241,17 @@ def _write_cache(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict) ->
             tmp.write_bytes(data)
             os.replace(tmp, path)
     except OSError:
-        pass
+        return False
+    return True
 
 
-def compile_ptx(name: str, arch: str) -> str:
+def compile_ptx(name: str, arch: str, extra_options: tuple[str, ...] = ()) -> str:
     """The PTX of ``cuda/<name>.cu`` with the same options as :func:`compile_module` except
-    ``-arch=compute_<arch>`` (for reading: the compile check scans it for float ops the spec forbids)."""
+    ``-arch=compute_<arch>`` (for reading: the compile check scans it for float ops the spec forbids).
+    ``extra_options`` are appended (the check's own test plants ``-ftz=true`` with it)."""
     nvrtc = _nvrtc()
     opts = tuple(f"-arch=compute_{arch}" if o.startswith("-arch=") else o for o in compile_options(arch)
-                 if o != "--ptxas-options=-v")
+                 if o != "--ptxas-options=-v") + tuple(extra_options)
     prog = nvrtc.createProgram(read_source(f"{name}.cu"), f"{name}.cu", (read_source(HEADER).encode(),),
                                (HEADER.encode(),))
     try:
@@ -258,3 +262,23 @@ def compile_ptx(name: str, arch: str) -> str:
     finally:
         nvrtc.destroyProgram(prog)
     return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+_OPCODE = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.:]*)", re.M)
+
+
+def forbidden_float_ops(ptx: str) -> list[str]:
+    """The float32 PTX instructions the spec's float rules forbid, one entry per kind found.
+
+    Forbidden: any ``.ftz`` float32 op (flushes subnormals), ``fma``/``mad`` on
+    float32 (contraction), ``.approx`` float32 ops and ``div.full.f32`` (not
+    correctly rounded). float64 ops are not looked at (the LAE ``log2`` is
+    double precision and the spec bounds its error separately).
+    """
+    bad = set()
+    for op in _OPCODE.findall(ptx):
+        if ".f32" not in op:
+            continue
+        if ".ftz" in op or op.startswith(("fma.", "mad.")) or ".approx" in op or op.startswith("div.full"):
+            bad.add(op)
+    return sorted(bad)

@@ -29,6 +29,7 @@ BUILTIN_BACKENDS = {
     "numba": "fptq.backends.numba_backend:NumbaBackend",
     "torch": "fptq.backends.torch_backend:TorchBackend",
     "torch-cuda": "fptq.backends.torch_backend:TorchCudaBackend",
+    "cupy": "fptq.backends.cupy_backend:CupyBackend",
 }
 
 _instances: dict[str, Backend] = {}

@@ -1,0 +1,327 @@
+"""The ``cupy`` backend: every spec primitive as a raw CUDA kernel, on CuPy arrays.
+
+The kernels live in ``fptq/backends/cuda/*.cu`` (package data) and are compiled
+at first use by NVRTC for the device's architecture with pinned float options
+(:mod:`fptq.backends.cupy_compile`: no fast math, no FMA contraction, no flush
+to zero, IEEE division), then loaded with ``cupy.RawModule``. Results are the
+spec's bits (``lae_scales`` within ``spec.LAE_SCALE_ULP_TOLERANCE``: it uses
+CUDA's double-precision ``log2``, rounded once to float32 like the reference).
+
+Every float operation happens inside fptq's own kernels: CuPy's elementwise
+operators are compiled with ``-ftz=true`` and would flush subnormals. Argument
+checks are the spec's own (``fptq.spec.validate``) over the adapter
+:class:`fptq.backends.cupy_arrays.DeviceArrays`, whose float comparisons work
+on bit patterns for the same reason.
+
+The W4A8 matmul takes one of three paths with identical bits
+(:mod:`fptq.backends.cupy_launch`): ``decode`` (M <= 16, ``__dp4a``),
+``prefill`` (M > 16, int8 tensor cores) or ``generic`` (shapes the fast paths
+do not take); ``CupyBackend(force_path=...)`` pins one, for tests.
+
+Arrays are ``cupy.ndarray`` on the current device; ``from_numpy`` copies a
+NumPy array there and ``to_numpy`` copies back. A NumPy argument is accepted
+too (copied to the device first).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import spec
+from ..spec import WeightFormat, num_groups
+from ..spec import validate as V
+from . import cupy_compile as CC
+from . import cupy_launch as L
+from .base import BackendUnavailable
+from .cupy_arrays import DeviceArrays, unwrap
+
+__all__ = ["CupyBackend", "MIN_ARCH"]
+
+#: The oldest architecture the kernels compile for: cp.async and mma.sync m16n8k32 s8 need sm_80.
+MIN_ARCH = 80
+
+_I64, _I32, _F32 = np.int64, np.int32, np.float32
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendUnavailable(f"the cupy backend needs CuPy: pip install cupy-cuda13x (or cupy-cuda12x); {e}") \
+            from e
+    return cupy
+
+
+class CupyBackend:
+    """Raw CUDA kernels (compiled by NVRTC, loaded by CuPy) for every operation of
+    :class:`fptq.backends.Backend`.
+
+    Args:
+        force_path: ``None`` (choose by shape), or ``"decode"`` / ``"prefill"`` /
+            ``"generic"`` to run every W4A8 matmul on that path where it can run
+            (a ValueError where it cannot); tests use it to cover each kernel.
+
+    Raises :class:`BackendUnavailable` without CuPy, without a CUDA device or
+    driver, on a GPU older than sm_80, or without NVRTC.
+    """
+
+    name = "cupy"
+
+    def __init__(self, force_path: str | None = None):
+        cp = _import_cupy()
+        try:
+            count = cp.cuda.runtime.getDeviceCount()
+        except Exception as e:  # noqa: BLE001 - CUDARuntimeError without a driver: the reason is the message
+            raise BackendUnavailable(f"cupy {cp.__version__} finds no usable CUDA device: {type(e).__name__}: "
+                                     f"{e}") from e
+        if count == 0:
+            raise BackendUnavailable(f"cupy {cp.__version__} finds no CUDA device")
+        dev = cp.cuda.Device()
+        cc = int(dev.compute_capability)
+        if cc < MIN_ARCH:
+            raise BackendUnavailable(f"the cupy backend's kernels need sm_{MIN_ARCH} or newer (cp.async, int8 "
+                                     f"mma.sync m16n8k32); this GPU is sm_{cc}")
+        try:
+            self.nvrtc_version = CC.nvrtc_version()
+        except (ImportError, RuntimeError) as e:
+            raise BackendUnavailable(f"the cupy backend compiles its kernels with NVRTC: {e}") from e
+        if force_path is not None:
+            L.choose_path(1, 1, 32, 32, force=force_path)  # validates the name
+        self.cp = cp
+        self.force_path = force_path
+        self.arch = str(cc)
+        self.device_name = cp.cuda.runtime.getDeviceProperties(dev.id)["name"].decode(errors="replace")
+        self.sm_count = int(dev.attributes["MultiProcessorCount"])
+        self.xp = DeviceArrays(cp, "cupy")
+        self._functions: dict[tuple[str, str], object] = {}
+        self._compiled: dict[str, CC.CompiledModule] = {}
+        self._dummy = cp.zeros(16, dtype=cp.uint8)  # stands for an absent zero point / bias
+        self.last_path: str | None = None
+
+    # -- boundary -----------------------------------------------------------------------------
+    def from_numpy(self, a):
+        """A copy of ``a`` on the current device (dtype and shape kept; a memory copy, no arithmetic)."""
+        return self.cp.asarray(np.asarray(a))
+
+    def to_numpy(self, t) -> np.ndarray:
+        return self.cp.asnumpy(t) if isinstance(t, self.cp.ndarray) else np.asarray(t)
+
+    def describe(self) -> str:
+        return (f"cupy {self.cp.__version__}, NVRTC {'.'.join(map(str, self.nvrtc_version))}, on "
+                f"{self.device_name} (sm_{self.arch}, {self.sm_count} SMs); raw CUDA kernels"
+                + (f"; matmul path forced to {self.force_path}" if self.force_path else ""))
+
+    # -- kernels ------------------------------------------------------------------------------
+    def compiled(self, module: str) -> CC.CompiledModule:
+        """The compiled module (NVRTC at first use, then the disk cache)."""
+        if module not in self._compiled:
+            self._compiled[module] = CC.compile_module(module, self.arch)
+        return self._compiled[module]
+
+    def _fn(self, module: str, kernel: str):
+        key = (module, kernel)
+        f = self._functions.get(key)
+        if f is None:
+            mod = self.compiled(module)
+            path = mod.path
+            if path is None:  # no disk cache here: RawModule loads from a file, so use a private one
+                path = Path(tempfile.mkdtemp(prefix="fptq-cuda-")) / f"{module}.cubin"
+                path.write_bytes(mod.cubin)
+            raw = self.cp.RawModule(path=str(path))
+            for k, entry in mod.entries.items():
+                self._functions[(module, k)] = raw.get_function(entry)
+            f = self._functions[key]
+        return f
+
+    def _launch(self, module, kernel, grid, block, args):
+        self._fn(module, kernel)(grid, block, args)
+
+    def _elementwise(self, module, kernel, n, args):
+        if n > 0:
+            grid, block = L.elementwise_grid(n, self.sm_count)
+            self._launch(module, kernel, grid, block, args)
+
+    def _c(self, a):
+        return self.cp.ascontiguousarray(unwrap(a))
+
+    def _opt(self, a):
+        return self._dummy if a is None else self._c(a)
+
+    # -- activations (spec section 2) ---------------------------------------------------------
+    def act_scale_from_amax(self, amax):
+        a = self._c(V.act_scale_from_amax(self.xp, amax))
+        out = self.cp.empty_like(a)
+        self._elementwise("activation", "act_scale_from_amax", a.size, (a, out, _I64(a.size)))
+        return out
+
+    def quantize_act_per_tensor(self, x, scale):
+        x, scale = V.quantize_act_per_tensor(self.xp, x, scale)
+        x, scale = self._c(x), self._c(scale)
+        q = self.cp.empty(x.shape, dtype=self.cp.int8)
+        self._elementwise("activation", "quantize_act_per_tensor", x.size, (x, scale, q, _I64(x.size)))
+        return q
+
+    def quantize_act_per_token(self, x):
+        x = self._c(V.quantize_act_per_token(self.xp, x))
+        m, k = x.shape
+        q = self.cp.empty((m, k), dtype=self.cp.int8)
+        scale = self.cp.empty((m,), dtype=self.cp.float32)
+        if m:
+            self._launch("activation", "quantize_act_per_token", (m,), (L.ROW_THREADS,), (x, q, scale, _I64(k)))
+        return q, scale
+
+    def dequantize_act(self, q, scale):
+        q, scale, per_token = V.dequantize_act(self.xp, q, scale)
+        q, scale = self._c(q), self._c(scale)
+        out = self.cp.empty(q.shape, dtype=self.cp.float32)
+        k = q.shape[1] if per_token else 1
+        if k:
+            self._elementwise("activation", "dequantize_act", q.size,
+                              (q, scale, out, _I64(q.size), _I64(k), _I32(per_token)))
+        return out
+
+    # -- LAE (section 3) -----------------------------------------------------------------------
+    def lae_scales(self, channel_max):
+        m = self._c(V.lae_scales(self.xp, channel_max))
+        s = self.cp.empty_like(m)
+        self._elementwise("lae", "lae_scales", m.size, (m, s, _I64(m.size)))
+        return s
+
+    def _lae_apply(self, kernel, a, s):
+        out = self.cp.empty(a.shape, dtype=self.cp.float32)
+        self._elementwise("lae", kernel, a.size, (a, s, out, _I64(a.size), _I64(a.shape[1])))
+        return out
+
+    def lae_apply_activation(self, x, s):
+        x, s = V.lae_apply_activation(self.xp, x, s)
+        return self._lae_apply("lae_apply_activation", self._c(x), self._c(s))
+
+    def lae_apply_weight(self, w, s):
+        w, s = V.lae_apply_weight(self.xp, w, s)
+        return self._lae_apply("lae_apply_weight", self._c(w), self._c(s))
+
+    # -- weights (section 4) -------------------------------------------------------------------
+    def _weight_scales(self, w, g: int, fmt: WeightFormat):
+        n, k = w.shape
+        ng = num_groups(k, g)
+        asym = fmt is WeightFormat.ASYMMETRIC
+        scale = self.cp.empty((n, ng), dtype=self.cp.float32)
+        zero = self.cp.zeros((n, ng), dtype=self.cp.uint8) if asym else None
+        if n * ng:
+            grid, block = L.warp_per_item_grid(n * ng)
+            self._launch("weights", "weight_scales", grid, block,
+                         (w, scale, self._opt(zero), _I64(n), _I64(k), _I64(g), _I64(ng), _I32(asym)))
+            if asym and bool(((scale.view(self.cp.int32) & 0x7F800000) == 0x7F800000).any()):
+                raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4]")
+        return scale, zero
+
+    def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
+        w, g, fmt = V.weight_scales(self.xp, w, group_size, fmt)
+        return self._weight_scales(self._c(w), g, fmt)
+
+    def _quantize_weight(self, w, scale, zero, g, fmt):
+        n, k = w.shape
+        ng = num_groups(k, g)
+        q = self.cp.empty((n, k), dtype=self.cp.int8)
+        self._elementwise("weights", "quantize_weight_with_scales", n * k,
+                          (w, scale, self._opt(zero), q, _I64(n), _I64(k), _I64(g), _I64(ng),
+                           _I32(fmt is WeightFormat.ASYMMETRIC)))
+        return q
+
+    def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
+        w, scale, zero, g, fmt = V.quantize_weight_with_scales(self.xp, w, scale, zero, group_size, fmt)
+        return self._quantize_weight(self._c(w), self._c(scale), None if zero is None else self._c(zero), g, fmt)
+
+    def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
+        w, g, fmt = V.quantize_weight(self.xp, w, group_size, fmt)
+        w = self._c(w)
+        scale, zero = self._weight_scales(w, g, fmt)
+        return spec.QuantizedWeight(self._quantize_weight(w, scale, zero, g, fmt), scale, zero, g, fmt)
+
+    def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
+        q, scale, zero, g, fmt = V.dequantize_weight(self.xp, q, scale, zero, group_size, fmt)
+        q, scale = self._c(q), self._c(scale)
+        n, k = q.shape
+        out = self.cp.empty((n, k), dtype=self.cp.float32)
+        self._elementwise("weights", "dequantize_weight", n * k,
+                          (q, scale, self._opt(zero), out, _I64(n), _I64(k), _I64(g), _I64(num_groups(k, g)),
+                           _I32(fmt is WeightFormat.ASYMMETRIC)))
+        return out
+
+    # -- packing (section 5) -------------------------------------------------------------------
+    def pack_int4(self, q, signed=True):
+        q = self._c(V.pack_int4(self.xp, q, signed))
+        n, k = q.shape
+        packed = self.cp.empty((n, spec.packed_width(k)), dtype=self.cp.uint8)
+        self._elementwise("packing", "pack_int4", packed.size, (q, packed, _I64(n), _I64(k)))
+        return packed
+
+    def unpack_int4(self, packed, k, signed=True):
+        packed, k = V.unpack_int4(self.xp, packed, k, signed)
+        packed = self._c(packed)
+        n = packed.shape[0]
+        q = self.cp.empty((n, k), dtype=self.cp.int8)
+        self._elementwise("packing", "unpack_int4", n * k, (packed, q, _I64(n), _I64(k), _I32(bool(signed))))
+        return q
+
+    # -- matmul (section 6) --------------------------------------------------------------------
+    def _group_sums(self, qx, packed, zero, k, g, fmt):
+        m, n, ng = qx.shape[0], packed.shape[0], num_groups(k, g)
+        acc = self.cp.empty((m, n, ng), dtype=self.cp.int32)
+        self._elementwise("matmul", "w4a8_group_sums", acc.size,
+                          (qx, packed, self._opt(zero), acc, _I64(m), _I64(n), _I64(k), _I64(g), _I64(ng),
+                           _I32(fmt is WeightFormat.ASYMMETRIC)))
+        return acc
+
+    def _epilogue(self, acc, wscale, xscale, bias):
+        m, n, ng = acc.shape
+        out = self.cp.empty((m, n), dtype=self.cp.float32)
+        self._elementwise("matmul", "w4a8_epilogue", m * n,
+                          (acc, wscale, xscale, self._opt(bias), out, _I64(m), _I64(n), _I64(ng),
+                           _I32(xscale.size > 1), _I32(bias is not None)))
+        return out
+
+    def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
+        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(self.xp, qx, packed, zero, k, group_size, fmt)
+        return self._group_sums(self._c(qx), self._c(packed), None if zero is None else self._c(zero), k, g, fmt)
+
+    def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
+        acc, wscale, xscale, bias = V.w4a8_epilogue(self.xp, acc, wscale, xscale, bias)
+        return self._epilogue(self._c(acc), self._c(wscale), self._c(xscale).reshape(-1),
+                              None if bias is None else self._c(bias))
+
+    def w4a8_matmul(self, qx, xscale, packed, wscale, zero, k, group_size, fmt=WeightFormat.SYMMETRIC, bias=None):
+        qx, xscale, packed, wscale, zero, k, g, fmt, bias = V.w4a8_matmul(
+            self.xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+        qx, packed, wscale = self._c(qx), self._c(packed), self._c(wscale)
+        xscale = self._c(xscale).reshape(-1)
+        zero = None if zero is None else self._c(zero)
+        bias = None if bias is None else self._c(bias)
+        m, n = qx.shape[0], packed.shape[0]
+        path = L.choose_path(m, n, k, g, (qx.data.ptr, packed.data.ptr), force=self.force_path)
+        self.last_path = path
+        if path == "generic" or m == 0 or n == 0:
+            return self._epilogue(self._group_sums(qx, packed, zero, k, g, fmt), wscale, xscale, bias)
+        out = self.cp.empty((m, n), dtype=self.cp.float32)
+        args = (qx, xscale, packed, wscale, self._opt(zero), self._opt(bias), out, _I32(m), _I32(n), _I32(k),
+                _I32(g), _I32(num_groups(k, g)), _I32(fmt is WeightFormat.ASYMMETRIC), _I32(xscale.size > 1),
+                _I32(bias is not None))
+        if path == "decode":
+            grid, block = L.decode_grid(n)
+            self._launch("gemm_decode", L.decode_kernel_name(L.decode_mt(m)), grid, block, args)
+        else:
+            tile = L.choose_prefill_tile(m, n, self.sm_count)
+            grid, block = L.prefill_grid(m, n, tile)
+            self._launch("gemm_prefill", L.prefill_kernel_name(tile), grid, block, args)
+        return out
+
+    # -- policy (section 7) --------------------------------------------------------------------
+    def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
+        v, t0, t1 = V.select_policies(self.xp, v, v0, v1)
+        v = self._c(v)
+        codes = self.cp.empty(v.shape, dtype=self.cp.uint8)
+        self._elementwise("policy", "select_policies", v.size, (v, codes, _I64(v.size), _F32(t0), _F32(t1)))
+        return codes
