@@ -159,7 +159,10 @@ def resolve_group_size(g: int, k: int, op: str | None = None) -> int:
 
 def fmt_param(fmt, op: str | None = None) -> WeightFormat:
     """The :class:`WeightFormat` (the enum or its value; unknown -> ValueError)."""
-    weight_format_spec(fmt)
+    try:
+        weight_format_spec(fmt)
+    except ValueError as e:
+        raise ValueError(f"fmt: {e}{_where(op)}") from None
     return WeightFormat(fmt)
 
 
@@ -171,12 +174,16 @@ def thresholds(v0, v1, op: str | None = None) -> tuple[float, float]:
                                                                                     np.floating)):
             raise TypeError(f"{name} must be a real number, got {v!r} of type {type(v).__name__}{_where(op)}")
         with np.errstate(over="ignore"):
-            t = np.float32(v)
+            try:
+                t = np.float32(v)
+            except OverflowError:  # a Python int beyond float64
+                t = np.float32(np.inf)
         if not np.isfinite(t):
             raise ValueError(f"{name} must be finite (as float32), got {v!r}{_where(op)}")
         out.append(t)
     if not 0 <= out[0] < out[1]:
-        raise ValueError(f"thresholds must satisfy 0 <= v0 < v1, got v0={v0}, v1={v1}{_where(op)}")
+        raise ValueError(f"v0, v1: the thresholds must satisfy 0 <= v0 < v1 (as float32), got v0={v0}, v1={v1}"
+                         f"{_where(op)}")
     return out[0], out[1]
 
 
