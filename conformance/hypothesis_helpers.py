@@ -440,3 +440,14 @@ def policy_cases(draw) -> dict:
     shape = draw(st.tuples(sizes((1, 0), 2, 40)) | st.just(()) | st.tuples(sizes(), sizes()))
     w = draw(mixes(("boundary", "zero", "generic", "huge"), favour=("boundary",)))
     return {"v": P.policy_ranges(Source(draw(seeds())), shape, v0, v1, w), "v0": v0, "v1": v1}
+
+
+# ---------------------------------------------------------------------------
+# LAE: the region where the pinned float32 add of §3.2 rounds (docs/spec.md §3.3)
+
+
+@st.composite
+def lae_add_rounding_cases(draw) -> dict:
+    """``{channel_max}``: float32 [K] in [1e-7, 2), where ``fl(2 + m)`` drops bits of m."""
+    k = draw(sizes((1,), 16, 256))
+    return {"channel_max": P.lae_add_rounding_maxima(Source(draw(seeds())), (k,))}

@@ -305,6 +305,19 @@ def channel_max_values(src: Source, shape, weights: dict[str, int]) -> np.ndarra
     return mixture(src, shape, weights, make)
 
 
+#: The region where the pinned float32 ``t = fl(2 + m)`` of §3.2 rounds away bits of m:
+#: there a backend that adds in higher precision (or uses log1p) lands up to 4 ulp from
+#: the reference once its log2 is 1 ulp off, while one that pins the add stays within 2.
+LAE_ADD_ROUNDING_REGION = (1e-7, 2.0)
+
+
+def lae_add_rounding_maxima(src: Source, shape) -> np.ndarray:
+    """float32 channel maxima log-uniform in :data:`LAE_ADD_ROUNDING_REGION` (docs/spec.md §3.3)."""
+    lo, hi = (np.log(v) for v in LAE_ADD_ROUNDING_REGION)
+    return np.minimum(np.exp(lo + (hi - lo) * src.unit(shape)).astype(F32),
+                      np.nextafter(F32(hi), F32(0))).astype(F32)
+
+
 # ---------------------------------------------------------------------------
 # weights (spec section 4)
 

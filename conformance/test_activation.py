@@ -4,6 +4,8 @@
 bit for bit with the spec (see ``pytest_helpers.check_op``).
 """
 
+import numpy as np
+import pytest
 from hypothesis import given
 
 from . import hypothesis_helpers as hh
@@ -28,3 +30,11 @@ def test_quantize_act_per_token(backend, case):
 @given(case=hh.dequantize_act_cases())
 def test_dequantize_act(backend, case):
     check_op(backend, "dequantize_act", case)
+
+
+@pytest.mark.parametrize("q_shape,scale_shape", [((), ()), ((), (1,)), ((3,), (1,)), ((1, 4), (1,)), ((2, 0), ()),
+                                                 ((1, 3), (1,)), ((2, 3, 2), ())])
+def test_dequantize_act_keeps_the_shape_of_q(backend, q_shape, scale_shape):
+    """§2.4: one scale (shape () or [1]) dequantizes q of any shape to q's shape; a 0-d q gives a 0-d result."""
+    q = (np.arange(int(np.prod(q_shape)), dtype=np.int64) * 37 % 255 - 127).astype(np.int8).reshape(q_shape)
+    check_op(backend, "dequantize_act", {"q": q, "scale": np.full(scale_shape, 0.375, np.float32)})
