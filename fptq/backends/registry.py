@@ -89,6 +89,8 @@ def get_backend(name: str) -> Backend:
         raise UnknownBackend(f"unknown backend {name!r}; registered backends: {', '.join(sorted(known))} "
                              "(or give 'package.module:Class')")
     cls = load_backend_class(target)
+    if not isinstance(cls, type):
+        raise UnknownBackend(f"backend {name!r}: {target} is a {type(cls).__name__}, not a backend class")
     try:
         backend = cls()
     except BackendUnavailable:

@@ -105,15 +105,22 @@ def _wiki_text(part: str) -> str:
     return "\n\n".join(arts[t].strip() for t in sorted(arts) if wiki_part(t) == part)
 
 
+def _utf8_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def _path_text(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_file():
-        return path.read_text(encoding="utf-8")
+        return _utf8_text(path)
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"directory {path} holds no *.txt files")
-        return "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
+        return "\n\n".join(_utf8_text(f).strip() for f in files)
     raise ValueError(f"unknown text source {source!r}: not one of {', '.join(TEXT_SOURCES)} "
                      "and not an existing .txt file or directory")
 

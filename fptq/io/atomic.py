@@ -1,14 +1,28 @@
 """Atomic directory writes: a crash never leaves a half-written directory under the real name.
 
-:func:`atomic_directory` yields a fresh temporary directory *in the same parent*
-as the destination (so the final rename stays on one filesystem). On a clean
-exit every file in it is fsynced, the directory is fsynced, and it is renamed
-to the destination with ``os.replace``. On an exception it is deleted.
+:func:`atomic_directory` yields a fresh temporary directory ``.<name>.tmp-*`` *in
+the same parent* as the destination (so the final rename stays on one
+filesystem). On a clean exit the permissions of everything in it are set from
+the umask (``0o777 & ~umask`` for directories, ``0o666 & ~umask`` for files:
+``mkdtemp`` alone would leave it 0700), every file and directory is fsynced,
+and it is renamed to the destination with ``os.replace``. On any exception,
+``KeyboardInterrupt`` included, it is deleted.
 
 Replacing an existing destination takes two renames (old -> ``.<name>.old-*``,
-new -> name) and then deletes the old one; a crash between the two renames
-leaves the complete old copy under the ``.old`` name and nothing under the
-real name, never a mixture.
+new -> name) and then deletes the old one. If the second rename fails, the
+first is undone (rollback) before the error propagates, so the destination
+is either the complete old directory or the complete new one. Only a crash
+of the process itself between the two renames can leave the complete old
+copy under the ``.old`` name and nothing under the real name.
+
+The caller decides which destinations may be replaced (``check``):
+:func:`fptq.io.outputs.check_output_dir` refuses files, symbolic links,
+directories that are not of the expected kind, the working directory, its
+parents and the inputs being read.
+
+:func:`sigterm_as_interrupt` makes SIGTERM (what ``timeout``, docker and slurm
+send) raise :class:`Terminated`, a ``KeyboardInterrupt``, so the same cleanup
+runs as for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,10 +30,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["atomic_directory", "fsync_tree"]
+__all__ = ["Terminated", "atomic_directory", "fsync_tree", "apply_umask", "current_umask", "sigterm_as_interrupt"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived inside :func:`sigterm_as_interrupt` (cleanup runs as for Ctrl-C)."""
 
 
 def fsync_tree(path: Path) -> None:
@@ -47,32 +67,94 @@ def _fsync_dir(path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """chmod ``path`` and everything under it to ``0o777 & ~umask`` (dirs) / ``0o666 & ~umask`` (files)."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    """Replace the directory ``dest`` by ``tmp``, all or nothing (rollback if the second rename fails)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rmdir(old)  # reserve a unique name; os.replace needs it absent (or empty)
+    os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        os.replace(old, dest)  # rollback: the old directory is back under its name
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_directory(dest, overwrite: bool = False):
+def atomic_directory(dest, overwrite: bool = False, check=None):
     """Write a directory atomically: ``with atomic_directory(out) as tmp: ...write into tmp...``.
 
     Args:
         dest: the final directory path.
         overwrite: replace an existing ``dest``; otherwise an existing ``dest``
             raises FileExistsError before anything is written.
+        check: optional ``check(dest)`` that raises if ``dest`` must not be
+            written or replaced; called before anything is written and again
+            right before the rename (the destination may have changed meanwhile).
+    Raises:
+        FileExistsError: ``dest`` exists (or is a dangling symlink) and ``overwrite`` is false.
+        NotADirectoryError: ``dest`` exists and is not a plain directory (a file, a symlink):
+            only directories are replaced.
     """
     dest = Path(dest).absolute()
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} already exists (pass overwrite/--force to replace it)")
+
+    def _check():
+        if os.path.lexists(dest):
+            if not overwrite:
+                raise FileExistsError(f"{dest} already exists (pass overwrite/--force to replace it)")
+            if dest.is_symlink() or not dest.is_dir():
+                raise NotADirectoryError(f"{dest} exists and is not a directory; only a directory is replaced")
+        if check is not None:
+            check(dest)
+
+    _check()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         fsync_tree(tmp)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.rmdir(old)  # reserve a unique name; os.replace needs it absent (or empty)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+        _check()
+        if os.path.lexists(dest):
+            _swap(tmp, dest)
         else:
             os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside this block SIGTERM raises :class:`Terminated` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

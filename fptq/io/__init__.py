@@ -1,0 +1,8 @@
+"""File output and input that must not lose or silently change data.
+
+* :mod:`fptq.io.atomic` -- directories written atomically, replaced all-or-nothing,
+  SIGTERM handled like Ctrl-C, permissions that follow the umask;
+* :mod:`fptq.io.outputs` -- output paths checked before any expensive work starts;
+* :mod:`fptq.io.tensorfile` -- a strict, deterministic safetensors reader/writer
+  with SHA-256 digests of every tensor.
+"""

@@ -1,0 +1,285 @@
+"""The checkpoint header, checked field by field: every malformed value is a CheckpointError
+naming the file, the metadata key and (for a layer entry) the layer.
+
+:func:`parse_metadata` turns the safetensors ``__metadata__`` strings into typed
+values and cross-checks them against each other and against the tensor table
+(names, dtypes, shapes), all before any tensor data is read:
+
+* each ``layers`` entry has the documented keys with the documented types;
+  ``act_scale`` is a number exactly when the policy is static;
+* the top-level ``weight_format`` / ``group_size`` agree with the entries;
+* every layer's tensors exist with the dtype and shape its entry implies
+  (``wscale`` has ``ceil(K/G)`` columns, ``wzero`` exists only for ``uint4_asym``,
+  ``act_scale`` only for static policies, ``bias`` only when the entry says so);
+* ``tied`` names stored tensors only, and no tied name is stored;
+* version 2: the digest tables list exactly the stored tensors and plain file
+  names, and ``header_sha256`` matches the header (:func:`header_digest`).
+
+:func:`check_layer_values` checks a layer's tensor *values* (finite scales
+within the bounds the spec can produce, zero points in range, the odd-K
+padding nibble, ``act_scale`` equal to its entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+
+from .. import spec
+from ..spec import ActPolicy, WeightFormat
+
+__all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS",
+           "parse_metadata", "header_digest", "check_layer_values", "layer_tensor_specs", "MAX_WSCALE",
+           "MAX_ACT_SCALE"]
+
+FORMAT_NAME = "fptq-w4a8"
+FORMAT_VERSION = 2
+#: versions this fptq reads; version 1 (no digests) loads with a warning
+SUPPORTED_VERSIONS = (1, 2)
+#: metadata keys that exist from version 2 on (a version-1 header holding one is corrupt)
+V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+#: the largest weight scale the spec produces from finite float32 weights, per format:
+#: symmetric amax / 7 <= FLT_MAX / 7; asymmetric (max - min) / 15 < FLT_MAX / 15 (a larger span overflows
+#: and is refused by spec.weight_scales)
+MAX_WSCALE = {WeightFormat.SYMMETRIC: float(np.float32(_FLT_MAX) / np.float32(spec.INT4_SYM.scale_divisor)),
+              WeightFormat.ASYMMETRIC: float(np.float32(_FLT_MAX) / np.float32(spec.UINT4_ASYM.scale_divisor))}
+#: the largest activation scale: amax / 127 with amax <= FLT_MAX
+MAX_ACT_SCALE = float(np.float32(_FLT_MAX) / np.float32(spec.INT8_ACT.scale_divisor))
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, truncated, of an unknown version, or inconsistent."""
+
+
+def _is_int(x) -> bool:
+    return type(x) is int
+
+
+def _is_num(x) -> bool:
+    return type(x) in (int, float) and np.isfinite(x)
+
+
+_ENTRY_TYPES = {  # key -> (required, type check, description)
+    "in_features": (True, lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "out_features": (True, lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "bias": (True, lambda x: type(x) is bool, "true or false"),
+    "group_size": (True, lambda x: _is_int(x) and 1 <= x <= spec.MAX_GROUP_SIZE,
+                   f"an integer in [1, {spec.MAX_GROUP_SIZE}]"),
+    "weight_format": (True, lambda x: x in [f.value for f in WeightFormat], "a weight format"),
+    "policy": (True, lambda x: x in [p.value for p in ActPolicy], "an activation policy"),
+    "act_scale": (True, lambda x: x is None or _is_num(x), "a number or null"),
+    "group": (False, lambda x: x is None or isinstance(x, str), "a string"),
+    "layer": (False, lambda x: _is_int(x), "an integer"),
+    "v": (False, lambda x: x is None or _is_num(x), "a number or null"),
+    "band": (False, lambda x: x is None or x in [p.value for p in ActPolicy], "an activation policy or null"),
+    "v_after": (False, lambda x: x is None or _is_num(x), "a number or null"),
+    "fold": (False, lambda x: x is None or isinstance(x, str), "a string or null"),
+    "fallback": (False, lambda x: x is None or isinstance(x, str), "a string or null"),
+}
+
+
+def header_digest(metadata: dict[str, str], table: dict[str, tuple[str, tuple]]) -> str:
+    """SHA-256 hex of the canonical header: every metadata key but ``header_sha256``, and every
+    tensor's dtype and shape (``docs/checkpoint.md`` gives the exact bytes)."""
+    doc = {"__metadata__": {k: v for k, v in metadata.items() if k != "header_sha256"},
+           "tensors": {n: [dt, list(shape)] for n, (dt, shape) in table.items()}}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def layer_tensor_specs(e: dict) -> dict[str, tuple[str, tuple]]:
+    """suffix -> (safetensors dtype, shape) of the tensors a checked layer entry must have."""
+    n, k = e["out_features"], e["in_features"]
+    ng = spec.num_groups(k, e["group_size"])
+    out = {"qweight": ("U8", (n, spec.packed_width(k))), "wscale": ("F32", (n, ng))}
+    if e["weight_format"] == WeightFormat.ASYMMETRIC.value:
+        out["wzero"] = ("U8", (n, ng))
+    if e["bias"]:
+        out["bias"] = ("F32", (n,))
+    if e["policy"] != ActPolicy.DYNAMIC.value:
+        out["act_scale"] = ("F32", (1,))
+    return out
+
+
+_ALL_SUFFIXES = ("qweight", "wscale", "wzero", "bias", "act_scale")
+
+
+def _json_field(raw: dict, key: str, where: str, want, what: str, default=None):
+    if key not in raw:
+        if default is not None:
+            return default()
+        raise CheckpointError(f"{where}: metadata key {key!r} is missing")
+    try:
+        value = json.loads(raw[key])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: metadata field unreadable: {key!r} is not JSON ({e})") from None
+    if not want(value):
+        raise CheckpointError(f"{where}: metadata key {key!r} must be {what}")
+    return value
+
+
+def _check_entry(name: str, e, where: str) -> dict:
+    if not isinstance(e, dict):
+        raise CheckpointError(f"{where}: metadata key 'layers': entry {name!r} is not an object")
+    for key, (required, ok, desc) in _ENTRY_TYPES.items():
+        if key not in e:
+            if required:
+                raise CheckpointError(f"{where}: metadata key 'layers': entry {name!r} lacks {key!r}")
+            continue
+        if not ok(e[key]):
+            raise CheckpointError(f"{where}: metadata key 'layers': entry {name!r}: {key!r} must be {desc}, "
+                                  f"got {e[key]!r} (unsupported or malformed entry)")
+    extra = sorted(set(e) - set(_ENTRY_TYPES))
+    if extra:
+        raise CheckpointError(f"{where}: metadata key 'layers': entry {name!r} has unknown keys {extra}")
+    if (e["act_scale"] is None) != (e["policy"] == ActPolicy.DYNAMIC.value):
+        raise CheckpointError(f"{where}: metadata key 'layers': entry {name!r}: policy {e['policy']!r} "
+                              f"with act_scale {e['act_scale']!r} (static policies need one, dynamic none)")
+    return e
+
+
+def _check_top_level(layers: dict, raw: dict, where: str) -> None:
+    fmts = {e["weight_format"] for e in layers.values()}
+    wf = raw.get("weight_format")
+    if not ((len(fmts) == 1 and wf in fmts) or (len(fmts) > 1 and wf == "mixed")):
+        raise CheckpointError(f"{where}: metadata key 'weight_format' is {wf!r} but the layers use {sorted(fmts)}")
+    gs = raw.get("group_size")
+    small = {e["group_size"] for e in layers.values() if e["group_size"] < e["in_features"]}
+    if gs == "mixed":
+        ok = len(small) > 1
+    else:
+        try:
+            top = int(gs)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{where}: metadata key 'group_size' is {gs!r}, not an integer or 'mixed'") from None
+        ok = (small == {top}) if top != -1 else not small
+        ok = ok and all(e["group_size"] in (e["in_features"], top) for e in layers.values()
+                        if e["group_size"] >= e["in_features"])
+    if not ok:
+        raise CheckpointError(f"{where}: metadata key 'group_size' is {gs!r} but the layers use "
+                              f"{sorted({e['group_size'] for e in layers.values()})}")
+
+
+def _check_table(layers: dict, tied: dict, table: dict, where: str) -> None:
+    for name, e in layers.items():
+        want = layer_tensor_specs(e)
+        for suffix in _ALL_SUFFIXES:
+            key = f"{name}.{suffix}"
+            if suffix not in want:
+                if key in table:
+                    raise CheckpointError(f"{where}: tensor {key} present but layer {name}'s entry has no "
+                                          f"{suffix} (policy {e['policy']}, {e['weight_format']}, bias {e['bias']})")
+                continue
+            if key not in table:
+                raise CheckpointError(f"{where}: tensors do not match the model (missing [{key!r}]) "
+                                      f"for layer {name}")
+            if table[key] != want[suffix]:
+                raise CheckpointError(f"{where}: tensor {key}: {table[key][0]} {table[key][1]} where layer "
+                                      f"{name}'s entry (K={e['in_features']}, G={e['group_size']}) needs "
+                                      f"{want[suffix][0]} {want[suffix][1]}")
+    for dup, kept in tied.items():
+        if dup in table or kept not in table:
+            raise CheckpointError(f"{where}: metadata key 'tied': {dup} -> {kept} must name a stored tensor "
+                                  f"from one that is not stored")
+
+
+def _check_digest_tables(raw: dict, table: dict, where: str) -> dict:
+    is_hex_map = (lambda d: isinstance(d, dict) and all(isinstance(v, str) and _HEX64.fullmatch(v)
+                                                          for v in d.values()))
+    tens = _json_field(raw, "tensor_sha256", where, is_hex_map, "an object of SHA-256 hex digests")
+    files = _json_field(raw, "file_sha256", where, is_hex_map, "an object of SHA-256 hex digests")
+    if set(tens) != set(table):
+        extra, missing = sorted(set(tens) - set(table)), sorted(set(table) - set(tens))
+        raise CheckpointError(f"{where}: metadata key 'tensor_sha256' does not list the stored tensors "
+                              f"(not stored: {extra[:4]}, no digest: {missing[:4]})")
+    bad = [f for f in files if not re.fullmatch(r"[A-Za-z0-9_.-]+", f) or f in (".", "..")]
+    if bad:
+        raise CheckpointError(f"{where}: metadata key 'file_sha256' names {bad[:3]}, not plain file names")
+    h = raw.get("header_sha256")
+    if not isinstance(h, str) or not _HEX64.fullmatch(h):
+        raise CheckpointError(f"{where}: metadata key 'header_sha256' is missing or not a SHA-256 hex digest")
+    if header_digest(raw, table) != h:
+        raise CheckpointError(f"{where}: header digest mismatch: the metadata or the tensor table was changed "
+                              "after writing (header_sha256)")
+    return {"tensors": tens, "files": files}
+
+
+def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], where) -> dict:
+    """Check the raw metadata strings against each other and the tensor ``table`` (name -> (dtype, shape)).
+
+    Returns the metadata with ``layers``, ``tied``, ``info``, ``quant_config`` parsed, ``format_version``
+    kept as the string it was, and (version 2) ``digests`` = ``{"tensors": ..., "files": ...}``.
+    """
+    where = str(where)
+    if raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{where}: format {raw.get('format')!r} is not {FORMAT_NAME!r}")
+    fv = raw.get("format_version", "")
+    version = int(fv) if re.fullmatch(r"[0-9]{1,3}", fv) else None
+    if version is None:
+        raise CheckpointError(f"{where}: unreadable format_version {fv!r}")
+    if version not in SUPPORTED_VERSIONS:
+        raise CheckpointError(f"{where}: format version {version} is not supported "
+                              f"(this fptq reads versions {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    if version == 1 and any(k in raw for k in V2_KEYS):
+        raise CheckpointError(f"{where}: format_version says 1 but the header has version-2 digest fields: "
+                              "the version field is corrupt")
+    if raw.get("packing") != spec.PACKING.value:
+        raise CheckpointError(f"{where}: unknown INT4 packing {raw.get('packing')!r} (expected {spec.PACKING.value!r})")
+    if raw.get("act_format") != spec.INT8_ACT.name:
+        raise CheckpointError(f"{where}: unknown activation format {raw.get('act_format')!r}")
+    for key in ("fptq_version", "model_type"):
+        if key not in raw:
+            raise CheckpointError(f"{where}: metadata key {key!r} is missing")
+    meta = dict(raw)
+    meta["layers"] = _json_field(raw, "layers", where, lambda d: isinstance(d, dict) and d,
+                                 "a non-empty object (linear name -> entry)")
+    meta["tied"] = _json_field(raw, "tied", where, lambda d: isinstance(d, dict) and all(
+        isinstance(v, str) for v in d.values()), "an object (name -> name)", default=dict)
+    meta["info"] = _json_field(raw, "info", where, lambda d: isinstance(d, dict), "an object", default=dict)
+    meta["quant_config"] = _json_field(
+        raw, "quant_config", where,
+        lambda d: d is None or (isinstance(d, dict) and all(_is_num(d[k]) for k in ("v0", "v1") if k in d)),
+        "null or an object whose v0/v1 are numbers", default=lambda: None)
+    for name, e in meta["layers"].items():
+        _check_entry(name, e, where)
+    _check_top_level(meta["layers"], raw, where)
+    _check_table(meta["layers"], meta["tied"], table, where)
+    if version >= 2:
+        meta["digests"] = _check_digest_tables(raw, table, where)
+    return meta
+
+
+def _refuse(key: str, what: str):
+    raise CheckpointError(f"tensor {key}: {what}")
+
+
+def check_layer_values(name: str, e: dict, t: dict[str, np.ndarray]) -> None:
+    """Check one layer's tensor values (``t``: suffix -> NumPy array) against the spec's bounds."""
+    fmt = WeightFormat(e["weight_format"])
+    ws = t["wscale"]
+    lo, hi = float(spec.MIN_SCALE), MAX_WSCALE[fmt]
+    if not (np.isfinite(ws).all() and (ws >= lo).all() and (ws <= hi).all()):
+        bad = ws[~(np.isfinite(ws) & (ws >= lo) & (ws <= hi))].flat[0]
+        _refuse(f"{name}.wscale", f"scale {bad!r} outside [{lo:.3g}, {hi:.4g}] (the scales must be > 0, finite, and "
+                f"no larger than the spec can produce from finite float32 weights)")
+    if "wzero" in t and t["wzero"].size and int(t["wzero"].max()) > spec.UINT4_ASYM.qmax:
+        _refuse(f"{name}.wzero", f"zero points must be <= {spec.UINT4_ASYM.qmax}")
+    if "bias" in t and not np.isfinite(t["bias"]).all():
+        _refuse(f"{name}.bias", "holds NaN/Inf")
+    if "act_scale" in t:
+        a = t["act_scale"]
+        if not (np.isfinite(a).all() and float(spec.MIN_SCALE) <= float(a[0]) <= MAX_ACT_SCALE):
+            _refuse(f"{name}.act_scale", f"scale {float(a[0])!r} outside [{float(spec.MIN_SCALE):.3g}, "
+                    f"{MAX_ACT_SCALE:.4g}] (scales must be > 0 and finite)")
+        if np.float32(e["act_scale"]).tobytes() != a.astype(np.float32).tobytes():
+            _refuse(f"{name}.act_scale", f"{float(a[0])!r} differs from the layer entry's {e['act_scale']!r}")
+    k = e["in_features"]
+    qw = t["qweight"]
+    if k % 2 and qw.size and int((qw[:, -1] >> 4).max()) != 0:
+        _refuse(f"{name}.qweight", "the padding nibble of odd K must be 0")

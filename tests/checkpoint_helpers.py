@@ -1,0 +1,69 @@
+"""Helpers for the checkpoint tests: a tiny quantized checkpoint, and rewriting one as a
+corrupter (digests left stale) or as a hostile writer (digests recomputed) would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from fptq.io.tensorfile import TensorFile, dtype_name, raw_bytes, write_tensor_file
+from fptq.models.checkpoint import TENSORS_FILE, save_quantized
+from fptq.models.checkpoint_meta import header_digest
+from fptq.models.quantize import QuantConfig, quantize_model
+from fptq.testing import tiny_model, tiny_tokenizer
+
+IDS = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
+
+
+def quantized(family="llama", fmt="int4_sym", group_size=24):
+    """A quantized tiny model (group 24 over K = 64 and 96: ragged last groups) and its config."""
+    cfg = QuantConfig(group_size=group_size, weight_format=fmt)
+    return quantize_model(tiny_model(family), IDS, cfg, backend="numpy", progress=False), cfg
+
+
+def save_tiny(d, family="llama", fmt="int4_sym", info=None):
+    """Quantize and save a tiny model to ``d``; returns (dir, reference logits, QuantResult)."""
+    res, cfg = quantized(family, fmt)
+    save_quantized(d, res.model, tiny_tokenizer(), res.plan, cfg, info if info is not None else {"model_name": "tiny"})
+    with torch.no_grad():
+        logits = res.model(IDS).logits
+    return Path(d), logits, res
+
+
+def rewrite(src, dst, edit_meta=None, edit_tensors=None, edit_files=None, redigest=True):
+    """Copy checkpoint ``src`` to ``dst`` with edited metadata (dict of str), tensors (dict of torch
+    tensors) or files (``edit_files(dst)``). ``redigest``: recompute every digest afterwards (a
+    hostile but careful writer); otherwise the digests stay as they were (corruption)."""
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    with TensorFile(src / TENSORS_FILE) as f:
+        meta = dict(f.metadata)
+        tensors = {k: f.tensor(k) for k in f.names}
+    if edit_files:
+        edit_files(dst)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if redigest and "header_sha256" in meta:
+        meta["tensor_sha256"] = json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in tensors.items()},
+                                           sort_keys=True)
+        files = json.loads(meta["file_sha256"])
+        meta["file_sha256"] = json.dumps({n: hashlib.sha256((dst / n).read_bytes()).hexdigest() for n in files
+                                          if (dst / n).exists()}, sort_keys=True)
+        meta["header_sha256"] = header_digest(meta, {k: (dtype_name(t), tuple(t.shape)) for k, t in tensors.items()})
+    write_tensor_file(dst / TENSORS_FILE, tensors, meta)
+    return dst
+
+
+def edit_layers(fn):
+    """An ``edit_meta`` that applies ``fn(layers_dict)`` to the parsed ``layers`` field."""
+    def edit(m):
+        layers = json.loads(m["layers"])
+        fn(layers)
+        m["layers"] = json.dumps(layers, sort_keys=True)
+    return edit
