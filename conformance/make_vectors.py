@@ -32,9 +32,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from fptq import spec  # noqa: E402
 from fptq.spec import WeightFormat  # noqa: E402
 
-from conformance import pieces as P  # noqa: E402
-from conformance.pieces import F32, Source  # noqa: E402
-from conformance.pytest_helpers import OUTPUT_NAMES  # noqa: E402
+if __package__:  # conformance.make_vectors (a checkout) or fptq.conformance.make_vectors (installed)
+    from . import pieces as P
+    from .pieces import F32, Source
+    from .pytest_helpers import OUTPUT_NAMES
+else:  # python conformance/make_vectors.py
+    from conformance import pieces as P  # noqa: E402
+    from conformance.pieces import F32, Source  # noqa: E402
+    from conformance.pytest_helpers import OUTPUT_NAMES  # noqa: E402
 
 VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 SYM, ASYM = WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC

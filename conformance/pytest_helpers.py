@@ -16,7 +16,11 @@ converts every output with ``backend.to_numpy`` and compares
 If the spec rejects the input (ValueError/TypeError), the backend must raise
 the same kind of error. A failure names the first bad element and the spec
 clause, e.g. ``q[3, 5] = -8, but should be -7 [quantize_act_per_token,
-docs/spec.md §2]``, and carries a snippet that reproduces it (``add_note``).
+docs/spec.md §2.3 per-token dynamic]``, then how many elements differ, where
+they lie in a matrix output (``mismatches in rows (M) 48..49 of 0..49; all
+columns (N) -- only the last (partial?) tile along M``), the §1.4 rules the
+kind of mismatch points to (``hint: off by one: round half to even (§1.4 rule
+2) ...``), and carries a snippet that reproduces it (``add_note``).
 """
 
 from __future__ import annotations
@@ -31,16 +35,17 @@ import numpy as np
 from fptq import spec
 from fptq.spec import WeightFormat
 
-#: op -> (docs/spec.md section number, spec module)
-SECTIONS = {
-    "act_scale_from_amax": (2, "activation"), "quantize_act_per_tensor": (2, "activation"),
-    "quantize_act_per_token": (2, "activation"), "dequantize_act": (2, "activation"),
-    "lae_scales": (3, "lae"), "lae_apply_activation": (3, "lae"), "lae_apply_weight": (3, "lae"),
-    "weight_scales": (4, "weights"), "quantize_weight_with_scales": (4, "weights"),
-    "quantize_weight": (4, "weights"), "dequantize_weight": (4, "weights"),
-    "pack_int4": (5, "packing"), "unpack_int4": (5, "packing"),
-    "w4a8_group_sums": (6, "matmul"), "w4a8_epilogue": (6, "matmul"), "w4a8_matmul": (6, "matmul"),
-    "select_policies": (7, "policy"),
+#: op -> the docs/spec.md clause its results must satisfy (section and title)
+CLAUSES = {
+    "act_scale_from_amax": "§2.1 act_scale_from_amax", "quantize_act_per_tensor": "§2.2 per-tensor static",
+    "quantize_act_per_token": "§2.3 per-token dynamic", "dequantize_act": "§2.4 dequantize_act",
+    "lae_scales": "§3.2 lae_scales, tolerance §3.3", "lae_apply_activation": "§3.4 lae_apply_activation",
+    "lae_apply_weight": "§3.4 lae_apply_weight",
+    "weight_scales": "§4.2 symmetric / §4.3 asymmetric scales", "quantize_weight_with_scales": "§4.2 / §4.3 q",
+    "quantize_weight": "§4.4 quantize_weight", "dequantize_weight": "§4.2 / §4.3 w_hat",
+    "pack_int4": "§5 INT4 packing", "unpack_int4": "§5 INT4 packing",
+    "w4a8_group_sums": "§6.1 integer core", "w4a8_epilogue": "§6.2 pinned epilogue",
+    "w4a8_matmul": "§6.1 integer core + §6.2 pinned epilogue", "select_policies": "§7 layerwise policy",
 }
 
 #: op -> names of its outputs (for messages: ``q[3, 5] = ...``)
@@ -59,9 +64,8 @@ INLINE_LIMIT = 512
 
 
 def clause(op: str) -> str:
-    """``"op, docs/spec.md §N"``: the clause a result of ``op`` must satisfy."""
-    sec, _ = SECTIONS.get(op, ("?", "?"))
-    return f"{op}, docs/spec.md §{sec}"
+    """``"op, docs/spec.md §N.M title"``: the clause a result of ``op`` must satisfy."""
+    return f"{op}, docs/spec.md {CLAUSES.get(op, '(no clause: not a spec operation)')}"
 
 
 def spec_args(op: str, case: dict) -> list:
@@ -129,7 +133,7 @@ def _outputs(op: str, result) -> list[tuple[str, Any]]:
 def _fmt_value(a: np.ndarray, idx) -> str:
     v = a[idx]
     if a.dtype.kind == "f":
-        bits = np.asarray(v).view(np.uint32 if a.dtype.itemsize == 4 else np.uint64)
+        bits = np.asarray(v).view(f"uint{8 * a.dtype.itemsize}")  # float16/32/64 alike
         return f"{v} ({int(bits):#0{2 + 2 * a.dtype.itemsize}x})"
     return str(v.item() if hasattr(v, "item") else v)
 
@@ -180,17 +184,89 @@ def compare(name: str, actual, expected, op: str, inputs: dict | None = None, ma
         ok = actual == expected
     if ok.all():
         return None
-    bad = np.argwhere(~ok)
-    idx = tuple(int(i) for i in bad[0])
+    bad = ~ok
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
     msg = (f"{_index_str(name, idx)} = {_fmt_value(actual, idx)}, but should be "
            f"{_fmt_value(expected, idx)} {where}")
     if max_ulp:
         msg += f" (tolerance {max_ulp} ulp; off by {int(ulp_distance(actual[idx], expected[idx]))} ulp)"
-    msg += f"\n  {len(bad)} of {expected.size} elements differ"
+    msg += f"\n  {int(bad.sum())} of {expected.size} elements differ"
     for iname, arr in (inputs or {}).items():
         if isinstance(arr, np.ndarray) and arr.shape == expected.shape and arr.size:
             msg += f"; input {_index_str(iname, idx)} = {_fmt_value(arr, idx)}"
+    pattern = where_bad(bad)
+    if pattern:
+        msg += f"\n  {pattern}"
+    for hint in hints(op, actual, expected, bad, idx):
+        msg += f"\n  hint: {hint}"
     return msg
+
+
+# ---------------------------------------------------------------------------
+# where the mismatches lie, and which rule they suggest
+
+
+_AXES = ("rows (M)", "columns (N)", "groups")
+
+
+def _ranges(hit: np.ndarray, limit: int = 4) -> str:
+    """Sorted indices as ranges: ``[3, 16, 17, 18]`` -> ``3, 16..18``."""
+    runs, start = [], None
+    for i, v in enumerate(hit):
+        if start is None:
+            start = v
+        if i + 1 == len(hit) or hit[i + 1] != v + 1:
+            runs.append(f"{start}" if start == v else f"{start}..{v}")
+            start = None
+    return ", ".join(runs[:limit]) + (f", ... ({len(runs)} runs)" if len(runs) > limit else "")
+
+
+def where_bad(bad: np.ndarray) -> str | None:
+    """For an output of rank 2 or 3 ([M, N] or [M, N, ng]) whose mismatches do not cover it all:
+    the rows, columns and groups that hold them, and what a tiled kernel would have done to give that."""
+    if bad.ndim not in (2, 3) or bad.all():
+        return None
+    parts, tails = [], []
+    for ax in range(bad.ndim):
+        hit = np.flatnonzero(bad.any(axis=tuple(a for a in range(bad.ndim) if a != ax)))
+        size = bad.shape[ax]
+        if len(hit) == size:
+            parts.append(f"all {_AXES[ax]}")
+            continue
+        parts.append(f"{_AXES[ax]} {_ranges(hit)} of 0..{size - 1}")
+        if hit[0] > 0 and hit[-1] == size - 1 and len(hit) == size - hit[0]:
+            tails.append(_AXES[ax].split()[0])
+    text = "mismatches in " + "; ".join(parts)
+    if tails:
+        what = {"rows": "the last (partial?) tile along M", "columns": "the last (partial?) tile along N",
+                "groups": "the last (ragged?) group, §4.1"}
+        text += " -- only " + " and ".join(what[t] for t in tails)
+    return text
+
+
+def hints(op: str, actual: np.ndarray, expected: np.ndarray, bad: np.ndarray, idx: tuple) -> list[str]:
+    """The rules of docs/spec.md §1.4 that the kind of mismatch suggests (never proof, just where to look)."""
+    out = []
+    a, e = actual[bad], expected[bad]
+    if expected.dtype.kind == "f":
+        tiny = np.finfo(np.float32).tiny
+        if np.any((e != 0) & (np.abs(e) < tiny) & (a == 0)):
+            out.append("a subnormal result came back as zero: §1.4 rule 6, subnormals are not flushed")
+        if np.any((a == 0) & (e == 0) & (np.signbit(a) != np.signbit(e))):
+            out.append("+0.0 vs -0.0: §1.4 rule 9, signed zero is part of the result")
+        av, ev = actual[idx], expected[idx]
+        if np.isfinite(av) and np.isfinite(ev) and av != 0 and int(ulp_distance(av, ev)) == 1:
+            if op in ("w4a8_epilogue", "w4a8_matmul"):
+                out.append("one ulp off: an FMA (§1.4 rule 4) or another order of the group sum "
+                           "(§1.4 rule 5, §6.2: ascending g, each op rounded)")
+            else:
+                out.append("one ulp off: true division (§1.4 rule 3), separate roundings (§1.4 rule 4)")
+    elif op.startswith("quantize") and a.size and np.all(np.abs(a.astype(np.int64) - e.astype(np.int64)) == 1):
+        out.append("off by one: round half to even (§1.4 rule 2), true division (§1.4 rule 3), the clip range (§1.1)")
+    elif op in ("w4a8_group_sums", "w4a8_matmul") and expected.dtype == np.int32 and a.size:
+        out.append("group sums are exact int32 (§6.1, §6.3): check tile edges, the ragged last group (§4.1), "
+                   "the zero-point term z * sum(qx over the group's own columns)")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +278,7 @@ def _array_src(a: np.ndarray, name: str, big: dict) -> str:
         big[name] = a
         return f"_saved[{name!r}]"
     if a.dtype.kind == "f":
-        u = "uint32" if a.dtype.itemsize == 4 else "uint64"
+        u = f"uint{8 * a.dtype.itemsize}"  # float16/32/64 alike
         bits = ", ".join(f"{int(b):#x}" for b in a.reshape(-1).view(getattr(np, u)))
         return f"np.array([{bits}], dtype=np.{u}).view(np.{a.dtype}).reshape({a.shape})"
     return f"np.array({a.reshape(-1).tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
@@ -212,12 +288,32 @@ _BACKEND_NAMES: dict[int, str] = {}
 
 
 def remember_backend_name(backend, name: str) -> None:
-    """Record how ``backend`` was selected (``--backend NAME``), for the reproducers."""
-    _BACKEND_NAMES[id(backend)] = name
+    """Record how ``backend`` was selected (``--backend NAME``), for the reproducers.
+
+    Kept on the backend object itself where it allows (a checkout's suite can be imported twice,
+    as ``conformance`` and as ``fptq.conformance``; both copies then see the name)."""
+    try:
+        backend._fptq_selected_as = name
+    except (AttributeError, TypeError):
+        _BACKEND_NAMES[id(backend)] = name
 
 
-def reproducer(backend_name: str, op: str, case: dict) -> str:
-    """Python code that recomputes the backend's and the spec's answers for ``case`` (floats bit-exact)."""
+def selected_name(backend) -> str:
+    """The name ``backend`` was selected by, else its ``name``."""
+    return getattr(backend, "_fptq_selected_as", None) or _BACKEND_NAMES.get(id(backend)) \
+        or getattr(backend, "name", "?")
+
+
+def reproducer(backend_name: str, op: str, case: dict, rebuild: str | None = None) -> str:
+    """Python code that recomputes the backend's and the spec's answers for ``case`` (floats bit-exact).
+
+    ``rebuild``: code that defines ``case`` (a fixed case rebuilt by name) instead of the arrays written out.
+    """
+    head = ["import numpy as np", "from fptq import spec", "from fptq.backends import get_backend"]
+    if rebuild is not None:
+        return "\n".join(head + [rebuild, f"b = get_backend({backend_name!r})",
+                                  f"got = b.{op}(*[b.from_numpy(a) if isinstance(a, np.ndarray) else a "
+                                  f"for a in case.values()])", f"want = spec.{op}(**case)"])
     big: dict[str, np.ndarray] = {}
     lines = []
     params = list(inspect.signature(getattr(spec, op)).parameters)
@@ -228,7 +324,6 @@ def reproducer(backend_name: str, op: str, case: dict) -> str:
             lines.append(f"    {name}=spec.WeightFormat({value.value!r}),")
         else:
             lines.append(f"    {name}={value!r},")
-    head = ["import numpy as np", "from fptq import spec", "from fptq.backends import get_backend"]
     if big:
         fd, path = tempfile.mkstemp(prefix=f"fptq-{op}-", suffix=".npz")
         os.close(fd)
@@ -242,11 +337,11 @@ def reproducer(backend_name: str, op: str, case: dict) -> str:
     ])
 
 
-def fail_with_reproducer(msg: str, backend, op: str, case: dict):
+def fail_with_reproducer(msg: str, backend, op: str, case: dict, rebuild: str | None = None):
     """Raise AssertionError(msg) with a note holding Python code that reproduces the failure."""
     err = AssertionError(msg)
-    name = _BACKEND_NAMES.get(id(backend), getattr(backend, "name", "?"))
-    err.add_note("Reproduce with:\n" + reproducer(name, op, case))
+    name = selected_name(backend)
+    err.add_note("Reproduce with:\n" + reproducer(name, op, case, rebuild))
     raise err
 
 
@@ -254,46 +349,51 @@ def fail_with_reproducer(msg: str, backend, op: str, case: dict):
 # the assertion
 
 
-def check_op(backend, op: str, case: dict, max_ulp: int = 0):
+def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebuild: str | None = None):
     """Assert that ``backend``'s ``op`` on ``case`` equals ``fptq.spec``'s, exactly (see module docstring).
 
+    ``expected``: the spec's answer when the caller has it already (a large case whose answer comes
+    from an exact fast path, :mod:`.large_cases`); the case must then be one the spec accepts.
+    ``rebuild``: code defining ``case`` for the reproducer (instead of writing the arrays out).
     Returns the spec's result (or the exception it raised) for further checks.
     """
-    try:
-        with np.errstate(all="ignore"):
-            expected = getattr(spec, op)(**case)
-    except (ValueError, TypeError) as e:
-        expected_exc = type(e)
-        kind = ValueError if isinstance(e, ValueError) else TypeError
+    def fail(msg):
+        fail_with_reproducer(msg, backend, op, case, rebuild)
+
+    if expected is None:
         try:
-            call_backend(backend, op, case)
-        except kind:
-            return e
-        except Exception as got:  # noqa: BLE001 - any other exception is the failure we report
-            fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}, but the spec raises {expected_exc.__name__} "
-                  f"({e}) [{clause(op)}]", backend, op, case)
-        fail_with_reproducer(f"{op} returned a result, but the spec rejects this input with {expected_exc.__name__}: {e} "
-              f"[{clause(op)}]", backend, op, case)
+            with np.errstate(all="ignore"):
+                expected = getattr(spec, op)(**case)
+        except (ValueError, TypeError) as e:
+            kind = ValueError if isinstance(e, ValueError) else TypeError
+            try:
+                call_backend(backend, op, case)
+            except kind:
+                return e
+            except Exception as got:  # noqa: BLE001 - any other exception is the failure we report
+                fail(f"{op} raised {type(got).__name__}: {got}, but the spec raises {type(e).__name__} "
+                     f"({e}) [{clause(op)}]")
+            fail(f"{op} returned a result, but the spec rejects this input with {type(e).__name__}: {e} "
+                 f"[{clause(op)}]")
     try:
         actual = call_backend(backend, op, case)
     except AssertionError:
         raise
     except Exception as got:  # noqa: BLE001
-        fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}, but the spec accepts this input [{clause(op)}]",
-              backend, op, case)
+        fail(f"{op} raised {type(got).__name__}: {got}, but the spec accepts this input [{clause(op)}]")
     inputs = {k: v for k, v in case.items() if isinstance(v, np.ndarray)}
     errors = []
     exp_outs = _outputs(op, tuple(expected) if isinstance(expected, tuple) else expected)
     try:
         act_outs = _outputs(op, tuple(actual) if isinstance(actual, tuple) else actual)
     except AssertionError as e:
-        fail_with_reproducer(str(e), backend, op, case)
+        fail(str(e))
     for (name, e), (_, a) in zip(exp_outs, act_outs):
         m = compare(name, a, e, op, inputs, max_ulp)
         if m:
             errors.append(m)
     if errors:
-        fail_with_reproducer("\n".join(errors), backend, op, case)
+        fail("\n".join(errors))
     return expected
 
 
