@@ -268,3 +268,73 @@ def test_policy_thresholds_compared_in_float32():
     np.testing.assert_array_equal(spec.select_policies(f32(15.2), v0=15.2, v1=150.0), np.array([1], np.uint8))
     with pytest.raises(ValueError, match="v0 < v1"):
         spec.select_policies(f32(1.0), v0=150.0, v1=15.0)
+
+
+@pytest.mark.parametrize("fmt", ["int4_sym", "uint4_asym"])
+def test_weight_ops_memory_is_o_n_k_for_any_group_size(fmt):
+    """A 256 x 8 weight with G = 2**20 (one group of 8): every weight op stays in O(N K) memory.
+
+    Before the fix the reference padded each row to G: 2 GiB and seconds per call.
+    """
+    import tracemalloc
+
+    w = (np.arange(256 * 8, dtype=np.float32).reshape(256, 8) - np.float32(1000)) / np.float32(7)
+    g = MAX_GROUP_SIZE
+    r = spec.quantize_weight(w, 8, fmt)
+    calls = [lambda: spec.weight_scales(w, g, fmt), lambda: spec.quantize_weight(w, g, fmt),
+             lambda: spec.quantize_weight_with_scales(w, r.scale, r.zero, g, fmt),
+             lambda: spec.dequantize_weight(r.q, r.scale, r.zero, g, fmt),
+             lambda: spec.w4a8_group_sums(np.ones((2, 8), np.int8), spec.pack_int4(r.q, fmt == "int4_sym"),
+                                          r.zero, 8, g, fmt)]
+    for call in calls:
+        tracemalloc.start()
+        try:
+            call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, f"peak {peak} bytes for a 256 x 8 weight"
+    # and the same bits as the group size that means the same groups (G = K)
+    q = spec.quantize_weight(w, g, fmt)
+    assert np.array_equal(q.q, r.q) and q.scale.tobytes() == r.scale.tobytes() and q.group_size == g
+
+
+def test_format_table_check_is_a_real_check(tmp_path):
+    """The table's consistency check raises (RuntimeError), also under ``python -O`` (no asserts)."""
+    import subprocess
+    import sys
+
+    from fptq.spec.formats import IntFormat, check_table
+
+    check_table()
+    with pytest.raises(RuntimeError, match="int8_sym"):
+        check_table(int8=IntFormat("int8_sym", bits=8, signed=True, qmin=-127, qmax=127, scale_divisor=127.5))
+    with pytest.raises(RuntimeError, match="overflow"):
+        check_table(max_group_size=1 << 21)
+    code = ("from fptq.spec.formats import IntFormat, check_table\n"
+            "try:\n    check_table(uint4=IntFormat('uint4_asym', 4, False, 0, 16, 16))\n"
+            "except RuntimeError as e:\n    print('raised', e)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("raised"), out.stdout + out.stderr
+
+
+def test_group_sums_overflow_is_a_real_check():
+    """The int32 bound of §6.3 is re-checked with a raise, not an assert (here broken on purpose
+    through the unchecked core: zero points of 255 are outside [0, 15])."""
+    from fptq.spec.matmul import _group_sums
+
+    k = g = 1 << 20
+    qx = np.full((1, k), -128, np.int8)
+    packed = np.zeros((1, spec.packed_width(k)), np.uint8)
+    with pytest.raises(ArithmeticError, match="overflow"):
+        _group_sums(qx, packed, np.full((1, 1), 255, np.uint8), k, g, WeightFormat.ASYMMETRIC)
+
+
+def test_policy_codes_and_nibble_constants_come_from_the_table():
+    from fptq.spec import formats
+
+    assert spec.POLICY_CODES is formats.POLICY_CODES
+    assert [formats.POLICY_CODES[p] for p in spec.ActPolicy] == [0, 1, 2]
+    assert (formats.NIBBLE_BITS, formats.NIBBLE_MASK, formats.INT4_SIGN_OFFSET, formats.MAX_TERM) == (4, 0xF, 8, 1920)
+    v = np.array([0.0, spec.DEFAULT_V0, spec.DEFAULT_V1], np.float32)
+    assert spec.select_policies(v).tolist() == [formats.POLICY_CODES[p] for p in spec.ActPolicy]
