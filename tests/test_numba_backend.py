@@ -217,6 +217,40 @@ def test_errors_name_the_tensor(nb):
                        np.ones((1, 1), np.float32), None, 4, 4, path="fast")
 
 
+@pytest.mark.parametrize("which", ["numba", "numpy"])
+def test_foreign_tensors_get_a_type_error_naming_the_argument(nb, which):
+    """torch tensors a NumPy array cannot hold losslessly (bf16, requires_grad, meta) are a TypeError
+    naming the argument and citing §9, not a raw framework error; plain CPU tensors are read as arrays."""
+    torch = pytest.importorskip("torch")
+    from fptq.backends.numpy_backend import NumpyBackend
+
+    be = nb if which == "numba" else NumpyBackend()
+    x = torch.ones((2, 3))
+    for bad in (x.to(torch.bfloat16), x.clone().requires_grad_(True), torch.ones((2, 3), device="meta")):
+        with pytest.raises(TypeError, match=r"^x: cannot read a torch\.Tensor as a NumPy array .*§9"):
+            be.quantize_act_per_token(bad)
+    with pytest.raises(TypeError, match=r"^s: cannot read a torch\.Tensor"):
+        be.lae_apply_weight(np.ones((2, 3), np.float32), torch.ones(3, dtype=torch.bfloat16))
+    q, s = be.quantize_act_per_token(x)
+    ref = spec.quantize_act_per_token(x.numpy())
+    assert np.array_equal(q, ref[0]) and s.tobytes() == ref[1].tobytes()
+
+
+def test_checks_are_the_specs_own(nb):
+    """The numba backend runs fptq.spec.validate's check of each operation: the same message, word for word."""
+    cases = [("quantize_act_per_tensor", (np.ones((2, 2), np.float32), np.ones((1, 1), np.float32))),
+             ("w4a8_group_sums", (np.ones((1, 4), np.int8), np.zeros((1, 2), np.uint8), None, 4.0, 4)),
+             ("weight_scales", (np.ones((2, 4), np.float32), np.bool_(True))),
+             ("dequantize_weight", (np.full((1, 4), 9, np.int8), np.ones((1, 1), np.float32), None, 4)),
+             ("select_policies", (np.ones(2, np.float32), 1.0, np.inf))]
+    for op, args in cases:
+        with pytest.raises((TypeError, ValueError)) as want:
+            getattr(spec, op)(*args)
+        with pytest.raises(want.type) as got:
+            getattr(nb, op)(*args)
+        assert str(got.value) == str(want.value) and "docs/spec.md §9" in str(got.value)
+
+
 # ------------------------------------------------------------------ float rounding: no FMA, no reciprocal
 
 
