@@ -398,3 +398,30 @@ def test_unpack_every_byte_value(tb):
         for k in (31, 32):
             assert_same(tb.unpack_int4(tb.from_numpy(packed[:, : (k + 1) // 2]), k, signed),
                         spec.unpack_int4(packed[:, : (k + 1) // 2], k, signed), f"signed={signed} k={k}")
+
+
+def test_checks_are_the_specs_own(tb):
+    """The torch backend runs fptq.spec.validate's checks (over TorchArrays): the spec's message, word for word."""
+    cases = [("quantize_act_per_tensor", (np.ones((2, 2), np.float32), np.ones((1, 1), np.float32))),
+             ("w4a8_group_sums", (np.ones((1, 4), np.int8), np.zeros((1, 2), np.uint8), None, 4.0, 4)),
+             ("weight_scales", (np.ones((2, 4), np.float32), np.bool_(True))),
+             ("dequantize_weight", (np.full((1, 4), 9, np.int8), np.ones((1, 1), np.float32), None, 4)),
+             ("quantize_act_per_token", (np.array([[1.0, np.nan]], np.float32),)),
+             ("w4a8_epilogue", (np.zeros((2, 3, 1), np.int32), np.ones((3, 1), np.float32),
+                                np.ones((2, 1), np.float32))),
+             ("select_policies", (np.ones(2, np.float32), 1.0, np.inf))]
+    for op, args in cases:
+        with pytest.raises((TypeError, ValueError)) as want:
+            getattr(spec, op)(*args)
+        with pytest.raises(want.type) as got:
+            getattr(tb, op)(*[tb.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args])
+        assert str(got.value) == str(want.value) and "docs/spec.md §9" in str(got.value)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64", "uint16", "uint32", "uint64", "int64"])
+def test_other_real_tensor_dtypes_are_converted(tb, dtype):
+    """§9.1: a float argument of another real dtype (bf16 and the wide unsigned ones included) is converted."""
+    x = torch.tensor([[3.0, 1.0, 250.0], [0.0, 7.0, 2.0]]).to(getattr(torch, dtype))
+    q, s = tb.quantize_act_per_token(x)
+    rq, rs = spec.quantize_act_per_token(x.to(torch.float32).numpy())
+    assert np.array_equal(tb.to_numpy(q), rq) and tb.to_numpy(s).tobytes() == rs.tobytes()
