@@ -37,7 +37,8 @@ def save_tiny(d, family="llama", fmt="int4_sym", info=None):
 def rewrite(src, dst, edit_meta=None, edit_tensors=None, edit_files=None, redigest=True):
     """Copy checkpoint ``src`` to ``dst`` with edited metadata (dict of str), tensors (dict of torch
     tensors) or files (``edit_files(dst)``). ``redigest``: recompute every digest afterwards (a
-    hostile but careful writer); otherwise the digests stay as they were (corruption)."""
+    hostile but careful writer); ``"header"``: only the header digest; False: the digests stay as
+    they were (corruption)."""
     src, dst = Path(src), Path(dst)
     shutil.copytree(src, dst)
     with TensorFile(src / TENSORS_FILE) as f:
@@ -49,7 +50,9 @@ def rewrite(src, dst, edit_meta=None, edit_tensors=None, edit_files=None, redige
         edit_meta(meta)
     if edit_tensors:
         edit_tensors(tensors)
-    if redigest and "header_sha256" in meta:
+    if redigest == "header" and "header_sha256" in meta:
+        meta["header_sha256"] = header_digest(meta, {k: (dtype_name(t), tuple(t.shape)) for k, t in tensors.items()})
+    elif redigest and "header_sha256" in meta:
         meta["tensor_sha256"] = json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in tensors.items()},
                                            sort_keys=True)
         files = json.loads(meta["file_sha256"])

@@ -12,8 +12,9 @@ values and cross-checks them against each other and against the tensor table
   (``wscale`` has ``ceil(K/G)`` columns, ``wzero`` exists only for ``uint4_asym``,
   ``act_scale`` only for static policies, ``bias`` only when the entry says so);
 * ``tied`` names stored tensors only, and no tied name is stored;
-* version 2: the digest tables list exactly the stored tensors and plain file
-  names, and ``header_sha256`` matches the header (:func:`header_digest`).
+* version 2, first of all: ``header_sha256`` matches the header
+  (:func:`header_digest`); then the digest tables list exactly the stored
+  tensors and plain file names.
 
 :func:`check_layer_values` checks a layer's tensor *values* (finite scales
 within the bounds the spec can produce, zero points in range, the odd-K
@@ -201,13 +202,16 @@ def _check_digest_tables(raw: dict, table: dict, where: str) -> dict:
     bad = [f for f in files if not re.fullmatch(r"[A-Za-z0-9_.-]+", f) or f in (".", "..")]
     if bad:
         raise CheckpointError(f"{where}: metadata key 'file_sha256' names {bad[:3]}, not plain file names")
+    return {"tensors": tens, "files": files}
+
+
+def _check_header_digest(raw: dict, table: dict, where: str) -> None:
     h = raw.get("header_sha256")
     if not isinstance(h, str) or not _HEX64.fullmatch(h):
         raise CheckpointError(f"{where}: metadata key 'header_sha256' is missing or not a SHA-256 hex digest")
     if header_digest(raw, table) != h:
         raise CheckpointError(f"{where}: header digest mismatch: the metadata or the tensor table was changed "
                               "after writing (header_sha256)")
-    return {"tensors": tens, "files": files}
 
 
 def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], where) -> dict:
@@ -229,6 +233,8 @@ def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], whe
     if version == 1 and any(k in raw for k in V2_KEYS):
         raise CheckpointError(f"{where}: format_version says 1 but the header has version-2 digest fields: "
                               "the version field is corrupt")
+    if version >= 2:  # first: a corrupted header is reported as such, whichever field the damage hit
+        _check_header_digest(raw, table, where)
     if raw.get("packing") != spec.PACKING.value:
         raise CheckpointError(f"{where}: unknown INT4 packing {raw.get('packing')!r} (expected {spec.PACKING.value!r})")
     if raw.get("act_format") != spec.INT8_ACT.name:
@@ -265,7 +271,7 @@ def check_layer_values(name: str, e: dict, t: dict[str, np.ndarray]) -> None:
     ws = t["wscale"]
     lo, hi = float(spec.MIN_SCALE), MAX_WSCALE[fmt]
     if not (np.isfinite(ws).all() and (ws >= lo).all() and (ws <= hi).all()):
-        bad = ws[~(np.isfinite(ws) & (ws >= lo) & (ws <= hi))].flat[0]
+        bad = float(ws[~(np.isfinite(ws) & (ws >= lo) & (ws <= hi))].flat[0])
         _refuse(f"{name}.wscale", f"scale {bad!r} outside [{lo:.3g}, {hi:.4g}] (the scales must be > 0, finite, and "
                 f"no larger than the spec can produce from finite float32 weights)")
     if "wzero" in t and t["wzero"].size and int(t["wzero"].max()) > spec.UINT4_ASYM.qmax:
