@@ -2,7 +2,7 @@
 
 ::
 
-    fptq quantize [MODEL] --out DIR [--backend B] [--group-size G] [--weight-format F]
+    fptq quantize [MODEL] --out DIR [--group-size G] [--weight-format F] [--weight-quantizer Q]
                   [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
                   [--policy-select error|bands]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
@@ -25,7 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from .models.config import POLICY_SELECTIONS, QuantConfig
+from .reference import WEIGHT_QUANTIZERS
+
 __all__ = ["main", "build_parser"]
+
+#: the defaults of the quantization flags are QuantConfig's (one configuration object)
+_Q = QuantConfig()
 
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
@@ -45,31 +51,45 @@ def _group_size(s: str) -> int:
     return v
 
 
-def _add_common(p):
+def _add_backend(p):
     p.add_argument("--backend", default="torch", help="W4A8 backend for the integer matmuls "
                    "(a registered name or package.module:Class; default torch)")
+
+
+def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_calib(p, samples=128):
-    p.add_argument("--calib", default="wiki", help="calibration text source (fptq.data; 'random' = random tokens, "
-                   "smoke tests only)")
-    p.add_argument("--samples", type=_positive_int, default=samples, help=f"calibration samples (default {samples})")
-    p.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per calibration sample (default 512)")
-    p.add_argument("--seed", type=int, default=0)
+def _add_calib(p):
+    """The flags of :class:`fptq.models.config.QuantConfig` shared by quantize and compare."""
+    p.add_argument("--calib", default=_Q.calib, help="calibration text source (fptq.data; 'random' = random "
+                   f"tokens, smoke tests only; default {_Q.calib})")
+    p.add_argument("--samples", type=_positive_int, default=_Q.n_samples,
+                   help=f"calibration samples (default {_Q.n_samples})")
+    p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,
+                   help=f"tokens per calibration sample (default {_Q.seq_len})")
+    p.add_argument("--seed", type=int, default=_Q.seed)
     p.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward during calibration")
-    p.add_argument("--group-size", type=_group_size, default=128, help="INT4 group size G (-1 = per-channel)")
-    p.add_argument("--weight-format", default="int4_sym", choices=["int4_sym", "uint4_asym"])
-    p.add_argument("--v0", type=float, default=15.0, help="static / LAE threshold (default 15)")
-    p.add_argument("--v1", type=float, default=150.0, help="LAE / per-token dynamic threshold (default 150)")
+    p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
+                   help=f"INT4 group size G (-1 = per-channel; default {_Q.group_size})")
+    p.add_argument("--weight-format", default=_Q.weight_format, choices=["int4_sym", "uint4_asym"])
+    p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
+    p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
 
 def _add_policy_select(p):
-    p.add_argument("--policy-select", default="error", choices=["error", "bands"],
+    p.add_argument("--policy-select", default=_Q.policy_select, choices=POLICY_SELECTIONS,
                    help="error (default) = per-token dynamic from v1, below it static or LAE + static, whichever "
                    "gives the smaller output error on calibration rows (v0 unused); bands = the paper's fixed "
                    "v0/v1 bands")
+
+
+def _quant_config(a, **extra) -> QuantConfig:
+    """The QuantConfig of the parsed flags (quantize and compare)."""
+    return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
+                       policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
+                       seed=a.seed, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
     _add_policy_select(q)
-    q.add_argument("--weight-quantizer", default="rtn", choices=["rtn", "mse"],
+    q.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=tuple(WEIGHT_QUANTIZERS),
                    help="INT4 scales: rtn = round to nearest (the paper's), mse = activation-aware clipping search")
     _add_calib(q)
-    _add_common(q)
+    _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
+    #                 the backend is chosen where the checkpoint runs (fptq eval --backend)
 
     e = sub.add_parser("eval", help="perplexity and tasks of a float model or a W4A8 checkpoint")
     e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
@@ -100,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fake-quant", action="store_true", help="evaluate a checkpoint in fake-quant mode (float "
                    "matmuls on dequantized weights) instead of the integer backend")
     e.add_argument("--json", default=None, help="write the results as JSON here")
+    _add_backend(e)
     _add_common(e)
 
     c = sub.add_parser("compare", help="FP32 vs RTN W4A16 vs SmoothQuant W8A8 vs naive W4A8 vs FPTQ, one table")
@@ -115,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="results/compare", help="directory for compare.md / compare.json")
     _add_policy_select(c)
     _add_calib(c)
+    _add_backend(c)
     _add_common(c)
 
     r = sub.add_parser("report", help="print a checkpoint's per-layer plan and plot the activation ranges")
@@ -136,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
                    "integer backend")
+    _add_backend(g)
     _add_common(g)
     return ap
 
@@ -148,11 +172,11 @@ def _check_backend(name: str) -> None:
 
 
 def cmd_quantize(a) -> int:
-    from .models.calibset import calibration_ids
+    from .data.calibration import calibration_ids
     from .models.checkpoint import save_quantized
     from .models.loading import DEFAULT_MODEL_NAME, load_float_model
-    from .models.quantize import QuantConfig, quantize_model
-    from .models.report import plan_summary
+    from .models.quantize import quantize_model
+    from .report import plan_summary
 
     from .models.checkpoint import check_checkpoint_out
     from .models.loading import check_seq_len, resolve_model_dir
@@ -161,19 +185,15 @@ def cmd_quantize(a) -> int:
     protect = [a.model, a.calib] if a.model is not None else [a.calib]
     if Path(a.out).exists() and not a.force:
         raise FileExistsError(f"{a.out} exists; pass --force to replace it")
-    _check_backend(a.backend)
     protect.append(resolve_model_dir(a.model, progress=not a.quiet))
     out = check_checkpoint_out(a.out, a.force, protect)
-    cfg = QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
-                      weight_quantizer=a.weight_quantizer, policy_select=a.policy_select,
-                      n_samples=a.samples, seq_len=a.seq_len, calib=a.calib, seed=a.seed, sequential=a.sequential)
+    cfg = _quant_config(a, weight_quantizer=a.weight_quantizer, sequential=a.sequential)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)
     check_seq_len(model.config, a.seq_len, "--seq-len")
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
     t1 = time.time()
-    res = quantize_model(model, ids, cfg, backend=a.backend, mode="integer", batch_size=a.batch_size,
-                         progress=not a.quiet, inplace=True)
+    res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
     t2 = time.time()
     info = {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
             "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}",
@@ -264,11 +284,10 @@ def cmd_compare(a) -> int:
     mcfg = AutoConfig.from_pretrained(resolve_model_dir(a.model, progress=not a.quiet), local_files_only=True)
     check_seq_len(mcfg, a.seq_len, "--seq-len")
     check_seq_len(mcfg, a.eval_seq_len + 1, "--eval-seq-len (+1 for the BOS token)")
-    s = CompareSettings(model=a.model, ppl=a.ppl, tasks=a.tasks, limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
-                        calib=a.calib, n_samples=a.samples, seq_len=a.seq_len, seed=a.seed,
-                        batch_size=a.batch_size, group_size=a.group_size, weight_format=a.weight_format,
-                        v0=a.v0, v1=a.v1, policy_select=a.policy_select, backend=a.backend, methods=a.methods,
-                        int_max_windows=a.int_max_windows, progress=not a.quiet)
+    s = CompareSettings(model=a.model, quant=_quant_config(a), ppl=a.ppl, tasks=a.tasks, limit=a.limit,
+                        max_windows=a.max_windows, eval_seq_len=a.eval_seq_len, batch_size=a.batch_size,
+                        backend=a.backend, methods=a.methods, int_max_windows=a.int_max_windows,
+                        progress=not a.quiet)
     _refuse_non_finite(run_compare(s, out_dir=a.out, argv=sys.argv), "compare")
     return 0
 
@@ -281,7 +300,7 @@ def _plot_path(plot) -> Path:
 
 def cmd_report(a) -> int:
     from .models.checkpoint import read_metadata
-    from .models.report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
+    from .report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
 
     from .io.outputs import check_output_file
     from .models.checkpoint import load_quantized

@@ -43,37 +43,34 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .models.config import QuantConfig
 
 __all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
 
 
 @dataclass
 class CompareSettings:
+    """What ``fptq compare`` runs: the quantization settings every method starts from
+    (``quant``, the one :class:`~fptq.models.config.QuantConfig`; each method changes only
+    what it names), and how the methods are evaluated."""
+
     model: str | None = None
+    quant: QuantConfig = field(default_factory=QuantConfig)
     ppl: tuple = ("ptb", "wiki")
     tasks: tuple = ()
     limit: int | None = None
     max_windows: int = 16
     eval_seq_len: int = 512
-    calib: str = "wiki"
-    n_samples: int = 128
-    seq_len: int = 512
-    seed: int = 0
     batch_size: int = 8
-    group_size: int = 128
-    weight_format: str = "int4_sym"
-    v0: float = 15.0
-    v1: float = 150.0
-    policy_select: str = "error"
     backend: str = "torch"
     methods: tuple | None = None
     int_max_windows: int | None = None
     sq_alpha: float = 0.5
-    keep_rows: int = 2048  # calibration rows per input for policy_select="error" (= QuantConfig's)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -97,8 +94,9 @@ class Method:
 
 
 def _methods(s: CompareSettings) -> list[Method]:
-    g = f"G={s.group_size}" if s.group_size != -1 else "per-channel"
-    w4 = f"INT4 {s.weight_format} {g} RTN"
+    q = s.quant
+    g = f"G={q.group_size}" if q.group_size != -1 else "per-channel"
+    w4 = f"INT4 {q.weight_format} {g} RTN"
     rows = [
         Method("fp32", "FP32", "float32", "float32", "float"),
         Method("rtn_w4a16", "RTN W4A16", w4, "float32", "fake", force="dynamic", weight="int4", act=False),
@@ -118,13 +116,13 @@ def _methods(s: CompareSettings) -> list[Method]:
                "fake", weight="int4", act=False),
     ]
     wq = f"INT4 {{}} {g} act-aware clip search, LAE-folded"
-    other = "bands" if s.policy_select == "error" else "error"
-    alt_acts = (f"paper bands v0={s.v0:g}, v1={s.v1:g}" if other == "bands"
-                else f"static/LAE by calibration error below v1={s.v1:g}")
+    other = "bands" if q.policy_select == "error" else "error"
+    alt_acts = (f"paper bands v0={q.v0:g}, v1={q.v1:g}" if other == "bands"
+                else f"static/LAE by calibration error below v1={q.v1:g}")
     rows += [
         Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", w4 + ", LAE-folded", f"FPTQ plan, {alt_acts}",
                "w4a8", select=other),
-        Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(s.weight_format), "FPTQ plan",
+        Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(q.weight_format), "FPTQ plan",
                "w4a8", weight_quantizer="mse"),
         Method("fptq_w4a8_mse_asym", "FPTQ W4A8 + asym + clip search (fake-quant)", wq.format("uint4_asym"),
                "FPTQ plan", "w4a8", weight_quantizer="mse", weight_format="uint4_asym"),
@@ -141,7 +139,8 @@ METHODS = tuple(m.key for m in _methods(CompareSettings()))
 def _make_linear_factory(m: Method, s: CompareSettings):
     import torch
 
-    from .models.fakequant import FakeQuantLinear, fake_quant_weight_int4, fake_quant_weight_int8_per_channel
+    from . import reference as ref
+    from .models.fakequant import FakeQuantLinear
     from .models.quantize import w4a8_factory
 
     if m.kind == "w4a8":
@@ -150,31 +149,30 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     def make(linear, gp):
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
         if m.weight == "int4":
-            w = fake_quant_weight_int4(w, s.group_size, s.weight_format)
+            w = ref.fake_quant_weight(w, s.quant.group_size, s.quant.weight_format)
         elif m.weight == "int8pc":
-            w = fake_quant_weight_int8_per_channel(w)
+            w = ref.fake_quant_weight_int8_per_channel(w)
         return FakeQuantLinear(torch.from_numpy(w), linear.bias, gp.policy if m.act else None,
                                gp.act_scale if m.act else None, label=m.key)
     return make
 
 
 def _plan_words(select: str, s: CompareSettings) -> str:
+    q = s.quant
     if select == "bands":
-        return f"the paper's bands (static below v0={s.v0:g}, LAE + static below v1={s.v1:g}, else per-token dynamic)"
-    return (f"per-token dynamic from v1={s.v1:g}, below it static or LAE + static, whichever gives the smaller "
-            f"output error on {s.keep_rows} calibration rows")
+        return f"the paper's bands (static below v0={q.v0:g}, LAE + static below v1={q.v1:g}, else per-token dynamic)"
+    return (f"per-token dynamic from v1={q.v1:g}, below it static or LAE + static, whichever gives the smaller "
+            f"output error on {q.keep_rows} calibration rows")
 
 
 def _select(m: Method, s: CompareSettings) -> str:
-    return m.select or s.policy_select
+    return m.select or s.quant.policy_select
 
 
-def _quant_config(m: Method, s: CompareSettings):
-    from .models.quantize import QuantConfig
-
-    return QuantConfig(group_size=s.group_size, weight_format=m.weight_format or s.weight_format, v0=s.v0,
-                       v1=s.v1, weight_quantizer=m.weight_quantizer, policy_select=_select(m, s),
-                       keep_rows=s.keep_rows)
+def _quant_config(m: Method, s: CompareSettings) -> QuantConfig:
+    """The settings' QuantConfig with what method ``m`` changes."""
+    return replace(s.quant, weight_format=m.weight_format or s.quant.weight_format,
+                   weight_quantizer=m.weight_quantizer, policy_select=_select(m, s))
 
 
 def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None):
@@ -183,7 +181,8 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: di
 
     Returns ``(model_copy, plan_groups)``."""
     from .models.arch import arch_of_model, find_decoder_layers
-    from .models.quantize import apply_plan_layer, dequantized_weight_fn
+    from .models.plan import LayerRef
+    from .models.quantize import apply_plan_layer, dequantized_weight_fn, plan_options
 
     model = copy.deepcopy(model)
     if m.kind == "float":
@@ -191,11 +190,13 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: di
     arch = arch_of_model(model)
     path, layers, _ = find_decoder_layers(model)
     make = _make_linear_factory(m, s)
-    weight_fn = dequantized_weight_fn(_quant_config(m, s)) if m.kind == "w4a8" else None
+    qc = _quant_config(m, s)
+    weight_fn = dequantized_weight_fn(qc) if m.kind == "w4a8" else None
+    options = plan_options(qc, force=m.force, equalize=m.equalize, groups=tuple(m.groups))
     groups = []
     for i, layer in enumerate(layers):
-        groups += apply_plan_layer(i, f"{path}.{i}", layer, arch, model.config, stats, make, s.v0, s.v1,
-                                   m.force, m.equalize, m.groups, _select(m, s), samples, weight_fn)
+        lr = LayerRef(i, f"{path}.{i}", layer, arch, model.config)
+        groups += apply_plan_layer(lr, stats, make, options, samples=samples, weight_fn=weight_fn)
     return model, groups
 
 
@@ -269,8 +270,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     from .data.tokenize import bos_token_id
     from .eval.tasks import evaluate_task
     from .models.arch import LINEAR_GROUPS, arch_of_model
+    from .data.calibration import calibration_ids
     from .models.calibrate import calibrate
-    from .models.calibset import calibration_ids
     from .models.loading import DEFAULT_MODEL_NAME, load_float_model
 
     methods = _methods(s)
@@ -286,7 +287,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     model, tok, src = load_float_model(s.model, progress=s.progress)
     tokens = {t: eval_tokens(tok, t) for t in s.ppl}
     bos = bos_token_id(tok)  # the tokenizer's BOS, as fptq eval and calibration use (None: no BOS)
-    ids = calibration_ids(tok, s.calib, s.n_samples, s.seq_len, s.seed, vocab_size=model.config.vocab_size)
+    q = s.quant
+    ids = calibration_ids(tok, q.calib, q.n_samples, q.seq_len, q.seed, vocab_size=model.config.vocab_size)
     samples = None
     on_layer = None
     if any(m.kind != "float" and m.force is None and _select(m, s) == "error" for m in methods):
@@ -301,9 +303,9 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                 samples[f"{prefix}.{rel}"] = layer_samples[f"{prefix}.{rel}"]
 
     stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
-                      keep_rows=s.keep_rows if samples is not None else 0)
+                      keep_rows=q.keep_rows if samples is not None else 0)
     t_cal = time.time() - t0
-    print(f"calibrated on {s.calib} {s.n_samples} x {s.seq_len} in {t_cal:.0f} s", flush=True)
+    print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
     rows, plan_json = [], None
     for m in methods:
         t1 = time.time()
@@ -343,8 +345,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     header = (f"command: `{' '.join(argv) if argv else 'fptq compare'}`\n\n"
               f"date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; machine: {_machine()}\n\n"
               f"model: {DEFAULT_MODEL_NAME if s.model is None else s.model} ({src}); "
-              f"calibration {s.calib} {s.n_samples} x {s.seq_len} (shared by all methods); "
-              f"\"FPTQ plan\" = {_plan_words(s.policy_select, s)}; "
+              f"calibration {q.calib} {q.n_samples} x {q.seq_len} (shared by all methods); "
+              f"\"FPTQ plan\" = {_plan_words(q.policy_select, s)}; "
               f"perplexity on {s.max_windows} windows of {s.eval_seq_len} tokens per text; "
               + (f"tasks zero-shot, {'first ' + str(s.limit) if s.limit else 'all'} examples each "
                  "(accuracy in %; acc_norm where the task has it); " if s.tasks else "") +

@@ -1,4 +1,4 @@
-"""The plan as a table and as a plot (the paper's activation-range figure).
+"""``fptq report``: the plan as a table and as a plot (the paper's activation-range figure).
 
 Works from the checkpoint's metadata (:func:`plan_rows_from_metadata`) or from a
 live :class:`fptq.models.plan.Plan` (``plan.to_json()["groups"]``): one row per

@@ -1,4 +1,7 @@
-"""Tiny random-weight models, one per family of the architecture table, for fast tests.
+"""Test fixtures: tiny random-weight models, one per family of the architecture table.
+
+For fptq's own tests and for anyone testing code built on fptq (needs torch
+and transformers, imported when a function runs).
 
 ``tiny_model(family)`` builds a 2-layer model (hidden 64, 4 query heads, 2 kv
 heads where the family has GQA, vocab 260) from a config, with random weights,

@@ -11,10 +11,9 @@ pytest.importorskip("transformers")
 
 from fptq.cli import main  # noqa: E402
 from fptq.models.checkpoint import load_quantized, read_metadata  # noqa: E402
-from fptq.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
-SMALL = ["--calib", "random", "--samples", "4", "--seq-len", "32", "--group-size", "32", "--backend", "numpy",
-         "--quiet"]
+SMALL = ["--calib", "random", "--samples", "4", "--seq-len", "32", "--group-size", "32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,6 @@ def test_report_prints_the_plan_and_writes_the_plot(ckpt, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,match", [
     (["quantize", "/nonexistent/model", "--out", "OUT"], "not found"),
-    (["quantize", "MODEL", "--out", "OUT", "--backend", "nosuchbackend"], "unknown backend 'nosuchbackend'"),
     (["quantize", "MODEL", "--out", "CKPT"], "exists; pass --force"),
     (["report", "/nonexistent/ckpt"], "not a directory"),
     (["eval", "CKPT", "--fake-quant", "--backend", "nosuchbackend"], "unknown backend"),
@@ -77,10 +75,29 @@ def test_errors_are_one_line_and_exit_2(args, match, model_dir, ckpt, tmp_path, 
     subst = {"MODEL": str(model_dir), "OUT": str(tmp_path / "out"), "CKPT": str(ckpt)}
     args = [subst.get(a, a) for a in args]
     if args[0] != "report":
-        args += ["--quiet"] + ([] if "--backend" in args else ["--backend", "numpy"])
+        args += ["--quiet"] + ([] if "--backend" in args or args[0] == "quantize" else ["--backend", "numpy"])
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_quantize_has_no_backend_flag(capsys):
+    """Quantizing is fptq.reference's math on every machine; the backend is chosen where the
+    checkpoint runs (eval / compare), so ``quantize --backend`` is refused, not silently ignored."""
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--out", "x", "--backend", "numpy"])
+    assert e.value.code == 2 and "--backend" in capsys.readouterr().err
+
+
+def test_flag_defaults_are_the_quant_config_defaults():
+    """One configuration object: the CLI's quantization flags default to QuantConfig's fields."""
+    from fptq.cli import _quant_config, build_parser
+    from fptq.models.config import QuantConfig
+
+    a = build_parser().parse_args(["quantize", "--out", "x"])
+    assert _quant_config(a, weight_quantizer=a.weight_quantizer, sequential=a.sequential) == QuantConfig()
+    c = build_parser().parse_args(["compare"])
+    assert _quant_config(c) == QuantConfig()
 
 
 def test_bad_arguments_exit_nonzero(capsys):
@@ -127,7 +144,7 @@ def test_compare_writes_one_table(model_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", str(model_dir), "--out", str(out), "--ppl", "ptb", "--max-windows", "2",
             "--eval-seq-len", "32", "--methods", "fp32,rtn_w4a16,smoothquant_w8a8,w4a8_static,fptq_w4a8_fake,"
-            "fptq_w4a8_int,fptq_a8_only,fptq_w4a8_bands,fptq_only_down", *SMALL]
+            "fptq_w4a8_int,fptq_a8_only,fptq_w4a8_bands,fptq_only_down", "--backend", "numpy", *SMALL]
     assert main(args) == 0
     res = json.loads((out / "compare.json").read_text())
     keys = [r["key"] for r in res["rows"]]
@@ -143,7 +160,8 @@ def test_compare_writes_one_table(model_dir, tmp_path, capsys):
     assert res["fptq_plan"] and {g["group"] for g in res["fptq_plan"]} == {"qkv", "o", "gate_up", "down"}
     with pytest.raises(SystemExit):
         main(["compare", "--methods"])
-    assert main(["compare", str(model_dir), "--methods", "fp32,bogus", "--out", str(out), *SMALL]) == 2
+    assert main(["compare", str(model_dir), "--methods", "fp32,bogus", "--out", str(out), "--eval-seq-len", "32",
+                 *SMALL]) == 2
     assert "unknown methods ['bogus']" in capsys.readouterr().err
 
 
@@ -166,7 +184,7 @@ def test_compare_can_score_tasks_too(model_dir, tmp_path, capsys):
         assert r["tasks"]["lambada"]["n"] == 3 and "acc_norm" not in r["tasks"]["lambada"]
     md = (out / "compare.md").read_text()
     assert "| piqa acc_norm | lambada acc |" in md and "first 3 examples" in md
-    assert main(["compare", str(model_dir), "--tasks", "nope", "--out", str(out), *SMALL]) == 2
+    assert main(["compare", str(model_dir), "--tasks", "nope", "--out", str(out), "--eval-seq-len", "32", *SMALL]) == 2
     assert "unknown tasks ['nope']" in capsys.readouterr().err
 
 
@@ -176,11 +194,12 @@ def test_compare_policy_select_bands_swaps_the_alternative_row(model_dir, tmp_pa
             "32", "--policy-select", "bands", "--methods", "fptq_w4a8_fake,fptq_w4a8_error", *SMALL]
     assert main(args) == 0
     res = json.loads((out / "compare.json").read_text())
-    assert res["settings"]["policy_select"] == "bands"
+    assert res["settings"]["quant"]["policy_select"] == "bands"
     assert [r["key"] for r in res["rows"]] == ["fptq_w4a8_fake", "fptq_w4a8_error"]
     # the FPTQ plan is the bands' plan: every group's policy is its band
     assert all(g["policy"] == g["band"] for g in res["fptq_plan"])
     assert "the paper's bands" in (out / "compare.md").read_text()
     # with the default (error) the alternative row is the bands one, and the error one does not exist
-    assert main(["compare", str(model_dir), "--methods", "fptq_w4a8_error", "--out", str(out), *SMALL]) == 2
+    assert main(["compare", str(model_dir), "--methods", "fptq_w4a8_error", "--out", str(out), "--eval-seq-len", "32",
+                 *SMALL]) == 2
     assert "unknown methods ['fptq_w4a8_error']" in capsys.readouterr().err

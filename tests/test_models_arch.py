@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from fptq.models.arch import ARCHS, LINEAR_GROUPS, UnsupportedArchitecture, arch_of_model, get_submodule  # noqa: E402
-from fptq.models.tiny import TINY_FAMILIES, tiny_config, tiny_model  # noqa: E402
+from fptq.testing import TINY_FAMILIES, tiny_config, tiny_model  # noqa: E402
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -12,9 +12,9 @@ pytest.importorskip("transformers")
 from fptq import spec  # noqa: E402
 from fptq.models.arch import arch_of_model, find_decoder_layers  # noqa: E402
 from fptq.models.calibrate import calibrate  # noqa: E402
-from fptq.models.plan import attention_geometry  # noqa: E402
+from fptq.models.plan import LayerRef, PlanOptions, attention_geometry  # noqa: E402
 from fptq.models.quantize import apply_plan_layer  # noqa: E402
-from fptq.models.tiny import TINY_FAMILIES, tiny_config, tiny_model  # noqa: E402
+from fptq.testing import TINY_FAMILIES, tiny_config, tiny_model  # noqa: E402
 
 
 def _ids(n=4, seq=24, seed=0):
@@ -26,8 +26,8 @@ def _fold_all(model, stats, force="lae_static"):
     path, layers, _ = find_decoder_layers(model)
     groups = []
     for i, layer in enumerate(layers):
-        groups += apply_plan_layer(i, f"{path}.{i}", layer, arch, model.config, stats,
-                                   lambda lin, gp: lin, 15.0, 150.0, force)
+        groups += apply_plan_layer(LayerRef(i, f"{path}.{i}", layer, arch, model.config), stats,
+                                   lambda lin, gp: lin, PlanOptions(15.0, 150.0, force=force))
     return groups
 
 

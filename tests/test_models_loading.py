@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from fptq.models.loading import ModelLoadError, cache_dir, load_float_model, resolve_model_dir  # noqa: E402
-from fptq.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -9,8 +9,10 @@ pytest.importorskip("transformers")
 from fptq import spec  # noqa: E402
 from fptq.backends import get_backend  # noqa: E402
 from fptq.models.qlinear import W4A8Linear, fake_quant_act  # noqa: E402
-from fptq.models.quantize import QuantConfig, quantize_model, quantized_linears, set_quantized_mode  # noqa: E402
-from fptq.models.tiny import TINY_FAMILIES, tiny_model  # noqa: E402
+from fptq.models.config import QuantConfig  # noqa: E402
+from fptq.models.qlinear import quantized_linears, set_quantized_mode  # noqa: E402
+from fptq.models.quantize import quantize_model  # noqa: E402
+from fptq.testing import TINY_FAMILIES, tiny_model  # noqa: E402
 
 ActPolicy = spec.ActPolicy
 
@@ -131,7 +133,7 @@ def test_quant_config_rejects_bad_settings():
 
 @pytest.mark.parametrize("fmt", ["int4_sym", "uint4_asym"])
 def test_mse_clip_search_never_loses_to_rtn(fmt):
-    from fptq.models.wquant import quantize_weight
+    from fptq.reference import quantize_weight_by
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((16, 72)) * np.linspace(0.1, 3, 72)).astype(np.float32)
@@ -139,7 +141,7 @@ def test_mse_clip_search_never_loses_to_rtn(fmt):
     c = rng.uniform(0, 4, 72).astype(np.float32)
     errs = {}
     for method in ("rtn", "mse"):
-        qw = quantize_weight(w, 32, fmt, method, c)  # 72 = 32 + 32 + 8
+        qw = quantize_weight_by(method, w, 32, fmt, c)  # 72 = 32 + 32 + 8
         f = spec.formats.weight_format_spec(fmt)
         assert qw.q.min() >= f.qmin and qw.q.max() <= f.qmax and qw.scale.shape == (16, 3)
         # the codes are the spec's quantization with the chosen scales
@@ -148,7 +150,7 @@ def test_mse_clip_search_never_loses_to_rtn(fmt):
         errs[method] = float((((w - wd) ** 2) * c).sum())
     assert errs["mse"] < errs["rtn"]
     rtn = spec.quantize_weight(w, 32, fmt)
-    assert np.array_equal(quantize_weight(w, 32, fmt, "rtn").q, rtn.q)
+    assert np.array_equal(quantize_weight_by("rtn", w, 32, fmt).q, rtn.q)
 
 
 def test_error_selected_policies_pick_the_smaller_measured_error():

@@ -37,7 +37,7 @@ from ..spec import validate as V
 from ..spec.arrays import NUMPY
 from ..spec.formats import FLOAT
 from ..spec.weights import num_groups
-from .base import BackendUnavailable
+from .base import BackendUnavailable, LinearPath
 
 __all__ = ["NumbaBackend"]
 
@@ -50,7 +50,7 @@ def _zeros_u8(n: int, ng: int) -> np.ndarray:
     return np.zeros((n, ng), np.uint8)
 
 
-class NumbaBackend:
+class NumbaBackend(LinearPath):
     """Numba-compiled kernels for every operation of :class:`fptq.backends.Backend`.
 
     Args:
@@ -60,6 +60,8 @@ class NumbaBackend:
     """
 
     name = "numba"
+    device = "cpu"
+    array_type = np.ndarray
 
     def __init__(self, decode_max_m: int | None = None):
         try:
@@ -214,6 +216,20 @@ class NumbaBackend:
             path = self.k.matmul.choose_path(m, g, self.decode_max_m)
         return self.k.matmul.matmul(qx, self._xs(xscale, m), packed, _c(wscale), zero, k, g, signed,
                                     None if bias is None else _c(bias), path)
+
+    # ------------------------------------------------------------------ a model's prepared linear
+
+    def linear_forward(self, x, prepared):
+        """:meth:`fptq.backends.base.LinearPath.linear_forward` with ``x`` checked once (by the
+        quantizer) and the weights, checked by ``prepare_linear``, not checked again."""
+        if np.ndim(x) != 2 or np.shape(x)[1] != prepared.k:
+            raise ValueError(f"x: expected a float32 array [M, {prepared.k}], got shape {np.shape(x)}")
+        if prepared.policy is spec.ActPolicy.DYNAMIC:
+            qx, xs = self.quantize_act_per_token(x)
+        else:
+            qx, xs = self.quantize_act_per_tensor(x, prepared.act_scale), prepared.act_scale
+        return self._w4a8_matmul_unchecked(qx, xs, prepared.packed, prepared.wscale, prepared.zero, prepared.k,
+                                           prepared.group_size, prepared.fmt, prepared.bias)
 
     # ------------------------------------------------------------------ policy (section 7)
 

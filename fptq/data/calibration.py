@@ -1,4 +1,4 @@
-"""The calibration token set: real text from :mod:`fptq.data`, or random tokens for smoke tests.
+"""The calibration token set of a quantization run: real text, or random tokens for smoke tests.
 
 ``source="random"`` draws uniform token ids (a mechanics check for tiny models
 and CI only: random tokens say nothing about a trained model's activations);
@@ -21,10 +21,8 @@ def calibration_ids(tokenizer, source: str = "wiki", n_samples: int = 128, seq_l
         vocab = int(vocab_size or len(tokenizer))
         g = torch.Generator().manual_seed(seed)
         return torch.randint(0, vocab, (n_samples, seq_len), generator=g, dtype=torch.long)
-    try:
-        from ..data.text import calibration_samples
-    except ImportError as e:
-        raise RuntimeError(f"calibration text needs fptq.data ({e}); use --calib random for a smoke test") from e
+    from .text import calibration_samples
+
     ids = calibration_samples(tokenizer, source=source, n_samples=n_samples, seq_len=seq_len, seed=seed)
     if tuple(ids.shape) != (n_samples, seq_len):
         raise RuntimeError(f"calibration_samples returned shape {tuple(ids.shape)}, expected {(n_samples, seq_len)}")

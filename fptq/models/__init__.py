@@ -1,17 +1,23 @@
-"""fptq.models: FPTQ on transformers causal LMs (needs torch and transformers).
+"""fptq.models: FPTQ on transformers causal LMs, the adapter between models and :mod:`fptq.reference`.
+
+This package moves tensors in and out of transformers models (hooks, module
+surgery, checkpoint I/O); every piece of FPTQ math it applies is a NumPy
+function of :mod:`fptq.reference` (see ``docs/architecture.md``). Needs torch
+and transformers.
 
 Pipeline: :mod:`~fptq.models.loading` (local float models, the embedded
 SmolLM2 default) -> :mod:`~fptq.models.calibrate` (layer-by-layer channel
-maxima) -> :mod:`~fptq.models.plan` (bands, LAE scales, fallbacks) ->
-:mod:`~fptq.models.fold` (exact offline folding) -> :mod:`~fptq.models.qlinear`
-(the W4A8 module) -> :mod:`~fptq.models.checkpoint` (safetensors + metadata);
+maxima) -> :mod:`~fptq.models.plan` (each group's policy, LAE scales,
+fallbacks) -> :mod:`~fptq.models.fold` (offline folding, in place) ->
+:mod:`~fptq.models.qlinear` (the W4A8 module, on any backend) ->
+:mod:`~fptq.models.checkpoint` (safetensors + metadata);
 :mod:`~fptq.models.arch` is the architecture table,
+:mod:`~fptq.models.config` the one configuration object,
 :mod:`~fptq.models.quantize` ties the steps together,
-:mod:`~fptq.models.report` prints and plots a plan, :mod:`~fptq.models.wquant`
-chooses INT4 scales (round to nearest or an activation-aware clipping search).
+:mod:`~fptq.models.fakequant` is the float module of the compare baselines.
 
 Submodules are imported on use so that ``import fptq.models`` stays cheap.
 """
 
-__all__ = ["arch", "atomic", "calibrate", "calibset", "checkpoint", "fakequant", "fold", "loading", "plan",
-           "qlinear", "quantize", "report", "tiny", "wquant"]
+__all__ = ["arch", "calibrate", "checkpoint", "config", "fakequant", "fold", "loading", "plan", "qlinear",
+           "quantize"]

@@ -1,4 +1,7 @@
-"""The one place fptq.models imports torch: a clear error when it is missing."""
+"""torch for the modules of fptq.models that need it when they are imported (the ``nn.Module``
+classes, e.g. :mod:`~fptq.models.qlinear`, :mod:`~fptq.models.fakequant`, :mod:`~fptq.models.checkpoint`),
+with one clear error when it is missing. Functions that need torch only when they run import it
+themselves, inside the function."""
 
 try:
     import torch

@@ -9,7 +9,8 @@ Memory is bounded by one decoder layer plus the calibration activations:
    layers) and passes ``hidden_states`` through unchanged; the last layer
    stops the pass. Layer 0's ``hidden_states`` are the embeddings.
 2. **per layer**, in order: forward hooks (``functools.partial(name=...)``,
-   removed in ``finally``) on each ``nn.Linear`` of the layer record
+   removed in ``finally``) on each ``nn.Linear`` of the layer hand its input to
+   :class:`fptq.reference.CalibrationStats`, which keeps
    ``m_j = max |x[..., j]|`` over every calibration token; the layer's outputs
    become the next layer's inputs. An optional ``on_layer`` callback sees the
    layer and its statistics before the next layer runs (it may quantize the
@@ -27,13 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
 
 __all__ = ["NonFiniteError", "CapturedInputs", "capture_layer_inputs", "calibrate", "iter_batches"]
-
-
-class NonFiniteError(ValueError):
-    """A weight or a calibration activation holds NaN or Inf (the message names where)."""
 
 
 class _StopForward(Exception):
@@ -114,16 +112,12 @@ def _check_weights(layer, prefix: str) -> None:
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
-def _amax_hook(module, inputs, output, *, name, stats, samples=None, stride=1):
+def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1):
     import torch
 
     x = inputs[0].detach()
     x2 = x.reshape(-1, x.shape[-1])
-    m = x2.abs().amax(dim=0).to(torch.float32)
-    if not torch.isfinite(m).all():
-        raise NonFiniteError(f"calibration activation at the input of {name} contains NaN or Inf")
-    prev = stats.get(name)
-    stats[name] = m if prev is None else torch.maximum(prev, m)
+    stats.observe(name, x.to(torch.float32).cpu().numpy())
     if samples is not None:
         samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
 
@@ -207,10 +201,10 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
     for i in bar:
         layer, prefix = layers[i], f"{path}.{i}"
         _check_weights(layer, prefix)
-        layer_stats: dict = {}
+        layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
         samples = {} if keep_rows else None
         outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride)
-        layer_np = {k: v.cpu().numpy().astype(np.float32) for k, v in layer_stats.items()}
+        layer_np = layer_stats.channel_maxima()
         stats.update(layer_np)
         if samples is not None:
             import torch

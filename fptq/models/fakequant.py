@@ -1,40 +1,23 @@
-"""Generic fake-quantized linear layers for experiments and baselines (all float compute).
+"""A generic fake-quantized linear module for experiments and baselines (all float compute).
 
 :class:`FakeQuantLinear` computes ``fake_quant_act(x) @ W_hat^T + b`` with a
-weight that was quantized and dequantized offline (``W_hat``) or left float,
-and activations rounded to the INT8 grid (static or per-token) or left float.
-Nothing here is integer compute; the names say so. The baselines of
-``fptq compare`` are built from it:
-
-* INT4 groupwise weights: :func:`fptq.spec.quantize_weight` + :func:`fptq.spec.dequantize_weight`;
-* INT8 per-channel weights (SmoothQuant-style W8A8): one scale per output row,
-  ``scale = max(amax_row / 127, 2**-126)``, ``q = clip(rint(w / scale), -127, 127)``
-  (the INT8 activation format of :data:`fptq.spec.INT8_ACT` applied to weight rows).
+weight that was quantized and dequantized offline (``W_hat``, e.g.
+:func:`fptq.reference.fake_quant_weight` or
+:func:`fptq.reference.fake_quant_weight_int8_per_channel`) or left float, and
+activations rounded to the INT8 grid (static or per-token,
+:func:`fptq.reference.fake_quant_act`) or left float. Nothing here is integer
+compute; the names say so. The baselines of ``fptq compare`` are built from it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import spec
 from ..spec import ActPolicy
 from ._torch import nn, torch
 from .qlinear import fake_quant_act
 
-__all__ = ["FakeQuantLinear", "fake_quant_weight_int4", "fake_quant_weight_int8_per_channel"]
-
-
-def fake_quant_weight_int4(w: np.ndarray, group_size: int, fmt="int4_sym") -> np.ndarray:
-    """float32 [N, K] -> dequantized groupwise INT4 (round to nearest), float32 [N, K]."""
-    qw = spec.quantize_weight(w, group_size, fmt)
-    return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
-
-
-def fake_quant_weight_int8_per_channel(w: np.ndarray) -> np.ndarray:
-    """float32 [N, K] -> dequantized per-output-channel symmetric INT8, float32 [N, K]."""
-    # one scale per output row = the spec's per-token INT8 rule applied to the rows of W
-    q, scale = spec.quantize_act_per_token(np.asarray(w, dtype=np.float32))
-    return spec.dequantize_act(q, scale)
+__all__ = ["FakeQuantLinear"]
 
 
 class FakeQuantLinear(nn.Module):
@@ -67,5 +50,6 @@ class FakeQuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, act={pol}, {self.label}"
 
     def forward(self, x):
-        xq = fake_quant_act(x.to(torch.float32), self.policy, self.act_scale)
-        return torch.nn.functional.linear(xq, self.weight, self.bias)
+        x2 = x.to(torch.float32).reshape(-1, self.in_features)
+        xq = fake_quant_act(x2, self.policy, self.act_scale)
+        return torch.nn.functional.linear(xq, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)

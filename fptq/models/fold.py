@@ -1,24 +1,20 @@
-"""Folding equalization scales offline, exactly (up to float32 rounding).
+"""Applying a group's equalization to a model, in place (the arithmetic is :mod:`fptq.reference.fold`).
 
-For a group with scales ``s`` over its input channels (see :mod:`fptq.models.plan`):
-
-* each linear of the group: ``W'[:, j] = W[:, j] * s_j`` (:func:`fptq.spec.lae_apply_weight`);
-* the producer of the input gets ``1 / s`` (true float32 divisions):
-
-  - ``rms`` norm: ``w'_j = w_j / s_j``;
-  - ``rms_one_plus`` norm (Gemma): ``w'_j = (1 + w_j) / s_j - 1``, so ``1 + w'_j = (1 + w_j) / s_j``;
-  - ``layernorm``: ``w'_j = w_j / s_j``, ``b'_j = b_j / s_j``;
-  - a linear (v_proj for o_proj, up_proj/fc1 for down): output row r and bias
-    entry r divided by ``s_fold[r]``.
-
-Then ``X' W'^T = (X / s)(W * s)^T = X W^T``: the float model's outputs are
-unchanged up to rounding (tests check this on every architecture).
+For a group with scales ``s`` (see :mod:`fptq.models.plan`): each linear of the
+group gets ``W * s`` (:func:`fptq.spec.lae_apply_weight`), and the producer of
+its input gets ``1 / s``: the norm before q/k/v or gate/up
+(:func:`fptq.reference.fold_into_norm`), v_proj's output rows for o_proj,
+up_proj/fc1's output rows for down_proj (:func:`fptq.reference.fold_into_rows`).
+Tensors go out of the modules as float32 NumPy arrays and come back in the
+parameter's dtype; tests check on every architecture that the float model's
+outputs are unchanged up to rounding.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import reference as ref
 from .. import spec
 from .arch import Arch, get_submodule
 from .plan import GroupPlan
@@ -26,41 +22,34 @@ from .plan import GroupPlan
 __all__ = ["fold_group", "scale_input_columns"]
 
 
+def _get(p) -> np.ndarray:
+    return p.detach().cpu().numpy().astype(np.float32)
+
+
+def _set(p, a: np.ndarray) -> None:
+    import torch
+
+    p.data = torch.from_numpy(np.ascontiguousarray(a)).to(device=p.device, dtype=p.dtype)
+
+
 def scale_input_columns(linear, s: np.ndarray) -> None:
     """``linear.weight[:, j] *= s_j`` via :func:`fptq.spec.lae_apply_weight` (bit-exact float32)."""
-    import torch
-
-    w = linear.weight.detach().cpu().numpy().astype(np.float32)
-    linear.weight.data = torch.from_numpy(spec.lae_apply_weight(w, s)).to(linear.weight.dtype)
+    _set(linear.weight, spec.lae_apply_weight(_get(linear.weight), s))
 
 
-def _divide_rows(linear, s_rows: np.ndarray) -> None:
-    import torch
-
-    s = torch.from_numpy(s_rows.astype(np.float32))
-    if linear.weight.shape[0] != s.shape[0]:
-        raise ValueError(f"fold: {linear.weight.shape[0]} output rows but {s.shape[0]} scales")
-    linear.weight.data = linear.weight.data / s[:, None]
-    if linear.bias is not None:
-        linear.bias.data = linear.bias.data / s
+def _fold_rows(linear, s_rows: np.ndarray) -> None:
+    w, b = ref.fold_into_rows(_get(linear.weight), None if linear.bias is None else _get(linear.bias), s_rows)
+    _set(linear.weight, w)
+    if b is not None:
+        _set(linear.bias, b)
 
 
-def _fold_norm(norm, s_np: np.ndarray, norm_kind: str) -> None:
-    import torch
-
-    s = torch.from_numpy(s_np.astype(np.float32))
-    if norm.weight.shape != s.shape:
-        raise ValueError(f"fold: norm weight shape {tuple(norm.weight.shape)} vs {tuple(s.shape)} scales")
-    if norm_kind == "rms":
-        norm.weight.data = norm.weight.data / s
-    elif norm_kind == "rms_one_plus":
-        norm.weight.data = (1.0 + norm.weight.data) / s - 1.0
-    elif norm_kind == "layernorm":
-        norm.weight.data = norm.weight.data / s
-        if getattr(norm, "bias", None) is not None:
-            norm.bias.data = norm.bias.data / s
-    else:
-        raise ValueError(f"unknown norm kind {norm_kind!r}")
+def _fold_norm(norm, s: np.ndarray, norm_kind: str) -> None:
+    bias = getattr(norm, "bias", None)
+    w, b = ref.fold_into_norm(_get(norm.weight), None if bias is None else _get(bias), s, norm_kind)
+    _set(norm.weight, w)
+    if b is not None and norm_kind == "layernorm":
+        _set(bias, b)
 
 
 def fold_group(layer, arch: Arch, gp: GroupPlan) -> None:
@@ -73,5 +62,4 @@ def fold_group(layer, arch: Arch, gp: GroupPlan) -> None:
         norm = get_submodule(layer, arch.attn_norm if gp.group == "qkv" else arch.mlp_norm)
         _fold_norm(norm, gp.s_fold, arch.norm_kind)
     else:
-        producer = get_submodule(layer, arch.v if gp.group == "o" else arch.down_fold)
-        _divide_rows(producer, gp.s_fold)
+        _fold_rows(get_submodule(layer, arch.v if gp.group == "o" else arch.down_fold), gp.s_fold)

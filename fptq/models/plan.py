@@ -1,32 +1,24 @@
-"""The per-layer FPTQ plan: each input-sharing group's range, band, policy and LAE scales.
+"""The per-layer FPTQ plan of a transformers model: each input-sharing group's range, policy, fold.
 
 For every decoder layer and every group of :data:`fptq.models.arch.LINEAR_GROUPS`
-(linears sharing one input X with channel maxima ``m``):
+(linears sharing one input X), this module reads what the model holds
+(calibration maxima by module name, weights, norms, attention geometry) and
+asks :mod:`fptq.reference` for the math:
 
-* ``v = max_j m_j`` (float32) and the band ``select_policy(v, v0, v1)``;
-* band ``static``: per-tensor static INT8, ``act_scale = act_scale_from_amax(v)``;
-* band ``lae_static``: if the group's ``1/s`` folds exactly into its producer
-  (see :mod:`fptq.models.arch`), ``s = lae_scales(m)`` and the static scale is
-  re-measured *exactly* from the maxima: ``v' = max_j float32(m_j / s_j)``
-  (float32 division is monotone, so this is the amax of ``X / s`` over the
-  calibration set), ``act_scale = act_scale_from_amax(v')``. If it does not
-  fold (OPT with a non-ReLU activation for fc2, a norm without an affine
-  weight...), the group **falls back to per-token dynamic** and the plan
-  records why;
-* band ``dynamic``: per-token dynamic INT8, no static scale.
+* ``m`` = the group's channel maxima (:func:`fptq.reference.group_channel_max`),
+  ``v = max_j m_j``, the band ``fptq.spec.select_policy(v, v0, v1)``;
+* ``select="error"``: below v1, ``static`` or ``lae_static`` by the measured
+  error on calibration rows (:mod:`fptq.reference.select`);
+* ``lae_static``: if the group's ``1/s`` folds exactly into its producer
+  (:func:`fold_check`; see :mod:`fptq.models.arch`), the scales
+  (:func:`fptq.reference.equalization_scales`, GQA-shared for o_proj) and the
+  static scale of the equalized range; if it does not fold (OPT with a
+  non-ReLU activation for fc2, a norm without an affine weight...), the group
+  **falls back to per-token dynamic** and the plan records why;
+* ``static``: ``act_scale`` from v; ``dynamic``: no static scale.
 
-**o_proj under grouped-query attention.** o_proj's input channel
-``(h, d)`` (q head h, head dim d) is ``sum_t p[h, t] * v[t, kv(h), d]``
-with ``kv(h) = h // (n_heads / n_kv)``: dividing v_proj's output row
-``(kv, d)`` by ``u`` divides o_proj's input channels ``(h, d)`` of *every* q
-head sharing that kv head by the same ``u``. So the scale must be equal over
-those heads. fptq uses ``u_(kv, d) = lae_scales(max_{h: kv(h)=kv} m_(h, d))``,
-which equals the max over those heads of their own LAE scales (``m / log2(2+m)``
-is increasing in m for m >= 0, and float32 rounding is monotone). Every channel
-then ends at most at its own LAE target ``log2(2 + m)``, the loudest exactly at it.
-
-The same machinery takes SmoothQuant's scales (``s_j = m_j^a / w_j^(1-a)``,
-``w_j`` = max |W[:, j]| over the group) for the comparison baseline.
+The same machinery takes SmoothQuant's scales for the comparison baseline
+(``equalize=("smoothquant", alpha)``).
 """
 
 from __future__ import annotations
@@ -35,11 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import reference as ref
 from .. import spec
 from ..spec import ActPolicy
 from .arch import LINEAR_GROUPS, Arch, get_submodule
 
-__all__ = ["GroupPlan", "Plan", "plan_layer", "attention_geometry", "fold_check", "smoothquant_scales"]
+__all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "plan_layer", "attention_geometry", "fold_check"]
 
 
 @dataclass
@@ -159,50 +152,62 @@ def fold_check(arch: Arch, group: str, layer, config) -> str | None:
     return None
 
 
-def smoothquant_scales(m: np.ndarray, w_colmax: np.ndarray, alpha: float) -> np.ndarray:
-    """SmoothQuant's ``s_j = m_j^alpha / w_j^(1 - alpha)`` (float32; channels with m_j or w_j
-    below 2**-126 get s_j = 1, like LAE's dead channels)."""
-    m = m.astype(np.float64)
-    w = w_colmax.astype(np.float64)
-    ok = (m >= float(spec.MIN_SCALE)) & (w >= float(spec.MIN_SCALE))
-    s = np.where(ok, np.power(np.maximum(m, 1e-30), alpha) / np.power(np.maximum(w, 1e-30), 1 - alpha), 1.0)
-    return np.maximum(s, float(spec.MIN_SCALE)).astype(np.float32)
+@dataclass(frozen=True)
+class LayerRef:
+    """One decoder layer of a model: ``index``, module path ``prefix`` (``model.layers.3``),
+    the ``layer`` module itself, the model's :class:`~fptq.models.arch.Arch` and transformers ``config``."""
+
+    index: int
+    prefix: str
+    layer: object
+    arch: Arch
+    config: object
 
 
-def _group_input_max(stats: dict, names) -> np.ndarray:
-    ms = [stats[n] for n in names]
-    m = ms[0]
-    for x in ms[1:]:
-        m = np.maximum(m, x)
-    return m.astype(np.float32)
+@dataclass(frozen=True)
+class PlanOptions:
+    """How groups are planned (everything but the statistics).
+
+    Attributes:
+        v0, v1: the policy thresholds.
+        force: one policy for every group regardless of its band (the naive baselines: all
+            ``dynamic`` or all ``static``; ``lae_static`` = LAE on every foldable input); None = FPTQ.
+        equalize: ``"lae"`` or ``("smoothquant", alpha)``: the scales equalizing groups get.
+        select: ``"bands"`` (the paper: v0 and v1 decide) or ``"error"``: below v1, ``static`` or
+            ``lae_static`` by the output error measured on calibration rows (v0 then unused).
+        groups: which groups are equalized and quantized (the others stay float).
+    """
+
+    v0: float = spec.DEFAULT_V0
+    v1: float = spec.DEFAULT_V1
+    force: str | None = None
+    equalize: object = "lae"
+    select: str = "bands"
+    groups: tuple = LINEAR_GROUPS
+
+    def __post_init__(self):
+        spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
+        if self.select not in ("bands", "error"):
+            raise ValueError(f"select must be 'bands' or 'error', got {self.select!r}")
+        if self.force is not None:
+            ActPolicy(self.force)
+        bad = set(self.groups) - set(LINEAR_GROUPS)
+        if bad:
+            raise ValueError(f"unknown linear groups {sorted(bad)}; choose from {LINEAR_GROUPS}")
 
 
-def _scales(equalize, m: np.ndarray, layer, arch: Arch, group: str) -> np.ndarray:
-    if equalize == "lae":
-        return spec.lae_scales(m)
-    kind, alpha = equalize
-    assert kind == "smoothquant"
-    w = np.max([get_submodule(layer, p).weight.detach().abs().amax(dim=0).cpu().numpy()
-                for p in arch.group_linears(group)], axis=0)
-    return smoothquant_scales(m, w, alpha)
+def _weights(lr: LayerRef, group: str) -> list[np.ndarray]:
+    return [get_submodule(lr.layer, p).weight.detach().cpu().float().numpy() for p in lr.arch.group_linears(group)]
 
 
-def _equalize_group(gp: GroupPlan, m, layer, arch, config, equalize) -> None:
-    if gp.group == "o":
-        n_heads, n_kv, hd = attention_geometry(config, layer, arch)
-        rep = n_heads // n_kv
-        m_kv = m.reshape(n_kv, rep, hd).max(axis=1).reshape(-1)
-        if equalize == "lae":
-            s_kv = spec.lae_scales(m_kv)
-        else:
-            s_full = _scales(equalize, m, layer, arch, gp.group)
-            s_kv = s_full.reshape(n_kv, rep, hd).max(axis=1).reshape(-1)
-        s = np.repeat(s_kv.reshape(n_kv, 1, hd), rep, axis=1).reshape(-1)
-        gp.s, gp.s_fold = s.astype(np.float32), s_kv.astype(np.float32)
-    else:
-        gp.s = _scales(equalize, m, layer, arch, gp.group)
-        gp.s_fold = gp.s
-    gp.v_after = float(np.max((m / gp.s).astype(np.float32))) if m.size else 0.0
+def _equalize(gp: GroupPlan, lr: LayerRef, equalize) -> None:
+    """Set ``gp.s``, ``gp.s_fold`` and ``gp.v_after`` (:func:`fptq.reference.equalization_scales`)."""
+    w_colmax = None
+    if equalize != "lae":
+        w_colmax = np.max([np.abs(w).max(axis=0) for w in _weights(lr, gp.group)], axis=0)
+    kv = attention_geometry(lr.config, lr.layer, lr.arch) if gp.group == "o" else None
+    gp.s, gp.s_fold = ref.equalization_scales(gp.m, equalize, w_colmax, kv)
+    gp.v_after = float(ref.equalized_amax(gp.m, gp.s))
 
 
 def _fold_target(arch: Arch, group: str, prefix: str) -> str:
@@ -210,87 +215,59 @@ def _fold_target(arch: Arch, group: str, prefix: str) -> str:
     return f"{prefix}.{rel}"
 
 
-def _group_error(x, layer, arch: Arch, group: str, s, act_scale: float, weight_fn) -> float:
-    """``sum_l || fq(x / s) (Q(W_l * s))^T - x W_l^T ||^2`` over the group's linears l
-    (``s = None``: no equalization; ``fq``: static INT8 fake quantization with ``act_scale``;
-    ``Q``: ``weight_fn(w, channel_weight)`` or identity)."""
-    import torch
-
-    from .qlinear import fake_quant_act
-
-    scale = torch.tensor([act_scale], dtype=torch.float32)
-    xs = x if s is None else x / torch.from_numpy(s)
-    xq = fake_quant_act(xs, ActPolicy.STATIC, scale)
-    cmax = xs.abs().amax(dim=0).numpy()
-    err = 0.0
-    for path in arch.group_linears(group):
-        w = get_submodule(layer, path).weight.detach().to(torch.float32)
-        ref = x @ w.T
-        wn = w.numpy() if s is None else spec.lae_apply_weight(w.numpy(), s)
-        if weight_fn is not None:
-            wn = weight_fn(wn, np.square(cmax))
-        err += float(((xq @ torch.from_numpy(np.ascontiguousarray(wn)).T - ref) ** 2).sum())
-    return err
-
-
-def _select_by_error(gp: GroupPlan, x, layer, arch: Arch, config, equalize, weight_fn) -> None:
+def _select_by_error(gp: GroupPlan, x: np.ndarray, lr: LayerRef, equalize, weight_fn) -> None:
     """Between ``static`` and ``lae_static``, keep the one with the smaller measured error."""
-    scale_static = float(spec.act_scale_from_amax(np.float32(gp.v)))
-    gp.err_static = _group_error(x, layer, arch, gp.group, None, scale_static, weight_fn)
-    if fold_check(arch, gp.group, layer, config) is not None:
+    weights = _weights(lr, gp.group)
+    gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(gp.v), None, weight_fn)
+    if fold_check(lr.arch, gp.group, lr.layer, lr.config) is not None:
         return  # no LAE candidate: the band decides (an LAE-band group falls back to dynamic)
     trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, gp.v, gp.band, ActPolicy.LAE_STATIC, m=gp.m)
-    _equalize_group(trial, gp.m, layer, arch, config, equalize)
-    scale_lae = float(spec.act_scale_from_amax(np.float32(trial.v_after)))
-    gp.err_lae = _group_error(x, layer, arch, gp.group, trial.s, scale_lae, weight_fn)
-    gp.policy = ActPolicy.LAE_STATIC if gp.err_lae < gp.err_static else ActPolicy.STATIC
+    _equalize(trial, lr, equalize)
+    gp.err_lae = ref.static_candidate_error(x, weights, ref.static_act_scale(trial.v_after), trial.s, weight_fn)
+    gp.policy = ref.select_by_error(gp.err_static, gp.err_lae)
 
 
-def plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict,
-               v0: float = spec.DEFAULT_V0, v1: float = spec.DEFAULT_V1,
-               force: ActPolicy | None = None, equalize="lae", select: str = "bands",
+def plan_layer(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(), *,
                samples: dict | None = None, weight_fn=None) -> list[GroupPlan]:
-    """Plan the four groups of one decoder layer from its calibration statistics.
+    """Plan the groups of one decoder layer from its calibration statistics.
 
     Args:
+        lr: the layer (:class:`LayerRef`).
         stats: full linear name -> float32 [K] channel maxima.
-        force: apply this policy to every group regardless of its band (the naive
-            baselines: all ``DYNAMIC`` or all ``STATIC``; ``LAE_STATIC`` = LAE on every
-            foldable input). None = FPTQ's bands.
-        equalize: ``"lae"`` or ``("smoothquant", alpha)``: which scales the
-            equalizing groups get.
-        select: ``"bands"`` (the paper: v0 and v1 decide) or ``"error"``: below v1,
-            choose between ``static`` and ``lae_static`` by the output error measured
-            on calibration rows (``samples``: full linear name -> float32 tensor
-            [n, K]), with weights passed through ``weight_fn(w, channel_weight)``
-            (e.g. INT4 quantize-dequantize); v0 is then not used.
+        options: :class:`PlanOptions`.
+        samples: full linear name -> float32 rows [n, K] of its input (ndarray or CPU tensor);
+            needed by ``select="error"``.
+        weight_fn: ``f(w, channel_weight) -> float32 [N, K]``, the weight the model will store
+            (e.g. INT4 quantize-dequantize), used by ``select="error"``; None = float weights.
     Returns:
-        one :class:`GroupPlan` per group, in :data:`LINEAR_GROUPS` order.
+        one :class:`GroupPlan` per group of ``options.groups``, in :data:`LINEAR_GROUPS` order.
     """
     out = []
     for group in LINEAR_GROUPS:
-        names = tuple(f"{prefix}.{p}" for p in arch.group_linears(group))
-        m = _group_input_max(stats, names)
+        if group not in options.groups:
+            continue
+        names = tuple(f"{lr.prefix}.{p}" for p in lr.arch.group_linears(group))
+        m = ref.group_channel_max([stats[n] for n in names])
         v = float(np.max(m)) if m.size else 0.0
-        band = spec.select_policy(v, v0, v1)
-        policy = band if force is None else ActPolicy(force)
-        gp = GroupPlan(index, prefix, group, names, v, band, policy, m=m)
-        if select == "error" and force is None and band is not ActPolicy.DYNAMIC:
+        band = spec.select_policy(v, options.v0, options.v1)
+        policy = band if options.force is None else ActPolicy(options.force)
+        gp = GroupPlan(lr.index, lr.prefix, group, names, v, band, policy, m=m)
+        if options.select == "error" and options.force is None and band is not ActPolicy.DYNAMIC:
             if not samples or names[0] not in samples:
                 raise ValueError("select='error' needs calibration samples of every linear input")
-            _select_by_error(gp, samples[names[0]], layer, arch, config, equalize, weight_fn)
-        elif select not in ("bands", "error"):
-            raise ValueError(f"select must be 'bands' or 'error', got {select!r}")
+            x = samples[names[0]]
+            x = x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
+            _select_by_error(gp, x, lr, options.equalize, weight_fn)
         if gp.policy is ActPolicy.LAE_STATIC:
-            reason = fold_check(arch, group, layer, config)
+            reason = fold_check(lr.arch, group, lr.layer, lr.config)
             if reason is None:
-                gp.fold = _fold_target(arch, group, prefix)
-                _equalize_group(gp, m, layer, arch, config, equalize)
+                gp.fold = _fold_target(lr.arch, group, lr.prefix)
+                _equalize(gp, lr, options.equalize)
             else:
                 gp.policy, gp.fallback = ActPolicy.DYNAMIC, reason
         if gp.policy is ActPolicy.STATIC:
-            gp.act_scale = float(spec.act_scale_from_amax(np.float32(v)))
+            gp.act_scale = ref.static_act_scale(v)
         elif gp.policy is ActPolicy.LAE_STATIC:
-            gp.act_scale = float(spec.act_scale_from_amax(np.float32(gp.v_after)))
+            gp.act_scale = ref.static_act_scale(gp.v_after)
         out.append(gp)
     return out

@@ -14,49 +14,65 @@ buffer         dtype / shape           meaning
 
 plus its activation policy, group size and weight format. Two compute paths:
 
-* ``mode="integer"`` (default): ``x`` is quantized to INT8 by the backend
-  (per-tensor with ``act_scale``, or per-token at run time) and multiplied by
-  the backend's integer ``w4a8_matmul`` (int32 group sums + the pinned
-  epilogue). Any registered backend works: a backend whose arrays are torch
-  tensors gets tensors directly, any other gets NumPy arrays through
-  ``backend.from_numpy`` / ``to_numpy``; weights are converted once and cached
-  (unpacked once via ``prepare_weight`` where the backend offers it).
-* ``mode="fake_quant"``: the same INT8 rounding of ``x`` done in torch, then a
-  float matmul with the *dequantized* weight. For fast experiments; it agrees
-  with the integer path up to float summation order.
+* ``mode="integer"`` (default): the backend's prepared-linear path
+  (:class:`fptq.backends.base.Backend`): the weights are handed to
+  ``backend.prepare_linear`` once (checked once, prepared in the backend's own
+  layout) and every forward calls ``backend.linear_forward(x, prepared)``,
+  which checks ``x`` and runs INT8 quantization (per-tensor with
+  ``act_scale``, or per-token at run time) and the integer ``w4a8_matmul``
+  (int32 group sums + the pinned epilogue). Every backend is treated alike:
+  one whose ``array_type`` is ``torch.Tensor`` gets the tensors themselves on
+  its ``device``, any other gets NumPy arrays through ``from_numpy`` /
+  ``to_numpy``.
+* ``mode="fake_quant"``: the same INT8 rounding of ``x``
+  (:func:`fptq.reference.fake_quant_act`), then a float matmul with the
+  *dequantized* weight. For fast experiments; it agrees with the integer path
+  up to float summation order.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .. import reference as ref
 from .. import spec
 from ..spec import ActPolicy, WeightFormat
 from ._torch import nn, torch
 
-__all__ = ["W4A8Linear", "fake_quant_act", "MODES"]
+__all__ = ["W4A8Linear", "fake_quant_act", "MODES", "quantized_linears", "set_quantized_mode"]
 
 MODES = ("integer", "fake_quant")
 
 
-def fake_quant_act(x, policy: ActPolicy, act_scale=None):
-    """Fake-quantize a float32 torch activation [M, K] to the INT8 grid and back.
-
-    Same arithmetic as the spec: ``scale = max(amax / 127, 2**-126)`` (per row for
-    ``DYNAMIC``) or the given static scale; ``x_hat = clip(rint(x / scale), -127, 127) * scale``.
-    ``policy=None`` returns ``x`` unchanged.
-    """
+def fake_quant_act(x, policy: ActPolicy | None, act_scale=None):
+    """:func:`fptq.reference.fake_quant_act` on a float32 CPU torch tensor [M, K] (``policy=None``: x)."""
     if policy is None:
         return x
-    fmt = spec.INT8_ACT
-    if ActPolicy(policy) is ActPolicy.DYNAMIC:
-        if x.shape[-1] == 0:
-            return x
-        amax = x.abs().amax(dim=-1, keepdim=True)
-        scale = torch.clamp_min(amax / float(fmt.scale_divisor), float(spec.MIN_SCALE))
-    else:
-        scale = act_scale
-    return torch.clamp(torch.round(x / scale), fmt.qmin, fmt.qmax) * scale
+    a = None if act_scale is None else np.float32(act_scale.item() if hasattr(act_scale, "item") else act_scale)
+    return torch.from_numpy(ref.fake_quant_act(x.detach().cpu().numpy(), policy, a)).to(x.device)
+
+
+def quantized_linears(model) -> dict:
+    """full name -> :class:`W4A8Linear` for every quantized linear in ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, W4A8Linear)}
+
+
+def set_quantized_mode(model, mode: str, backend: str | None = None):
+    """Switch every W4A8Linear of ``model`` to ``mode`` (and optionally another backend)."""
+    for m in quantized_linears(model).values():
+        m.set_mode(mode, backend)
+    return model
+
+
+@dataclass
+class _OnBackend:
+    """A layer prepared for one backend: its name, the instance, and what ``prepare_linear`` returned."""
+
+    name: str
+    backend: object
+    prepared: object
 
 
 class W4A8Linear(nn.Module):
@@ -92,7 +108,8 @@ class W4A8Linear(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.backend_name = backend
         self.mode = mode
-        self._cache = None
+        self._fake_weight = None     # dequantized weight (fake_quant mode)
+        self._on_backend = None      # _OnBackend (integer mode)
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -128,19 +145,20 @@ class W4A8Linear(nn.Module):
         self.mode = mode
         if backend is not None:
             self.backend_name = backend
-        self._cache = None
+        self.release_cache()
         return self
 
     def release_cache(self) -> None:
-        """Drop the cached dequantized / backend copies of the weight (rebuilt on the next call)."""
-        self._cache = None
+        """Drop the dequantized weight and the backend's prepared layer (rebuilt on the next call)."""
+        self._fake_weight = None
+        self._on_backend = None
 
     def _apply(self, fn, *args, **kwargs):
-        self._cache = None
+        self.release_cache()
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = None
+        self.release_cache()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -163,52 +181,61 @@ class W4A8Linear(nn.Module):
     def forward(self, x):
         shape = x.shape
         x2 = x.detach().reshape(-1, self.in_features).to(torch.float32)
-        if self.mode == "fake_quant":
-            y = self._forward_fake_quant(x2)
-        else:
-            y = self._forward_integer(x2)
+        try:
+            if self.mode == "fake_quant":
+                y = self._forward_fake_quant(x2)
+            else:
+                y = self._forward_integer(x2)
+        except (ValueError, ArithmeticError) as e:
+            if not getattr(self, "origin", None):  # set by load_quantized: "layer NAME of CHECKPOINT"
+                raise
+            try:
+                named = type(e)(f"{self.origin}: {e}")
+            except TypeError:  # an exception class that takes other arguments
+                named = ValueError(f"{self.origin}: {e}")
+            raise named from e
+        if getattr(self, "origin", None) and not bool(torch.isfinite(y).all()):
+            raise ArithmeticError(f"{self.origin}: the output holds NaN/Inf (its scales or input overflow float32)")
         return y.reshape(*shape[:-1], self.out_features)
 
     def _forward_fake_quant(self, x2):
-        if self._cache is None or self._cache[0] != "fake":
+        if self._fake_weight is None:
             with torch.inference_mode(False):
-                self._cache = ("fake", torch.from_numpy(self.dequantize_weight()))
+                self._fake_weight = torch.from_numpy(self.dequantize_weight())
         xq = fake_quant_act(x2, self.policy, self.act_scale)
-        return torch.nn.functional.linear(xq, self._cache[1], self.bias)
+        return torch.nn.functional.linear(xq, self._fake_weight, self.bias)
 
-    def _backend_arrays(self):
-        if self._cache is None or self._cache[0] != "int" or self._cache[1] != self.backend_name:
+    # ---- the backend boundary: the same for every backend -------------------------------
+    @staticmethod
+    def _native(be) -> bool:
+        return isinstance(be.array_type, type) and issubclass(be.array_type, torch.Tensor)
+
+    def _to_backend(self, be, t):
+        if t is None:
+            return None
+        if self._native(be):
+            return t.detach().to(be.device).contiguous()
+        return be.from_numpy(np.ascontiguousarray(t.detach().cpu().numpy()))
+
+    def _prepared(self) -> _OnBackend:
+        if self._on_backend is None or self._on_backend.name != self.backend_name:
             from ..backends import get_backend
 
             be = get_backend(self.backend_name)
-            # cached arrays are made outside inference mode (a forward under torch.inference_mode
+            # prepared arrays are made outside inference mode (a forward under torch.inference_mode
             # would otherwise make them inference tensors, which have no version counter)
             with torch.inference_mode(False):
-                native = isinstance(be.from_numpy(np.zeros(1, np.float32)), torch.Tensor)
-                conv = (lambda t: None if t is None else be.from_numpy(np.ascontiguousarray(self._np(t))))
-                arrays = {"qweight": conv(self.qweight), "wscale": conv(self.wscale), "wzero": conv(self.wzero),
-                          "bias": conv(self.bias), "act_scale": conv(self.act_scale), "prepared": None}
-                if hasattr(be, "prepare_weight") and hasattr(be, "w4a8_matmul_prepared"):
-                    arrays["prepared"] = be.prepare_weight(arrays["qweight"], arrays["wzero"], self.in_features,
-                                                           self.group_size, self.weight_format)
-            self._cache = ("int", self.backend_name, be, arrays, native)
-        return self._cache[2], self._cache[3], self._cache[4]
+                conv = [self._to_backend(be, t) for t in (self.qweight, self.wscale, self.wzero, self.bias,
+                                                          self.act_scale)]
+                prepared = be.prepare_linear(*conv, self.in_features, self.group_size, self.weight_format,
+                                             self.policy)
+            self._on_backend = _OnBackend(self.backend_name, be, prepared)
+        return self._on_backend
 
     def _forward_integer(self, x2):
-        be, a, native = self._backend_arrays()
-        if native:  # the backend computes on torch tensors: no NumPy round trip
-            xb = x2.contiguous() if not hasattr(be, "device") else x2.to(be.device).contiguous()
-        else:
-            xb = be.from_numpy(np.ascontiguousarray(x2.cpu().numpy()))
-        if self.policy is ActPolicy.DYNAMIC:
-            qx, xs = be.quantize_act_per_token(xb)
-        else:
-            qx, xs = be.quantize_act_per_tensor(xb, a["act_scale"]), a["act_scale"]
-        if a["prepared"] is not None:
-            y = be.w4a8_matmul_prepared(qx, xs, a["prepared"], a["wscale"], a["bias"])
-        else:
-            y = be.w4a8_matmul(qx, xs, a["qweight"], a["wscale"], a["wzero"], self.in_features,
-                               self.group_size, self.weight_format, a["bias"])
-        if native:
+        ob = self._prepared()
+        be = ob.backend
+        y = be.linear_forward(self._to_backend(be, x2), ob.prepared)
+        if self._native(be):
             return y.to(x2.device)
         return torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32)).to(x2.device)

@@ -8,8 +8,8 @@ Per decoder layer, inside the layer-by-layer calibration loop
 3. fold each equalized group's ``1/s`` into its producer and ``s`` into its
    linears (:func:`fptq.models.fold.fold_group`);
 4. replace each linear by a :class:`~fptq.models.qlinear.W4A8Linear` (INT4
-   groupwise weights, round to nearest by default or an activation-aware
-   clipping search, :mod:`fptq.models.wquant`; the group's policy and static scale).
+   groupwise weights by ``config.weight_quantizer``,
+   :mod:`fptq.reference.weight_quantizers`; the group's policy and static scale).
 
 By default the next layer is calibrated on the *float* outputs of this layer
 (one forward per layer; the statistics equal a plain float calibration). With
@@ -23,77 +23,20 @@ lm_head and the embeddings stay float; so do the norms (which carry folded LAE s
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import spec
-from ..spec import ActPolicy, WeightFormat
-from .arch import LINEAR_GROUPS, Arch, arch_of_model, get_submodule
+from .. import reference as ref
+from .arch import Arch, arch_of_model, get_submodule
 from .calibrate import calibrate
+from .config import QuantConfig
 from .fold import fold_group
-from .plan import Plan, plan_layer
-from .qlinear import MODES, W4A8Linear
-from .wquant import WEIGHT_QUANTIZERS, quantize_weight
+from .plan import LayerRef, Plan, PlanOptions, plan_layer
+from .qlinear import MODES, W4A8Linear, set_quantized_mode
 
-__all__ = ["QuantConfig", "QuantResult", "quantize_model", "apply_plan_layer", "w4a8_factory", "quantize_linear_weight",
-           "set_quantized_mode", "quantized_linears"]
-
-
-@dataclass
-class QuantConfig:
-    """FPTQ settings (all written into the checkpoint).
-
-    group_size: INT4 group size G along K (-1 = per-channel).
-    weight_format: ``int4_sym`` (default) or ``uint4_asym``.
-    weight_quantizer: ``rtn`` (round to nearest, the paper's) or ``mse`` (activation-aware
-        clipping search, :mod:`fptq.models.wquant`).
-    v0, v1: policy thresholds. n_samples, seq_len, calib: calibration set.
-    sequential: calibrate layer i on the quantized layers' outputs.
-    policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static or LAE +
-        static, whichever gives the smaller output error (INT4 weights included) on
-        ``keep_rows`` calibration rows; v0 unused. ``bands``: the paper's fixed bands (v < v0
-        static, v0 <= v < v1 LAE + static, v >= v1 dynamic). ``error`` is the default because
-        it measured better on both models tried (docs/results.md: SmolLM2-135M and
-        Gemma-3-270M, PTB and Wikipedia perplexity); the bands were tuned on LLaMA-7B.
-    force_policy: one policy for every group (baselines), None = FPTQ bands.
-    groups: which linear groups to quantize (the rest stay float; ablations).
-    """
-
-    group_size: int = spec.DEFAULT_GROUP_SIZE
-    weight_format: str = WeightFormat.SYMMETRIC.value
-    weight_quantizer: str = "rtn"
-    v0: float = spec.DEFAULT_V0
-    v1: float = spec.DEFAULT_V1
-    n_samples: int = 128
-    seq_len: int = 512
-    calib: str = "wiki"
-    seed: int = 0
-    sequential: bool = False
-    policy_select: str = "error"
-    keep_rows: int = 2048
-    force_policy: str | None = None
-    groups: tuple[str, ...] = field(default_factory=lambda: LINEAR_GROUPS)
-
-    def __post_init__(self):
-        WeightFormat(self.weight_format)
-        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
-            raise ValueError(f"unknown weight quantizer {self.weight_quantizer!r}; choose from {WEIGHT_QUANTIZERS}")
-        spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
-        if self.group_size != -1 and not 1 <= int(self.group_size) <= spec.MAX_GROUP_SIZE:
-            raise ValueError(f"group size must be in [1, {spec.MAX_GROUP_SIZE}] or -1, got {self.group_size}")
-        bad = set(self.groups) - set(LINEAR_GROUPS)
-        if bad:
-            raise ValueError(f"unknown linear groups {sorted(bad)}; choose from {LINEAR_GROUPS}")
-        if self.policy_select not in ("bands", "error"):
-            raise ValueError(f"policy_select must be 'bands' or 'error', got {self.policy_select!r}")
-        if self.force_policy is not None:
-            ActPolicy(self.force_policy)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["groups"] = list(self.groups)
-        return d
+__all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
+           "quantize_linear_weight", "dequantized_weight_fn"]
 
 
 @dataclass
@@ -107,6 +50,14 @@ class QuantResult:
     arch: Arch
 
 
+def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
+    """The :class:`~fptq.models.plan.PlanOptions` of ``config`` (``overrides``: PlanOptions fields)."""
+    base = dict(v0=config.v0, v1=config.v1, force=config.force_policy, equalize="lae",
+                select=config.policy_select, groups=tuple(config.groups))
+    base.update(overrides)
+    return PlanOptions(**base)
+
+
 def quantize_linear_weight(linear, gp, config: QuantConfig):
     """INT4 weight of one linear by ``config.weight_quantizer`` (:class:`fptq.spec.QuantizedWeight`).
 
@@ -116,18 +67,15 @@ def quantize_linear_weight(linear, gp, config: QuantConfig):
     c = None
     if config.weight_quantizer == "mse" and gp is not None and gp.m is not None:
         c = np.square(gp.input_channel_max().astype(np.float32))
-    return quantize_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
+    return ref.quantize_weight_by(config.weight_quantizer, w, config.group_size, config.weight_format, c)
 
 
 def dequantized_weight_fn(config: QuantConfig):
     """``f(w, channel_weight) -> float32 [N, K]``: the INT4 weight ``config`` would store, dequantized
     (used to measure candidate policies' errors with the weights they would really get)."""
-    from .. import spec
-
     def fn(w, channel_weight):
         c = channel_weight if config.weight_quantizer == "mse" else None
-        qw = quantize_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
-        return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
+        return ref.fake_quant_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
     return fn
 
 
@@ -142,25 +90,23 @@ def w4a8_factory(config: QuantConfig, backend: str = "torch", mode: str = "integ
     return make
 
 
-def apply_plan_layer(index: int, prefix: str, layer, arch: Arch, config, stats: dict, make_linear,
-                     v0: float, v1: float, force=None, equalize="lae", groups=LINEAR_GROUPS,
-                     select: str = "bands", samples=None, weight_fn=None):
+def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOptions, *,
+                     samples: dict | None = None, weight_fn=None):
     """Plan one decoder layer, fold its equalization, replace its linears (in place).
 
-    Only groups in ``groups`` are equalized and replaced; the others stay float.
-    ``select``/``samples``/``weight_fn``: see :func:`fptq.models.plan.plan_layer`.
-    Returns the layer's list of :class:`~fptq.models.plan.GroupPlan`.
+    Only groups in ``options.groups`` are equalized and replaced; the others stay float.
+    ``make_linear(linear, group_plan) -> module``; ``samples``/``weight_fn``: see
+    :func:`fptq.models.plan.plan_layer`. Returns the layer's list of
+    :class:`~fptq.models.plan.GroupPlan`.
     """
-    gps = [gp for gp in plan_layer(index, prefix, layer, arch, config, stats, v0, v1, force, equalize,
-                                   select, samples, weight_fn)
-           if gp.group in groups]
+    gps = plan_layer(lr, stats, options, samples=samples, weight_fn=weight_fn)
     for gp in gps:
-        fold_group(layer, arch, gp)
+        fold_group(lr.layer, lr.arch, gp)
     for gp in gps:
         for name in gp.linears:
-            rel = name[len(prefix) + 1:]
+            rel = name[len(lr.prefix) + 1:]
             parent_path, _, attr = rel.rpartition(".")
-            parent = get_submodule(layer, parent_path) if parent_path else layer
+            parent = get_submodule(lr.layer, parent_path) if parent_path else lr.layer
             setattr(parent, attr, make_linear(getattr(parent, attr), gp))
     return gps
 
@@ -173,8 +119,9 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     Args:
         model: float32 causal LM of a supported architecture (:mod:`fptq.models.arch`).
         calib_ids: LongTensor [n_samples, seq_len] calibration tokens.
-        config: :class:`QuantConfig`.
-        backend: backend name for the integer matmuls (``get_backend``).
+        config: :class:`~fptq.models.config.QuantConfig`.
+        backend: backend the returned model's W4A8 layers compute with (``get_backend``); the
+            quantization itself is :mod:`fptq.reference`'s and does not depend on it.
         mode: ``"integer"`` or ``"fake_quant"``.
         inplace: modify ``model`` itself (saves memory); otherwise a deep copy is quantized.
     Returns:
@@ -189,29 +136,15 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
     make = w4a8_factory(config, backend, "fake_quant")
-
+    options = plan_options(config)
     weight_fn = dequantized_weight_fn(config)
 
     def on_layer(i, prefix, layer, layer_stats, samples):
-        plan.groups.extend(apply_plan_layer(i, prefix, layer, arch, model.config, layer_stats, make,
-                                            config.v0, config.v1, config.force_policy, "lae", config.groups,
-                                            config.policy_select, samples, weight_fn))
+        lr = LayerRef(i, prefix, layer, arch, model.config)
+        plan.groups.extend(apply_plan_layer(lr, layer_stats, make, options, samples=samples, weight_fn=weight_fn))
 
     keep = config.keep_rows if config.policy_select == "error" else 0
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
                       sequential=config.sequential, keep_rows=keep)
     set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch)
-
-
-def quantized_linears(model) -> dict:
-    """full name -> :class:`W4A8Linear` for every quantized linear in ``model``."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, W4A8Linear)}
-
-
-def set_quantized_mode(model, mode: str, backend: str | None = None):
-    """Switch every W4A8Linear of ``model`` to ``mode`` (and optionally another backend)."""
-    for m in quantized_linears(model).values():
-        m.set_mode(mode, backend)
-    return model
-

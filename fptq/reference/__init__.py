@@ -1,8 +1,16 @@
 """fptq.reference: the FPTQ algorithm in pure NumPy on top of :mod:`fptq.spec`.
 
-* :mod:`~fptq.reference.calibration`  per-channel input maxima of linear layers
-* :mod:`~fptq.reference.plan`         per-layer policy, LAE scales, static activation scale
-* :mod:`~fptq.reference.linear`       a W4A8 linear layer: quantization and integer forward
+Every piece of FPTQ math the model pipeline (:mod:`fptq.models`) uses is here,
+once; the pipeline only moves tensors in and out of models.
+
+* :mod:`~fptq.reference.calibration`        per-channel input maxima of linear layers
+* :mod:`~fptq.reference.plan`               per-layer policy, LAE scales, static activation scale
+* :mod:`~fptq.reference.equalize`           scales of an input shared by several linears
+                                            (LAE, SmoothQuant, GQA-shared o_proj scales)
+* :mod:`~fptq.reference.fold`               folding ``1/s`` into the producer (norms, linear rows)
+* :mod:`~fptq.reference.select`             static vs LAE + static by measured error; fake-quantized activations
+* :mod:`~fptq.reference.weight_quantizers`  INT4 scale choice: round to nearest, clipping search
+* :mod:`~fptq.reference.linear`             a W4A8 linear layer: quantization and integer forward
 
 Typical use::
 
@@ -14,9 +22,20 @@ Typical use::
     y = layer.forward(x)                           # integer W4A8, float32 out
 """
 
-from .calibration import CalibrationStats, LayerStats
+from .calibration import CalibrationStats, LayerStats, NonFiniteError
+from .equalize import equalization_scales, group_channel_max, smoothquant_scales, static_act_scale
+from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
 from .linear import QuantizedLinear, quantize_linear
 from .plan import LayerPlan, equalized_amax, plan_layer, plan_layers, with_policy
+from .select import fake_quant_act, select_by_error, static_candidate_error
+from .weight_quantizers import (
+    WEIGHT_QUANTIZERS, fake_quant_weight, fake_quant_weight_int8_per_channel, quantize_weight_by,
+    quantize_weight_mse, quantize_weight_rtn,
+)
 
-__all__ = ["CalibrationStats", "LayerStats", "LayerPlan", "equalized_amax", "plan_layer", "plan_layers",
-           "with_policy", "QuantizedLinear", "quantize_linear"]
+__all__ = ["CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
+           "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
+           "group_channel_max", "smoothquant_scales", "static_act_scale", "NORM_KINDS", "fold_into_norm",
+           "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "WEIGHT_QUANTIZERS",
+           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_by", "quantize_weight_mse",
+           "quantize_weight_rtn"]

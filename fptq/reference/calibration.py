@@ -29,7 +29,11 @@ import numpy as np
 from ..spec.formats import FLOAT
 from ..spec.validate import check_finite
 
-__all__ = ["LayerStats", "CalibrationStats"]
+__all__ = ["NonFiniteError", "LayerStats", "CalibrationStats"]
+
+
+class NonFiniteError(ValueError):
+    """A calibration input (or, in the model pipeline, a weight) holds NaN or Inf; the message names it."""
 
 
 @dataclass
@@ -39,6 +43,7 @@ class LayerStats:
     Attributes:
         name: the layer's name (used in error messages).
         k: number of input channels K.
+        non_first: keep ``channel_max_non_first`` too (default True; False saves a pass over x).
         channel_max: float32 [K], max |x| per channel over every token seen.
         channel_max_non_first: float32 [K], the same over tokens at sequence
             position >= 1 (zeros until such a token is seen).
@@ -48,6 +53,7 @@ class LayerStats:
 
     name: str
     k: int
+    non_first: bool = True
     channel_max: np.ndarray = field(init=False)
     channel_max_non_first: np.ndarray = field(init=False)
     num_tokens: int = 0
@@ -69,8 +75,9 @@ class LayerStats:
                whole sequences from their start; > 0 for a later chunk, whose
                tokens then all count as non-first).
         Raises:
-            TypeError if x is not a real float/int array; ValueError naming
-            the layer if x has NaN/Inf or its last axis is not K.
+            TypeError if x is not a real float/int array; :class:`NonFiniteError`
+            (a ValueError) naming the layer and the first bad index if x has
+            NaN/Inf; ValueError if its last axis is not K.
         """
         what = f"input of layer {self.name!r}"
         x = np.asarray(x)
@@ -79,11 +86,19 @@ class LayerStats:
         x = x.astype(FLOAT, copy=False)
         if x.ndim == 0 or x.shape[-1] != self.k:
             raise ValueError(f"{what}: expected shape [..., {self.k}], got {x.shape}")
-        check_finite(x, what)
         a = np.abs(x.reshape(1, self.k) if x.ndim == 1 else x)
         rows = a.reshape(-1, self.k)
         if rows.shape[0]:
-            np.maximum(self.channel_max, rows.max(axis=0), out=self.channel_max)
+            batch_max = rows.max(axis=0)
+            if not np.isfinite(batch_max).all():  # NaN and Inf reach the maxima: one check of K values
+                try:
+                    check_finite(x, what)
+                except ValueError as e:
+                    raise NonFiniteError(str(e)) from None
+            np.maximum(self.channel_max, batch_max, out=self.channel_max)
+        if not self.non_first:
+            self.num_tokens += rows.shape[0]
+            return
         later = a[..., max(1 - int(seq_start), 0):, :].reshape(-1, self.k)
         if later.shape[0]:
             np.maximum(self.channel_max_non_first, later.max(axis=0), out=self.channel_max_non_first)
@@ -97,7 +112,14 @@ class LayerStats:
 
 
 class CalibrationStats(dict):
-    """``{layer name: LayerStats}``; :meth:`observe` creates entries on first sight."""
+    """``{layer name: LayerStats}``; :meth:`observe` creates entries on first sight.
+
+    ``CalibrationStats(non_first=False)`` keeps only ``channel_max`` (see :class:`LayerStats`).
+    """
+
+    def __init__(self, *args, non_first: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.non_first = non_first
 
     def observe(self, name: str, x, seq_start: int = 0) -> LayerStats:
         """``self[name].update(x, seq_start)``, creating ``self[name]`` with K = x.shape[-1]."""
@@ -105,7 +127,7 @@ class CalibrationStats(dict):
             shape = np.shape(x)
             if not shape:
                 raise ValueError(f"input of layer {name!r}: expected shape [..., K], got a scalar")
-            self[name] = LayerStats(name, int(shape[-1]))
+            self[name] = LayerStats(name, int(shape[-1]), self.non_first)
         self[name].update(x, seq_start)
         return self[name]
 

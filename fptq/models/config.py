@@ -1,0 +1,88 @@
+"""The one configuration object of a quantization run: :class:`QuantConfig`.
+
+``fptq quantize`` builds it from its flags (the flags' defaults are its field
+defaults), :func:`fptq.models.quantize.quantize_model` runs it, ``fptq compare``
+derives every method's settings from it (:func:`dataclasses.replace`), and the
+checkpoint records it (``quant_config`` in the metadata).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .. import spec
+from ..reference import WEIGHT_QUANTIZERS
+from ..spec import ActPolicy, WeightFormat
+from .arch import LINEAR_GROUPS
+
+__all__ = ["QuantConfig", "POLICY_SELECTIONS"]
+
+#: how a group's policy is chosen below v1 (see :class:`QuantConfig`)
+POLICY_SELECTIONS = ("error", "bands")
+
+
+@dataclass
+class QuantConfig:
+    """FPTQ settings (all written into the checkpoint).
+
+    group_size: INT4 group size G along K (-1 = per-channel).
+    weight_format: ``int4_sym`` (default) or ``uint4_asym``.
+    weight_quantizer: ``rtn`` (round to nearest, the paper's) or ``mse`` (activation-aware
+        clipping search, :mod:`fptq.reference.weight_quantizers`).
+    v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
+    sequential: calibrate layer i on the quantized layers' outputs.
+    policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static or LAE +
+        static, whichever gives the smaller output error (INT4 weights included) on
+        ``keep_rows`` calibration rows; v0 unused. ``bands``: the paper's fixed bands (v < v0
+        static, v0 <= v < v1 LAE + static, v >= v1 dynamic). ``error`` is the default because
+        it measured better on both models tried (docs/results.md: SmolLM2-135M and
+        Gemma-3-270M, PTB and Wikipedia perplexity); the bands were tuned on LLaMA-7B.
+    keep_rows: calibration rows kept per linear input for ``policy_select="error"``.
+    force_policy: one policy for every group (baselines), None = FPTQ.
+    groups: which linear groups to quantize (the rest stay float; ablations).
+    """
+
+    group_size: int = spec.DEFAULT_GROUP_SIZE
+    weight_format: str = WeightFormat.SYMMETRIC.value
+    weight_quantizer: str = "rtn"
+    v0: float = spec.DEFAULT_V0
+    v1: float = spec.DEFAULT_V1
+    n_samples: int = 128
+    seq_len: int = 512
+    calib: str = "wiki"
+    seed: int = 0
+    sequential: bool = False
+    policy_select: str = "error"
+    keep_rows: int = 2048
+    force_policy: str | None = None
+    groups: tuple[str, ...] = field(default_factory=lambda: LINEAR_GROUPS)
+
+    def __post_init__(self):
+        WeightFormat(self.weight_format)
+        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ValueError(f"unknown weight quantizer {self.weight_quantizer!r}; "
+                             f"choose from {tuple(WEIGHT_QUANTIZERS)}")
+        spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
+        if self.group_size != -1 and not 1 <= int(self.group_size) <= spec.MAX_GROUP_SIZE:
+            raise ValueError(f"group size must be in [1, {spec.MAX_GROUP_SIZE}] or -1, got {self.group_size}")
+        bad = set(self.groups) - set(LINEAR_GROUPS)
+        if bad:
+            raise ValueError(f"unknown linear groups {sorted(bad)}; choose from {LINEAR_GROUPS}")
+        if self.policy_select not in POLICY_SELECTIONS:
+            raise ValueError(f"policy_select must be 'bands' or 'error', got {self.policy_select!r}")
+        if self.force_policy is not None:
+            ActPolicy(self.force_policy)
+        for name in ("n_samples", "seq_len", "keep_rows"):
+            if int(getattr(self, name)) < (0 if name == "keep_rows" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+    @classmethod
+    def default(cls, name: str):
+        """The default value of field ``name`` (what the CLI flags default to)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        return f.default_factory() if callable(f.default_factory) else f.default
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["groups"] = list(self.groups)
+        return d

@@ -1,0 +1,81 @@
+"""Policy selection by measured error, and the fake-quantized activations it measures with.
+
+The paper's bands choose a layer's policy from its input range v alone
+(:func:`fptq.spec.select_policy`). The error-based selection keeps the bands'
+``v >= v1 -> per-token dynamic`` and, below v1, measures both static
+candidates on calibration rows ``x`` (float32 [n, K]) of the group's input and
+keeps the one whose outputs are closer to the float outputs::
+
+    err(s) = sum_l || fq(x / s) Q(W_l * s)^T - x W_l^T ||^2     (over the group's linears l)
+
+``s = None`` is plain ``static`` (``act_scale`` from v), ``s`` the LAE scales is
+``lae_static`` (``act_scale`` from the equalized range). ``fq`` is per-tensor
+static INT8 fake quantization (:func:`fake_quant_act`), ``Q`` the weight the
+model would really store (``weight_fn(W', c)`` with ``c`` the squared channel
+maxima of ``x / s``, e.g. :func:`fptq.reference.fake_quant_weight`), or the
+identity. Products and sums are float32 (NumPy's matmul).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import spec
+from ..spec import ActPolicy
+from ..spec.formats import FLOAT
+from ..spec.validate import as_float32, check_ndim
+
+__all__ = ["fake_quant_act", "static_candidate_error", "select_by_error"]
+
+
+def fake_quant_act(x, policy, act_scale=None) -> np.ndarray:
+    """INT8-quantize float32 activations [M, K] per ``policy`` and dequantize them (float32 [M, K]).
+
+    ``DYNAMIC``: :func:`fptq.spec.quantize_act_per_token`; ``STATIC``/``LAE_STATIC``:
+    :func:`fptq.spec.quantize_act_per_tensor` with ``act_scale`` (the input is already
+    equalized); then :func:`fptq.spec.dequantize_act`. ``policy=None`` returns ``x``.
+    """
+    if policy is None:
+        return x
+    x = as_float32(x, "x")
+    check_ndim(x, 2, "x")
+    if ActPolicy(policy) is ActPolicy.DYNAMIC:
+        q, scale = spec.quantize_act_per_token(x)
+        return spec.dequantize_act(q, scale)
+    if act_scale is None:
+        raise ValueError(f"policy {ActPolicy(policy).value} needs a static activation scale")
+    scale = np.asarray(act_scale, dtype=FLOAT).reshape(())
+    return spec.dequantize_act(spec.quantize_act_per_tensor(x, scale), scale)
+
+
+def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None) -> float:
+    """``err(s)`` of the module docstring for one static candidate.
+
+    Args:
+        x: float32 [n, K] calibration rows of the group's input.
+        weights: the group's float32 weights [N_l, K].
+        act_scale: the candidate's per-tensor static scale.
+        s: float32 [K] LAE scales, or None (plain static).
+        weight_fn: ``f(W', channel_weight) -> float32 [N, K]`` or None (float weights).
+    """
+    x = as_float32(x, "x")
+    check_ndim(x, 2, "x")
+    xs = x if s is None else spec.lae_apply_activation(x, s)
+    xq = fake_quant_act(xs, ActPolicy.STATIC, act_scale)
+    cmax = np.abs(xs).max(axis=0) if xs.shape[0] else np.zeros(xs.shape[1], FLOAT)
+    err = 0.0
+    for w in weights:
+        w = as_float32(w, "weight")
+        ref = x @ w.T
+        wn = w if s is None else spec.lae_apply_weight(w, s)
+        if weight_fn is not None:
+            wn = weight_fn(wn, np.square(cmax))
+        err += float(np.square(xq @ np.asarray(wn, dtype=FLOAT).T - ref).sum())
+    return err
+
+
+def select_by_error(err_static: float, err_lae: float | None) -> ActPolicy:
+    """``LAE_STATIC`` if its error is strictly smaller, else ``STATIC`` (ties and no LAE candidate)."""
+    if err_lae is not None and err_lae < err_static:
+        return ActPolicy.LAE_STATIC
+    return ActPolicy.STATIC
