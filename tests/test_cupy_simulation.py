@@ -254,3 +254,290 @@ def test_simulation_catches_a_wrong_fragment_permutation():
             _check(sim_prefill(**c, g=g, tile=L.PREFILL_TILES[-1]), case)
     finally:
         byte_perm = good
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole backend with emulated kernels: CupyBackend's host code (checks, allocations, argument
+# order of every launch, flags, grids, path choice) over NumPy arrays, each kernel replaced by a
+# NumPy transcription of its .cu source that reads its arguments in the kernel's order. Off the GPU
+# this is the only run of the host code; the same class can run the conformance suite:
+#   PYTHONPATH=tests pytest conformance --backend test_cupy_simulation:EmulatedCupyBackend
+
+
+class _NumpyAsCupy:
+    """The parts of the cupy module the backend uses, over NumPy (``asnumpy`` copies, as cupy's does)."""
+
+    __name__ = "numpy-as-cupy"
+    ndarray = np.ndarray
+    int8, uint8, int32, float32 = np.int8, np.uint8, np.int32, np.float32
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.array(a, copy=True)
+
+
+def _rint_clip(y, lo, hi):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.clip(np.rint(y), lo, hi)
+
+
+def _div(a, b):
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return (a / b).astype(F32)
+
+
+def _k_act_scale(grid, block, amax, out, n):
+    out.reshape(-1)[:n] = np.maximum(_div(amax.reshape(-1)[:n], F32(127)), spec.MIN_SCALE)
+
+
+def _k_quant_tensor(grid, block, x, scale, q, n):
+    q.reshape(-1)[:n] = _rint_clip(_div(x.reshape(-1)[:n], scale.reshape(-1)[0]), -127, 127)
+
+
+def _k_quant_token(grid, block, x, q, scale, k):
+    assert grid == (x.shape[0],) and block == (L.ROW_THREADS,)
+    amax = np.abs(x).max(axis=1) if k else np.zeros(x.shape[0], F32)
+    scale[:] = np.maximum(_div(amax, F32(127)), spec.MIN_SCALE)
+    q[:] = _rint_clip(_div(x, scale[:, None]), -127, 127)
+
+
+def _k_dequant_act(grid, block, q, scale, out, n, k, per_row):
+    s = np.repeat(scale.reshape(-1), k)[:n] if per_row else scale.reshape(-1)[0]
+    out.reshape(-1)[:n] = (q.reshape(-1)[:n].astype(F32) * s).astype(F32)
+
+
+def _k_lae_scales(grid, block, m, s, n):
+    m = m.reshape(-1)[:n]
+    l2 = np.log2((m + F32(2)).astype(F32).astype(np.float64)).astype(F32)
+    s.reshape(-1)[:n] = np.where(m < spec.MIN_SCALE, F32(1), _div(m, l2))
+
+
+def _k_lae_act(grid, block, x, s, out, n, k):
+    out.reshape(-1)[:n] = _div(x.reshape(-1)[:n], np.tile(s, n // k))
+
+
+def _k_lae_w(grid, block, w, s, out, n, k):
+    out.reshape(-1)[:n] = (w.reshape(-1)[:n] * np.tile(s, n // k)).astype(F32)
+
+
+def _groups(a, k, g, ng, fill=0):
+    pad = ng * g - k
+    return np.pad(a, ((0, 0), (0, pad)), constant_values=fill).reshape(a.shape[0], ng, g)
+
+
+def _k_weight_scales(grid, block, w, scale, zero, n_rows, k, g, ng, asym):
+    assert grid[0] * block[0] // 32 >= n_rows * ng
+    wg = _groups(w, k, g, ng)
+    if not asym:
+        scale[:] = np.maximum(_div(np.abs(wg).max(axis=2), F32(7)), spec.MIN_SCALE)
+        return
+    lo, hi = np.minimum(wg.min(axis=2), F32(0)), np.maximum(wg.max(axis=2), F32(0))
+    with np.errstate(over="ignore"):
+        span = (hi - lo).astype(F32)
+    s = np.maximum(_div(span, F32(15)), spec.MIN_SCALE)
+    scale[:] = np.where(np.isinf(span), span, s)
+    zero[:] = np.where(np.isinf(span), 0, _rint_clip(_div(-lo, s), 0, 15))
+
+
+def _per_col(a, k, g):
+    return np.repeat(a, g, axis=1)[:, :k]
+
+
+def _k_quant_w(grid, block, w, scale, zero, q, n_rows, k, g, ng, asym):
+    y = np.rint(_div(w, _per_col(scale, k, g)))
+    if asym:
+        q[:] = _rint_clip((y + _per_col(zero, k, g).astype(F32)).astype(F32), 0, 15)
+    else:
+        q[:] = _rint_clip(y, -8, 7)
+
+
+def _k_dequant_w(grid, block, q, scale, zero, out, n_rows, k, g, ng, asym):
+    z = _per_col(zero, k, g).astype(np.int32) if asym else 0
+    out[:] = ((q.astype(np.int32) - z).astype(F32) * _per_col(scale, k, g)).astype(F32)
+
+
+def _k_pack(grid, block, q, packed, n_rows, k):
+    nib = q.view(np.uint8) & 0xF
+    if k % 2:
+        nib = np.pad(nib, ((0, 0), (0, 1)))
+    packed[:] = nib[:, 0::2] | (nib[:, 1::2] << 4)
+
+
+def _k_unpack(grid, block, packed, q, n_rows, k, signed):
+    q[:] = spec.unpack_int4(packed, k, bool(signed))
+
+
+def _k_group_sums(grid, block, qx, packed, zero, acc, m_rows, n_rows, k, g, ng, asym):
+    acc[:] = spec.w4a8_group_sums(qx, packed, zero if asym else None, k, g,
+                                  WeightFormat.ASYMMETRIC if asym else WeightFormat.SYMMETRIC)
+
+
+def _k_epilogue(grid, block, acc, wscale, xscale, bias, out, m_rows, n_rows, ng, per_token, has_bias):
+    xs = xscale.reshape(-1)[:m_rows] if per_token else xscale.reshape(-1)[:1]
+    out[:] = spec.w4a8_epilogue(acc, wscale, xs, bias[:n_rows] if has_bias else None)
+
+
+def _k_policies(grid, block, v, code, n, t0, t1):
+    v = v.reshape(-1)[:n]
+    code.reshape(-1)[:n] = np.where(v < t0, 0, np.where(v < t1, 1, 2))
+
+
+def _gemm_args(qx, xscale, packed, wscale, zero, bias, out, m, n, k, g, ng, asym, per_token, has_bias):
+    assert qx.shape == (m, k) and packed.shape == (n, k // 2) and wscale.shape == (n, ng) and out.shape == (m, n)
+    fmt = WeightFormat.ASYMMETRIC if asym else WeightFormat.SYMMETRIC
+    return dict(qx=qx, xscale=xscale if per_token else xscale.reshape(-1)[:1], packed=packed, wscale=wscale,
+                zero=zero if asym else None, k=k, g=g, fmt=fmt, bias=bias[:n] if has_bias else None)
+
+
+def _k_decode(mt):
+    def run(grid, block, *args):
+        a = _gemm_args(*args)
+        m, n = args[7], args[8]
+        assert L.decode_mt(m) == mt and (grid, block) == L.decode_grid(n)
+        args[6][:] = sim_decode(**a)
+    return run
+
+
+def _k_prefill(tile):
+    def run(grid, block, *args):
+        a = _gemm_args(*args)
+        m, n = args[7], args[8]
+        assert (grid, block) == L.prefill_grid(m, n, tile)
+        args[6][:] = sim_prefill(**a, tile=tile)
+    return run
+
+
+_EMULATED = {
+    "act_scale_from_amax": _k_act_scale, "quantize_act_per_tensor": _k_quant_tensor,
+    "quantize_act_per_token": _k_quant_token, "dequantize_act": _k_dequant_act,
+    "lae_scales": _k_lae_scales, "lae_apply_activation": _k_lae_act, "lae_apply_weight": _k_lae_w,
+    "weight_scales": _k_weight_scales, "quantize_weight_with_scales": _k_quant_w,
+    "dequantize_weight": _k_dequant_w, "pack_int4": _k_pack, "unpack_int4": _k_unpack,
+    "w4a8_group_sums": _k_group_sums, "w4a8_epilogue": _k_epilogue, "select_policies": _k_policies,
+    **{L.decode_kernel_name(mt): _k_decode(mt) for mt in L.DECODE_MT},
+    **{L.prefill_kernel_name(t): _k_prefill(t) for t in L.PREFILL_TILES},
+}
+
+
+def _emulated_class():
+    from fptq.backends.cupy_arrays import DeviceArrays
+    from fptq.backends.cupy_backend import CupyBackend
+
+    class EmulatedCupyBackend(CupyBackend):
+        """CupyBackend's host code over NumPy, every kernel an emulation (see above)."""
+
+        name = "cupy-emulated"
+
+        def __init__(self, force_path=None):  # no CuPy, no GPU: set what CupyBackend.__init__ would
+            self.cp = _NumpyAsCupy()
+            self.force_path, self.arch, self.sm_count = force_path, "90", L.SM_COUNT_DEFAULT
+            self.xp = DeviceArrays(self.cp, "numpy-as-cupy")
+            self._functions, self._compiled = {}, {}
+            self._dummy = np.zeros(16, np.uint8)
+            self.last_path = None
+            self.launches = []
+
+        def describe(self):
+            return "cupy backend host code over NumPy, kernels emulated (tests/test_cupy_simulation.py)"
+
+        @staticmethod
+        def _ptr(a):
+            return a.ctypes.data
+
+        def _fn(self, module, kernel):
+            assert kernel in CC.MODULES[module], (module, kernel)
+
+            def launch(grid, block, args):
+                assert all(isinstance(v, int) and v > 0 for v in grid + block), (kernel, grid, block)
+                self.launches.append(kernel)
+                _EMULATED[kernel](grid, block, *(a.item() if isinstance(a, np.generic) else a for a in args))
+            return launch
+
+    return EmulatedCupyBackend
+
+
+from fptq.backends import cupy_compile as CC  # noqa: E402
+
+EmulatedCupyBackend = _emulated_class()
+
+
+def _bits_equal(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    assert got.tobytes() == want.tobytes()
+
+
+def _compare(b, op, **kw):
+    want = getattr(spec, op)(**kw)
+    got = getattr(b, op)(**{k: b.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()})
+    if isinstance(want, tuple):
+        for g_, w_ in zip(got, want):
+            if w_ is None or isinstance(w_, (int, WeightFormat)):
+                assert g_ == w_
+            else:
+                _bits_equal(b.to_numpy(g_), w_)
+    else:
+        _bits_equal(b.to_numpy(got), want)
+
+
+def test_emulated_backend_every_operation():
+    """Every operation through the backend's host code, against the spec, including empty and 0-d inputs."""
+    b = EmulatedCupyBackend()
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 7)) * 3).astype(F32)
+    x[0, 0] = 1e-45
+    for amax in (np.array([0.0, 1e-40, 5.0], F32), np.array(3.0, F32), np.zeros(0, F32)):
+        _compare(b, "act_scale_from_amax", amax=amax)
+    for xx in (x, np.zeros((0, 3), F32), np.zeros((2, 0), F32)):
+        _compare(b, "quantize_act_per_tensor", x=xx, scale=np.array(0.02, F32))
+        _compare(b, "quantize_act_per_token", x=xx)
+    q = rng.integers(-127, 128, (5, 7), dtype=np.int8)
+    _compare(b, "dequantize_act", q=q, scale=np.array([0.5], F32))
+    _compare(b, "dequantize_act", q=q, scale=rng.uniform(0.1, 1, 5).astype(F32))
+    _compare(b, "dequantize_act", q=q[:1], scale=np.array([0.25], F32))
+    _compare(b, "lae_scales", channel_max=np.array([0.0, 1e-45, 1.0, 150.0, 3e38], F32))
+    s = rng.uniform(0.5, 4, 7).astype(F32)
+    _compare(b, "lae_apply_activation", x=x, s=s)
+    _compare(b, "lae_apply_weight", w=x, s=s)
+    for fmt in (WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC):
+        for g in (2, 3, -1, 100):
+            _compare(b, "weight_scales", w=x, group_size=g, fmt=fmt)
+            _compare(b, "quantize_weight", w=x, group_size=g, fmt=fmt)
+            sc, z = spec.weight_scales(x, g, fmt)
+            _compare(b, "quantize_weight_with_scales", w=x, scale=sc, zero=z, group_size=g, fmt=fmt)
+            qw = spec.quantize_weight_with_scales(x, sc, z, g, fmt)
+            _compare(b, "dequantize_weight", q=qw, scale=sc, zero=z, group_size=g, fmt=fmt)
+    with pytest.raises(ValueError, match="overflows"):
+        b.weight_scales(np.array([[3e38, -3e38]], F32), 2, WeightFormat.ASYMMETRIC)
+    for signed in (True, False):
+        q4 = rng.integers(-8, 8, (3, 7), dtype=np.int8) if signed else rng.integers(0, 16, (3, 7), dtype=np.int8)
+        _compare(b, "pack_int4", q=q4, signed=signed)
+        _compare(b, "unpack_int4", packed=spec.pack_int4(q4, signed), k=7, signed=signed)
+    _compare(b, "select_policies", v=np.array([0.0, 14.99, 15.0, 149.0, 150.0, 1e30], F32), v0=15.0, v1=150.0)
+    acc = rng.integers(-2**20, 2**20, (3, 4, 2), dtype=np.int32)
+    ws = rng.uniform(0.1, 1, (4, 2)).astype(F32)
+    _compare(b, "w4a8_epilogue", acc=acc, wscale=ws, xscale=np.array(0.5, F32), bias=None)
+    _compare(b, "w4a8_epilogue", acc=acc, wscale=ws, xscale=rng.uniform(0.1, 1, 3).astype(F32),
+             bias=rng.standard_normal(4).astype(F32))
+    assert set(b.launches) >= {k for k in _EMULATED if "gemm" not in k and k != "w4a8_group_sums"}
+
+
+@pytest.mark.parametrize("force,m,n,k,g", [
+    (None, 3, 9, 64, 32), (None, 20, 9, 64, 64), (None, 2, 5, 99, 33), ("generic", 3, 9, 64, 32),
+    ("prefill", 2, 9, 96, 64), ("decode", 16, 3, 64, 32), (None, 0, 4, 64, 32), (None, 4, 0, 64, 32),
+])
+@pytest.mark.parametrize("fmt", [WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC], ids=["sym", "asym"])
+def test_emulated_backend_matmul_paths(force, m, n, k, g, fmt):
+    b = EmulatedCupyBackend(force_path=force)
+    case = _case([m, n, k, g, 2], max(m, 1), max(n, 1), k, g, fmt, per_token=m > 1, with_bias=True)
+    case = dict(case, qx=case["qx"][:m], xscale=case["xscale"][:m] if m > 1 else case["xscale"],
+                packed=case["packed"][:n], wscale=case["wscale"][:n],
+                zero=None if case["zero"] is None else case["zero"][:n], bias=case["bias"][:n])
+    _compare(b, "w4a8_matmul", **case)
+    want = force or ("generic" if k % 32 or g % 32 or not m or not n else "decode" if m <= 16 else "prefill")
+    assert b.last_path == want
+    _compare(b, "w4a8_group_sums", qx=case["qx"], packed=case["packed"], zero=case["zero"], k=k, group_size=g,
+             fmt=fmt)

@@ -145,10 +145,17 @@ class CupyBackend:
             self._launch(module, kernel, grid, block, args)
 
     def _c(self, a):
-        return self.cp.ascontiguousarray(unwrap(a))
+        """A C-contiguous array of the same shape (``ascontiguousarray`` alone makes a 0-d array 1-d)."""
+        a = unwrap(a)
+        return a if a.flags.c_contiguous else self.cp.ascontiguousarray(a).reshape(a.shape)
 
     def _opt(self, a):
         return self._dummy if a is None else self._c(a)
+
+    @staticmethod
+    def _ptr(a) -> int:
+        """The device address of an array (the fast paths need 16-byte aligned ones)."""
+        return a.data.ptr
 
     # -- activations (spec section 2) ---------------------------------------------------------
     def act_scale_from_amax(self, amax):
@@ -314,7 +321,7 @@ class CupyBackend:
         zero = None if zero is None else self._c(zero)
         bias = None if bias is None else self._c(bias)
         m, n, ng = qx.shape[0], packed.shape[0], num_groups(k, g)
-        path = L.choose_path(m, n, k, g, (qx.data.ptr, packed.data.ptr), force=self.force_path)
+        path = L.choose_path(m, n, k, g, (self._ptr(qx), self._ptr(packed)), force=self.force_path)
         self.last_path = path
         out = self.cp.empty((m, n), dtype=self.cp.float32)
         asym = fmt is WeightFormat.ASYMMETRIC
