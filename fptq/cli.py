@@ -319,6 +319,7 @@ def cmd_report(a) -> int:
     print(plan_table(rows))
     print(plan_summary(rows))
     if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         plot_plan(rows, path, v0, v1, title=f"FPTQ plan: {meta.get('info', {}).get('model_name', '')}"[:90])
         print(f"wrote {path}")
     return 0
