@@ -245,7 +245,8 @@ def ceilings(torch, timer: Timer) -> dict:
             "bf16_TFLOPs": 2 * n ** 3 / (t_mm * 1e-6) / 1e12}
 
 
-def bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, ms, g, copy_bps, l2, rng) -> list[dict]:
+def bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, ms, g, copy_bps, l2, rng, deadline) -> list[dict]:
+    """Rows for one (N, K); stops early (fewer rows) once ``time.time()`` passes ``deadline``."""
     from fptq import spec
     from fptq.backends import torch_matmul as MM
     from fptq.spec import WeightFormat
@@ -255,6 +256,7 @@ def bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, ms, g, copy_bps, l2, rn
     x_host = rng.integers(-128, 128, (kmax, k), dtype=np.int8)
     xs_host = rng.uniform(0.01, 1.0, kmax).astype(np.float32)
     ng = spec.num_groups(k, g)
+    baselines = {}  # M -> the cuBLAS times (they do not depend on the weight format)
     for fmt in (WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC):
         asym = fmt is WeightFormat.ASYMMETRIC
         packed_b = n * ((k + 1) // 2)
@@ -272,6 +274,8 @@ def bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, ms, g, copy_bps, l2, rn
         ws_t = [MM.scales_transposed(torch.as_tensor(cp.asnumpy(w), device="cuda"), pr)
                 for (_, w, _), pr in zip(weights, preps)]
         for m in ms:
+            if time.time() > deadline:
+                break
             qx, xs = cp.asarray(x_host[:m]), cp.asarray(xs_host[:m])
             launches = [cupy_b.matmul_launcher(qx, xs, p, w, z, k, g, fmt) for p, w, z in weights]
             path = cupy_b.last_path
@@ -289,8 +293,9 @@ def bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, ms, g, copy_bps, l2, rn
             row = {"n": n, "k": k, "m": m, "fmt": "asym" if asym else "sym", "cupy_us": t_cupy, "cupy_path": path,
                    "cupy_timing": how_c, "torch_cuda_us": t_torch, "torch_cuda_timing": how_t,
                    "floor_us": floor_us(w4a8_bytes(m, n, k, g, asym), copy_bps), "agree": agree}
-            if not asym:  # the cuBLAS baselines do not depend on the format: time them once
-                row.update(cublas(torch, timer, m, n, k, l2))
+            if m not in baselines:
+                baselines[m] = cublas(torch, timer, m, n, k, l2)
+            row.update(baselines[m])
             rows.append(row)
             print(f"  {n}x{k} {row['fmt']} M={m}: cupy {t_cupy:.1f} us ({path}), floor {row['floor_us']:.2f}, "
                   f"torch-cuda {t_torch:.1f}, same bits {agree}", flush=True)
@@ -319,7 +324,9 @@ def cublas(torch, timer, m, n, k, l2) -> dict:
     return out
 
 
-def run(args) -> dict:
+def run(args, save) -> dict:
+    """The whole benchmark; ``save(result)`` is called after the ceilings and after every shape,
+    so a run stopped by a timeout keeps what it measured."""
     torch, cp = require_gpu()
     from fptq.backends.cupy_backend import CupyBackend
     from fptq.backends.torch_backend import TorchCudaBackend
@@ -338,18 +345,24 @@ def run(args) -> dict:
     result["ceilings"] = ceilings(torch, timer)
     c = result["ceilings"]
     print(f"ceilings: copy {c['copy_TBps']:.2f} TB/s, bf16 {c['bf16_TFLOPs']:.0f} TFLOP/s", flush=True)
+    save(result)
     rng = np.random.default_rng(args.seed)
+    deadline = t0 + args.budget_s
     for n, k in args.shapes:
-        if time.time() - t0 > args.budget_s:
-            result["notes"].append(f"stopped before {n}x{k}: the {args.budget_s} s budget was spent")
-            break
         result["rows"] += bench_shape(torch, cp, cupy_b, torch_b, timer, n, k, args.ms, args.group_size,
-                                      c["copy_TBps"] * 1e12, l2, rng)
-    for r in result["rows"]:
-        r["targets"] = verdicts(r)
-    if any(r.get("int_mm_padded") for r in result["rows"]):
-        result["notes"].append("torch._int_mm needs M > 16: rows with M <= 16 time it at M = 32")
-    result["wall_s"] = time.time() - t0
+                                      c["copy_TBps"] * 1e12, l2, rng, deadline)
+        for r in result["rows"]:
+            r["targets"] = verdicts(r)
+        if any(r.get("int_mm_padded") for r in result["rows"]):
+            note = "torch._int_mm needs M > 16: rows with M <= 16 time it at M = 32"
+            if note not in result["notes"]:
+                result["notes"].append(note)
+        result["wall_s"] = time.time() - t0
+        save(result)
+        if time.time() > deadline:
+            result["notes"].append(f"stopped after {n}x{k}: the {args.budget_s:.0f} s budget (--budget-s) was spent")
+            save(result)
+            break
     return result
 
 
@@ -363,17 +376,19 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-s", type=float, default=150.0, help="skip remaining shapes after this many seconds")
     args = p.parse_args(argv)
+    out = Path(args.out)
+
+    def save(result):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_gpu.json").write_text(json.dumps(result, indent=1))
+        (out / "bench_gpu.md").write_text(markdown(result))
+
     try:
-        result = run(args)
+        result = run(args, save)
     except NoGPU as e:
         print(f"bench_gpu.py: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_gpu.json").write_text(json.dumps(result, indent=1))
-    md = markdown(result)
-    (out / "bench_gpu.md").write_text(md)
-    print(md)
+    print(markdown(result))
     return 0
 
 

@@ -12,7 +12,7 @@
 #   compile      tests/test_cupy_compile.py with this machine's NVRTC: ptxas registers/spills/smem
 #   conf-cupy    the conformance suite, --backend cupy, ci profile
 #   conf-torch   the conformance suite, --backend torch-cuda, ci profile
-#   conf-large   the same two with the `large` tile-edge profile, if the suite has one
+#   conf-large   conformance/test_large.py for both with the `large` profile (every tile-edge case), if present
 #   gpu-tests    tests/test_cupy_gpu.py: each matmul path pinned, against the spec, bit for bit
 #   bench        benchmarks/bench_gpu.py: ceilings, cupy / torch-cuda / cuBLAS bf16 / int8 / floor
 # Writes at most 8 files to OUTDIR: gpu_check.log (this summary), compile.log,
@@ -35,7 +35,7 @@ START=$(date +%s)
 FAILED=0
 
 # seconds per stage; they add up to at most 470 s
-T_ENV=10 T_COMPILE=30 T_CONF_CUPY=120 T_CONF_TORCH=80 T_CONF_LARGE=30 T_GPU_TESTS=60 T_BENCH=110
+T_ENV=10 T_COMPILE=30 T_CONF_CUPY=120 T_CONF_TORCH=90 T_CONF_LARGE=35 T_GPU_TESTS=50 T_BENCH=100
 
 log() { echo "$*" | tee -a "$SUMMARY"; }
 
@@ -44,14 +44,18 @@ log() { echo "$*" | tee -a "$SUMMARY"; }
 CONF_HELP=$("$PY" -m pytest conformance --help -p no:cacheprovider 2>/dev/null)
 XDIST=""
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST="-n 4"; fi
-conformance_cmd() {  # BACKEND PROFILE
-    local xdist=$XDIST
+conformance_cmd() {  # BACKEND PROFILE [TESTS]
+    local xdist=$XDIST tests=${3:-conformance}
     if [[ "$CONF_HELP" == *"--fptq-backend"* ]]; then
-        echo "$PY -m pytest conformance -q -p no:cacheprovider $xdist --fptq-backend $1 --fptq-profile $2"
+        echo "$PY -m pytest $tests -q -p no:cacheprovider $xdist --fptq-backend $1 --fptq-profile $2"
     else
-        echo "$PY -m pytest conformance -q -p no:cacheprovider $xdist --backend $1 --hypothesis-profile $2"
+        echo "$PY -m pytest $tests -q -p no:cacheprovider $xdist --backend $1 --hypothesis-profile $2"
     fi
 }
+# the large profile adds the big fixed tile-edge cases of conformance/test_large.py to what the ci
+# stage ran; run only that file with it where it exists
+LARGE_TESTS=conformance
+[[ -f conformance/test_large.py ]] && LARGE_TESTS=conformance/test_large.py
 
 has_large_profile() { grep -qs 'register_profile("large"\|"large":' conformance/*.py fptq/conformance/*.py; }
 
@@ -86,8 +90,8 @@ stage compile "$T_COMPILE" "$OUTDIR/compile.log" "$PY -m pytest tests/test_cupy_
 stage conf-cupy "$T_CONF_CUPY" "$OUTDIR/conformance_cupy.log" "$(conformance_cmd cupy ci)"
 stage conf-torch "$T_CONF_TORCH" "$OUTDIR/conformance_torch_cuda.log" "$(conformance_cmd torch-cuda ci)"
 if has_large_profile; then
-    stage conf-large-cupy "$T_CONF_LARGE" "$OUTDIR/conformance_large.log" "$(conformance_cmd cupy large)"
-    stage conf-large-torch "$T_CONF_LARGE" "$OUTDIR/conformance_large.log" "$(conformance_cmd torch-cuda large)"
+    stage conf-large-cupy "$T_CONF_LARGE" "$OUTDIR/conformance_large.log" "$(conformance_cmd cupy large $LARGE_TESTS)"
+    stage conf-large-torch "$T_CONF_LARGE" "$OUTDIR/conformance_large.log" "$(conformance_cmd torch-cuda large $LARGE_TESTS)"
 else
     (( DRY )) && echo "[conf-large] skipped: no 'large' Hypothesis profile in conformance/" \
         || log "== conf-large: skipped, the conformance suite has no 'large' profile yet"
