@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ..spec import WeightFormat, num_groups
+from ..spec.formats import INT4_SIGN_OFFSET as _OFF
+from ..spec.formats import NIBBLE_BITS as _BITS
+from ..spec.formats import NIBBLE_MASK as _MASK
 
 __all__ = ["IntMMShape", "CPU_INT_MM_SHAPE", "CUDA_INT_MM_SHAPE", "PreparedWeight", "prepare_weight",
            "unpack_grouped", "activation_groups", "group_sums", "scales_transposed", "matmul_prepared", "epilogue",
@@ -142,11 +145,11 @@ def _nibble_planes(p: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.T
     nibbles are sign-extended as ``(v ^ 8) - 8`` (0..7 stay, 8..15 become -8..-1).
     Only byte ops that vectorize (an int8 *arithmetic* shift does not: ~15x slower).
     """
-    lo = (p & 0x0F).view(torch.int8)
-    hi = (p >> 4).view(torch.int8)
+    lo = (p & _MASK).view(torch.int8)
+    hi = (p >> _BITS).view(torch.int8)
     if signed:
-        lo.bitwise_xor_(8).sub_(8)
-        hi.bitwise_xor_(8).sub_(8)
+        lo.bitwise_xor_(_OFF).sub_(_OFF)
+        hi.bitwise_xor_(_OFF).sub_(_OFF)
     return lo, hi
 
 
@@ -186,11 +189,11 @@ def unpack_grouped(packed: torch.Tensor, zero: torch.Tensor | None, k: int, grou
         p = packed if ng * h == packed.shape[1] else F.pad(packed, (0, ng * h - packed.shape[1]))
         p3 = p.view(n, ng, h).transpose(0, 1)  # bytes, group-major [ng, N, G/2] (a strided view)
         lo, hi = w3[:, :n, :h], w3[:, :n, h:g]
-        torch.bitwise_and(p3, 0x0F, out=lo.view(torch.uint8))
-        torch.bitwise_right_shift(p3, 4, out=hi.view(torch.uint8))
+        torch.bitwise_and(p3, _MASK, out=lo.view(torch.uint8))
+        torch.bitwise_right_shift(p3, _BITS, out=hi.view(torch.uint8))
         if signed:  # (v ^ 8) - 8: sign extension of a nibble with byte ops that vectorize
-            lo.bitwise_xor_(8).sub_(8)
-            hi.bitwise_xor_(8).sub_(8)
+            lo.bitwise_xor_(_OFF).sub_(_OFF)
+            hi.bitwise_xor_(_OFF).sub_(_OFF)
         tail = [slice((r + 1) // 2, h), slice(h + r // 2, g)]  # columns >= K of the last group
     else:
         w3 = torch.zeros((ng, np_, gp), dtype=torch.int8, device=packed.device)
