@@ -39,7 +39,7 @@ import json
 from pathlib import Path
 
 from ._packages import package_file
-from .tokenize import bos_token_id, encode
+from .tokenize import encode, resolve_add_bos
 
 __all__ = ["TEXT_SOURCES", "load_text", "calibration_samples", "eval_tokens", "wiki_part",
            "WIKI_EVAL_ONE_IN"]
@@ -184,11 +184,7 @@ def calibration_samples(tokenizer, source: str = "wiki", n_samples: int = 128, s
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if int(seq_len) != seq_len or seq_len < 2:
         raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
-    bos = bos_token_id(tokenizer)
-    if add_bos is None:
-        add_bos = bos is not None
-    if add_bos and bos is None:
-        raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
+    add_bos, bos = resolve_add_bos(tokenizer, add_bos)
     ids = np.asarray(encode(tokenizer, load_text(source, "calib")), dtype=np.int64)
     n_text = seq_len - 1 if add_bos else seq_len
     if ids.size < n_text:

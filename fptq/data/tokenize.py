@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-__all__ = ["encode", "bos_token_id"]
+__all__ = ["encode", "bos_token_id", "resolve_add_bos"]
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -39,3 +39,15 @@ def bos_token_id(tokenizer) -> int | None:
     """The tokenizer's BOS id, or None if it has none."""
     bos = getattr(tokenizer, "bos_token_id", None)
     return None if bos is None else int(bos)
+
+
+def resolve_add_bos(tokenizer, add_bos: bool | None) -> tuple[bool, int | None]:
+    """``(add_bos, bos id)``: ``add_bos=None`` means "if the tokenizer has a BOS".
+
+    Raises ValueError for ``add_bos=True`` with a tokenizer that has no BOS."""
+    bos = bos_token_id(tokenizer)
+    if add_bos is None:
+        add_bos = bos is not None
+    if add_bos and bos is None:
+        raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
+    return bool(add_bos), bos

@@ -49,7 +49,7 @@ def run_eval(model, tokenizer, ppl: Sequence[str] = ("ptb", "wiki"), tasks: Sequ
     """
     from ..data.tasks import TASKS
     from ..data.text import eval_tokens
-    from ..data.tokenize import bos_token_id
+    from ..data.tokenize import resolve_add_bos
     from .perplexity import perplexity
     from .tasks import evaluate_task
 
@@ -57,11 +57,7 @@ def run_eval(model, tokenizer, ppl: Sequence[str] = ("ptb", "wiki"), tasks: Sequ
     unknown = [t for t in task_names if t not in TASKS]
     if unknown:  # fail before spending minutes on perplexity
         raise ValueError(f"unknown tasks {unknown}; known tasks: {', '.join(TASKS)}")
-    bos = bos_token_id(tokenizer)
-    if add_bos is None:
-        add_bos = bos is not None
-    if add_bos and bos is None:
-        raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
+    add_bos, bos = resolve_add_bos(tokenizer, add_bos)
     out = {"perplexity": {}, "tasks": {},
            "settings": {"seq_len": seq_len, "max_windows": max_windows, "limit": limit,
                         "bos_token_id": bos if add_bos else None}}
