@@ -8,7 +8,7 @@ import pytest
 
 from fptq import reference as ref
 from fptq import spec
-from fptq.spec import ActPolicy, WeightFormat
+from fptq.spec import ActPolicy
 
 F32 = np.float32
 
