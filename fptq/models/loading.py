@@ -205,8 +205,10 @@ def _read_config_json(d: Path) -> None:
 def load_float_model(model=None, progress: bool = True):
     """Load ``(model, tokenizer, model_dir)`` in float32, eval mode, from local files only.
 
-    ``config.json`` is checked first (:func:`check_config_dict`) and every weight after loading
-    (:func:`check_finite`): a model with NaN/Inf anywhere is refused before any calibration."""
+    ``config.json`` is checked first (:func:`check_config_dict`); a tensor the config needs but the
+    files lack (or with another shape) is an error, not a random initialization; every weight is
+    checked after loading (:func:`check_finite`): a model with NaN/Inf anywhere is refused before
+    any calibration."""
     _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -214,10 +216,14 @@ def load_float_model(model=None, progress: bool = True):
     d = resolve_model_dir(model, progress)
     _read_config_json(d)
     try:
-        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True)
+        m, report = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True,
+                                                         output_loading_info=True)
         tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"cannot load a causal LM from {d}: {e}") from e
+    bad = sorted(report.get("missing_keys") or []) + sorted(str(k) for k in report.get("mismatched_keys") or [])
+    if bad:  # transformers would fill them with random values and carry on
+        raise ModelLoadError(f"{d}: the weights do not match config.json (missing or mismatched: {bad[:5]})")
     check_finite(m, d)
     m.eval()
     return m, tok, d
