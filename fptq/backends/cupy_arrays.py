@@ -142,6 +142,9 @@ class DeviceArrays:
     def max(self, a):
         return self._to_host(unwrap(a).max()).item()
 
-    def device(self, a) -> str:
+    def device_of(self, a) -> str:
+        """Where the array lives (for messages)."""
         dev = getattr(unwrap(a), "device", None)
         return f"cuda:{dev.id}" if hasattr(dev, "id") else "cpu"
+
+    device = device_of
