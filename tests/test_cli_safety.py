@@ -313,3 +313,13 @@ def test_quantize_twice_gives_identical_files(model_dir, ckpt, tmp_path):
     assert _listing(again) == _listing(ckpt)
     info = json.loads((again / "fptq_plan.json").read_text())["info"]
     assert info["calibration"].startswith("random") and "created" not in info and "backend_at_quantization" not in info
+
+
+def test_a_new_checkpoint_inside_the_model_directory_is_allowed(model_dir, tmp_path):
+    from fptq.io.outputs import OutputPathError
+    from fptq.models.checkpoint import check_checkpoint_out
+
+    assert check_checkpoint_out(model_dir / "w4a8", False, [model_dir]) == model_dir / "w4a8"
+    for out in (model_dir, model_dir.parent):
+        with pytest.raises(OutputPathError, match="it is the input or holds it"):
+            check_checkpoint_out(out, True, [model_dir])

@@ -76,8 +76,8 @@ def check_output_dir(path, what: str, force: bool | None = None, replaceable=Non
             but only if it is an empty directory or ``replaceable(path)`` is true.
         kind: what ``replaceable`` recognises, for the message (``"an fptq checkpoint"``).
         protect: paths being read (the input model, calibration text): the output may be
-            neither one of them, nor inside one, nor a directory holding one. The working
-            directory and its parents are always protected from replacement.
+            neither one of them nor a directory holding one. The working directory and its
+            parents are always protected from replacement.
     Raises:
         FileExistsError: it exists and ``force`` is False.
         OutputPathError: anything else that would fail or destroy data.
@@ -94,8 +94,9 @@ def check_output_dir(path, what: str, force: bool | None = None, replaceable=Non
     for src in protect:
         if src is None or not os.path.lexists(src):
             continue
-        if is_within(src, p) or is_within(p, src):
-            raise OutputPathError(f"{what}: {p} would overlap the input {src}; write somewhere else")
+        if is_within(src, p):  # writing (or replacing) it would destroy the input; a new directory inside is fine
+            raise OutputPathError(f"{what}: {p} would overlap the input {src} (it is the input or holds it); "
+                                  "write somewhere else")
     if p.is_dir():
         if force is False:
             raise FileExistsError(f"{p} exists; pass --force to replace it")
