@@ -225,29 +225,8 @@ def _load_for_eval(a):
     return model, tok, "float32"
 
 
-def _non_finite(obj, path=""):
-    """The first NaN/Inf number in a nested result (its key path), or None."""
-    import math
-
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return path or "result"
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    for k, v in items:
-        bad = _non_finite(v, f"{path}.{k}" if path else str(k))
-        if bad:
-            return bad
-    return None
-
-
-def _refuse_non_finite(res, what: str) -> None:
-    """A NaN/Inf metric is an error exit, never a result."""
-    bad = _non_finite(res)
-    if bad:
-        raise ArithmeticError(f"{what}: {bad} is not finite (NaN/Inf): the model's output is unusable")
-
-
 def cmd_eval(a) -> int:
-    from .io.outputs import check_output_file
+    from .io.outputs import check_finite_result, check_output_file
     from .models.loading import check_seq_len
 
     if a.json:
@@ -263,7 +242,7 @@ def cmd_eval(a) -> int:
                    max_windows=a.max_windows, progress=not a.quiet)
     name = str(a.model) if a.model else "embedded SmolLM2-135M-Instruct"
     res.update({"model": name, "model_kind": kind, "seconds": round(time.time() - t0, 1)})
-    _refuse_non_finite(res, f"eval of {name}")
+    check_finite_result(res, f"eval of {name}")  # a NaN/Inf metric is an error exit, never a result
     print(format_table([result_row(res, model=name, kind=kind)]))
     if a.json:
         write_json(a.json, res)
@@ -288,7 +267,7 @@ def cmd_compare(a) -> int:
                         max_windows=a.max_windows, eval_seq_len=a.eval_seq_len, batch_size=a.batch_size,
                         backend=a.backend, methods=a.methods, int_max_windows=a.int_max_windows,
                         progress=not a.quiet)
-    _refuse_non_finite(run_compare(s, out_dir=a.out, argv=sys.argv), "compare")
+    run_compare(s, out_dir=a.out, argv=sys.argv)  # refuses NaN/Inf metrics before writing
     return 0
 
 

@@ -355,6 +355,9 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     out = {"settings": settings, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "model_dir": str(src), "calibration_seconds": t_cal, "rows": rows, "fptq_plan": plan_json,
            "command": list(argv) if argv else None}
+    from .io.outputs import check_finite_result
+
+    check_finite_result(out, "compare")  # a NaN/Inf metric is an error, never a written result
     if out_dir:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)

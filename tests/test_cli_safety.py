@@ -251,10 +251,14 @@ def test_nan_metric_is_an_error_exit(model_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.json"
     assert main(["eval", str(model_dir), "--json", str(out), "--seq-len", "32", "--quiet"]) == 2
     assert "ppl.wiki.ppl is not finite" in _err(capsys) and not out.exists()
-    monkeypatch.setattr(fptq.compare, "run_compare", lambda *a, **k: {"rows": [{"method": "fptq", "wiki": float("inf")}]})
-    assert main(["compare", str(model_dir), "--out", str(tmp_path / "c"), "--seq-len", "16", "--eval-seq-len", "32",
-                 "--quiet"]) == 2
-    assert "rows.0.wiki is not finite" in _err(capsys)
+    text = tmp_path / "t.txt"
+    text.write_text("a few words of text to score " * 20)
+    monkeypatch.setattr(fptq.compare, "_eval_ppl", lambda model, tokens, *a: {
+        t: {"ppl": float("inf"), "nll": float("inf"), "n_tokens": 1} for t in tokens})
+    assert main(["compare", str(model_dir), "--out", str(tmp_path / "c"), "--methods", "fp32", "--ppl", str(text),
+                 "--calib", "random", "--samples", "2", "--seq-len", "16", "--eval-seq-len", "32", "--quiet"]) == 2
+    assert f"compare: rows.0.ppl.{text} is not finite" in _err(capsys)
+    assert not (tmp_path / "c").exists()  # nothing written
 
 
 # ---- cases 8 and 15: report ----------------------------------------------------------------------------------------

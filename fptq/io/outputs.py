@@ -15,11 +15,38 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output_file", "check_output_dir", "is_within"]
+__all__ = ["OutputPathError", "NonFiniteResult", "check_output_file", "check_output_dir", "check_finite_result",
+           "is_within"]
 
 
 class OutputPathError(ValueError):
     """An output path cannot be written, or must not be replaced."""
+
+
+class NonFiniteResult(ArithmeticError):
+    """A result to be reported holds NaN or Inf: an error, never a result."""
+
+
+def _first_non_finite(obj, path=""):
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "result"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = _first_non_finite(v, f"{path}.{k}" if path else str(k))
+        if bad:
+            return bad
+    return None
+
+
+def check_finite_result(obj, what: str) -> None:
+    """Raise NonFiniteResult naming the first NaN/Inf number in a nested dict/list result
+    (its key path, e.g. ``rows.2.wiki``); call it before printing or writing the result."""
+    bad = _first_non_finite(obj)
+    if bad:
+        raise NonFiniteResult(f"{what}: {bad} is not finite (NaN/Inf): the model's output is unusable; "
+                              "nothing written")
 
 
 def is_within(path, root) -> bool:
