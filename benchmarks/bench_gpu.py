@@ -229,17 +229,23 @@ class Timer:
         return statistics.median(times)
 
 
-def ceilings(torch, timer: Timer) -> dict:
-    nbytes = 1 << 30
+def _time_copy(torch, timer: Timer, nbytes: int) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
-    t_copy, _ = timer.torch_graph([lambda: dst.copy_(src)] * 4)
-    del src, dst
-    n = 8192
+    return timer.torch_graph([lambda: dst.copy_(src)] * 4)[0]
+
+
+def _time_bf16(torch, timer: Timer, n: int) -> float:
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    t_mm, _ = timer.torch_graph([lambda: torch.matmul(a, b)] * 4)
-    del a, b
+    return timer.torch_graph([lambda: torch.matmul(a, b)] * 4)[0]
+
+
+def ceilings(torch, timer: Timer) -> dict:
+    """Copy bandwidth (1 GiB buffers, bytes read + written) and bf16 matmul rate at 8192^3, on random data."""
+    nbytes, n = 1 << 30, 8192
+    t_copy = _time_copy(torch, timer, nbytes)
+    t_mm = _time_bf16(torch, timer, n)
     torch.cuda.empty_cache()
     return {"copy_TBps": 2 * nbytes / (t_copy * 1e-6) / 1e12, "copy_us_1GiB": t_copy,
             "bf16_TFLOPs": 2 * n ** 3 / (t_mm * 1e-6) / 1e12}

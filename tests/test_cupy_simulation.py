@@ -124,7 +124,6 @@ def mma(a, b, c):
 
 def sim_prefill(qx, xscale, packed, wscale, zero, k, g, fmt, bias, tile):
     m_rows, n_rows = qx.shape[0], packed.shape[0]
-    ng = spec.num_groups(k, g)
     asym = fmt is WeightFormat.ASYMMETRIC
     flip = 0 if asym else FLIP
     xs = np.broadcast_to(xscale.reshape(-1), (m_rows,)) if xscale.size == 1 else xscale
