@@ -93,8 +93,10 @@ class CupyBackend:
         self.cp = cp
         self.force_path = force_path
         self.arch = str(cc)
-        self.device_name = cp.cuda.runtime.getDeviceProperties(dev.id)["name"].decode(errors="replace")
-        self.sm_count = int(dev.attributes["MultiProcessorCount"])
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props.get("name", b"?")
+        self.device_name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        self.sm_count = int(props.get("multiProcessorCount") or L.SM_COUNT_DEFAULT)
         self.xp = DeviceArrays(cp, "cupy")
         self._functions: dict[tuple[str, str], object] = {}
         self._compiled: dict[str, CC.CompiledModule] = {}
