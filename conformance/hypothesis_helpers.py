@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from fptq import spec
 from fptq.spec import WeightFormat
 
+from . import large_cases as LC
 from . import pieces as P
 from .pieces import F32, Source
 
@@ -415,6 +416,46 @@ def matmul_cases(draw, granularity: str | None = None, with_bias: bool | None = 
     case["xscale"] = draw(xscales(src, m, granularity, regime))
     case["bias"] = draw(biases(src, n, present=with_bias))
     return case
+
+
+# ---------------------------------------------------------------------------
+# matmul at the tile edges of tiled kernels (spec section 6; fixed large cases: large_cases.py)
+
+#: multiples of 16/32/64/128 and one either side: where a tiled kernel's last tile is partial
+TILE_EDGE_SIZES = tuple(sorted({t + d for t in (16, 32, 64, 128) for d in (-1, 0, 1)}))
+
+
+def tile_edges(hi: int) -> st.SearchStrategy[int]:
+    """A size at a tile edge (3/4 of draws) or any size in [1, hi]."""
+    return branch((3, st.sampled_from([s for s in TILE_EDGE_SIZES if s <= hi])), (1, st.integers(1, hi)))
+
+
+@st.composite
+def tile_edge_matmul_cases(draw, max_macs: int = 2**19) -> dict:
+    """The W4A8 linear with sizes where tiled kernels break: M, N, K at multiples of 16..128 and one
+    either side (the last partial tile in M, N and K), G in {16, 32, 64, 128, per-channel} or not a
+    power of two (``edges``); K from 1000 to 4200 with a ragged last group deep inside K (``deep``);
+    int32 group sums past 2**24 with K up to 24001 (``saturating``, where a float32 accumulator of the
+    products rounds). Both formats, both scale kinds, bias or not; at most ``max_macs`` multiply-adds."""
+    kind = draw(weighted({"edges": 6, "deep": 2, "saturating": 1}))
+    fmt = draw(st.sampled_from(["sym", "asym"]))
+    if kind == "edges":
+        m, n, k = draw(tile_edges(65)), draw(tile_edges(129)), draw(tile_edges(257))
+        g = draw(st.sampled_from([16, 32, 64, 128, -1, 48, 33]))
+    elif kind == "deep":
+        m, n = draw(st.integers(1, 4)), draw(st.integers(1, 17))
+        k = draw(st.integers(1000, 4200) | st.sampled_from([4095, 4096, 4097, 2049]))
+        g = draw(st.sampled_from([32, 64, 128, 256, -1, 96]))
+    else:
+        m, n = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        k = draw(st.integers(17500, 24001))
+        g = draw(st.sampled_from([-1, 17500]))
+    while m * n * k > max_macs and m > 1:
+        m = (m + 1) // 2
+    while m * n * k > max_macs and n > 1:
+        n = (n + 1) // 2
+    return LC.make_case(Source(draw(seeds())), m, n, k, g, fmt, draw(st.sampled_from(["per_tensor", "per_token"])),
+                        draw(st.booleans()), "saturating" if kind == "saturating" else "random")
 
 
 # ---------------------------------------------------------------------------

@@ -304,6 +304,17 @@ def selected_name(backend) -> str:
         or getattr(backend, "name", "?")
 
 
+def _final_example() -> bool:
+    """False while Hypothesis runs an example it will not report (shrinking), else True: only the
+    reported example's arrays are written to ``$TMPDIR``."""
+    try:
+        from hypothesis.control import current_build_context
+
+        return bool(current_build_context().is_final)
+    except Exception:  # noqa: BLE001 - not inside a Hypothesis test
+        return True
+
+
 def reproducer(backend_name: str, op: str, case: dict, rebuild: str | None = None) -> str:
     """Python code that recomputes the backend's and the spec's answers for ``case`` (floats bit-exact).
 
@@ -324,7 +335,9 @@ def reproducer(backend_name: str, op: str, case: dict, rebuild: str | None = Non
             lines.append(f"    {name}=spec.WeightFormat({value.value!r}),")
         else:
             lines.append(f"    {name}={value!r},")
-    if big:
+    if big and not _final_example():
+        head.append("# (an intermediate example while Hypothesis shrinks: its arrays are not saved)")
+    elif big:
         fd, path = tempfile.mkstemp(prefix=f"fptq-{op}-", suffix=".npz")
         os.close(fd)
         np.savez(path, **big)

@@ -1,0 +1,174 @@
+"""The installed suite's pytest plugin (conformance/plugin.py, entry point ``pytest11: fptq-conformance``).
+
+It must run the suite from anywhere (``--pyargs fptq.conformance``, ``fptq
+conformance``), refuse a suite written for another fptq, select the
+``large`` profile's cases, and stay inert in every other project's run: no
+option clash, no header line, no changed Hypothesis default, no error.
+Each check runs pytest in a subprocess (a plugin changes global state).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = REPO / "conformance"
+
+
+def pytest_run(*args: str, cwd: Path, extra_path: Path | None = None, timeout: int = 300):
+    env = {k: v for k, v in os.environ.items() if k not in ("FPTQ_BACKEND", "PYTHONPATH")}
+    if extra_path is not None:
+        env["PYTHONPATH"] = str(extra_path)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# other projects
+
+
+OTHER_CONFTEST = '''
+def pytest_addoption(parser):
+    parser.addoption("--backend", default="theirs", help="another project's own --backend")
+    parser.addoption("--xfails", default=None)
+'''
+
+OTHER_TEST = '''
+from hypothesis import given, settings, strategies as st
+
+def test_own_option(request):
+    assert request.config.getoption("backend") == "gpu0"
+
+def test_hypothesis_default_untouched():
+    assert settings.get_current_profile_name() == "default" and not settings.default.derandomize
+
+@given(st.integers())
+def test_property(x):
+    assert isinstance(x, int)
+
+def test_no_backend_fixture_from_fptq(request):
+    assert "backend" not in request.fixturenames
+'''
+
+
+def test_inert_in_another_project_that_owns_backend(tmp_path):
+    """Another project's conftest registers --backend/--xfails: its run is untouched by fptq's plugin."""
+    (tmp_path / "conftest.py").write_text(OTHER_CONFTEST)
+    (tmp_path / "test_other.py").write_text(OTHER_TEST)
+    r = pytest_run("--backend", "gpu0", "-v", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert re.search(r"\b4 passed\b", out) and "fptq backend" not in out and "fptq conformance" not in out, out
+    assert "fptq-0" in out or "fptq-conformance" in out or "plugins:" in out  # the plugin is loaded, and quiet
+
+
+def test_inert_in_a_plain_project(tmp_path):
+    (tmp_path / "test_plain.py").write_text("def test_one():\n    assert 1 + 1 == 2\n")
+    r = pytest_run(cwd=tmp_path)
+    assert r.returncode == 0 and "fptq" not in r.stdout.split("collected")[0].replace("plugins: fptq", ""), r.stdout
+    h = pytest_run("--help", cwd=tmp_path)
+    assert "--fptq-backend" in h.stdout and "--fptq-profile" in h.stdout and "--backend" in h.stdout
+
+
+def test_fptq_options_work_where_another_plugin_owns_backend(tmp_path):
+    """A plugin loaded before fptq's owns --backend: the suite still runs, chosen with --fptq-backend."""
+    (tmp_path / "their_plugin.py").write_text(OTHER_CONFTEST)
+    r = pytest_run("-p", "their_plugin", "--backend", "gpu0", "--fptq-backend", "numpy",
+                   str(SUITE / "test_policy.py"), cwd=tmp_path, extra_path=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "fptq backend: numpy [--backend]" in out and re.search(r"\b\d+ passed\b", out), out
+
+
+# ---------------------------------------------------------------------------
+# the suite from anywhere
+
+
+def test_pyargs_from_another_directory(tmp_path):
+    r = pytest_run("--pyargs", "fptq.conformance.test_policy", "--backend", "numpy", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "fptq backend: numpy [--backend]" in out and re.search(r"\b\d+ passed\b", out), out
+
+
+def test_fptq_conformance_command(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FPTQ_BACKEND"}
+    run = [sys.executable, "-m", "fptq.cli", "conformance"]
+    r = subprocess.run([*run, "--backend", "numpy", "--", "-q", "-k", "select_policies"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and re.search(r"\b\d+ passed\b", r.stdout), r.stdout + r.stderr
+    assert not (tmp_path / ".pytest_cache").exists()
+    r = subprocess.run([*run, "--", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4 and "needs a backend" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_pytest_command_line():
+    from fptq.conformance.command import pytest_command
+
+    assert pytest_command("numba", "large", "x.txt", ["--", "-x"]) == [
+        "-p", "fptq-conformance", "-p", "no:cacheprovider", "--pyargs", "fptq.conformance",
+        "--fptq-profile", "large", "--fptq-backend", "numba", "--fptq-xfails", "x.txt", "-x"]
+
+
+def test_large_profile_selects_every_case(tmp_path):
+    from fptq.conformance import large_cases
+
+    def collected(*extra):
+        r = pytest_run("--co", "-q", str(SUITE / "test_large.py"), "--backend", "numpy", *extra, cwd=REPO)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return [line for line in r.stdout.splitlines() if "test_w4a8_matmul_large[" in line]
+
+    cases = large_cases.all_cases()
+    assert len(collected()) == sum(c.ci for c in cases) < len(cases)
+    assert len(collected("--fptq-profile", "large")) == len(cases)
+    assert sum(c.macs >= 2**32 for c in cases) >= 3 and not any(c.ci for c in cases if c.macs >= 2**32)
+
+
+# ---------------------------------------------------------------------------
+# a suite of another version
+
+
+def test_suite_version_matches_the_package():
+    import fptq
+    from fptq import conformance
+
+    assert conformance.SUITE_VERSION == fptq.__version__, \
+        "bump conformance/__init__.py SUITE_VERSION with fptq.__version__ (after checking the suite still fits)"
+
+
+def test_suite_of_another_version_is_refused(tmp_path):
+    copy = tmp_path / "old" / "conformance"
+    shutil.copytree(SUITE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(re.sub(r'SUITE_VERSION = "[^"]*"', 'SUITE_VERSION = "0.0.1"', init.read_text()))
+    r = pytest_run(str(copy / "test_policy.py"), "--backend", "numpy", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out
+    assert "is version 0.0.1, but the installed fptq.spec is fptq" in out and "pytest --pyargs fptq.conformance" in out
+
+
+def test_known_answer_vectors_are_package_data():
+    """The wheel ships the vectors (pyproject.toml package-data) and the suite finds them in its own package."""
+    from fptq.conformance import make_vectors
+
+    assert make_vectors.VECTORS_DIR == SUITE / "vectors" or make_vectors.VECTORS_DIR.parent.name == "conformance"
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"fptq.conformance" = ["vectors/*.npz"' in text and '"fptq.conformance" = "conformance"' in text
+    assert textwrap.dedent('fptq-conformance = "fptq.conformance.plugin"') in text
+
+
+@pytest.mark.parametrize("arg,expected", [("conformance/test_x.py::t[a]", "test_x.py::t[a]"),
+                                          ("/v/site-packages/fptq/conformance/test_x.py::t", "test_x.py::t"),
+                                          ("test_x.py", "test_x.py")])
+def test_xfail_ids_match_checkout_and_installed_paths(arg, expected):
+    from fptq.conformance.plugin import _suite_relative
+
+    assert _suite_relative(arg) == expected
