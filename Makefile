@@ -32,13 +32,20 @@ demo: install
 	$(VENV)/bin/fptq report $(OUT)
 	$(VENV)/bin/fptq eval $(OUT) --max-windows 32
 
-# The project's tests, then the conformance suite against every CPU backend.
+# The project's tests, then the conformance suite as its users get it: fptq's wheel built and
+# installed (with torch CPU and the numba/test extras, nothing else of this checkout) into a fresh
+# virtual environment, `pytest --pyargs fptq.conformance --backend B` run from a directory outside
+# the checkout for every CPU backend B (.ci/wheel-conformance). The checkout's `pytest conformance/`
+# runs inside tests/ (test_conformance_bites.py, test_conformance_plugin.py).
 test: install
 	$(PY) -m pytest tests -q
-	set -e; for b in $(BACKENDS); do $(PY) -m pytest conformance -q --backend $$b; done
+	PYTHON="$(abspath $(PY))" BASE_PYTHON="$(PYTHON)" TORCH_SPEC="$(TORCH_SPEC)" BACKENDS="$(BACKENDS)" \
+		.ci/wheel-conformance
 
+# One backend against the checkout's suite: make conformance BACKEND=numba [PROFILE=ci|thorough|large]
+PROFILE ?= ci
 conformance: install
-	$(PY) -m pytest conformance -q --backend $(BACKEND)
+	$(PY) -m pytest conformance -q --backend $(BACKEND) --fptq-profile $(PROFILE)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,14 +155,21 @@ def test_suite_of_another_version_is_refused(tmp_path):
     assert "is version 0.0.1, but the installed fptq.spec is fptq" in out and "pytest --pyargs fptq.conformance" in out
 
 
-def test_known_answer_vectors_are_package_data():
-    """The wheel ships the vectors (pyproject.toml package-data) and the suite finds them in its own package."""
-    from fptq.conformance import make_vectors
-
-    assert make_vectors.VECTORS_DIR == SUITE / "vectors" or make_vectors.VECTORS_DIR.parent.name == "conformance"
-    text = (REPO / "pyproject.toml").read_text()
-    assert '"fptq.conformance" = ["vectors/*.npz"' in text and '"fptq.conformance" = "conformance"' in text
-    assert textwrap.dedent('fptq-conformance = "fptq.conformance.plugin"') in text
+def test_wheel_ships_the_suite(tmp_path):
+    """The built wheel holds the suite as fptq.conformance, its vectors, its plugin entry point."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = tmp_path.glob("fptq-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    suite = {f"fptq/conformance/{p.relative_to(SUITE)}" for p in SUITE.rglob("*")
+             if p.is_file() and p.suffix in (".py", ".npz") and "__pycache__" not in p.parts}
+    assert suite <= names, sorted(suite - names)
+    assert any(n.startswith("fptq/conformance/vectors/") and n.endswith(".npz") for n in names)
+    assert "[pytest11]\nfptq-conformance = fptq.conformance.plugin" in entry_points
+    assert not any(n.startswith(("conformance/", "tests/")) for n in names)
 
 
 @pytest.mark.parametrize("arg,expected", [("conformance/test_x.py::t[a]", "test_x.py::t[a]"),
