@@ -169,7 +169,8 @@ def test_scale_bounds_come_from_the_spec():
 
 def test_corrupt_finite_weight_scale_is_refused(saved, tmp_path):
     d = rewrite(saved[0], tmp_path / "big", edit_tensors=_set(f"{LAYER}.wscale", 3e38), redigest=True)
-    with pytest.raises(CheckpointError, match=rf"tensor {LAYER}\.wscale: scale 3\.0\d*e\+38 outside \[1\.18e-38, 4\.861e\+37\]"):
+    with pytest.raises(CheckpointError,
+                       match=rf"tensor {LAYER}\.wscale: scale 3\.0\d*e\+38 outside \[1\.18e-38, 4\.861e\+37\]"):
         _load(d)
     d = rewrite(saved[0], tmp_path / "tiny", edit_tensors=_set(f"{LAYER}.wscale", 1e-39), redigest=True)
     with pytest.raises(CheckpointError, match=rf"tensor {LAYER}\.wscale: scale"):

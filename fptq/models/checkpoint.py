@@ -35,13 +35,13 @@ import numpy as np
 
 from .. import __version__ as FPTQ_VERSION
 from .. import spec
+from ..io.atomic import atomic_directory
 from ..io.outputs import check_output_dir
 from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError, dtype_name, raw_bytes, write_tensor_file
 from ._torch import nn, torch
 from .arch import arch_of_model, get_submodule
-from ..io.atomic import atomic_directory
 from .checkpoint_meta import (
-    FORMAT_NAME, FORMAT_VERSION, CheckpointError, check_layer_values, header_digest, parse_metadata,
+    FORMAT_NAME, FORMAT_VERSION, LAYER_SUFFIXES, CheckpointError, check_layer_values, header_digest, parse_metadata,
 )
 from .qlinear import MODES, W4A8Linear
 
@@ -50,7 +50,6 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TENSORS_FILE", "PLAN_FILE", "Checkp
 
 TENSORS_FILE = "fptq_w4a8.safetensors"
 PLAN_FILE = "fptq_plan.json"
-_LAYER_SUFFIXES = ("qweight", "wscale", "wzero", "bias", "act_scale")
 
 
 class CheckpointWarning(UserWarning):
@@ -315,7 +314,7 @@ def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -
 def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
     """name -> torch tensor for every stored tensor, values checked."""
     where = meta["_path"]
-    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in _LAYER_SUFFIXES}
+    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in LAYER_SUFFIXES}
     arrays, by_layer = {}, {}
     for k in sorted(want):
         a = tf.numpy(k)

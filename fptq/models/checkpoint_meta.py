@@ -33,8 +33,8 @@ from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS",
-           "parse_metadata", "header_digest", "check_layer_values", "layer_tensor_specs", "MAX_WSCALE",
-           "MAX_ACT_SCALE"]
+           "parse_metadata", "header_digest", "check_layer_values", "layer_tensor_specs", "LAYER_SUFFIXES",
+           "MAX_WSCALE", "MAX_ACT_SCALE"]
 
 FORMAT_NAME = "fptq-w4a8"
 FORMAT_VERSION = 2
@@ -108,7 +108,8 @@ def layer_tensor_specs(e: dict) -> dict[str, tuple[str, tuple]]:
     return out
 
 
-_ALL_SUFFIXES = ("qweight", "wscale", "wzero", "bias", "act_scale")
+#: the tensors a quantized linear ``L`` may store, as ``L.<suffix>``
+LAYER_SUFFIXES = ("qweight", "wscale", "wzero", "bias", "act_scale")
 
 
 def _json_field(raw: dict, key: str, where: str, want, what: str, default=None):
@@ -170,7 +171,7 @@ def _check_top_level(layers: dict, raw: dict, where: str) -> None:
 def _check_table(layers: dict, tied: dict, table: dict, where: str) -> None:
     for name, e in layers.items():
         want = layer_tensor_specs(e)
-        for suffix in _ALL_SUFFIXES:
+        for suffix in LAYER_SUFFIXES:
             key = f"{name}.{suffix}"
             if suffix not in want:
                 if key in table:
