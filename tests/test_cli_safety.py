@@ -327,3 +327,14 @@ def test_a_new_checkpoint_inside_the_model_directory_is_allowed(model_dir, tmp_p
     for out in (model_dir, model_dir.parent):
         with pytest.raises(OutputPathError, match="it is the input or holds it"):
             check_checkpoint_out(out, True, [model_dir])
+
+
+def test_json_results_follow_the_umask(tmp_path):
+    from fptq.eval.runner import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"ppl": 1.0})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "r.json").st_mode & 0o777 == 0o644

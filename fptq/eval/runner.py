@@ -145,6 +145,9 @@ def write_json(path, obj) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        from ..io.atomic import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; follow the umask like open() does
         os.replace(tmp, path)
     except BaseException:
         try:
