@@ -19,7 +19,9 @@ makes every edge a named, deliberate choice rather than a lucky draw:
   no bias.
 
 Sizes stay small (M, N <= 8, or <= 40 for the matmul; K <= 512) so that one
-example costs about a millisecond in the NumPy reference.
+example costs about a millisecond in the NumPy reference; the tile-edge
+strategy (:func:`tile_edge_matmul_cases`) reaches M 65, N 129, K 257 and, with
+few rows, K 24001, within 2**19 multiply-adds.
 """
 
 from __future__ import annotations
