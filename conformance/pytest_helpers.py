@@ -387,9 +387,9 @@ def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebu
                 return e
             except Exception as got:  # noqa: BLE001 - any other exception is the failure we report
                 fail(f"{op} raised {type(got).__name__}: {got}, but the spec raises {type(e).__name__} "
-                     f"({e}) [{clause(op)}]")
+                     f"({e}) [{clause(op)}; docs/spec.md §9 what the public API rejects]")
             fail(f"{op} returned a result, but the spec rejects this input with {type(e).__name__}: {e} "
-                 f"[{clause(op)}]")
+                 f"[{clause(op)}; docs/spec.md §9 what the public API rejects]")
     try:
         actual = call_backend(backend, op, case)
     except AssertionError:
@@ -426,6 +426,6 @@ def check_raises(backend, op: str, case: dict, kinds=(ValueError, TypeError)):
         return
     except Exception as got:  # noqa: BLE001
         fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}; expected {' or '.join(k.__name__ for k in kinds)} "
-              f"[{clause(op)}, docs/spec.md: the public API rejects bad input]", backend, op, case)
+              f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", backend, op, case)
     fail_with_reproducer(f"{op} accepted an input the spec rejects; expected {' or '.join(k.__name__ for k in kinds)} "
-          f"[{clause(op)}]", backend, op, case)
+          f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", backend, op, case)
