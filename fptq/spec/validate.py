@@ -5,7 +5,9 @@ of every backend, runs the check function of the same name here first, e.g.
 ``validate.quantize_act_per_tensor(xp, x, scale)``, then an unchecked
 implementation. ``xp`` is an array adapter (:mod:`fptq.spec.arrays`): the
 spec, numpy and numba backends pass :data:`fptq.spec.arrays.NUMPY`, the torch
-backend its own, so one rule is one piece of code for every framework.
+backend its own, so one rule is one piece of code for every framework. The
+rules themselves (a float argument, an integer parameter, a positive scale...)
+are in :mod:`fptq.spec.rules`; this module composes them per operation.
 
 Each check returns the checked arguments (float arguments converted to
 float32, ``group_size`` resolved to the G it means, ``k`` as an int) and
@@ -29,8 +31,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import NUMPY, REAL_DTYPES
-from .formats import INT4_SYM, MAX_GROUP_SIZE, UINT4_ASYM, WeightFormat, weight_format_spec
+from .arrays import NUMPY
+from .formats import INT4_SYM, UINT4_ASYM, WeightFormat, weight_format_spec
+from .rules import (  # noqa: F401 - the rules are part of this module's interface too
+    cite, finite, float_array, fmt_param, group_size_param, in_range, int_array, integer_param, k_param, ndim,
+    nonnegative, one_scale, optional_float, positive, resolve_group_size, shape, thresholds, zero_points,
+    zero_values,
+)
 
 __all__ = [
     "act_scale_from_amax", "quantize_act_per_tensor", "quantize_act_per_token", "dequantize_act",
@@ -42,178 +49,6 @@ __all__ = [
     "as_float32", "check_finite", "check_dtype", "check_ndim", "check_shape", "check_positive_scale",
     "check_group_size", "check_k", "check_zero_points",
 ]
-
-
-def _where(op: str | None) -> str:
-    return f" [{op}, docs/spec.md §9]" if op else " [docs/spec.md §9]"
-
-
-# ---------------------------------------------------------------------------
-# the rules, over an array adapter ``xp``
-
-
-def float_array(xp, x, name: str, op: str | None = None):
-    """``x`` as a float32 array: float32 as is, another real dtype converted (round to nearest);
-    bool, complex and non-numeric dtypes are a TypeError. Values are not looked at (see :func:`finite`)."""
-    a = xp.asarray(x, name)
-    dt = xp.dtype(a)
-    if dt == "float32":
-        return a
-    if dt not in REAL_DTYPES:
-        raise TypeError(f"{name}: expected a float32 array (or another real dtype, converted to float32), "
-                        f"got dtype {dt}{_where(op)}")
-    return xp.to_float32(a)
-
-
-def int_array(xp, x, dtype: str, name: str, op: str | None = None):
-    """``x`` as an array that must already have the integer ``dtype`` (no conversion)."""
-    a = xp.asarray(x, name)
-    if xp.dtype(a) != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {xp.dtype(a)}{_where(op)}")
-    return a
-
-
-def ndim(xp, a, n: int, name: str, op: str | None = None) -> None:
-    if len(xp.shape(a)) != n:
-        raise ValueError(f"{name}: expected a {n}-D array, got shape {xp.shape(a)}{_where(op)}")
-
-
-def shape(xp, a, want: tuple, name: str, op: str | None = None) -> None:
-    if xp.shape(a) != tuple(want):
-        raise ValueError(f"{name}: expected shape {tuple(want)}, got {xp.shape(a)}{_where(op)}")
-
-
-def finite(xp, a, name: str, op: str | None = None) -> None:
-    """ValueError naming ``name`` and the first index if ``a`` holds NaN or Inf."""
-    idx = xp.first_true(~xp.isfinite(a))
-    if idx is not None:
-        raise ValueError(f"{name} contains a non-finite value ({xp.item(a, idx)!r} at index {idx}); "
-                         f"fptq rejects NaN and Inf{_where(op)}")
-
-
-def positive(xp, a, name: str, op: str | None = None) -> None:
-    """Scales: finite and > 0."""
-    finite(xp, a, name, op)
-    idx = xp.first_true(~(a > 0))
-    if idx is not None:
-        raise ValueError(f"{name} must be > 0, got {xp.item(a, idx)!r} at index {idx}{_where(op)}")
-
-
-def nonnegative(xp, a, name: str, op: str | None = None) -> None:
-    """Maxima and ranges: finite and >= 0."""
-    finite(xp, a, name, op)
-    idx = xp.first_true(a < 0)
-    if idx is not None:
-        raise ValueError(f"{name} must be >= 0, got {xp.item(a, idx)!r} at index {idx}{_where(op)}")
-
-
-def in_range(xp, a, lo: int, hi: int, name: str, what: str, op: str | None = None) -> None:
-    """Integers in [lo, hi] (``what`` says whose range it is)."""
-    idx = xp.first_true((a < lo) | (a > hi))
-    if idx is not None:
-        raise ValueError(f"{name}: {what} must be in [{lo}, {hi}], got {xp.item(a, idx)} "
-                         f"at index {idx}{_where(op)}")
-
-
-def _is_integer(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def integer_param(v, name: str, op: str | None = None) -> int:
-    """A Python (or NumPy) integer that is not a bool; 5.0, 5.7, True, np.bool_ are TypeErrors."""
-    if not _is_integer(v):
-        raise TypeError(f"{name} must be an integer (not a bool or a float), got {v!r} "
-                        f"of type {type(v).__name__}{_where(op)}")
-    return int(v)
-
-
-def k_param(k, op: str | None = None) -> int:
-    """The logical K: an integer >= 0."""
-    k = integer_param(k, "k", op)
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}{_where(op)}")
-    return k
-
-
-def group_size_param(group_size, op: str | None = None) -> int:
-    """``group_size``: -1 or None (per-channel, returned as -1), or an integer in [1, MAX_GROUP_SIZE]."""
-    if group_size is None:
-        return -1
-    g = integer_param(group_size, "group_size", op)
-    if g != -1 and not 1 <= g <= MAX_GROUP_SIZE:
-        raise ValueError(f"group_size must be in [1, {MAX_GROUP_SIZE}] (int32 overflow bound, §6.3) "
-                         f"or -1 for per-channel, got {g}{_where(op)}")
-    return g
-
-
-def resolve_group_size(g: int, k: int, op: str | None = None) -> int:
-    """The G a checked ``group_size`` means for K columns: -1 -> K (1 when K = 0)."""
-    if g != -1:
-        return g
-    g = max(int(k), 1)
-    if g > MAX_GROUP_SIZE:
-        raise ValueError(f"group_size: per-channel (-1) means G = K = {k}, above {MAX_GROUP_SIZE} "
-                         f"(int32 overflow bound, §6.3); choose a group size{_where(op)}")
-    return g
-
-
-def fmt_param(fmt, op: str | None = None) -> WeightFormat:
-    """The :class:`WeightFormat` (the enum or its value; unknown -> ValueError)."""
-    try:
-        weight_format_spec(fmt)
-    except ValueError as e:
-        raise ValueError(f"fmt: {e}{_where(op)}") from None
-    return WeightFormat(fmt)
-
-
-def thresholds(v0, v1, op: str | None = None) -> tuple[float, float]:
-    """Policy thresholds as float32 values: real numbers, finite after conversion, ``0 <= v0 < v1``."""
-    out = []
-    for name, v in (("v0", v0), ("v1", v1)):
-        if isinstance(v, bool) or type(v).__name__ == "bool_" or not isinstance(v, (int, float, np.integer,
-                                                                                    np.floating)):
-            raise TypeError(f"{name} must be a real number, got {v!r} of type {type(v).__name__}{_where(op)}")
-        with np.errstate(over="ignore"):
-            try:
-                t = np.float32(v)
-            except OverflowError:  # a Python int beyond float64
-                t = np.float32(np.inf)
-        if not np.isfinite(t):
-            raise ValueError(f"{name} must be finite (as float32), got {v!r}{_where(op)}")
-        out.append(t)
-    if not 0 <= out[0] < out[1]:
-        raise ValueError(f"v0, v1: the thresholds must satisfy 0 <= v0 < v1 (as float32), got v0={v0}, v1={v1}"
-                         f"{_where(op)}")
-    return out[0], out[1]
-
-
-def zero_points(xp, zero, fmt: WeightFormat, op: str | None = None):
-    """Phase 2 of a zero-point argument: uint8 for the asymmetric format, None for the symmetric one."""
-    if fmt is not WeightFormat.ASYMMETRIC:
-        if zero is not None:
-            raise ValueError(f"zero: the symmetric format has no zero point; pass None{_where(op)}")
-        return None
-    if zero is None:
-        raise ValueError(f"zero: the asymmetric format needs a zero point per group{_where(op)}")
-    return int_array(xp, zero, "uint8", "zero", op)
-
-
-def zero_values(xp, zero, op: str | None = None) -> None:
-    if zero is not None:
-        in_range(xp, zero, UINT4_ASYM.qmin, UINT4_ASYM.qmax, "zero", "zero points", op)
-
-
-def one_scale(xp, s, name: str, op: str, rows: int | None = None) -> None:
-    """Shape of an activation scale: one float32 (0-d or [1]), or, if ``rows`` is given, also [rows]."""
-    shp = xp.shape(s)
-    if shp in ((), (1,)) or (rows is not None and shp == (rows,)):
-        return
-    also = f" or per-token [{rows}]" if rows is not None else ""
-    raise ValueError(f"{name}: expected one scale (shape () or (1,)){also}, got shape {shp}{_where(op)}")
-
-
-def _optional_float(xp, x, name, op):
-    return None if x is None else float_array(xp, x, name, op)
 
 
 # ---------------------------------------------------------------------------
@@ -260,7 +95,7 @@ def dequantize_act(xp, q, scale):
 def _lae_s(xp, s, k, op):
     ndim(xp, s, 1, "s", op)
     if xp.shape(s)[0] != k:
-        raise ValueError(f"s: expected {k} channel scales, got {xp.shape(s)[0]}{_where(op)}")
+        raise ValueError(f"s: expected {k} channel scales, got {xp.shape(s)[0]}{cite(op)}")
 
 
 def lae_scales(xp, channel_max):
@@ -364,7 +199,7 @@ def _packed(xp, packed, k, op):
     ndim(xp, packed, 2, "packed", op)
     want = (k + 1) // 2
     if xp.shape(packed)[1] != want:
-        raise ValueError(f"packed: expected {want} bytes per row for K={k}, got {xp.shape(packed)[1]}{_where(op)}")
+        raise ValueError(f"packed: expected {want} bytes per row for K={k}, got {xp.shape(packed)[1]}{cite(op)}")
 
 
 def unpack_int4(xp, packed, k, signed):
@@ -389,7 +224,7 @@ def _core(xp, qx, packed, zero, k, group_size, fmt, op):
 def _qx_shape(xp, qx, k, op):
     ndim(xp, qx, 2, "qx", op)
     if xp.shape(qx)[1] != k:
-        raise ValueError(f"qx: expected K={k} columns to match the weight, got shape {xp.shape(qx)}{_where(op)}")
+        raise ValueError(f"qx: expected K={k} columns to match the weight, got shape {xp.shape(qx)}{cite(op)}")
 
 
 def w4a8_group_sums(xp, qx, packed, zero, k, group_size, fmt):
@@ -409,7 +244,7 @@ def w4a8_epilogue(xp, acc, wscale, xscale, bias):
     op = "w4a8_epilogue"
     acc = int_array(xp, acc, "int32", "acc", op)
     wscale, xscale = float_array(xp, wscale, "wscale", op), float_array(xp, xscale, "xscale", op)
-    bias = _optional_float(xp, bias, "bias", op)
+    bias = optional_float(xp, bias, "bias", op)
     ndim(xp, acc, 3, "acc", op)
     m, n, ng = xp.shape(acc)
     shape(xp, wscale, (n, ng), "wscale", op)
@@ -433,7 +268,7 @@ def w4a8_matmul(xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias):
     packed = int_array(xp, packed, "uint8", "packed", op)
     wscale = float_array(xp, wscale, "wscale", op)
     zero = zero_points(xp, zero, fmt, op)
-    bias = _optional_float(xp, bias, "bias", op)
+    bias = optional_float(xp, bias, "bias", op)
     _qx_shape(xp, qx, k, op)
     one_scale(xp, xscale, "xscale", op, rows=xp.shape(qx)[0])
     _packed(xp, packed, k, op)
@@ -484,7 +319,7 @@ def weight_scale_side(xp, wscale, n: int, ng: int, op: str):
 
 def bias_side(xp, bias, n: int, op: str):
     """``bias`` of :func:`w4a8_matmul` against a prepared weight: None or finite float32 [N]."""
-    bias = _optional_float(xp, bias, "bias", op)
+    bias = optional_float(xp, bias, "bias", op)
     if bias is not None:
         shape(xp, bias, (n,), "bias", op)
         finite(xp, bias, "bias", op)
