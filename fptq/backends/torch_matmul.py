@@ -208,7 +208,12 @@ def unpack_grouped(packed: torch.Tensor, zero: torch.Tensor | None, k: int, grou
 
 
 def prepare_weight(packed, zero, k: int, group_size: int, fmt: WeightFormat, shape: IntMMShape) -> PreparedWeight:
-    """Build a :class:`PreparedWeight` from checked arguments (see :func:`unpack_grouped`)."""
+    """Build a :class:`PreparedWeight` from checked arguments (see :func:`unpack_grouped`).
+
+    A G above K is one group of K columns, prepared as G = K: the same sums, and
+    memory O(N K) instead of O(N G) (G may be 2**20).
+    """
+    group_size = max(min(group_size, k), 1)
     w3, planes = unpack_grouped(packed, zero, k, group_size, fmt, shape)
     return PreparedWeight(w3, packed.shape[0], k, group_size, num_groups(k, group_size), fmt, shape, planes)
 
