@@ -110,8 +110,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
 
 def is_suite_dir(path: Path) -> bool:
     """A directory holding an fptq conformance suite (a checkout's ``conformance/`` or ``fptq/conformance``)."""
-    return (path / "plugin.py").is_file() and (path / "pytest_helpers.py").is_file() \
-        and (path / "__init__.py").is_file()
+    return all((path / name).is_file() for name in ("__init__.py", "plugin.py", "pytest_helpers.py", "large_cases.py"))
 
 
 def _suite_dir_of(path: Path) -> Path | None:

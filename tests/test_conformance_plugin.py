@@ -132,6 +132,16 @@ def test_large_profile_selects_every_case(tmp_path):
     assert sum(c.macs >= 2**32 for c in cases) >= 3 and not any(c.ci for c in cases if c.macs >= 2**32)
 
 
+def test_bare_pytest_in_a_checkout_uses_numpy_and_says_so(tmp_path):
+    """The project's own run (testpaths, no --backend, no $FPTQ_BACKEND) selects the reference, announced."""
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["conformance"]\n')
+    (tmp_path / "conformance").symlink_to(SUITE, target_is_directory=True)
+    r = pytest_run("--co", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "fptq backend: numpy [default of the project's own run" in out, out
+
+
 # ---------------------------------------------------------------------------
 # a suite of another version
 
