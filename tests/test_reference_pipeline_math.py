@@ -233,3 +233,12 @@ def test_statistics_without_the_non_first_pass_and_non_finite_inputs():
     with pytest.raises(ref.NonFiniteError, match=r"input of layer 'l'.*non-finite.*\(2, 5, 7\)"):
         lean.observe("l", x)
     assert issubclass(ref.NonFiniteError, ValueError)
+
+
+def test_small_helpers_of_the_pipeline():
+    m, s = np.array([3.0, 0.0, 8.0], F32), np.array([1.5, 1.0, 3.0], F32)
+    assert ref.equalized_channel_max(m, s).tobytes() == (m / s).astype(F32).tobytes()
+    assert ref.equalized_channel_max(m, None) is not None and ref.equalized_amax(m, s) == (m / s).max()
+    assert ref.activation_channel_weight(m).tolist() == [9.0, 0.0, 64.0]
+    w1, w2 = np.array([[1, -4], [2, 0]], F32), np.array([[-3, 1]], F32)
+    assert ref.weight_column_max([w1, w2]).tolist() == [3.0, 4.0]

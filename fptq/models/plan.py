@@ -77,7 +77,7 @@ class GroupPlan:
 
     def input_channel_max(self) -> np.ndarray:
         """float32 [K]: channel maxima of the input the quantized linear sees (``m / s`` after LAE)."""
-        return self.m if self.s is None else (self.m / self.s).astype(np.float32)
+        return ref.equalized_channel_max(self.m, self.s)
 
     def to_json(self) -> dict:
         """JSON-able summary (no arrays)."""
@@ -204,7 +204,7 @@ def _equalize(gp: GroupPlan, lr: LayerRef, equalize) -> None:
     """Set ``gp.s``, ``gp.s_fold`` and ``gp.v_after`` (:func:`fptq.reference.equalization_scales`)."""
     w_colmax = None
     if equalize != "lae":
-        w_colmax = np.max([np.abs(w).max(axis=0) for w in _weights(lr, gp.group)], axis=0)
+        w_colmax = ref.weight_column_max(_weights(lr, gp.group))
     kv = attention_geometry(lr.config, lr.layer, lr.arch) if gp.group == "o" else None
     gp.s, gp.s_fold = ref.equalization_scales(gp.m, equalize, w_colmax, kv)
     gp.v_after = float(ref.equalized_amax(gp.m, gp.s))

@@ -66,7 +66,7 @@ def quantize_linear_weight(linear, gp, config: QuantConfig):
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
     c = None
     if config.weight_quantizer == "mse" and gp is not None and gp.m is not None:
-        c = np.square(gp.input_channel_max().astype(np.float32))
+        c = ref.activation_channel_weight(gp.input_channel_max())
     return ref.quantize_weight_by(config.weight_quantizer, w, config.group_size, config.weight_format, c)
 
 

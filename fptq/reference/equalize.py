@@ -34,7 +34,8 @@ from .. import spec
 from ..spec.formats import FLOAT, MIN_SCALE
 from ..spec.validate import as_float32, check_ndim
 
-__all__ = ["group_channel_max", "smoothquant_scales", "equalization_scales", "static_act_scale"]
+__all__ = ["group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales",
+           "equalization_scales", "static_act_scale"]
 
 
 def group_channel_max(maxima) -> np.ndarray:
@@ -48,6 +49,26 @@ def group_channel_max(maxima) -> np.ndarray:
             raise ValueError(f"channel maxima of one input differ in shape: {m.shape} vs {x.shape}")
         m = np.maximum(m, x)
     return m.astype(FLOAT)
+
+
+def equalized_channel_max(m, s) -> np.ndarray:
+    """float32 [K] ``float32(m_j / s_j)``: the channel maxima of ``X / s`` (exact: division by
+    ``s_j > 0`` is monotone); ``s=None`` returns ``m``."""
+    m = as_float32(m, "m")
+    if s is None:
+        return m
+    s = as_float32(s, "s")
+    if s.shape != m.shape:
+        raise ValueError(f"s: expected shape {m.shape}, got {s.shape}")
+    return (m / s).astype(FLOAT)
+
+
+def weight_column_max(weights) -> np.ndarray:
+    """float32 [K] ``w_j = max |W[:, j]|`` over the rows of every weight [N_l, K] of a group (SmoothQuant's)."""
+    cols = [np.abs(as_float32(w, "weight")).max(axis=0) for w in weights]
+    if not cols:
+        raise ValueError("weight_column_max needs at least one weight")
+    return np.max(cols, axis=0).astype(FLOAT)
 
 
 def smoothquant_scales(m, w_colmax, alpha: float) -> np.ndarray:

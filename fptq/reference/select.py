@@ -12,7 +12,7 @@ keeps the one whose outputs are closer to the float outputs::
 ``lae_static`` (``act_scale`` from the equalized range). ``fq`` is per-tensor
 static INT8 fake quantization (:func:`fake_quant_act`), ``Q`` the weight the
 model would really store (``weight_fn(W', c)`` with ``c`` the squared channel
-maxima of ``x / s``, e.g. :func:`fptq.reference.fake_quant_weight`), or the
+maxima of ``x / s``, :func:`fptq.reference.activation_channel_weight`, e.g. :func:`fptq.reference.fake_quant_weight`), or the
 identity. Products and sums are float32 (NumPy's matmul).
 """
 
@@ -24,6 +24,7 @@ from .. import spec
 from ..spec import ActPolicy
 from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_ndim
+from .weight_quantizers import activation_channel_weight
 
 __all__ = ["fake_quant_act", "static_candidate_error", "select_by_error"]
 
@@ -69,7 +70,7 @@ def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None)
         ref = x @ w.T
         wn = w if s is None else spec.lae_apply_weight(w, s)
         if weight_fn is not None:
-            wn = weight_fn(wn, np.square(cmax))
+            wn = weight_fn(wn, activation_channel_weight(cmax))
         err += float(np.square(xq @ np.asarray(wn, dtype=FLOAT).T - ref).sum())
     return err
 

@@ -31,7 +31,13 @@ from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_group_size, check_ndim
 
 __all__ = ["WEIGHT_QUANTIZERS", "quantize_weight_rtn", "quantize_weight_mse", "quantize_weight_by",
-           "fake_quant_weight", "fake_quant_weight_int8_per_channel"]
+           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "activation_channel_weight"]
+
+
+def activation_channel_weight(channel_max) -> np.ndarray:
+    """float32 [K] ``c_j = m_j^2``: the activation-aware error weights of :func:`quantize_weight_mse`
+    from the channel maxima ``m`` of the input the quantized weight sees (after LAE: ``m / s``)."""
+    return np.square(as_float32(channel_max, "channel_max"))
 
 
 def quantize_weight_rtn(w, group_size: int, fmt=WeightFormat.SYMMETRIC, channel_weight=None) -> spec.QuantizedWeight:
