@@ -29,7 +29,8 @@ gets the same int32 from BLAS: per group, a float matmul of integers whose
 every partial sum is an integer of magnitude <= 1920 * G (docs/spec.md §6.3),
 so float32 (G <= 8192, 1920 * G < 2**24) or float64 (any admitted G,
 < 2**31 < 2**53) represents every partial sum exactly, whatever the order or
-FMA. The float epilogue is then the spec's own :func:`fptq.spec.w4a8_epilogue`.
+FMA. :func:`expected` uses it above :data:`SPEC_MACS` multiply-adds (the spec's own
+integer core below); the float epilogue is always the spec's :func:`fptq.spec.w4a8_epilogue`.
 ``test_large.py::test_exact_group_sums_is_the_spec`` checks the fast path
 against the spec on this machine before it is trusted.
 """
