@@ -67,13 +67,12 @@ def test_inert_in_another_project_that_owns_backend(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert re.search(r"\b4 passed\b", out) and "fptq backend" not in out and "fptq conformance" not in out, out
-    assert "fptq-0" in out or "fptq-conformance" in out or "plugins:" in out  # the plugin is loaded, and quiet
 
 
 def test_inert_in_a_plain_project(tmp_path):
     (tmp_path / "test_plain.py").write_text("def test_one():\n    assert 1 + 1 == 2\n")
     r = pytest_run(cwd=tmp_path)
-    assert r.returncode == 0 and "fptq" not in r.stdout.split("collected")[0].replace("plugins: fptq", ""), r.stdout
+    assert r.returncode == 0 and "fptq backend" not in r.stdout and "fptq conformance" not in r.stdout, r.stdout
     h = pytest_run("--help", cwd=tmp_path)
     assert "--fptq-backend" in h.stdout and "--fptq-profile" in h.stdout and "--backend" in h.stdout
 
