@@ -121,6 +121,17 @@ def test_tokenizer_edit_and_missing_file_are_refused(saved, tmp_path):
         _load(d)
 
 
+def test_files_added_later_do_not_change_the_tokenizer(saved, tmp_path):
+    import shutil
+
+    d = tmp_path / "added"
+    shutil.copytree(saved[0], d)
+    (d / "chat_template.jinja").write_text("{{ 'planted' }}")
+    (d / "notes.txt").write_text("a file the loader ignores")
+    _, tok, _ = _load(d)
+    assert tok.chat_template is None and tok.name_or_path == str(d)
+
+
 # ---- case 8: malformed metadata is a CheckpointError naming the key ------------------------------------
 def _entry(fn):
     return edit_layers(lambda layers: fn(layers[LAYER]))

@@ -379,13 +379,26 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
 
 
 def _tokenizer(d: Path, files: dict, meta: dict):
-    """The tokenizer saved with the checkpoint, or None when none was."""
-    names = set(files) if "digests" in meta else {p.name for p in d.iterdir()}
-    if not names & {"tokenizer_config.json", "tokenizer.json"}:
-        return None
+    """The tokenizer saved with the checkpoint, or None when none was.
+
+    Version 2: built from the verified bytes of the listed files only (copied to a temporary
+    directory), so a file added to the checkpoint later cannot change it."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
+    verified = "digests" in meta
+    names = set(files) if verified else {p.name for p in d.iterdir()}
+    if not names & {"tokenizer_config.json", "tokenizer.json"}:
+        return None
     try:
-        return AutoTokenizer.from_pretrained(d, local_files_only=True)
+        if not verified:
+            return AutoTokenizer.from_pretrained(d, local_files_only=True)
+        with tempfile.TemporaryDirectory(prefix="fptq-tokenizer-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        tok.name_or_path = str(d)
+        return tok
     except Exception as e:
         raise CheckpointError(f"{d}: the tokenizer files cannot be loaded ({type(e).__name__}: {e})") from None
