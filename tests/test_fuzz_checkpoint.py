@@ -1,5 +1,5 @@
 """Fuzzing the checkpoint loader (issue 13): random mutations of a tiny checkpoint's header,
-tensor bytes and config.json. Every mutation must either load with bit-identical logits or
+tensor bytes, config.json and tokenizer.json. Every mutation must either load with bit-identical logits or
 raise CheckpointError: no other exception, no silent change.
 
 CI runs a few hundred derandomized mutations (well under a minute). A long run::
@@ -37,7 +37,7 @@ def fuzz_dir(tmp_path_factory):
     model, _, _ = load_quantized(d, backend="numpy")
     with torch.no_grad():
         ref = model(IDS).logits
-    originals = {n: (d / n).read_bytes() for n in (TENSORS_FILE, "config.json")}
+    originals = {n: (d / n).read_bytes() for n in (TENSORS_FILE, "config.json", "tokenizer.json")}
     n = int.from_bytes(originals[TENSORS_FILE][:8], "little")
     yield d, originals, 8 + n, ref
     if LONG:
@@ -59,7 +59,7 @@ def _mutate(data: bytes, kind: str, pos: int, value: int, length: int) -> bytes:
     raise AssertionError(kind)
 
 
-REGIONS = st.sampled_from(["header", "header", "data", "data", "length_prefix", "config"])
+REGIONS = st.sampled_from(["header", "header", "data", "data", "length_prefix", "config", "tokenizer"])
 KINDS = st.sampled_from(["flip", "flip", "flip", "set", "set", "truncate", "delete", "insert"])
 
 
@@ -69,7 +69,7 @@ KINDS = st.sampled_from(["flip", "flip", "flip", "set", "set", "truncate", "dele
        length=st.integers(1, 16))
 def test_every_mutation_is_refused_or_harmless(fuzz_dir, region, kind, pos, value, length):
     d, originals, data_start, ref = fuzz_dir
-    name = "config.json" if region == "config" else TENSORS_FILE
+    name = {"config": "config.json", "tokenizer": "tokenizer.json"}.get(region, TENSORS_FILE)
     original = originals[name]
     if region == "header":
         lo, hi = 8, data_start
