@@ -376,3 +376,24 @@ def test_round_trip_is_exact_and_warning_free(saved):
     assert set(meta["digests"]["files"]) >= {"config.json", "tokenizer.json", "fptq_plan.json"}
     with torch.no_grad():
         assert torch.equal(model(IDS).logits, logits)
+
+
+def test_digests_are_what_docs_checkpoint_md_says(saved):
+    """Recompute every digest from the file bytes with hashlib alone, as docs/checkpoint.md describes."""
+    import hashlib
+
+    d = saved[0]
+    raw = (d / TENSORS_FILE).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__")
+    tensors = json.loads(meta["tensor_sha256"])
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        assert hashlib.sha256(raw[8 + n + b:8 + n + end]).hexdigest() == tensors[name], name
+    for name, digest in json.loads(meta["file_sha256"]).items():
+        assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest, name
+    doc = {"__metadata__": {k: v for k, v in meta.items() if k != "header_sha256"},
+           "tensors": {name: [e["dtype"], e["shape"]] for name, e in header.items()}}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert hashlib.sha256(text.encode("ascii")).hexdigest() == meta["header_sha256"]
