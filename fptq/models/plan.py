@@ -32,7 +32,7 @@ from .. import spec
 from ..spec import ActPolicy
 from .arch import LINEAR_GROUPS, Arch, get_submodule
 
-__all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "plan_layer", "attention_geometry", "fold_check"]
+__all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "plan_groups", "attention_geometry", "fold_check"]
 
 
 @dataclass
@@ -227,7 +227,7 @@ def _select_by_error(gp: GroupPlan, x: np.ndarray, lr: LayerRef, equalize, weigh
     gp.policy = ref.select_by_error(gp.err_static, gp.err_lae)
 
 
-def plan_layer(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(), *,
+def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(), *,
                samples: dict | None = None, weight_fn=None) -> list[GroupPlan]:
     """Plan the groups of one decoder layer from its calibration statistics.
 

@@ -4,7 +4,7 @@ Per decoder layer, inside the layer-by-layer calibration loop
 (:func:`fptq.models.calibrate.calibrate`):
 
 1. collect every linear input's channel maxima on the layer's calibration inputs;
-2. plan the layer's four groups (:func:`fptq.models.plan.plan_layer`);
+2. plan the layer's four groups (:func:`fptq.models.plan.plan_groups`);
 3. fold each equalized group's ``1/s`` into its producer and ``s`` into its
    linears (:func:`fptq.models.fold.fold_group`);
 4. replace each linear by a :class:`~fptq.models.qlinear.W4A8Linear` (INT4
@@ -32,7 +32,7 @@ from .arch import Arch, arch_of_model, get_submodule
 from .calibrate import calibrate
 from .config import QuantConfig
 from .fold import fold_group
-from .plan import LayerRef, Plan, PlanOptions, plan_layer
+from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
 
 __all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
@@ -96,10 +96,10 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
 
     Only groups in ``options.groups`` are equalized and replaced; the others stay float.
     ``make_linear(linear, group_plan) -> module``; ``samples``/``weight_fn``: see
-    :func:`fptq.models.plan.plan_layer`. Returns the layer's list of
+    :func:`fptq.models.plan.plan_groups`. Returns the layer's list of
     :class:`~fptq.models.plan.GroupPlan`.
     """
-    gps = plan_layer(lr, stats, options, samples=samples, weight_fn=weight_fn)
+    gps = plan_groups(lr, stats, options, samples=samples, weight_fn=weight_fn)
     for gp in gps:
         fold_group(lr.layer, lr.arch, gp)
     for gp in gps:
