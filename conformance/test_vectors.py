@@ -35,7 +35,8 @@ def test_installed_spec_reproduces_the_vectors():
             got = getattr(spec, op)(**case)
         got = list(got) if isinstance(got, tuple) else [got]
         max_ulp = spec.LAE_SCALE_ULP_TOLERANCE if op == "lae_scales" else 0
-        errors = [m for name, a, e in zip(OUTPUT_NAMES[op], got, expected) if (m := compare(name, a, e, op, {}, max_ulp))]
+        errors = [m for name, a, e in zip(OUTPUT_NAMES[op], got, expected)
+                  if (m := compare(name, a, e, op, {}, max_ulp))]
         assert not errors, (f"the installed fptq.spec ({spec.__file__}) does not reproduce this suite's vector "
                             f"{section}/{cid}: suite and spec are from different revisions\n" + "\n".join(errors))
 

@@ -333,7 +333,7 @@ class SkipLastPartialTileN(_TiledKernel):
 
 
 class LastPartialTileTwice(_TiledKernel):
-    """w4a8_group_sums: the last partial N tile is accumulated twice (a remainder pass after a ceil-divided main loop)."""
+    """w4a8_group_sums: the last partial N tile is accumulated twice (a remainder pass after a ceil-divided loop)."""
 
     triggers = staticmethod(lambda c: c.n > TILE_N and c.n % TILE_N != 0)
 
@@ -381,7 +381,7 @@ class RaggedGroupFullWidth(_TiledKernel):
 
 
 class ZeroPointUsesG(_TiledKernel):
-    """w4a8_group_sums: with unsigned activations u = qx + 128, the term 128 * z * width uses G, not the last group's width."""
+    """w4a8_group_sums: with unsigned activations u = qx + 128, the term 128 z width uses G, not the group's width."""
 
     triggers = staticmethod(lambda c: c.fmt == "asym" and c.g != -1 and c.k % c.g != 0)
 
