@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .models.config import POLICY_SELECTIONS, QuantConfig
-from .reference import WEIGHT_QUANTIZERS
+from .models.config import POLICY_SELECTIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -105,8 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
     _add_policy_select(q)
-    q.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=tuple(WEIGHT_QUANTIZERS),
-                   help="INT4 scales: rtn = round to nearest (the paper's), mse = activation-aware clipping search")
+    q.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=WEIGHT_QUANTIZER_NAMES,
+                   help="INT4 weights: rtn = round to nearest (the paper's), mse = activation-aware clipping search, "
+                   "gptq = GPTQ on the LAE-folded weights (Hessian from the layer's calibration inputs)")
+    q.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
+                   "diagonal (group scales fixed beforehand)")
+    q.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
+                   "Hadamard matrix before calibrating (exact in float; RMS-norm models without post-norms)")
     _add_calib(q)
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
     #                 the backend is chosen where the checkpoint runs (fptq eval --backend)
@@ -190,7 +194,8 @@ def cmd_quantize(a) -> int:
         raise FileExistsError(f"{a.out} exists; pass --force to replace it")
     protect.append(resolve_model_dir(a.model, progress=not a.quiet))
     out = check_checkpoint_out(a.out, a.force, protect)
-    cfg = _quant_config(a, weight_quantizer=a.weight_quantizer, sequential=a.sequential)
+    cfg = _quant_config(a, weight_quantizer=a.weight_quantizer, sequential=a.sequential,
+                        gptq_act_order=a.gptq_act_order, rotate=a.rotate)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)
     check_seq_len(model.config, a.seq_len, "--seq-len")

@@ -15,10 +15,14 @@ from ..reference import WEIGHT_QUANTIZERS
 from ..spec import ActPolicy, WeightFormat
 from .arch import LINEAR_GROUPS
 
-__all__ = ["QuantConfig", "POLICY_SELECTIONS"]
+__all__ = ["QuantConfig", "POLICY_SELECTIONS", "WEIGHT_QUANTIZER_NAMES"]
 
 #: how a group's policy is chosen below v1 (see :class:`QuantConfig`)
 POLICY_SELECTIONS = ("error", "bands")
+
+#: the weight quantizers of a run: the calibration-free ones of fptq.reference, and GPTQ
+#: (:mod:`fptq.reference.gptq`), which needs the layer's calibration inputs
+WEIGHT_QUANTIZER_NAMES = tuple(WEIGHT_QUANTIZERS) + ("gptq",)
 
 
 @dataclass
@@ -27,8 +31,14 @@ class QuantConfig:
 
     group_size: INT4 group size G along K (-1 = per-channel).
     weight_format: ``int4_sym`` (default) or ``uint4_asym``.
-    weight_quantizer: ``rtn`` (round to nearest, the paper's) or ``mse`` (activation-aware
-        clipping search, :mod:`fptq.reference.weight_quantizers`).
+    weight_quantizer: ``rtn`` (round to nearest, the paper's), ``mse`` (activation-aware
+        clipping search, :mod:`fptq.reference.weight_quantizers`) or ``gptq`` (second-order
+        error feedback on the LAE-folded weights, :mod:`fptq.reference.gptq`; the Hessian is
+        taken from ``gptq_rows`` calibration rows of the layer's own inputs).
+    gptq_act_order, gptq_damp, gptq_rows: GPTQ's column order (decreasing Hessian diagonal,
+        static group scales), relative dampening and Hessian rows per linear input.
+    rotate: rotate the float model's residual stream and value heads by a randomized
+        Hadamard matrix before calibrating (:mod:`fptq.models.rotate`; seed ``seed``).
     v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
     sequential: calibrate layer i on the quantized layers' outputs.
     policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static or LAE +
@@ -56,12 +66,18 @@ class QuantConfig:
     keep_rows: int = 2048
     force_policy: str | None = None
     groups: tuple[str, ...] = field(default_factory=lambda: LINEAR_GROUPS)
+    gptq_act_order: bool = False
+    gptq_damp: float = 0.01
+    gptq_rows: int = 8192
+    rotate: bool = False
 
     def __post_init__(self):
         WeightFormat(self.weight_format)
-        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+        if self.weight_quantizer not in WEIGHT_QUANTIZER_NAMES:
             raise ValueError(f"unknown weight quantizer {self.weight_quantizer!r}; "
-                             f"choose from {tuple(WEIGHT_QUANTIZERS)}")
+                             f"choose from {WEIGHT_QUANTIZER_NAMES}")
+        if not self.gptq_damp > 0:
+            raise ValueError(f"gptq_damp must be > 0, got {self.gptq_damp!r}")
         spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
         if self.group_size != -1 and not 1 <= int(self.group_size) <= spec.MAX_GROUP_SIZE:
             raise ValueError(f"group size must be in [1, {spec.MAX_GROUP_SIZE}] or -1, got {self.group_size}")
@@ -72,7 +88,7 @@ class QuantConfig:
             raise ValueError(f"policy_select must be 'bands' or 'error', got {self.policy_select!r}")
         if self.force_policy is not None:
             ActPolicy(self.force_policy)
-        for name in ("n_samples", "seq_len", "keep_rows"):
+        for name in ("n_samples", "seq_len", "keep_rows", "gptq_rows"):
             if int(getattr(self, name)) < (0 if name == "keep_rows" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 

@@ -23,6 +23,7 @@ lm_head and the embeddings stay float; so do the norms (which carry folded LAE s
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ from .config import QuantConfig
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
+from .rotate import rotate_model
 
 __all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
@@ -58,12 +60,27 @@ def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
     return PlanOptions(**base)
 
 
-def quantize_linear_weight(linear, gp, config: QuantConfig):
+def layer_hessian(samples, gp):
+    """``H = X'^T X' / n`` (float64 [K, K]) of a group's input as its quantized linears see it:
+    ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear)."""
+    if not samples or gp.linears[0] not in samples:
+        raise ValueError(f"GPTQ needs calibration rows of {gp.linears[0]}'s input (none were kept)")
+    x = samples[gp.linears[0]].numpy()
+    acc = ref.HessianAccumulator(x.shape[1])
+    acc.add_batch(x if gp.s is None else x.astype(np.float64) / gp.s.astype(np.float64))
+    return acc.H
+
+
+def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     """INT4 weight of one linear by ``config.weight_quantizer`` (:class:`fptq.spec.QuantizedWeight`).
 
     ``mse`` weighs each input channel's error by the square of its calibration maximum
-    (after LAE: ``(m_j / s_j)^2``)."""
+    (after LAE: ``(m_j / s_j)^2``); ``gptq`` takes its Hessian from ``samples``
+    (:func:`layer_hessian`)."""
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
+    if config.weight_quantizer == "gptq":
+        return ref.gptq_quantize(w, layer_hessian(samples, gp), config.group_size, config.weight_format,
+                                 damp=config.gptq_damp, act_order=config.gptq_act_order)
     c = None
     if config.weight_quantizer == "mse" and gp is not None and gp.m is not None:
         c = ref.activation_channel_weight(gp.input_channel_max())
@@ -72,10 +89,14 @@ def quantize_linear_weight(linear, gp, config: QuantConfig):
 
 def dequantized_weight_fn(config: QuantConfig):
     """``f(w, channel_weight) -> float32 [N, K]``: the INT4 weight ``config`` would store, dequantized
-    (used to measure candidate policies' errors with the weights they would really get)."""
+    (used to measure candidate policies' errors with the weights they would really get). With
+    ``gptq`` the candidates are measured with round-to-nearest weights: GPTQ per candidate would
+    double its cost, and both candidates are judged alike."""
+    method = "rtn" if config.weight_quantizer == "gptq" else config.weight_quantizer
+
     def fn(w, channel_weight):
-        c = channel_weight if config.weight_quantizer == "mse" else None
-        return ref.fake_quant_weight(w, config.group_size, config.weight_format, config.weight_quantizer, c)
+        c = channel_weight if method == "mse" else None
+        return ref.fake_quant_weight(w, config.group_size, config.weight_format, method, c)
     return fn
 
 
@@ -84,8 +105,8 @@ def w4a8_factory(config: QuantConfig, backend: str = "torch", mode: str = "integ
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
-    def make(linear, gp):
-        qw = quantize_linear_weight(linear, gp, config)
+    def make(linear, gp, samples=None):
+        qw = quantize_linear_weight(linear, gp, config, samples)
         return W4A8Linear.from_quantized(qw, linear.bias, gp.policy, gp.act_scale, backend=backend, mode=mode)
     return make
 
@@ -132,6 +153,8 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+    if config.rotate:
+        rotate_model(model, seed=config.seed, allow_online=False)
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
@@ -141,9 +164,11 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
 
     def on_layer(i, prefix, layer, layer_stats, samples):
         lr = LayerRef(i, prefix, layer, arch, model.config)
-        plan.groups.extend(apply_plan_layer(lr, layer_stats, make, options, samples=samples, weight_fn=weight_fn))
+        plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make, samples=samples), options,
+                                            samples=samples, weight_fn=weight_fn))
 
-    keep = config.keep_rows if config.policy_select == "error" else 0
+    keep = max(config.keep_rows if config.policy_select == "error" else 0,
+               config.gptq_rows if config.weight_quantizer == "gptq" else 0)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
                       sequential=config.sequential, keep_rows=keep)
     set_quantized_mode(model, mode, backend)

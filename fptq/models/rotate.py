@@ -116,14 +116,21 @@ def _head_dim(config) -> int:
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
-def rotate_model(model, seed: int = 0, heads: bool = True) -> RotationReport:
-    """Rotate ``model`` in place (see the module docstring); returns a :class:`RotationReport`."""
+def rotate_model(model, seed: int = 0, heads: bool = True, allow_online: bool = True) -> RotationReport:
+    """Rotate ``model`` in place (see the module docstring); returns a :class:`RotationReport`.
+
+    ``allow_online=False`` refuses (before changing anything) a model whose post-norms would need
+    :class:`RotateOutput` modules, which a W4A8 checkpoint cannot store yet."""
     arch = arch_of_model(model)
     if arch.norm_kind not in ("rms", "rms_one_plus"):
         raise UnsupportedArchitecture(
             f"{arch.family}: rotation needs RMS norms; {arch.norm_kind} subtracts the mean, which a rotation does not keep")
     config = model.config
     _, layers, _ = find_decoder_layers(model)
+    if not allow_online and any(n != arch.mlp_norm and get_submodule(layers[0], n) is not None for n in POST_NORMS):
+        raise UnsupportedArchitecture(
+            f"{arch.family}: its post-norms need a run-time rotation (RotateOutput) that checkpoints cannot "
+            "store yet; quantize it without --rotate")
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     d = emb.weight.shape[1]
     hd = _head_dim(config) if heads else None

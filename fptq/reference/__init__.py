@@ -10,6 +10,8 @@ once; the pipeline only moves tensors in and out of models.
 * :mod:`~fptq.reference.fold`               folding ``1/s`` into the producer (norms, linear rows)
 * :mod:`~fptq.reference.select`             static vs LAE + static by measured error; fake-quantized activations
 * :mod:`~fptq.reference.weight_quantizers`  INT4 scale choice: round to nearest, clipping search
+* :mod:`~fptq.reference.gptq`               GPTQ: INT4 weights with second-order error feedback
+* :mod:`~fptq.reference.rotation`           orthogonal rotations of the residual stream and value heads
 * :mod:`~fptq.reference.linear`             a W4A8 linear layer: quantization and integer forward
 
 Typical use::
@@ -28,6 +30,7 @@ from .equalize import (
     weight_column_max,
 )
 from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
+from .gptq import HessianAccumulator, gptq_quantize
 from .linear import QuantizedLinear, quantize_linear
 from .plan import LayerPlan, equalized_amax, plan_layer, plan_layers, with_policy
 from .select import fake_quant_act, select_by_error, static_candidate_error
@@ -36,7 +39,7 @@ from .weight_quantizers import (
     quantize_weight_mse, quantize_weight_rtn,
 )
 
-__all__ = ["CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
+__all__ = ["HessianAccumulator", "gptq_quantize", "CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
            "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
            "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales", "activation_channel_weight", "static_act_scale", "NORM_KINDS", "fold_into_norm",
            "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "WEIGHT_QUANTIZERS",
