@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fptq import spec
-from fptq.reference.gptq import HessianAccumulator, gptq_quantize
+from fptq.reference.gptq import HessianAccumulator, equalized_hessian, gptq_quantize
 from fptq.spec import WeightFormat
 from fptq.spec.formats import weight_format_spec
 
@@ -115,3 +115,12 @@ def test_dead_channels_and_bad_arguments():
         gptq_quantize(w, np.eye(64), 32, damp=0.0)
     with pytest.raises(ValueError, match="non-finite"):
         gptq_quantize(np.full_like(w, np.nan), np.eye(64), 32)
+
+
+def test_equalized_hessian_is_the_hessian_of_the_folded_weights():
+    """GPTQ on W * s with H(x / s) sees the same layer as on W with H(x): (x/s)(W s)^T = x W^T."""
+    x, _ = _layer(6, k=32)
+    s = np.random.default_rng(0).uniform(0.5, 4.0, 32)
+    h = equalized_hessian(x, s)
+    np.testing.assert_allclose(h, _hessian(x) / np.outer(s, s), rtol=1e-10)
+    np.testing.assert_allclose(equalized_hessian(x), _hessian(x), rtol=1e-12)

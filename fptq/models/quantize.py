@@ -65,10 +65,7 @@ def layer_hessian(samples, gp):
     ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear)."""
     if not samples or gp.linears[0] not in samples:
         raise ValueError(f"GPTQ needs calibration rows of {gp.linears[0]}'s input (none were kept)")
-    x = samples[gp.linears[0]].numpy()
-    acc = ref.HessianAccumulator(x.shape[1])
-    acc.add_batch(x if gp.s is None else x.astype(np.float64) / gp.s.astype(np.float64))
-    return acc.H
+    return ref.equalized_hessian(samples[gp.linears[0]].numpy(), gp.s)
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):

@@ -43,7 +43,7 @@ from .. import spec
 from ..spec import WeightFormat
 from ..spec.formats import FLOAT, weight_format_spec
 
-__all__ = ["HessianAccumulator", "gptq_quantize", "rtn_group_scale"]
+__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "rtn_group_scale"]
 
 ScaleFn = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
@@ -72,6 +72,16 @@ class HessianAccumulator:
         if self.n == 0:
             raise ValueError("no calibration rows were added to the Hessian")
         return self._sum / self.n
+
+
+def equalized_hessian(x, s=None) -> np.ndarray:
+    """``H`` of the input a layer sees after equalization: rows ``x`` [n, K] divided by ``s`` [K]
+    (float64 division; ``s = None``: no equalization). This is the Hessian of the LAE-folded
+    weights ``W * s``, since ``(x / s)(W * s)^T = x W^T``."""
+    x = np.asarray(x)
+    acc = HessianAccumulator(x.shape[-1])
+    acc.add_batch(x if s is None else x.astype(np.float64) / np.asarray(s, np.float64))
+    return acc.H
 
 
 def rtn_group_scale(fmt: WeightFormat) -> ScaleFn:
