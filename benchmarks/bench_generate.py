@@ -1,0 +1,132 @@
+"""Decode and prefill tokens/s of a float model and its W4A8 checkpoint, side by side in one process.
+
+Variants (each loaded once, then timed round by round, interleaved, so every
+variant sees the same machine load):
+
+* ``float32``: the float model as transformers runs it;
+* ``bf16``: the same model cast to bfloat16;
+* ``w4a8:BACKEND``: the W4A8 checkpoint on each CPU backend given (integer kernels).
+
+Per round and variant:
+
+* **decode**: greedy generation of ``--new-tokens`` tokens after a
+  ``--prompt-tokens``-token prompt (KV cache on); decode tokens/s =
+  new tokens / (generation time - one prefill of the prompt, timed separately);
+* **prefill**: one forward over ``--prefill-tokens`` tokens; tokens/s = tokens / time.
+
+Reported: medians over ``--rounds`` rounds and the ratios to float32. The
+prompt is real text (Penn Treebank test, the first tokens), BOS first.
+
+    python benchmarks/bench_generate.py CKPT --out bench_generate.json
+    python benchmarks/bench_generate.py CKPT --backends numba,torch --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a W4A8 checkpoint written by fptq quantize (of the float model below)")
+    p.add_argument("--model", default=None, help="the float model (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--backends", default="numba,torch", help="CPU backends for the W4A8 rows (default numba,torch)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--prefill-tokens", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from fptq.data.text import eval_tokens
+    from fptq.data.tokenize import bos_token_id
+    from fptq.generate import load
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    fmodel, tok = load(a.model)
+    variants = {"float32": fmodel}
+    bf = load(a.model)[0].to(torch.bfloat16)
+    variants["bf16"] = bf
+    for b in [x for x in a.backends.split(",") if x]:
+        variants[f"w4a8:{b}"] = load(a.checkpoint, backend=b)[0]
+    toks = eval_tokens(tok, "ptb")[0].tolist()
+    bos = bos_token_id(tok)
+    head = [bos] if bos is not None else []
+    prompt = torch.tensor([head + toks[: a.prompt_tokens - len(head)]])
+    prefill = torch.tensor([head + toks[: a.prefill_tokens - len(head)]])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def gen(m):
+        return m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=a.new_tokens,
+                          min_new_tokens=a.new_tokens, do_sample=False, temperature=None, top_k=None, top_p=None,
+                          pad_token_id=pad)
+
+    times = {k: {"decode": [], "prefill": [], "prompt": []} for k in variants}
+    outputs = {}
+    with torch.inference_mode():
+        for name, m in variants.items():  # warm-up (numba JIT, caches)
+            outputs[name] = gen(m)[0, prompt.shape[1]:].tolist()
+            m(prefill)
+        for r in range(a.rounds):
+            for name, m in variants.items():
+                tp = _time(lambda: m(prompt))
+                tg = _time(lambda: gen(m))
+                tf = _time(lambda: m(prefill))
+                times[name]["prompt"].append(tp)
+                times[name]["decode"].append(a.new_tokens / max(tg - tp, 1e-9))
+                times[name]["prefill"].append(prefill.shape[1] / tf)
+            print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+    rows = []
+    base = {k: statistics.median(times["float32"][k]) for k in ("decode", "prefill")}
+    for name in variants:
+        dec, pre = statistics.median(times[name]["decode"]), statistics.median(times[name]["prefill"])
+        rows.append({"variant": name, "decode_tok_s": dec, "prefill_tok_s": pre,
+                     "decode_vs_fp32": dec / base["decode"], "prefill_vs_fp32": pre / base["prefill"],
+                     "decode_runs": times[name]["decode"], "prefill_runs": times[name]["prefill"]})
+    agree = {k: outputs[k] == outputs["float32"] for k in outputs}
+    w4 = [k for k in outputs if k.startswith("w4a8:")]
+    print("| variant | decode tok/s | prefill tok/s | decode vs fp32 | prefill vs fp32 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} | "
+              f"{r['decode_vs_fp32']:.2f}x | {r['prefill_vs_fp32']:.2f}x |")
+    same_w4 = len({tuple(outputs[k]) for k in w4}) <= 1
+    print(f"greedy tokens: W4A8 backends identical to each other: {same_w4}; identical to float32: "
+          f"{ {k: v for k, v in agree.items() if k != 'float32'} }")
+    if a.out:
+        info = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                "settings": vars(a), "rows": rows, "w4a8_backends_agree": same_w4}
+        with open(a.out, "w") as f:
+            json.dump(info, f, indent=1)
+        print(f"wrote {a.out}")
+    return 0 if same_w4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
