@@ -127,26 +127,24 @@ def _ng(k: int, g: int) -> int:
     return -(-k // g)
 
 
-def weight_scales(xp, w, group_size, fmt):
-    """Returns (w, G, fmt)."""
-    op = "weight_scales"
+def _float_weight(xp, w, group_size, fmt, op):
+    """The checks of an operation on one float32 weight [N, K] and its grouping; returns (w, G, fmt)."""
     g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
     w = float_array(xp, w, "w", op)
     ndim(xp, w, 2, "w", op)
     g = resolve_group_size(g, xp.shape(w)[1], op)
     finite(xp, w, "w", op)
     return w, g, fmt
+
+
+def weight_scales(xp, w, group_size, fmt):
+    """Returns (w, G, fmt)."""
+    return _float_weight(xp, w, group_size, fmt, "weight_scales")
 
 
 def quantize_weight(xp, w, group_size, fmt):
     """Returns (w, G, fmt)."""
-    op = "quantize_weight"
-    g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
-    w = float_array(xp, w, "w", op)
-    ndim(xp, w, 2, "w", op)
-    g = resolve_group_size(g, xp.shape(w)[1], op)
-    finite(xp, w, "w", op)
-    return w, g, fmt
+    return _float_weight(xp, w, group_size, fmt, "quantize_weight")
 
 
 def quantize_weight_with_scales(xp, w, scale, zero, group_size, fmt):
