@@ -13,7 +13,7 @@ pipeline's mechanics only; no accuracy claim is made on them.
 
 from __future__ import annotations
 
-__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer"]
+__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "save_tiny_model"]
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "opt")
 
@@ -92,3 +92,13 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def save_tiny_model(directory, family: str = "llama", seed: int = 0, outliers: bool = True):
+    """Write :func:`tiny_model` and :func:`tiny_tokenizer` as a local transformers model directory; returns it."""
+    from pathlib import Path
+
+    d = Path(directory)
+    tiny_model(family, seed, outliers).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d

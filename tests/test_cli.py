@@ -11,17 +11,14 @@ pytest.importorskip("transformers")
 
 from fptq.cli import main  # noqa: E402
 from fptq.models.checkpoint import load_quantized, read_metadata  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_tokenizer, save_tiny_model  # noqa: E402
 
 SMALL = ["--calib", "random", "--samples", "4", "--seq-len", "32", "--group-size", "32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-qwen3"
-    tiny_model("qwen3").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen3", "qwen3")
 
 
 @pytest.fixture(scope="module")

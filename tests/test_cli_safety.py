@@ -20,17 +20,14 @@ from checkpoint_helpers import rewrite  # noqa: E402
 from fptq.cli import main  # noqa: E402
 from fptq.io import atomic  # noqa: E402
 from fptq.models.checkpoint import TENSORS_FILE  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
 
 SMALL = ["--calib", "random", "--samples", "2", "--seq-len", "16", "--group-size", "32", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("src") / "tiny-llama"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("src") / "tiny-llama", "llama")
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,14 @@ pytest.importorskip("transformers")
 import fptq  # noqa: E402
 from fptq.cli import main  # noqa: E402
 from fptq.generate import generate_text  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import save_tiny_model  # noqa: E402
 
 CPU_BACKENDS = ["numpy", "numba", "torch"]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama")
 
 
 @pytest.fixture(scope="module")

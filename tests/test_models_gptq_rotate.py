@@ -13,7 +13,7 @@ from fptq.models.checkpoint import load_quantized, read_metadata, save_quantized
 from fptq.models.config import QuantConfig  # noqa: E402
 from fptq.models.qlinear import quantized_linears  # noqa: E402
 from fptq.models.quantize import quantize_model  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
 
 IDS = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
 
@@ -68,8 +68,7 @@ def test_rotation_of_post_norm_families_is_refused_for_checkpoints():
 
 def test_cli_gptq_and_rotate_reach_the_checkpoint(tmp_path, capsys):
     src = tmp_path / "tiny"
-    tiny_model("qwen2").save_pretrained(src)
-    tiny_tokenizer().save_pretrained(src)
+    save_tiny_model(src, "qwen2")
     out = tmp_path / "q"
     assert main(["quantize", str(src), "--out", str(out), "--calib", "random", "--samples", "4", "--seq-len", "32",
                  "--group-size", "32", "--weight-quantizer", "gptq", "--gptq-act-order", "--rotate", "--quiet"]) == 0

@@ -9,15 +9,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from fptq.models.loading import ModelLoadError, check_config_dict, load_float_model  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    d = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path / "tiny", "llama")
 
 
 def test_a_tensor_missing_from_the_files_is_an_error(model_dir):

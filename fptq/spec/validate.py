@@ -127,6 +127,13 @@ def _ng(k: int, g: int) -> int:
     return -(-k // g)
 
 
+def _group_param_shapes(xp, scale, zero, n: int, k: int, g: int, op: str) -> None:
+    """Per-(row, group) scale, and zero points if any, must be [N, ceil(K / G)]."""
+    shape(xp, scale, (n, _ng(k, g)), "scale", op)
+    if zero is not None:
+        shape(xp, zero, (n, _ng(k, g)), "zero", op)
+
+
 def _float_weight(xp, w, group_size, fmt, op):
     """The checks of an operation on one float32 weight [N, K] and its grouping; returns (w, G, fmt)."""
     g, fmt = group_size_param(group_size, op), fmt_param(fmt, op)
@@ -156,9 +163,7 @@ def quantize_weight_with_scales(xp, w, scale, zero, group_size, fmt):
     ndim(xp, w, 2, "w", op)
     n, k = xp.shape(w)
     g = resolve_group_size(g, k, op)
-    shape(xp, scale, (n, _ng(k, g)), "scale", op)
-    if zero is not None:
-        shape(xp, zero, (n, _ng(k, g)), "zero", op)
+    _group_param_shapes(xp, scale, zero, n, k, g, op)
     finite(xp, w, "w", op)
     positive(xp, scale, "scale", op)
     zero_values(xp, zero, op)
@@ -174,9 +179,7 @@ def dequantize_weight(xp, q, scale, zero, group_size, fmt):
     ndim(xp, q, 2, "q", op)
     n, k = xp.shape(q)
     g = resolve_group_size(g, k, op)
-    shape(xp, scale, (n, _ng(k, g)), "scale", op)
-    if zero is not None:
-        shape(xp, zero, (n, _ng(k, g)), "zero", op)
+    _group_param_shapes(xp, scale, zero, n, k, g, op)
     f = weight_format_spec(fmt)
     in_range(xp, q, f.qmin, f.qmax, "q", f"{f.name} weights", op)
     positive(xp, scale, "scale", op)
