@@ -47,7 +47,7 @@ ENTRY_POINT_NAME = "fptq-conformance"
 PYARGS_NAME = "fptq.conformance"
 
 #: ``--fptq-profile`` -> (Hypothesis profile, whether every fixed case of test_large.py runs)
-PROFILES = {"ci": ("ci", False), "thorough": ("thorough", False), "large": ("ci", True)}
+PROFILES = {"ci": ("fptq-ci", False), "thorough": ("fptq-thorough", False), "large": ("fptq-ci", True)}
 DEFAULT_PROFILE = "ci"
 
 #: Examples per property in the ``ci`` profile: enough that every planted bug of
@@ -144,15 +144,17 @@ def targets_suite(config) -> bool:
 
 
 def register_profiles() -> None:
+    """The suite's Hypothesis profiles, named ``fptq-*``: Hypothesis has a built-in ``ci`` profile (loaded
+    by itself where ``$CI`` is set) that a same-named profile here would replace in a mixed run."""
     from hypothesis import HealthCheck, Phase, settings
 
     quiet = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
     # no "explain" phase: it re-runs failing examples to find covering lines, slow and not needed here
     phases = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
     common = dict(deadline=None, suppress_health_check=quiet, phases=phases, print_blob=True)
-    settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, **common)
-    settings.register_profile("ci-random", max_examples=CI_EXAMPLES, database=None, **common)
-    settings.register_profile("thorough", max_examples=THOROUGH_EXAMPLES, **common)
+    settings.register_profile("fptq-ci", max_examples=CI_EXAMPLES, derandomize=True, **common)
+    settings.register_profile("fptq-ci-random", max_examples=CI_EXAMPLES, database=None, **common)
+    settings.register_profile("fptq-thorough", max_examples=THOROUGH_EXAMPLES, **common)
 
 
 def _activate_profiles(config) -> None:

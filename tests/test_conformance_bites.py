@@ -56,7 +56,7 @@ def run_conformance(*args: str, backend: str | None = None, env_backend: str | N
     if env_backend:
         env["FPTQ_BACKEND"] = env_backend
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *(["-q"] if quiet else []), "-rfExs",
-           "--hypothesis-profile", "ci", *args]
+           "--hypothesis-profile", "fptq-ci", *args]
     if backend:
         cmd += ["--backend", backend]
     with tempfile.TemporaryDirectory(prefix="fptq-bites-") as own:

@@ -42,13 +42,17 @@ def pytest_addoption(parser):
 '''
 
 OTHER_TEST = '''
+import os
 from hypothesis import given, settings, strategies as st
 
 def test_own_option(request):
     assert request.config.getoption("backend") == "gpu0"
 
-def test_hypothesis_default_untouched():
-    assert settings.get_current_profile_name() == "default" and not settings.default.derandomize
+def test_hypothesis_profile_untouched():
+    # the profile Hypothesis picks by itself ("default", or its built-in "ci" where $CI is set)
+    own = os.environ["HYPOTHESIS_OWN_CHOICE"]
+    now = repr((settings.get_current_profile_name(), settings.default.max_examples, settings.default.derandomize))
+    assert now == own, (now, own)
 
 @given(st.integers())
 def test_property(x):
@@ -59,10 +63,20 @@ def test_no_backend_fixture_from_fptq(request):
 '''
 
 
-def test_inert_in_another_project_that_owns_backend(tmp_path):
+def hypothesis_own_choice() -> str:
+    """Hypothesis's profile, max_examples and derandomize in this environment with no plugin loaded."""
+    code = ("from hypothesis import settings as s; "
+            "print(repr((s.get_current_profile_name(), s.default.max_examples, s.default.derandomize)))")
+    env = {k: v for k, v in os.environ.items() if k not in ("FPTQ_BACKEND", "PYTHONPATH")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_inert_in_another_project_that_owns_backend(tmp_path, monkeypatch):
     """Another project's conftest registers --backend/--xfails: its run is untouched by fptq's plugin."""
     (tmp_path / "conftest.py").write_text(OTHER_CONFTEST)
     (tmp_path / "test_other.py").write_text(OTHER_TEST)
+    monkeypatch.setenv("HYPOTHESIS_OWN_CHOICE", hypothesis_own_choice())
     r = pytest_run("--backend", "gpu0", "-v", cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
