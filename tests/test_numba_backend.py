@@ -309,6 +309,57 @@ def test_epilogue_scale_and_bias_are_not_contracted_to_fma(nb):
                       f"w4a8_matmul path={path} M={m}")
 
 
+def test_prepared_linear_epilogue_is_not_contracted_to_fma(nb):
+    """The blocked kernel's epilogue, through linear_forward (static scale 1, so the codes are x):
+    (1) group accumulation: group 0 gives y = float32(-1) * (-c) = c, group 1 adds
+    float32(a) * b; (2) scale and bias: one group gives y = a, then y * b + c (act_scale b, x = b).
+    Each (a, b, c) is chosen so that an FMA would give other bits."""
+    rng = np.random.default_rng(13)
+    n = 16
+    # (1) group sums
+    xg = np.array([127, 64, 32, 16, 8, 4, 2, 1], np.float32)
+    x = np.concatenate([[1.0], np.zeros(7, np.float32), xg]).astype(np.float32)[None, :]
+    q = np.zeros((n, 16), np.int8)
+    q[:, 0] = -1
+    ws = np.empty((n, 2), np.float32)
+    for r in range(n):
+        q[r, 8:] = rng.integers(1, 8, 8)
+        a = int(q[r, 8:].astype(np.int64) @ xg.astype(np.int64))
+        b, c = _sensitive_bc(rng, a)
+        ws[r] = (-c, b)
+    one = np.array([1.0], np.float32)
+    prep = nb.prepare_linear(spec.pack_int4(q), ws, None, None, one, 16, 8, policy=spec.ActPolicy.STATIC)
+    want = spec.w4a8_matmul(spec.quantize_act_per_tensor(x, one), one, spec.pack_int4(q), ws, None, 16, 8)
+    fused = np.array([_fma32(np.float32(int(q[r, 8:].astype(np.int64) @ xg.astype(np.int64))), ws[r, 1], -ws[r, 0])
+                      for r in range(n)], np.float32)
+    assert (fused.view(np.uint32) != want[0].view(np.uint32)).all(), "inputs do not separate FMA from mul + add"
+    same_bits(nb.linear_forward(x, prep), want, "linear_forward, group accumulation")
+    # (2) activation scale and bias
+    cases = _fma_sensitive(rng, n, b=0.8125)
+    b = np.array([cases[0][1]], np.float32)
+    ws = np.array([[a] for a, _, _ in cases], np.float32)
+    bias = np.array([c for _, _, c in cases], np.float32)
+    q = np.zeros((n, 8), np.int8)
+    q[:, 0] = 1
+    x = np.zeros((5, 8), np.float32)
+    x[:, 0] = b[0]
+    prep = nb.prepare_linear(spec.pack_int4(q), ws, None, bias, b, 8, 8, policy=spec.ActPolicy.STATIC)
+    want = spec.w4a8_matmul(spec.quantize_act_per_tensor(x, b), b, spec.pack_int4(q), ws, None, 8, 8, SYM, bias)
+    fused = np.array([_fma32(a, bb, c) for a, bb, c in cases], np.float32)
+    assert (fused.view(np.uint32) != want[0].view(np.uint32)).all(), "inputs do not separate FMA from mul + add"
+    same_bits(nb.linear_forward(x, prep), want, "linear_forward, xscale and bias (5 rows: 4-row and 1-row tiles)")
+
+
+def _sensitive_bc(rng, a: int):
+    """(b, c), b > 0 and c < 0, with round(round(a * b) + c) != fma(a, b, c) for the integer a."""
+    a = np.float32(a)
+    while True:
+        b = np.float32(rng.uniform(1e-3, 2))
+        c = np.float32(-(np.float64(a) * np.float64(b)) * rng.uniform(0.5, 1.0))
+        if np.float32(np.float32(a * b) + c) != _fma32(a, b, c):
+            return b, c
+
+
 def test_division_is_not_a_reciprocal_multiply(nb):
     """x / s differs from x * (1 / s) on these inputs; the backend must divide."""
     rng = np.random.default_rng(2)
@@ -323,12 +374,151 @@ def test_division_is_not_a_reciprocal_multiply(nb):
     same_bits(nb.quantize_act_per_tensor(xq, sc), spec.quantize_act_per_tensor(xq, sc), "quantize near ties")
 
 
+# ------------------------------------------------------------------------------- the prepared linear (blocked)
+
+# (M, N, K, G): M around the 4-row tiles and past the 64-row cache chunk, N not a multiple of the
+# 16-row blocks, odd K and ragged last groups (steps of 8 columns), G = 8 (one step per group),
+# per-channel G = K, G not a multiple of 8 (the packed fallback), empty M.
+LINEAR_SHAPES = [
+    (1, 576, 576, 128), (1, 17, 72, 8), (3, 40, 131, 16), (4, 33, 256, 64), (5, 16, 24, 24),
+    (9, 50, 300, 32), (70, 20, 136, 128), (2, 7, 13, 8), (6, 5, 70, 6), (0, 9, 64, 32),
+]
+
+
+def _linear_case(seed, m, n, k, g, fmt, policy, bias):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32) * rng.uniform(0.01, 3.0, (n, 1)).astype(np.float32)
+    qw = spec.quantize_weight(w, g, fmt)
+    packed = spec.pack_int4(qw.q, signed=fmt is SYM)
+    x = (rng.standard_normal((m, k)) * rng.choice([1, 40], k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    act = None if policy is spec.ActPolicy.DYNAMIC else np.array([0.07], np.float32)
+    if act is None:
+        qx, xs = spec.quantize_act_per_token(x)
+    else:
+        qx, xs = spec.quantize_act_per_tensor(x, act), act
+    want = spec.w4a8_matmul(qx, xs, packed, qw.scale, qw.zero, k, g, fmt, b)
+    return (packed, qw.scale, qw.zero, b, act, k, g, fmt, policy), x, want
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-thread", "parallel"])
+@pytest.mark.parametrize("fmt", [SYM, ASYM], ids=["sym", "asym"])
+@pytest.mark.parametrize("m,n,k,g", LINEAR_SHAPES)
+def test_prepared_linear_identical_to_spec(nb, monkeypatch, m, n, k, g, fmt, parallel):
+    """linear_forward (blocked VNNI kernel, quantizer fused) == spec.w4a8_matmul(spec quantize(x)),
+    both policies, with and without bias, on one thread and on the parallel kernel."""
+    from fptq.backends import numba_backend
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_MACS", 0 if parallel else 1 << 62)
+    for policy, bias in ((spec.ActPolicy.DYNAMIC, True), (spec.ActPolicy.STATIC, False)):
+        args, x, want = _linear_case([m, n, k, g, parallel], m, n, k, g, fmt, policy, bias)
+        prep = nb.prepare_linear(*args)
+        assert (prep.kernel is not None) == (g % 8 == 0), "blocked layout used iff G % 8 == 0"
+        got, finite = nb.linear_forward_finite(x, prep)
+        same_bits(got, want, f"linear_forward {policy.value}")
+        assert finite is True
+
+
+def test_prepared_linear_extreme_sums(nb):
+    """Every |x| equal (all codes +-127) against all-(-8) symmetric / all-15 asymmetric (z = 0) nibbles:
+    the largest group sums the quantizer can produce, through the blocked kernel."""
+    k, g = 512, 256
+    x = np.full((5, k), -3.0, np.float32)
+    for fmt, q, zero in ((SYM, np.full((20, k), -8, np.int8), None),
+                         (ASYM, np.full((20, k), 15, np.int8), np.zeros((20, 2), np.uint8))):
+        packed = spec.pack_int4(q, signed=fmt is SYM)
+        ws = np.full((20, 2), 0.5, np.float32)
+        prep = nb.prepare_linear(packed, ws, zero, None, None, k, g, fmt)
+        qx, xs = spec.quantize_act_per_token(x)
+        same_bits(nb.linear_forward(x, prep), spec.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt),
+                  f"extreme sums {fmt.value}")
+
+
+def test_prepared_linear_refuses_non_finite_x_with_the_specs_error(nb):
+    """The finiteness check is fused into the kernel's quantizer; the error is still the spec's own."""
+    args, x, _ = _linear_case(5, 3, 20, 64, 32, SYM, spec.ActPolicy.DYNAMIC, True)
+    prep = nb.prepare_linear(*args)
+    for bad in (np.nan, np.inf, -np.inf):
+        xb = x.copy()
+        xb[2, 17] = bad
+        with pytest.raises(ValueError) as got:
+            nb.linear_forward(xb, prep)
+        with pytest.raises(ValueError) as want:
+            spec.quantize_act_per_token(xb)
+        assert str(got.value) == str(want.value)
+    with pytest.raises(ValueError, match="x"):
+        nb.linear_forward(x.astype(np.float64), prep)
+
+
+def test_prepared_linear_reports_a_non_finite_output(nb):
+    """Scales at the top of float32: the kernel's own output scan says the output is not finite."""
+    k, g = 64, 32
+    q = np.full((16, k), 7, np.int8)
+    ws = np.full((16, 2), 3e38, np.float32)
+    prep = nb.prepare_linear(spec.pack_int4(q), ws, None, None, None, k, g)
+    with np.errstate(all="ignore"):
+        y, finite = nb.linear_forward_finite(np.full((2, k), 5.0, np.float32), prep)
+    assert finite is False and not np.isfinite(y).all()
+    y, finite = nb.linear_forward_finite(np.zeros((2, k), np.float32), prep)
+    assert finite is True
+
+
+def _tile_runner(t4, t1):
+    """An uncached njit driver of a pair of tile intrinsics (4 rows, 1 row) over every block."""
+    from fptq.backends.numba_kernels import blocked as B
+
+    @numba.njit(error_model="numpy")
+    def run(xq, xs, xsum, wb, zc, wsb, bb, g, steps_last, y):
+        ng = zc.shape[1]
+        for blk in range(wb.shape[0]):
+            wp = B._address(wb) + blk * wb.shape[1] * 64
+            zp, wsp, bp = B._address(zc) + blk * ng * 64, B._address(wsb) + blk * ng * 64, B._address(bb) + blk * 64
+            m = 0
+            while m < xq.shape[0]:
+                args = (wp, B._address(xq) + m * xq.shape[1], np.int64(xq.shape[1]),
+                        B._address(xsum) + m * ng * 4, np.int64(ng), zp, wsp, np.int64(ng), np.int64(g // 8),
+                        np.int64(steps_last), B._address(xs) + m * 4, bp, np.int64(1),
+                        B._address(y) + (m * y.shape[1] + blk * 16) * 4, np.int64(y.shape[1]))
+                if m + 4 <= xq.shape[0]:
+                    t4(*args)
+                    m += 4
+                else:
+                    t1(*args)
+                    m += 1
+
+    return run
+
+
+def _run_tiles(run, fmt):
+    """(the tiles' output, the spec's) for one layer with bias, 6 rows (a 4-row tile and two 1-row tiles)."""
+    from fptq.backends.numba_kernels import blocked as B
+
+    args, x, want = _linear_case(9, 6, 37, 136, 32, fmt, spec.ActPolicy.DYNAMIC, True)
+    packed, ws, zero, b, _, k, g, _, _ = args
+    ng = spec.num_groups(k, g)
+    wb, zc = B.repack(packed, np.zeros((37, ng), np.uint8) if zero is None else zero, k, g, fmt is SYM)
+    bb = np.zeros(wb.shape[0] * 16, np.float32)
+    bb[:37] = b
+    xq, xs, xsum, y = B._buffers(x.shape[0], wb, zc)
+    assert B.quantize_rows(x, x.view(np.uint32), np.float32(1), True, g, xq, xs, xsum, 0, x.shape[0]) == 0
+    run(xq, xs, xsum, wb, zc, B.block_rows(ws, wb.shape[0]), bb, g, (k - (ng - 1) * g + 7) // 8, y)
+    return np.ascontiguousarray(y[:, :37]), want
+
+
+def test_blocked_tile_without_vnni_gives_the_same_bits():
+    """The portable tile (plain widening multiplies, for CPUs without AVX-512 VNNI) == the spec."""
+    from fptq.backends.numba_kernels import blocked as B
+
+    run = _tile_runner(B._make_tile(4, False), B._make_tile(1, False))
+    for fmt in (SYM, ASYM):
+        same_bits(*_run_tiles(run, fmt), f"portable tile {fmt.value}")
+
+
 # ---------------------------------------------------------------------------------- compilation settings
 
 def _dispatchers():
     from fptq.backends import numba_kernels as k
     from numba.core.registry import CPUDispatcher
-    for mod in (k.activation, k.lae, k.weights, k.packing, k.matmul, k.policy, k.simd):
+    for mod in (k.activation, k.lae, k.weights, k.packing, k.matmul, k.policy, k.simd, k.blocked):
         for name, obj in vars(mod).items():
             if isinstance(obj, CPUDispatcher):
                 yield f"{mod.__name__}.{name}", obj
@@ -388,3 +578,15 @@ def test_simd_dot_compiles_to_vnni():
     assert dot(w, xe, xo) == int(((u & 15) * xe + (u >> 4) * xo).sum())
     asm = dot.inspect_asm(dot.signatures[0])
     assert "vpdpbusd" in asm
+
+
+@pytest.mark.skipif(not _host_has_vnni(), reason="the host CPU has no AVX-512 VNNI / AVX-VNNI")
+def test_blocked_tile_compiles_to_vnni():
+    """The prepared linear's tile multiplies with vpdpbusd on 512-bit vectors (16 lanes x 4 products)."""
+    from fptq.backends.numba_kernels import blocked as B
+    if not B.USE_VNNI:
+        pytest.skip("AVX-VNNI without AVX-512: the portable tile is used")
+    run = _tile_runner(B.tile4, B.tile1)
+    same_bits(*_run_tiles(run, SYM), "VNNI tile")
+    asm = run.inspect_asm(run.signatures[0])
+    assert "vpdpbusd" in asm and "zmm" in asm

@@ -29,6 +29,8 @@ Compilation is lazy (first call of each kernel) and cached on disk
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import spec
@@ -40,6 +42,27 @@ from ..spec.weights import num_groups
 from .base import BackendUnavailable, LinearPath
 
 __all__ = ["NumbaBackend"]
+
+
+#: multiply-adds (M * N * K) from which the prepared linear runs on every thread (below, launching
+#: the thread pool costs more than it saves; ``benchmarks/bench_matmul.py`` shows the crossover)
+PARALLEL_MIN_MACS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocked:
+    """A layer's weights in the blocked VNNI layout (:mod:`fptq.backends.numba_kernels.blocked`)."""
+
+    wb: np.ndarray           # uint8 [nblk, steps, 64]
+    zc: np.ndarray           # int32 [nblk, ng, 16] zero points of the unsigned nibbles
+    wsb: np.ndarray          # float32 [nblk, ng, 16] weight scales
+    bb: np.ndarray           # float32 [16 * nblk] bias (0 past N, or all 0)
+    has_bias: bool
+    act: np.float32          # the static activation scale (1 for the dynamic policy, unused)
+    dynamic: bool
+    steps_last: int          # 8-column steps of the last group
+    n: int
+    k: int
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -219,9 +242,86 @@ class NumbaBackend(LinearPath):
 
     # ------------------------------------------------------------------ a model's prepared linear
 
+    def prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt=WeightFormat.SYMMETRIC,
+                       policy=spec.ActPolicy.DYNAMIC):
+        """:meth:`fptq.backends.base.LinearPath.prepare_linear` (the weights checked once by the spec's
+        own checks), plus, when G is a multiple of 8, the weights re-laid out once in the VNNI blocks
+        of :mod:`fptq.backends.numba_kernels.blocked` (``kernel``)."""
+        prep = super().prepare_linear(packed, wscale, zero, bias, act_scale, k, group_size, fmt, policy)
+        if not (self.k.blocked.supported(prep.group_size) and prep.k > 0 and prep.n > 0):
+            return prep
+        return dataclasses.replace(prep, kernel=self._blocked(prep))
+
+    def _blocked(self, prep) -> _Blocked:
+        B = self.k.blocked
+        k, g, n = prep.k, prep.group_size, prep.n
+        ng = num_groups(k, g)
+        zero = _zeros_u8(n, ng) if prep.zero is None else _c(prep.zero)
+        wb, zc = B.repack(_c(prep.packed), zero, k, g, prep.fmt is WeightFormat.SYMMETRIC)
+        nblk = wb.shape[0]
+        bb = np.zeros(nblk * B.LANES, FLOAT)
+        if prep.bias is not None:
+            bb[:n] = prep.bias
+        act = FLOAT(1.0) if prep.act_scale is None else FLOAT(np.asarray(prep.act_scale).reshape(-1)[0])
+        steps_last = (k - (ng - 1) * g + B.STEP_K - 1) // B.STEP_K
+        return _Blocked(wb, zc, B.block_rows(_c(prep.wscale), nblk), bb, prep.bias is not None, act,
+                        prep.policy is spec.ActPolicy.DYNAMIC, steps_last, n, k)
+
+    def _panel(self, nblk: int) -> int:
+        """Weight blocks per parallel panel: 4 (64 rows share the L2-resident activations) when that
+        still gives every thread several panels, fewer otherwise."""
+        threads = self._numba.get_num_threads()
+        for p in (4, 2):
+            if nblk >= 4 * p * threads:
+                return p
+        return 1
+
     def linear_forward(self, x, prepared):
-        """:meth:`fptq.backends.base.LinearPath.linear_forward` with ``x`` checked once (by the
-        quantizer) and the weights, checked by ``prepare_linear``, not checked again."""
+        """:meth:`fptq.backends.base.LinearPath.linear_forward` with ``x`` checked once and the weights,
+        checked by ``prepare_linear``, not checked again.
+
+        On the blocked path (G a multiple of 8) one compiled call does everything: the finiteness
+        check of ``x`` fused into the activation quantizer (a row with a NaN/Inf is reported, and
+        the spec's own check then raises its error), the INT8 codes and group sums, the integer
+        products and the pinned epilogue; one thread below :data:`PARALLEL_MIN_MACS` multiply-adds,
+        every thread above. Bits as ``w4a8_matmul(quantize(x))``."""
+        return self.linear_forward_finite(x, prepared)[0]
+
+    def linear_forward_finite(self, x, prepared):
+        """``(linear_forward(x, prepared), whether the output is all finite)``; on the blocked path the
+        output scan is part of the same compiled call (the model's check of its outputs, for free)."""
+        kb = prepared.kernel
+        if not isinstance(kb, _Blocked):
+            y = self._linear_forward_packed(x, prepared)
+            return y, bool(np.isfinite(y).all())
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != kb.k or x.dtype != FLOAT:
+            self._check_x(x, prepared)
+            raise ValueError(f"x: expected a float32 array [M, {kb.k}], got {x.dtype} {x.shape}")
+        x = _c(x)
+        B = self.k.blocked
+        if x.shape[0] * kb.n * kb.k >= PARALLEL_MIN_MACS and self._numba.get_num_threads() > 1:
+            y, bad, bad_out = B.linear_parallel(x, kb.act, kb.dynamic, kb.wb, kb.zc, kb.wsb, kb.bb, kb.has_bias,
+                                                prepared.group_size, kb.steps_last, kb.n, self._panel(kb.wb.shape[0]))
+        else:
+            y, bad, bad_out = B.linear(x, kb.act, kb.dynamic, kb.wb, kb.zc, kb.wsb, kb.bb, kb.has_bias,
+                                       prepared.group_size, kb.steps_last, kb.n)
+        if bad:
+            self._check_x(x, prepared)      # raises the spec's error naming x
+            raise ValueError("x: holds NaN/Inf [linear_forward]")
+        return (y if y.shape[1] == kb.n else _c(y[:, :kb.n])), bad_out == 0
+
+    def _check_x(self, x, prepared):
+        """The spec's own check of ``x`` for the layer's quantizer (raises its error)."""
+        if prepared.policy is spec.ActPolicy.DYNAMIC:
+            V.quantize_act_per_token(NUMPY, x)
+        else:
+            V.quantize_act_per_tensor(NUMPY, x, prepared.act_scale)
+        if np.ndim(x) != 2 or np.shape(x)[1] != prepared.k:
+            raise ValueError(f"x: expected a float32 array [M, {prepared.k}], got shape {np.shape(x)}")
+
+    def _linear_forward_packed(self, x, prepared):
+        """The prepared path for G not a multiple of 8: the checked quantizer, then the unchecked
+        packed matmul (:meth:`_w4a8_matmul_unchecked`)."""
         if np.ndim(x) != 2 or np.shape(x)[1] != prepared.k:
             raise ValueError(f"x: expected a float32 array [M, {prepared.k}], got shape {np.shape(x)}")
         if prepared.policy is spec.ActPolicy.DYNAMIC:

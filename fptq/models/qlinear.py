@@ -68,11 +68,14 @@ def set_quantized_mode(model, mode: str, backend: str | None = None):
 
 @dataclass
 class _OnBackend:
-    """A layer prepared for one backend: its name, the instance, and what ``prepare_linear`` returned."""
+    """A layer prepared for one backend: its name, the instance, what ``prepare_linear`` returned,
+    and what the forward asks of the backend on every call (looked up once)."""
 
     name: str
     backend: object
     prepared: object
+    native: bool = False                   # the backend takes torch tensors (array_type is torch.Tensor)
+    linear_forward_finite: object = None   # the backend's optional linear_forward_finite, or None
 
 
 class W4A8Linear(nn.Module):
@@ -180,22 +183,25 @@ class W4A8Linear(nn.Module):
     # ---- compute -----------------------------------------------------------------------
     def forward(self, x):
         shape = x.shape
-        x2 = x.detach().reshape(-1, self.in_features).to(torch.float32)
+        x2 = x.detach().reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.to(torch.float32)
+        origin = self.__dict__.get("origin")  # set by load_quantized: "layer NAME of CHECKPOINT"
         try:
             if self.mode == "fake_quant":
-                y = self._forward_fake_quant(x2)
+                y, finite = self._forward_fake_quant(x2), None
             else:
-                y = self._forward_integer(x2)
+                y, finite = self._forward_integer(x2, origin is not None)
         except (ValueError, ArithmeticError) as e:
-            if not getattr(self, "origin", None):  # set by load_quantized: "layer NAME of CHECKPOINT"
+            if not origin:
                 raise
             try:
-                named = type(e)(f"{self.origin}: {e}")
+                named = type(e)(f"{origin}: {e}")
             except TypeError:  # an exception class that takes other arguments
-                named = ValueError(f"{self.origin}: {e}")
+                named = ValueError(f"{origin}: {e}")
             raise named from e
-        if getattr(self, "origin", None) and not bool(torch.isfinite(y).all()):
-            raise ArithmeticError(f"{self.origin}: the output holds NaN/Inf (its scales or input overflow float32)")
+        if origin and not (bool(torch.isfinite(y).all()) if finite is None else finite):
+            raise ArithmeticError(f"{origin}: the output holds NaN/Inf (its scales or input overflow float32)")
         return y.reshape(*shape[:-1], self.out_features)
 
     def _forward_fake_quant(self, x2):
@@ -229,13 +235,24 @@ class W4A8Linear(nn.Module):
                                                           self.act_scale)]
                 prepared = be.prepare_linear(*conv, self.in_features, self.group_size, self.weight_format,
                                              self.policy)
-            self._on_backend = _OnBackend(self.backend_name, be, prepared)
+            self._on_backend = _OnBackend(self.backend_name, be, prepared, self._native(be),
+                                          getattr(be, "linear_forward_finite", None))
         return self._on_backend
 
-    def _forward_integer(self, x2):
+    def _forward_integer(self, x2, want_finite: bool = False):
+        """(y, whether y is all finite, or None when not known): the backend's prepared path. A backend
+        with ``linear_forward_finite(x, prepared) -> (y, finite)`` reports the output's finiteness
+        itself (asked only when the caller checks it, ``want_finite``)."""
         ob = self._prepared()
         be = ob.backend
-        y = be.linear_forward(self._to_backend(be, x2), ob.prepared)
-        if self._native(be):
-            return y.to(x2.device)
-        return torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32)).to(x2.device)
+        if ob.native:
+            return be.linear_forward(self._to_backend(be, x2), ob.prepared).to(x2.device), None
+        on_cpu = x2.device.type == "cpu"
+        xb = be.from_numpy(np.ascontiguousarray(x2.numpy() if on_cpu else x2.cpu().numpy()))
+        finite = None
+        if want_finite and ob.linear_forward_finite is not None:
+            y, finite = ob.linear_forward_finite(xb, ob.prepared)
+        else:
+            y = be.linear_forward(xb, ob.prepared)
+        y = torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32))
+        return (y if on_cpu else y.to(x2.device)), finite

@@ -6,7 +6,7 @@ dtypes; the checks live in :class:`fptq.backends.numba_backend.NumbaBackend`.
 Compilation options: :mod:`._jit` (``cache=True``, no fast-math).
 """
 
-from . import activation, lae, matmul, packing, policy, weights
+from . import activation, blocked, lae, matmul, packing, policy, weights
 from ._jit import JIT_OPTIONS
 
-__all__ = ["activation", "lae", "matmul", "packing", "policy", "weights", "JIT_OPTIONS"]
+__all__ = ["activation", "blocked", "lae", "matmul", "packing", "policy", "weights", "JIT_OPTIONS"]
