@@ -74,7 +74,16 @@ def _add_calib(p):
     p.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward during calibration")
     p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
                    help=f"INT4 group size G (-1 = per-channel; default {_Q.group_size})")
-    p.add_argument("--weight-format", default=_Q.weight_format, choices=["int4_sym", "uint4_asym"])
+    p.add_argument("--weight-format", default=_Q.weight_format, choices=["int4_sym", "uint4_asym"],
+                   help=f"INT4 weight format (default {_Q.weight_format}; int4_sym is the paper's)")
+    p.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=WEIGHT_QUANTIZER_NAMES,
+                   help=f"INT4 weights (default {_Q.weight_quantizer}): gptq = GPTQ on the LAE-folded weights "
+                   "(Hessian from the layer's calibration inputs), rtn = round to nearest (the paper's), "
+                   "mse = activation-aware clipping search")
+    p.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
+                   "diagonal (group scales fixed beforehand)")
+    p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
+                   "Hadamard matrix before calibrating (exact in float; RMS-norm models without post-norms)")
     p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
@@ -90,7 +99,8 @@ def _quant_config(a, **extra) -> QuantConfig:
     """The QuantConfig of the parsed flags (quantize and compare)."""
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
-                       seed=a.seed, **extra)
+                       seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
+                       rotate=a.rotate, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,13 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
     _add_policy_select(q)
-    q.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=WEIGHT_QUANTIZER_NAMES,
-                   help="INT4 weights: rtn = round to nearest (the paper's), mse = activation-aware clipping search, "
-                   "gptq = GPTQ on the LAE-folded weights (Hessian from the layer's calibration inputs)")
-    q.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
-                   "diagonal (group scales fixed beforehand)")
-    q.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
-                   "Hadamard matrix before calibrating (exact in float; RMS-norm models without post-norms)")
     _add_calib(q)
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
     #                 the backend is chosen where the checkpoint runs (fptq eval --backend)
@@ -141,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--int-max-windows", type=_positive_int, default=None,
                    help="windows for the (slow) integer-backend row (default: --max-windows)")
     c.add_argument("--out", default="results/compare", help="directory for compare.md / compare.json")
+    c.add_argument("--peers", default=None, help="a peers JSON (benchmarks/peers/run_peers.py) whose rows join "
+                   "the table; checked to be on the same texts and windows")
     _add_policy_select(c)
     _add_calib(c)
     _add_backend(c)
@@ -194,8 +199,7 @@ def cmd_quantize(a) -> int:
         raise FileExistsError(f"{a.out} exists; pass --force to replace it")
     protect.append(resolve_model_dir(a.model, progress=not a.quiet))
     out = check_checkpoint_out(a.out, a.force, protect)
-    cfg = _quant_config(a, weight_quantizer=a.weight_quantizer, sequential=a.sequential,
-                        gptq_act_order=a.gptq_act_order, rotate=a.rotate)
+    cfg = _quant_config(a, sequential=a.sequential)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)
     check_seq_len(model.config, a.seq_len, "--seq-len")
@@ -274,7 +278,7 @@ def cmd_compare(a) -> int:
     s = CompareSettings(model=a.model, quant=_quant_config(a), ppl=a.ppl, tasks=a.tasks, limit=a.limit,
                         max_windows=a.max_windows, eval_seq_len=a.eval_seq_len, batch_size=a.batch_size,
                         backend=a.backend, methods=a.methods, int_max_windows=a.int_max_windows,
-                        progress=not a.quiet)
+                        peers=a.peers, progress=not a.quiet)
     run_compare(s, out_dir=a.out, argv=sys.argv)  # refuses NaN/Inf metrics before writing
     return 0
 

@@ -1,26 +1,34 @@
-"""``fptq compare``: FPTQ side by side with the baselines, one calibration, one table.
+"""``fptq compare``: FPTQ side by side with the baselines, one table.
 
-One float calibration pass (per-channel input maxima of every linear) is shared
-by every method; each method then builds its own copy of the model from those
-statistics and is evaluated on the same perplexity windows.
+Every row is evaluated on the same perplexity windows. Rows whose weights are
+round-to-nearest or clip-searched share one float calibration pass (per-channel
+input maxima of every linear, calibration rows for the error-selected plan) and
+build their copy of the model from it; rows that need GPTQ (the layer's own
+calibration inputs) or a rotated model run :func:`fptq.models.quantize.quantize_model`
+itself, exactly as ``fptq quantize`` does (own calibration on the same tokens).
 
 =========================  ===============================  ===============================
 method                     weights                          activations
 =========================  ===============================  ===============================
 ``fp32``                   float32                          float32
 ``rtn_w4a16``              INT4 groupwise RTN               float32
+``gptq_w4a16``             INT4 groupwise GPTQ              float32
 ``smoothquant_w8a8``       INT8 per-channel, after SQ       INT8 per-tensor static, after
                            smoothing (alpha 0.5)            SQ smoothing (folded like LAE)
 ``w4a8_dynamic``           INT4 groupwise RTN               INT8 per-token dynamic everywhere
 ``w4a8_static``            INT4 groupwise RTN               INT8 per-tensor static everywhere
-``fptq_w4a8_fake``         INT4 groupwise RTN, LAE-folded   FPTQ plan (fake-quant)
+``fptq_paper``             INT4 int4_sym RTN, LAE-folded    the paper's v0/v1 bands
+``fptq_w4a8_fake``         the settings' weights (default   FPTQ plan (fake-quant)
+                           GPTQ uint4_asym), LAE-folded
 ``fptq_w4a8_int``          same, integer backend            FPTQ plan, integer W4A8 matmuls
 ``fptq_a8_only``           float32, LAE-folded              FPTQ plan (attribution row)
-``fptq_w4_only``           INT4, LAE-folded                 float32 (attribution row)
-``fptq_w4a8_bands`` or     INT4 groupwise RTN, LAE-folded   FPTQ plan made by the *other*
-``fptq_w4a8_error``                                         policy selection (see below)
-``fptq_w4a8_mse[_asym]``   INT4 (sym / asym) with an        FPTQ plan (fake-quant)
-                           activation-aware clipping search
+``fptq_w4_only``           the settings' INT4, LAE-folded   float32 (attribution row)
+``fptq_w4a8_<change>``     one change from the settings:    the other policy selection
+                           another quantizer (``rtn``,      (``bands`` / ``error``), or
+                           ``mse``, ``gptq``), the other    as the settings
+                           format (``int4_sym`` /
+                           ``uint4_asym``), rotation on/off
+                           (``rotate`` / ``norotate``)
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
                            (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
                            rest float                       most of the W4A8 loss)
@@ -28,9 +36,9 @@ method                     weights                          activations
 
 "FPTQ plan" follows ``policy_select`` (as ``fptq quantize --policy-select``):
 ``error`` (the default: v >= v1 per-token dynamic; below v1, static or LAE +
-static, whichever gives the smaller output error on calibration rows) or
-``bands`` (the paper's fixed v0/v1 bands). The row for the other selection is
-``fptq_w4a8_bands`` (default settings) or ``fptq_w4a8_error``.
+static, whichever gives the smaller output error on calibration rows, INT4
+weights in place) or ``bands`` (the paper's fixed v0/v1 bands). The attribution
+rows use the W4A8 row's plan (same calibration, same candidate errors).
 
 Every row except ``fptq_w4a8_int`` is fake quantization (float matmuls on
 dequantized values), named as such in the table.
@@ -71,6 +79,7 @@ class CompareSettings:
     methods: tuple | None = None
     int_max_windows: int | None = None
     sq_alpha: float = 0.5
+    peers: str | None = None  # JSON of benchmarks/peers/run_peers.py: its rows join the table
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -82,53 +91,78 @@ class Method:
     weights: str
     acts: str
     kind: str                 # "float" | "fake" | "w4a8"
-    force: str | None = None  # policy forced on every group (None: FPTQ bands)
+    force: str | None = None  # policy forced on every group (None: the FPTQ plan)
     equalize: object = "lae"
     weight: str | None = None  # "int4" | "int8pc" | None (float)
     act: bool = True
     groups: tuple = ("qkv", "o", "gate_up", "down")
     mode: str = "fake_quant"
-    weight_quantizer: str = "rtn"
-    weight_format: str | None = None  # None: the settings' format
-    select: str | None = None          # policy selection; None: the settings' policy_select
+    weight_quantizer: str | None = None  # None: the settings' quantizer
+    weight_format: str | None = None     # None: the settings' format
+    select: str | None = None            # policy selection; None: the settings' policy_select
+    rotate: bool | None = None           # None: the settings' rotation
+
+
+#: how the table names each weight quantizer
+QUANTIZER_WORDS = {"rtn": "RTN", "mse": "act-aware clip search", "gptq": "GPTQ"}
+FORMATS = ("int4_sym", "uint4_asym")
+
+
+def _weights(s: CompareSettings, quantizer: str, fmt: str, rotate: bool = False) -> str:
+    q = s.quant
+    g = f"G={q.group_size}" if q.group_size != -1 else "per-channel"
+    return f"INT4 {fmt} {g} {QUANTIZER_WORDS[quantizer]}" + (", rotated" if rotate else "")
 
 
 def _methods(s: CompareSettings) -> list[Method]:
     q = s.quant
-    g = f"G={q.group_size}" if q.group_size != -1 else "per-channel"
-    w4 = f"INT4 {q.weight_format} {g} RTN"
+    rtn = _weights(s, "rtn", q.weight_format)
+    mine = _weights(s, q.weight_quantizer, q.weight_format, q.rotate) + ", LAE-folded"
     rows = [
         Method("fp32", "FP32", "float32", "float32", "float"),
-        Method("rtn_w4a16", "RTN W4A16", w4, "float32", "fake", force="dynamic", weight="int4", act=False),
+        Method("rtn_w4a16", "RTN W4A16", rtn, "float32", "fake", force="dynamic", weight="int4", act=False,
+               weight_quantizer="rtn", rotate=False),
+        Method("gptq_w4a16", "GPTQ W4A16", _weights(s, "gptq", q.weight_format), "float32", "fake",
+               force="dynamic", weight="int4", act=False, weight_quantizer="gptq", rotate=False),
         Method("smoothquant_w8a8", f"SmoothQuant W8A8 (alpha {s.sq_alpha:g})", "INT8 per-channel, SQ-smoothed",
                "INT8 per-tensor static, SQ-smoothed", "fake", force="lae_static",
-               equalize=("smoothquant", s.sq_alpha), weight="int8pc"),
-        Method("w4a8_dynamic", "naive W4A8, all per-token dynamic", w4, "INT8 per-token dynamic", "w4a8",
-               force="dynamic"),
-        Method("w4a8_static", "naive W4A8, all per-tensor static", w4, "INT8 per-tensor static", "w4a8",
-               force="static"),
-        Method("fptq_w4a8_fake", "FPTQ W4A8 (fake-quant)", w4 + ", LAE-folded", "FPTQ plan", "w4a8"),
-        Method("fptq_w4a8_int", f"FPTQ W4A8 (integer, backend {s.backend})", w4 + ", LAE-folded", "FPTQ plan",
-               "w4a8", mode="integer"),
-        Method("fptq_a8_only", "FPTQ activations only (A8, float weights)", "float32, LAE-folded", "FPTQ plan",
-               "fake", weight=None, act=True),
-        Method("fptq_w4_only", "FPTQ weights only (W4, float activations)", w4 + ", LAE-folded", "float32",
-               "fake", weight="int4", act=False),
+               equalize=("smoothquant", s.sq_alpha), weight="int8pc", weight_quantizer="rtn", rotate=False),
+        Method("w4a8_dynamic", "naive W4A8, all per-token dynamic", rtn, "INT8 per-token dynamic", "w4a8",
+               force="dynamic", weight_quantizer="rtn", rotate=False),
+        Method("w4a8_static", "naive W4A8, all per-tensor static", rtn, "INT8 per-tensor static", "w4a8",
+               force="static", weight_quantizer="rtn", rotate=False),
+        Method("fptq_paper", "FPTQ, the paper's configuration", _weights(s, "rtn", "int4_sym") + ", LAE-folded",
+               f"paper bands v0={q.v0:g}, v1={q.v1:g}", "w4a8", weight_quantizer="rtn",
+               weight_format="int4_sym", select="bands", rotate=False),
+        Method("fptq_w4a8_fake", "FPTQ W4A8 (fake-quant)", mine, "FPTQ plan", "w4a8"),
+        Method("fptq_w4a8_int", f"FPTQ W4A8 (integer, backend {s.backend})", mine, "FPTQ plan", "w4a8",
+               mode="integer"),
+        Method("fptq_a8_only", "FPTQ activations only (A8, float weights)", "float32, LAE-folded"
+               + (", rotated" if q.rotate else ""), "FPTQ plan", "fake", weight=None, act=True),
+        Method("fptq_w4_only", "FPTQ weights only (W4, float activations)", mine, "float32", "fake",
+               weight="int4", act=False),
     ]
-    wq = f"INT4 {{}} {g} act-aware clip search, LAE-folded"
+    # one change from the settings each (an ablation of the default, or an improvement on top of it)
     other = "bands" if q.policy_select == "error" else "error"
     alt_acts = (f"paper bands v0={q.v0:g}, v1={q.v1:g}" if other == "bands"
                 else f"static/LAE by calibration error below v1={q.v1:g}")
-    rows += [
-        Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", w4 + ", LAE-folded", f"FPTQ plan, {alt_acts}",
-               "w4a8", select=other),
-        Method("fptq_w4a8_mse", "FPTQ W4A8 + clip search (fake-quant)", wq.format(q.weight_format), "FPTQ plan",
-               "w4a8", weight_quantizer="mse"),
-        Method("fptq_w4a8_mse_asym", "FPTQ W4A8 + asym + clip search (fake-quant)", wq.format("uint4_asym"),
-               "FPTQ plan", "w4a8", weight_quantizer="mse", weight_format="uint4_asym"),
-    ]
+    rows.append(Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", mine, f"FPTQ plan, {alt_acts}", "w4a8",
+                       select=other))
+    for wq in QUANTIZER_WORDS:
+        if wq != q.weight_quantizer:
+            rows.append(Method(f"fptq_w4a8_{wq}", f"FPTQ W4A8, {QUANTIZER_WORDS[wq]} weights",
+                               _weights(s, wq, q.weight_format, q.rotate) + ", LAE-folded", "FPTQ plan", "w4a8",
+                               weight_quantizer=wq))
+    fmt = next(f for f in FORMATS if f != q.weight_format)
+    rows.append(Method(f"fptq_w4a8_{fmt}", f"FPTQ W4A8, {fmt} weights",
+                       _weights(s, q.weight_quantizer, fmt, q.rotate) + ", LAE-folded", "FPTQ plan", "w4a8",
+                       weight_format=fmt))
+    rot = "norotate" if q.rotate else "rotate"
+    rows.append(Method(f"fptq_w4a8_{rot}", "FPTQ W4A8, " + ("no rotation" if q.rotate else "rotated"),
+                       _weights(s, q.weight_quantizer, q.weight_format, not q.rotate) + ", LAE-folded",
+                       "FPTQ plan", "w4a8", rotate=not q.rotate))
     for grp in ("qkv", "o", "gate_up", "down"):
-        rows.append(Method(f"fptq_only_{grp}", f"FPTQ W4A8 on {grp} only (rest float)", w4 + f" ({grp})",
+        rows.append(Method(f"fptq_only_{grp}", f"FPTQ W4A8 on {grp} only (rest float)", mine + f" ({grp})",
                            f"FPTQ plan ({grp})", "w4a8", groups=(grp,)))
     return rows
 
@@ -136,11 +170,19 @@ def _methods(s: CompareSettings) -> list[Method]:
 METHODS = tuple(m.key for m in _methods(CompareSettings()))
 
 
+def _fake_linear(m: Method, weight, linear, gp):
+    """The fake-quant module of row ``m`` (float compute; ``weight``: float32 [N, K] tensor)."""
+    from .models.fakequant import FakeQuantLinear
+
+    return FakeQuantLinear(weight, linear.bias, gp.policy if m.act else None, gp.act_scale if m.act else None,
+                           label=m.key)
+
+
 def _make_linear_factory(m: Method, s: CompareSettings):
+    """``f(linear, gp)`` for the rows built from the shared calibration."""
     import torch
 
     from . import reference as ref
-    from .models.fakequant import FakeQuantLinear
     from .models.quantize import w4a8_factory
 
     if m.kind == "w4a8":
@@ -149,12 +191,41 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     def make(linear, gp):
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
         if m.weight == "int4":
-            w = ref.fake_quant_weight(w, s.quant.group_size, s.quant.weight_format)
+            w = ref.fake_quant_weight(w, s.quant.group_size, _quant_config(m, s).weight_format)
         elif m.weight == "int8pc":
             w = ref.fake_quant_weight_int8_per_channel(w)
-        return FakeQuantLinear(torch.from_numpy(w), linear.bias, gp.policy if m.act else None,
-                               gp.act_scale if m.act else None, label=m.key)
+        return _fake_linear(m, torch.from_numpy(w), linear, gp)
     return make
+
+
+def _pipeline_factory(m: Method, s: CompareSettings):
+    """``f(linear, gp, samples)`` for :func:`fptq.models.quantize.quantize_model` (None: its W4A8 layers)."""
+    if m.kind == "w4a8":
+        return None
+    import torch
+
+    from . import spec
+    from .models.quantize import quantize_linear_weight
+
+    qc = _quant_config(m, s)
+
+    def make(linear, gp, samples=None):
+        if m.weight == "int4":
+            qw = quantize_linear_weight(linear, gp, qc, samples)
+            w = torch.from_numpy(spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt))
+        elif m.weight is None:
+            w = linear.weight.detach()
+        else:
+            raise ValueError(f"{m.key}: weights {m.weight!r} are not made by the pipeline")
+        return _fake_linear(m, w, linear, gp)
+    return make
+
+
+def _uses_pipeline(m: Method, s: CompareSettings) -> bool:
+    """Rows whose weights need the layer's own calibration inputs (GPTQ) or a rotated model: these run
+    :func:`fptq.models.quantize.quantize_model` itself (own calibration, as ``fptq quantize``)."""
+    qc = _quant_config(m, s)
+    return m.kind != "float" and m.equalize == "lae" and (qc.weight_quantizer == "gptq" or qc.rotate)
 
 
 def _plan_words(select: str, s: CompareSettings) -> str:
@@ -171,33 +242,74 @@ def _select(m: Method, s: CompareSettings) -> str:
 
 def _quant_config(m: Method, s: CompareSettings) -> QuantConfig:
     """The settings' QuantConfig with what method ``m`` changes."""
-    return replace(s.quant, weight_format=m.weight_format or s.quant.weight_format,
-                   weight_quantizer=m.weight_quantizer, policy_select=_select(m, s))
+    q = s.quant
+    return replace(q, weight_format=m.weight_format or q.weight_format,
+                   weight_quantizer=m.weight_quantizer or q.weight_quantizer, policy_select=_select(m, s),
+                   rotate=q.rotate if m.rotate is None else m.rotate, force_policy=m.force,
+                   groups=tuple(m.groups))
 
 
-def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None):
-    """A deep copy of the float ``model`` quantized as method ``m`` from shared statistics
-    (``samples``: calibration rows per linear input, needed by ``select="error"`` methods).
+def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None, ids=None):
+    """A copy of the float ``model`` quantized as method ``m``.
+
+    Rows from the shared calibration (``stats``; ``samples``: calibration rows per linear input,
+    for ``select="error"``) are built here; rows that need GPTQ or a rotation run
+    :func:`fptq.models.quantize.quantize_model` on calibration tokens ``ids``. Every quantized row's
+    plan measures its candidates with the INT4 weights the W4A8 row gets, so the attribution rows
+    (A8 only, W4 only) have the W4A8 row's plan.
 
     Returns ``(model_copy, plan_groups)``."""
     from .models.arch import arch_of_model, find_decoder_layers
     from .models.plan import LayerRef
-    from .models.quantize import apply_plan_layer, dequantized_weight_fn, plan_options
+    from .models.quantize import apply_plan_layer, dequantized_weight_fn, plan_options, quantize_model
 
-    model = copy.deepcopy(model)
     if m.kind == "float":
-        return model, []
+        return copy.deepcopy(model), []
+    qc = _quant_config(m, s)
+    if _uses_pipeline(m, s):
+        if ids is None:
+            raise ValueError(f"method {m.key} runs the quantization pipeline: it needs the calibration ids")
+        r = quantize_model(model, ids, qc, backend=s.backend, mode=m.mode, batch_size=s.batch_size,
+                           progress=s.progress, make_linear=_pipeline_factory(m, s))
+        return r.model, r.plan.groups
+    model = copy.deepcopy(model)
     arch = arch_of_model(model)
     path, layers, _ = find_decoder_layers(model)
     make = _make_linear_factory(m, s)
-    qc = _quant_config(m, s)
-    weight_fn = dequantized_weight_fn(qc) if m.kind == "w4a8" else None
-    options = plan_options(qc, force=m.force, equalize=m.equalize, groups=tuple(m.groups))
+    options = plan_options(qc, equalize=m.equalize)
     groups = []
     for i, layer in enumerate(layers):
         lr = LayerRef(i, f"{path}.{i}", layer, arch, model.config)
-        groups += apply_plan_layer(lr, stats, make, options, samples=samples, weight_fn=weight_fn)
+        groups += apply_plan_layer(lr, stats, make, options, samples=samples,
+                                   weight_fn=dequantized_weight_fn(qc))
     return model, groups
+
+
+class _Variants:
+    """Builds each row's model; two rows that differ only in compute mode (``fptq_w4a8_fake`` /
+    ``fptq_w4a8_int``) share one quantization (the model is switched, not rebuilt)."""
+
+    def __init__(self, model, stats, s: CompareSettings, samples, ids):
+        self.model, self.stats, self.s, self.samples, self.ids = model, stats, s, samples, ids
+        self.last = None  # (key, model, groups)
+
+    def _key(self, m: Method):
+        if m.kind != "w4a8":
+            return None
+        return json.dumps(_quant_config(m, self.s).to_json(), sort_keys=True) + repr(m.equalize)
+
+    def get(self, m: Method):
+        from .models.qlinear import set_quantized_mode
+
+        key = self._key(m)
+        if key is not None and self.last is not None and self.last[0] == key:
+            set_quantized_mode(self.last[1], m.mode, self.s.backend)
+            return self.last[1], self.last[2]
+        self.last = None
+        qm, groups = build_variant(self.model, self.stats, m, self.s, self.samples, self.ids)
+        if key is not None:
+            self.last = (key, qm, groups)
+        return qm, groups
 
 
 def _machine() -> str:
@@ -240,7 +352,7 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
         cells = " | ".join("-" if p is None else f"{p:.2f}" for p in ppls)
         if base and r is not base:
             rel = [(r["ppl"][t] / base["ppl"][t] - 1) * 100 for t in texts if t in r["ppl"] and t in base["ppl"]]
-            vs = " / ".join(f"{x:+.1f}%" for x in rel)
+            vs = " / ".join(f"{x:+.1f}%" for x in rel) or "-"
         else:
             vs = "-"
         tcells = "".join((f"{100 * _task_value(t, r['tasks'][t]):.1f} | " if t in r.get("tasks", {}) else "- | ")
@@ -249,6 +361,34 @@ def format_markdown(rows: list[dict], texts, tasks=()) -> str:
         lines.append(f"| {r['label']}{note} | {r['weights']} | {r['acts']} | {cells} | {vs} | {tcells}"
                      f"{r['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def read_peer_rows(path, texts, max_windows: int, seq_len: int) -> list[dict]:
+    """The rows of a peers JSON (``benchmarks/peers/run_peers.py``), checked to be on the same windows.
+
+    A peer row has ``key``, ``label``, ``weights``, ``acts``, ``n_windows`` and either ``ppl`` (per
+    text) or ``error`` (a configuration that failed, kept as a row that says so)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--peers {path}: not a peers result file ({type(e).__name__}: {e})") from e
+    if data.get("eval_seq_len", seq_len) != seq_len:
+        raise ValueError(f"--peers {path}: windows of {data.get('eval_seq_len')} tokens, this table uses {seq_len}")
+    out = []
+    for r in rows:
+        if not isinstance(r, dict) or not {"key", "label"} <= r.keys():
+            raise ValueError(f"--peers {path}: a row without key/label: {r!r:.200}")
+        if "error" not in r:
+            missing = [t for t in texts if t not in r.get("ppl", {})]
+            if missing or r.get("n_windows") != max_windows:
+                raise ValueError(f"--peers {path}: row {r['key']} has texts {sorted(r.get('ppl', {}))} on "
+                                 f"{r.get('n_windows')} windows; this table needs {list(texts)} on {max_windows}")
+        row = {"weights": "", "acts": "", "ppl": {}, "seconds": 0.0, **r, "peer": True, "fake_quant": None}
+        row["label"] = f"peer: {r['label']}" + (f" (fails: {r['error']})" if "error" in r else "")
+        out.append(row)
+    return out
 
 
 def _eval_ppl(model, tokens: dict, seq_len: int, max_windows: int, progress: bool, bos) -> dict:
@@ -280,6 +420,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(m.key for m in methods)}")
         methods = [m for m in methods if m.key in s.methods]
+    peer_rows = read_peer_rows(s.peers, s.ppl, s.max_windows, s.eval_seq_len) if s.peers else []
     unknown_tasks = set(s.tasks) - set(TASKS)
     if unknown_tasks:
         raise ValueError(f"unknown tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
@@ -291,7 +432,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     ids = calibration_ids(tok, q.calib, q.n_samples, q.seq_len, q.seed, vocab_size=model.config.vocab_size)
     samples = None
     on_layer = None
-    if any(m.kind != "float" and m.force is None and _select(m, s) == "error" for m in methods):
+    shared = [m for m in methods if m.kind != "float" and not _uses_pipeline(m, s)]
+    if any(m.force is None and _select(m, s) == "error" for m in shared):
         samples = {}
 
         arch = arch_of_model(model)
@@ -302,21 +444,24 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
             for rel in firsts:
                 samples[f"{prefix}.{rel}"] = layer_samples[f"{prefix}.{rel}"]
 
-    stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
-                      keep_rows=q.keep_rows if samples is not None else 0)
+    stats = None
+    if shared:  # one float calibration for the rows that need no pipeline run of their own
+        stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
+                          keep_rows=q.keep_rows if samples is not None else 0)
     t_cal = time.time() - t0
     print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
     rows, plan_json = [], None
+    variants = _Variants(model, stats, s, samples, ids)
     for m in methods:
         t1 = time.time()
-        qm, groups = build_variant(model, stats, m, s, samples)
+        qm, groups = variants.get(m)
         if m.key == "fptq_w4a8_fake":
             plan_json = [g.to_json() for g in groups]
         windows = s.int_max_windows if (m.mode == "integer" and s.int_max_windows) else s.max_windows
         with torch.no_grad():
             res = _eval_ppl(qm, tokens, s.eval_seq_len, windows, s.progress, bos)
             task_res = {t: evaluate_task(qm, tok, t, limit=s.limit, progress=s.progress) for t in s.tasks}
-        del qm
+        qm = None
         row = {"key": m.key, "label": m.label, "weights": m.weights, "acts": m.acts,
                "fake_quant": m.kind != "float" and m.mode != "integer",
                "ppl": {t: float(r["ppl"]) for t, r in res.items()},
@@ -329,8 +474,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                                          + [f"{t} {100 * _task_value(t, r):.1f}" for t, r in task_res.items()])
               + f" ({row['seconds']:.0f} s)", flush=True)
     if s.int_max_windows and s.int_max_windows != s.max_windows and any(r["key"] == "fptq_w4a8_int" for r in rows):
-        m = next(x for x in methods if x.key == "fptq_w4a8_fake")
-        qm, _ = build_variant(model, stats, m, s, samples)
+        m = next(x for x in _methods(s) if x.key == "fptq_w4a8_fake")
+        qm, _ = variants.get(m)
         with torch.no_grad():
             res = _eval_ppl(qm, tokens, s.eval_seq_len, s.int_max_windows, s.progress, bos)
         rows.append({"key": "fptq_w4a8_fake_int_windows", "label": "FPTQ W4A8 (fake-quant)",
@@ -339,6 +484,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                      "nll": {t: float(r["nll"]) for t, r in res.items()},
                      "n_tokens": {t: int(r["n_tokens"]) for t, r in res.items()},
                      "n_windows": s.int_max_windows, "n_windows_note": True, "seconds": 0.0})
+    rows += peer_rows
     table = format_markdown(rows, list(s.ppl), list(s.tasks))
     settings = asdict(s)
     settings["ppl"], settings["tasks"] = list(s.ppl), list(s.tasks)

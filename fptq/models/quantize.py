@@ -131,7 +131,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
 
 def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend: str = "torch",
                    mode: str = "integer", batch_size: int = 8, progress: bool = True,
-                   inplace: bool = False) -> QuantResult:
+                   inplace: bool = False, make_linear=None) -> QuantResult:
     """Quantize a float transformers causal LM with FPTQ.
 
     Args:
@@ -142,6 +142,9 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
             quantization itself is :mod:`fptq.reference`'s and does not depend on it.
         mode: ``"integer"`` or ``"fake_quant"``.
         inplace: modify ``model`` itself (saves memory); otherwise a deep copy is quantized.
+        make_linear: ``f(linear, group_plan, samples) -> module`` replacing each planned linear
+            instead of a :class:`~fptq.models.qlinear.W4A8Linear` (``fptq compare``'s attribution
+            rows: the same calibration, plan and folds, other weights or activations).
     Returns:
         :class:`QuantResult` (the quantized model, its plan, the calibration statistics).
     """
@@ -155,7 +158,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
-    make = w4a8_factory(config, backend, "fake_quant")
+    make = make_linear or w4a8_factory(config, backend, "fake_quant")
     options = plan_options(config)
     weight_fn = dequantized_weight_fn(config)
 
