@@ -4,7 +4,7 @@
 
     fptq quantize [MODEL] --out DIR [--group-size G] [--weight-format F] [--weight-quantizer Q]
                   [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
-                  [--policy-select error|bands]
+                  [--policy-select error|bands] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 
 __all__ = ["main", "build_parser"]
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
+    q.add_argument("--float-dtype", default=DEFAULT_FLOAT_DTYPE, choices=sorted(FLOAT_DTYPES),
+                   help=f"storage dtype of the parts that stay float (embeddings, lm_head, norms; default "
+                   f"{DEFAULT_FLOAT_DTYPE}); they load as float32. The W4A8 layers' scales are float32 always")
+    q.add_argument("--int8-embeddings", action="store_true", help="store the embedding and lm_head as INT8 per row "
+                   "(symmetric, float32 row scales; tied ones once): about 1/4 of their float32 bytes")
     _add_policy_select(q)
     _add_calib(q)
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
@@ -208,9 +214,10 @@ def cmd_quantize(a) -> int:
     res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
     t2 = time.time()
     info = {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
-            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}",
-            "lm_head_and_embeddings": "float32 (not quantized)"}  # nothing run-dependent: reproducible bytes
-    save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect)
+            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}"}
+    # nothing run-dependent in info (reproducible bytes); how the float parts are stored is in the metadata
+    save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect,
+                   float_dtype=a.float_dtype, int8_embeddings=a.int8_embeddings)
     t3 = time.time()
     rows = [g.to_json() for g in res.plan.groups]
     print(plan_summary(rows))
@@ -294,7 +301,7 @@ def cmd_report(a) -> int:
     from .report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
 
     from .io.outputs import check_output_file
-    from .models.checkpoint import load_quantized
+    from .models.checkpoint import load_quantized, storage_summary
 
     path = None
     if a.plot:
@@ -306,7 +313,7 @@ def cmd_report(a) -> int:
     v0, v1 = qc.get("v0", 15.0), qc.get("v1", 150.0)
     print(f"{a.checkpoint}: {meta['weight_format']} G={meta['group_size']}, packing {meta['packing']}, "
           f"v0={v0:g}, v1={v1:g}; model {meta.get('info', {}).get('model_name', meta.get('model_type'))}")
-    print("lm_head and embeddings: float32 (not quantized)")
+    print(storage_summary(meta))
     print(plan_table(rows))
     print(plan_summary(rows))
     if path is not None:

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from checkpoint_helpers import IDS, rewrite  # noqa: E402
+from checkpoint_helpers import IDS, rewrite, stored_logits  # noqa: E402
 
 from fptq.io.atomic import atomic_directory  # noqa: E402
 from fptq.models.checkpoint import (  # noqa: E402
@@ -33,9 +33,7 @@ def saved(tmp_path_factory):
     res, cfg = _quantized()
     d = tmp_path_factory.mktemp("ck") / "llama-w4a8"
     save_quantized(d, res.model, tiny_tokenizer(), res.plan, cfg, {"model_name": "tiny llama"})
-    with torch.no_grad():
-        logits = res.model(IDS).logits
-    return d, logits, res
+    return d, stored_logits(res.model), res
 
 
 def _rewrite(src, dst, edit_meta=None, edit_tensors=None):
@@ -47,9 +45,11 @@ def _rewrite(src, dst, edit_meta=None, edit_tensors=None):
 @pytest.mark.parametrize("family,fmt", [("llama", "int4_sym"), ("gemma3", "int4_sym"), ("opt", "uint4_asym"),
                                         ("qwen2", "uint4_asym")])
 def test_round_trip_is_bit_identical(tmp_path, family, fmt):
+    """float32 storage: the loaded model is the saved one, bit for bit (other storages:
+    tests/test_checkpoint_storage.py)."""
     res, cfg = _quantized(family, fmt)
     d = tmp_path / "ck"
-    save_quantized(d, res.model, tiny_tokenizer(), res.plan, cfg)
+    save_quantized(d, res.model, tiny_tokenizer(), res.plan, cfg, float_dtype="float32")
     m2, tok, meta = load_quantized(d, backend="numpy")
     assert tok is not None and meta["weight_format"] == fmt and meta["group_size"] == "24"
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_odd_k_padding_nibble_is_checked(tmp_path):
     model = AutoModelForCausalLM.from_config(cfg).eval()
     res = quantize_model(model, IDS, QuantConfig(group_size=32), backend="numpy", progress=False)
     d = tmp_path / "odd"
-    save_quantized(d, res.model, None, res.plan, None)
+    save_quantized(d, res.model, None, res.plan, None, float_dtype="float32")
     m2, tok, _ = load_quantized(d, backend="numpy")
     assert tok is None
     with torch.no_grad():

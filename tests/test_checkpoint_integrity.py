@@ -14,14 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from checkpoint_helpers import IDS, edit_layers, rewrite, save_tiny  # noqa: E402
+from checkpoint_helpers import IDS, edit_layers, rewrite, save_tiny, stored_logits  # noqa: E402
 
 from fptq.io.tensorfile import TensorFile, TensorFileError, write_tensor_file  # noqa: E402
 from fptq.models import checkpoint as ckpt_mod  # noqa: E402
 from fptq.models.checkpoint import (  # noqa: E402
     TENSORS_FILE, CheckpointError, CheckpointWarning, load_quantized, read_metadata, save_quantized,
 )
-from fptq.models.checkpoint_meta import MAX_ACT_SCALE, MAX_WSCALE, V2_KEYS  # noqa: E402
+from fptq.models.checkpoint_meta import MAX_ACT_SCALE, MAX_WSCALE, V2_KEYS, V3_KEYS  # noqa: E402
 from fptq.spec import WeightFormat  # noqa: E402
 
 LAYER = "model.layers.1.mlp.gate_proj"
@@ -230,8 +230,8 @@ def test_hostile_config_is_refused_before_building(saved, tmp_path, monkeypatch)
     with pytest.raises(CheckpointError, match=r"config\.json: digest mismatch"):
         _load(stale)
     assert devices == []
-    with pytest.raises(CheckpointError, match=r"tensor model\.embed_tokens\.weight: F32 \[260, 64\] where the "
-                                              r"model needs F32 \[4000000, 64\]"):
+    with pytest.raises(CheckpointError, match=r"tensor model\.embed_tokens\.weight: BF16 \[260, 64\] where the "
+                                              r"model needs BF16 \[4000000, 64\]"):
         _load(careful)
     assert devices == ["meta"]  # only the memory-free build ran
 
@@ -255,17 +255,20 @@ def test_bad_config_values_name_the_key_and_the_file(saved, tmp_path, key, value
 
 # ---- versions ----------------------------------------------------------------------------------------------
 def _as_version_1(m):
-    for k in V2_KEYS:
+    for k in (*V2_KEYS, *V3_KEYS):
         m.pop(k)
     m["format_version"] = "1"
 
 
 def test_version_1_loads_with_a_warning(saved, tmp_path):
-    d = rewrite(saved[0], tmp_path / "v1", edit_meta=_as_version_1, redigest=False)
+    res = saved[2]  # version 1 stored its float parts as float32
+    f32 = save_quantized(tmp_path / "f32", res.model, None, res.plan, None, float_dtype="float32")
+    d = rewrite(f32, tmp_path / "v1", edit_meta=_as_version_1, redigest=False)
     with pytest.warns(CheckpointWarning, match="format version 1 has no digests"):
         model, tok, meta = _load(d)
+    assert meta["float_dtype"] == "F32" and meta["int8_rows"] == {}
     with torch.no_grad():
-        assert torch.equal(model(IDS).logits, saved[1])
+        assert torch.equal(model(IDS).logits, stored_logits(res.model, "float32"))
 
 
 def test_version_1_with_digest_fields_is_refused(saved, tmp_path):

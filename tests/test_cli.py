@@ -56,7 +56,7 @@ def test_report_prints_the_plan_and_writes_the_plot(ckpt, tmp_path, capsys):
     png = tmp_path / "plan.png"
     assert main(["report", str(ckpt), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "| layer | group |" in out and "linear groups:" in out and "lm_head and embeddings: float32" in out
+    assert "| layer | group |" in out and "linear groups:" in out and "lm_head and embeddings: bfloat16" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     n_rows = sum(1 for line in out.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |"))
     assert n_rows == 8  # 2 layers x 4 groups

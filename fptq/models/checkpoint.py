@@ -8,6 +8,12 @@ Layout (``docs/checkpoint.md`` is the full description another tool can load fro
       tokenizer files         (tokenizer.json, tokenizer_config.json, ...)
       fptq_plan.json          the plan in readable form (informative; the metadata is authoritative)
 
+The float parts (embeddings, norms, lm_head, linears left float) are stored in ``float_dtype``
+(bfloat16 by default, float32 on request) and restored to float32, what the model computes in;
+with ``int8_embeddings`` the embedding and lm_head are stored as INT8 rows
+(:mod:`fptq.models.int8rows`). Every tensor of a W4A8 layer keeps its spec dtype (float32 scales
+and bias, uint8 codes): nothing the integer path reads is ever rounded.
+
 Writing is atomic (:func:`fptq.io.atomic.atomic_directory`) and deterministic:
 the same model, plan, config and ``info`` give the same bytes. ``overwrite``
 replaces only an fptq checkpoint or an empty directory, never the model being
@@ -41,12 +47,15 @@ from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError, dtyp
 from ._torch import nn, torch
 from .arch import arch_of_model, get_submodule
 from .checkpoint_meta import (
-    FORMAT_NAME, FORMAT_VERSION, LAYER_SUFFIXES, CheckpointError, check_layer_values, header_digest, parse_metadata,
+    DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INT8_ROW_SUFFIXES, LAYER_SUFFIXES, CheckpointError,
+    check_int8_row_values, check_layer_values, header_digest, parse_metadata,
 )
+from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import MODES, W4A8Linear
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TENSORS_FILE", "PLAN_FILE", "CheckpointError", "CheckpointWarning",
-           "save_quantized", "load_quantized", "read_metadata", "is_checkpoint", "check_checkpoint_out"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "TENSORS_FILE", "PLAN_FILE",
+           "CheckpointError", "CheckpointWarning", "save_quantized", "load_quantized", "read_metadata",
+           "is_checkpoint", "check_checkpoint_out", "storage_summary"]
 
 TENSORS_FILE = "fptq_w4a8.safetensors"
 PLAN_FILE = "fptq_plan.json"
@@ -112,8 +121,50 @@ def _source_paths(model) -> list[str]:
     return [src] if src and os.path.exists(src) else []
 
 
+def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
+    """(state to write, tied, int8_rows): the model's state dict with tied tensors dropped, the
+    embedding / lm_head replaced by INT8 rows when asked, and every float part (a float32 tensor
+    outside the W4A8 layers and the INT8 rows' scales) converted to ``float_dtype``."""
+    sd = model.state_dict()
+    rows = int8_row_targets(model) if int8_embeddings else {}
+    if rows:
+        try:
+            mods = int8_row_modules(model, rows)
+        except ValueError as e:
+            raise CheckpointError(f"int8_embeddings: {e}") from None
+        sd = {k: v for k, v in sd.items() if not any(k.startswith(f"{n}.") for n in rows)}
+        for n, m in mods.items():
+            sd.update({f"{n}.{k}": v for k, v in m.state_dict().items()})
+    tied = _tied_duplicates(sd)  # on the model's own tensors, before any conversion makes copies
+    keep = {f"{n}.{x}" for n in layers for x in LAYER_SUFFIXES} | {f"{n}.{x}" for n in rows for x in INT8_ROW_SUFFIXES}
+    dt = getattr(torch, float_dtype)
+    state = {}
+    for k, v in sd.items():
+        if k in tied:
+            continue
+        v = v.detach().cpu()
+        if k not in keep and v.dtype == torch.float32 and dt != torch.float32:
+            v = v.to(dt)
+            if not bool(torch.isfinite(v).all()):
+                big = float(sd[k].detach().abs().max())
+                raise CheckpointError(f"float_dtype={float_dtype!r}: tensor {k} has values beyond {float_dtype}'s "
+                                      f"range (max |x| = {big:.4g}); store the float parts as bfloat16 or float32")
+        state[k] = v.contiguous()
+    return state, tied, rows
+
+
+def storage_summary(meta: dict) -> str:
+    """One line: how a checkpoint stores the parts that are not W4A8 linears (from its metadata)."""
+    names = {v: k for k, v in FLOAT_DTYPES.items()}
+    fd = names.get(meta.get("float_dtype", "F32"), meta.get("float_dtype"))
+    rows = meta.get("int8_rows") or {}
+    head = f"{fd} (not quantized)" if not rows else f"INT8 per row, float32 row scales ({', '.join(sorted(rows))})"
+    return f"lm_head and embeddings: {head}; norms and other float parts: {fd}"
+
+
 def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info: dict | None = None,
-                   overwrite: bool = False, protect=()) -> Path:
+                   overwrite: bool = False, protect=(), float_dtype: str = DEFAULT_FLOAT_DTYPE,
+                   int8_embeddings: bool = False) -> Path:
     """Write a quantized model to ``out_dir`` atomically and deterministically.
 
     Args:
@@ -127,16 +178,23 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
             replaced (see :func:`check_checkpoint_out`).
         protect: paths that ``out_dir`` must not overlap (the model directory it was read from is
             protected automatically when the model's config records it).
+        float_dtype: storage dtype of the float parts (embeddings, norms, lm_head, float linears):
+            ``"bfloat16"`` (default), ``"float16"`` or ``"float32"`` (:data:`FLOAT_DTYPES`); they load
+            back as float32. A value that does not fit (float16's range) is a CheckpointError.
+            The W4A8 layers' tensors are never converted.
+        int8_embeddings: store the input embedding and lm_head as INT8 rows with float32 row scales
+            (:mod:`fptq.models.int8rows`); tied ones once. The model passed in is not modified.
     """
+    if float_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
+    if type(int8_embeddings) is not bool:
+        raise ValueError(f"int8_embeddings must be True or False, got {int8_embeddings!r}")
     layers = _layer_entries(model, plan)
     if not layers:
         raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
     gsizes = {e["group_size"] for e in layers.values() if e["group_size"] < e["in_features"]}
     fmts = {e["weight_format"] for e in layers.values()}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tied = _tied_duplicates(model.state_dict())
-    for k in tied:
-        state.pop(k)
+    state, tied, rows = _storage_state(model, layers, float_dtype, int8_embeddings)
     meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -148,6 +206,8 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         "model_type": str(getattr(model.config, "model_type", "")),
         "layers": json.dumps(layers, sort_keys=True),
         "tied": json.dumps(tied, sort_keys=True),
+        "float_dtype": FLOAT_DTYPES[float_dtype],
+        "int8_rows": json.dumps(rows, sort_keys=True),
         "quant_config": json.dumps(config.to_json() if config is not None else None, sort_keys=True),
         "info": json.dumps(info or {}, sort_keys=True),
         "tensor_sha256": json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()},
@@ -287,11 +347,32 @@ def _build(cfg, meta: dict, backend: str, mode: str, where: Path):
                                   f"{lin.out_features}x{lin.in_features}")
         setattr(parent, attr, W4A8Linear(e["in_features"], e["out_features"], e["bias"], e["group_size"],
                                          e["weight_format"], e["policy"], backend, mode))
+    rows = meta["int8_rows"]
+    if rows:
+        try:
+            targets = int8_row_targets(model)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: metadata key 'int8_rows': {e}") from None
+        if any(targets.get(n) != k for n, k in rows.items()):
+            raise CheckpointError(f"{where}: metadata key 'int8_rows' {rows} does not name this {cfg.model_type} "
+                                  f"model's embedding / lm_head ({targets})")
+        model.tie_weights()  # so that a lm_head the config ties shares the embedding's INT8 rows
+        install_int8_rows(model, int8_row_modules(model, rows, quantize=False))
     return model
 
 
+def _stored_dtype(key: str, model_dtype: str, meta: dict) -> str:
+    """The dtype a tensor of the model must be stored in: float32 parts in ``float_dtype``; the W4A8
+    layers' and the INT8 rows' tensors (and anything not float32) as the model holds them."""
+    owner, _, suffix = key.rpartition(".")
+    exact = (owner in meta["layers"] and suffix in LAYER_SUFFIXES) or \
+        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES)
+    return model_dtype if exact or model_dtype != "F32" else meta["float_dtype"]
+
+
 def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -> set:
-    """The stored tensors are exactly the model's (less tied ones), with its dtypes and shapes."""
+    """The stored tensors are exactly the model's (less tied ones), with its shapes and the dtypes it
+    is stored in (:func:`_stored_dtype`)."""
     tied = meta["tied"]
     want = set(expected) - set(tied)
     missing, unexpected = sorted(want - meta["_keys"]), sorted(meta["_keys"] - want)
@@ -304,20 +385,27 @@ def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -
             raise CheckpointError(f"{where}: tied entry {dup} -> {kept} names an unknown tensor")
     for k in sorted(want):
         ref = expected[k]
-        dt = TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", ""))
+        dt = _stored_dtype(k, TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", "")), meta)
         if table[k] != (dt, tuple(ref.shape)):
             raise CheckpointError(f"{where}: tensor {k}: {table[k][0]} {list(table[k][1])} where the model needs "
                                   f"{dt} {list(ref.shape)} ({ref.dtype})")
     return want
 
 
+def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A stored BF16 (uint16 bit patterns) or F16 float part as float32, exactly."""
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32) if dtype == "F16" else a
+
+
 def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
-    """name -> torch tensor for every stored tensor, values checked."""
+    """name -> torch tensor for every stored tensor (float parts widened to float32), values checked."""
     where = meta["_path"]
     layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in LAYER_SUFFIXES}
     arrays, by_layer = {}, {}
     for k in sorted(want):
-        a = tf.numpy(k)
+        a = _widen(tf.numpy(k), tf.dtype(k))
         if k in layer_of:
             n, s = layer_of[k]
             by_layer.setdefault(n, {})[s] = a
@@ -329,6 +417,12 @@ def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
             check_layer_values(n, meta["layers"][n], parts)
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
+    for n in sorted(meta["int8_rows"]):
+        if f"{n}.qweight" in arrays:  # else tied to another INT8-rows module, checked there
+            try:
+                check_int8_row_values(n, arrays[f"{n}.qweight"], arrays[f"{n}.scale"])
+            except CheckpointError as e:
+                raise CheckpointError(f"{where}: {e}") from None
     return {k: torch.from_numpy(a) for k, a in arrays.items()}
 
 
@@ -336,8 +430,10 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
     """Load a checkpoint written by :func:`save_quantized`, verifying it (see the module docstring).
 
     Returns:
-        ``(model, tokenizer_or_None, metadata)``; the model is float32, eval mode,
-        its quantized linears are :class:`W4A8Linear` in ``mode`` on ``backend``.
+        ``(model, tokenizer_or_None, metadata)``; the model is float32, eval mode (float parts stored
+        as bfloat16 / float16 are widened exactly), its quantized linears are :class:`W4A8Linear` in
+        ``mode`` on ``backend``, and INT8-rows embeddings / lm_head are
+        :class:`~fptq.models.int8rows.Int8Embedding` / :class:`~fptq.models.int8rows.Int8LMHead`.
     Raises:
         ValueError: ``mode`` is unknown; UnknownBackend / BackendUnavailable: ``backend`` cannot be used
             (checked before the checkpoint is read).
@@ -367,11 +463,16 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
     tied = meta["tied"]
     if set(result.missing_keys) - set(tied) or result.unexpected_keys:
         raise CheckpointError(f"{meta['_path']}: state dict mismatch: {result}")
-    model.tie_weights()
+    if not meta["int8_rows"]:  # INT8-rows modules are tied (or not) as they are built, from the config
+        model.tie_weights()
     sd = model.state_dict()
     for dup, kept in tied.items():
         if sd[dup].data_ptr() != sd[kept].data_ptr():
             raise CheckpointError(f"{meta['_path']}: {dup} should be tied to {kept} but the config does not tie them")
+    untied = sorted(set(_tied_duplicates(sd)) - set(tied))
+    if untied:
+        raise CheckpointError(f"{meta['_path']}: the config ties {untied[:4]} but the checkpoint stores them "
+                              "separately (metadata key 'tied')")
     for name in meta["layers"]:
         get_submodule(model, name).origin = f"layer {name} of {d}"
     model.eval()

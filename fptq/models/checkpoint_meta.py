@@ -12,13 +12,18 @@ values and cross-checks them against each other and against the tensor table
   (``wscale`` has ``ceil(K/G)`` columns, ``wzero`` exists only for ``uint4_asym``,
   ``act_scale`` only for static policies, ``bias`` only when the entry says so);
 * ``tied`` names stored tensors only, and no tied name is stored;
+* version 3: ``float_dtype`` (the storage dtype of the float parts) is ``F32``, ``BF16`` or
+  ``F16``; ``int8_rows`` names modules stored as INT8 rows, each with an ``I8 [V, H]``
+  ``qweight`` and an ``F32 [V]`` ``scale`` (or both tied to another such module's);
+  versions 1 and 2 have neither key (their float parts are F32);
 * version 2, first of all: ``header_sha256`` matches the header
   (:func:`header_digest`); then the digest tables list exactly the stored
   tensors and plain file names.
 
 :func:`check_layer_values` checks a layer's tensor *values* (finite scales
 within the bounds the spec can produce, zero points in range, the odd-K
-padding nibble, ``act_scale`` equal to its entry).
+padding nibble, ``act_scale`` equal to its entry); :func:`check_int8_row_values` those of an
+INT8-rows module (codes in [-127, 127], scales within the spec's per-token bounds).
 """
 
 from __future__ import annotations
@@ -32,16 +37,29 @@ import numpy as np
 from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
-__all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS",
-           "parse_metadata", "header_digest", "check_layer_values", "layer_tensor_specs", "LAYER_SUFFIXES",
+__all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
+           "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES", "parse_metadata",
+           "header_digest", "check_layer_values", "check_int8_row_values", "layer_tensor_specs", "LAYER_SUFFIXES",
            "MAX_WSCALE", "MAX_ACT_SCALE"]
 
 FORMAT_NAME = "fptq-w4a8"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: versions this fptq reads; version 1 (no digests) loads with a warning
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 #: metadata keys that exist from version 2 on (a version-1 header holding one is corrupt)
 V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
+#: metadata keys that exist from version 3 on (required there; an older header holding one is corrupt)
+V3_KEYS = ("float_dtype", "int8_rows")
+#: storage dtype of the float parts: the name ``fptq quantize --float-dtype`` takes -> the
+#: ``float_dtype`` metadata value (the safetensors dtype); versions 1 and 2 are all ``F32``
+FLOAT_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+#: the float parts' storage unless asked otherwise: bfloat16 keeps float32's exponent range (LAE-folded
+#: norms and rotated weights cannot overflow, as they could in float16) in half the bytes
+DEFAULT_FLOAT_DTYPE = "bfloat16"
+#: the kinds of module ``int8_rows`` may name (module name -> kind)
+INT8_ROW_KINDS = ("embedding", "lm_head")
+#: the tensors an INT8-rows module ``E`` stores, as ``E.<suffix>``
+INT8_ROW_SUFFIXES = ("qweight", "scale")
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 #: the largest weight scale the spec produces from finite float32 weights, per format:
@@ -191,6 +209,51 @@ def _check_table(layers: dict, tied: dict, table: dict, where: str) -> None:
                                   f"from one that is not stored")
 
 
+def _check_int8_rows(rows: dict, tied: dict, table: dict, where: str) -> None:
+    """Each INT8-rows module stores ``qweight`` I8 [V, H] and ``scale`` F32 [V], or has both tied to
+    the same other module's; its float ``weight`` is not stored."""
+    for name, kind in rows.items():
+        key = f"{name}.qweight"
+        if f"{name}.weight" in table:
+            raise CheckpointError(f"{where}: tensor {name}.weight present but metadata key 'int8_rows' stores "
+                                  f"{name} as INT8 rows")
+        if key in tied:
+            other = tied[key].rpartition(".")[0]
+            if tied.get(f"{name}.scale") != f"{other}.scale" or other not in rows:
+                raise CheckpointError(f"{where}: metadata key 'tied': {name}.qweight and {name}.scale must both be "
+                                      f"tied to one INT8-rows module's (got {tied[key]!r}, "
+                                      f"{tied.get(f'{name}.scale')!r})")
+            continue
+        q, sc = table.get(key), table.get(f"{name}.scale")
+        if q is None or sc is None:
+            raise CheckpointError(f"{where}: tensors do not match the model (missing [{key!r} or "
+                                  f"'{name}.scale']) for INT8-rows module {name} ({kind})")
+        if q[0] != "I8" or len(q[1]) != 2 or sc != ("F32", (q[1][0],)):
+            raise CheckpointError(f"{where}: INT8-rows module {name}: {key} is {q[0]} {list(q[1])} and {name}.scale "
+                                  f"{sc[0]} {list(sc[1])}; they must be I8 [V, H] and F32 [V]")
+
+
+def _check_storage_keys(raw: dict, version: int, where: str) -> tuple[str, dict]:
+    """(float_dtype, int8_rows) of a header: version 3 must have both keys; older versions neither
+    (their float parts are F32, nothing is stored as INT8 rows)."""
+    if version < 3:
+        present = [k for k in V3_KEYS if k in raw]
+        if present:
+            raise CheckpointError(f"{where}: format_version says {version} but the header has version-3 storage "
+                                  f"fields {present}: the version field is corrupt")
+        return "F32", {}
+    if "float_dtype" not in raw:
+        raise CheckpointError(f"{where}: metadata key 'float_dtype' is missing (version 3 needs it)")
+    fd = raw["float_dtype"]
+    if fd not in FLOAT_DTYPES.values():
+        raise CheckpointError(f"{where}: metadata key 'float_dtype' is {fd!r}; expected one of "
+                              f"{sorted(FLOAT_DTYPES.values())}")
+    rows = _json_field(raw, "int8_rows", where, lambda d: isinstance(d, dict) and all(
+        isinstance(k, str) and k and v in INT8_ROW_KINDS for k, v in d.items()),
+        f"an object (module name -> one of {list(INT8_ROW_KINDS)})")
+    return fd, rows
+
+
 def _check_digest_tables(raw: dict, table: dict, where: str) -> dict:
     is_hex_map = (lambda d: isinstance(d, dict) and all(isinstance(v, str) and _HEX64.fullmatch(v)
                                                           for v in d.values()))
@@ -218,8 +281,9 @@ def _check_header_digest(raw: dict, table: dict, where: str) -> None:
 def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], where) -> dict:
     """Check the raw metadata strings against each other and the tensor ``table`` (name -> (dtype, shape)).
 
-    Returns the metadata with ``layers``, ``tied``, ``info``, ``quant_config`` parsed, ``format_version``
-    kept as the string it was, and (version 2) ``digests`` = ``{"tensors": ..., "files": ...}``.
+    Returns the metadata with ``layers``, ``tied``, ``info``, ``quant_config``, ``int8_rows`` parsed,
+    ``float_dtype`` (``"F32"`` for versions 1 and 2), ``format_version`` kept as the string it was, and
+    (version >= 2) ``digests`` = ``{"tensors": ..., "files": ...}``.
     """
     where = str(where)
     if raw.get("format") != FORMAT_NAME:
@@ -253,10 +317,15 @@ def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], whe
         raw, "quant_config", where,
         lambda d: d is None or (isinstance(d, dict) and all(_is_num(d[k]) for k in ("v0", "v1") if k in d)),
         "null or an object whose v0/v1 are numbers", default=lambda: None)
+    meta["float_dtype"], meta["int8_rows"] = _check_storage_keys(raw, version, where)
     for name, e in meta["layers"].items():
         _check_entry(name, e, where)
+    clash = sorted(set(meta["int8_rows"]) & set(meta["layers"]))
+    if clash:
+        raise CheckpointError(f"{where}: {clash[:3]} listed both in 'layers' and in 'int8_rows'")
     _check_top_level(meta["layers"], raw, where)
     _check_table(meta["layers"], meta["tied"], table, where)
+    _check_int8_rows(meta["int8_rows"], meta["tied"], table, where)
     if version >= 2:
         meta["digests"] = _check_digest_tables(raw, table, where)
     return meta
@@ -264,6 +333,18 @@ def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], whe
 
 def _refuse(key: str, what: str):
     raise CheckpointError(f"tensor {key}: {what}")
+
+
+def check_int8_row_values(name: str, q: np.ndarray, scale: np.ndarray) -> None:
+    """Check an INT8-rows module's tensors: codes in [-127, 127] (the symmetric range; -128 is never
+    produced), scales finite in ``[2^-126, FLT_MAX / 127]`` (the spec's per-token bounds)."""
+    if q.size and int(q.min()) < spec.INT8_ACT.qmin:
+        _refuse(f"{name}.qweight", f"code {int(q.min())} outside [{spec.INT8_ACT.qmin}, {spec.INT8_ACT.qmax}]")
+    lo = float(spec.MIN_SCALE)
+    ok = np.isfinite(scale) & (scale >= lo) & (scale <= MAX_ACT_SCALE)
+    if not ok.all():
+        _refuse(f"{name}.scale", f"scale {float(scale[~ok].flat[0])!r} outside [{lo:.3g}, {MAX_ACT_SCALE:.4g}] "
+                "(row scales must be > 0, finite, and no larger than amax / 127 of finite float32 rows)")
 
 
 def check_layer_values(name: str, e: dict, t: dict[str, np.ndarray]) -> None:

@@ -36,12 +36,13 @@ from .plan import LayerPlan, equalized_amax, plan_layer, plan_layers, with_polic
 from .select import fake_quant_act, select_by_error, static_candidate_error
 from .weight_quantizers import (
     WEIGHT_QUANTIZERS, activation_channel_weight, fake_quant_weight, fake_quant_weight_int8_per_channel, quantize_weight_by,
-    quantize_weight_mse, quantize_weight_rtn,
+    quantize_weight_int8_per_channel, quantize_weight_mse, quantize_weight_rtn,
 )
 
 __all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
            "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
            "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales", "activation_channel_weight", "static_act_scale", "NORM_KINDS", "fold_into_norm",
            "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "WEIGHT_QUANTIZERS",
-           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_by", "quantize_weight_mse",
+           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_int8_per_channel",
+           "quantize_weight_by", "quantize_weight_mse",
            "quantize_weight_rtn"]

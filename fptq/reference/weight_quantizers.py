@@ -31,7 +31,8 @@ from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_group_size, check_ndim
 
 __all__ = ["WEIGHT_QUANTIZERS", "quantize_weight_rtn", "quantize_weight_mse", "quantize_weight_by",
-           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "activation_channel_weight"]
+           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_int8_per_channel",
+           "activation_channel_weight"]
 
 
 def activation_channel_weight(channel_max) -> np.ndarray:
@@ -118,8 +119,19 @@ def fake_quant_weight(w, group_size: int, fmt=WeightFormat.SYMMETRIC, method: st
     return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
 
 
+def quantize_weight_int8_per_channel(w) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (per-row) symmetric INT8 of a float32 [N, K] matrix: the spec's per-token
+    INT8 rule applied to the rows of W (:func:`fptq.spec.quantize_act_per_token`), i.e. per row n
+    ``scale[n] = max(max_k |w[n, k]| / 127, 2**-126)``, ``q[n, k] = clip(rint(w[n, k] / scale[n]), -127, 127)``.
+
+    Returns (q int8 [N, K], scale float32 [N]); :func:`fptq.spec.dequantize_act` gives back
+    ``float32(q) * scale[:, None]``. Used for the SmoothQuant W8A8 baseline's weights and for the
+    optional INT8 storage of embeddings / lm_head (``fptq quantize --int8-embeddings``)."""
+    return spec.quantize_act_per_token(as_float32(w, "w"))
+
+
 def fake_quant_weight_int8_per_channel(w) -> np.ndarray:
-    """float32 [N, K] -> dequantized per-output-channel symmetric INT8, float32 [N, K] (the
-    SmoothQuant W8A8 baseline's weights): the spec's per-token INT8 rule applied to the rows of W."""
-    q, scale = spec.quantize_act_per_token(as_float32(w, "w"))
+    """float32 [N, K] -> dequantized per-output-channel symmetric INT8, float32 [N, K]
+    (:func:`quantize_weight_int8_per_channel`, then :func:`fptq.spec.dequantize_act`)."""
+    q, scale = quantize_weight_int8_per_channel(w)
     return spec.dequantize_act(q, scale)
