@@ -51,13 +51,15 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", default="wiki")
     ap.add_argument("--sequential", action="store_true")
     ap.add_argument("--json", default="results/bench_quantize.json")
+    ap.add_argument("--keep", default=None, help="write the checkpoint here and keep it (default: a temporary "
+                    "directory, removed)")
     ap.add_argument("quantize_flags", nargs=argparse.REMAINDER, help="-- then flags for fptq quantize")
     a = ap.parse_args(argv)
     extra = a.quantize_flags[1:] if a.quantize_flags[:1] == ["--"] else a.quantize_flags
     if not Path("/usr/bin/time").exists():
         print("needs /usr/bin/time (GNU time) for the peak memory", file=sys.stderr)
         return 2
-    out = Path(tempfile.mkdtemp(prefix="fptq-bench-")) / "ckpt"
+    out = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="fptq-bench-")) / "ckpt"
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "fptq.cli", "quantize", "--out", str(out),
            "--samples", str(a.samples), "--seq-len", str(a.seq_len), "--calib", a.calib, "--quiet",
            *extra]
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     t0, load0 = time.time(), os.getloadavg()
     p = subprocess.run(cmd, capture_output=True, text=True)
     size = sum(f.stat().st_size for f in out.glob("*")) / 2**20 if out.exists() else None
-    shutil.rmtree(out.parent, ignore_errors=True)
+    if not a.keep:
+        shutil.rmtree(out.parent, ignore_errors=True)
     if p.returncode != 0:
         print(p.stdout + p.stderr, file=sys.stderr)
         return p.returncode

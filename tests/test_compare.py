@@ -125,3 +125,35 @@ def test_rows_change_only_what_they_name():
     assert _quant_config(method(s, "fptq_w4a8_rotate"), s) == replace(base, rotate=True)
     paper = _quant_config(method(s, "fptq_paper"), s)
     assert (paper.weight_quantizer, paper.weight_format, paper.policy_select) == ("rtn", "int4_sym", "bands")
+
+
+def test_peer_rows_must_be_on_the_same_windows(tmp_path):
+    import json
+
+    from fptq.compare import format_markdown, read_peer_rows
+
+    good = {"eval_seq_len": 512, "rows": [
+        {"key": "torchao_x", "label": "torchao X", "weights": "INT4", "acts": "INT8", "n_windows": 16,
+         "ppl": {"ptb": 90.0, "wiki": 17.0}},
+        {"key": "llmc_preset", "label": "llm-compressor preset", "error": "576 is not a multiple of 128"}]}
+    p = tmp_path / "peers.json"
+    p.write_text(json.dumps(good))
+    rows = read_peer_rows(p, ("ptb", "wiki"), 16, 512)
+    assert [r["label"] for r in rows] == ["peer: torchao X",
+                                         "peer: llm-compressor preset (fails: 576 is not a multiple of 128)"]
+    fp32 = {"key": "fp32", "label": "FP32", "weights": "", "acts": "", "ppl": {"ptb": 60.0, "wiki": 12.0},
+            "seconds": 1.0}
+    md = format_markdown([fp32, *rows], ["ptb", "wiki"])
+    assert "| peer: torchao X | INT4 | INT8 | 90.00 | 17.00 | +50.0% / +41.7% |" in md
+    assert "(fails: 576 is not a multiple of 128) |  |  | - | - | - |" in md
+    for bad, msg in [({"rows": [{"key": "a", "label": "A", "n_windows": 8, "ppl": {"ptb": 1.0, "wiki": 1.0}}]},
+                      "on 8 windows"),
+                     ({"rows": [{"key": "a", "label": "A", "n_windows": 16, "ppl": {"ptb": 1.0}}]}, "needs"),
+                     ({"eval_seq_len": 256, "rows": []}, "256 tokens"),
+                     ({"nope": 1}, "not a peers result file")]:
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            read_peer_rows(p, ("ptb", "wiki"), 16, 512)
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="peers.json"):
+        read_peer_rows(p, ("ptb", "wiki"), 16, 512)
