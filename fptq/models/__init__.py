@@ -14,10 +14,11 @@ fallbacks) -> :mod:`~fptq.models.fold` (offline folding, in place) ->
 :mod:`~fptq.models.arch` is the architecture table,
 :mod:`~fptq.models.config` the one configuration object,
 :mod:`~fptq.models.quantize` ties the steps together,
-:mod:`~fptq.models.fakequant` is the float module of the compare baselines.
+:mod:`~fptq.models.fakequant` is the float module of the compare baselines,
+:mod:`~fptq.models.int8rows` the INT8-row embedding / lm_head of ``--int8-embeddings``.
 
 Submodules are imported on use so that ``import fptq.models`` stays cheap.
 """
 
-__all__ = ["arch", "calibrate", "checkpoint", "config", "fakequant", "fold", "loading", "plan", "qlinear",
-           "quantize"]
+__all__ = ["arch", "calibrate", "checkpoint", "config", "fakequant", "fold", "int8rows", "loading", "plan",
+           "qlinear", "quantize"]
