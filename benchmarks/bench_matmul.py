@@ -8,8 +8,17 @@ round so that every variant sees the same machine load:
   per call (int8 activations, their per-token scales, the *packed* INT4
   weight, its scales, a bias), inputs already on the backend's device;
 * for a backend with a prepared-weight API (``prepare_weight`` +
-  ``w4a8_matmul_prepared``; the model pipeline's hot path), that too, as
-  ``NAME:prepared`` (the weight is unpacked once, outside the timing);
+  ``w4a8_matmul_prepared``), that too, as ``NAME:prepared`` (the weight is
+  unpacked once, outside the timing);
+* every backend's prepared-linear path, the model's hot path, as
+  ``NAME:linear``: ``prepare_linear`` once (outside the timing), then per call
+  ``linear_forward(x)`` on float32 activations [M, K] (the check of x, per-token
+  INT8 quantization, the integer matmul and the epilogue; what ``W4A8Linear``
+  runs). Compared with the float baselines, which take the same float32 x;
+* ``read weights (floor)``: one parallel pass reading every byte of the numba
+  backend's prepared weights (blocked nibbles, zero points, scales), the
+  memory floor of a product that must read them once (``vs floor`` =
+  floor_ms / ms);
 * the baselines a user would reach for instead: torch float32
   ``torch.matmul``, bfloat16 ``torch.matmul`` (weights and activations
   already bfloat16) and ``torch._int_mm`` on int8 (one per-channel int8
@@ -28,8 +37,10 @@ reported in the table and the JSON, and the exit status is 1.
 show where its time goes.
 
 Reported per variant: median milliseconds, GOP/s (2*M*N*K / median), the
-throughput relative to ``_int_mm`` (``int_mm_ms / ms``; 1.0 = as fast) and the
-speed-up over float32 matmul (``fp32_ms / ms``).
+throughput relative to ``_int_mm`` (``int_mm_ms / ms``; 1.0 = as fast), the
+speed-up over float32 matmul (``fp32_ms / ms``) and over bfloat16 matmul
+(``bf16_ms / ms``), and for the numba backend at M = 1 the ratio to the memory
+floor. The ``NAME:linear`` outputs are compared bit for bit with each other.
 
     python benchmarks/bench_matmul.py --out bench_matmul.json
     python benchmarks/bench_matmul.py --backends torch,numba --m 1,128 --shapes 4096x4096
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -68,6 +80,7 @@ def parse_args(argv=None):
                    help="skip a variant whose predicted single call exceeds this many seconds")
     p.add_argument("--no-baselines", action="store_true", help="skip fp32 / bf16 / _int_mm")
     p.add_argument("--no-prepared", action="store_true", help="skip the NAME:prepared variants")
+    p.add_argument("--no-linear", action="store_true", help="skip the NAME:linear variants (prepare_linear + linear_forward)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the torch backend's two halves alone: its per-group int8 products "
                         "(torch:products) and its float32 epilogue on ready int32 sums (torch:epilogue)")
@@ -151,6 +164,57 @@ def backend_variants(backends, inputs, k, g, fmt, ops, with_prepared):
     return out
 
 
+def linear_variants(backends, inputs, x, k, g, fmt, ops):
+    """Each backend's prepared-linear path (the model's): prepare_linear once, then linear_forward(x)."""
+    out = []
+    qx, xscale, packed, wscale, zero, bias = inputs
+    for name, b in backends.items():
+        t = [None if a is None else b.from_numpy(a) for a in (packed, wscale, zero, bias)]
+        prep = b.prepare_linear(t[0], t[1], t[2], t[3], None, k, g, fmt)
+        bx = b.from_numpy(x)
+        out.append(Variant(f"{name}:linear", "linear", lambda b=b, p=prep, bx=bx: b.linear_forward(bx, p), ops))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _read_kernel():
+    """A parallel pass over uint64 words (XOR per chunk, chunks summed): reads every byte once."""
+    import numba
+    import numpy as np
+
+    @numba.njit(cache=False)
+    def xor_chunk(w, lo, hi):   # a called function: vectorized (an inlined prange body is not)
+        a = np.uint64(0)
+        for i in range(lo, hi):
+            a ^= w[i]
+        return a
+
+    @numba.njit(parallel=True, cache=False)
+    def read(w):
+        chunk = 1 << 14
+        acc = np.uint64(0)
+        for c in numba.prange((w.size + chunk - 1) // chunk):
+            acc += xor_chunk(w, c * chunk, min((c + 1) * chunk, w.size))
+        return acc
+
+    return read
+
+
+def floor_variant(numba_backend, inputs, k, g, fmt, ops):
+    """One parallel read of every byte of the numba backend's prepared weights (its memory floor)."""
+    import numpy as np
+
+    qx, xscale, packed, wscale, zero, bias = inputs
+    prep = numba_backend.prepare_linear(packed, wscale, zero, bias, None, k, g, fmt)
+    if prep.kernel is None:
+        return []
+    words = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                            for a in (prep.kernel.wb, prep.kernel.zc, prep.kernel.wsb)])
+    words = np.concatenate([words, np.zeros(-words.size % 8, np.uint8)]).view(np.uint64)
+    read = _read_kernel()
+    return [Variant("read weights (floor)", "floor", lambda: read(words), ops)]
+
+
 def breakdown_variants(backend, inputs, k, g, fmt, ops):
     """The torch backend's integer products and its epilogue, each alone (untiled), on prepared weights."""
     import torch
@@ -224,12 +288,12 @@ def run_case(variants, budget, min_reps, max_reps, max_call, predicted):
                 active.remove(v)
 
 
-def check_agreement(np, variants, to_numpy):
-    """All backend outputs must be the same bits. Returns {variant: None | message}."""
-    outs = {v.name: to_numpy[v.name](v.output) for v in variants if v.kind == "backend" and v.output is not None}
+def check_agreement(np, variants, to_numpy, kind="backend"):
+    """All outputs of the variants of this kind must be the same bits. Returns {variant: None | message}."""
+    outs = {v.name: to_numpy[v.name](v.output) for v in variants if v.kind == kind and v.output is not None}
     if not outs:
         return {}
-    ref_name = "numpy" if "numpy" in outs else next(iter(outs))
+    ref_name = next((r for r in ("numpy", "numpy:linear") if r in outs), next(iter(outs)))
     ref = outs[ref_name]
     res = {}
     for name, o in outs.items():
@@ -243,7 +307,7 @@ def fmt_row(cells, widths):
 
 
 def print_table(shape_results, file=sys.stdout):
-    header = ["M", "variant", "median ms", "GOP/s", "vs _int_mm", "vs fp32", "reps", "note"]
+    header = ["M", "variant", "median ms", "GOP/s", "vs _int_mm", "vs fp32", "vs bf16", "vs floor", "reps", "note"]
     for sr in shape_results:
         print(f"\nN={sr['n']}  K={sr['k']}  G={sr['group_size']}  ({sr['fmt']})", file=file)
         rows = [header]
@@ -255,6 +319,8 @@ def print_table(shape_results, file=sys.stdout):
                              "-" if r["gops"] is None else f"{r['gops']:.1f}",
                              "-" if r["vs_int_mm"] is None else f"{r['vs_int_mm']:.2f}",
                              "-" if r["vs_fp32"] is None else f"{r['vs_fp32']:.2f}",
+                             "-" if r.get("vs_bf16") is None else f"{r['vs_bf16']:.2f}",
+                             "-" if r.get("vs_floor") is None else f"{r['vs_floor']:.2f}",
                              r["reps"], r["note"] or ""])
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
         for row in rows:
@@ -316,6 +382,7 @@ def main(argv=None):
     for name, b in backends.items():
         to_numpy[name] = b.to_numpy
         to_numpy[f"{name}:prepared"] = b.to_numpy
+        to_numpy[f"{name}:linear"] = b.to_numpy
     shape_results = []
     for n, k in shapes:
         g = k if args.group_size == -1 else args.group_size
@@ -325,6 +392,11 @@ def main(argv=None):
             ops = 2.0 * m * n * k
             inputs = make_inputs(np, spec, n, k, m, g, args.fmt, rng)
             variants = backend_variants(backends, inputs, k, g, args.fmt, ops, not args.no_prepared)
+            if not args.no_linear:
+                x = rng.standard_normal((m, k), dtype=np.float32)
+                variants += linear_variants(backends, inputs, x, k, g, args.fmt, ops)
+                if m == 1 and "numba" in backends:
+                    variants += floor_variant(backends["numba"], inputs, k, g, args.fmt, ops)
             if args.breakdown and "torch" in backends:
                 variants += breakdown_variants(backends["torch"], inputs, k, g, args.fmt, ops)
             if not args.no_baselines:
@@ -333,8 +405,10 @@ def main(argv=None):
             t0 = time.perf_counter()
             run_case(variants, args.budget, args.min_reps, args.max_reps, args.max_call, predicted)
             agree = check_agreement(np, variants, to_numpy)
+            agree.update(check_agreement(np, variants, to_numpy, kind="linear"))
             base = {v.name: v.median_s for v in variants}
             int_mm, fp32 = base.get("torch._int_mm int8"), base.get("torch fp32 matmul")
+            bf16, floor = base.get("torch bf16 matmul"), base.get("read weights (floor)")
             rows = []
             for v in variants:
                 med = v.median_s
@@ -351,7 +425,10 @@ def main(argv=None):
                     "gops": None if med is None else ops / med / 1e9,
                     "vs_int_mm": None if med is None or int_mm is None else int_mm / med,
                     "vs_fp32": None if med is None or fp32 is None else fp32 / med,
-                    "bit_exact_agreement": (None if v.kind != "backend" or v.name not in agree
+                    "vs_bf16": None if med is None or bf16 is None else bf16 / med,
+                    "vs_floor": (None if med is None or floor is None or not v.name.startswith("numba")
+                                 else floor / med),
+                    "bit_exact_agreement": (None if v.kind not in ("backend", "linear") or v.name not in agree
                                             else agree[v.name] is None),
                     "note": note or None,
                 })

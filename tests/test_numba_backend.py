@@ -382,6 +382,7 @@ def test_division_is_not_a_reciprocal_multiply(nb):
 LINEAR_SHAPES = [
     (1, 576, 576, 128), (1, 17, 72, 8), (3, 40, 131, 16), (4, 33, 256, 64), (5, 16, 24, 24),
     (9, 50, 300, 32), (70, 20, 136, 128), (2, 7, 13, 8), (6, 5, 70, 6), (0, 9, 64, 32),
+    (13, 18, 2500, 1000), (3, 20, 4100, 32),   # K past blocked.K_CHUNK: the groups in ranges, sums carried
 ]
 
 
@@ -463,7 +464,8 @@ def test_prepared_linear_reports_a_non_finite_output(nb):
 
 
 def _tile_runner(t4, t1):
-    """An uncached njit driver of a pair of tile intrinsics (4 rows, 1 row) over every block."""
+    """An uncached njit driver of a pair of tile intrinsics (4 rows, 1 row) over every block, the
+    groups in two ranges (the epilogue sums stored after the first and carried on)."""
     from fptq.backends.numba_kernels import blocked as B
 
     @numba.njit(error_model="numpy")
@@ -472,18 +474,20 @@ def _tile_runner(t4, t1):
         for blk in range(wb.shape[0]):
             wp = B._address(wb) + blk * wb.shape[1] * 64
             zp, wsp, bp = B._address(zc) + blk * ng * 64, B._address(wsb) + blk * ng * 64, B._address(bb) + blk * 64
-            m = 0
-            while m < xq.shape[0]:
-                args = (wp, B._address(xq) + m * xq.shape[1], np.int64(xq.shape[1]),
-                        B._address(xsum) + m * ng * 4, np.int64(ng), zp, wsp, np.int64(ng), np.int64(g // 8),
-                        np.int64(steps_last), B._address(xs) + m * 4, bp, np.int64(1),
-                        B._address(y) + (m * y.shape[1] + blk * 16) * 4, np.int64(y.shape[1]))
-                if m + 4 <= xq.shape[0]:
-                    t4(*args)
-                    m += 4
-                else:
-                    t1(*args)
-                    m += 1
+            for g0, g1 in ((0, ng // 2), (ng // 2, ng)):
+                m = 0
+                while m < xq.shape[0]:
+                    args = (wp, B._address(xq) + m * xq.shape[1], np.int64(xq.shape[1]),
+                            B._address(xsum) + m * ng * 4, np.int64(ng), zp, wsp, np.int64(ng), np.int64(g // 8),
+                            np.int64(steps_last), B._address(xs) + m * 4, bp, np.int64(1),
+                            B._address(y) + (m * y.shape[1] + blk * 16) * 4, np.int64(y.shape[1]),
+                            np.int64(g0), np.int64(g1), np.int64(g0 == 0), np.int64(g1 == ng))
+                    if m + 4 <= xq.shape[0]:
+                        t4(*args)
+                        m += 4
+                    else:
+                        t1(*args)
+                        m += 1
 
     return run
 

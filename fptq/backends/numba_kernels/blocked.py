@@ -59,10 +59,15 @@ LANES = 16
 #: K columns per 64-byte step of a block
 STEP_K = 8
 STEP_BYTES = LANES * STEP_K // 2
-#: activation rows per tile
-TILE_M = 4
-#: activation rows per cache chunk of the parallel kernel
+#: activation rows per tile (then 4-row and 1-row tiles for the rest)
+TILE_M = 8
+#: activation rows per cache chunk
 M_CHUNK = 64
+#: zero bytes after each INT8 activation row: a row stride of a multiple of 4 KB (K = 4096) would put
+#: the rows of a tile in the same L1 sets
+X_PAD = 64
+#: K columns per group range (16 KB of one block's weights; the epilogue sums are carried over)
+K_CHUNK = 2048
 #: float32 bit pattern: exponent all ones (Inf/NaN) at or above this, once the sign is cleared
 _NONFINITE = np.uint32(0x7F800000)
 _ABS = np.uint32(0x7FFFFFFF)
@@ -92,21 +97,25 @@ USE_VNNI = _vnni_target()
 
 def _make_tile(rows: int, vnni: bool):
     """Intrinsic ``tile(wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp,
-    bp, has_bias, yp, ystride)``: ``rows`` activation rows against one weight block (all groups),
-    results stored as float32 [rows, 16] at ``yp`` (row stride ``ystride`` floats). Addresses:
-    wp the block's steps (uint8 [steps, 64]); xp the first activation row (int8, ``xstride``
-    bytes per row); xsp its group sums (int32, ``xsstride`` per row); zp, wsp the block's zero
-    points and weight scales (int32 / float32 [ng, 16]); xscp the rows' scales (float32);
-    bp the block's bias (float32 [16]), added when ``has_bias`` != 0."""
+    bp, has_bias, yp, ystride, g0, g1, first, last)``: ``rows`` activation rows against one weight
+    block, groups g0..g1-1 (g1 > g0), on float32 [rows, 16] at ``yp`` (row stride ``ystride``
+    floats): the epilogue sums start at +0.0 if ``first`` != 0, else continue from the values
+    stored there by the previous group range; if ``last`` != 0 they are finished (``* xscale``,
+    ``+ bias``) before they are stored. Addresses: wp the block's steps (uint8 [steps, 64]); xp
+    the first activation row (int8, ``xstride`` bytes per row); xsp its group sums (int32,
+    ``xsstride`` per row); zp, wsp the block's zero points and weight scales (int32 / float32
+    [ng, 16]); xscp the rows' scales (float32); bp the block's bias (float32 [16]), added when
+    ``has_bias`` != 0. Storing an unfinished float32 sum and loading it back is exact, so a
+    split of the groups into ranges gives the same bits."""
 
     @intrinsic
     def tile(typingctx, wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp, bp,
-             has_bias, yp, ystride):
-        sig = types.void(*([types.int64] * 15))
+             has_bias, yp, ystride, g0, g1, first, last):
+        sig = types.void(*([types.int64] * 19))
 
         def codegen(context, builder, signature, args):
             (wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp, bp, has_bias, yp,
-             ystride) = args
+             ystride, g0, g1, first, last) = args
             i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
             vi, vf, vb = ir.VectorType(i32, LANES), ir.VectorType(f32, LANES), ir.VectorType(i8, 4 * LANES)
             wide = ir.VectorType(i32, 4 * LANES)
@@ -138,7 +147,13 @@ def _make_tile(rows: int, vnni: bool):
                     acc = builder.add(acc, part)
                 return acc
 
+            def y_addr(r):
+                return builder.add(yp, builder.mul(builder.mul(ystride, c64(r)), c64(4)))
+
             fn = builder.function
+            is_first = builder.icmp_signed("!=", first, c64(0))
+            y_init = [builder.select(is_first, ir.Constant(vf, [0.0] * LANES), load(y_addr(r), vf))   # y = +0.0
+                      for r in range(rows)]
             entry = builder.basic_block
             g_head = fn.append_basic_block("tile.group")
             s_body = fn.append_basic_block("tile.step")
@@ -146,13 +161,13 @@ def _make_tile(rows: int, vnni: bool):
             done = fn.append_basic_block("tile.done")
             builder.branch(g_head)
 
-            builder.position_at_end(g_head)                     # for g in range(ng)
+            builder.position_at_end(g_head)                     # for g in range(g0, g1)
             g = builder.phi(i64)
-            g.add_incoming(c64(0), entry)
+            g.add_incoming(g0, entry)
             ys = []
-            for _ in range(rows):
+            for r in range(rows):
                 y = builder.phi(vf)
-                y.add_incoming(ir.Constant(vf, [0.0] * LANES), entry)   # y = +0.0
+                y.add_incoming(y_init[r], entry)
                 ys.append(y)
             is_last = builder.icmp_signed("==", g, builder.sub(ng, c64(1)))
             nsteps = builder.select(is_last, steps_last, steps_full)
@@ -197,16 +212,17 @@ def _make_tile(rows: int, vnni: bool):
             g.add_incoming(g_next, g_end)
             for y, ny in zip(ys, new_ys):
                 y.add_incoming(ny, g_end)
-            builder.cbranch(builder.icmp_signed("<", g_next, ng), g_head, done)
+            builder.cbranch(builder.icmp_signed("<", g_next, g1), g_head, done)
 
-            builder.position_at_end(done)                       # y * xscale[m], then + bias[n]
+            builder.position_at_end(done)                       # if last: y * xscale[m], then + bias[n]
             bias = load(bp, vf)
             use_bias = builder.icmp_signed("!=", has_bias, c64(0))
+            is_last = builder.icmp_signed("!=", last, c64(0))
             for r in range(rows):
                 y = builder.fmul(new_ys[r], splat(load(builder.add(xscp, c64(4 * r)), f32), vf))
                 y = builder.select(use_bias, builder.fadd(y, bias), y)
-                ya = builder.add(yp, builder.mul(builder.mul(ystride, c64(r)), c64(4)))
-                builder.store(y, builder.inttoptr(ya, vf.as_pointer()), align=1)
+                y = builder.select(is_last, y, new_ys[r])
+                builder.store(y, builder.inttoptr(y_addr(r), vf.as_pointer()), align=1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -214,7 +230,8 @@ def _make_tile(rows: int, vnni: bool):
     return tile
 
 
-tile4 = _make_tile(TILE_M, USE_VNNI)
+tile8 = _make_tile(8, USE_VNNI)
+tile4 = _make_tile(4, USE_VNNI)
 tile1 = _make_tile(1, USE_VNNI)
 
 
@@ -321,11 +338,14 @@ def quantize_rows(x, xbits, act_scale, dynamic, g, xq, xs, xsum, r0, r1):
 # ============================================================================ the products and the epilogue
 
 @njit_inline
-def _rows(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, blk, m0, m1, y):
-    """Activation rows m0..m1 against weight block ``blk``, into y[m0:m1, 16*blk : 16*blk + 16]."""
+def _rows(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, blk, m0, m1, g0, g1, y):
+    """Activation rows m0..m1 against weight block ``blk``, groups g0..g1, on
+    y[m0:m1, 16*blk : 16*blk + 16] (started at g0 == 0, finished at g1 == ng)."""
     ng = np.int64(zc.shape[1])
     xstride, xsstride, ystride = np.int64(xq.shape[1]), np.int64(xsum.shape[1]), np.int64(y.shape[1])
     hb = np.int64(1 if has_bias else 0)
+    first, last = np.int64(1 if g0 == 0 else 0), np.int64(1 if g1 == ng else 0)
+    g0, g1 = np.int64(g0), np.int64(g1)
     wp = _address(wb) + blk * wb.shape[1] * STEP_BYTES
     zp = _address(zc) + blk * ng * LANES * 4
     wsp = _address(wsb) + blk * ng * LANES * 4
@@ -334,29 +354,38 @@ def _rows(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, blk, m0, m1, y
     spg = np.int64(g // STEP_K)
     steps_last = np.int64(steps_last)
     m = m0
-    while m + TILE_M <= m1:
+    while m + 8 <= m1:
+        tile8(wp, xa + m * xstride, xstride, xsa + m * xsstride * 4, xsstride, zp, wsp, ng, spg, steps_last,
+              xsc + m * 4, bp, hb, ya + (m * ystride + blk * LANES) * 4, ystride, g0, g1, first, last)
+        m += 8
+    while m + 4 <= m1:
         tile4(wp, xa + m * xstride, xstride, xsa + m * xsstride * 4, xsstride, zp, wsp, ng, spg, steps_last,
-              xsc + m * 4, bp, hb, ya + (m * ystride + blk * LANES) * 4, ystride)
-        m += TILE_M
+              xsc + m * 4, bp, hb, ya + (m * ystride + blk * LANES) * 4, ystride, g0, g1, first, last)
+        m += 4
     while m < m1:
         tile1(wp, xa + m * xstride, xstride, xsa + m * xsstride * 4, xsstride, zp, wsp, ng, spg, steps_last,
-              xsc + m * 4, bp, hb, ya + (m * ystride + blk * LANES) * 4, ystride)
+              xsc + m * 4, bp, hb, ya + (m * ystride + blk * LANES) * 4, ystride, g0, g1, first, last)
         m += 1
 
 
 @njit
 def _panel(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, b0, b1, y):
-    """Blocks b0..b1 against every activation row, in chunks of M_CHUNK rows."""
+    """Blocks b0..b1 against every activation row: rows in chunks of M_CHUNK, groups in ranges of
+    about K_CHUNK columns (a block's weights for one range and a tile's activations stay in L1)."""
     m = xq.shape[0]
+    ng = zc.shape[1]
+    gchunk = max(1, K_CHUNK // g)
     for c0 in range(0, m, M_CHUNK):
         c1 = min(c0 + M_CHUNK, m)
-        for blk in range(b0, b1):
-            _rows(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, blk, c0, c1, y)
+        for g0 in range(0, ng, gchunk):
+            g1 = min(g0 + gchunk, ng)
+            for blk in range(b0, b1):
+                _rows(xq, xs, xsum, wb, zc, wsb, bb, has_bias, g, steps_last, blk, c0, c1, g0, g1, y)
 
 
 @njit
 def _buffers(m, wb, zc):
-    xq = np.zeros((m, wb.shape[1] * STEP_K), np.int8)
+    xq = np.zeros((m, wb.shape[1] * STEP_K + X_PAD), np.int8)
     xs = np.empty(m, FLOAT)
     xsum = np.empty((m, zc.shape[1]), np.int32)
     y = np.empty((m, wb.shape[0] * LANES), FLOAT)
