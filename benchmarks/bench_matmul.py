@@ -177,8 +177,8 @@ def linear_variants(backends, inputs, x, k, g, fmt, ops):
 
 
 @functools.lru_cache(maxsize=None)
-def _read_kernel():
-    """A parallel pass over uint64 words (XOR per chunk, chunks summed): reads every byte once."""
+def _read_kernels():
+    """(one-thread, parallel) passes over uint64 words (an XOR per thread's share): every byte read once."""
     import numba
     import numpy as np
 
@@ -189,20 +189,28 @@ def _read_kernel():
             a ^= w[i]
         return a
 
-    @numba.njit(parallel=True, cache=False)
+    @numba.njit(cache=False)
     def read(w):
-        chunk = 1 << 14
-        acc = np.uint64(0)
-        for c in numba.prange((w.size + chunk - 1) // chunk):
-            acc += xor_chunk(w, c * chunk, min((c + 1) * chunk, w.size))
-        return acc
+        return xor_chunk(w, 0, w.size)
 
-    return read
+    @numba.njit(parallel=True, cache=False)
+    def read_parallel(w):
+        parts = numba.get_num_threads()
+        chunk = (w.size + parts - 1) // parts
+        out = np.zeros(parts, np.uint64)
+        for c in numba.prange(parts):
+            out[c] = xor_chunk(w, c * chunk, min((c + 1) * chunk, w.size))
+        return out
+
+    return read, read_parallel
 
 
 def floor_variant(numba_backend, inputs, k, g, fmt, ops):
-    """One parallel read of every byte of the numba backend's prepared weights (its memory floor)."""
+    """One read of every byte of the numba backend's prepared weights (its memory floor), on one
+    thread or on all of them, as the backend's linear_forward decides for this size."""
     import numpy as np
+
+    from fptq.backends import numba_backend as NB
 
     qx, xscale, packed, wscale, zero, bias = inputs
     prep = numba_backend.prepare_linear(packed, wscale, zero, bias, None, k, g, fmt)
@@ -211,8 +219,10 @@ def floor_variant(numba_backend, inputs, k, g, fmt, ops):
     words = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint8)
                             for a in (prep.kernel.wb, prep.kernel.zc, prep.kernel.wsb)])
     words = np.concatenate([words, np.zeros(-words.size % 8, np.uint8)]).view(np.uint64)
-    read = _read_kernel()
-    return [Variant("read weights (floor)", "floor", lambda: read(words), ops)]
+    read, read_parallel = _read_kernels()
+    m = qx.shape[0]
+    fn = read_parallel if m * prep.n * k >= NB.PARALLEL_MIN_MACS else read
+    return [Variant("read weights (floor)", "floor", lambda: fn(words), ops)]
 
 
 def breakdown_variants(backend, inputs, k, g, fmt, ops):

@@ -69,7 +69,9 @@ def test_every_backend_gives_the_reference_bits(policy, fmt):
         mod.set_mode("integer", name)
         with torch.no_grad():
             got = mod(torch.from_numpy(x)).numpy()
+            got3 = mod(torch.from_numpy(x).reshape(1, *x.shape)).numpy()
         assert got.tobytes() == want.tobytes(), f"backend {name}"
+        assert got3.shape == (1, *want.shape) and got3.tobytes() == want.tobytes(), f"backend {name}, 3-D x"
 
 
 def test_a_third_party_backend_gets_the_prepared_path_for_free():
@@ -127,3 +129,28 @@ def test_prepare_linear_refuses_bad_weights_naming_the_argument(name):
     prep = be.prepare_linear(be.from_numpy(packed), be.from_numpy(qw.scale), None, None, None, 8, 8)
     with pytest.raises(ValueError, match=r"x"):
         be.linear_forward(be.from_numpy(np.ones((2, 6), np.float32)), prep)
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba", "torch"])
+def test_a_loaded_layer_names_itself_for_bad_input_and_overflowing_output(name):
+    """With ``origin`` set (as load_quantized does), a NaN in x and an output that overflows float32 are
+    errors naming the layer, on every backend: numba reports its output's finiteness from the kernel
+    (``linear_forward_finite``), the others are checked by W4A8Linear."""
+    try:
+        get_backend(name)
+    except ImportError as e:
+        pytest.skip(str(e))
+    mod, _, x = _layer(ActPolicy.DYNAMIC)
+    mod.set_mode("integer", name)
+    mod.origin = "layer l of ckpt"
+    bad = x.copy()
+    bad[1, 3] = np.nan
+    with torch.no_grad():
+        assert torch.isfinite(mod(torch.from_numpy(x))).all()
+        with pytest.raises(ValueError, match=r"^layer l of ckpt: x"):
+            mod(torch.from_numpy(bad))
+        mod.wscale.fill_(3e38)
+        mod.release_cache()
+        with pytest.raises(ArithmeticError, match="layer l of ckpt: the output holds NaN/Inf"), \
+                np.errstate(all="ignore"):
+            mod(torch.from_numpy(x * 1000))

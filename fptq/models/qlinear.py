@@ -181,17 +181,20 @@ class W4A8Linear(nn.Module):
                                       self.group_size, self.weight_format)
 
     # ---- compute -----------------------------------------------------------------------
-    def forward(self, x):
-        shape = x.shape
+    def _flat(self, x):
+        """x as float32 [M, K] (a view when it already is float32)."""
         x2 = x.detach().reshape(-1, self.in_features)
-        if x2.dtype != torch.float32:
-            x2 = x2.to(torch.float32)
+        return x2 if x2.dtype == torch.float32 else x2.to(torch.float32)
+
+    def forward(self, x):
+        """y [..., N] for x [..., K] (any float dtype; computed in float32)."""
         origin = self.__dict__.get("origin")  # set by load_quantized: "layer NAME of CHECKPOINT"
         try:
             if self.mode == "fake_quant":
-                y, finite = self._forward_fake_quant(x2), None
+                y = self._forward_fake_quant(self._flat(x)).reshape(*x.shape[:-1], self.out_features)
+                finite = None
             else:
-                y, finite = self._forward_integer(x2, origin is not None)
+                y, finite = self._forward_integer(x, origin is not None)
         except (ValueError, ArithmeticError) as e:
             if not origin:
                 raise
@@ -202,7 +205,7 @@ class W4A8Linear(nn.Module):
             raise named from e
         if origin and not (bool(torch.isfinite(y).all()) if finite is None else finite):
             raise ArithmeticError(f"{origin}: the output holds NaN/Inf (its scales or input overflow float32)")
-        return y.reshape(*shape[:-1], self.out_features)
+        return y
 
     def _forward_fake_quant(self, x2):
         if self._fake_weight is None:
@@ -239,20 +242,27 @@ class W4A8Linear(nn.Module):
                                           getattr(be, "linear_forward_finite", None))
         return self._on_backend
 
-    def _forward_integer(self, x2, want_finite: bool = False):
-        """(y, whether y is all finite, or None when not known): the backend's prepared path. A backend
-        with ``linear_forward_finite(x, prepared) -> (y, finite)`` reports the output's finiteness
-        itself (asked only when the caller checks it, ``want_finite``)."""
+    def _forward_integer(self, x, want_finite: bool = False):
+        """(y [..., N], whether y is all finite, or None when not known): the backend's prepared path.
+        A backend with ``linear_forward_finite(x, prepared) -> (y, finite)`` reports the output's
+        finiteness itself (asked only when the caller checks it, ``want_finite``). For a NumPy
+        backend, a float32 CPU x goes in and y comes out as NumPy views (no torch reshapes)."""
         ob = self._prepared()
         be = ob.backend
+        out_shape = (*x.shape[:-1], self.out_features)
         if ob.native:
-            return be.linear_forward(self._to_backend(be, x2), ob.prepared).to(x2.device), None
-        on_cpu = x2.device.type == "cpu"
-        xb = be.from_numpy(np.ascontiguousarray(x2.numpy() if on_cpu else x2.cpu().numpy()))
+            x2 = self._flat(x)
+            return be.linear_forward(self._to_backend(be, x2), ob.prepared).to(x.device).reshape(out_shape), None
+        on_cpu = x.device.type == "cpu"
+        if on_cpu and x.dtype == torch.float32:
+            xn = x.detach().numpy().reshape(-1, self.in_features)
+        else:
+            xn = self._flat(x).cpu().numpy()
+        xb = be.from_numpy(np.ascontiguousarray(xn))
         finite = None
         if want_finite and ob.linear_forward_finite is not None:
             y, finite = ob.linear_forward_finite(xb, ob.prepared)
         else:
             y = be.linear_forward(xb, ob.prepared)
-        y = torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32))
-        return (y if on_cpu else y.to(x2.device)), finite
+        y = torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32).reshape(out_shape))
+        return (y if on_cpu else y.to(x.device)), finite
