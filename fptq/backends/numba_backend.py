@@ -44,9 +44,10 @@ from .base import BackendUnavailable, LinearPath
 __all__ = ["NumbaBackend"]
 
 
-#: multiply-adds (M * N * K) from which the prepared linear runs on every thread (below, launching
-#: the thread pool costs more than it saves; ``benchmarks/bench_matmul.py`` shows the crossover)
-PARALLEL_MIN_MACS = 1 << 22
+#: multiply-adds (M * N * K) from which the prepared linear runs on every thread: below (about 20 us of
+#: one-thread work), waking the thread pool (about 9 us with ``OMP_WAIT_POLICY=PASSIVE``) costs more
+#: than the second thread saves. Every SmolLM2-135M layer at decode (M = 1) runs on one thread.
+PARALLEL_MIN_MACS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
