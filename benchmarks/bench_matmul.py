@@ -210,7 +210,7 @@ def floor_variant(numba_backend, inputs, k, g, fmt, ops):
     thread or on all of them, as the backend's linear_forward decides for this size."""
     import numpy as np
 
-    from fptq.backends import numba_backend as NB
+    from fptq.backends.numba_kernels import blocked
 
     qx, xscale, packed, wscale, zero, bias = inputs
     prep = numba_backend.prepare_linear(packed, wscale, zero, bias, None, k, g, fmt)
@@ -221,7 +221,7 @@ def floor_variant(numba_backend, inputs, k, g, fmt, ops):
     words = np.concatenate([words, np.zeros(-words.size % 8, np.uint8)]).view(np.uint64)
     read, read_parallel = _read_kernels()
     m = qx.shape[0]
-    fn = read_parallel if m * prep.n * k >= NB.PARALLEL_MIN_MACS else read
+    fn = read_parallel if m * prep.n * k >= blocked.PARALLEL_MIN_MACS else read
     return [Variant("read weights (floor)", "floor", lambda: fn(words), ops)]
 
 

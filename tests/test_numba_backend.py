@@ -76,7 +76,7 @@ def test_matmul_paths_identical_to_spec(nb, m, n, k, g, fmt):
     qx, xs, packed, ws, zero, bias = matmul_case(rng, m, n, k, g, fmt)
     for b in (None, bias):
         want = spec.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b)
-        for path in ("decode", "tiled", "generic"):
+        for path in ("decode", "tiled", "generic") + (("blocked",) if g % 8 == 0 else ()):
             same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b, path=path), want,
                       f"w4a8_matmul path={path} M={m} N={n} K={k} G={g} {fmt.value} bias={b is not None}")
         same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, b), want, "w4a8_matmul (auto path)")
@@ -117,6 +117,10 @@ def test_extreme_integer_sums(nb):
         packed = spec.pack_int4(q, signed=fmt is SYM)
         same_bits(nb.w4a8_group_sums(qx, packed, zero, k, g, fmt), spec.w4a8_group_sums(qx, packed, zero, k, g, fmt),
                   f"extreme group sums {fmt.value}")
+        xs, ws = np.ones(5, np.float32), np.full((3, 2), 0.25, np.float32)
+        for path in ("decode", "blocked"):
+            same_bits(nb.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt, path=path),
+                      spec.w4a8_matmul(qx, xs, packed, ws, zero, k, g, fmt), f"extreme sums, {path} matmul {fmt.value}")
 
 
 def test_zero_points_outside_the_nibble_range_are_refused(nb):
@@ -408,8 +412,8 @@ def _linear_case(seed, m, n, k, g, fmt, policy, bias):
 def test_prepared_linear_identical_to_spec(nb, monkeypatch, m, n, k, g, fmt, parallel):
     """linear_forward (blocked VNNI kernel, quantizer fused) == spec.w4a8_matmul(spec quantize(x)),
     both policies, with and without bias, on one thread and on the parallel kernel."""
-    from fptq.backends import numba_backend
-    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_MACS", 0 if parallel else 1 << 62)
+    from fptq.backends.numba_kernels import blocked
+    monkeypatch.setattr(blocked, "PARALLEL_MIN_MACS", 0 if parallel else 1 << 62)
     for policy, bias in ((spec.ActPolicy.DYNAMIC, True), (spec.ActPolicy.STATIC, False)):
         args, x, want = _linear_case([m, n, k, g, parallel], m, n, k, g, fmt, policy, bias)
         prep = nb.prepare_linear(*args)

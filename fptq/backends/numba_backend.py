@@ -18,10 +18,16 @@ Results are bit-identical to :mod:`fptq.spec` (``lae_scales`` is allowed 2 ulp
 for its log2; it computes log2 in float64 like the reference and matches it).
 
 The W4A8 matmul works on the packed weights directly (no unpacked copy), on one
-of three paths with identical bits: ``decode`` (M <= ``decode_max_m``),
-``tiled`` (larger M) and ``generic`` (odd G); see
-:mod:`fptq.backends.numba_kernels.matmul` and, for the SIMD dot product it is
-built on, :mod:`fptq.backends.numba_kernels.simd`.
+of four paths with identical bits: ``decode`` (M <= ``decode_max_m``),
+``blocked`` (larger M, G a multiple of 8: the weights re-laid out per call into
+the VNNI blocks of the prepared linear), ``tiled`` (larger M, other even G) and
+``generic`` (odd G); see :mod:`fptq.backends.numba_kernels.matmul` and, for the
+SIMD dot products they are built on, :mod:`fptq.backends.numba_kernels.simd`
+and :mod:`fptq.backends.numba_kernels.blocked`.
+
+A model's layers take the prepared path (:meth:`NumbaBackend.prepare_linear`,
+:meth:`NumbaBackend.linear_forward`): the weights are re-laid out once, and each
+forward is one compiled call (check of x, quantization, matmul, epilogue).
 
 Compilation is lazy (first call of each kernel) and cached on disk
 (``cache=True``): the first process pays the compile time, later ones load it.
@@ -42,12 +48,6 @@ from ..spec.weights import num_groups
 from .base import BackendUnavailable, LinearPath
 
 __all__ = ["NumbaBackend"]
-
-
-#: multiply-adds (M * N * K) from which the prepared linear runs on every thread: below (about 20 us of
-#: one-thread work), waking the thread pool (about 9 us with ``OMP_WAIT_POLICY=PASSIVE``) costs more
-#: than the second thread saves. Every SmolLM2-135M layer at decode (M = 1) runs on one thread.
-PARALLEL_MIN_MACS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,15 +268,6 @@ class NumbaBackend(LinearPath):
         return _Blocked(wb, zc, B.block_rows(_c(prep.wscale), nblk), bb, prep.bias is not None, act,
                         prep.policy is spec.ActPolicy.DYNAMIC, steps_last, n, k)
 
-    def _panel(self, nblk: int) -> int:
-        """Weight blocks per parallel panel: 4 (64 rows share the L2-resident activations) when that
-        still gives every thread several panels, fewer otherwise."""
-        threads = self._numba.get_num_threads()
-        for p in (4, 2):
-            if nblk >= 4 * p * threads:
-                return p
-        return 1
-
     def linear_forward(self, x, prepared):
         """:meth:`fptq.backends.base.LinearPath.linear_forward` with ``x`` checked once and the weights,
         checked by ``prepare_linear``, not checked again.
@@ -284,7 +275,7 @@ class NumbaBackend(LinearPath):
         On the blocked path (G a multiple of 8) one compiled call does everything: the finiteness
         check of ``x`` fused into the activation quantizer (a row with a NaN/Inf is reported, and
         the spec's own check then raises its error), the INT8 codes and group sums, the integer
-        products and the pinned epilogue; one thread below :data:`PARALLEL_MIN_MACS` multiply-adds,
+        products and the pinned epilogue; one thread below ``blocked.PARALLEL_MIN_MACS`` multiply-adds,
         every thread above. Bits as ``w4a8_matmul(quantize(x))``."""
         return self.linear_forward_finite(x, prepared)[0]
 
@@ -300,9 +291,9 @@ class NumbaBackend(LinearPath):
             raise ValueError(f"x: expected a float32 array [M, {kb.k}], got {x.dtype} {x.shape}")
         x = _c(x)
         B = self.k.blocked
-        if x.shape[0] * kb.n * kb.k >= PARALLEL_MIN_MACS and self._numba.get_num_threads() > 1:
+        if x.shape[0] * kb.n * kb.k >= B.PARALLEL_MIN_MACS and self._numba.get_num_threads() > 1:
             y, bad, bad_out = B.linear_parallel(x, kb.act, kb.dynamic, kb.wb, kb.zc, kb.wsb, kb.bb, kb.has_bias,
-                                                prepared.group_size, kb.steps_last, kb.n, self._panel(kb.wb.shape[0]))
+                                                prepared.group_size, kb.steps_last, kb.n, B.panel_size(kb.wb.shape[0]))
         else:
             y, bad, bad_out = B.linear(x, kb.act, kb.dynamic, kb.wb, kb.zc, kb.wsb, kb.bb, kb.has_bias,
                                        prepared.group_size, kb.steps_last, kb.n)

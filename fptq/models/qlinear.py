@@ -23,7 +23,11 @@ plus its activation policy, group size and weight format. Two compute paths:
   (int32 group sums + the pinned epilogue). Every backend is treated alike:
   one whose ``array_type`` is ``torch.Tensor`` gets the tensors themselves on
   its ``device``, any other gets NumPy arrays through ``from_numpy`` /
-  ``to_numpy``.
+  ``to_numpy`` (views of a float32 CPU input and of the output: no copies).
+  A layer loaded from a checkpoint (``origin`` set) also refuses an output
+  holding NaN/Inf; a backend with ``linear_forward_finite(x, prepared) ->
+  (y, finite)`` (numba: an output scan inside its kernel) answers that itself,
+  for the others ``torch.isfinite`` runs on the output.
 * ``mode="fake_quant"``: the same INT8 rounding of ``x``
   (:func:`fptq.reference.fake_quant_act`), then a float matmul with the
   *dequantized* weight. For fast experiments; it agrees with the integer path

@@ -68,9 +68,25 @@ M_CHUNK = 64
 X_PAD = 64
 #: K columns per group range (16 KB of one block's weights; the epilogue sums are carried over)
 K_CHUNK = 2048
+#: multiply-adds (M * N * K) from which the blocked products run on every thread: below (about 20 us
+#: of one-thread work), waking the thread pool (about 9 us with ``OMP_WAIT_POLICY=PASSIVE``) costs
+#: more than the second thread saves. Every SmolLM2-135M layer at decode (M = 1) runs on one thread.
+PARALLEL_MIN_MACS = 1 << 24
 #: float32 bit pattern: exponent all ones (Inf/NaN) at or above this, once the sign is cleared
 _NONFINITE = np.uint32(0x7F800000)
 _ABS = np.uint32(0x7FFFFFFF)
+
+
+def panel_size(nblk: int) -> int:
+    """Weight blocks per parallel panel: 4 (64 rows share the L2-resident activations) when that
+    still gives every thread several panels, fewer otherwise."""
+    import numba
+
+    threads = numba.get_num_threads()
+    for p in (4, 2):
+        if nblk >= 4 * p * threads:
+            return p
+    return 1
 
 
 def supported(g: int) -> bool:
@@ -254,25 +270,40 @@ def _address(a):
 @njit
 def repack(packed, zero, k, g, signed):
     """packed uint8 [N, ceil(K/2)] (+ zero uint8 [N, ng], ignored if ``signed``) ->
-    (wb uint8 [nblk, steps, 64], zc int32 [nblk, ng, 16]); see the module docstring."""
-    n = packed.shape[0]
+    (wb uint8 [nblk, steps, 64], zc int32 [nblk, ng, 16]); see the module docstring.
+
+    A step's 8 columns of one row are its packed bytes p0..p3 (columns 2t, 2t+1 in p_t's low and
+    high nibble), so lane i of the step is the byte shuffle
+    ``(p0.lo | p2.lo << 4, p0.hi | p2.hi << 4, p1.lo | p3.lo << 4, p1.hi | p3.hi << 4)``,
+    XOR 0x88 for symmetric weights; columns past K are 0 (odd K: the spec's high nibble 0 of the
+    last byte is re-zeroed after the XOR)."""
+    n, kb = packed.shape
     ng = (k + g - 1) // g
     spg = g // STEP_K
     steps = (ng - 1) * spg + (k - (ng - 1) * g + STEP_K - 1) // STEP_K
     nblk = (n + LANES - 1) // LANES
     wb = np.zeros((nblk, steps, STEP_BYTES), np.uint8)
     zc = np.zeros((nblk, ng, LANES), np.int32)
+    lo4, flip = np.uint8(15), np.uint8(0x88 if signed else 0)
+    p = np.zeros(4, np.uint8)
     for r in range(n):
         b, i = r // LANES, r % LANES
         for j in range(ng):
             zc[b, j, i] = INT4_SIGN_OFFSET if signed else np.int32(zero[r, j])
-        for c in range(k):
-            v = (packed[r, c >> 1] >> np.uint8(4 * (c & 1))) & np.uint8(15)
-            if signed:
-                v = v ^ np.uint8(INT4_SIGN_OFFSET)
-            s, j = c // STEP_K, c % STEP_K
-            byte = 4 * i + (j & 3)
-            wb[b, s, byte] |= v << np.uint8(4) if j >= 4 else v
+        for s in range(steps):
+            for t in range(4):
+                c = 4 * s + t
+                p[t] = packed[r, c] if c < kb else np.uint8(0)
+            o = wb[b, s]
+            o[4 * i] = ((p[0] & lo4) | ((p[2] & lo4) << 4)) ^ flip
+            o[4 * i + 1] = ((p[0] >> 4) | ((p[2] >> 4) << 4)) ^ flip
+            o[4 * i + 2] = ((p[1] & lo4) | ((p[3] & lo4) << 4)) ^ flip
+            o[4 * i + 3] = ((p[1] >> 4) | ((p[3] >> 4) << 4)) ^ flip
+        if signed:   # nibbles of columns >= K were 0 before the XOR: make them 0 again
+            for c in range(k, steps * STEP_K):
+                s, j = c // STEP_K, c % STEP_K
+                byte = 4 * i + (j & 3)
+                wb[b, s, byte] &= np.uint8(0x0F) if j >= 4 else np.uint8(0xF0)
     return wb, zc
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...spec.formats import FLOAT, INT4_SIGN_OFFSET, NIBBLE_BITS
-from . import simd
+from . import blocked, simd
 from ._jit import njit, njit_inline, pnjit, prange
 
 #: largest M served by the decode path
@@ -54,7 +54,7 @@ DECODE_MAX_M = 16
 DECODE_TILE_N = 16
 #: weight rows per parallel tile of the tiled and generic paths
 TILE_N = 64
-PATHS = ("decode", "tiled", "generic")
+PATHS = ("decode", "blocked", "tiled", "generic")
 #: 0x88: XOR that flips the sign bit of both nibbles of a byte (two's complement q -> unsigned q + 8)
 SIGN_FLIP = np.uint8(INT4_SIGN_OFFSET | (INT4_SIGN_OFFSET << NIBBLE_BITS))
 
@@ -368,10 +368,13 @@ def matmul_generic(qx, xs, packed, wscale, zero, k, g, signed, bias, has_bias, t
 
 def choose_path(m_rows: int, g: int, decode_max_m: int | None = None) -> str:
     """``generic`` for odd G (a group can end mid-byte); else ``decode`` for
-    M <= decode_max_m (default :data:`DECODE_MAX_M`), ``tiled`` above."""
+    M <= decode_max_m (default :data:`DECODE_MAX_M`); above, ``blocked`` when G is a
+    multiple of 8, else ``tiled``."""
     if g % 2:
         return "generic"
-    return "decode" if m_rows <= (DECODE_MAX_M if decode_max_m is None else decode_max_m) else "tiled"
+    if m_rows <= (DECODE_MAX_M if decode_max_m is None else decode_max_m):
+        return "decode"
+    return "blocked" if blocked.supported(g) else "tiled"
 
 
 def matmul(qx, xs, packed, wscale, zero, k, g, signed, bias, path=None):
@@ -381,13 +384,19 @@ def matmul(qx, xs, packed, wscale, zero, k, g, signed, bias, path=None):
         qx: int8 [M, K]; xs: float32 [M]; packed: uint8 [N, ceil(K/2)];
         wscale: float32 [N, ng]; zero: uint8 [N, ng] (all zero when ``signed``);
         signed: symmetric format; bias: float32 [N] or None;
-        path: None (:func:`choose_path`), "decode", "tiled" or "generic".
+        path: None (:func:`choose_path`), "decode", "blocked", "tiled" or "generic".
     Returns:
         float32 [M, N], bit-identical whichever path runs.
     """
     path = choose_path(qx.shape[0], g) if path is None else path
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(0, FLOAT)
+    if path == "blocked":
+        if not blocked.supported(g):
+            raise ValueError(f"path: the 'blocked' matmul path needs a group size that is a multiple of 8, got {g}")
+        if qx.shape[0] and packed.shape[0] and k:
+            return _matmul_blocked(qx, xs, packed, wscale, zero, k, g, signed, bias)
+        path = "tiled"
     if path in ("decode", "tiled"):
         if g % 2:
             raise ValueError(f"path: the {path!r} matmul path needs an even group size, got {g}")
@@ -398,6 +407,26 @@ def matmul(qx, xs, packed, wscale, zero, k, g, signed, bias, path=None):
     if path == "generic":
         return matmul_generic(qx, xs, packed, wscale, zero, k, g, signed, b, has_bias, TILE_N)
     raise ValueError(f"unknown matmul path {path!r}; expected one of {PATHS}")
+
+
+def _matmul_blocked(qx, xs, packed, wscale, zero, k, g, signed, bias):
+    """The ``blocked`` path: the weights re-laid out (this call only) into the prepared linear's
+    VNNI blocks (:mod:`.blocked`), then its kernel on the ready INT8 activations."""
+    n = packed.shape[0]
+    ng = (k + g - 1) // g
+    wb, zc = blocked.repack(packed, zero, k, g, signed)
+    nblk = wb.shape[0]
+    bb = np.zeros(nblk * blocked.LANES, FLOAT)
+    if bias is not None:
+        bb[:n] = bias
+    wsb = blocked.block_rows(wscale, nblk)
+    steps_last = (k - (ng - 1) * g + blocked.STEP_K - 1) // blocked.STEP_K
+    if qx.shape[0] * n * k >= blocked.PARALLEL_MIN_MACS:
+        y = blocked.matmul_q_parallel(qx, xs, wb, zc, wsb, bb, bias is not None, k, g, steps_last,
+                                      blocked.panel_size(nblk))
+    else:
+        y = blocked.matmul_q(qx, xs, wb, zc, wsb, bb, bias is not None, k, g, steps_last)
+    return y if y.shape[1] == n else np.ascontiguousarray(y[:, :n])
 
 
 def group_sums(qx, packed, zero, k, g, signed, path=None):
