@@ -17,8 +17,17 @@ Per round and variant:
 Reported: medians over ``--rounds`` rounds and the ratios to float32. The
 prompt is real text (Penn Treebank test, the first tokens), BOS first.
 
+``--breakdown`` adds, after the timed rounds, where each variant's time goes,
+measured on **one thread** (torch and numba set to 1) as **CPU time of that
+thread** (``time.thread_time``), so that other jobs on a shared machine do not
+inflate it: per decoded token and per 512-token prefill, the time inside the
+linear layers (``nn.Linear`` or ``W4A8Linear``; per call and in total), inside
+``lm_head`` (float32 for every variant but bf16) and everything else (embedding,
+norms, rotary, attention, residual adds, transformers' Python), also per
+decoder layer.
+
     python benchmarks/bench_generate.py CKPT --out bench_generate.json
-    python benchmarks/bench_generate.py CKPT --backends numba,torch --rounds 5
+    python benchmarks/bench_generate.py CKPT --backends numba,torch --rounds 5 --breakdown
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also measure, on one thread in CPU time, the linears / lm_head / the rest per token")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -54,8 +65,112 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+class _Clock:
+    """Thread CPU time inside the linear layers, inside lm_head and inside whole model forwards,
+    split by phase: the first model forward after :meth:`reset` is ``prefill``, later ones ``decode``
+    (so generate's own prompt pass is kept apart from its decode steps)."""
+
+    def __init__(self, model, torch):
+        from fptq.models.qlinear import W4A8Linear
+
+        self.handles = []
+        self.reset()
+        head = model.get_output_embeddings()
+        for mod in model.modules():
+            if mod is head:
+                self._hook(mod, "lm_head")
+            elif isinstance(mod, (torch.nn.Linear, W4A8Linear)):
+                self._hook(mod, "linear")
+        self._hook(model, "model", top=True)
+
+    def _hook(self, mod, key, top=False):
+        start = {}
+
+        def pre(m, args, kwargs):
+            if top:
+                self.phase = "decode" if self.forwards else "prefill"
+                self.forwards += 1
+            start[id(m)] = time.thread_time_ns()
+
+        def post(m, args, kwargs, out):
+            k = (key, self.phase)
+            self.t[k] = self.t.get(k, 0) + time.thread_time_ns() - start.pop(id(m))
+            self.calls[k] = self.calls.get(k, 0) + 1
+
+        self.handles += [mod.register_forward_pre_hook(pre, with_kwargs=True),
+                         mod.register_forward_hook(post, with_kwargs=True)]
+
+    def reset(self):
+        self.t, self.calls, self.forwards, self.phase = {}, {}, 0, "prefill"
+
+    def ms(self, key, phase):
+        return self.t.get((key, phase), 0) / 1e6
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def breakdown(variants, gen, prompt, prefill, new_tokens, torch) -> dict:
+    """One-thread CPU-time split of decode (per token) and prefill, per variant (see the module doc)."""
+    import numba
+
+    numba_threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for name, m in variants.items():
+            layers = m.config.num_hidden_layers
+            clock = _Clock(m, torch)
+            gen(m)
+            clock.reset()
+            t0 = time.thread_time_ns()
+            gen(m)
+            t_gen = (time.thread_time_ns() - t0) / 1e6
+            # decode per token: generate minus its prompt pass (greedy selection etc. stay in decode)
+            total = (t_gen - clock.ms("model", "prefill")) / new_tokens
+            dec = {k: clock.ms(k, "decode") / new_tokens for k in ("linear", "lm_head")}
+            ncalls = clock.calls.get(("linear", "decode"), 0) / new_tokens
+            clock.reset()
+            t0 = time.thread_time_ns()
+            m(prefill)
+            t_pre = (time.thread_time_ns() - t0) / 1e6
+            pre = {k: clock.ms(k, "prefill") for k in ("linear", "lm_head")}
+            clock.remove()
+            if torch.get_num_threads() != 1 or numba.get_num_threads() != 1:
+                raise RuntimeError(f"breakdown of {name}: not on one thread (torch {torch.get_num_threads()}, "
+                                   f"numba {numba.get_num_threads()})")
+            out[name] = {
+                "decode_ms_per_token": total, "decode_linear_ms": dec["linear"],
+                "decode_linear_us_per_call": dec["linear"] * 1e3 / max(ncalls, 1),
+                "decode_linear_calls_per_token": ncalls, "decode_lm_head_ms": dec["lm_head"],
+                "decode_rest_ms": total - dec["linear"] - dec["lm_head"],
+                "decode_rest_us_per_layer": (total - dec["linear"] - dec["lm_head"]) * 1e3 / layers,
+                "prefill_ms": t_pre, "prefill_linear_ms": pre["linear"], "prefill_lm_head_ms": pre["lm_head"],
+                "prefill_rest_ms": t_pre - pre["linear"] - pre["lm_head"],
+            }
+    finally:
+        numba.set_num_threads(numba_threads)
+        torch.set_num_threads(torch_threads)
+    return out
+
+
+def print_breakdown(bd: dict, prefill_tokens: int) -> None:
+    print(f"\nwhere the time goes: one thread, CPU time (decode: ms per token; prefill: ms per {prefill_tokens} tokens)")
+    print("| variant | decode total | linears | per linear call | lm_head | rest | rest per layer "
+          "| prefill total | linears | lm_head | rest |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in bd.items():
+        print(f"| {name} | {r['decode_ms_per_token']:.2f} | {r['decode_linear_ms']:.2f} | "
+              f"{r['decode_linear_us_per_call']:.1f} us | {r['decode_lm_head_ms']:.2f} | {r['decode_rest_ms']:.2f} | "
+              f"{r['decode_rest_us_per_layer']:.0f} us | {r['prefill_ms']:.0f} | {r['prefill_linear_ms']:.0f} | "
+              f"{r['prefill_lm_head_ms']:.0f} | {r['prefill_rest_ms']:.0f} |")
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    load_start = os.getloadavg()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -116,12 +231,20 @@ def main(argv=None) -> int:
     same_w4 = len({tuple(outputs[k]) for k in w4}) <= 1
     print(f"greedy tokens: W4A8 backends identical to each other: {same_w4}; identical to float32: "
           f"{ {k: v for k, v in agree.items() if k != 'float32'} }")
+    print(f"load average: start {[round(v, 2) for v in load_start]}, end {[round(v, 2) for v in os.getloadavg()]} "
+          f"(timed rounds; 2 cores here: above 2 other jobs share them)")
+    bd = None
+    if a.breakdown:
+        with torch.inference_mode():
+            bd = breakdown(variants, gen, prompt, prefill, a.new_tokens, torch)
+        print_breakdown(bd, prefill.shape[1])
     if a.out:
         info = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-                "settings": vars(a), "rows": rows, "w4a8_backends_agree": same_w4}
+                "load_average_start_end": [list(load_start), list(os.getloadavg())], "settings": vars(a), "rows": rows,
+                "w4a8_backends_agree": same_w4, "breakdown_one_thread_cpu_ms": bd}
         with open(a.out, "w") as f:
             json.dump(info, f, indent=1)
         print(f"wrote {a.out}")

@@ -85,6 +85,10 @@ def parse_args(argv=None):
                    help="also time the torch backend's two halves alone: its per-group int8 products "
                         "(torch:products) and its float32 epilogue on ready int32 sums (torch:epilogue)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                   help="wall: wall time (default). thread: CPU time of the calling thread, with torch and numba "
+                        "set to one thread: a one-thread comparison that other jobs on a shared machine cannot "
+                        "inflate by preempting it (they still share the caches and memory)")
     p.add_argument("--omp-wait-policy", default="passive", choices=["passive", "active", "env"],
                    help="OMP_WAIT_POLICY for this process, set before torch loads (default passive: on a "
                         "shared box spinning OpenMP threads make many-kernel paths erratic; 'env' = leave as is)")
@@ -114,6 +118,10 @@ def load_average() -> list[float] | None:
         return None
 
 
+#: the clock of the timed calls: wall time, or (--clock thread) this thread's CPU time
+CLOCK = time.perf_counter
+
+
 class Variant:
     """One timed callable plus its bookkeeping."""
 
@@ -125,9 +133,9 @@ class Variant:
         self.skipped = None
 
     def call(self):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         out = self.fn()
-        self.times.append(time.perf_counter() - t0)
+        self.times.append(CLOCK() - t0)
         return out
 
     @property
@@ -182,24 +190,20 @@ def _read_kernels():
     import numba
     import numpy as np
 
-    @numba.njit(cache=False)
-    def xor_chunk(w, lo, hi):   # a called function: vectorized (an inlined prange body is not)
+    @numba.njit(cache=False, error_model="numpy")
+    def read(v):   # over a slice: vectorized (a range(lo, hi) loop over the whole array was 4.6x slower)
         a = np.uint64(0)
-        for i in range(lo, hi):
-            a ^= w[i]
+        for i in range(v.size):
+            a ^= v[i]
         return a
 
-    @numba.njit(cache=False)
-    def read(w):
-        return xor_chunk(w, 0, w.size)
-
-    @numba.njit(parallel=True, cache=False)
+    @numba.njit(parallel=True, cache=False, error_model="numpy")
     def read_parallel(w):
         parts = numba.get_num_threads()
         chunk = (w.size + parts - 1) // parts
         out = np.zeros(parts, np.uint64)
         for c in numba.prange(parts):
-            out[c] = xor_chunk(w, c * chunk, min((c + 1) * chunk, w.size))
+            out[c] = read(w[c * chunk:min((c + 1) * chunk, w.size)])
         return out
 
     return read, read_parallel
@@ -368,6 +372,16 @@ def main(argv=None):
             args.no_baselines = True
     if torch is not None and args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        global CLOCK
+        CLOCK = time.thread_time
+        try:   # numba first: starting its OpenMP pool resets the thread count torch shares with it
+            import numba
+            numba.set_num_threads(1)
+        except ImportError:
+            pass
+        if torch is not None:
+            torch.set_num_threads(1)
 
     print(f"backends: {', '.join(f'{n} ({b.describe()})' for n, b in backends.items())}")
     for n, why in unavailable.items():
@@ -379,6 +393,7 @@ def main(argv=None):
         "torch": None if torch is None else torch.__version__,
         "torch_threads": None if torch is None else torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "clock": args.clock,
         "numpy": np.__version__,
         "backends": {n: b.describe() for n, b in backends.items()},
         "unavailable": unavailable,
@@ -446,10 +461,13 @@ def main(argv=None):
             print(f"  N={n} K={k} M={m}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         shape_results.append(sr)
     info["load_average_end"] = load_average()
+    if torch is not None:
+        info["torch_threads_end"] = torch.get_num_threads()
     info["results"] = shape_results
     print_table(shape_results)
     print(f"\nload average: start {info['load_average_start']}, end {info['load_average_end']}; "
-          f"torch threads {info['torch_threads']}; OMP_WAIT_POLICY={info['omp_wait_policy']}")
+          f"torch threads {info['torch_threads']} (at the end {info.get('torch_threads_end')}); "
+          f"OMP_WAIT_POLICY={info['omp_wait_policy']}; clock {args.clock}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(info, f, indent=1)

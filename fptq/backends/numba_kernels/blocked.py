@@ -193,8 +193,11 @@ def _make_tile(rows: int, vnni: bool):
             builder.position_at_end(s_body)                     # for t in range(nsteps): integer products
             t = builder.phi(i64)
             t.add_incoming(c64(0), g_head)
+            # per row, the low and the high nibbles go into separate int32 sums (chains = 2 * rows:
+            # with one row a single chain would wait on each vpdpbusd's latency); added at the end
+            chains = 2
             accs = []
-            for _ in range(rows):
+            for _ in range(rows * chains):
                 a = builder.phi(vi)
                 a.add_incoming(ir.Constant(vi, [0] * LANES), g_head)
                 accs.append(a)
@@ -206,9 +209,8 @@ def _make_tile(rows: int, vnni: bool):
             new_accs = []
             for r in range(rows):
                 xa = builder.add(builder.add(xp, builder.mul(xstride, c64(r))), xoff)
-                acc = dot(accs[r], lo, load(xa, i32))
-                acc = dot(acc, hi, load(builder.add(xa, c64(4)), i32))
-                new_accs.append(acc)
+                new_accs.append(dot(accs[chains * r], lo, load(xa, i32)))
+                new_accs.append(dot(accs[chains * r + 1], hi, load(builder.add(xa, c64(4)), i32)))
             t_next = builder.add(t, c64(1))
             t.add_incoming(t_next, s_body)
             for a, na in zip(accs, new_accs):
@@ -216,12 +218,13 @@ def _make_tile(rows: int, vnni: bool):
             builder.cbranch(builder.icmp_signed("<", t_next, nsteps), s_body, g_end)
 
             builder.position_at_end(g_end)                      # the group's epilogue term, per lane
+            sums = [builder.add(new_accs[chains * r], new_accs[chains * r + 1]) for r in range(rows)]
             z = load(builder.add(zp, builder.mul(g, c64(4 * LANES))), vi)
             ws = load(builder.add(wsp, builder.mul(g, c64(4 * LANES))), vf)
             new_ys = []
             for r in range(rows):
                 xsa = builder.add(xsp, builder.mul(builder.add(builder.mul(xsstride, c64(r)), g), c64(4)))
-                acc = builder.sub(new_accs[r], builder.mul(z, splat(load(xsa, i32), vi)))
+                acc = builder.sub(sums[r], builder.mul(z, splat(load(xsa, i32), vi)))
                 term = builder.fmul(builder.sitofp(acc, vf), ws)
                 new_ys.append(builder.fadd(ys[r], term))
             g_next = builder.add(g, c64(1))
