@@ -374,19 +374,24 @@ def read_peer_rows(path, texts, max_windows: int, seq_len: int) -> list[dict]:
         rows = data["rows"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"--peers {path}: not a peers result file ({type(e).__name__}: {e})") from e
-    if data.get("eval_seq_len", seq_len) != seq_len:
-        raise ValueError(f"--peers {path}: windows of {data.get('eval_seq_len')} tokens, this table uses {seq_len}")
+    theirs = data.get("eval_seq_len", data.get("seq_len", seq_len))
+    if theirs != seq_len:
+        raise ValueError(f"--peers {path}: windows of {theirs} tokens, this table uses {seq_len}")
     out = []
     for r in rows:
         if not isinstance(r, dict) or not {"key", "label"} <= r.keys():
             raise ValueError(f"--peers {path}: a row without key/label: {r!r:.200}")
+        if r["key"] == "fp32":  # the peers script's own sanity anchor; the table has fptq's
+            continue
+        r = {k: v for k, v in r.items() if v is not None}  # a key set to null is a key not given
         if "error" not in r:
             missing = [t for t in texts if t not in r.get("ppl", {})]
             if missing or r.get("n_windows") != max_windows:
                 raise ValueError(f"--peers {path}: row {r['key']} has texts {sorted(r.get('ppl', {}))} on "
                                  f"{r.get('n_windows')} windows; this table needs {list(texts)} on {max_windows}")
         row = {"weights": "", "acts": "", "ppl": {}, "seconds": 0.0, **r, "peer": True, "fake_quant": None}
-        row["label"] = f"peer: {r['label']}" + (f" (fails: {r['error']})" if "error" in r else "")
+        row["label"] = (f"peer: {r['label']}" + (f" [{r['how']}]" if r.get("how") else "")
+                        + (f" (fails: {r['error']})" if "error" in r else ""))
         out.append(row)
     return out
 
