@@ -598,3 +598,27 @@ def test_blocked_tile_compiles_to_vnni():
     same_bits(*_run_tiles(run, SYM), "VNNI tile")
     asm = run.inspect_asm(run.signatures[0])
     assert "vpdpbusd" in asm and "zmm" in asm
+
+
+def test_bench_matmul_linear_rows_agree_bit_for_bit(tmp_path):
+    """benchmarks/bench_matmul.py on a tiny case: the NAME:linear rows (numpy, numba) agree bit for bit,
+    the memory floor is timed at M = 1, and the JSON says so (exit status 0)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_matmul.py"
+    spec_ = importlib.util.spec_from_file_location("bench_matmul_under_test", path)
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    rc = bench.main(["--backends", "numpy,numba", "--m", "1,20", "--shapes", "40x72", "--group-size", "8",
+                     "--budget", "0.05", "--min-reps", "1", "--max-reps", "3", "--no-baselines",
+                     "--omp-wait-policy", "env", "--out", str(out)])
+    assert rc == 0
+    cases = json.loads(out.read_text())["results"][0]["cases"]
+    names = {c["m"]: {r["name"]: r for r in c["variants"]} for c in cases}
+    for m in (1, 20):
+        assert names[m]["numba:linear"]["bit_exact_agreement"] is True
+        assert names[m]["numpy:linear"]["bit_exact_agreement"] is True
+    assert names[1]["read weights (floor)"]["reps"] >= 1 and "read weights (floor)" not in names[20]
