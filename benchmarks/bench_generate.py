@@ -157,7 +157,8 @@ def breakdown(variants, gen, prompt, prefill, new_tokens, torch) -> dict:
 
 
 def print_breakdown(bd: dict, prefill_tokens: int) -> None:
-    print(f"\nwhere the time goes: one thread, CPU time (decode: ms per token; prefill: ms per {prefill_tokens} tokens)")
+    print(f"\nwhere the time goes: one thread, CPU time "
+          f"(decode: ms per token; prefill: ms per {prefill_tokens} tokens)")
     print("| variant | decode total | linears | per linear call | lm_head | rest | rest per layer "
           "| prefill total | linears | lm_head | rest |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -80,7 +80,8 @@ def parse_args(argv=None):
                    help="skip a variant whose predicted single call exceeds this many seconds")
     p.add_argument("--no-baselines", action="store_true", help="skip fp32 / bf16 / _int_mm")
     p.add_argument("--no-prepared", action="store_true", help="skip the NAME:prepared variants")
-    p.add_argument("--no-linear", action="store_true", help="skip the NAME:linear variants (prepare_linear + linear_forward)")
+    p.add_argument("--no-linear", action="store_true",
+                   help="skip the NAME:linear variants (prepare_linear + linear_forward)")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the torch backend's two halves alone: its per-group int8 products "
                         "(torch:products) and its float32 epilogue on ready int32 sums (torch:epilogue)")
