@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
     q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
     q.add_argument("--float-dtype", default=DEFAULT_FLOAT_DTYPE, choices=sorted(FLOAT_DTYPES),
-                   help=f"storage dtype of the parts that stay float (embeddings, lm_head, norms; default "
-                   f"{DEFAULT_FLOAT_DTYPE}); they load as float32. The W4A8 layers' scales are float32 always")
+                   help=f"storage dtype of the float matrices (embeddings, lm_head; default {DEFAULT_FLOAT_DTYPE}); "
+                   "they load as float32. Norms, biases and the W4A8 layers' scales are float32 always")
     q.add_argument("--int8-embeddings", action="store_true", help="store the embedding and lm_head as INT8 per row "
                    "(symmetric, float32 row scales; tied ones once): about 1/4 of their float32 bytes")
     _add_policy_select(q)

@@ -32,7 +32,8 @@ def as_stored(model, float_dtype="bfloat16", int8_embeddings=False):
     """A copy of a quantized ``model`` as its checkpoint holds it, made in memory: the input
     embedding and lm_head replaced by their dequantized INT8 rows
     (``fptq.reference.fake_quant_weight_int8_per_channel``) when ``int8_embeddings``, every other
-    float32 tensor of the state dict outside the W4A8 layers rounded to ``float_dtype`` and back."""
+    float32 matrix (2 or more dimensions) of the state dict outside the W4A8 layers rounded to
+    ``float_dtype`` and back; norms and biases (1-D) unchanged."""
     m = copy.deepcopy(model)
     exact = {f"{n}.{b}" for n, mod in m.named_modules() if isinstance(mod, W4A8Linear)
              for b, _ in mod.named_buffers()}
@@ -43,7 +44,7 @@ def as_stored(model, float_dtype="bfloat16", int8_embeddings=False):
                 w.copy_(torch.from_numpy(fake_quant_weight_int8_per_channel(w.numpy())))
         dt = getattr(torch, float_dtype)
         for name, t in m.state_dict(keep_vars=True).items():  # persistent tensors only (not rotary inv_freq)
-            if name in exact or t.dtype != torch.float32 or (int8_embeddings and id(t) in rows):
+            if name in exact or t.dtype != torch.float32 or t.dim() < 2 or (int8_embeddings and id(t) in rows):
                 continue
             t.copy_(t.to(dt).to(torch.float32))
     return m

@@ -60,11 +60,12 @@ def test_float_parts_load_as_the_rounded_model(tmp_path, family, float_dtype, st
     assert torch.equal(_logits(m2), stored_logits(res.model, float_dtype))
     exact = _layer_keys(meta)
     table = _table(d)
-    for k, (dt, _) in table.items():  # W4A8 tensors as the spec needs them, every float part in float_dtype
+    for k, (dt, shape) in table.items():  # W4A8 tensors as the spec needs them, float matrices in float_dtype
         if k in exact:
             assert dt == {"qweight": "U8", "wzero": "U8"}.get(k.rpartition(".")[2], "F32"), k
         else:
-            assert dt == stored, k
+            assert dt == (stored if len(shape) >= 2 else "F32"), k
+    assert table["model.norm.weight" if family != "opt" else "model.decoder.final_layer_norm.weight"][0] == "F32"
     sd2, want = m2.state_dict(), as_stored(res.model, float_dtype).state_dict()
     assert sd2.keys() == want.keys() and all(torch.equal(sd2[k], want[k]) for k in sd2)
     assert all(t.dtype != torch.bfloat16 and t.dtype != torch.float16 for t in sd2.values())
@@ -73,8 +74,8 @@ def test_float_parts_load_as_the_rounded_model(tmp_path, family, float_dtype, st
 def test_default_is_bfloat16(tmp_path, tiny):
     meta = read_metadata(_save(tmp_path / "ck", tiny[0], tiny[1]))
     assert meta["float_dtype"] == "BF16" and meta["int8_rows"] == {}
-    assert storage_summary(meta) == ("lm_head and embeddings: bfloat16 (not quantized); "
-                                     "norms and other float parts: bfloat16")
+    assert storage_summary(meta) == ("lm_head and embeddings: bfloat16 (not quantized); other float matrices: "
+                                     "bfloat16; norms and biases: float32")
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "opt"])
@@ -98,7 +99,7 @@ def test_int8_embeddings_load_as_the_dequantized_rows(tmp_path, family, float_dt
         assert not {f"{emb_name}.weight", "lm_head.weight", "lm_head.qweight"} & set(f.names)
     assert torch.equal(_logits(m2), stored_logits(res.model, float_dtype, int8_embeddings=True))
     assert storage_summary(meta) == (f"lm_head and embeddings: INT8 per row, float32 row scales (lm_head, "
-                                     f"{emb_name}); norms and other float parts: {float_dtype}")
+                                     f"{emb_name}); other float matrices: {float_dtype}; norms and biases: float32")
 
 
 def test_int8_embeddings_untied_lm_head(tmp_path):
@@ -147,9 +148,10 @@ def test_sizes_shrink_by_the_expected_bytes(tmp_path, tiny):
     def nbytes(table, keys=None):
         return sum(ITEM[dt] * int(np.prod(shape)) for k, (dt, shape) in table.items() if keys is None or k in keys)
 
-    exact = _layer_keys(read_metadata(tmp_path / "f32"))
-    floats32 = nbytes(tables["f32"]) - nbytes(tables["f32"], exact)
-    assert nbytes(tables["bf16"]) == nbytes(tables["f32"]) - floats32 // 2
+    matrices = {k for k, (dt, shape) in tables["f32"].items() if len(shape) >= 2} - _layer_keys(
+        read_metadata(tmp_path / "f32"))
+    assert matrices == {"model.embed_tokens.weight"}  # the tiny llama's only float matrix (lm_head is tied)
+    assert nbytes(tables["bf16"]) == nbytes(tables["f32"]) - nbytes(tables["f32"], matrices) // 2
     assert nbytes(tables["f16"]) == nbytes(tables["bf16"])
     v, h = 260, 64  # the embedding: 4 bytes -> 1 byte per element, plus one float32 scale per row
     assert nbytes(tables["int8"]) == nbytes(tables["bf16"]) - 2 * v * h + (v * h + 4 * v)
@@ -201,9 +203,10 @@ def test_bad_storage_arguments_are_refused(tmp_path, tiny, kwargs, match):
 def test_float16_overflow_is_refused(tmp_path):
     res, cfg = quantized("llama")
     with torch.no_grad():
-        res.model.model.norm.weight[3] = 1e5  # beyond float16's 65504
-    with pytest.raises(CheckpointError, match=r"float_dtype='float16': tensor model\.norm\.weight has values beyond "
-                                              r"float16's range \(max \|x\| = 1e\+05\)"):
+        res.model.model.embed_tokens.weight[7, 3] = 1e5  # beyond float16's 65504
+        res.model.model.norm.weight[3] = 1e6  # a norm stays float32: no limit
+    with pytest.raises(CheckpointError, match=r"float_dtype='float16': tensor model\.embed_tokens\.weight has values "
+                                              r"beyond float16's range \(max \|x\| = 1e\+05\)"):
         _save(tmp_path / "ck", res, cfg, float_dtype="float16")
     meta = read_metadata(_save(tmp_path / "bf", res, cfg))  # bfloat16 has float32's range
     assert meta["float_dtype"] == "BF16"

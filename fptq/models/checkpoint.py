@@ -8,9 +8,10 @@ Layout (``docs/checkpoint.md`` is the full description another tool can load fro
       tokenizer files         (tokenizer.json, tokenizer_config.json, ...)
       fptq_plan.json          the plan in readable form (informative; the metadata is authoritative)
 
-The float parts (embeddings, norms, lm_head, linears left float) are stored in ``float_dtype``
+The float matrices (embeddings, lm_head, linears left float) are stored in ``float_dtype``
 (bfloat16 by default, float32 on request) and restored to float32, what the model computes in;
-with ``int8_embeddings`` the embedding and lm_head are stored as INT8 rows
+1-D float parts (norm gains, which carry the folded LAE scales, and biases) stay float32: they
+are under 0.1 % of the bytes. With ``int8_embeddings`` the embedding and lm_head are stored as INT8 rows
 (:mod:`fptq.models.int8rows`). Every tensor of a W4A8 layer keeps its spec dtype (float32 scales
 and bias, uint8 codes): nothing the integer path reads is ever rounded.
 
@@ -123,8 +124,8 @@ def _source_paths(model) -> list[str]:
 
 def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
     """(state to write, tied, int8_rows): the model's state dict with tied tensors dropped, the
-    embedding / lm_head replaced by INT8 rows when asked, and every float part (a float32 tensor
-    outside the W4A8 layers and the INT8 rows' scales) converted to ``float_dtype``."""
+    embedding / lm_head replaced by INT8 rows when asked, and every float matrix (a float32 tensor of
+    2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
     sd = model.state_dict()
     rows = int8_row_targets(model) if int8_embeddings else {}
     if rows:
@@ -143,7 +144,7 @@ def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool)
         if k in tied:
             continue
         v = v.detach().cpu()
-        if k not in keep and v.dtype == torch.float32 and dt != torch.float32:
+        if k not in keep and v.dtype == torch.float32 and v.dim() >= 2 and dt != torch.float32:
             v = v.to(dt)
             if not bool(torch.isfinite(v).all()):
                 big = float(sd[k].detach().abs().max())
@@ -159,7 +160,7 @@ def storage_summary(meta: dict) -> str:
     fd = names.get(meta.get("float_dtype", "F32"), meta.get("float_dtype"))
     rows = meta.get("int8_rows") or {}
     head = f"{fd} (not quantized)" if not rows else f"INT8 per row, float32 row scales ({', '.join(sorted(rows))})"
-    return f"lm_head and embeddings: {head}; norms and other float parts: {fd}"
+    return f"lm_head and embeddings: {head}; other float matrices: {fd}; norms and biases: float32"
 
 
 def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info: dict | None = None,
@@ -178,10 +179,11 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
             replaced (see :func:`check_checkpoint_out`).
         protect: paths that ``out_dir`` must not overlap (the model directory it was read from is
             protected automatically when the model's config records it).
-        float_dtype: storage dtype of the float parts (embeddings, norms, lm_head, float linears):
-            ``"bfloat16"`` (default), ``"float16"`` or ``"float32"`` (:data:`FLOAT_DTYPES`); they load
-            back as float32. A value that does not fit (float16's range) is a CheckpointError.
-            The W4A8 layers' tensors are never converted.
+        float_dtype: storage dtype of the float matrices (embeddings, lm_head, float linears; every
+            float32 tensor of 2 or more dimensions outside the W4A8 layers): ``"bfloat16"`` (default),
+            ``"float16"`` or ``"float32"`` (:data:`FLOAT_DTYPES`); they load back as float32. A value
+            that does not fit (float16's range) is a CheckpointError. 1-D float parts (norms, biases)
+            and the W4A8 layers' tensors are never converted.
         int8_embeddings: store the input embedding and lm_head as INT8 rows with float32 row scales
             (:mod:`fptq.models.int8rows`); tied ones once. The model passed in is not modified.
     """
@@ -361,13 +363,14 @@ def _build(cfg, meta: dict, backend: str, mode: str, where: Path):
     return model
 
 
-def _stored_dtype(key: str, model_dtype: str, meta: dict) -> str:
-    """The dtype a tensor of the model must be stored in: float32 parts in ``float_dtype``; the W4A8
-    layers' and the INT8 rows' tensors (and anything not float32) as the model holds them."""
+def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
+    """The dtype a tensor of the model must be stored in: float32 matrices (2 or more dimensions) in
+    ``float_dtype``; 1-D float parts, the W4A8 layers' and the INT8 rows' tensors (and anything not
+    float32) as the model holds them."""
     owner, _, suffix = key.rpartition(".")
     exact = (owner in meta["layers"] and suffix in LAYER_SUFFIXES) or \
         (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES)
-    return model_dtype if exact or model_dtype != "F32" else meta["float_dtype"]
+    return model_dtype if exact or model_dtype != "F32" or ndim < 2 else meta["float_dtype"]
 
 
 def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -> set:
@@ -385,7 +388,7 @@ def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -
             raise CheckpointError(f"{where}: tied entry {dup} -> {kept} names an unknown tensor")
     for k in sorted(want):
         ref = expected[k]
-        dt = _stored_dtype(k, TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", "")), meta)
+        dt = _stored_dtype(k, TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", "")), ref.dim(), meta)
         if table[k] != (dt, tuple(ref.shape)):
             raise CheckpointError(f"{where}: tensor {k}: {table[k][0]} {list(table[k][1])} where the model needs "
                                   f"{dt} {list(ref.shape)} ({ref.dtype})")

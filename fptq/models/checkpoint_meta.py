@@ -12,8 +12,8 @@ values and cross-checks them against each other and against the tensor table
   (``wscale`` has ``ceil(K/G)`` columns, ``wzero`` exists only for ``uint4_asym``,
   ``act_scale`` only for static policies, ``bias`` only when the entry says so);
 * ``tied`` names stored tensors only, and no tied name is stored;
-* version 3: ``float_dtype`` (the storage dtype of the float parts) is ``F32``, ``BF16`` or
-  ``F16``; ``int8_rows`` names modules stored as INT8 rows, each with an ``I8 [V, H]``
+* version 3: ``float_dtype`` (the storage dtype of the float matrices; 1-D float parts stay F32)
+  is ``F32``, ``BF16`` or ``F16``; ``int8_rows`` names modules stored as INT8 rows, each with an ``I8 [V, H]``
   ``qweight`` and an ``F32 [V]`` ``scale`` (or both tied to another such module's);
   versions 1 and 2 have neither key (their float parts are F32);
 * version 2, first of all: ``header_sha256`` matches the header
@@ -50,11 +50,12 @@ SUPPORTED_VERSIONS = (1, 2, 3)
 V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
 #: metadata keys that exist from version 3 on (required there; an older header holding one is corrupt)
 V3_KEYS = ("float_dtype", "int8_rows")
-#: storage dtype of the float parts: the name ``fptq quantize --float-dtype`` takes -> the
-#: ``float_dtype`` metadata value (the safetensors dtype); versions 1 and 2 are all ``F32``
+#: storage dtype of the float matrices (float parts of 2 or more dimensions; 1-D ones, norms and
+#: biases, are always F32): the name ``fptq quantize --float-dtype`` takes -> the ``float_dtype``
+#: metadata value (the safetensors dtype); versions 1 and 2 are all ``F32``
 FLOAT_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-#: the float parts' storage unless asked otherwise: bfloat16 keeps float32's exponent range (LAE-folded
-#: norms and rotated weights cannot overflow, as they could in float16) in half the bytes
+#: the float matrices' storage unless asked otherwise: bfloat16 keeps float32's exponent range (rotated
+#: or otherwise rewritten weights cannot overflow, as they could in float16) in half the bytes
 DEFAULT_FLOAT_DTYPE = "bfloat16"
 #: the kinds of module ``int8_rows`` may name (module name -> kind)
 INT8_ROW_KINDS = ("embedding", "lm_head")
