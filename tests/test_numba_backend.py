@@ -280,7 +280,6 @@ def test_epilogue_group_sum_is_not_contracted_to_fma(nb):
     """Two groups per output: y = float32(-1) * (-c) = c, then y + float32(acc1) * ws1 with
     (acc1, ws1, c) chosen so that fma(acc1, ws1, y) has other bits."""
     cases = _fma_sensitive(np.random.default_rng(5), 8, integer_a=True)
-    n = len(cases)
     acc = np.array([[[-1, int(a)] for a, _, _ in cases]], np.int32)        # [1, N, 2]
     ws = np.array([[-c, b] for _, b, c in cases], np.float32)              # [N, 2], > 0
     xs = np.ones(1, np.float32)
