@@ -290,8 +290,15 @@ class _Variants:
     ``fptq_w4a8_int``) share one quantization (the model is switched, not rebuilt)."""
 
     def __init__(self, model, stats, s: CompareSettings, samples, ids):
+        """``stats``: the shared calibration statistics, or a function that makes them (called once,
+        when the first row that needs them comes)."""
         self.model, self.stats, self.s, self.samples, self.ids = model, stats, s, samples, ids
         self.last = None  # (key, model, groups)
+
+    def _stats(self, m: Method):
+        if callable(self.stats) and m.kind != "float" and not _uses_pipeline(m, self.s):
+            self.stats = self.stats()
+        return None if callable(self.stats) else self.stats
 
     def _key(self, m: Method):
         if m.kind != "w4a8":
@@ -306,7 +313,7 @@ class _Variants:
             set_quantized_mode(self.last[1], m.mode, self.s.backend)
             return self.last[1], self.last[2]
         self.last = None
-        qm, groups = build_variant(self.model, self.stats, m, self.s, self.samples, self.ids)
+        qm, groups = build_variant(self.model, self._stats(m), m, self.s, self.samples, self.ids)
         if key is not None:
             self.last = (key, qm, groups)
         return qm, groups
@@ -424,12 +431,12 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         unknown = set(s.methods) - {m.key for m in methods}
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(m.key for m in methods)}")
-        methods = [m for m in methods if m.key in s.methods]
+        by_key = {m.key: m for m in methods}
+        methods = [by_key[k] for k in dict.fromkeys(s.methods)]  # in the order asked for
     peer_rows = read_peer_rows(s.peers, s.ppl, s.max_windows, s.eval_seq_len) if s.peers else []
     unknown_tasks = set(s.tasks) - set(TASKS)
     if unknown_tasks:
         raise ValueError(f"unknown tasks {sorted(unknown_tasks)}; choose from {', '.join(TASKS)}")
-    t0 = time.time()
     model, tok, src = load_float_model(s.model, progress=s.progress)
     tokens = {t: eval_tokens(tok, t) for t in s.ppl}
     bos = bos_token_id(tok)  # the tokenizer's BOS, as fptq eval and calibration use (None: no BOS)
@@ -449,14 +456,21 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
             for rel in firsts:
                 samples[f"{prefix}.{rel}"] = layer_samples[f"{prefix}.{rel}"]
 
-    stats = None
-    if shared:  # one float calibration for the rows that need no pipeline run of their own
-        stats = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
-                          keep_rows=q.keep_rows if samples is not None else 0)
-    t_cal = time.time() - t0
-    print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
+    t_cal = None
+
+    def shared_stats():
+        """The one float calibration of the rows that need no pipeline run of their own (made when
+        the first such row comes, so pipeline rows asked for first are not kept waiting)."""
+        nonlocal t_cal
+        t1 = time.time()
+        st = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
+                       keep_rows=q.keep_rows if samples is not None else 0)
+        t_cal = time.time() - t1
+        print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
+        return st
+
     rows, plan_json = [], None
-    variants = _Variants(model, stats, s, samples, ids)
+    variants = _Variants(model, shared_stats, s, samples, ids)
     for m in methods:
         t1 = time.time()
         qm, groups = variants.get(m)
