@@ -192,7 +192,8 @@ def format_markdown(doc: dict) -> str:
              "|---|---|---|---|---|---|" + "---|" * len(texts) + "---|---|"]
     for r in doc["rows"]:
         if r.get("error"):
-            err = r["error"].replace("|", "\\|").replace("\n", " ")
+            err = r["error"].split("\n")[0].replace("|", "\\|")  # the first line; the JSON has all of it
+            err = err if len(err) <= 240 else err[:240] + " ..."
             lines.append(f"| {r['label']} | {r['peer']} | {r['weights']} | {r['acts']} | {r['how']} | "
                          + f"{r.get('calibration') or '-'} | " + " | ".join("fails" for _ in texts) + f" | fails: {err} | {r['seconds']:.0f} |")
             continue
@@ -235,6 +236,7 @@ def main(argv=None):
     ap.add_argument("--out-json", default=str(OUT_JSON))
     ap.add_argument("--out-md", default=str(OUT_MD))
     ap.add_argument("--fresh", action="store_true", help="drop the rows already in --out-json")
+    ap.add_argument("--render", action="store_true", help="only rewrite --out-md from --out-json")
     args = ap.parse_args(argv)
     only = keys if args.only is None else args.only.split(",")
     bad = set(only) - set(keys)
@@ -243,6 +245,9 @@ def main(argv=None):
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).as_posix(), "benchmarks/peers/run_peers.py",
                                                  *(sys.argv[1:] if argv is None else argv)])
 
+    if args.render:
+        Path(args.out_md).write_text(format_markdown(json.loads(Path(args.out_json).read_text())))
+        return
     import torch
     from fptq.data.calibration import calibration_ids
     from fptq.data.text import eval_tokens
