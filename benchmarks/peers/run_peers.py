@@ -284,6 +284,8 @@ def main(argv=None):
         if key.startswith("llmc_"):
             row["calibration"] = (f"wiki {ids.shape[0]} x {ids.shape[1]}" if ids.shape[0] == args.samples else
                                   f"wiki, first {ids.shape[0]} of {args.samples} x {ids.shape[1]}")
+            if ids.shape[0] != args.samples:  # visible where only weights/acts are shown (fptq compare --peers)
+                row["weights"] += f", calibrated on {ids.shape[0]} x {ids.shape[1]}"
         print(f"== {label}", flush=True)
         try:
             model = copy.deepcopy(model0)
@@ -300,7 +302,10 @@ def main(argv=None):
             row["n_tokens"] = {t: int(r["n_tokens"]) for t, r in res.items()}
             row["n_windows"] = int(next(iter(res.values()))["n_windows"])
         except Exception as e:  # a failing configuration is a row with its error
-            row["error"] = f"{type(e).__name__}: {e}".strip()[:600]
+            full = f"{type(e).__name__}: {e}".strip()
+            first = full.split("\n")[0]
+            row["error"] = first if len(first) <= 240 else first[:240] + " ..."  # the table's cell
+            row["error_full"] = full[:4000]
             row["traceback_tail"] = traceback.format_exc().strip().splitlines()[-8:]
         row["seconds"] = time.time() - t1
         model = None
