@@ -71,7 +71,11 @@ def test_embedded_gguf_converts_to_a_working_model(cache):
 
 def test_quantized_checkpoint_holds_the_whole_plan(checkpoint):
     meta = read_metadata(checkpoint)
-    assert meta["weight_format"] == "int4_sym" and meta["group_size"] == "128"
+    from fptq.models.config import QuantConfig
+
+    # the defaults: GPTQ on uint4_asym groups of 128
+    assert meta["weight_format"] == QuantConfig.default("weight_format") == "uint4_asym"
+    assert meta["group_size"] == "128" and meta["quant_config"]["weight_quantizer"] == "gptq"
     layers = meta["layers"]
     assert len(layers) == 30 * 7  # q k v o gate up down in each of 30 layers
     assert {e["band"] for e in layers.values()} <= {"static", "lae_static", "dynamic"}
@@ -110,8 +114,9 @@ def test_backends_give_bit_identical_logits_on_the_real_model(checkpoint):
 
     model_t, tok, _ = load_quantized(checkpoint, backend="torch")
     model_n, _, _ = load_quantized(checkpoint, backend="numpy")  # the reference itself (~6 s here)
+    model_b, _, _ = load_quantized(checkpoint, backend="numba")
     ids = torch.cat([torch.tensor([[tok.bos_token_id]]), eval_tokens(tok, "wiki")[:, :31]], dim=1)
     with torch.inference_mode():
-        a, b = model_t(ids).logits, model_n(ids).logits
+        a, b, c = model_t(ids).logits, model_n(ids).logits, model_b(ids).logits
     assert torch.isfinite(a).all()
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and torch.equal(c, b)
