@@ -297,7 +297,6 @@ def _plot_path(plot) -> Path:
 
 
 def cmd_report(a) -> int:
-    from .models.checkpoint import read_metadata
     from .report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
 
     from .io.outputs import check_output_file

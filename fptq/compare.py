@@ -515,7 +515,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
               f"perplexity on {s.max_windows} windows of {s.eval_seq_len} tokens per text; "
               + (f"tasks zero-shot, {'first ' + str(s.limit) if s.limit else 'all'} examples each "
                  "(accuracy in %; acc_norm where the task has it); " if s.tasks else "") +
-              f"lm_head and embeddings float in every row.\n")
+              "lm_head and embeddings float in every row.\n")
     print(table)
     out = {"settings": settings, "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "model_dir": str(src), "calibration_seconds": t_cal, "rows": rows, "fptq_plan": plan_json,
