@@ -169,17 +169,10 @@ def _versions() -> dict:
 
 
 def _machine() -> str:
-    import torch
+    """The machine line ``fptq compare`` writes (the same words, so the two tables compare)."""
+    from fptq.compare import _machine as fptq_machine
 
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {platform.system()} {platform.release()}"
+    return fptq_machine()
 
 
 def _fmt(x):
