@@ -28,8 +28,6 @@ import datetime
 import gc
 import importlib.metadata as md
 import json
-import os
-import platform
 import shlex
 import sys
 import time
