@@ -185,13 +185,14 @@ def _make_linear_factory(m: Method, s: CompareSettings):
     from . import reference as ref
     from .models.quantize import w4a8_factory
 
+    qc = _quant_config(m, s)
     if m.kind == "w4a8":
-        return w4a8_factory(_quant_config(m, s), s.backend, m.mode)
+        return w4a8_factory(qc, s.backend, m.mode)
 
     def make(linear, gp):
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
         if m.weight == "int4":
-            w = ref.fake_quant_weight(w, s.quant.group_size, _quant_config(m, s).weight_format)
+            w = ref.fake_quant_weight(w, qc.group_size, qc.weight_format)
         elif m.weight == "int8pc":
             w = ref.fake_quant_weight_int8_per_channel(w)
         return _fake_linear(m, torch.from_numpy(w), linear, gp)
@@ -277,11 +278,11 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: di
     path, layers, _ = find_decoder_layers(model)
     make = _make_linear_factory(m, s)
     options = plan_options(qc, equalize=m.equalize)
+    weight_fn = dequantized_weight_fn(qc)
     groups = []
     for i, layer in enumerate(layers):
         lr = LayerRef(i, f"{path}.{i}", layer, arch, model.config)
-        groups += apply_plan_layer(lr, stats, make, options, samples=samples,
-                                   weight_fn=dequantized_weight_fn(qc))
+        groups += apply_plan_layer(lr, stats, make, options, samples=samples, weight_fn=weight_fn)
     return model, groups
 
 
