@@ -4,7 +4,7 @@
 
     fptq quantize [MODEL] --out DIR [--group-size G] [--weight-format F] [--weight-quantizer Q]
                   [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
-                  [--policy-select error|bands] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
+                  [--policy-select error|error_static|bands] [--holdout F] [--gptq-clip-search] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
@@ -83,17 +83,30 @@ def _add_calib(p):
                    "mse = activation-aware clipping search")
     p.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
                    "diagonal (group scales fixed beforehand)")
+    p.add_argument("--gptq-clip-search", action="store_true", help="GPTQ: choose each group's scale by a clipping "
+                   "search weighted by the Hessian diagonal (instead of the group's full range)")
     p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
                    "Hadamard matrix before calibrating (exact in float; RMS-norm models without post-norms)")
     p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
 
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s}")
+    return v
+
+
 def _add_policy_select(p):
     p.add_argument("--policy-select", default=_Q.policy_select, choices=POLICY_SELECTIONS,
-                   help="error (default) = per-token dynamic from v1, below it static or LAE + static, whichever "
-                   "gives the smaller output error on calibration rows (v0 unused); bands = the paper's fixed "
+                   help="error (default) = per-token dynamic from v1, below it static, LAE + static or per-token "
+                   "dynamic, whichever gives the smallest output error on held-out calibration rows (v0 unused); "
+                   "error_static = the same between the two static policies only; bands = the paper's fixed "
                    "v0/v1 bands")
+    p.add_argument("--holdout", type=_fraction, default=_Q.holdout,
+                   help=f"fraction of the calibration samples held out to judge the plan on (default {_Q.holdout:g}; "
+                   "0 = judge on rows of every sample)")
 
 
 def _quant_config(a, **extra) -> QuantConfig:
@@ -101,7 +114,7 @@ def _quant_config(a, **extra) -> QuantConfig:
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
-                       rotate=a.rotate, **extra)
+                       gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

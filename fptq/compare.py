@@ -23,22 +23,26 @@ method                     weights                          activations
 ``fptq_w4a8_int``          same, integer backend            FPTQ plan, integer W4A8 matmuls
 ``fptq_a8_only``           float32, LAE-folded              FPTQ plan (attribution row)
 ``fptq_w4_only``           the settings' INT4, LAE-folded   float32 (attribution row)
-``fptq_w4a8_<change>``     one change from the settings:    the other policy selection
-                           another quantizer (``rtn``,      (``bands`` / ``error``), or
-                           ``mse``, ``gptq``), the other    as the settings
-                           format (``int4_sym`` /
+``fptq_w4a8_<change>``     one change from the settings:    another policy selection
+                           another quantizer (``rtn``,      (``bands`` / ``error`` /
+                           ``mse``, ``gptq``), the other    ``error_static``), or as the
+                           format (``int4_sym`` /           settings
                            ``uint4_asym``), rotation on/off
-                           (``rotate`` / ``norotate``)
+                           (``rotate`` / ``norotate``),
+                           GPTQ's clip search (``clip`` /
+                           ``noclip``), G = 64 (``g64``)
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
                            (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
                            rest float                       most of the W4A8 loss)
 =========================  ===============================  ===============================
 
 "FPTQ plan" follows ``policy_select`` (as ``fptq quantize --policy-select``):
-``error`` (the default: v >= v1 per-token dynamic; below v1, static or LAE +
-static, whichever gives the smaller output error on calibration rows, INT4
-weights in place) or ``bands`` (the paper's fixed v0/v1 bands). The attribution
-rows use the W4A8 row's plan (same calibration, same candidate errors).
+``error`` (the default: v >= v1 per-token dynamic; below v1, static, LAE +
+static or per-token dynamic, whichever gives the smallest output error on
+held-out calibration rows, INT4 weights in place), ``error_static`` (static or
+LAE + static only) or ``bands`` (the paper's fixed v0/v1 bands). The
+attribution rows use the W4A8 row's plan (same calibration, same candidate
+errors).
 
 Every row except ``fptq_w4a8_int`` is fake quantization (float matmuls on
 dequantized values), named as such in the table.
@@ -56,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.config import QuantConfig
+from .models.config import POLICY_SELECTIONS, QuantConfig
 
 __all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
 
@@ -101,6 +105,9 @@ class Method:
     weight_format: str | None = None     # None: the settings' format
     select: str | None = None            # policy selection; None: the settings' policy_select
     rotate: bool | None = None           # None: the settings' rotation
+    group_size: int | None = None        # None: the settings' group size
+    gptq_clip: bool | None = None        # None: the settings' GPTQ clip search
+    holdout: float | None = None         # None: the settings' held-out fraction
 
 
 #: how the table names each weight quantizer
@@ -108,10 +115,21 @@ QUANTIZER_WORDS = {"rtn": "RTN", "mse": "act-aware clip search", "gptq": "GPTQ"}
 FORMATS = ("int4_sym", "uint4_asym")
 
 
-def _weights(s: CompareSettings, quantizer: str, fmt: str, rotate: bool = False) -> str:
+def _weights(s: CompareSettings, quantizer: str, fmt: str, rotate: bool = False, group_size: int | None = None,
+             clip: bool | None = None) -> str:
     q = s.quant
-    g = f"G={q.group_size}" if q.group_size != -1 else "per-channel"
-    return f"INT4 {fmt} {g} {QUANTIZER_WORDS[quantizer]}" + (", rotated" if rotate else "")
+    gs = q.group_size if group_size is None else group_size
+    g = f"G={gs}" if gs != -1 else "per-channel"
+    clip = q.gptq_clip if clip is None else clip
+    return (f"INT4 {fmt} {g} {QUANTIZER_WORDS[quantizer]}" + (" + clip search" if quantizer == "gptq" and clip else "")
+            + (", rotated" if rotate else ""))
+
+
+def _selection_words(select: str, s: CompareSettings) -> str:
+    q = s.quant
+    return {"bands": f"paper bands v0={q.v0:g}, v1={q.v1:g}",
+            "error": f"static/LAE/dynamic by held-out error below v1={q.v1:g}",
+            "error_static": f"static/LAE by calibration error below v1={q.v1:g} (the default until 2026-11-30)"}[select]
 
 
 def _methods(s: CompareSettings) -> list[Method]:
@@ -143,11 +161,11 @@ def _methods(s: CompareSettings) -> list[Method]:
                weight="int4", act=False),
     ]
     # one change from the settings each (an ablation of the default, or an improvement on top of it)
-    other = "bands" if q.policy_select == "error" else "error"
-    alt_acts = (f"paper bands v0={q.v0:g}, v1={q.v1:g}" if other == "bands"
-                else f"static/LAE by calibration error below v1={q.v1:g}")
-    rows.append(Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", mine, f"FPTQ plan, {alt_acts}", "w4a8",
-                       select=other))
+    for other in POLICY_SELECTIONS:
+        if other != q.policy_select:
+            alt_acts = _selection_words(other, s)
+            rows.append(Method(f"fptq_w4a8_{other}", f"FPTQ W4A8, {alt_acts}", mine, f"FPTQ plan, {alt_acts}",
+                               "w4a8", select=other, holdout=0.0 if other == "error_static" else None))
     for wq in QUANTIZER_WORDS:
         if wq != q.weight_quantizer:
             rows.append(Method(f"fptq_w4a8_{wq}", f"FPTQ W4A8, {QUANTIZER_WORDS[wq]} weights",
@@ -161,6 +179,14 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows.append(Method(f"fptq_w4a8_{rot}", "FPTQ W4A8, " + ("no rotation" if q.rotate else "rotated"),
                        _weights(s, q.weight_quantizer, q.weight_format, not q.rotate) + ", LAE-folded",
                        "FPTQ plan", "w4a8", rotate=not q.rotate))
+    clip = "noclip" if q.gptq_clip else "clip"
+    rows.append(Method(f"fptq_w4a8_{clip}", "FPTQ W4A8, GPTQ " + ("without" if q.gptq_clip else "with")
+                       + " clip search", _weights(s, "gptq", q.weight_format, q.rotate, clip=not q.gptq_clip)
+                       + ", LAE-folded", "FPTQ plan", "w4a8", weight_quantizer="gptq", gptq_clip=not q.gptq_clip))
+    if q.group_size != 64:
+        rows.append(Method("fptq_w4a8_g64", "FPTQ W4A8, G=64 (twice the scale storage)",
+                           _weights(s, q.weight_quantizer, q.weight_format, q.rotate, group_size=64) + ", LAE-folded",
+                           "FPTQ plan", "w4a8", group_size=64))
     for grp in ("qkv", "o", "gate_up", "down"):
         rows.append(Method(f"fptq_only_{grp}", f"FPTQ W4A8 on {grp} only (rest float)", mine + f" ({grp})",
                            f"FPTQ plan ({grp})", "w4a8", groups=(grp,)))
@@ -233,8 +259,12 @@ def _plan_words(select: str, s: CompareSettings) -> str:
     q = s.quant
     if select == "bands":
         return f"the paper's bands (static below v0={q.v0:g}, LAE + static below v1={q.v1:g}, else per-token dynamic)"
-    return (f"per-token dynamic from v1={q.v1:g}, below it static or LAE + static, whichever gives the smaller "
-            f"output error on {q.keep_rows} calibration rows")
+    if select == "error_static":
+        return (f"per-token dynamic from v1={q.v1:g}, below it static or LAE + static, whichever gives the smaller "
+                f"output error on {q.keep_rows} calibration rows")
+    return (f"per-token dynamic from v1={q.v1:g}, below it static, LAE + static or per-token dynamic, whichever "
+            f"gives the smallest output error on {q.keep_rows} rows of held-out calibration samples "
+            f"({q.holdout:g} of them; the candidates' scales from the others)")
 
 
 def _select(m: Method, s: CompareSettings) -> str:
@@ -247,7 +277,9 @@ def _quant_config(m: Method, s: CompareSettings) -> QuantConfig:
     return replace(q, weight_format=m.weight_format or q.weight_format,
                    weight_quantizer=m.weight_quantizer or q.weight_quantizer, policy_select=_select(m, s),
                    rotate=q.rotate if m.rotate is None else m.rotate, force_policy=m.force,
-                   groups=tuple(m.groups))
+                   groups=tuple(m.groups), group_size=q.group_size if m.group_size is None else m.group_size,
+                   gptq_clip=q.gptq_clip if m.gptq_clip is None else m.gptq_clip,
+                   holdout=q.holdout if m.holdout is None else m.holdout)
 
 
 def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None, ids=None):
@@ -277,6 +309,10 @@ def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: di
     arch = arch_of_model(model)
     path, layers, _ = find_decoder_layers(model)
     make = _make_linear_factory(m, s)
+    if samples is not None and not qc.holdout:
+        from .models.calibrate import LayerSamples
+
+        samples = LayerSamples(samples)  # the same rows without the held-out ones: judged on every sample
     options = plan_options(qc, equalize=m.equalize)
     weight_fn = dequantized_weight_fn(qc)
     groups = []
@@ -424,7 +460,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     from .eval.tasks import evaluate_task
     from .models.arch import LINEAR_GROUPS, arch_of_model
     from .data.calibration import calibration_ids
-    from .models.calibrate import calibrate
+    from .models.calibrate import LayerSamples, calibrate
     from .models.loading import DEFAULT_MODEL_NAME, load_float_model
 
     methods = _methods(s)
@@ -446,8 +482,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
     samples = None
     on_layer = None
     shared = [m for m in methods if m.kind != "float" and not _uses_pipeline(m, s)]
-    if any(m.force is None and _select(m, s) == "error" for m in shared):
-        samples = {}
+    if any(m.force is None and _select(m, s) != "bands" for m in shared):
+        samples = LayerSamples()
 
         arch = arch_of_model(model)
         firsts = [arch.group_linears(g)[0] for g in LINEAR_GROUPS]
@@ -455,7 +491,11 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         def on_layer(i, prefix, layer, layer_stats, layer_samples):
             # one row sample per input-sharing group (the plan reads its first linear's)
             for rel in firsts:
-                samples[f"{prefix}.{rel}"] = layer_samples[f"{prefix}.{rel}"]
+                name = f"{prefix}.{rel}"
+                samples[name] = layer_samples[name]
+                if name in layer_samples.heldout:
+                    samples.heldout[name] = layer_samples.heldout[name]
+            samples.fit_max.update(layer_samples.fit_max)
 
     t_cal = None
 
@@ -465,7 +505,8 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
         nonlocal t_cal
         t1 = time.time()
         st = calibrate(model, ids, batch_size=s.batch_size, progress=s.progress, on_layer=on_layer,
-                       keep_rows=q.keep_rows if samples is not None else 0)
+                       keep_rows=q.keep_rows if samples is not None else 0,
+                       holdout=q.holdout_samples(len(ids)) if samples is not None else 0)
         t_cal = time.time() - t1
         print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
         return st

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fptq.compare import METHODS, CompareSettings, _methods, _uses_pipeline, _Variants, build_variant
+from fptq.compare import METHODS, CompareSettings, _methods, _quant_config, _uses_pipeline, _Variants, build_variant
 from fptq.models.config import QuantConfig
 from fptq.models.fakequant import FakeQuantLinear
 from fptq.models.qlinear import W4A8Linear
@@ -57,7 +57,13 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
     # with RTN settings only the rows that ask for GPTQ or a rotation need it
     r = settings(weight_quantizer="rtn", weight_format="int4_sym")
     assert {m.key for m in _methods(r) if _uses_pipeline(m, r)} == {"gptq_w4a16", "fptq_w4a8_gptq",
-                                                                     "fptq_w4a8_rotate"}
+                                                                     "fptq_w4a8_rotate", "fptq_w4a8_clip"}
+    # one change each: the G=64, clip-search and previous-plan rows change only what they name
+    by_key = {m.key: _quant_config(m, s) for m in _methods(s)}
+    base = by_key["fptq_w4a8_int"]
+    assert replace(base, group_size=64) == by_key["fptq_w4a8_g64"]
+    assert replace(base, gptq_clip=True) == by_key["fptq_w4a8_clip"]
+    assert replace(base, policy_select="error_static", holdout=0.0) == by_key["fptq_w4a8_error_static"]
     assert "fptq_paper" in METHODS and "gptq_w4a16" in METHODS
 
 
@@ -116,7 +122,6 @@ def test_fake_and_integer_rows_share_one_quantization(model, ids):
 
 def test_rows_change_only_what_they_name():
     s = settings()
-    from fptq.compare import _quant_config
 
     base = s.quant
     assert _quant_config(method(s, "fptq_w4a8_fake"), s) == replace(base, force_policy=None)

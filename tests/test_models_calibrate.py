@@ -76,3 +76,55 @@ def test_nan_activation_is_reported_with_the_linear_name():
     with pytest.raises(NonFiniteError, match=r"input of layer 'model\.layers\.0\.self_attn\.q_proj'.*non-finite"):
         calibrate(model, ids, progress=False)
     assert all(not m._forward_hooks for m in model.modules())  # hooks removed on error too
+
+
+def test_held_out_samples_are_kept_apart_from_the_fit_statistics():
+    """``holdout=h``: fit_max are the maxima of the first n - h samples alone, ``heldout`` the rows of
+    the last h samples, the returned statistics still every sample's (exactly, batch for batch)."""
+    model = tiny_model("llama")
+    ids = _ids(n=6, seq=16)
+    seen = {}
+
+    def keep(i, prefix, layer, stats, samples):
+        seen[i] = samples
+
+    full = calibrate(model, ids, batch_size=2, progress=False, on_layer=keep, keep_rows=24, holdout=2,
+                     holdout_rows=32)
+    plain = calibrate(model, ids, batch_size=2, progress=False)
+    assert set(full) == set(plain) and all(np.array_equal(full[k], v) for k, v in plain.items())
+    fit = calibrate(model, ids[:4], batch_size=2, progress=False)
+    rows = {}
+
+    def keep_rows(i, prefix, layer, stats, samples):
+        rows.update(samples)
+
+    calibrate(model, ids[4:], batch_size=2, progress=False, on_layer=keep_rows, keep_rows=32)
+    assert set(seen[0].fit_max) and all(set(s.fit_max) == set(s.heldout) == set(s) for s in seen.values())
+    for s in seen.values():
+        for name in s:
+            np.testing.assert_array_equal(s.fit_max[name], fit[name], err_msg=name)
+            assert torch.equal(s.heldout[name], rows[name]), name
+            assert s[name].shape[0] == -(-6 * 16 // 4)  # every 4th token of all samples
+    with pytest.raises(ValueError, match="holdout must be between 1 and n_samples - 1 = 5"):
+        calibrate(model, ids, progress=False, keep_rows=8, holdout=6)
+    with pytest.raises(ValueError, match="holdout needs keep_rows"):
+        calibrate(model, ids, progress=False, holdout=1)
+
+
+def test_the_plan_judges_on_held_out_rows_with_the_fit_maxima():
+    from fptq.models.calibrate import LayerSamples
+    from fptq.models.plan import _judging_rows
+
+    names = ("a.q", "a.k")
+    every, held = torch.ones(8, 3), torch.full((4, 3), 2.0)
+    m_all = np.array([5.0, 6.0, 7.0], np.float32)
+    plain = LayerSamples({"a.q": every})
+    x, m = _judging_rows(plain, names, m_all)
+    assert np.array_equal(x, every.numpy()) and m is m_all
+    split = LayerSamples({"a.q": every})
+    split.heldout = {"a.q": held}
+    split.fit_max = {"a.q": np.array([1.0, 4.0, 2.0], np.float32), "a.k": np.array([3.0, 1.0, 2.0], np.float32)}
+    x, m = _judging_rows(split, names, m_all)
+    assert np.array_equal(x, held.numpy()) and m.tolist() == [3.0, 4.0, 2.0]
+    with pytest.raises(ValueError, match="needs calibration samples"):
+        _judging_rows({}, names, m_all)

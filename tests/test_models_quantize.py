@@ -153,10 +153,11 @@ def test_mse_clip_search_never_loses_to_rtn(fmt):
     assert np.array_equal(quantize_weight_by("rtn", w, 32, fmt).q, rtn.q)
 
 
-def test_error_selected_policies_pick_the_smaller_measured_error():
+@pytest.mark.parametrize("select", ["error", "error_static"])
+def test_error_selected_policies_pick_the_smaller_measured_error(select):
     model = tiny_model("llama")
     ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
-    cfg = QuantConfig(group_size=32, policy_select="error", keep_rows=64)
+    cfg = QuantConfig(group_size=32, policy_select=select, keep_rows=64)
     res = quantize_model(model, ids, cfg, backend="numpy", mode="fake_quant", progress=False)
     chosen = set()
     for g in res.plan.groups:
@@ -164,10 +165,14 @@ def test_error_selected_policies_pick_the_smaller_measured_error():
             assert g.policy is ActPolicy.DYNAMIC and g.err_static is None
             continue
         assert g.err_static is not None and g.err_lae is not None
-        want = ActPolicy.LAE_STATIC if g.err_lae < g.err_static else ActPolicy.STATIC
-        assert g.policy is want
+        assert (g.err_dynamic is not None) == (select == "error")
+        errs = {ActPolicy.STATIC: g.err_static, ActPolicy.LAE_STATIC: g.err_lae}
+        if select == "error":
+            errs[ActPolicy.DYNAMIC] = g.err_dynamic
+        assert errs[g.policy] == min(errs.values())
         chosen.add(g.policy)
         assert (g.s is not None) == (g.policy is ActPolicy.LAE_STATIC)
+        assert (g.act_scale is None) == (g.policy is ActPolicy.DYNAMIC)
     assert chosen  # some group was decided by error
     with torch.no_grad():
         assert torch.isfinite(res.model(ids).logits).all()

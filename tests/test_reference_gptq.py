@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fptq import spec
-from fptq.reference.gptq import HessianAccumulator, equalized_hessian, gptq_quantize
+from fptq.reference.gptq import HessianAccumulator, equalized_hessian, gptq_quantize, hessian_clip_scale
 from fptq.spec import WeightFormat
 from fptq.spec.formats import weight_format_spec
 
@@ -93,6 +93,40 @@ def test_codes_are_the_spec_format(fmt):
         assert np.array_equal(qw.zero, want_zero)
     packed = spec.pack_int4(qw.q, signed=fmt is WeightFormat.SYMMETRIC)
     assert np.array_equal(spec.unpack_int4(packed, w.shape[1], signed=fmt is WeightFormat.SYMMETRIC), qw.q)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_clip_search_scales_are_the_weighted_best_of_the_grid(fmt):
+    """``clip=True``: each group's scale is the clipping candidate with the smallest diag(H)-weighted
+    rounding error, never worse than RTN's (p = 1 is a candidate); with act-order (static groups) the
+    scales are exactly those of the original weights; the codes stay the spec's format."""
+    x, w = _layer(5, k=130)
+    H = _hessian(x)
+    hd = np.diag(H).astype(np.float32)
+    qw = gptq_quantize(w, H, 64, fmt, act_order=True, clip=True)
+    fn = hessian_clip_scale(fmt, H)
+    rtn_scale, rtn_zero = spec.weight_scales(w, 64, fmt)
+    clipped = 0
+    for gi, (a, b) in enumerate(spec.group_bounds(130, 64)):
+        sc, z = fn(w[:, a:b], a, b)
+        assert np.array_equal(qw.scale[:, gi], sc) and (z is None or np.array_equal(qw.zero[:, gi], z))
+
+        def err(scale, zero):
+            s2, z2 = scale[:, None], None if zero is None else zero[:, None]
+            q = spec.quantize_weight_with_scales(w[:, a:b], s2, z2, -1, fmt)
+            d = spec.dequantize_weight(q, s2, z2, -1, fmt)
+            return (((w[:, a:b] - d) ** 2) * hd[a:b]).sum(axis=1)
+
+        e_clip = err(sc, z)
+        e_rtn = err(rtn_scale[:, gi], None if rtn_zero is None else rtn_zero[:, gi])
+        assert (e_clip <= e_rtn * (1 + 1e-6)).all()
+        clipped += int((sc < rtn_scale[:, gi]).sum())
+    assert clipped > 0  # the search did clip some rows
+    f = weight_format_spec(fmt)
+    assert qw.q.min() >= f.qmin and qw.q.max() <= f.qmax
+    e_clip = _output_error(x, w, gptq_quantize(w, H, 64, fmt, clip=True))
+    e_plain = _output_error(x, w, gptq_quantize(w, H, 64, fmt))
+    assert e_clip < 1.2 * e_plain, (e_clip, e_plain)
 
 
 def test_block_size_does_not_change_the_result_materially():

@@ -220,6 +220,25 @@ def test_candidate_error_is_the_output_error_it_claims():
     assert ref.static_candidate_error(x, [w], sc) == pytest.approx(want, rel=1e-4)
 
 
+def test_dynamic_candidate_error_is_the_per_token_output_error_and_wins_on_loud_tokens():
+    x, w = outlier_input(17, t=64), weight(17, n=16)
+    xq = ref.fake_quant_act(x, ActPolicy.DYNAMIC).astype(np.float64)
+    want = float((((xq @ w.T.astype(np.float64)) - x.astype(np.float64) @ w.T.astype(np.float64)) ** 2).sum())
+    assert ref.dynamic_candidate_error(x, [w]) == pytest.approx(want, rel=1e-4)
+    # a few tokens 100x louder than the rest in every channel (massive activations): one per-tensor
+    # scale wastes the INT8 grid on the quiet tokens, LAE cannot help (it scales channels), per-token can
+    tokens = np.random.default_rng(18).normal(0, 0.5, (128, 96)).astype(F32)
+    tokens[::32] *= 100
+    e_static, e_lae = _candidates(tokens, [w], None)
+    e_dyn = ref.dynamic_candidate_error(tokens, [w])
+    assert e_dyn < 0.1 * min(e_static, e_lae)
+    assert ref.select_by_error(e_static, e_lae, e_dyn) is ActPolicy.DYNAMIC
+    # dynamic only when strictly better than both static candidates; ties keep static
+    assert ref.select_by_error(2.0, 1.0, 1.5) is ActPolicy.LAE_STATIC
+    assert ref.select_by_error(1.0, None, 1.0) is ActPolicy.STATIC
+    assert ref.select_by_error(1.0, 2.0, 0.5) is ActPolicy.DYNAMIC
+
+
 # --- calibration statistics ----------------------------------------------------------------------------
 
 def test_statistics_without_the_non_first_pass_and_non_finite_inputs():

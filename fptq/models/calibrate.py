@@ -17,6 +17,12 @@ Memory is bounded by one decoder layer plus the calibration activations:
    layer in place); with ``sequential=True`` the next layer is fed the
    outputs of the layer *after* the callback (GPTQ's sequential mode).
 
+Held-out samples (``holdout``): the last ``holdout`` calibration samples are
+also kept apart, so that a choice made from the statistics can be judged on
+rows that did not make them: ``LayerSamples.fit_max`` are the channel maxima
+of the other samples, ``LayerSamples.heldout`` rows of the held-out ones
+(the returned statistics still cover every sample).
+
 Non-finite values are reported with the module's name: a NaN/Inf weight
 before the layer runs, a NaN/Inf activation at a linear's input as it runs.
 """
@@ -31,7 +37,7 @@ import numpy as np
 from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
 
-__all__ = ["NonFiniteError", "CapturedInputs", "capture_layer_inputs", "calibrate", "iter_batches"]
+__all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches"]
 
 
 class _StopForward(Exception):
@@ -51,6 +57,30 @@ class CapturedInputs:
     hidden: list = field(default_factory=list)
     args: list = field(default_factory=list)
     kwargs: list = field(default_factory=list)
+
+
+class LayerSamples(dict):
+    """Calibration rows of one decoder layer's linear inputs: full module name -> float32 tensor
+    [~keep_rows, K] (evenly strided over every calibration token), plus, when samples are held out:
+
+    * ``heldout``: name -> float32 tensor [~keep_rows, K], rows of the held-out samples only;
+    * ``fit_max``: name -> float32 ndarray [K], the channel maxima of the other samples.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heldout: dict = {}
+        self.fit_max: dict = {}
+
+
+@dataclass
+class _BatchPosition:
+    """Where the batch a hook sees lies in the calibration set (set by :func:`_run_layer`)."""
+
+    first: int = 0          # index of the batch's first sample
+    n_fit: int = 0          # samples [0, n_fit) are fit samples, the rest held out
+    stride: int = 1         # row stride of the held-out rows kept
+    fit_stats: object = None
 
 
 def iter_batches(input_ids, batch_size: int):
@@ -112,7 +142,7 @@ def _check_weights(layer, prefix: str) -> None:
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
-def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1):
+def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1, pos=None):
     import torch
 
     x = inputs[0].detach()
@@ -120,6 +150,16 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
     stats.observe(name, x.to(torch.float32).cpu().numpy())
     if samples is not None:
         samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
+    if pos is not None and pos.fit_stats is not None:
+        b = int(x.shape[0])
+        n_fit = min(max(pos.n_fit - pos.first, 0), b)
+        if x.dim() < 2:
+            raise ValueError(f"{name}: held-out calibration needs a batch axis on the input, got shape {tuple(x.shape)}")
+        if n_fit:
+            pos.fit_stats.observe(name, x[:n_fit].to(torch.float32).cpu().numpy())
+        if n_fit < b:
+            rows = x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride].to(torch.float32).clone()
+            samples.heldout.setdefault(name, []).append(rows)
 
 
 def release_freed_memory() -> None:
@@ -147,7 +187,8 @@ def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1) -> list:
+def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
+               pos: _BatchPosition | None = None) -> list:
     import torch
     import torch.nn as nn
 
@@ -158,11 +199,15 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                 if isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False):
                     handles.append(mod.register_forward_hook(
                         functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
-                                          samples=samples, stride=stride)))
+                                          samples=samples, stride=stride, pos=pos)))
         outs = []
+        first = 0
         with torch.no_grad():
             for b, h in enumerate(cap.hidden):
+                if pos is not None:
+                    pos.first = first
                 outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
+                first += int(h.shape[0])
         return outs
     finally:
         for h in handles:
@@ -170,7 +215,8 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
 
 
 def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
-              on_layer=None, sequential: bool = False, keep_rows: int = 0) -> dict[str, np.ndarray]:
+              on_layer=None, sequential: bool = False, keep_rows: int = 0,
+              holdout: int = 0, holdout_rows: int | None = None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -179,10 +225,14 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
         batch_size: samples per forward.
         on_layer: optional ``f(index, prefix, layer, layer_stats, layer_samples)`` called
             after a layer's statistics are collected (``layer_stats``: full module name ->
-            float32 ndarray [K]; ``layer_samples``: full module name -> float32 tensor
-            [~keep_rows, K] of input rows, or None); it may modify the layer in place.
+            float32 ndarray [K]; ``layer_samples``: a :class:`LayerSamples`, full module name ->
+            float32 tensor [~keep_rows, K] of input rows, or None); it may modify the layer in place.
         keep_rows: also keep about this many input rows (tokens, evenly strided over
             the calibration set) of every linear for ``on_layer`` (0 = none).
+        holdout: hold the last ``holdout`` samples out (see the module docstring; needs
+            ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
+            (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
+            other samples' maxima.
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
     Returns:
@@ -193,6 +243,12 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
+    n_samples, seq_len = (int(d) for d in input_ids.shape)
+    holdout = int(holdout)
+    if holdout and not 0 < holdout < n_samples:
+        raise ValueError(f"holdout must be between 1 and n_samples - 1 = {n_samples - 1}, got {holdout}")
+    if holdout and not keep_rows:
+        raise ValueError("holdout needs keep_rows > 0 (the held-out rows are kept like the others)")
     path, layers, _ = find_decoder_layers(model)
     cap = capture_layer_inputs(model, input_ids, batch_size)
     stats: dict[str, np.ndarray] = {}
@@ -202,14 +258,22 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
         layer, prefix = layers[i], f"{path}.{i}"
         _check_weights(layer, prefix)
         layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
-        samples = {} if keep_rows else None
-        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride)
+        samples = LayerSamples() if keep_rows else None
+        pos = None
+        if holdout:
+            pos = _BatchPosition(n_fit=n_samples - holdout, fit_stats=CalibrationStats(non_first=False),
+                                 stride=max(1, -(-holdout * seq_len // int(holdout_rows or keep_rows))))
+        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride,
+                          pos=pos)
         layer_np = layer_stats.channel_maxima()
         stats.update(layer_np)
         if samples is not None:
             import torch
 
-            samples = {k: torch.cat(v) for k, v in samples.items()}
+            kept = LayerSamples({k: torch.cat(v) for k, v in samples.items()})
+            kept.heldout = {k: torch.cat(v) for k, v in samples.heldout.items()}
+            kept.fit_max = pos.fit_stats.channel_maxima() if pos is not None else {}
+            samples = kept
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:

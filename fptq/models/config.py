@@ -14,11 +14,12 @@ from .. import spec
 from ..reference import WEIGHT_QUANTIZERS
 from ..spec import ActPolicy, WeightFormat
 from .arch import LINEAR_GROUPS
+from .plan import SELECTIONS
 
 __all__ = ["QuantConfig", "POLICY_SELECTIONS", "WEIGHT_QUANTIZER_NAMES"]
 
 #: how a group's policy is chosen below v1 (see :class:`QuantConfig`)
-POLICY_SELECTIONS = ("error", "bands")
+POLICY_SELECTIONS = SELECTIONS
 
 #: the weight quantizers of a run: the calibration-free ones of fptq.reference, and GPTQ
 #: (:mod:`fptq.reference.gptq`), which needs the layer's calibration inputs
@@ -41,17 +42,24 @@ class QuantConfig:
         --policy-select bands`` is the paper's configuration.
     gptq_act_order, gptq_damp, gptq_rows: GPTQ's column order (decreasing Hessian diagonal,
         static group scales), relative dampening and Hessian rows per linear input.
+    gptq_clip: GPTQ takes each group's scale by a clipping search weighted by the Hessian
+        diagonal (:func:`fptq.reference.gptq.hessian_clip_scale`) instead of the RTN range.
     rotate: rotate the float model's residual stream and value heads by a randomized
         Hadamard matrix before calibrating (:mod:`fptq.models.rotate`; seed ``seed``).
     v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
     sequential: calibrate layer i on the quantized layers' outputs.
-    policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static or LAE +
-        static, whichever gives the smaller output error (INT4 weights included) on
-        ``keep_rows`` calibration rows; v0 unused. ``bands``: the paper's fixed bands (v < v0
-        static, v0 <= v < v1 LAE + static, v >= v1 dynamic). ``error`` is the default because
-        it measured better on both models tried (docs/results.md: SmolLM2-135M and
-        Gemma-3-270M, PTB and Wikipedia perplexity); the bands were tuned on LLaMA-7B.
-    keep_rows: calibration rows kept per linear input for ``policy_select="error"``.
+    policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static, LAE +
+        static or per-token dynamic, whichever gives the smallest output error (INT4 weights
+        included) on ``keep_rows`` rows of the ``holdout`` held-out calibration samples, each
+        candidate's scales taken from the other samples; dynamic only where it is strictly
+        better (so the plan is never measurably worse than per-token dynamic for a group);
+        v0 unused. ``error_static``: the same between static and LAE + static only (the
+        default until 2026-11-30, with ``holdout=0``). ``bands``: the paper's fixed bands
+        (v < v0 static, v0 <= v < v1 LAE + static, v >= v1 dynamic), tuned on LLaMA-7B.
+    keep_rows: calibration rows kept per linear input for the error selections.
+    holdout: the fraction of calibration samples held out to judge the plan's candidates on
+        (:meth:`holdout_samples`; 0 = judge on ``keep_rows`` rows of every sample, with scales
+        from every sample).
     force_policy: one policy for every group (baselines), None = FPTQ.
     groups: which linear groups to quantize (the rest stay float; ablations).
     """
@@ -68,11 +76,13 @@ class QuantConfig:
     sequential: bool = False
     policy_select: str = "error"
     keep_rows: int = 2048
+    holdout: float = 0.125
     force_policy: str | None = None
     groups: tuple[str, ...] = field(default_factory=lambda: LINEAR_GROUPS)
     gptq_act_order: bool = False
     gptq_damp: float = 0.01
     gptq_rows: int = 8192
+    gptq_clip: bool = False
     rotate: bool = False
 
     def __post_init__(self):
@@ -89,12 +99,21 @@ class QuantConfig:
         if bad:
             raise ValueError(f"unknown linear groups {sorted(bad)}; choose from {LINEAR_GROUPS}")
         if self.policy_select not in POLICY_SELECTIONS:
-            raise ValueError(f"policy_select must be 'bands' or 'error', got {self.policy_select!r}")
+            raise ValueError(f"policy_select must be one of {POLICY_SELECTIONS}, got {self.policy_select!r}")
         if self.force_policy is not None:
             ActPolicy(self.force_policy)
         for name in ("n_samples", "seq_len", "keep_rows", "gptq_rows"):
             if int(getattr(self, name)) < (0 if name == "keep_rows" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+
+    def holdout_samples(self, n_samples: int) -> int:
+        """How many of ``n_samples`` calibration samples are held out: ``round(holdout * n)``,
+        at least 1 and at most ``n - 1`` when ``holdout > 0`` (0 with fewer than 2 samples)."""
+        if not self.holdout or n_samples < 2:
+            return 0
+        return min(max(1, round(self.holdout * n_samples)), n_samples - 1)
 
     @classmethod
     def default(cls, name: str):

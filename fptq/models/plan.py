@@ -7,8 +7,11 @@ asks :mod:`fptq.reference` for the math:
 
 * ``m`` = the group's channel maxima (:func:`fptq.reference.group_channel_max`),
   ``v = max_j m_j``, the band ``fptq.spec.select_policy(v, v0, v1)``;
-* ``select="error"``: below v1, ``static`` or ``lae_static`` by the measured
-  error on calibration rows (:mod:`fptq.reference.select`);
+* ``select="error"``: below v1, ``static``, ``lae_static`` or per-token
+  ``dynamic``, whichever has the smallest measured output error on held-out
+  calibration rows, the candidates' scales taken from the other samples
+  (:mod:`fptq.reference.select`); ``select="error_static"``: the same between
+  the two static candidates only (the rule until 2026-11-30);
 * ``lae_static``: if the group's ``1/s`` folds exactly into its producer
   (:func:`fold_check`; see :mod:`fptq.models.arch`), the scales
   (:func:`fptq.reference.equalization_scales`, GQA-shared for o_proj) and the
@@ -32,7 +35,11 @@ from .. import spec
 from ..spec import ActPolicy
 from .arch import LINEAR_GROUPS, Arch, get_submodule
 
-__all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "plan_groups", "attention_geometry", "fold_check"]
+__all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "SELECTIONS", "plan_groups", "attention_geometry",
+           "fold_check"]
+
+#: how a group's policy is chosen below v1 (:class:`PlanOptions`)
+SELECTIONS = ("error", "error_static", "bands")
 
 
 @dataclass
@@ -54,8 +61,8 @@ class GroupPlan:
         s_fold: float32 divisors of the fold target's output rows / norm channels
             (equal to ``s`` except for o_proj under GQA: one per kv channel).
         m: float32 [K] the input's channel maxima (before equalization).
-        err_static, err_lae: with ``select="error"``, the measured output error of
-            the two static candidates on calibration rows (None otherwise).
+        err_static, err_lae, err_dynamic: with ``select="error"``, the measured output error
+            of each candidate on the held-out calibration rows (None where not measured).
     """
 
     layer: int
@@ -74,6 +81,7 @@ class GroupPlan:
     m: np.ndarray | None = field(default=None, repr=False)
     err_static: float | None = None
     err_lae: float | None = None
+    err_dynamic: float | None = None
 
     def input_channel_max(self) -> np.ndarray:
         """float32 [K]: channel maxima of the input the quantized linear sees (``m / s`` after LAE)."""
@@ -86,7 +94,7 @@ class GroupPlan:
                 "fold": self.fold, "fallback": self.fallback,
                 "v_after": None if self.v_after is None else float(self.v_after),
                 "act_scale": None if self.act_scale is None else float(self.act_scale),
-                "err_static": self.err_static, "err_lae": self.err_lae}
+                "err_static": self.err_static, "err_lae": self.err_lae, "err_dynamic": self.err_dynamic}
 
 
 @dataclass
@@ -173,8 +181,9 @@ class PlanOptions:
         force: one policy for every group regardless of its band (the naive baselines: all
             ``dynamic`` or all ``static``; ``lae_static`` = LAE on every foldable input); None = FPTQ.
         equalize: ``"lae"`` or ``("smoothquant", alpha)``: the scales equalizing groups get.
-        select: ``"bands"`` (the paper: v0 and v1 decide) or ``"error"``: below v1, ``static`` or
-            ``lae_static`` by the output error measured on calibration rows (v0 then unused).
+        select: ``"bands"`` (the paper: v0 and v1 decide), ``"error"``: below v1, ``static``,
+            ``lae_static`` or ``dynamic`` by the output error measured on held-out calibration rows
+            (v0 then unused), or ``"error_static"``: the same between the static two only.
         groups: which groups are equalized and quantized (the others stay float).
     """
 
@@ -187,8 +196,8 @@ class PlanOptions:
 
     def __post_init__(self):
         spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
-        if self.select not in ("bands", "error"):
-            raise ValueError(f"select must be 'bands' or 'error', got {self.select!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
         if self.force is not None:
             ActPolicy(self.force)
         bad = set(self.groups) - set(LINEAR_GROUPS)
@@ -215,16 +224,40 @@ def _fold_target(arch: Arch, group: str, prefix: str) -> str:
     return f"{prefix}.{rel}"
 
 
-def _select_by_error(gp: GroupPlan, x: np.ndarray, lr: LayerRef, equalize, weight_fn) -> None:
-    """Between ``static`` and ``lae_static``, keep the one with the smaller measured error."""
+def _as_numpy(x) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def _judging_rows(samples, names: tuple, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, m_fit)``: the rows candidates are judged on and the channel maxima their scales come
+    from: the held-out rows and the other samples' maxima when ``samples`` holds samples out
+    (:class:`fptq.models.calibrate.LayerSamples`), else the kept rows and ``m`` (all samples)."""
+    if not samples or names[0] not in samples:
+        raise ValueError("select='error' needs calibration samples of every linear input")
+    heldout, fit_max = getattr(samples, "heldout", None), getattr(samples, "fit_max", None)
+    if heldout and names[0] in heldout:
+        return _as_numpy(heldout[names[0]]), ref.group_channel_max([fit_max[n] for n in names])
+    return _as_numpy(samples[names[0]]), m
+
+
+def _select_by_error(gp: GroupPlan, x: np.ndarray, m_fit: np.ndarray, lr: LayerRef, equalize, weight_fn,
+                     dynamic: bool) -> None:
+    """Keep the candidate with the smallest error on rows ``x``, each candidate's scales taken from
+    the channel maxima ``m_fit``: ``static``, ``lae_static`` (if it folds) and, if ``dynamic``,
+    per-token ``dynamic``."""
     weights = _weights(lr, gp.group)
-    gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(gp.v), None, weight_fn)
-    if fold_check(lr.arch, gp.group, lr.layer, lr.config) is not None:
+    v_fit = float(np.max(m_fit)) if m_fit.size else 0.0
+    gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(v_fit), None, weight_fn)
+    if dynamic:
+        gp.err_dynamic = ref.dynamic_candidate_error(x, weights, weight_fn)
+    if fold_check(lr.arch, gp.group, lr.layer, lr.config) is None:
+        trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, v_fit, gp.band, ActPolicy.LAE_STATIC,
+                          m=m_fit)
+        _equalize(trial, lr, equalize)
+        gp.err_lae = ref.static_candidate_error(x, weights, ref.static_act_scale(trial.v_after), trial.s, weight_fn)
+    elif not dynamic:
         return  # no LAE candidate: the band decides (an LAE-band group falls back to dynamic)
-    trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, gp.v, gp.band, ActPolicy.LAE_STATIC, m=gp.m)
-    _equalize(trial, lr, equalize)
-    gp.err_lae = ref.static_candidate_error(x, weights, ref.static_act_scale(trial.v_after), trial.s, weight_fn)
-    gp.policy = ref.select_by_error(gp.err_static, gp.err_lae)
+    gp.policy = ref.select_by_error(gp.err_static, gp.err_lae, gp.err_dynamic)
 
 
 def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(), *,
@@ -236,7 +269,9 @@ def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(),
         stats: full linear name -> float32 [K] channel maxima.
         options: :class:`PlanOptions`.
         samples: full linear name -> float32 rows [n, K] of its input (ndarray or CPU tensor);
-            needed by ``select="error"``.
+            needed by ``select="error"``/``"error_static"``. A
+            :class:`fptq.models.calibrate.LayerSamples` with held-out rows has the candidates
+            judged on those rows with scales from the other samples' maxima.
         weight_fn: ``f(w, channel_weight) -> float32 [N, K]``, the weight the model will store
             (e.g. INT4 quantize-dequantize), used by ``select="error"``; None = float weights.
     Returns:
@@ -252,12 +287,9 @@ def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(),
         band = spec.select_policy(v, options.v0, options.v1)
         policy = band if options.force is None else ActPolicy(options.force)
         gp = GroupPlan(lr.index, lr.prefix, group, names, v, band, policy, m=m)
-        if options.select == "error" and options.force is None and band is not ActPolicy.DYNAMIC:
-            if not samples or names[0] not in samples:
-                raise ValueError("select='error' needs calibration samples of every linear input")
-            x = samples[names[0]]
-            x = x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
-            _select_by_error(gp, x, lr, options.equalize, weight_fn)
+        if options.select != "bands" and options.force is None and band is not ActPolicy.DYNAMIC:
+            x, m_fit = _judging_rows(samples, names, m)
+            _select_by_error(gp, x, m_fit, lr, options.equalize, weight_fn, dynamic=options.select == "error")
         if gp.policy is ActPolicy.LAE_STATIC:
             reason = fold_check(lr.arch, group, lr.layer, lr.config)
             if reason is None:

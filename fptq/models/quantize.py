@@ -77,7 +77,7 @@ def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
     if config.weight_quantizer == "gptq":
         return ref.gptq_quantize(w, layer_hessian(samples, gp), config.group_size, config.weight_format,
-                                 damp=config.gptq_damp, act_order=config.gptq_act_order)
+                                 damp=config.gptq_damp, act_order=config.gptq_act_order, clip=config.gptq_clip)
     c = None
     if config.weight_quantizer == "mse" and gp is not None and gp.m is not None:
         c = ref.activation_channel_weight(gp.input_channel_max())
@@ -167,9 +167,12 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
 
-    keep = max(config.keep_rows if config.policy_select == "error" else 0,
+    by_error = config.policy_select != "bands" and config.force_policy is None
+    keep = max(config.keep_rows if by_error else 0,
                config.gptq_rows if config.weight_quantizer == "gptq" else 0)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
-                      sequential=config.sequential, keep_rows=keep)
+                      sequential=config.sequential, keep_rows=keep,
+                      holdout=config.holdout_samples(len(calib_ids)) if by_error and keep else 0,
+                      holdout_rows=config.keep_rows)
     set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch)

@@ -24,9 +24,13 @@ the checkpoint are unchanged. Group scales (and zero points):
   scales are fixed beforehand from the original weights ("static groups"), so
   every group keeps one consistent scale whatever the visiting order.
 
-``scale_fn(w_group [N, g]) -> (scale [N], zero [N] | None)`` chooses a group's
-scale; the default is the spec's RTN scale (:func:`fptq.spec.weight_scales`
-with per-channel groups), and a clipping search can be passed instead.
+``scale_fn(w_group [N, g], a, b) -> (scale [N], zero [N] | None)`` chooses the
+scale of the group of columns ``[a, b)``; the default is the spec's RTN scale
+(:func:`fptq.spec.weight_scales` with per-channel groups); :func:`hessian_clip_scale`
+is a clipping search (``clip=True``): per row, the candidate range ``p * range``
+(:func:`fptq.reference.quantize_weight_mse`'s grid) whose rounding error
+``sum_j H_jj (w_j - dequant(q_j))^2`` over the group's columns is smallest, the
+Hessian diagonal standing for the input's energy in each column.
 
 The Hessian and the error feedback are float64; the quantization of each
 column is the spec's float32 arithmetic. Memory: ``H`` and its inverse,
@@ -43,9 +47,9 @@ from .. import spec
 from ..spec import WeightFormat
 from ..spec.formats import FLOAT, weight_format_spec
 
-__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "rtn_group_scale"]
+__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "rtn_group_scale", "hessian_clip_scale"]
 
-ScaleFn = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+ScaleFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, "np.ndarray | None"]]
 
 
 class HessianAccumulator:
@@ -86,9 +90,22 @@ def equalized_hessian(x, s=None) -> np.ndarray:
 
 def rtn_group_scale(fmt: WeightFormat) -> ScaleFn:
     """The spec's round-to-nearest scale of one group of columns (per row)."""
-    def scale_fn(wg: np.ndarray):
+    def scale_fn(wg: np.ndarray, a: int = 0, b: int = 0):
         scale, zero = spec.weight_scales(wg, -1, fmt)
         return scale[:, 0], None if zero is None else zero[:, 0]
+    return scale_fn
+
+
+def hessian_clip_scale(fmt: WeightFormat, H: np.ndarray) -> ScaleFn:
+    """Clipping search for a group's scale, errors weighted by ``diag(H)`` over its columns
+    (:func:`fptq.reference.quantize_weight_mse` on the group, per-channel)."""
+    from .weight_quantizers import quantize_weight_mse
+
+    hdiag = np.diag(np.asarray(H, np.float64)).astype(FLOAT)
+
+    def scale_fn(wg: np.ndarray, a: int, b: int):
+        qw = quantize_weight_mse(wg, -1, fmt, hdiag[a:b])
+        return qw.scale[:, 0], None if qw.zero is None else qw.zero[:, 0]
     return scale_fn
 
 
@@ -114,7 +131,7 @@ def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
 
 def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC, *,
                   damp: float = 0.01, act_order: bool = False, block_size: int = 128,
-                  scale_fn: ScaleFn | None = None) -> spec.QuantizedWeight:
+                  scale_fn: ScaleFn | None = None, clip: bool = False) -> spec.QuantizedWeight:
     """GPTQ of ``w`` [N, K] float32 given ``H`` [K, K] (see the module docstring).
 
     Args:
@@ -123,7 +140,8 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
         fmt: weight format. damp: relative dampening (> 0). act_order: visit
         columns by decreasing ``diag(H)`` with static group scales.
         block_size: columns per lazy-update block (speed only; results equal
-        up to float64 rounding). scale_fn: group scale chooser.
+        up to float64 rounding). scale_fn: group scale chooser (default RTN scales, or
+        :func:`hessian_clip_scale` with ``clip=True``).
     Returns:
         :class:`fptq.spec.QuantizedWeight` with codes equal to
         ``spec.quantize_weight_with_scales(W_updated, scale, zero, G, fmt)``.
@@ -138,7 +156,8 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
         raise ValueError(f"H: expected a finite [{k}, {k}] matrix, got shape {H.shape}")
     if not damp > 0:
         raise ValueError(f"damp: expected > 0, got {damp!r}")
-    scale_fn = scale_fn or rtn_group_scale(fmt)
+    if scale_fn is None:
+        scale_fn = hessian_clip_scale(fmt, H) if clip else rtn_group_scale(fmt)
     ng = spec.num_groups(k, g)
     scale = np.empty((n, ng), FLOAT)
     zero = np.zeros((n, ng), np.uint8) if fmt is WeightFormat.ASYMMETRIC else None
@@ -149,7 +168,7 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
     W[:, dead] = 0.0
     if act_order:
         for gi, (a, b) in enumerate(spec.group_bounds(k, g)):
-            scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT))
+            scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT), a, b)
             if zero is not None:
                 zero[:, gi] = z
         perm = np.argsort(-np.diag(H), kind="stable")
@@ -167,7 +186,7 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
             gi = col // g
             if not act_order and col % g == 0:
                 a, b = spec.group_bounds(k, g)[gi]
-                scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT))
+                scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT), a, b)
                 if zero is not None:
                     zero[:, gi] = z
             wc = W[:, i].astype(FLOAT)

@@ -10,10 +10,19 @@ keeps the one whose outputs are closer to the float outputs::
 
 ``s = None`` is plain ``static`` (``act_scale`` from v), ``s`` the LAE scales is
 ``lae_static`` (``act_scale`` from the equalized range). ``fq`` is per-tensor
-static INT8 fake quantization (:func:`fake_quant_act`), ``Q`` the weight the
+static INT8 fake quantization (:func:`fake_quant_act`); for the third candidate,
+``dynamic`` (:func:`dynamic_candidate_error`), ``fq`` is per-token INT8 and ``s``
+is None. ``Q`` is the weight the
 model would really store (``weight_fn(W', c)`` with ``c`` the squared channel
 maxima of ``x / s``, :func:`fptq.reference.activation_channel_weight`, e.g. :func:`fptq.reference.fake_quant_weight`), or the
 identity. Products and sums are float32 (NumPy's matmul).
+
+The rows ``x`` a candidate is judged on should not be the rows its scales were
+taken from: the pipeline holds calibration samples out
+(:func:`fptq.models.calibrate.calibrate`, ``holdout``), takes the candidates'
+scales from the other samples' maxima and measures ``err`` on the held-out
+rows. :func:`select_by_error` keeps the candidate with the smallest error;
+``dynamic`` only when it is strictly better than both static candidates.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_ndim
 from .weight_quantizers import activation_channel_weight
 
-__all__ = ["fake_quant_act", "static_candidate_error", "select_by_error"]
+__all__ = ["fake_quant_act", "static_candidate_error", "dynamic_candidate_error", "select_by_error"]
 
 
 def fake_quant_act(x, policy, act_scale=None) -> np.ndarray:
@@ -49,6 +58,21 @@ def fake_quant_act(x, policy, act_scale=None) -> np.ndarray:
     return spec.dequantize_act(spec.quantize_act_per_tensor(x, scale), scale)
 
 
+def _candidate_error(x, weights, xq, s, weight_fn) -> float:
+    """``sum_l || xq Q(W_l * s)^T - x W_l^T ||^2`` with ``xq`` the quantized (equalized) input."""
+    xs = x if s is None else spec.lae_apply_activation(x, s)
+    cmax = np.abs(xs).max(axis=0) if xs.shape[0] else np.zeros(xs.shape[1], FLOAT)
+    err = 0.0
+    for w in weights:
+        w = as_float32(w, "weight")
+        ref = x @ w.T
+        wn = w if s is None else spec.lae_apply_weight(w, s)
+        if weight_fn is not None:
+            wn = weight_fn(wn, activation_channel_weight(cmax))
+        err += float(np.square(xq @ np.asarray(wn, dtype=FLOAT).T - ref).sum())
+    return err
+
+
 def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None) -> float:
     """``err(s)`` of the module docstring for one static candidate.
 
@@ -62,21 +86,24 @@ def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None)
     x = as_float32(x, "x")
     check_ndim(x, 2, "x")
     xs = x if s is None else spec.lae_apply_activation(x, s)
-    xq = fake_quant_act(xs, ActPolicy.STATIC, act_scale)
-    cmax = np.abs(xs).max(axis=0) if xs.shape[0] else np.zeros(xs.shape[1], FLOAT)
-    err = 0.0
-    for w in weights:
-        w = as_float32(w, "weight")
-        ref = x @ w.T
-        wn = w if s is None else spec.lae_apply_weight(w, s)
-        if weight_fn is not None:
-            wn = weight_fn(wn, activation_channel_weight(cmax))
-        err += float(np.square(xq @ np.asarray(wn, dtype=FLOAT).T - ref).sum())
-    return err
+    return _candidate_error(x, weights, fake_quant_act(xs, ActPolicy.STATIC, act_scale), s, weight_fn)
 
 
-def select_by_error(err_static: float, err_lae: float | None) -> ActPolicy:
-    """``LAE_STATIC`` if its error is strictly smaller, else ``STATIC`` (ties and no LAE candidate)."""
-    if err_lae is not None and err_lae < err_static:
-        return ActPolicy.LAE_STATIC
-    return ActPolicy.STATIC
+def dynamic_candidate_error(x, weights, weight_fn=None) -> float:
+    """``err`` of the per-token dynamic candidate: ``fq`` = :func:`fptq.spec.quantize_act_per_token`
+    of ``x`` itself (no equalization, no static scale). Arguments as :func:`static_candidate_error`."""
+    x = as_float32(x, "x")
+    check_ndim(x, 2, "x")
+    return _candidate_error(x, weights, fake_quant_act(x, ActPolicy.DYNAMIC), None, weight_fn)
+
+
+def select_by_error(err_static: float, err_lae: float | None, err_dynamic: float | None = None) -> ActPolicy:
+    """The candidate with the smallest error: ``LAE_STATIC`` if strictly below ``err_static``;
+    ``DYNAMIC`` only if strictly below both static candidates (the static policies need no
+    per-token reduction at run time, so ties keep them); else ``STATIC``. None = no such candidate."""
+    best, policy = err_static, ActPolicy.STATIC
+    if err_lae is not None and err_lae < best:
+        best, policy = err_lae, ActPolicy.LAE_STATIC
+    if err_dynamic is not None and err_dynamic < best:
+        policy = ActPolicy.DYNAMIC
+    return policy
