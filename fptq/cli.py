@@ -86,7 +86,8 @@ def _add_calib(p):
     p.add_argument("--gptq-clip-search", action="store_true", help="GPTQ: choose each group's scale by a clipping "
                    "search weighted by the Hessian diagonal (instead of the group's full range)")
     p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
-                   "Hadamard matrix before calibrating (exact in float; RMS-norm models without post-norms)")
+                   "Hadamard matrix before calibrating (exact in float; RMS-norm models; Gemma 2/3 post-norm "
+                   "outputs are rotated at run time by a float32 matrix stored in the checkpoint)")
     p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 

@@ -56,7 +56,7 @@ def test_float_parts_load_as_the_rounded_model(tmp_path, family, float_dtype, st
     res, cfg = quantized(family)
     d = _save(tmp_path / "ck", res, cfg, float_dtype=float_dtype)
     m2, _, meta = load_quantized(d, backend="numpy")
-    assert meta["float_dtype"] == stored and meta["int8_rows"] == {} and meta["format_version"] == "3"
+    assert meta["float_dtype"] == stored and meta["int8_rows"] == {} and meta["format_version"] == "4"
     assert torch.equal(_logits(m2), stored_logits(res.model, float_dtype))
     exact = _layer_keys(meta)
     table = _table(d)
@@ -163,7 +163,13 @@ def test_sizes_shrink_by_the_expected_bytes(tmp_path, tiny):
 def _as_version_2(m):
     m.pop("float_dtype")
     m.pop("int8_rows")
+    m.pop("online_rotations")
     m["format_version"] = "2"
+
+
+def _as_version_3(m):
+    m.pop("online_rotations")
+    m["format_version"] = "3"
 
 
 def test_version_2_float32_checkpoint_still_loads(tmp_path, tiny):
@@ -174,6 +180,25 @@ def test_version_2_float32_checkpoint_still_loads(tmp_path, tiny):
     m2, _, meta = load_quantized(d, backend="numpy")
     assert meta["format_version"] == "2" and meta["float_dtype"] == "F32" and meta["int8_rows"] == {}
     assert torch.equal(_logits(m2), _logits(res.model))
+
+
+def test_version_3_checkpoint_still_loads(tmp_path, tiny):
+    """A version-3 checkpoint (no online_rotations), digests as its writer made them."""
+    res, cfg = tiny
+    bf16 = _save(tmp_path / "bf16", res, cfg)
+    d = rewrite(bf16, tmp_path / "v3", edit_meta=_as_version_3, redigest=True)
+    m3, _, meta = load_quantized(d, backend="numpy")
+    assert meta["format_version"] == "3" and meta["online_rotations"] == [] and meta["float_dtype"] == "BF16"
+    assert torch.equal(_logits(m3), stored_logits(res.model, "bfloat16"))
+
+
+def test_version_3_with_online_rotations_key_is_refused(tmp_path, tiny):
+    res, cfg = tiny
+    bf16 = _save(tmp_path / "bf16", res, cfg)
+    d = rewrite(bf16, tmp_path / "v3keys", edit_meta=lambda m: m.__setitem__("format_version", "3"))
+    with pytest.raises(CheckpointError, match=r"format_version says 3 but the header has version-4 field "
+                                              r"\['online_rotations'\]"):
+        load_quantized(d, backend="numpy")
 
 
 def test_version_2_with_storage_keys_or_bf16_tensors_is_refused(tmp_path, tiny):

@@ -1,18 +1,27 @@
 """GPTQ weights and the residual-stream rotation inside the pipeline (tiny models; mechanics, not accuracy)."""
 
+import copy
+import json
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from checkpoint_helpers import as_stored, rewrite  # noqa: E402
+
 from fptq import spec  # noqa: E402
 from fptq.cli import main  # noqa: E402
-from fptq.models.arch import UnsupportedArchitecture  # noqa: E402
-from fptq.models.checkpoint import load_quantized, read_metadata, save_quantized  # noqa: E402
+from fptq.io.tensorfile import TensorFile  # noqa: E402
+from fptq.models.checkpoint import (  # noqa: E402
+    TENSORS_FILE, CheckpointError, load_quantized, read_metadata, save_quantized,
+)
+from fptq.models.checkpoint_meta import ONLINE_ROTATION_TENSOR  # noqa: E402
 from fptq.models.config import QuantConfig  # noqa: E402
-from fptq.models.qlinear import quantized_linears  # noqa: E402
+from fptq.models.qlinear import quantized_linears, set_quantized_mode  # noqa: E402
 from fptq.models.quantize import quantize_model  # noqa: E402
+from fptq.models.rotate import RotateOutput  # noqa: E402
 from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
 
 IDS = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -60,10 +69,123 @@ def test_rotated_quantized_model_round_trips_through_a_checkpoint(tmp_path):
         assert torch.equal(loaded(IDS).logits, res.model(IDS).logits)
 
 
-def test_rotation_of_post_norm_families_is_refused_for_checkpoints():
-    with pytest.raises(UnsupportedArchitecture, match="post-norms"):
-        quantize_model(tiny_model("gemma3"), IDS, QuantConfig(group_size=32, rotate=True), backend="numpy",
-                       progress=False)
+# ---- post-norm families (Gemma 2/3): online rotations stored in the checkpoint ------------------------------
+@pytest.fixture(scope="module")
+def rotated_post_norm():
+    """family -> QuantResult of a rotated tiny Gemma 2 / Gemma 3 (numpy backend, integer mode)."""
+    return {f: quantize_model(tiny_model(f), IDS, QuantConfig(group_size=32, rotate=True, n_samples=8, seq_len=32),
+                              backend="numpy", progress=False) for f in ("gemma2", "gemma3")}
+
+
+def _online(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, RotateOutput)}
+
+
+def _table(d):
+    with TensorFile(d / TENSORS_FILE) as f:
+        return {n: (f.dtype(n), tuple(f.shape(n))) for n in f.names}
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_rotated_post_norm_model_round_trips_through_a_checkpoint(tmp_path, rotated_post_norm, family, capsys):
+    res = rotated_post_norm[family]
+    paths = [f"model.layers.{i}.{n}" for i in range(2) for n in ("post_attention_layernorm",
+                                                                 "post_feedforward_layernorm")]
+    assert res.rotation is not None and res.rotation.online_post_norms == paths
+    assert sorted(_online(res.model)) == paths
+    d = tmp_path / "rot"
+    save_quantized(d, res.model, tiny_tokenizer(), res.plan, res.config, float_dtype="float32")  # exact float parts
+    table = _table(d)
+    assert table[ONLINE_ROTATION_TENSOR] == ("F32", (64, 64))   # Q once, not once per module
+    assert not any(k.endswith(".rotation") or "layernorm.norm." in k for k in table)  # norms under their own names
+    assert all(table[f"{p}.weight"] == ("F32", (64,)) for p in paths)
+    q = res.model.model.layers[0].post_attention_layernorm.rotation
+    try:
+        for backend in ("numpy", "numba"):
+            set_quantized_mode(res.model, "integer", backend)
+            loaded, _, meta = load_quantized(d, backend=backend)
+            assert meta["format_version"] == "4" and meta["online_rotations"] == paths
+            online = _online(loaded)
+            assert sorted(online) == paths
+            assert len({m.rotation.data_ptr() for m in online.values()}) == 1   # one shared Q in memory too
+            assert all(torch.equal(m.rotation, q) for m in online.values())
+            with torch.no_grad():
+                assert torch.equal(loaded(IDS).logits, res.model(IDS).logits), backend
+    finally:
+        set_quantized_mode(res.model, "integer", "numpy")
+    capsys.readouterr()
+    assert main(["report", str(d)]) == 0
+    assert "online rotation: 4 post-norm outputs times one float32 Q at run time" in capsys.readouterr().out
+
+
+def test_online_rotation_is_stored_in_float32_whatever_float_dtype(tmp_path, rotated_post_norm):
+    res = rotated_post_norm["gemma3"]
+    d = save_quantized(tmp_path / "bf16", res.model, tiny_tokenizer(), res.plan, res.config)  # bfloat16 default
+    table = _table(d)
+    assert table[ONLINE_ROTATION_TENSOR] == ("F32", (64, 64)) and table["model.embed_tokens.weight"][0] == "BF16"
+    loaded, _, _ = load_quantized(d, backend="numpy")
+    expect = as_stored(res.model, "bfloat16")   # rounds every float matrix, the rotation buffers too ...
+    q = res.model.model.layers[0].post_attention_layernorm.rotation
+    with torch.no_grad():
+        for m in _online(expect).values():       # ... which the checkpoint keeps exact
+            m.rotation.copy_(q)
+        assert torch.equal(loaded(IDS).logits, expect(IDS).logits)
+    q_loaded = loaded.model.layers[1].post_feedforward_layernorm.rotation
+    assert torch.equal(q_loaded, q)
+    eye = torch.eye(64, dtype=torch.float64)
+    assert float((q_loaded.double() @ q_loaded.double().T - eye).abs().max()) < 1e-6
+
+
+def test_rotations_the_checkpoint_cannot_hold_are_refused_when_saving(tmp_path, rotated_post_norm):
+    model = copy.deepcopy(rotated_post_norm["gemma2"].model)
+    m = model.model.layers[1].post_feedforward_layernorm
+    m.rotation = -m.rotation   # a different Q for one module
+    with pytest.raises(CheckpointError, match="hold different rotations"):
+        save_quantized(tmp_path / "x", model, None)
+    assert not (tmp_path / "x").exists()
+
+
+def _edit_online(fn):
+    def edit(m):
+        m["online_rotations"] = json.dumps(fn(json.loads(m["online_rotations"])))
+    return edit
+
+
+def _edit_q(fn):
+    def edit(t):
+        t[ONLINE_ROTATION_TENSOR] = fn(t[ONLINE_ROTATION_TENSOR])
+    return edit
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+@pytest.mark.parametrize("edit_meta,edit_tensors,match", [
+    (_edit_online(lambda p: ["model.layers.0.input_layernorm"]), None,
+     r"'online_rotations' names \['model\.layers\.0\.input_layernorm'\], not post-norms"),
+    (_edit_online(lambda p: p + ["model.layers.7.post_attention_layernorm"]), None,
+     r"module model\.layers\.7\.post_attention_layernorm needs an F32 \[64\] tensor .*it is missing"),
+    (_edit_online(lambda p: p + p[:1]), None, r"'online_rotations' lists .* more than once"),
+    (_edit_online(lambda p: ["model.layers.0.self_attn.q_proj"]), None, r"quantized layers or INT8-rows modules"),
+    (_edit_online(lambda p: []), None, r"tensor fptq\.online_rotation present but .* names no module"),
+    (_edit_online(lambda p: {"paths": p}), None, r"'online_rotations' must be a list of module paths"),
+    (_drop("online_rotations"), None, r"metadata key 'online_rotations' is missing"),
+    (None, _drop(ONLINE_ROTATION_TENSOR), r"tensor fptq\.online_rotation \(their rotation\) is missing"),
+    (None, _edit_q(lambda q: q[:, :32].contiguous()),
+     r"fptq\.online_rotation is F32 \[64, 32\]; it must be F32 \[d, d\]"),
+    (None, _edit_q(lambda q: q[:32, :32].contiguous()), r"needs an F32 \[32\] tensor .*it is F32 \[64\]"),
+    (None, _edit_q(lambda q: q.to(torch.bfloat16)), r"fptq\.online_rotation is BF16 \[64, 64\]; it must be F32"),
+    (None, _edit_q(lambda q: torch.where(torch.eye(64, dtype=torch.bool), torch.tensor(float("nan")), q)),
+     r"tensor fptq\.online_rotation: holds NaN/Inf"),
+    (None, _edit_q(lambda q: q * 1.01), r"tensor fptq\.online_rotation: is not orthogonal"),
+])
+def test_bad_online_rotations_are_refused(tmp_path, rotated_post_norm, edit_meta, edit_tensors, match):
+    res = rotated_post_norm["gemma2"]
+    src = save_quantized(tmp_path / "ok", res.model, None, res.plan, res.config)
+    d = rewrite(src, tmp_path / "bad", edit_meta=edit_meta, edit_tensors=edit_tensors, redigest=True)
+    with pytest.raises(CheckpointError, match=match):
+        load_quantized(d, backend="numpy")
 
 
 def test_cli_gptq_and_rotate_reach_the_checkpoint(tmp_path, capsys):

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from fptq.models.arch import UnsupportedArchitecture  # noqa: E402
-from fptq.models.rotate import RotateOutput, rotate_model  # noqa: E402
+from fptq.models.rotate import RotateOutput, online_rotation_targets, rotate_model  # noqa: E402
 from fptq.testing import TINY_FAMILIES, tiny_model  # noqa: E402
 
 
@@ -64,8 +64,19 @@ def test_rotated_float_model_has_the_same_logits(family):
     assert err < 1e-4, err
     assert report.untied  # the tiny models tie embeddings
     assert not torch.equal(model.get_input_embeddings().weight, emb_before)   # really rotated
-    online = any(isinstance(m, RotateOutput) for m in model.modules())
-    assert online == (family in ("gemma2", "gemma3")) == bool(report.online_post_norms)
+    online = {n: m for n, m in model.named_modules() if isinstance(m, RotateOutput)}
+    assert bool(online) == (family in ("gemma2", "gemma3")) == bool(report.online_post_norms)
+    assert sorted(online) == sorted(report.online_post_norms) == sorted(online_rotation_targets(model))
+    assert len({m.rotation.data_ptr() for m in online.values()}) <= 1   # one shared float32 Q
+
+
+def test_allow_online_false_refuses_post_norm_families_before_changing_them():
+    model = tiny_model("gemma2", seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedArchitecture, match="post-norms need a run-time rotation"):
+        rotate_model(model, allow_online=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rotate_model(tiny_model("llama"), allow_online=False).online_post_norms == []
 
 
 def test_rotation_spreads_norm_outliers():

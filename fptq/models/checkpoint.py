@@ -13,7 +13,10 @@ The float matrices (embeddings, lm_head, linears left float) are stored in ``flo
 1-D float parts (norm gains, which carry the folded LAE scales, and biases) stay float32: they
 are under 0.1 % of the bytes. With ``int8_embeddings`` the embedding and lm_head are stored as INT8 rows
 (:mod:`fptq.models.int8rows`). Every tensor of a W4A8 layer keeps its spec dtype (float32 scales
-and bias, uint8 codes): nothing the integer path reads is ever rounded.
+and bias, uint8 codes): nothing the integer path reads is ever rounded. A rotated Gemma 2/3 model's
+post-norms that rotate their output at run time (:class:`~fptq.models.rotate.RotateOutput`) are stored
+as plain norms plus one float32 ``Q`` (tensor ``fptq.online_rotation``, never rounded) and their paths
+(metadata ``online_rotations``); the loader wraps them again.
 
 Writing is atomic (:func:`fptq.io.atomic.atomic_directory`) and deterministic:
 the same model, plan, config and ``info`` give the same bytes. ``overwrite``
@@ -48,11 +51,13 @@ from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError, dtyp
 from ._torch import nn, torch
 from .arch import arch_of_model, get_submodule
 from .checkpoint_meta import (
-    DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INT8_ROW_SUFFIXES, LAYER_SUFFIXES, CheckpointError,
-    check_int8_row_values, check_layer_values, header_digest, parse_metadata,
+    DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INT8_ROW_SUFFIXES, LAYER_SUFFIXES,
+    ONLINE_ROTATION_TENSOR, CheckpointError, check_int8_row_values, check_layer_values, check_rotation_values,
+    header_digest, parse_metadata,
 )
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import MODES, W4A8Linear
+from .rotate import online_rotation_modules, online_rotation_targets, wrap_online_rotations
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "TENSORS_FILE", "PLAN_FILE",
            "CheckpointError", "CheckpointWarning", "save_quantized", "load_quantized", "read_metadata",
@@ -122,11 +127,43 @@ def _source_paths(model) -> list[str]:
     return [src] if src and os.path.exists(src) else []
 
 
+def _unwrap_rotations(model, sd: dict):
+    """(state dict, online rotation paths, Q): each :class:`~fptq.models.rotate.RotateOutput` at ``P``
+    stored as the plain norm it wraps (``P.norm.x`` -> ``P.x``, ``P.rotation`` dropped) and its ``Q`` once
+    (float32, as the model holds it); ``Q`` None when there are none. All must share one ``Q``."""
+    rot = online_rotation_modules(model)
+    if not rot:
+        return sd, [], None
+    bad = sorted(set(rot) - set(online_rotation_targets(model)))
+    if bad:
+        raise CheckpointError(f"RotateOutput modules {bad[:3]} are not post-norms of this model; a checkpoint "
+                              "stores online rotations of post-norms only")
+    paths = sorted(rot)
+    q = rot[paths[0]].rotation.detach().cpu()
+    for p in paths[1:]:
+        if not torch.equal(rot[p].rotation.detach().cpu(), q):
+            raise CheckpointError(f"RotateOutput modules {paths[0]} and {p} hold different rotations; a checkpoint "
+                                  "stores one Q for all of them")
+    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
+        raise CheckpointError(f"RotateOutput {paths[0]}: its rotation must be finite float32, got {q.dtype}")
+    out = {}
+    for k, v in sd.items():
+        owner = next((p for p in paths if k.startswith(f"{p}.")), None)
+        if owner is None:
+            out[k] = v
+        elif k.startswith(f"{owner}.norm."):
+            out[f"{owner}.{k[len(owner) + 6:]}"] = v
+        elif k != f"{owner}.rotation":
+            raise CheckpointError(f"RotateOutput {owner}: unexpected tensor {k}")
+    return out, paths, q.contiguous()
+
+
 def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
-    """(state to write, tied, int8_rows): the model's state dict with tied tensors dropped, the
-    embedding / lm_head replaced by INT8 rows when asked, and every float matrix (a float32 tensor of
-    2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
-    sd = model.state_dict()
+    """(state to write, tied, int8_rows, online rotation paths): the model's state dict with tied tensors
+    dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated post-norms as
+    their norms plus one float32 ``Q`` (:func:`_unwrap_rotations`), and every other float matrix (a float32
+    tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
+    sd, online, q = _unwrap_rotations(model, model.state_dict())
     rows = int8_row_targets(model) if int8_embeddings else {}
     if rows:
         try:
@@ -151,7 +188,9 @@ def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool)
                 raise CheckpointError(f"float_dtype={float_dtype!r}: tensor {k} has values beyond {float_dtype}'s "
                                       f"range (max |x| = {big:.4g}); store the float parts as bfloat16 or float32")
         state[k] = v.contiguous()
-    return state, tied, rows
+    if q is not None:
+        state[ONLINE_ROTATION_TENSOR] = q  # float32 whatever float_dtype says: Q stays orthogonal
+    return state, tied, rows, online
 
 
 def storage_summary(meta: dict) -> str:
@@ -160,7 +199,11 @@ def storage_summary(meta: dict) -> str:
     fd = names.get(meta.get("float_dtype", "F32"), meta.get("float_dtype"))
     rows = meta.get("int8_rows") or {}
     head = f"{fd} (not quantized)" if not rows else f"INT8 per row, float32 row scales ({', '.join(sorted(rows))})"
-    return f"lm_head and embeddings: {head}; other float matrices: {fd}; norms and biases: float32"
+    line = f"lm_head and embeddings: {head}; other float matrices: {fd}; norms and biases: float32"
+    online = meta.get("online_rotations") or []
+    if online:
+        line += f"; online rotation: {len(online)} post-norm outputs times one float32 Q at run time"
+    return line
 
 
 def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info: dict | None = None,
@@ -186,6 +229,10 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
             and the W4A8 layers' tensors are never converted.
         int8_embeddings: store the input embedding and lm_head as INT8 rows with float32 row scales
             (:mod:`fptq.models.int8rows`); tied ones once. The model passed in is not modified.
+
+    Post-norms wrapped in :class:`~fptq.models.rotate.RotateOutput` (``--rotate`` on Gemma 2/3) are
+    stored as their norms, their shared ``Q`` once as float32 (tensor ``fptq.online_rotation``) and
+    their paths in metadata ``online_rotations``.
     """
     if float_dtype not in FLOAT_DTYPES:
         raise ValueError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
@@ -196,7 +243,7 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
     gsizes = {e["group_size"] for e in layers.values() if e["group_size"] < e["in_features"]}
     fmts = {e["weight_format"] for e in layers.values()}
-    state, tied, rows = _storage_state(model, layers, float_dtype, int8_embeddings)
+    state, tied, rows, online = _storage_state(model, layers, float_dtype, int8_embeddings)
     meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -210,6 +257,7 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         "tied": json.dumps(tied, sort_keys=True),
         "float_dtype": FLOAT_DTYPES[float_dtype],
         "int8_rows": json.dumps(rows, sort_keys=True),
+        "online_rotations": json.dumps(online),
         "quant_config": json.dumps(config.to_json() if config is not None else None, sort_keys=True),
         "info": json.dumps(info or {}, sort_keys=True),
         "tensor_sha256": json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()},
@@ -369,8 +417,25 @@ def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
     float32) as the model holds them."""
     owner, _, suffix = key.rpartition(".")
     exact = (owner in meta["layers"] and suffix in LAYER_SUFFIXES) or \
-        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES)
+        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES) or key == ONLINE_ROTATION_TENSOR
     return model_dtype if exact or model_dtype != "F32" or ndim < 2 else meta["float_dtype"]
+
+
+def _expected_tensors(model, meta: dict, where: Path) -> dict:
+    """The tensors the checkpoint of ``model`` (built by :func:`_build`) must hold: its state dict, plus
+    ``Q`` (F32 ``[d, d]``) when ``online_rotations`` names modules, which must be the model's post-norms."""
+    expected = model.state_dict()
+    online = meta["online_rotations"]
+    if online:
+        targets = online_rotation_targets(model)
+        bad = [p for p in online if p not in targets]
+        if bad:
+            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {bad[:3]}, not post-norms of "
+                                  f"this {model.config.model_type} model (its post-norms: {targets[:4]}"
+                                  f"{'...' if len(targets) > 4 else ''})")
+        d = expected[f"{online[0]}.weight"].shape[0]
+        expected[ONLINE_ROTATION_TENSOR] = torch.empty((d, d), dtype=torch.float32)
+    return expected
 
 
 def _check_against_model(expected: dict, meta: dict, table: dict, where: Path) -> set:
@@ -412,6 +477,11 @@ def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
         if k in layer_of:
             n, s = layer_of[k]
             by_layer.setdefault(n, {})[s] = a
+        elif k == ONLINE_ROTATION_TENSOR:
+            try:
+                check_rotation_values(a)
+            except CheckpointError as e:
+                raise CheckpointError(f"{where}: {e}") from None
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
             raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
         arrays[k] = a
@@ -435,8 +505,9 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
     Returns:
         ``(model, tokenizer_or_None, metadata)``; the model is float32, eval mode (float parts stored
         as bfloat16 / float16 are widened exactly), its quantized linears are :class:`W4A8Linear` in
-        ``mode`` on ``backend``, and INT8-rows embeddings / lm_head are
-        :class:`~fptq.models.int8rows.Int8Embedding` / :class:`~fptq.models.int8rows.Int8LMHead`.
+        ``mode`` on ``backend``, INT8-rows embeddings / lm_head are
+        :class:`~fptq.models.int8rows.Int8Embedding` / :class:`~fptq.models.int8rows.Int8LMHead`, and the
+        modules of ``online_rotations`` are :class:`~fptq.models.rotate.RotateOutput` sharing one float32 ``Q``.
     Raises:
         ValueError: ``mode`` is unknown; UnknownBackend / BackendUnavailable: ``backend`` cannot be used
             (checked before the checkpoint is read).
@@ -458,10 +529,11 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
         cfg = _config(files["config.json"], d / "config.json")
         table = {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}
         with torch.device("meta"):  # shapes first, without memory: a hostile config costs nothing
-            want = _check_against_model(_build(cfg, meta, backend, mode, d / "config.json").state_dict(),
-                                        meta, table, meta["_path"])
+            skeleton = _build(cfg, meta, backend, mode, d / "config.json")
+            want = _check_against_model(_expected_tensors(skeleton, meta, meta["_path"]), meta, table, meta["_path"])
         tensors = _read_tensors(tf, meta, want)
     model = _build(cfg, meta, backend, mode, d / "config.json")
+    q = tensors.pop(ONLINE_ROTATION_TENSOR, None)
     result = model.load_state_dict(tensors, strict=False)
     tied = meta["tied"]
     if set(result.missing_keys) - set(tied) or result.unexpected_keys:
@@ -476,6 +548,11 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
     if untied:
         raise CheckpointError(f"{meta['_path']}: the config ties {untied[:4]} but the checkpoint stores them "
                               "separately (metadata key 'tied')")
+    if meta["online_rotations"]:  # after the tie checks: the wrapped modules share one Q
+        try:
+            wrap_online_rotations(model, meta["online_rotations"], q)
+        except ValueError as e:
+            raise CheckpointError(f"{meta['_path']}: metadata key 'online_rotations': {e}") from None
     for name in meta["layers"]:
         get_submodule(model, name).origin = f"layer {name} of {d}"
     model.eval()

@@ -16,6 +16,10 @@ values and cross-checks them against each other and against the tensor table
   is ``F32``, ``BF16`` or ``F16``; ``int8_rows`` names modules stored as INT8 rows, each with an ``I8 [V, H]``
   ``qweight`` and an ``F32 [V]`` ``scale`` (or both tied to another such module's);
   versions 1 and 2 have neither key (their float parts are F32);
+* version 4: ``online_rotations`` lists the post-norms whose outputs are rotated at run time (Gemma 2/3
+  with ``--rotate``), unique module paths, none a quantized layer or INT8-rows module, each storing an
+  F32 ``[d]`` ``weight``; non-empty exactly when the tensor ``fptq.online_rotation`` (the shared ``Q``,
+  F32 ``[d, d]``) is stored; versions 1-3 have neither;
 * version 2, first of all: ``header_sha256`` matches the header
   (:func:`header_digest`); then the digest tables list exactly the stored
   tensors and plain file names.
@@ -23,7 +27,8 @@ values and cross-checks them against each other and against the tensor table
 :func:`check_layer_values` checks a layer's tensor *values* (finite scales
 within the bounds the spec can produce, zero points in range, the odd-K
 padding nibble, ``act_scale`` equal to its entry); :func:`check_int8_row_values` those of an
-INT8-rows module (codes in [-127, 127], scales within the spec's per-token bounds).
+INT8-rows module (codes in [-127, 127], scales within the spec's per-token bounds);
+:func:`check_rotation_values` the online rotation's (finite and orthogonal).
 """
 
 from __future__ import annotations
@@ -38,18 +43,27 @@ from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
-           "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES", "parse_metadata",
-           "header_digest", "check_layer_values", "check_int8_row_values", "layer_tensor_specs", "LAYER_SUFFIXES",
-           "MAX_WSCALE", "MAX_ACT_SCALE"]
+           "V4_KEYS", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
+           "ONLINE_ROTATION_TENSOR", "ROTATION_TOLERANCE", "parse_metadata", "header_digest", "check_layer_values",
+           "check_int8_row_values", "check_rotation_values", "layer_tensor_specs", "LAYER_SUFFIXES", "MAX_WSCALE",
+           "MAX_ACT_SCALE"]
 
 FORMAT_NAME = "fptq-w4a8"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: versions this fptq reads; version 1 (no digests) loads with a warning
-SUPPORTED_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 #: metadata keys that exist from version 2 on (a version-1 header holding one is corrupt)
 V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
 #: metadata keys that exist from version 3 on (required there; an older header holding one is corrupt)
 V3_KEYS = ("float_dtype", "int8_rows")
+#: metadata keys that exist from version 4 on (required there; an older header holding one is corrupt)
+V4_KEYS = ("online_rotations",)
+#: the tensor holding the online rotation ``Q`` (F32 ``[d, d]``, stored once, never rounded) shared by every
+#: module of ``online_rotations``; not a state-dict name of any model
+ONLINE_ROTATION_TENSOR = "fptq.online_rotation"
+#: the largest ``|Q Q^T - I|`` entry a stored ``Q`` may have (a float32 rounding of an orthogonal matrix is
+#: orthogonal to ~1e-7; the product is computed in float32)
+ROTATION_TOLERANCE = 1e-3
 #: storage dtype of the float matrices (float parts of 2 or more dimensions; 1-D ones, norms and
 #: biases, are always F32): the name ``fptq quantize --float-dtype`` takes -> the ``float_dtype``
 #: metadata value (the safetensors dtype); versions 1 and 2 are all ``F32``
@@ -255,6 +269,48 @@ def _check_storage_keys(raw: dict, version: int, where: str) -> tuple[str, dict]
     return fd, rows
 
 
+def _check_online_rotations(raw: dict, version: int, meta: dict, table: dict, where: str) -> list:
+    """``online_rotations`` of a header (``[]`` before version 4), checked against the tensor table:
+    unique module paths, each storing an F32 ``[d]`` weight, non-empty exactly when the F32 ``[d, d]``
+    :data:`ONLINE_ROTATION_TENSOR` is stored."""
+    if version < 4:
+        present = [k for k in V4_KEYS if k in raw]
+        if present:
+            raise CheckpointError(f"{where}: format_version says {version} but the header has version-4 field "
+                                  f"{present}: the version field is corrupt")
+        paths = []
+    else:
+        paths = _json_field(raw, "online_rotations", where, lambda d: isinstance(d, list) and all(
+            isinstance(p, str) and p for p in d), "a list of module paths (the post-norms rotated at run time)")
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        if dup:
+            raise CheckpointError(f"{where}: metadata key 'online_rotations' lists {dup[:3]} more than once")
+        clash = sorted(set(paths) & (set(meta["layers"]) | set(meta["int8_rows"])))
+        if clash:
+            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {clash[:3]}, which are "
+                                  "quantized layers or INT8-rows modules, not post-norms")
+    q = table.get(ONLINE_ROTATION_TENSOR)
+    if not paths:
+        if q is not None:
+            raise CheckpointError(f"{where}: tensor {ONLINE_ROTATION_TENSOR} present but metadata key "
+                                  "'online_rotations' names no module that uses it")
+        return paths
+    if q is None:
+        raise CheckpointError(f"{where}: metadata key 'online_rotations' names {len(paths)} modules but tensor "
+                              f"{ONLINE_ROTATION_TENSOR} (their rotation) is missing")
+    if q[0] != "F32" or len(q[1]) != 2 or q[1][0] != q[1][1] or q[1][0] < 1:
+        raise CheckpointError(f"{where}: tensor {ONLINE_ROTATION_TENSOR} is {q[0]} {list(q[1])}; it must be "
+                              "F32 [d, d]")
+    d = q[1][0]
+    for p in paths:
+        w = table.get(f"{p}.weight")
+        if w != ("F32", (d,)):
+            got = "missing" if w is None else f"{w[0]} {list(w[1])}"
+            raise CheckpointError(f"{where}: metadata key 'online_rotations': module {p} needs an F32 [{d}] "
+                                  f"tensor {p}.weight (the norm gain the rotation follows); it is {got}")
+    return paths
+
+
 def _check_digest_tables(raw: dict, table: dict, where: str) -> dict:
     is_hex_map = (lambda d: isinstance(d, dict) and all(isinstance(v, str) and _HEX64.fullmatch(v)
                                                           for v in d.values()))
@@ -282,7 +338,8 @@ def _check_header_digest(raw: dict, table: dict, where: str) -> None:
 def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], where) -> dict:
     """Check the raw metadata strings against each other and the tensor ``table`` (name -> (dtype, shape)).
 
-    Returns the metadata with ``layers``, ``tied``, ``info``, ``quant_config``, ``int8_rows`` parsed,
+    Returns the metadata with ``layers``, ``tied``, ``info``, ``quant_config``, ``int8_rows``,
+    ``online_rotations`` (``[]`` before version 4) parsed,
     ``float_dtype`` (``"F32"`` for versions 1 and 2), ``format_version`` kept as the string it was, and
     (version >= 2) ``digests`` = ``{"tensors": ..., "files": ...}``.
     """
@@ -327,6 +384,7 @@ def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], whe
     _check_top_level(meta["layers"], raw, where)
     _check_table(meta["layers"], meta["tied"], table, where)
     _check_int8_rows(meta["int8_rows"], meta["tied"], table, where)
+    meta["online_rotations"] = _check_online_rotations(raw, version, meta, table, where)
     if version >= 2:
         meta["digests"] = _check_digest_tables(raw, table, where)
     return meta
@@ -346,6 +404,16 @@ def check_int8_row_values(name: str, q: np.ndarray, scale: np.ndarray) -> None:
     if not ok.all():
         _refuse(f"{name}.scale", f"scale {float(scale[~ok].flat[0])!r} outside [{lo:.3g}, {MAX_ACT_SCALE:.4g}] "
                 "(row scales must be > 0, finite, and no larger than amax / 127 of finite float32 rows)")
+
+
+def check_rotation_values(q: np.ndarray) -> None:
+    """Check the online rotation ``Q`` (float32 ``[d, d]``): finite and orthogonal, every entry of
+    ``Q Q^T - I`` within :data:`ROTATION_TOLERANCE`."""
+    if not np.isfinite(q).all():
+        _refuse(ONLINE_ROTATION_TENSOR, "holds NaN/Inf")
+    err = float(np.abs(q @ q.T - np.eye(q.shape[0], dtype=np.float32)).max()) if q.size else 0.0
+    if not err <= ROTATION_TOLERANCE:
+        _refuse(ONLINE_ROTATION_TENSOR, f"is not orthogonal (max |Q Q^T - I| = {err:.3g} > {ROTATION_TOLERANCE:g})")
 
 
 def check_layer_values(name: str, e: dict, t: dict[str, np.ndarray]) -> None:

@@ -35,7 +35,7 @@ from .config import QuantConfig
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
-from .rotate import rotate_model
+from .rotate import RotationReport, rotate_model
 
 __all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
@@ -50,6 +50,9 @@ class QuantResult:
     stats: dict
     config: QuantConfig
     arch: Arch
+    #: what ``config.rotate`` did (its ``online_post_norms``: the Gemma 2/3 post-norms now rotating
+    #: their outputs at run time, which the checkpoint stores); None when not rotated
+    rotation: RotationReport | None = None
 
 
 def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
@@ -153,8 +156,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    if config.rotate:
-        rotate_model(model, seed=config.seed, allow_online=False)
+    rotation = rotate_model(model, seed=config.seed, allow_online=True) if config.rotate else None
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
@@ -175,4 +177,4 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
                       holdout=config.holdout_samples(len(calib_ids)) if by_error and keep else 0,
                       holdout_rows=config.keep_rows)
     set_quantized_mode(model, mode, backend)
-    return QuantResult(model, plan, stats, config, arch)
+    return QuantResult(model, plan, stats, config, arch, rotation)

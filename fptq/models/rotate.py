@@ -18,8 +18,12 @@ Gemma 2/3 apply *post*-norms to the attention and MLP outputs before adding
 them to the stream; a per-channel gain does not commute with ``Q``, so there
 o_proj/down_proj keep their output basis and the post-norm's output is
 rotated at run time (:class:`RotateOutput`, one ``[d, d]`` float matmul per
-token and post-norm; the report says so). LayerNorm models (OPT) subtract the
-mean, which a rotation does not preserve: they are refused.
+token and post-norm; the report lists them). All of them share one float32
+``Q`` tensor. A W4A8 checkpoint stores that ``Q`` once (float32, exact) and the
+wrapped modules' paths (metadata ``online_rotations``, ``docs/checkpoint.md``);
+the loader wraps the same modules again (:func:`wrap_online_rotations`).
+LayerNorm models (OPT) subtract the mean, which a rotation does not preserve:
+they are refused.
 """
 
 from __future__ import annotations
@@ -32,19 +36,25 @@ from ..reference import rotation as R
 from ._torch import nn, torch
 from .arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
 
-__all__ = ["RotateOutput", "RotationReport", "rotate_model"]
+__all__ = ["POST_NORMS", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
+           "online_rotation_modules", "wrap_online_rotations"]
 
 #: post-norms (applied to a sub-block's output before the residual add), by attribute name
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 
 
 class RotateOutput(nn.Module):
-    """``norm(x) @ Q``: a post-norm whose output is rotated into the residual stream's basis."""
+    """``norm(x) @ Q``: a post-norm whose output is rotated into the residual stream's basis.
 
-    def __init__(self, norm: nn.Module, q: np.ndarray) -> None:
+    ``q``: a float32 ``[d, d]`` tensor or array; a float32 C-contiguous one is shared, not copied
+    (every post-norm of a model holds the same ``Q``)."""
+
+    def __init__(self, norm: nn.Module, q) -> None:
         super().__init__()
         self.norm = norm
-        self.register_buffer("rotation", torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)))
+        if not isinstance(q, torch.Tensor):
+            q = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+        self.register_buffer("rotation", q.to(torch.float32))
 
     def forward(self, x):
         y = self.norm(x)
@@ -60,6 +70,8 @@ class RotationReport:
     head_dim: int | None
     seed: int
     untied: bool = False
+    #: full module paths (``model.layers.0.post_attention_layernorm``) of the post-norms wrapped in
+    #: :class:`RotateOutput`
     online_post_norms: list[str] = field(default_factory=list)
 
 
@@ -116,27 +128,65 @@ def _head_dim(config) -> int:
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
+def online_rotation_targets(model) -> list[str]:
+    """Full module paths of the post-norms that :func:`rotate_model` wraps in :class:`RotateOutput`
+    (empty for families without post-norms), whether or not they are wrapped now."""
+    arch = arch_of_model(model)
+    path, layers, _ = find_decoder_layers(model)
+    prefix = f"{path}." if path else ""
+    return [f"{prefix}{i}.{n}" for i, layer in enumerate(layers) for n in POST_NORMS
+            if n != arch.mlp_norm and get_submodule(layer, n) is not None]
+
+
+def online_rotation_modules(model) -> dict[str, RotateOutput]:
+    """path -> :class:`RotateOutput` module, for every one in ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, RotateOutput)}
+
+
+def wrap_online_rotations(model, paths, q) -> None:
+    """Wrap each module of ``paths`` (post-norms, :func:`online_rotation_targets`) in
+    ``RotateOutput(module, q)``, all sharing one float32 ``q``; raises ValueError naming a path that
+    is not such a post-norm, or a ``q`` that is not ``[d, d]``."""
+    targets = set(online_rotation_targets(model))
+    q = torch.as_tensor(q).to(torch.float32).contiguous()
+    for p in paths:
+        if p not in targets:
+            raise ValueError(f"{p!r} is not a post-norm of this {arch_of_model(model).family} model "
+                             f"(post-norms: {sorted(targets)[:4]}{'...' if len(targets) > 4 else ''})")
+        parent_path, _, attr = p.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        norm = getattr(parent, attr)
+        if isinstance(norm, RotateOutput):
+            raise ValueError(f"{p!r} is already wrapped in RotateOutput")
+        d = norm.weight.shape[-1]
+        if tuple(q.shape) != (d, d):
+            raise ValueError(f"rotation of shape {list(q.shape)} for {p!r}, whose width is {d} (needs [{d}, {d}])")
+        setattr(parent, attr, RotateOutput(norm, q))
+
+
 def rotate_model(model, seed: int = 0, heads: bool = True, allow_online: bool = True) -> RotationReport:
     """Rotate ``model`` in place (see the module docstring); returns a :class:`RotationReport`.
 
     ``allow_online=False`` refuses (before changing anything) a model whose post-norms would need
-    :class:`RotateOutput` modules, which a W4A8 checkpoint cannot store yet."""
+    :class:`RotateOutput` modules (run-time float matmuls)."""
     arch = arch_of_model(model)
     if arch.norm_kind not in ("rms", "rms_one_plus"):
         raise UnsupportedArchitecture(
             f"{arch.family}: rotation needs RMS norms; {arch.norm_kind} subtracts the mean, which a rotation does not keep")
     config = model.config
-    _, layers, _ = find_decoder_layers(model)
+    layers_path, layers, _ = find_decoder_layers(model)
     if not allow_online and any(n != arch.mlp_norm and get_submodule(layers[0], n) is not None for n in POST_NORMS):
         raise UnsupportedArchitecture(
-            f"{arch.family}: its post-norms need a run-time rotation (RotateOutput) that checkpoints cannot "
-            "store yet; quantize it without --rotate")
+            f"{arch.family}: its post-norms need a run-time rotation (RotateOutput), which allow_online=False "
+            "refuses")
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     d = emb.weight.shape[1]
     hd = _head_dim(config) if heads else None
     report = RotationReport(arch.family, d, hd, seed)
     q = R.random_orthogonal(d, seed)
     qh = R.random_orthogonal(hd, seed + 1) if heads else None
+    q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
+    prefix = f"{layers_path}." if layers_path else ""
 
     with torch.no_grad():
         if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
@@ -156,8 +206,8 @@ def rotate_model(model, seed: int = 0, heads: bool = True, allow_online: bool = 
             posts = [n for n in POST_NORMS if n != arch.mlp_norm and get_submodule(layer, n) is not None]
             if posts:
                 for n in posts:
-                    setattr(layer, n, RotateOutput(get_submodule(layer, n), q))
-                    report.online_post_norms.append(f"layers.{i}.{n}")
+                    setattr(layer, n, RotateOutput(get_submodule(layer, n), q_online))
+                    report.online_post_norms.append(f"{prefix}{i}.{n}")
             else:
                 _rotate_writer(sub(arch.o), q)
                 _rotate_writer(sub(arch.down), q)
