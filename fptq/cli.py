@@ -3,8 +3,8 @@
 ::
 
     fptq quantize [MODEL] --out DIR [--group-size G] [--weight-format F] [--weight-quantizer Q]
-                  [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--sequential]
-                  [--policy-select error|error_static|bands] [--holdout F] [--gptq-clip-search] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
+                  [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--[no-]sequential]
+                  [--policy-select error|error_static|bands] [--holdout F] [--[no-]gptq-clip-search] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
@@ -83,8 +83,12 @@ def _add_calib(p):
                    "mse = activation-aware clipping search")
     p.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
                    "diagonal (group scales fixed beforehand)")
-    p.add_argument("--gptq-clip-search", action="store_true", help="GPTQ: choose each group's scale by a clipping "
-                   "search weighted by the Hessian diagonal (instead of the group's full range)")
+    p.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=_Q.gptq_clip,
+                   help="GPTQ: choose each group's scale by a clipping search weighted by the Hessian diagonal "
+                   f"(--no-gptq-clip-search: the group's full range; default {'on' if _Q.gptq_clip else 'off'})")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=_Q.sequential,
+                   help="calibrate each layer on the outputs of the quantized previous layers (--no-sequential: "
+                   f"on the float model's; default {'on' if _Q.sequential else 'off'})")
     p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
                    "Hadamard matrix before calibrating (exact in float; RMS-norm models; Gemma 2/3 post-norm "
                    "outputs are rotated at run time by a float32 matrix stored in the checkpoint)")
@@ -115,7 +119,8 @@ def _quant_config(a, **extra) -> QuantConfig:
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
-                       gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, **extra)
+                       gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, sequential=a.sequential,
+                       **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", nargs="?", default=None, help="local model dir or .gguf (default: embedded SmolLM2-135M)")
     q.add_argument("--out", required=True, help="output checkpoint directory")
     q.add_argument("--force", action="store_true", help="replace an existing --out directory")
-    q.add_argument("--sequential", action="store_true", help="calibrate each layer on the quantized previous layers")
     q.add_argument("--float-dtype", default=DEFAULT_FLOAT_DTYPE, choices=sorted(FLOAT_DTYPES),
                    help=f"storage dtype of the float matrices (embeddings, lm_head; default {DEFAULT_FLOAT_DTYPE}); "
                    "they load as float32. Norms, biases and the W4A8 layers' scales are float32 always")
@@ -219,7 +223,7 @@ def cmd_quantize(a) -> int:
         raise FileExistsError(f"{a.out} exists; pass --force to replace it")
     protect.append(resolve_model_dir(a.model, progress=not a.quiet))
     out = check_checkpoint_out(a.out, a.force, protect)
-    cfg = _quant_config(a, sequential=a.sequential)
+    cfg = _quant_config(a)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)
     check_seq_len(model.config, a.seq_len, "--seq-len")

@@ -30,7 +30,9 @@ method                     weights                          activations
                            ``uint4_asym``), rotation on/off
                            (``rotate`` / ``norotate``),
                            GPTQ's clip search (``clip`` /
-                           ``noclip``), G = 64 (``g64``)
+                           ``noclip``), calibration inputs
+                           (``sequential`` /
+                           ``nosequential``), G = 64 (``g64``)
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
                            (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
                            rest float                       most of the W4A8 loss)
@@ -108,6 +110,7 @@ class Method:
     group_size: int | None = None        # None: the settings' group size
     gptq_clip: bool | None = None        # None: the settings' GPTQ clip search
     holdout: float | None = None         # None: the settings' held-out fraction
+    sequential: bool | None = None       # None: the settings' calibration inputs
 
 
 #: how the table names each weight quantizer
@@ -139,19 +142,20 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows = [
         Method("fp32", "FP32", "float32", "float32", "float"),
         Method("rtn_w4a16", "RTN W4A16", rtn, "float32", "fake", force="dynamic", weight="int4", act=False,
-               weight_quantizer="rtn", rotate=False),
-        Method("gptq_w4a16", "GPTQ W4A16", _weights(s, "gptq", q.weight_format), "float32", "fake",
-               force="dynamic", weight="int4", act=False, weight_quantizer="gptq", rotate=False),
+               weight_quantizer="rtn", rotate=False, sequential=False),
+        Method("gptq_w4a16", "GPTQ W4A16", _weights(s, "gptq", q.weight_format, clip=False), "float32", "fake",
+               force="dynamic", weight="int4", act=False, weight_quantizer="gptq", rotate=False, gptq_clip=False,
+               sequential=False),
         Method("smoothquant_w8a8", f"SmoothQuant W8A8 (alpha {s.sq_alpha:g})", "INT8 per-channel, SQ-smoothed",
                "INT8 per-tensor static, SQ-smoothed", "fake", force="lae_static",
-               equalize=("smoothquant", s.sq_alpha), weight="int8pc", weight_quantizer="rtn", rotate=False),
+               equalize=("smoothquant", s.sq_alpha), weight="int8pc", weight_quantizer="rtn", rotate=False, sequential=False),
         Method("w4a8_dynamic", "naive W4A8, all per-token dynamic", rtn, "INT8 per-token dynamic", "w4a8",
-               force="dynamic", weight_quantizer="rtn", rotate=False),
+               force="dynamic", weight_quantizer="rtn", rotate=False, sequential=False),
         Method("w4a8_static", "naive W4A8, all per-tensor static", rtn, "INT8 per-tensor static", "w4a8",
-               force="static", weight_quantizer="rtn", rotate=False),
+               force="static", weight_quantizer="rtn", rotate=False, sequential=False),
         Method("fptq_paper", "FPTQ, the paper's configuration", _weights(s, "rtn", "int4_sym") + ", LAE-folded",
                f"paper bands v0={q.v0:g}, v1={q.v1:g}", "w4a8", weight_quantizer="rtn",
-               weight_format="int4_sym", select="bands", rotate=False),
+               weight_format="int4_sym", select="bands", rotate=False, sequential=False),
         Method("fptq_w4a8_fake", "FPTQ W4A8 (fake-quant)", mine, "FPTQ plan", "w4a8"),
         Method("fptq_w4a8_int", f"FPTQ W4A8 (integer, backend {s.backend})", mine, "FPTQ plan", "w4a8",
                mode="integer"),
@@ -183,6 +187,9 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows.append(Method(f"fptq_w4a8_{clip}", "FPTQ W4A8, GPTQ " + ("without" if q.gptq_clip else "with")
                        + " clip search", _weights(s, "gptq", q.weight_format, q.rotate, clip=not q.gptq_clip)
                        + ", LAE-folded", "FPTQ plan", "w4a8", weight_quantizer="gptq", gptq_clip=not q.gptq_clip))
+    seq = "nosequential" if q.sequential else "sequential"
+    rows.append(Method(f"fptq_w4a8_{seq}", "FPTQ W4A8, calibrated on the " + ("float" if q.sequential else "quantized")
+                       + " model's layer inputs", mine, "FPTQ plan", "w4a8", sequential=not q.sequential))
     if q.group_size != 64:
         rows.append(Method("fptq_w4a8_g64", "FPTQ W4A8, G=64 (twice the scale storage)",
                            _weights(s, q.weight_quantizer, q.weight_format, q.rotate, group_size=64) + ", LAE-folded",
@@ -249,10 +256,12 @@ def _pipeline_factory(m: Method, s: CompareSettings):
 
 
 def _uses_pipeline(m: Method, s: CompareSettings) -> bool:
-    """Rows whose weights need the layer's own calibration inputs (GPTQ) or a rotated model: these run
-    :func:`fptq.models.quantize.quantize_model` itself (own calibration, as ``fptq quantize``)."""
+    """Rows whose weights need the layer's own calibration inputs (GPTQ), a rotated model or the
+    quantized model's inputs (``sequential``): these run :func:`fptq.models.quantize.quantize_model`
+    itself (own calibration, as ``fptq quantize``)."""
     qc = _quant_config(m, s)
-    return m.kind != "float" and m.equalize == "lae" and (qc.weight_quantizer == "gptq" or qc.rotate)
+    return m.kind != "float" and m.equalize == "lae" and (qc.weight_quantizer == "gptq" or qc.rotate
+                                                          or qc.sequential)
 
 
 def _plan_words(select: str, s: CompareSettings) -> str:
@@ -279,7 +288,8 @@ def _quant_config(m: Method, s: CompareSettings) -> QuantConfig:
                    rotate=q.rotate if m.rotate is None else m.rotate, force_policy=m.force,
                    groups=tuple(m.groups), group_size=q.group_size if m.group_size is None else m.group_size,
                    gptq_clip=q.gptq_clip if m.gptq_clip is None else m.gptq_clip,
-                   holdout=q.holdout if m.holdout is None else m.holdout)
+                   holdout=q.holdout if m.holdout is None else m.holdout,
+                   sequential=q.sequential if m.sequential is None else m.sequential)
 
 
 def build_variant(model, stats: dict, m: Method, s: CompareSettings, samples: dict | None = None, ids=None):

@@ -92,7 +92,7 @@ def test_flag_defaults_are_the_quant_config_defaults():
     from fptq.models.config import QuantConfig
 
     a = build_parser().parse_args(["quantize", "--out", "x"])
-    assert _quant_config(a, sequential=a.sequential) == QuantConfig()
+    assert _quant_config(a) == QuantConfig()
     c = build_parser().parse_args(["compare"])
     assert _quant_config(c) == QuantConfig()
 

@@ -52,17 +52,23 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
     pipeline = {m.key for m in _methods(s) if _uses_pipeline(m, s)}
     assert {"fptq_w4a8_fake", "fptq_w4a8_int", "fptq_a8_only", "fptq_w4_only", "gptq_w4a16",
             "fptq_w4a8_bands", "fptq_w4a8_int4_sym", "fptq_w4a8_rotate"} <= pipeline
-    assert not pipeline & {"fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_dynamic", "w4a8_static", "fptq_paper",
-                           "fptq_w4a8_rtn", "fptq_w4a8_mse"}
-    # with RTN settings only the rows that ask for GPTQ or a rotation need it
-    r = settings(weight_quantizer="rtn", weight_format="int4_sym")
+    # the baselines are defined without the pipeline's GPTQ, rotation or sequential calibration
+    assert not pipeline & {"fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_dynamic", "w4a8_static", "fptq_paper"}
+    # one-change rows of a sequential default run the pipeline even with RTN or clip-searched weights
+    assert s.quant.sequential and {"fptq_w4a8_rtn", "fptq_w4a8_mse"} <= pipeline
+    assert "fptq_w4a8_nosequential" in pipeline
+    # with RTN settings calibrated on the float model, only the rows that ask for GPTQ, a rotation
+    # or sequential calibration need it
+    r = settings(weight_quantizer="rtn", weight_format="int4_sym", sequential=False)
     assert {m.key for m in _methods(r) if _uses_pipeline(m, r)} == {"gptq_w4a16", "fptq_w4a8_gptq",
-                                                                     "fptq_w4a8_rotate", "fptq_w4a8_clip"}
+                                                                     "fptq_w4a8_rotate", "fptq_w4a8_noclip",
+                                                                     "fptq_w4a8_sequential"}
     # one change each: the G=64, clip-search and previous-plan rows change only what they name
     by_key = {m.key: _quant_config(m, s) for m in _methods(s)}
     base = by_key["fptq_w4a8_int"]
     assert replace(base, group_size=64) == by_key["fptq_w4a8_g64"]
-    assert replace(base, gptq_clip=True) == by_key["fptq_w4a8_clip"]
+    assert replace(base, gptq_clip=False) == by_key["fptq_w4a8_noclip"]
+    assert replace(base, sequential=False) == by_key["fptq_w4a8_nosequential"]
     assert replace(base, policy_select="error_static", holdout=0.0) == by_key["fptq_w4a8_error_static"]
     assert "fptq_paper" in METHODS and "gptq_w4a16" in METHODS
 

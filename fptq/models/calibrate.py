@@ -216,7 +216,7 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
 
 def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
-              holdout: int = 0, holdout_rows: int | None = None) -> dict[str, np.ndarray]:
+              holdout: int = 0, holdout_rows: int | None = None, after_layer=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -233,6 +233,8 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
             ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
             other samples' maxima.
+        after_layer: optional ``f(index, prefix, layer)`` called once the layer's outputs for the
+            next layer are computed (after the sequential forward); it may modify the layer again.
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
     Returns:
@@ -281,6 +283,8 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
                 for mod in layer.modules():  # e.g. fake-quant weight copies, rebuilt on demand
                     if hasattr(mod, "release_cache"):
                         mod.release_cache()
+        if after_layer is not None:
+            after_layer(i, prefix, layer)
         cap.hidden = outs
         del outs, samples
         release_freed_memory()

@@ -43,11 +43,13 @@ class QuantConfig:
     gptq_act_order, gptq_damp, gptq_rows: GPTQ's column order (decreasing Hessian diagonal,
         static group scales), relative dampening and Hessian rows per linear input.
     gptq_clip: GPTQ takes each group's scale by a clipping search weighted by the Hessian
-        diagonal (:func:`fptq.reference.gptq.hessian_clip_scale`) instead of the RTN range.
+        diagonal (:func:`fptq.reference.gptq.hessian_clip_scale`; default) instead of the group's
+        full range.
     rotate: rotate the float model's residual stream and value heads by a randomized
         Hadamard matrix before calibrating (:mod:`fptq.models.rotate`; seed ``seed``).
     v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
-    sequential: calibrate layer i on the quantized layers' outputs.
+    sequential: calibrate layer i on the quantized layers' outputs (default; False: on the float
+        model's). Measured better with GPTQ on SmolLM2-135M (docs/results.md).
     policy_select: ``error`` (default): v >= v1 per-token dynamic; below v1, static, LAE +
         static or per-token dynamic, whichever gives the smallest output error (INT4 weights
         included) on ``keep_rows`` rows of the ``holdout`` held-out calibration samples, each
@@ -73,7 +75,7 @@ class QuantConfig:
     seq_len: int = 512
     calib: str = "wiki"
     seed: int = 0
-    sequential: bool = False
+    sequential: bool = True
     policy_select: str = "error"
     keep_rows: int = 2048
     holdout: float = 0.125
@@ -82,7 +84,7 @@ class QuantConfig:
     gptq_act_order: bool = False
     gptq_damp: float = 0.01
     gptq_rows: int = 8192
-    gptq_clip: bool = False
+    gptq_clip: bool = True
     rotate: bool = False
 
     def __post_init__(self):

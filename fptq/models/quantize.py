@@ -11,11 +11,12 @@ Per decoder layer, inside the layer-by-layer calibration loop
    groupwise weights by ``config.weight_quantizer``,
    :mod:`fptq.reference.weight_quantizers`; the group's policy and static scale).
 
-By default the next layer is calibrated on the *float* outputs of this layer
-(one forward per layer; the statistics equal a plain float calibration). With
-``sequential=True`` it sees the outputs of the *quantized* layer instead
-(GPTQ's sequential mode; one extra forward per layer). ``docs/pipeline.md``
-reports what each choice measures.
+By default (``sequential=True``) the next layer is calibrated on the outputs of
+the *quantized* layer (GPTQ's sequential mode; one extra forward per layer), so
+each layer's statistics, plan and GPTQ Hessian see the errors of the layers
+before it; ``sequential=False`` calibrates every layer on the float model's
+activations (one forward per layer). ``docs/pipeline.md`` reports what each
+choice measures.
 
 lm_head and the embeddings stay float; so do the norms (which carry folded LAE scales).
 """
@@ -160,20 +161,39 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
-    make = make_linear or w4a8_factory(config, backend, "fake_quant")
+    w4a8 = w4a8_factory(config, backend, "fake_quant")
     options = plan_options(config)
     weight_fn = dequantized_weight_fn(config)
+    # make_linear (attribution rows): the layer holds the W4A8 modules until its outputs for the next
+    # layer are computed, so a sequential calibration sees exactly the W4A8 row's inputs (and plan)
+    pending = {}  # id(W4A8 module) -> (float linear, group plan, samples)
+
+    def make_w4a8(linear, gp, samples=None):
+        module = w4a8(linear, gp, samples)
+        if make_linear is not None:
+            pending[id(module)] = (linear, gp, samples)
+        return module
 
     def on_layer(i, prefix, layer, layer_stats, samples):
         lr = LayerRef(i, prefix, layer, arch, model.config)
-        plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make, samples=samples), options,
+        plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make_w4a8, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
+
+    def after_layer(i, prefix, layer):
+        for parent in list(layer.modules()):
+            for attr, child in list(parent.named_children()):
+                if id(child) in pending:
+                    linear, gp, samples = pending.pop(id(child))
+                    setattr(parent, attr, make_linear(linear, gp, samples=samples))
+        if pending:
+            raise RuntimeError(f"layer {prefix}: {len(pending)} planned linears were not found to replace")
 
     by_error = config.policy_select != "bands" and config.force_policy is None
     keep = max(config.keep_rows if by_error else 0,
                config.gptq_rows if config.weight_quantizer == "gptq" else 0)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
                       sequential=config.sequential, keep_rows=keep,
+                      after_layer=after_layer if make_linear is not None else None,
                       holdout=config.holdout_samples(len(calib_ids)) if by_error and keep else 0,
                       holdout_rows=config.keep_rows)
     set_quantized_mode(model, mode, backend)
