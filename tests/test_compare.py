@@ -54,9 +54,12 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
             "fptq_w4a8_bands", "fptq_w4a8_int4_sym", "fptq_w4a8_rotate"} <= pipeline
     # the baselines are defined without the pipeline's GPTQ, rotation or sequential calibration
     assert not pipeline & {"fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_dynamic", "w4a8_static", "fptq_paper"}
-    # one-change rows of a sequential default run the pipeline even with RTN or clip-searched weights
-    assert s.quant.sequential and {"fptq_w4a8_rtn", "fptq_w4a8_mse"} <= pipeline
-    assert "fptq_w4a8_nosequential" in pipeline
+    assert not s.quant.sequential and "fptq_w4a8_sequential" in pipeline
+    assert not pipeline & {"fptq_w4a8_rtn", "fptq_w4a8_mse"}
+    # with sequential settings, one-change rows run the pipeline even with RTN or clip-searched weights
+    q = settings(sequential=True)
+    assert {"fptq_w4a8_rtn", "fptq_w4a8_mse", "fptq_w4a8_nosequential"} <= {
+        m.key for m in _methods(q) if _uses_pipeline(m, q)}
     # with RTN settings calibrated on the float model, only the rows that ask for GPTQ, a rotation
     # or sequential calibration need it
     r = settings(weight_quantizer="rtn", weight_format="int4_sym", sequential=False)
@@ -68,13 +71,13 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
     base = by_key["fptq_w4a8_int"]
     assert replace(base, group_size=64) == by_key["fptq_w4a8_g64"]
     assert replace(base, gptq_clip=False) == by_key["fptq_w4a8_noclip"]
-    assert replace(base, sequential=False) == by_key["fptq_w4a8_nosequential"]
+    assert replace(base, sequential=True) == by_key["fptq_w4a8_sequential"]
     assert replace(base, policy_select="error_static", holdout=0.0) == by_key["fptq_w4a8_error_static"]
     assert "fptq_paper" in METHODS and "gptq_w4a16" in METHODS
 
 
-@pytest.mark.parametrize("quant", [{}, {"weight_quantizer": "rtn", "weight_format": "int4_sym"}],
-                         ids=["gptq-default", "rtn"])
+@pytest.mark.parametrize("quant", [{}, {"weight_quantizer": "rtn", "weight_format": "int4_sym"}, {"sequential": True}],
+                         ids=["gptq-default", "rtn", "sequential"])
 def test_attribution_rows_have_the_w4a8_rows_plan(model, ids, quant):
     """A8-only and W4-only are the W4A8 row with float weights / float activations: same plan, same folds."""
     s = settings(**quant)

@@ -11,12 +11,11 @@ Per decoder layer, inside the layer-by-layer calibration loop
    groupwise weights by ``config.weight_quantizer``,
    :mod:`fptq.reference.weight_quantizers`; the group's policy and static scale).
 
-By default (``sequential=True``) the next layer is calibrated on the outputs of
-the *quantized* layer (GPTQ's sequential mode; one extra forward per layer), so
-each layer's statistics, plan and GPTQ Hessian see the errors of the layers
-before it; ``sequential=False`` calibrates every layer on the float model's
-activations (one forward per layer). ``docs/pipeline.md`` reports what each
-choice measures.
+By default the next layer is calibrated on the *float* outputs of this layer
+(one forward per layer; the statistics equal a plain float calibration). With
+``sequential=True`` it sees the outputs of the *quantized* layer instead
+(GPTQ's sequential mode; one extra forward per layer). ``docs/pipeline.md``
+reports what each choice measures.
 
 lm_head and the embeddings stay float; so do the norms (which carry folded LAE scales).
 """
