@@ -78,10 +78,12 @@ def test_nan_activation_is_reported_with_the_linear_name():
     assert all(not m._forward_hooks for m in model.modules())  # hooks removed on error too
 
 
-def test_held_out_samples_are_kept_apart_from_the_fit_statistics():
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_held_out_samples_are_kept_apart_from_the_fit_statistics(family):
     """``holdout=h``: fit_max are the maxima of the first n - h samples alone, ``heldout`` the rows of
-    the last h samples, the returned statistics still every sample's (exactly, batch for batch)."""
-    model = tiny_model("llama")
+    the last h samples, the returned statistics still every sample's (exactly, batch for batch).
+    OPT feeds fc1/fc2 a flattened [B * L, K] input: split by sample all the same."""
+    model = tiny_model(family)
     ids = _ids(n=6, seq=16)
     seen = {}
 

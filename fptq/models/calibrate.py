@@ -78,6 +78,7 @@ class _BatchPosition:
     """Where the batch a hook sees lies in the calibration set (set by :func:`_run_layer`)."""
 
     first: int = 0          # index of the batch's first sample
+    batch: int = 0          # samples in the batch
     n_fit: int = 0          # samples [0, n_fit) are fit samples, the rest held out
     stride: int = 1         # row stride of the held-out rows kept
     fit_stats: object = None
@@ -151,10 +152,13 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
     if samples is not None:
         samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
     if pos is not None and pos.fit_stats is not None:
-        b = int(x.shape[0])
+        if x.dim() == 2 and x.shape[0] % pos.batch == 0:
+            x = x.reshape(pos.batch, -1, x.shape[-1])  # flattened batch-major (OPT's fc1/fc2: [B * L, K])
+        if x.dim() < 3 or int(x.shape[0]) != pos.batch:
+            raise ValueError(f"{name}: held-out calibration needs the input as [batch={pos.batch}, tokens, K], "
+                             f"got shape {tuple(x.shape)}; pass holdout=0")
+        b = pos.batch
         n_fit = min(max(pos.n_fit - pos.first, 0), b)
-        if x.dim() < 2:
-            raise ValueError(f"{name}: held-out calibration needs a batch axis on the input, got shape {tuple(x.shape)}")
         if n_fit:
             pos.fit_stats.observe(name, x[:n_fit].to(torch.float32).cpu().numpy())
         if n_fit < b:
@@ -205,7 +209,7 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
         with torch.no_grad():
             for b, h in enumerate(cap.hidden):
                 if pos is not None:
-                    pos.first = first
+                    pos.first, pos.batch = first, int(h.shape[0])
                 outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
                 first += int(h.shape[0])
         return outs
