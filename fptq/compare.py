@@ -32,7 +32,9 @@ method                     weights                          activations
                            GPTQ's clip search (``clip`` /
                            ``noclip``), calibration inputs
                            (``sequential`` /
-                           ``nosequential``), G = 64 (``g64``)
+                           ``nosequential``), G = 64 (``g64``),
+                           every group per-token dynamic
+                           (``dynamic``: the plan's check)
 ``fptq_only_<group>``      FPTQ W4A8 on one linear group    (per-kind ablation: which of
                            (qkv, o, gate_up, down), the     q/k/v, o, gate/up, down costs
                            rest float                       most of the W4A8 loss)
@@ -187,6 +189,8 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows.append(Method(f"fptq_w4a8_{clip}", "FPTQ W4A8, GPTQ " + ("without" if q.gptq_clip else "with")
                        + " clip search", _weights(s, "gptq", q.weight_format, q.rotate, clip=not q.gptq_clip)
                        + ", LAE-folded", "FPTQ plan", "w4a8", weight_quantizer="gptq", gptq_clip=not q.gptq_clip))
+    rows.append(Method("fptq_w4a8_dynamic", "FPTQ W4A8 weights, all per-token dynamic activations", mine.replace(
+        ", LAE-folded", ""), "INT8 per-token dynamic everywhere", "w4a8", force="dynamic"))
     seq = "nosequential" if q.sequential else "sequential"
     rows.append(Method(f"fptq_w4a8_{seq}", "FPTQ W4A8, calibrated on the " + ("float" if q.sequential else "quantized")
                        + " model's layer inputs", mine, "FPTQ plan", "w4a8", sequential=not q.sequential))
