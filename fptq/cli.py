@@ -91,7 +91,8 @@ def _add_calib(p):
                    f"on the float model's; default {'on' if _Q.sequential else 'off'})")
     p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
                    "Hadamard matrix before calibrating (exact in float; RMS-norm models; Gemma 2/3 post-norm "
-                   "outputs are rotated at run time by a float32 matrix stored in the checkpoint)")
+                   "outputs are rotated at run time by a float32 matrix stored in the checkpoint; measured harmful "
+                   "to Gemma-3's INT4 weights, see docs/results.md)")
     p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
