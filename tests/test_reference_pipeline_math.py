@@ -237,6 +237,11 @@ def test_dynamic_candidate_error_is_the_per_token_output_error_and_wins_on_loud_
     assert ref.select_by_error(2.0, 1.0, 1.5) is ActPolicy.LAE_STATIC
     assert ref.select_by_error(1.0, None, 1.0) is ActPolicy.STATIC
     assert ref.select_by_error(1.0, 2.0, 0.5) is ActPolicy.DYNAMIC
+    # the plan's shared computation gives exactly the two separate errors
+    sc, rtn = ref.static_act_scale(np.abs(tokens).max()), (lambda w, c: ref.fake_quant_weight(w, 32))
+    both = ref.static_and_dynamic_errors(tokens, [w, weight(19, n=8)], sc, rtn)
+    assert both == (ref.static_candidate_error(tokens, [w, weight(19, n=8)], sc, None, rtn),
+                    ref.dynamic_candidate_error(tokens, [w, weight(19, n=8)], rtn))
 
 
 # --- calibration statistics ----------------------------------------------------------------------------

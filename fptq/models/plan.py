@@ -247,9 +247,11 @@ def _select_by_error(gp: GroupPlan, x: np.ndarray, m_fit: np.ndarray, lr: LayerR
     per-token ``dynamic``."""
     weights = _weights(lr, gp.group)
     v_fit = float(np.max(m_fit)) if m_fit.size else 0.0
-    gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(v_fit), None, weight_fn)
     if dynamic:
-        gp.err_dynamic = ref.dynamic_candidate_error(x, weights, weight_fn)
+        gp.err_static, gp.err_dynamic = ref.static_and_dynamic_errors(x, weights, ref.static_act_scale(v_fit),
+                                                                      weight_fn)
+    else:
+        gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(v_fit), None, weight_fn)
     if fold_check(lr.arch, gp.group, lr.layer, lr.config) is None:
         trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, v_fit, gp.band, ActPolicy.LAE_STATIC,
                           m=m_fit)

@@ -33,7 +33,9 @@ from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
 from .gptq import HessianAccumulator, equalized_hessian, gptq_quantize
 from .linear import QuantizedLinear, quantize_linear
 from .plan import LayerPlan, equalized_amax, plan_layer, plan_layers, with_policy
-from .select import dynamic_candidate_error, fake_quant_act, select_by_error, static_candidate_error
+from .select import (
+    dynamic_candidate_error, fake_quant_act, select_by_error, static_and_dynamic_errors, static_candidate_error,
+)
 from .weight_quantizers import (
     WEIGHT_QUANTIZERS, activation_channel_weight, fake_quant_weight, fake_quant_weight_int8_per_channel, quantize_weight_by,
     quantize_weight_int8_per_channel, quantize_weight_mse, quantize_weight_rtn,
@@ -42,7 +44,7 @@ from .weight_quantizers import (
 __all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
            "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
            "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales", "activation_channel_weight", "static_act_scale", "NORM_KINDS", "fold_into_norm",
-           "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "dynamic_candidate_error", "WEIGHT_QUANTIZERS",
+           "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "dynamic_candidate_error", "static_and_dynamic_errors", "WEIGHT_QUANTIZERS",
            "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_int8_per_channel",
            "quantize_weight_by", "quantize_weight_mse",
            "quantize_weight_rtn"]

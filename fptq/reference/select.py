@@ -35,7 +35,8 @@ from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_ndim
 from .weight_quantizers import activation_channel_weight
 
-__all__ = ["fake_quant_act", "static_candidate_error", "dynamic_candidate_error", "select_by_error"]
+__all__ = ["fake_quant_act", "static_candidate_error", "dynamic_candidate_error", "static_and_dynamic_errors",
+           "select_by_error"]
 
 
 def fake_quant_act(x, policy, act_scale=None) -> np.ndarray:
@@ -58,19 +59,22 @@ def fake_quant_act(x, policy, act_scale=None) -> np.ndarray:
     return spec.dequantize_act(spec.quantize_act_per_tensor(x, scale), scale)
 
 
-def _candidate_error(x, weights, xq, s, weight_fn) -> float:
-    """``sum_l || xq Q(W_l * s)^T - x W_l^T ||^2`` with ``xq`` the quantized (equalized) input."""
+def _candidate_errors(x, weights, xqs, s, weight_fn) -> list[float]:
+    """``[sum_l || xq Q(W_l * s)^T - x W_l^T ||^2 for xq in xqs]``: candidates that share the
+    equalization ``s`` (and so the reference outputs and the quantized weights, made once)."""
     xs = x if s is None else spec.lae_apply_activation(x, s)
     cmax = np.abs(xs).max(axis=0) if xs.shape[0] else np.zeros(xs.shape[1], FLOAT)
-    err = 0.0
+    errs = [0.0] * len(xqs)
     for w in weights:
         w = as_float32(w, "weight")
         ref = x @ w.T
         wn = w if s is None else spec.lae_apply_weight(w, s)
         if weight_fn is not None:
             wn = weight_fn(wn, activation_channel_weight(cmax))
-        err += float(np.square(xq @ np.asarray(wn, dtype=FLOAT).T - ref).sum())
-    return err
+        wt = np.asarray(wn, dtype=FLOAT).T
+        for i, xq in enumerate(xqs):
+            errs[i] += float(np.square(xq @ wt - ref).sum())
+    return errs
 
 
 def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None) -> float:
@@ -86,7 +90,7 @@ def static_candidate_error(x, weights, act_scale: float, s=None, weight_fn=None)
     x = as_float32(x, "x")
     check_ndim(x, 2, "x")
     xs = x if s is None else spec.lae_apply_activation(x, s)
-    return _candidate_error(x, weights, fake_quant_act(xs, ActPolicy.STATIC, act_scale), s, weight_fn)
+    return _candidate_errors(x, weights, [fake_quant_act(xs, ActPolicy.STATIC, act_scale)], s, weight_fn)[0]
 
 
 def dynamic_candidate_error(x, weights, weight_fn=None) -> float:
@@ -94,7 +98,18 @@ def dynamic_candidate_error(x, weights, weight_fn=None) -> float:
     of ``x`` itself (no equalization, no static scale). Arguments as :func:`static_candidate_error`."""
     x = as_float32(x, "x")
     check_ndim(x, 2, "x")
-    return _candidate_error(x, weights, fake_quant_act(x, ActPolicy.DYNAMIC), None, weight_fn)
+    return _candidate_errors(x, weights, [fake_quant_act(x, ActPolicy.DYNAMIC)], None, weight_fn)[0]
+
+
+def static_and_dynamic_errors(x, weights, act_scale: float, weight_fn=None) -> tuple[float, float]:
+    """``(static_candidate_error(x, weights, act_scale, None, weight_fn),
+    dynamic_candidate_error(x, weights, weight_fn))``, the same values, with the reference outputs
+    and quantized weights the two share computed once."""
+    x = as_float32(x, "x")
+    check_ndim(x, 2, "x")
+    xqs = [fake_quant_act(x, ActPolicy.STATIC, act_scale), fake_quant_act(x, ActPolicy.DYNAMIC)]
+    e_static, e_dynamic = _candidate_errors(x, weights, xqs, None, weight_fn)
+    return e_static, e_dynamic
 
 
 def select_by_error(err_static: float, err_lae: float | None, err_dynamic: float | None = None) -> ActPolicy:
