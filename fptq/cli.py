@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
-from .models.config import POLICY_SELECTIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
+from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -89,10 +89,13 @@ def _add_calib(p):
     p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=_Q.sequential,
                    help="calibrate each layer on the outputs of the quantized previous layers (--no-sequential: "
                    f"on the float model's; default {'on' if _Q.sequential else 'off'})")
-    p.add_argument("--rotate", action="store_true", help="rotate the residual stream and value heads by a randomized "
-                   "Hadamard matrix before calibrating (exact in float; RMS-norm models; Gemma 2/3 post-norm "
-                   "outputs are rotated at run time by a float32 matrix stored in the checkpoint; measured harmful "
-                   "to Gemma-3's INT4 weights, see docs/results.md)")
+    p.add_argument("--rotate", default=_Q.rotate, choices=ROTATIONS,
+                   help="rotate by a randomized Hadamard matrix before calibrating (exact in float): online "
+                   "(default) = each pre-norm's output at run time by one float32 matrix stored in the "
+                   "checkpoint, q/k/v and gate/up weights and value heads folded; residual = the residual stream "
+                   "(QuaRot; RMS-norm models; norm gains folded into the weights, measured harmful to Gemma-3); "
+                   "none (see docs/results.md)")
+    p.add_argument("--no-rotate", dest="rotate", action="store_const", const="none", help="same as --rotate none")
     p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 

@@ -27,8 +27,10 @@ method                     weights                          activations
                            another quantizer (``rtn``,      (``bands`` / ``error`` /
                            ``mse``, ``gptq``), the other    ``error_static``), or as the
                            format (``int4_sym`` /           settings
-                           ``uint4_asym``), rotation on/off
-                           (``rotate`` / ``norotate``),
+                           ``uint4_asym``), another rotation
+                           (``rotate_online`` /
+                           ``rotate_residual`` /
+                           ``rotate_none``),
                            GPTQ's clip search (``clip`` /
                            ``noclip``), calibration inputs
                            (``sequential`` /
@@ -64,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.config import POLICY_SELECTIONS, QuantConfig
+from .models.config import POLICY_SELECTIONS, ROTATIONS, QuantConfig
 
 __all__ = ["CompareSettings", "METHODS", "run_compare", "build_variant", "format_markdown"]
 
@@ -108,7 +110,7 @@ class Method:
     weight_quantizer: str | None = None  # None: the settings' quantizer
     weight_format: str | None = None     # None: the settings' format
     select: str | None = None            # policy selection; None: the settings' policy_select
-    rotate: bool | None = None           # None: the settings' rotation
+    rotate: str | None = None            # None: the settings' rotation (QuantConfig.rotate)
     group_size: int | None = None        # None: the settings' group size
     gptq_clip: bool | None = None        # None: the settings' GPTQ clip search
     holdout: float | None = None         # None: the settings' held-out fraction
@@ -118,16 +120,23 @@ class Method:
 #: how the table names each weight quantizer
 QUANTIZER_WORDS = {"rtn": "RTN", "mse": "act-aware clip search", "gptq": "GPTQ"}
 FORMATS = ("int4_sym", "uint4_asym")
+#: how the table names each rotation (QuantConfig.rotate)
+ROTATION_TITLES = {"online": "norm outputs rotated online", "residual": "residual stream rotated (QuaRot)",
+                   "none": "no rotation"}
 
 
-def _weights(s: CompareSettings, quantizer: str, fmt: str, rotate: bool = False, group_size: int | None = None,
+def _weights(s: CompareSettings, quantizer: str, fmt: str, rotate: str = "none", group_size: int | None = None,
              clip: bool | None = None) -> str:
     q = s.quant
     gs = q.group_size if group_size is None else group_size
     g = f"G={gs}" if gs != -1 else "per-channel"
     clip = q.gptq_clip if clip is None else clip
     return (f"INT4 {fmt} {g} {QUANTIZER_WORDS[quantizer]}" + (" + clip search" if quantizer == "gptq" and clip else "")
-            + (", rotated" if rotate else ""))
+            + _rotation_words(rotate))
+
+
+def _rotation_words(rotate: str) -> str:
+    return {"none": "", "online": ", norm outputs rotated online", "residual": ", residual stream rotated"}[rotate]
 
 
 def _selection_words(select: str, s: CompareSettings) -> str:
@@ -144,25 +153,25 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows = [
         Method("fp32", "FP32", "float32", "float32", "float"),
         Method("rtn_w4a16", "RTN W4A16", rtn, "float32", "fake", force="dynamic", weight="int4", act=False,
-               weight_quantizer="rtn", rotate=False, sequential=False),
+               weight_quantizer="rtn", rotate="none", sequential=False),
         Method("gptq_w4a16", "GPTQ W4A16", _weights(s, "gptq", q.weight_format, clip=False), "float32", "fake",
-               force="dynamic", weight="int4", act=False, weight_quantizer="gptq", rotate=False, gptq_clip=False,
+               force="dynamic", weight="int4", act=False, weight_quantizer="gptq", rotate="none", gptq_clip=False,
                sequential=False),
         Method("smoothquant_w8a8", f"SmoothQuant W8A8 (alpha {s.sq_alpha:g})", "INT8 per-channel, SQ-smoothed",
                "INT8 per-tensor static, SQ-smoothed", "fake", force="lae_static",
-               equalize=("smoothquant", s.sq_alpha), weight="int8pc", weight_quantizer="rtn", rotate=False, sequential=False),
+               equalize=("smoothquant", s.sq_alpha), weight="int8pc", weight_quantizer="rtn", rotate="none", sequential=False),
         Method("w4a8_dynamic", "naive W4A8, all per-token dynamic", rtn, "INT8 per-token dynamic", "w4a8",
-               force="dynamic", weight_quantizer="rtn", rotate=False, sequential=False),
+               force="dynamic", weight_quantizer="rtn", rotate="none", sequential=False),
         Method("w4a8_static", "naive W4A8, all per-tensor static", rtn, "INT8 per-tensor static", "w4a8",
-               force="static", weight_quantizer="rtn", rotate=False, sequential=False),
+               force="static", weight_quantizer="rtn", rotate="none", sequential=False),
         Method("fptq_paper", "FPTQ, the paper's configuration", _weights(s, "rtn", "int4_sym") + ", LAE-folded",
                f"paper bands v0={q.v0:g}, v1={q.v1:g}", "w4a8", weight_quantizer="rtn",
-               weight_format="int4_sym", select="bands", rotate=False, sequential=False),
+               weight_format="int4_sym", select="bands", rotate="none", sequential=False),
         Method("fptq_w4a8_fake", "FPTQ W4A8 (fake-quant)", mine, "FPTQ plan", "w4a8"),
         Method("fptq_w4a8_int", f"FPTQ W4A8 (integer, backend {s.backend})", mine, "FPTQ plan", "w4a8",
                mode="integer"),
         Method("fptq_a8_only", "FPTQ activations only (A8, float weights)", "float32, LAE-folded"
-               + (", rotated" if q.rotate else ""), "FPTQ plan", "fake", weight=None, act=True),
+               + _rotation_words(q.rotate), "FPTQ plan", "fake", weight=None, act=True),
         Method("fptq_w4_only", "FPTQ weights only (W4, float activations)", mine, "float32", "fake",
                weight="int4", act=False),
     ]
@@ -181,10 +190,11 @@ def _methods(s: CompareSettings) -> list[Method]:
     rows.append(Method(f"fptq_w4a8_{fmt}", f"FPTQ W4A8, {fmt} weights",
                        _weights(s, q.weight_quantizer, fmt, q.rotate) + ", LAE-folded", "FPTQ plan", "w4a8",
                        weight_format=fmt))
-    rot = "norotate" if q.rotate else "rotate"
-    rows.append(Method(f"fptq_w4a8_{rot}", "FPTQ W4A8, " + ("no rotation" if q.rotate else "rotated"),
-                       _weights(s, q.weight_quantizer, q.weight_format, not q.rotate) + ", LAE-folded",
-                       "FPTQ plan", "w4a8", rotate=not q.rotate))
+    for rot in ROTATIONS:
+        if rot != q.rotate:
+            rows.append(Method(f"fptq_w4a8_rotate_{rot}", "FPTQ W4A8, " + ROTATION_TITLES[rot],
+                               _weights(s, q.weight_quantizer, q.weight_format, rot) + ", LAE-folded",
+                               "FPTQ plan", "w4a8", rotate=rot))
     clip = "noclip" if q.gptq_clip else "clip"
     rows.append(Method(f"fptq_w4a8_{clip}", "FPTQ W4A8, GPTQ " + ("without" if q.gptq_clip else "with")
                        + " clip search", _weights(s, "gptq", q.weight_format, q.rotate, clip=not q.gptq_clip)
@@ -264,7 +274,7 @@ def _uses_pipeline(m: Method, s: CompareSettings) -> bool:
     quantized model's inputs (``sequential``): these run :func:`fptq.models.quantize.quantize_model`
     itself (own calibration, as ``fptq quantize``)."""
     qc = _quant_config(m, s)
-    return m.kind != "float" and m.equalize == "lae" and (qc.weight_quantizer == "gptq" or qc.rotate
+    return m.kind != "float" and m.equalize == "lae" and (qc.weight_quantizer == "gptq" or qc.rotate != "none"
                                                           or qc.sequential)
 
 

@@ -23,8 +23,9 @@ IDS = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
 
 
 def quantized(family="llama", fmt="int4_sym", group_size=24):
-    """A quantized tiny model (group 24 over K = 64 and 96: ragged last groups) and its config."""
-    cfg = QuantConfig(group_size=group_size, weight_format=fmt)
+    """A quantized tiny model (group 24 over K = 64 and 96: ragged last groups) and its config; unrotated,
+    so that every format version can hold it (the online rotation's storage: tests/test_models_gptq_rotate.py)."""
+    cfg = QuantConfig(group_size=group_size, weight_format=fmt, rotate="none")
     return quantize_model(tiny_model(family), IDS, cfg, backend="numpy", progress=False), cfg
 
 

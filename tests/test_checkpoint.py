@@ -24,7 +24,7 @@ from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 
 def _quantized(family="llama", fmt="int4_sym"):
-    cfg = QuantConfig(group_size=24, weight_format=fmt)  # 64 = 24 + 24 + 16: ragged
+    cfg = QuantConfig(group_size=24, weight_format=fmt, rotate="none")  # 64 = 24 + 24 + 16: ragged; unrotated
     return quantize_model(tiny_model(family), IDS, cfg, backend="numpy", progress=False), cfg
 
 

@@ -51,21 +51,24 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
     assert s.quant.weight_quantizer == "gptq" and s.quant.weight_format == "uint4_asym"
     pipeline = {m.key for m in _methods(s) if _uses_pipeline(m, s)}
     assert {"fptq_w4a8_fake", "fptq_w4a8_int", "fptq_a8_only", "fptq_w4_only", "gptq_w4a16",
-            "fptq_w4a8_bands", "fptq_w4a8_int4_sym", "fptq_w4a8_rotate"} <= pipeline
+            "fptq_w4a8_bands", "fptq_w4a8_int4_sym", "fptq_w4a8_rotate_none", "fptq_w4a8_rotate_residual"} <= pipeline
     # the baselines are defined without the pipeline's GPTQ, rotation or sequential calibration
     assert not pipeline & {"fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_dynamic", "w4a8_static", "fptq_paper"}
     assert not s.quant.sequential and "fptq_w4a8_sequential" in pipeline
-    assert not pipeline & {"fptq_w4a8_rtn", "fptq_w4a8_mse"}
+    # the default rotation needs the pipeline, so RTN / clip-searched rows too; unrotated they do not
+    assert s.quant.rotate == "online" and {"fptq_w4a8_rtn", "fptq_w4a8_mse"} <= pipeline
+    u = settings(rotate="none")
+    assert not {m.key for m in _methods(u) if _uses_pipeline(m, u)} & {"fptq_w4a8_rtn", "fptq_w4a8_mse"}
     # with sequential settings, one-change rows run the pipeline even with RTN or clip-searched weights
     q = settings(sequential=True)
     assert {"fptq_w4a8_rtn", "fptq_w4a8_mse", "fptq_w4a8_nosequential"} <= {
         m.key for m in _methods(q) if _uses_pipeline(m, q)}
     # with RTN settings calibrated on the float model, only the rows that ask for GPTQ, a rotation
     # or sequential calibration need it
-    r = settings(weight_quantizer="rtn", weight_format="int4_sym", sequential=False)
-    assert {m.key for m in _methods(r) if _uses_pipeline(m, r)} == {"gptq_w4a16", "fptq_w4a8_gptq",
-                                                                     "fptq_w4a8_rotate", "fptq_w4a8_noclip",
-                                                                     "fptq_w4a8_sequential"}
+    r = settings(weight_quantizer="rtn", weight_format="int4_sym", sequential=False, rotate="none")
+    assert {m.key for m in _methods(r) if _uses_pipeline(m, r)} == {
+        "gptq_w4a16", "fptq_w4a8_gptq", "fptq_w4a8_rotate_online", "fptq_w4a8_rotate_residual", "fptq_w4a8_noclip",
+        "fptq_w4a8_sequential"}
     # one change each: the G=64, clip-search and previous-plan rows change only what they name
     by_key = {m.key: _quant_config(m, s) for m in _methods(s)}
     base = by_key["fptq_w4a8_int"]
@@ -136,7 +139,9 @@ def test_rows_change_only_what_they_name():
     assert _quant_config(method(s, "fptq_w4a8_fake"), s) == replace(base, force_policy=None)
     assert _quant_config(method(s, "fptq_w4a8_rtn"), s) == replace(base, weight_quantizer="rtn")
     assert _quant_config(method(s, "fptq_w4a8_int4_sym"), s) == replace(base, weight_format="int4_sym")
-    assert _quant_config(method(s, "fptq_w4a8_rotate"), s) == replace(base, rotate=True)
+    assert _quant_config(method(s, "fptq_w4a8_rotate_residual"), s) == replace(base, rotate="residual")
+    assert _quant_config(method(s, "fptq_w4a8_rotate_none"), s) == replace(base, rotate="none")
+    assert "fptq_w4a8_rotate_online" not in {m.key for m in _methods(s)}   # the default is no row of its own
     paper = _quant_config(method(s, "fptq_paper"), s)
     assert (paper.weight_quantizer, paper.weight_format, paper.policy_select) == ("rtn", "int4_sym", "bands")
 

@@ -1,4 +1,4 @@
-"""GPTQ weights and the residual-stream rotation inside the pipeline (tiny models; mechanics, not accuracy)."""
+"""GPTQ weights and the rotations (online, residual) inside the pipeline (tiny models; mechanics, not accuracy)."""
 
 import copy
 import json
@@ -58,22 +58,60 @@ def test_gptq_needs_kept_rows_and_act_order_runs():
 
 def test_rotated_quantized_model_round_trips_through_a_checkpoint(tmp_path):
     model = tiny_model("llama")
-    res = quantize_model(model, IDS, QuantConfig(group_size=32, rotate=True, n_samples=8, seq_len=32),
+    res = quantize_model(model, IDS, QuantConfig(group_size=32, rotate="residual", n_samples=8, seq_len=32),
                          backend="numpy", progress=False)
     assert res.model.config.tie_word_embeddings is False   # rotation untied lm_head from the embeddings
     d = tmp_path / "rot"
     save_quantized(d, res.model, tiny_tokenizer(), res.plan, res.config, float_dtype="float32")  # exact float parts
     loaded, _, meta = load_quantized(d, backend="numpy")
-    assert meta["quant_config"]["rotate"] is True
+    assert meta["quant_config"]["rotate"] == "residual"
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, res.model(IDS).logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gemma3"])
+def test_online_rotation_round_trips_through_a_checkpoint(tmp_path, family, capsys):
+    """The default rotation wraps every pre-norm (any norm kind, OPT's LayerNorm too); the checkpoint stores
+    them as plain norms plus one Q, and the reloaded model computes the same logits bit for bit."""
+    res = quantize_model(tiny_model(family), IDS, QuantConfig(group_size=32, n_samples=8, seq_len=32),
+                         backend="numpy", progress=False)
+    assert res.config.rotate == "online" and res.rotation.mode == "online" and not res.rotation.untied
+    layers = "model.decoder.layers" if family == "opt" else "model.layers"
+    norms = ("self_attn_layer_norm", "final_layer_norm") if family == "opt" else (
+        ("input_layernorm", "pre_feedforward_layernorm") if family == "gemma3"
+        else ("input_layernorm", "post_attention_layernorm"))
+    paths = [f"{layers}.{i}.{n}" for i in range(2) for n in norms]
+    assert res.rotation.online_norms == paths and sorted(_online(res.model)) == sorted(paths)
+    # the norms keep their gains (nothing folded into the rotated weights): LAE has no norm weight to fold into
+    assert all(gp.policy.value != "lae_static" for gp in res.plan.groups if gp.group in ("qkv", "gate_up"))
+    d = save_quantized(tmp_path / "on", res.model, tiny_tokenizer(), res.plan, res.config, float_dtype="float32")
+    meta = read_metadata(d)
+    assert meta["online_rotations"] == sorted(paths) and meta["quant_config"]["rotate"] == "online"
+    for backend in ("numpy", "numba"):
+        set_quantized_mode(res.model, "integer", backend)
+        loaded, _, _ = load_quantized(d, backend=backend)
+        with torch.no_grad():
+            assert torch.equal(loaded(IDS).logits, res.model(IDS).logits), backend
+    set_quantized_mode(res.model, "integer", "numpy")
+    capsys.readouterr()
+    assert main(["report", str(d)]) == 0
+    assert "online rotation: 4 norm outputs times one float32 Q at run time" in capsys.readouterr().out
+
+
+def test_rotate_config_values():
+    assert QuantConfig().rotate == "online"
+    # checkpoints written before 2026-11-30 recorded a bool
+    assert QuantConfig(rotate=True).rotate == "residual" and QuantConfig(rotate=False).rotate == "none"
+    with pytest.raises(ValueError, match="rotate must be one of"):
+        QuantConfig(rotate="hadamard")
 
 
 # ---- post-norm families (Gemma 2/3): online rotations stored in the checkpoint ------------------------------
 @pytest.fixture(scope="module")
 def rotated_post_norm():
     """family -> QuantResult of a rotated tiny Gemma 2 / Gemma 3 (numpy backend, integer mode)."""
-    return {f: quantize_model(tiny_model(f), IDS, QuantConfig(group_size=32, rotate=True, n_samples=8, seq_len=32),
+    return {f: quantize_model(tiny_model(f), IDS, QuantConfig(group_size=32, rotate="residual", n_samples=8,
+                                                              seq_len=32),
                               backend="numpy", progress=False) for f in ("gemma2", "gemma3")}
 
 
@@ -91,7 +129,7 @@ def test_rotated_post_norm_model_round_trips_through_a_checkpoint(tmp_path, rota
     res = rotated_post_norm[family]
     paths = [f"model.layers.{i}.{n}" for i in range(2) for n in ("post_attention_layernorm",
                                                                  "post_feedforward_layernorm")]
-    assert res.rotation is not None and res.rotation.online_post_norms == paths
+    assert res.rotation is not None and res.rotation.online_norms == paths
     assert sorted(_online(res.model)) == paths
     d = tmp_path / "rot"
     save_quantized(d, res.model, tiny_tokenizer(), res.plan, res.config, float_dtype="float32")  # exact float parts
@@ -115,7 +153,7 @@ def test_rotated_post_norm_model_round_trips_through_a_checkpoint(tmp_path, rota
         set_quantized_mode(res.model, "integer", "numpy")
     capsys.readouterr()
     assert main(["report", str(d)]) == 0
-    assert "online rotation: 4 post-norm outputs times one float32 Q at run time" in capsys.readouterr().out
+    assert "online rotation: 4 norm outputs times one float32 Q at run time" in capsys.readouterr().out
 
 
 def test_online_rotation_is_stored_in_float32_whatever_float_dtype(tmp_path, rotated_post_norm):
@@ -162,8 +200,8 @@ def _drop(key):
 
 
 @pytest.mark.parametrize("edit_meta,edit_tensors,match", [
-    (_edit_online(lambda p: ["model.layers.0.input_layernorm"]), None,
-     r"'online_rotations' names \['model\.layers\.0\.input_layernorm'\], not post-norms"),
+    (_edit_online(lambda p: ["model.norm"]), None,   # a norm with an F32 [64] weight, but not a layer's
+     r"'online_rotations' names \['model\.norm'\], not norms of the layers"),
     (_edit_online(lambda p: p + ["model.layers.7.post_attention_layernorm"]), None,
      r"module model\.layers\.7\.post_attention_layernorm needs an F32 \[64\] tensor .*it is missing"),
     (_edit_online(lambda p: p + p[:1]), None, r"'online_rotations' lists .* more than once"),
@@ -193,9 +231,10 @@ def test_cli_gptq_and_rotate_reach_the_checkpoint(tmp_path, capsys):
     save_tiny_model(src, "qwen2")
     out = tmp_path / "q"
     assert main(["quantize", str(src), "--out", str(out), "--calib", "random", "--samples", "4", "--seq-len", "32",
-                 "--group-size", "32", "--weight-quantizer", "gptq", "--gptq-act-order", "--rotate", "--quiet"]) == 0
+                 "--group-size", "32", "--weight-quantizer", "gptq", "--gptq-act-order", "--rotate", "residual",
+                 "--quiet"]) == 0
     qc = read_metadata(out)["quant_config"]
-    assert (qc["weight_quantizer"], qc["gptq_act_order"], qc["rotate"]) == ("gptq", True, True)
+    assert (qc["weight_quantizer"], qc["gptq_act_order"], qc["rotate"]) == ("gptq", True, "residual")
     capsys.readouterr()
     assert main(["eval", str(out), "--ppl", "ptb", "--max-windows", "1", "--seq-len", "64", "--backend", "numpy",
                  "--quiet"]) == 0

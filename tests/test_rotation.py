@@ -10,7 +10,7 @@ from fptq.reference import rotation as R
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fptq.models.arch import UnsupportedArchitecture  # noqa: E402
+from fptq.models.arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers  # noqa: E402
 from fptq.models.rotate import RotateOutput, online_rotation_targets, rotate_model  # noqa: E402
 from fptq.testing import TINY_FAMILIES, tiny_model  # noqa: E402
 
@@ -50,36 +50,49 @@ def test_head_rotations_cancel():
         R.rotate_head_rows(v[:7], qh)
 
 
-@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "opt"])
-def test_rotated_float_model_has_the_same_logits(family):
+@pytest.mark.parametrize("family,mode", [(f, m) for f in TINY_FAMILIES for m in ("online", "residual")
+                                         if not (f == "opt" and m == "residual")])
+def test_rotated_float_model_has_the_same_logits(family, mode):
     model = tiny_model(family, seed=1)
     ids = torch.randint(3, 260, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(ids).logits.double()
     emb_before = model.get_input_embeddings().weight.detach().clone()
-    report = rotate_model(model, seed=5)
+    q_before = model.get_submodule(find_decoder_layers(model)[0] + ".0." + arch_of_model(model).q).weight.detach().clone()
+    report = rotate_model(model, mode, seed=5)
     with torch.no_grad():
         after = model(ids).logits.double()
     err = float((after - before).abs().max() / before.abs().max())
     assert err < 1e-4, err
-    assert report.untied  # the tiny models tie embeddings
-    assert not torch.equal(model.get_input_embeddings().weight, emb_before)   # really rotated
+    q_after = model.get_submodule(find_decoder_layers(model)[0] + ".0." + arch_of_model(model).q).weight
+    assert not torch.equal(q_after, q_before)   # really rotated
     online = {n: m for n, m in model.named_modules() if isinstance(m, RotateOutput)}
-    assert bool(online) == (family in ("gemma2", "gemma3")) == bool(report.online_post_norms)
-    assert sorted(online) == sorted(report.online_post_norms) == sorted(online_rotation_targets(model))
+    assert sorted(online) == sorted(report.online_norms)
+    assert set(online) <= set(online_rotation_targets(model))
     assert len({m.rotation.data_ptr() for m in online.values()}) <= 1   # one shared float32 Q
+    if mode == "residual":
+        assert report.untied  # the tiny models tie embeddings
+        assert not torch.equal(model.get_input_embeddings().weight, emb_before)   # the stream is rotated
+        assert bool(online) == (family in ("gemma2", "gemma3"))   # post-norms rotate their outputs
+    else:
+        assert not report.untied and torch.equal(model.get_input_embeddings().weight, emb_before)
+        assert len(online) == 2 * len(find_decoder_layers(model)[1])   # both pre-norms of every layer
 
 
-def test_allow_online_false_refuses_post_norm_families_before_changing_them():
-    model = tiny_model("gemma2", seed=1)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(UnsupportedArchitecture, match="post-norms need a run-time rotation"):
-        rotate_model(model, allow_online=False)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert rotate_model(tiny_model("llama"), allow_online=False).online_post_norms == []
+def test_allow_online_false_refuses_run_time_rotations_before_changing_anything():
+    for family, mode in (("gemma2", "residual"), ("llama", "online")):
+        model = tiny_model(family, seed=1)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(UnsupportedArchitecture, match="needs run-time rotations"):
+            rotate_model(model, mode, allow_online=False)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rotate_model(tiny_model("llama"), "residual", allow_online=False).online_norms == []
+    with pytest.raises(ValueError, match="rotation mode must be one of"):
+        rotate_model(tiny_model("llama"), "none")
 
 
-def test_rotation_spreads_norm_outliers():
+@pytest.mark.parametrize("mode", ["online", "residual"])
+def test_rotation_spreads_norm_outliers(mode):
     """The tiny models plant channels 0-1 at 60/300 in the attention norm; after rotation the q/k/v inputs are flat."""
     model = tiny_model("llama", seed=1)
     ids = torch.randint(3, 260, (1, 32), generator=torch.Generator().manual_seed(0))
@@ -100,11 +113,11 @@ def test_rotation_spreads_norm_outliers():
         return float(m.max() / m.median())
 
     before = ratio()
-    rotate_model(model, seed=0)
+    rotate_model(model, mode, seed=0)
     after = ratio()
     assert after < before / 5, (before, after)
 
 
-def test_layernorm_models_are_refused():
+def test_layernorm_models_are_refused_a_residual_rotation():
     with pytest.raises(UnsupportedArchitecture, match="RMS norms"):
-        rotate_model(tiny_model("opt"))
+        rotate_model(tiny_model("opt"), "residual")

@@ -13,8 +13,9 @@ The float matrices (embeddings, lm_head, linears left float) are stored in ``flo
 1-D float parts (norm gains, which carry the folded LAE scales, and biases) stay float32: they
 are under 0.1 % of the bytes. With ``int8_embeddings`` the embedding and lm_head are stored as INT8 rows
 (:mod:`fptq.models.int8rows`). Every tensor of a W4A8 layer keeps its spec dtype (float32 scales
-and bias, uint8 codes): nothing the integer path reads is ever rounded. A rotated Gemma 2/3 model's
-post-norms that rotate their output at run time (:class:`~fptq.models.rotate.RotateOutput`) are stored
+and bias, uint8 codes): nothing the integer path reads is ever rounded. A rotated model's norms
+that rotate their output at run time (the pre-norms with ``--rotate online``, the default; Gemma 2/3's
+post-norms with ``--rotate residual``) (:class:`~fptq.models.rotate.RotateOutput`) are stored
 as plain norms plus one float32 ``Q`` (tensor ``fptq.online_rotation``, never rounded) and their paths
 (metadata ``online_rotations``); the loader wraps them again.
 
@@ -136,8 +137,8 @@ def _unwrap_rotations(model, sd: dict):
         return sd, [], None
     bad = sorted(set(rot) - set(online_rotation_targets(model)))
     if bad:
-        raise CheckpointError(f"RotateOutput modules {bad[:3]} are not post-norms of this model; a checkpoint "
-                              "stores online rotations of post-norms only")
+        raise CheckpointError(f"RotateOutput modules {bad[:3]} are not norms of this model's decoder layers; a "
+                              "checkpoint stores online rotations of those norms only")
     paths = sorted(rot)
     q = rot[paths[0]].rotation.detach().cpu()
     for p in paths[1:]:
@@ -160,7 +161,7 @@ def _unwrap_rotations(model, sd: dict):
 
 def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
     """(state to write, tied, int8_rows, online rotation paths): the model's state dict with tied tensors
-    dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated post-norms as
+    dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated norms as
     their norms plus one float32 ``Q`` (:func:`_unwrap_rotations`), and every other float matrix (a float32
     tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
     sd, online, q = _unwrap_rotations(model, model.state_dict())
@@ -202,7 +203,7 @@ def storage_summary(meta: dict) -> str:
     line = f"lm_head and embeddings: {head}; other float matrices: {fd}; norms and biases: float32"
     online = meta.get("online_rotations") or []
     if online:
-        line += f"; online rotation: {len(online)} post-norm outputs times one float32 Q at run time"
+        line += f"; online rotation: {len(online)} norm outputs times one float32 Q at run time"
     return line
 
 
@@ -230,7 +231,7 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         int8_embeddings: store the input embedding and lm_head as INT8 rows with float32 row scales
             (:mod:`fptq.models.int8rows`); tied ones once. The model passed in is not modified.
 
-    Post-norms wrapped in :class:`~fptq.models.rotate.RotateOutput` (``--rotate`` on Gemma 2/3) are
+    Norms wrapped in :class:`~fptq.models.rotate.RotateOutput` (``--rotate online``, the default) are
     stored as their norms, their shared ``Q`` once as float32 (tensor ``fptq.online_rotation``) and
     their paths in metadata ``online_rotations``.
     """
@@ -423,15 +424,15 @@ def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
 
 def _expected_tensors(model, meta: dict, where: Path) -> dict:
     """The tensors the checkpoint of ``model`` (built by :func:`_build`) must hold: its state dict, plus
-    ``Q`` (F32 ``[d, d]``) when ``online_rotations`` names modules, which must be the model's post-norms."""
+    ``Q`` (F32 ``[d, d]``) when ``online_rotations`` names modules, which must be norms of the model's layers."""
     expected = model.state_dict()
     online = meta["online_rotations"]
     if online:
         targets = online_rotation_targets(model)
         bad = [p for p in online if p not in targets]
         if bad:
-            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {bad[:3]}, not post-norms of "
-                                  f"this {model.config.model_type} model (its post-norms: {targets[:4]}"
+            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {bad[:3]}, not norms of the "
+                                  f"layers of this {model.config.model_type} model (its norms: {targets[:4]}"
                                   f"{'...' if len(targets) > 4 else ''})")
         d = expected[f"{online[0]}.weight"].shape[0]
         expected[ONLINE_ROTATION_TENSOR] = torch.empty((d, d), dtype=torch.float32)

@@ -16,8 +16,8 @@ values and cross-checks them against each other and against the tensor table
   is ``F32``, ``BF16`` or ``F16``; ``int8_rows`` names modules stored as INT8 rows, each with an ``I8 [V, H]``
   ``qweight`` and an ``F32 [V]`` ``scale`` (or both tied to another such module's);
   versions 1 and 2 have neither key (their float parts are F32);
-* version 4: ``online_rotations`` lists the post-norms whose outputs are rotated at run time (Gemma 2/3
-  with ``--rotate``), unique module paths, none a quantized layer or INT8-rows module, each storing an
+* version 4: ``online_rotations`` lists the norms whose outputs are rotated at run time (pre-norms
+  with ``--rotate online``, Gemma 2/3 post-norms with ``--rotate residual``), unique module paths, none a quantized layer or INT8-rows module, each storing an
   F32 ``[d]`` ``weight``; non-empty exactly when the tensor ``fptq.online_rotation`` (the shared ``Q``,
   F32 ``[d, d]``) is stored; versions 1-3 have neither;
 * version 2, first of all: ``header_sha256`` matches the header
@@ -281,14 +281,14 @@ def _check_online_rotations(raw: dict, version: int, meta: dict, table: dict, wh
         paths = []
     else:
         paths = _json_field(raw, "online_rotations", where, lambda d: isinstance(d, list) and all(
-            isinstance(p, str) and p for p in d), "a list of module paths (the post-norms rotated at run time)")
+            isinstance(p, str) and p for p in d), "a list of module paths (the norms rotated at run time)")
         dup = sorted({p for p in paths if paths.count(p) > 1})
         if dup:
             raise CheckpointError(f"{where}: metadata key 'online_rotations' lists {dup[:3]} more than once")
         clash = sorted(set(paths) & (set(meta["layers"]) | set(meta["int8_rows"])))
         if clash:
             raise CheckpointError(f"{where}: metadata key 'online_rotations' names {clash[:3]}, which are "
-                                  "quantized layers or INT8-rows modules, not post-norms")
+                                  "quantized layers or INT8-rows modules, not norms")
     q = table.get(ONLINE_ROTATION_TENSOR)
     if not paths:
         if q is not None:

@@ -16,7 +16,10 @@ from ..spec import ActPolicy, WeightFormat
 from .arch import LINEAR_GROUPS
 from .plan import SELECTIONS
 
-__all__ = ["QuantConfig", "POLICY_SELECTIONS", "WEIGHT_QUANTIZER_NAMES"]
+__all__ = ["QuantConfig", "POLICY_SELECTIONS", "ROTATIONS", "WEIGHT_QUANTIZER_NAMES"]
+
+#: the rotation modes (:func:`fptq.models.rotate.rotate_model`; ``none``: no rotation)
+ROTATIONS = ("online", "residual", "none")
 
 #: how a group's policy is chosen below v1 (see :class:`QuantConfig`)
 POLICY_SELECTIONS = SELECTIONS
@@ -45,8 +48,14 @@ class QuantConfig:
     gptq_clip: GPTQ takes each group's scale by a clipping search weighted by the Hessian
         diagonal (:func:`fptq.reference.gptq.hessian_clip_scale`; default) instead of the group's
         full range.
-    rotate: rotate the float model's residual stream and value heads by a randomized
-        Hadamard matrix before calibrating (:mod:`fptq.models.rotate`; seed ``seed``).
+    rotate: how the float model is rotated by a randomized Hadamard matrix before calibrating
+        (:mod:`fptq.models.rotate`; seed ``seed``): ``online`` (default: each pre-norm's output is
+        rotated at run time by one float32 ``Q`` stored in the checkpoint, q/k/v and gate/up read
+        ``W Q``; value heads rotated; measured best on SmolLM2-135M and Gemma-3-270M,
+        docs/results.md), ``residual`` (QuaRot's rotation of the residual stream with the norm
+        gains folded into the weights; RMS-norm models; ruins Gemma-3's INT4 weights) or
+        ``none``. ``True``/``False`` (checkpoints before 2026-11-30) read as
+        ``residual``/``none``.
     v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
     sequential: calibrate layer i on the quantized layers' outputs (False, the default: on the
         float model's). With GPTQ + clip search it measured 1.2% better on SmolLM2-135M's PTB but
@@ -86,9 +95,13 @@ class QuantConfig:
     gptq_damp: float = 0.01
     gptq_rows: int = 8192
     gptq_clip: bool = True
-    rotate: bool = False
+    rotate: str = "online"
 
     def __post_init__(self):
+        if isinstance(self.rotate, bool):   # the field was a bool until 2026-11-30
+            self.rotate = "residual" if self.rotate else "none"
+        if self.rotate not in ROTATIONS:
+            raise ValueError(f"rotate must be one of {ROTATIONS}, got {self.rotate!r}")
         WeightFormat(self.weight_format)
         if self.weight_quantizer not in WEIGHT_QUANTIZER_NAMES:
             raise ValueError(f"unknown weight quantizer {self.weight_quantizer!r}; "

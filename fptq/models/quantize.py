@@ -50,8 +50,8 @@ class QuantResult:
     stats: dict
     config: QuantConfig
     arch: Arch
-    #: what ``config.rotate`` did (its ``online_post_norms``: the Gemma 2/3 post-norms now rotating
-    #: their outputs at run time, which the checkpoint stores); None when not rotated
+    #: what ``config.rotate`` did (its ``online_norms``: the norms now rotating their outputs at run
+    #: time, which the checkpoint stores); None when not rotated
     rotation: RotationReport | None = None
 
 
@@ -156,7 +156,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    rotation = rotate_model(model, seed=config.seed, allow_online=True) if config.rotate else None
+    rotation = rotate_model(model, config.rotate, seed=config.seed) if config.rotate != "none" else None
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards

@@ -1,29 +1,39 @@
-"""Rotate a float transformers model's residual stream and value heads (the math: :mod:`fptq.reference.rotation`).
+"""Rotate a float transformers model's linear inputs and value heads (the math: :mod:`fptq.reference.rotation`).
 
 :func:`rotate_model` changes the model in place so that it computes the same
-logits (up to float32 rounding) with rotated hidden states:
+logits (up to float32 rounding) while the quantized linears read rotated
+inputs. Two modes (``mode``):
 
-1. tied embeddings are untied (the input embedding and ``lm_head`` get
-   different weights from here on);
-2. every pre-norm's per-channel gain is folded into the linears that read it
-   (``rms``: ``w``, then ``w = 1``; Gemma's ``rms_one_plus``: ``1 + w``, then
-   ``w = 0``), the final norm's into ``lm_head``;
-3. the residual stream is rotated by ``Q`` = :func:`fptq.reference.rotation.random_orthogonal`
-   (embeddings and the linears that write the stream: ``Q^T``-side;
-   q/k/v, gate/up, lm_head: ``Q``-side);
-4. with ``heads=True``, every value head is rotated by one ``Q_h`` folded into
-   v_proj's rows and o_proj's columns.
+``"online"`` (fptq's default since 2026-11-30; any norm kind, OPT's LayerNorm too):
+    the residual stream keeps its basis; each pre-norm's output (after its own
+    gain and bias) is rotated at run time by one float32 ``Q`` =
+    :func:`fptq.reference.rotation.random_orthogonal` (:class:`RotateOutput`,
+    one ``[d, d]`` float matmul per token and norm) and the linears that read
+    it (q/k/v, gate/up) get ``W Q``. The norm gains stay out of the weights:
+    folding Gemma-3's gains (0..122) into rotated weights ruined its INT4
+    weights (docs/results.md), rotating after the gain does not.
+``"residual"`` (QuaRot's; RMS-norm models only):
+    1. tied embeddings are untied (the input embedding and ``lm_head`` get
+       different weights from here on);
+    2. every pre-norm's per-channel gain is folded into the linears that read it
+       (``rms``: ``w``, then ``w = 1``; Gemma's ``rms_one_plus``: ``1 + w``, then
+       ``w = 0``), the final norm's into ``lm_head``;
+    3. the residual stream is rotated by ``Q`` (embeddings and the linears that
+       write the stream: ``Q^T``-side; q/k/v, gate/up, lm_head: ``Q``-side).
+       Gemma 2/3 apply *post*-norms to the attention and MLP outputs before
+       adding them to the stream; a per-channel gain does not commute with
+       ``Q``, so there o_proj/down_proj keep their output basis and the
+       post-norm's output is rotated at run time (:class:`RotateOutput`).
+       LayerNorm models (OPT) subtract the mean, which a rotation of the stream
+       does not preserve: they are refused.
 
-Gemma 2/3 apply *post*-norms to the attention and MLP outputs before adding
-them to the stream; a per-channel gain does not commute with ``Q``, so there
-o_proj/down_proj keep their output basis and the post-norm's output is
-rotated at run time (:class:`RotateOutput`, one ``[d, d]`` float matmul per
-token and post-norm; the report lists them). All of them share one float32
-``Q`` tensor. A W4A8 checkpoint stores that ``Q`` once (float32, exact) and the
-wrapped modules' paths (metadata ``online_rotations``, ``docs/checkpoint.md``);
-the loader wraps the same modules again (:func:`wrap_online_rotations`).
-LayerNorm models (OPT) subtract the mean, which a rotation does not preserve:
-they are refused.
+In both modes, with ``heads=True``, every value head is rotated by one ``Q_h``
+folded into v_proj's rows and o_proj's columns.
+
+All :class:`RotateOutput` modules of a model share one float32 ``Q`` tensor. A
+W4A8 checkpoint stores that ``Q`` once (float32, exact) and the wrapped
+modules' paths (metadata ``online_rotations``, ``docs/checkpoint.md``); the
+loader wraps the same modules again (:func:`wrap_online_rotations`).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import numpy as np
 from ..reference import rotation as R
 from ._torch import nn, torch
 from .arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
+from .config import ROTATIONS
 
 __all__ = ["POST_NORMS", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
            "online_rotation_modules", "wrap_online_rotations"]
@@ -44,7 +55,8 @@ POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
 
 
 class RotateOutput(nn.Module):
-    """``norm(x) @ Q``: a post-norm whose output is rotated into the residual stream's basis.
+    """``norm(x) @ Q``: a norm whose output is rotated at run time (a pre-norm in ``"online"`` mode, a
+    Gemma post-norm into the rotated residual stream's basis in ``"residual"`` mode).
 
     ``q``: a float32 ``[d, d]`` tensor or array; a float32 C-contiguous one is shared, not copied
     (every post-norm of a model holds the same ``Q``)."""
@@ -69,10 +81,11 @@ class RotationReport:
     hidden: int
     head_dim: int | None
     seed: int
+    mode: str = "residual"
     untied: bool = False
-    #: full module paths (``model.layers.0.post_attention_layernorm``) of the post-norms wrapped in
+    #: full module paths (``model.layers.0.input_layernorm``) of the norms wrapped in
     #: :class:`RotateOutput`
-    online_post_norms: list[str] = field(default_factory=list)
+    online_norms: list[str] = field(default_factory=list)
 
 
 def _get(module, name: str) -> np.ndarray:
@@ -128,14 +141,19 @@ def _head_dim(config) -> int:
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
+def _post_norms(arch, layer) -> list[str]:
+    return [n for n in POST_NORMS if n != arch.mlp_norm and get_submodule(layer, n) is not None]
+
+
 def online_rotation_targets(model) -> list[str]:
-    """Full module paths of the post-norms that :func:`rotate_model` wraps in :class:`RotateOutput`
-    (empty for families without post-norms), whether or not they are wrapped now."""
+    """Full module paths of the norms :func:`rotate_model` may wrap in :class:`RotateOutput` (every
+    layer's pre-norms, and its post-norms where the family has them), whether or not they are
+    wrapped now."""
     arch = arch_of_model(model)
     path, layers, _ = find_decoder_layers(model)
     prefix = f"{path}." if path else ""
-    return [f"{prefix}{i}.{n}" for i, layer in enumerate(layers) for n in POST_NORMS
-            if n != arch.mlp_norm and get_submodule(layer, n) is not None]
+    return [f"{prefix}{i}.{n}" for i, layer in enumerate(layers)
+            for n in [arch.attn_norm, arch.mlp_norm] + _post_norms(arch, layer)]
 
 
 def online_rotation_modules(model) -> dict[str, RotateOutput]:
@@ -144,15 +162,15 @@ def online_rotation_modules(model) -> dict[str, RotateOutput]:
 
 
 def wrap_online_rotations(model, paths, q) -> None:
-    """Wrap each module of ``paths`` (post-norms, :func:`online_rotation_targets`) in
+    """Wrap each module of ``paths`` (norms, :func:`online_rotation_targets`) in
     ``RotateOutput(module, q)``, all sharing one float32 ``q``; raises ValueError naming a path that
-    is not such a post-norm, or a ``q`` that is not ``[d, d]``."""
+    is not such a norm, or a ``q`` that is not ``[d, d]``."""
     targets = set(online_rotation_targets(model))
     q = torch.as_tensor(q).to(torch.float32).contiguous()
     for p in paths:
         if p not in targets:
-            raise ValueError(f"{p!r} is not a post-norm of this {arch_of_model(model).family} model "
-                             f"(post-norms: {sorted(targets)[:4]}{'...' if len(targets) > 4 else ''})")
+            raise ValueError(f"{p!r} is not a norm of this {arch_of_model(model).family} model that can rotate "
+                             f"its output (norms: {sorted(targets)[:4]}{'...' if len(targets) > 4 else ''})")
         parent_path, _, attr = p.rpartition(".")
         parent = model.get_submodule(parent_path)
         norm = getattr(parent, attr)
@@ -164,58 +182,87 @@ def wrap_online_rotations(model, paths, q) -> None:
         setattr(parent, attr, RotateOutput(norm, q))
 
 
-def rotate_model(model, seed: int = 0, heads: bool = True, allow_online: bool = True) -> RotationReport:
-    """Rotate ``model`` in place (see the module docstring); returns a :class:`RotationReport`.
+def _rotate_heads(layer, arch, qh) -> None:
+    sub = lambda path: get_submodule(layer, path)  # noqa: E731
+    v, o = sub(arch.v), sub(arch.o)
+    w2, b2 = R.rotate_head_rows(_get(v, "weight"), qh, None if v.bias is None else _get(v, "bias"))
+    _set(v.weight, w2)
+    if b2 is not None:
+        _set(v.bias, b2)
+    _set(o.weight, R.rotate_head_columns(_get(o, "weight"), qh))
 
-    ``allow_online=False`` refuses (before changing anything) a model whose post-norms would need
-    :class:`RotateOutput` modules (run-time float matmuls)."""
+
+def _check_mode(mode: str) -> None:
+    if mode not in ROTATIONS[:2]:
+        raise ValueError(f"rotation mode must be one of {ROTATIONS[:2]}, got {mode!r}")
+
+
+def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
+                 allow_online: bool = True) -> RotationReport:
+    """Rotate ``model`` in place (``mode``: ``"online"`` or ``"residual"``, see the module docstring);
+    returns a :class:`RotationReport`.
+
+    ``allow_online=False`` refuses (before changing anything) a rotation that would need
+    :class:`RotateOutput` modules (run-time float matmuls): ``"online"`` always, ``"residual"`` on
+    families with post-norms."""
+    _check_mode(mode)
     arch = arch_of_model(model)
-    if arch.norm_kind not in ("rms", "rms_one_plus"):
-        raise UnsupportedArchitecture(
-            f"{arch.family}: rotation needs RMS norms; {arch.norm_kind} subtracts the mean, which a rotation does not keep")
-    config = model.config
     layers_path, layers, _ = find_decoder_layers(model)
-    if not allow_online and any(n != arch.mlp_norm and get_submodule(layers[0], n) is not None for n in POST_NORMS):
+    if mode == "residual" and arch.norm_kind not in ("rms", "rms_one_plus"):
         raise UnsupportedArchitecture(
-            f"{arch.family}: its post-norms need a run-time rotation (RotateOutput), which allow_online=False "
-            "refuses")
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
-    d = emb.weight.shape[1]
-    hd = _head_dim(config) if heads else None
-    report = RotationReport(arch.family, d, hd, seed)
+            f"{arch.family}: a residual rotation needs RMS norms; {arch.norm_kind} subtracts the mean, which "
+            "a rotation of the stream does not keep (the 'online' rotation works)")
+    if not allow_online and (mode == "online" or _post_norms(arch, layers[0])):
+        raise UnsupportedArchitecture(
+            f"{arch.family}: the {mode} rotation needs run-time rotations of norm outputs (RotateOutput), "
+            "which allow_online=False refuses")
+    d = model.get_input_embeddings().weight.shape[1]
+    hd = _head_dim(model.config) if heads else None
+    report = RotationReport(arch.family, d, hd, seed, mode)
     q = R.random_orthogonal(d, seed)
     qh = R.random_orthogonal(hd, seed + 1) if heads else None
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
     prefix = f"{layers_path}." if layers_path else ""
-
     with torch.no_grad():
-        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
-            head.weight = nn.Parameter(emb.weight.detach().clone())
-            config.tie_word_embeddings = False
-            report.untied = True
-        _fold_norm(_final_norm(model), arch.norm_kind, [head])
-        _rotate_reader(head, q)
-        _set(emb.weight, R.rotate_input_side(_get(emb, "weight"), q))   # E' = E Q (rows are tokens)
-        for i, layer in enumerate(layers):
-            sub = lambda path: get_submodule(layer, path)  # noqa: E731
-            readers = [sub(p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]
-            _fold_norm(sub(arch.attn_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("qkv")])
-            _fold_norm(sub(arch.mlp_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("gate_up")])
-            for lin in readers:
-                _rotate_reader(lin, q)
-            posts = [n for n in POST_NORMS if n != arch.mlp_norm and get_submodule(layer, n) is not None]
-            if posts:
-                for n in posts:
-                    setattr(layer, n, RotateOutput(get_submodule(layer, n), q_online))
-                    report.online_post_norms.append(f"{prefix}{i}.{n}")
-            else:
-                _rotate_writer(sub(arch.o), q)
-                _rotate_writer(sub(arch.down), q)
-            if heads:
-                v, o = sub(arch.v), sub(arch.o)
-                w2, b2 = R.rotate_head_rows(_get(v, "weight"), qh, None if v.bias is None else _get(v, "bias"))
-                _set(v.weight, w2)
-                if b2 is not None:
-                    _set(v.bias, b2)
-                _set(o.weight, R.rotate_head_columns(_get(o, "weight"), qh))
+        if mode == "residual":
+            _rotate_stream(model, arch, layers, prefix, q, q_online, report)
+        else:
+            for i, layer in enumerate(layers):
+                for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
+                    _rotate_reader(lin, q)
+                for n in (arch.attn_norm, arch.mlp_norm):
+                    parent_path, _, attr = n.rpartition(".")
+                    parent = get_submodule(layer, parent_path) if parent_path else layer
+                    setattr(parent, attr, RotateOutput(getattr(parent, attr), q_online))
+                    report.online_norms.append(f"{prefix}{i}.{n}")
+        if heads:
+            for layer in layers:
+                _rotate_heads(layer, arch, qh)
     return report
+
+
+def _rotate_stream(model, arch, layers, prefix, q, q_online, report) -> None:
+    """The ``"residual"`` mode's part before the value heads (steps 1-3 of the module docstring)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+        head.weight = nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        report.untied = True
+    _fold_norm(_final_norm(model), arch.norm_kind, [head])
+    _rotate_reader(head, q)
+    _set(emb.weight, R.rotate_input_side(_get(emb, "weight"), q))   # E' = E Q (rows are tokens)
+    for i, layer in enumerate(layers):
+        sub = lambda path: get_submodule(layer, path)  # noqa: E731
+        readers = [sub(p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]
+        _fold_norm(sub(arch.attn_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("qkv")])
+        _fold_norm(sub(arch.mlp_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("gate_up")])
+        for lin in readers:
+            _rotate_reader(lin, q)
+        posts = _post_norms(arch, layer)
+        if posts:
+            for n in posts:
+                setattr(layer, n, RotateOutput(get_submodule(layer, n), q_online))
+                report.online_norms.append(f"{prefix}{i}.{n}")
+        else:
+            _rotate_writer(sub(arch.o), q)
+            _rotate_writer(sub(arch.down), q)
