@@ -56,7 +56,7 @@ def test_float_parts_load_as_the_rounded_model(tmp_path, family, float_dtype, st
     res, cfg = quantized(family)
     d = _save(tmp_path / "ck", res, cfg, float_dtype=float_dtype)
     m2, _, meta = load_quantized(d, backend="numpy")
-    assert meta["float_dtype"] == stored and meta["int8_rows"] == {} and meta["format_version"] == "4"
+    assert meta["float_dtype"] == stored and meta["int8_rows"] == {} and meta["format_version"] == "5"
     assert torch.equal(_logits(m2), stored_logits(res.model, float_dtype))
     exact = _layer_keys(meta)
     table = _table(d)
@@ -164,12 +164,19 @@ def _as_version_2(m):
     m.pop("float_dtype")
     m.pop("int8_rows")
     m.pop("online_rotations")
+    m.pop("input_rotations")
     m["format_version"] = "2"
 
 
 def _as_version_3(m):
     m.pop("online_rotations")
+    m.pop("input_rotations")
     m["format_version"] = "3"
+
+
+def _as_version_4(m):
+    m.pop("input_rotations")
+    m["format_version"] = "4"
 
 
 def test_version_2_float32_checkpoint_still_loads(tmp_path, tiny):
@@ -190,6 +197,25 @@ def test_version_3_checkpoint_still_loads(tmp_path, tiny):
     m3, _, meta = load_quantized(d, backend="numpy")
     assert meta["format_version"] == "3" and meta["online_rotations"] == [] and meta["float_dtype"] == "BF16"
     assert torch.equal(_logits(m3), stored_logits(res.model, "bfloat16"))
+
+
+def test_version_4_checkpoint_still_loads(tmp_path, tiny):
+    """A version-4 checkpoint (no input_rotations), digests as its writer made them."""
+    res, cfg = tiny
+    bf16 = _save(tmp_path / "bf16", res, cfg)
+    d = rewrite(bf16, tmp_path / "v4", edit_meta=_as_version_4, redigest=True)
+    m4, _, meta = load_quantized(d, backend="numpy")
+    assert meta["format_version"] == "4" and meta["input_rotations"] == [] and meta["online_rotations"] == []
+    assert torch.equal(_logits(m4), stored_logits(res.model, "bfloat16"))
+
+
+def test_version_4_with_input_rotations_key_is_refused(tmp_path, tiny):
+    res, cfg = tiny
+    bf16 = _save(tmp_path / "bf16", res, cfg)
+    d = rewrite(bf16, tmp_path / "v4keys", edit_meta=lambda m: m.__setitem__("format_version", "4"))
+    with pytest.raises(CheckpointError, match=r"format_version says 4 but the header has version-5 field "
+                                              r"\['input_rotations'\]"):
+        load_quantized(d, backend="numpy")
 
 
 def test_version_3_with_online_rotations_key_is_refused(tmp_path, tiny):

@@ -17,11 +17,11 @@ from fptq.io.tensorfile import TensorFile  # noqa: E402
 from fptq.models.checkpoint import (  # noqa: E402
     TENSORS_FILE, CheckpointError, load_quantized, read_metadata, save_quantized,
 )
-from fptq.models.checkpoint_meta import ONLINE_ROTATION_TENSOR  # noqa: E402
+from fptq.models.checkpoint_meta import INPUT_ROTATION_TENSOR, ONLINE_ROTATION_TENSOR  # noqa: E402
 from fptq.models.config import QuantConfig  # noqa: E402
-from fptq.models.qlinear import quantized_linears, set_quantized_mode  # noqa: E402
+from fptq.models.qlinear import W4A8Linear, quantized_linears, set_quantized_mode  # noqa: E402
 from fptq.models.quantize import quantize_model  # noqa: E402
-from fptq.models.rotate import RotateOutput  # noqa: E402
+from fptq.models.rotate import RotateOutput, input_rotation_modules  # noqa: E402
 from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
 
 IDS = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -82,11 +82,19 @@ def test_online_rotation_round_trips_through_a_checkpoint(tmp_path, family, caps
         else ("input_layernorm", "post_attention_layernorm"))
     paths = [f"{layers}.{i}.{n}" for i in range(2) for n in norms]
     assert res.rotation.online_norms == paths and sorted(_online(res.model)) == sorted(paths)
-    # the norms keep their gains (nothing folded into the rotated weights): LAE has no norm weight to fold into
-    assert all(gp.policy.value != "lae_static" for gp in res.plan.groups if gp.group in ("qkv", "gate_up"))
+    down = "mlp.fc2" if family == "opt" else "mlp.down_proj"
+    downs = [f"{layers}.{i}.{down}".replace("mlp.fc2", "fc2") for i in range(2)]
+    assert res.rotation.input_rotations == downs and sorted(input_rotation_modules(res.model)) == downs
+    assert all(isinstance(m, W4A8Linear) for m in input_rotation_modules(res.model).values())   # carried over
+    # the norms keep their gains (nothing folded into the rotated weights): LAE has no norm weight to fold into,
+    # and 1/s cannot fold into the rows before a rotated down projection
+    assert all(gp.policy.value != "lae_static" for gp in res.plan.groups if gp.group in ("qkv", "gate_up", "down"))
     d = save_quantized(tmp_path / "on", res.model, tiny_tokenizer(), res.plan, res.config, float_dtype="float32")
     meta = read_metadata(d)
     assert meta["online_rotations"] == sorted(paths) and meta["quant_config"]["rotate"] == "online"
+    assert meta["input_rotations"] == downs
+    f = res.model.get_submodule(downs[0]).in_features
+    assert _table(d)[INPUT_ROTATION_TENSOR] == ("F32", (f, f))
     for backend in ("numpy", "numba"):
         set_quantized_mode(res.model, "integer", backend)
         loaded, _, _ = load_quantized(d, backend=backend)
@@ -95,7 +103,9 @@ def test_online_rotation_round_trips_through_a_checkpoint(tmp_path, family, caps
     set_quantized_mode(res.model, "integer", "numpy")
     capsys.readouterr()
     assert main(["report", str(d)]) == 0
-    assert "online rotation: 4 norm outputs times one float32 Q at run time" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "online rotation: 4 norm outputs times one float32 Q at run time" in out
+    assert "input rotation: 2 layers' inputs times one float32 Q_f at run time" in out
 
 
 def test_rotate_config_values():
@@ -142,7 +152,7 @@ def test_rotated_post_norm_model_round_trips_through_a_checkpoint(tmp_path, rota
         for backend in ("numpy", "numba"):
             set_quantized_mode(res.model, "integer", backend)
             loaded, _, meta = load_quantized(d, backend=backend)
-            assert meta["format_version"] == "4" and meta["online_rotations"] == paths
+            assert meta["format_version"] == "5" and meta["online_rotations"] == paths
             online = _online(loaded)
             assert sorted(online) == paths
             assert len({m.rotation.data_ptr() for m in online.values()}) == 1   # one shared Q in memory too
@@ -239,3 +249,53 @@ def test_cli_gptq_and_rotate_reach_the_checkpoint(tmp_path, capsys):
     assert main(["eval", str(out), "--ppl", "ptb", "--max-windows", "1", "--seq-len", "64", "--backend", "numpy",
                  "--quiet"]) == 0
     assert "W4A8 integer, backend numpy" in capsys.readouterr().out
+
+
+# ---- input rotations (the down projections with --rotate online) ------------------------------------------
+@pytest.fixture(scope="module")
+def online_llama():
+    return quantize_model(tiny_model("llama"), IDS, QuantConfig(group_size=32, n_samples=8, seq_len=32),
+                          backend="numpy", progress=False)
+
+
+def _edit_inputs(fn):
+    def edit(m):
+        m["input_rotations"] = json.dumps(fn(json.loads(m["input_rotations"])))
+    return edit
+
+
+def _edit_q_in(fn):
+    def edit(t):
+        t[INPUT_ROTATION_TENSOR] = fn(t[INPUT_ROTATION_TENSOR])
+    return edit
+
+
+@pytest.mark.parametrize("edit_meta,edit_tensors,match", [
+    (_edit_inputs(lambda p: ["model.layers.0.mlp.up_proj_typo"]), None,
+     r"'input_rotations' names \['model\.layers\.0\.mlp\.up_proj_typo'\], which are not quantized layers"),
+    (_edit_inputs(lambda p: p + p[:1]), None, r"'input_rotations' lists .* more than once"),
+    (_edit_inputs(lambda p: ["model.layers.0.self_attn.q_proj"]), None,
+     r"layer model\.layers\.0\.self_attn\.q_proj has 64 inputs but fptq\.input_rotation is \[96, 96\]"),
+    (_edit_inputs(lambda p: []), None, r"tensor fptq\.input_rotation present but .* names no layer"),
+    (_edit_inputs(lambda p: {"paths": p}), None, r"'input_rotations' must be a list of quantized layer paths"),
+    (_drop("input_rotations"), None, r"metadata key 'input_rotations' is missing"),
+    (None, _drop(INPUT_ROTATION_TENSOR), r"tensor fptq\.input_rotation \(their rotation\) is missing"),
+    (None, _edit_q_in(lambda q: q[:, :32].contiguous()), r"fptq\.input_rotation is F32 \[96, 32\]; it must be"),
+    (None, _edit_q_in(lambda q: q * 1.01), r"tensor fptq\.input_rotation: is not orthogonal"),
+    (None, _edit_q_in(lambda q: q.to(torch.bfloat16)), r"fptq\.input_rotation is BF16 \[96, 96\]"),
+])
+def test_bad_input_rotations_are_refused(tmp_path, online_llama, edit_meta, edit_tensors, match):
+    res = online_llama
+    src = save_quantized(tmp_path / "ok", res.model, None, res.plan, res.config)
+    d = rewrite(src, tmp_path / "bad", edit_meta=edit_meta, edit_tensors=edit_tensors, redigest=True)
+    with pytest.raises(CheckpointError, match=match):
+        load_quantized(d, backend="numpy")
+
+
+def test_input_rotations_the_checkpoint_cannot_hold_are_refused_when_saving(tmp_path, online_llama):
+    model = copy.deepcopy(online_llama.model)
+    m = model.model.layers[1].mlp.down_proj
+    m.fptq_input_rotation = -m.fptq_input_rotation   # a different Q_f for one layer
+    with pytest.raises(CheckpointError, match="rotate their inputs by different matrices"):
+        save_quantized(tmp_path / "x", model, None)
+    assert not (tmp_path / "x").exists()

@@ -53,12 +53,15 @@ from ._torch import nn, torch
 from .arch import arch_of_model, get_submodule
 from .checkpoint_meta import (
     DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INT8_ROW_SUFFIXES, LAYER_SUFFIXES,
-    ONLINE_ROTATION_TENSOR, CheckpointError, check_int8_row_values, check_layer_values, check_rotation_values,
+    INPUT_ROTATION_TENSOR, ONLINE_ROTATION_TENSOR, CheckpointError, check_int8_row_values, check_layer_values, check_rotation_values,
     header_digest, parse_metadata,
 )
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import MODES, W4A8Linear
-from .rotate import online_rotation_modules, online_rotation_targets, wrap_online_rotations
+from .rotate import (
+    attach_input_rotation, input_rotation_modules, input_rotation_of, online_rotation_modules, online_rotation_targets,
+    wrap_online_rotations,
+)
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "TENSORS_FILE", "PLAN_FILE",
            "CheckpointError", "CheckpointWarning", "save_quantized", "load_quantized", "read_metadata",
@@ -159,8 +162,30 @@ def _unwrap_rotations(model, sd: dict):
     return out, paths, q.contiguous()
 
 
+def _input_rotations(model, layers: dict):
+    """(paths, Q_f): the W4A8 layers with an input rotation and their one shared float32 ``Q_f`` (None
+    when there are none)."""
+    mods = input_rotation_modules(model)
+    if not mods:
+        return [], None
+    stray = sorted(set(mods) - set(layers))
+    if stray:
+        raise CheckpointError(f"modules {stray[:3]} rotate their input but are not W4A8 layers; a checkpoint "
+                              "stores input rotations of quantized layers only")
+    paths = sorted(mods)
+    q = input_rotation_of(mods[paths[0]]).detach().cpu()
+    for p in paths[1:]:
+        if not torch.equal(input_rotation_of(mods[p]).detach().cpu(), q):
+            raise CheckpointError(f"layers {paths[0]} and {p} rotate their inputs by different matrices; a "
+                                  "checkpoint stores one Q_f for all of them")
+    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
+        raise CheckpointError(f"{paths[0]}: its input rotation must be finite float32, got {q.dtype}")
+    return paths, q.contiguous()
+
+
 def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
-    """(state to write, tied, int8_rows, online rotation paths): the model's state dict with tied tensors
+    """(state to write, tied, int8_rows, online rotation paths, input rotation paths): the model's state dict
+    with tied tensors
     dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated norms as
     their norms plus one float32 ``Q`` (:func:`_unwrap_rotations`), and every other float matrix (a float32
     tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
@@ -191,7 +216,10 @@ def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool)
         state[k] = v.contiguous()
     if q is not None:
         state[ONLINE_ROTATION_TENSOR] = q  # float32 whatever float_dtype says: Q stays orthogonal
-    return state, tied, rows, online
+    inputs, q_in = _input_rotations(model, layers)
+    if q_in is not None:
+        state[INPUT_ROTATION_TENSOR] = q_in
+    return state, tied, rows, online, inputs
 
 
 def storage_summary(meta: dict) -> str:
@@ -204,6 +232,9 @@ def storage_summary(meta: dict) -> str:
     online = meta.get("online_rotations") or []
     if online:
         line += f"; online rotation: {len(online)} norm outputs times one float32 Q at run time"
+    inputs = meta.get("input_rotations") or []
+    if inputs:
+        line += f"; input rotation: {len(inputs)} layers' inputs times one float32 Q_f at run time"
     return line
 
 
@@ -233,7 +264,10 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
 
     Norms wrapped in :class:`~fptq.models.rotate.RotateOutput` (``--rotate online``, the default) are
     stored as their norms, their shared ``Q`` once as float32 (tensor ``fptq.online_rotation``) and
-    their paths in metadata ``online_rotations``.
+    their paths in metadata ``online_rotations``; W4A8 layers with an input rotation
+    (:func:`~fptq.models.rotate.attach_input_rotation`, the down projections with ``--rotate online``)
+    as their shared ``Q_f`` once as float32 (tensor ``fptq.input_rotation``) and their paths in
+    metadata ``input_rotations``.
     """
     if float_dtype not in FLOAT_DTYPES:
         raise ValueError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
@@ -244,7 +278,7 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
     gsizes = {e["group_size"] for e in layers.values() if e["group_size"] < e["in_features"]}
     fmts = {e["weight_format"] for e in layers.values()}
-    state, tied, rows, online = _storage_state(model, layers, float_dtype, int8_embeddings)
+    state, tied, rows, online, inputs = _storage_state(model, layers, float_dtype, int8_embeddings)
     meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -259,6 +293,7 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
         "float_dtype": FLOAT_DTYPES[float_dtype],
         "int8_rows": json.dumps(rows, sort_keys=True),
         "online_rotations": json.dumps(online),
+        "input_rotations": json.dumps(inputs),
         "quant_config": json.dumps(config.to_json() if config is not None else None, sort_keys=True),
         "info": json.dumps(info or {}, sort_keys=True),
         "tensor_sha256": json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()},
@@ -418,7 +453,7 @@ def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
     float32) as the model holds them."""
     owner, _, suffix = key.rpartition(".")
     exact = (owner in meta["layers"] and suffix in LAYER_SUFFIXES) or \
-        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES) or key == ONLINE_ROTATION_TENSOR
+        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES) or key in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR)
     return model_dtype if exact or model_dtype != "F32" or ndim < 2 else meta["float_dtype"]
 
 
@@ -436,6 +471,10 @@ def _expected_tensors(model, meta: dict, where: Path) -> dict:
                                   f"{'...' if len(targets) > 4 else ''})")
         d = expected[f"{online[0]}.weight"].shape[0]
         expected[ONLINE_ROTATION_TENSOR] = torch.empty((d, d), dtype=torch.float32)
+    inputs = meta["input_rotations"]
+    if inputs:
+        k = meta["layers"][inputs[0]]["in_features"]
+        expected[INPUT_ROTATION_TENSOR] = torch.empty((k, k), dtype=torch.float32)
     return expected
 
 
@@ -478,9 +517,9 @@ def _read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
         if k in layer_of:
             n, s = layer_of[k]
             by_layer.setdefault(n, {})[s] = a
-        elif k == ONLINE_ROTATION_TENSOR:
+        elif k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
             try:
-                check_rotation_values(a)
+                check_rotation_values(a, k)
             except CheckpointError as e:
                 raise CheckpointError(f"{where}: {e}") from None
         elif a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -508,7 +547,9 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
         as bfloat16 / float16 are widened exactly), its quantized linears are :class:`W4A8Linear` in
         ``mode`` on ``backend``, INT8-rows embeddings / lm_head are
         :class:`~fptq.models.int8rows.Int8Embedding` / :class:`~fptq.models.int8rows.Int8LMHead`, and the
-        modules of ``online_rotations`` are :class:`~fptq.models.rotate.RotateOutput` sharing one float32 ``Q``.
+        modules of ``online_rotations`` are :class:`~fptq.models.rotate.RotateOutput` sharing one float32 ``Q``,
+        and the layers of ``input_rotations`` multiply their input by one shared float32 ``Q_f``
+        (:func:`~fptq.models.rotate.attach_input_rotation`).
     Raises:
         ValueError: ``mode`` is unknown; UnknownBackend / BackendUnavailable: ``backend`` cannot be used
             (checked before the checkpoint is read).
@@ -535,6 +576,7 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
         tensors = _read_tensors(tf, meta, want)
     model = _build(cfg, meta, backend, mode, d / "config.json")
     q = tensors.pop(ONLINE_ROTATION_TENSOR, None)
+    q_in = tensors.pop(INPUT_ROTATION_TENSOR, None)
     result = model.load_state_dict(tensors, strict=False)
     tied = meta["tied"]
     if set(result.missing_keys) - set(tied) or result.unexpected_keys:
@@ -554,6 +596,8 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
             wrap_online_rotations(model, meta["online_rotations"], q)
         except ValueError as e:
             raise CheckpointError(f"{meta['_path']}: metadata key 'online_rotations': {e}") from None
+    for name in meta["input_rotations"]:  # one shared Q_f tensor
+        attach_input_rotation(get_submodule(model, name), q_in)
     for name in meta["layers"]:
         get_submodule(model, name).origin = f"layer {name} of {d}"
     model.eval()

@@ -20,6 +20,10 @@ values and cross-checks them against each other and against the tensor table
   with ``--rotate online``, Gemma 2/3 post-norms with ``--rotate residual``), unique module paths, none a quantized layer or INT8-rows module, each storing an
   F32 ``[d]`` ``weight``; non-empty exactly when the tensor ``fptq.online_rotation`` (the shared ``Q``,
   F32 ``[d, d]``) is stored; versions 1-3 have neither;
+* version 5: ``input_rotations`` lists the quantized layers whose input is rotated at run time (the down
+  projections with ``--rotate online``), unique, each one of ``layers``, all of the same ``in_features``
+  K; non-empty exactly when the tensor ``fptq.input_rotation`` (their shared ``Q_f``, F32 ``[K, K]``) is
+  stored; versions 1-4 have neither;
 * version 2, first of all: ``header_sha256`` matches the header
   (:func:`header_digest`); then the digest tables list exactly the stored
   tensors and plain file names.
@@ -28,7 +32,7 @@ values and cross-checks them against each other and against the tensor table
 within the bounds the spec can produce, zero points in range, the odd-K
 padding nibble, ``act_scale`` equal to its entry); :func:`check_int8_row_values` those of an
 INT8-rows module (codes in [-127, 127], scales within the spec's per-token bounds);
-:func:`check_rotation_values` the online rotation's (finite and orthogonal).
+:func:`check_rotation_values` a stored rotation's (finite and orthogonal).
 """
 
 from __future__ import annotations
@@ -43,24 +47,29 @@ from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
-           "V4_KEYS", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
+           "V4_KEYS", "V5_KEYS", "INPUT_ROTATION_TENSOR", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
            "ONLINE_ROTATION_TENSOR", "ROTATION_TOLERANCE", "parse_metadata", "header_digest", "check_layer_values",
            "check_int8_row_values", "check_rotation_values", "layer_tensor_specs", "LAYER_SUFFIXES", "MAX_WSCALE",
            "MAX_ACT_SCALE"]
 
 FORMAT_NAME = "fptq-w4a8"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: versions this fptq reads; version 1 (no digests) loads with a warning
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 #: metadata keys that exist from version 2 on (a version-1 header holding one is corrupt)
 V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
 #: metadata keys that exist from version 3 on (required there; an older header holding one is corrupt)
 V3_KEYS = ("float_dtype", "int8_rows")
 #: metadata keys that exist from version 4 on (required there; an older header holding one is corrupt)
 V4_KEYS = ("online_rotations",)
+#: metadata keys that exist from version 5 on (required there; an older header holding one is corrupt)
+V5_KEYS = ("input_rotations",)
 #: the tensor holding the online rotation ``Q`` (F32 ``[d, d]``, stored once, never rounded) shared by every
 #: module of ``online_rotations``; not a state-dict name of any model
 ONLINE_ROTATION_TENSOR = "fptq.online_rotation"
+#: the tensor holding the input rotation ``Q_f`` (F32 ``[K, K]``, stored once, never rounded) shared by every
+#: layer of ``input_rotations``
+INPUT_ROTATION_TENSOR = "fptq.input_rotation"
 #: the largest ``|Q Q^T - I|`` entry a stored ``Q`` may have (a float32 rounding of an orthogonal matrix is
 #: orthogonal to ~1e-7; the product is computed in float32)
 ROTATION_TOLERANCE = 1e-3
@@ -311,6 +320,47 @@ def _check_online_rotations(raw: dict, version: int, meta: dict, table: dict, wh
     return paths
 
 
+def _check_input_rotations(raw: dict, version: int, meta: dict, table: dict, where: str) -> list:
+    """``input_rotations`` of a header (``[]`` before version 5), checked against the layers and the
+    tensor table: unique quantized layers of one ``in_features`` K, non-empty exactly when the F32
+    ``[K, K]`` :data:`INPUT_ROTATION_TENSOR` is stored."""
+    if version < 5:
+        present = [k for k in V5_KEYS if k in raw]
+        if present:
+            raise CheckpointError(f"{where}: format_version says {version} but the header has version-5 field "
+                                  f"{present}: the version field is corrupt")
+        paths = []
+    else:
+        paths = _json_field(raw, "input_rotations", where, lambda d: isinstance(d, list) and all(
+            isinstance(p, str) and p for p in d), "a list of quantized layer paths (inputs rotated at run time)")
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        if dup:
+            raise CheckpointError(f"{where}: metadata key 'input_rotations' lists {dup[:3]} more than once")
+        stray = sorted(set(paths) - set(meta["layers"]))
+        if stray:
+            raise CheckpointError(f"{where}: metadata key 'input_rotations' names {stray[:3]}, which are not "
+                                  "quantized layers (metadata key 'layers')")
+    q = table.get(INPUT_ROTATION_TENSOR)
+    if not paths:
+        if q is not None:
+            raise CheckpointError(f"{where}: tensor {INPUT_ROTATION_TENSOR} present but metadata key "
+                                  "'input_rotations' names no layer that uses it")
+        return paths
+    if q is None:
+        raise CheckpointError(f"{where}: metadata key 'input_rotations' names {len(paths)} layers but tensor "
+                              f"{INPUT_ROTATION_TENSOR} (their rotation) is missing")
+    if q[0] != "F32" or len(q[1]) != 2 or q[1][0] != q[1][1] or q[1][0] < 1:
+        raise CheckpointError(f"{where}: tensor {INPUT_ROTATION_TENSOR} is {q[0]} {list(q[1])}; it must be "
+                              "F32 [K, K]")
+    k = q[1][0]
+    for p in paths:
+        if meta["layers"][p]["in_features"] != k:
+            raise CheckpointError(f"{where}: metadata key 'input_rotations': layer {p} has "
+                                  f"{meta['layers'][p]['in_features']} inputs but {INPUT_ROTATION_TENSOR} is "
+                                  f"[{k}, {k}]")
+    return paths
+
+
 def _check_digest_tables(raw: dict, table: dict, where: str) -> dict:
     is_hex_map = (lambda d: isinstance(d, dict) and all(isinstance(v, str) and _HEX64.fullmatch(v)
                                                           for v in d.values()))
@@ -385,6 +435,7 @@ def parse_metadata(raw: dict[str, str], table: dict[str, tuple[str, tuple]], whe
     _check_table(meta["layers"], meta["tied"], table, where)
     _check_int8_rows(meta["int8_rows"], meta["tied"], table, where)
     meta["online_rotations"] = _check_online_rotations(raw, version, meta, table, where)
+    meta["input_rotations"] = _check_input_rotations(raw, version, meta, table, where)
     if version >= 2:
         meta["digests"] = _check_digest_tables(raw, table, where)
     return meta
@@ -406,14 +457,14 @@ def check_int8_row_values(name: str, q: np.ndarray, scale: np.ndarray) -> None:
                 "(row scales must be > 0, finite, and no larger than amax / 127 of finite float32 rows)")
 
 
-def check_rotation_values(q: np.ndarray) -> None:
-    """Check the online rotation ``Q`` (float32 ``[d, d]``): finite and orthogonal, every entry of
-    ``Q Q^T - I`` within :data:`ROTATION_TOLERANCE`."""
+def check_rotation_values(q: np.ndarray, name: str = ONLINE_ROTATION_TENSOR) -> None:
+    """Check a stored rotation (tensor ``name``, float32 ``[d, d]``): finite and orthogonal, every entry
+    of ``Q Q^T - I`` within :data:`ROTATION_TOLERANCE`."""
     if not np.isfinite(q).all():
-        _refuse(ONLINE_ROTATION_TENSOR, "holds NaN/Inf")
+        _refuse(name, "holds NaN/Inf")
     err = float(np.abs(q @ q.T - np.eye(q.shape[0], dtype=np.float32)).max()) if q.size else 0.0
     if not err <= ROTATION_TOLERANCE:
-        _refuse(ONLINE_ROTATION_TENSOR, f"is not orthogonal (max |Q Q^T - I| = {err:.3g} > {ROTATION_TOLERANCE:g})")
+        _refuse(name, f"is not orthogonal (max |Q Q^T - I| = {err:.3g} > {ROTATION_TOLERANCE:g})")
 
 
 def check_layer_values(name: str, e: dict, t: dict[str, np.ndarray]) -> None:

@@ -151,6 +151,11 @@ def fold_check(arch: Arch, group: str, layer, config) -> str | None:
         return None
     if arch.down_fold is None:
         return "no linear produces the down projection's input"
+    from .rotate import input_rotation_of  # torch is there when a layer is planned
+
+    if input_rotation_of(get_submodule(layer, arch.down)) is not None:
+        return (f"{arch.down}'s input is rotated at run time (--rotate online): 1/s on {arch.down_fold}'s rows "
+                "would scale the channels before the rotation mixes them")
     if arch.down_fold_acts is not None:
         cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
         act = getattr(cfg, arch.act_attr, None)

@@ -35,7 +35,7 @@ from .config import QuantConfig
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
-from .rotate import RotationReport, rotate_model
+from .rotate import RotationReport, carry_input_rotation, rotate_model
 
 __all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
@@ -168,7 +168,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     pending = {}  # id(W4A8 module) -> (float linear, group plan, samples)
 
     def make_w4a8(linear, gp, samples=None):
-        module = w4a8(linear, gp, samples)
+        module = carry_input_rotation(linear, w4a8(linear, gp, samples))
         if make_linear is not None:
             pending[id(module)] = (linear, gp, samples)
         return module
@@ -183,7 +183,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
             for attr, child in list(parent.named_children()):
                 if id(child) in pending:
                     linear, gp, samples = pending.pop(id(child))
-                    setattr(parent, attr, make_linear(linear, gp, samples=samples))
+                    setattr(parent, attr, carry_input_rotation(linear, make_linear(linear, gp, samples=samples)))
         if pending:
             raise RuntimeError(f"layer {prefix}: {len(pending)} planned linears were not found to replace")
 

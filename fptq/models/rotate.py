@@ -9,7 +9,11 @@ inputs. Two modes (``mode``):
     gain and bias) is rotated at run time by one float32 ``Q`` =
     :func:`fptq.reference.rotation.random_orthogonal` (:class:`RotateOutput`,
     one ``[d, d]`` float matmul per token and norm) and the linears that read
-    it (q/k/v, gate/up) get ``W Q``. The norm gains stay out of the weights:
+    it (q/k/v, gate/up) get ``W Q``; likewise the down projection's input
+    (QuaRot's R4) by one ``Q_f`` ``[f, f]`` of the MLP width
+    (:func:`attach_input_rotation`: a buffer and a forward pre-hook on the
+    linear, carried over to the W4A8 module that replaces it) with
+    ``W_down Q_f``. The norm gains stay out of the weights:
     folding Gemma-3's gains (0..122) into rotated weights ruined its INT4
     weights (docs/results.md), rotating after the gain does not.
 ``"residual"`` (QuaRot's; RMS-norm models only):
@@ -47,11 +51,14 @@ from ._torch import nn, torch
 from .arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
 from .config import ROTATIONS
 
-__all__ = ["POST_NORMS", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
-           "online_rotation_modules", "wrap_online_rotations"]
+__all__ = ["POST_NORMS", "INPUT_ROTATION", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
+           "online_rotation_modules", "wrap_online_rotations", "attach_input_rotation", "input_rotation_of",
+           "input_rotation_modules", "carry_input_rotation"]
 
 #: post-norms (applied to a sub-block's output before the residual add), by attribute name
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+#: the (non-persistent) buffer of a linear whose input is rotated at run time (:func:`attach_input_rotation`)
+INPUT_ROTATION = "fptq_input_rotation"
 
 
 class RotateOutput(nn.Module):
@@ -86,6 +93,8 @@ class RotationReport:
     #: full module paths (``model.layers.0.input_layernorm``) of the norms wrapped in
     #: :class:`RotateOutput`
     online_norms: list[str] = field(default_factory=list)
+    #: full module paths of the linears whose input is rotated at run time (:func:`attach_input_rotation`)
+    input_rotations: list[str] = field(default_factory=list)
 
 
 def _get(module, name: str) -> np.ndarray:
@@ -182,6 +191,44 @@ def wrap_online_rotations(model, paths, q) -> None:
         setattr(parent, attr, RotateOutput(norm, q))
 
 
+def _rotate_input(module, args):
+    """Forward pre-hook: the linear's input times its :data:`INPUT_ROTATION` buffer."""
+    x = args[0]
+    return (x @ getattr(module, INPUT_ROTATION).to(x.dtype),) + tuple(args[1:])
+
+
+def attach_input_rotation(module, q) -> None:
+    """Make ``module`` (a linear of K inputs, float or W4A8) compute on ``x @ q`` instead of ``x``:
+    ``q`` (float32 ``[K, K]`` tensor, shared, not copied) becomes its non-persistent buffer
+    :data:`INPUT_ROTATION` and a forward pre-hook multiplies every input by it, so calibration hooks and
+    the quantized forward both see the rotated input. Its weight must already be ``W q``."""
+    if input_rotation_of(module) is not None:
+        raise ValueError(f"{type(module).__name__} already has an input rotation")
+    k = module.in_features
+    if tuple(q.shape) != (k, k):
+        raise ValueError(f"input rotation of shape {list(q.shape)} for a linear of {k} inputs (needs [{k}, {k}])")
+    module.register_buffer(INPUT_ROTATION, q, persistent=False)
+    module.register_forward_pre_hook(_rotate_input)
+
+
+def input_rotation_of(module):
+    """The input rotation :func:`attach_input_rotation` gave ``module``, or None."""
+    return getattr(module, INPUT_ROTATION, None)
+
+
+def carry_input_rotation(old, new):
+    """``new`` (the module replacing ``old``) gets ``old``'s input rotation, if any; returns ``new``."""
+    q = input_rotation_of(old)
+    if q is not None:
+        attach_input_rotation(new, q)
+    return new
+
+
+def input_rotation_modules(model) -> dict:
+    """path -> module, for every module of ``model`` with an input rotation."""
+    return {n: m for n, m in model.named_modules() if input_rotation_of(m) is not None}
+
+
 def _rotate_heads(layer, arch, qh) -> None:
     sub = lambda path: get_submodule(layer, path)  # noqa: E731
     v, o = sub(arch.v), sub(arch.o)
@@ -227,9 +274,16 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
         if mode == "residual":
             _rotate_stream(model, arch, layers, prefix, q, q_online, report)
         else:
+            width = get_submodule(layers[0], arch.down).weight.shape[1]
+            q_f = R.random_orthogonal(width, seed + 2)
+            q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
             for i, layer in enumerate(layers):
                 for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
                     _rotate_reader(lin, q)
+                down = get_submodule(layer, arch.down)
+                _rotate_reader(down, q_f)
+                attach_input_rotation(down, q_f_online)
+                report.input_rotations.append(f"{prefix}{i}.{arch.down}")
                 for n in (arch.attn_norm, arch.mlp_norm):
                     parent_path, _, attr = n.rpartition(".")
                     parent = get_submodule(layer, parent_path) if parent_path else layer
