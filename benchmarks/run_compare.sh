@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FPTQ="${FPTQ:-fptq}"
 OUT="${OUT:-results/compare}"
-METHODS="${METHODS:-fp32,rtn_w4a16,gptq_w4a16,smoothquant_w8a8,w4a8_dynamic,w4a8_static,fptq_paper,fptq_w4a8_int,fptq_w4a8_fake,fptq_a8_only,fptq_w4_only,fptq_w4a8_dynamic,fptq_w4a8_error_static,fptq_w4a8_bands,fptq_w4a8_noclip,fptq_w4a8_sequential,fptq_w4a8_rtn,fptq_w4a8_mse,fptq_w4a8_int4_sym,fptq_w4a8_rotate,fptq_w4a8_g64}"
+METHODS="${METHODS:-fp32,rtn_w4a16,gptq_w4a16,smoothquant_w8a8,w4a8_dynamic,w4a8_static,fptq_paper,fptq_w4a8_int,fptq_w4a8_fake,fptq_a8_only,fptq_w4_only,fptq_w4a8_dynamic,fptq_w4a8_error_static,fptq_w4a8_bands,fptq_w4a8_noclip,fptq_w4a8_sequential,fptq_w4a8_rtn,fptq_w4a8_mse,fptq_w4a8_int4_sym,fptq_w4a8_rotate_none,fptq_w4a8_rotate_residual,fptq_w4a8_g64}"
 PEERS="${PEERS-docs/results/peers-smollm2.json}"
 peers=()
 if [[ -n "$PEERS" && -f "$PEERS" ]]; then peers=(--peers "$PEERS"); fi
