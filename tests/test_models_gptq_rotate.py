@@ -21,7 +21,7 @@ from fptq.models.checkpoint_meta import INPUT_ROTATION_TENSOR, ONLINE_ROTATION_T
 from fptq.models.config import QuantConfig  # noqa: E402
 from fptq.models.qlinear import W4A8Linear, quantized_linears, set_quantized_mode  # noqa: E402
 from fptq.models.quantize import quantize_model  # noqa: E402
-from fptq.models.rotate import RotateOutput, input_rotation_modules  # noqa: E402
+from fptq.models.rotate import INPUT_ROTATION, RotateOutput, factors_of, input_rotation_modules  # noqa: E402
 from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
 
 IDS = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -98,6 +98,9 @@ def test_online_rotation_round_trips_through_a_checkpoint(tmp_path, family, caps
     for backend in ("numpy", "numba"):
         set_quantized_mode(res.model, "integer", backend)
         loaded, _, _ = load_quantized(d, backend=backend)
+        # the stored Q and Q_f are recognised as fptq's randomized Hadamard matrices: the fast product again
+        assert all(factors_of(m, "rotation") is not None for m in _online(loaded).values())
+        assert all(factors_of(m, INPUT_ROTATION) is not None for m in input_rotation_modules(loaded).values())
         with torch.no_grad():
             assert torch.equal(loaded(IDS).logits, res.model(IDS).logits), backend
     set_quantized_mode(res.model, "integer", "numpy")

@@ -26,6 +26,32 @@ def test_random_orthogonal_is_orthogonal_and_spreads_a_channel(n):
     assert not np.array_equal(q, R.random_orthogonal(n, seed=4)) or n == 1
 
 
+@pytest.mark.parametrize("n", [1, 2, 16, 96, 576, 640, 1536])
+def test_hadamard_factors_give_the_dense_product_fast(n):
+    f = R.hadamard_factors(n, seed=3)
+    q = R.random_orthogonal(n, seed=3)
+    assert np.array_equal(f.dense(), q) and f.p2 == n & -n
+    x = np.random.default_rng(0).standard_normal((2, 5, n))
+    np.testing.assert_allclose(R.apply_hadamard_factors(x, f.signs, f.r), x @ q, rtol=0, atol=1e-12)
+    # the torch float32 path the models run (float arithmetic: a tolerance, not bit equality)
+    from fptq.models.rotate import factor_tensors
+    signs, r = factor_tensors(f)
+    xt = torch.from_numpy(x.astype(np.float32))
+    got = R.apply_hadamard_factors(xt, signs, r).double().numpy()
+    np.testing.assert_allclose(got, x @ q, rtol=0, atol=2e-5 * np.abs(x @ q).max())
+
+
+def test_matching_factors_recognise_only_fptqs_own_rotation():
+    from fptq.models.rotate import matching_factors
+    q = torch.from_numpy(R.random_orthogonal(96, seed=7).astype(np.float32))
+    signs, r = matching_factors(q, [5, 7])
+    assert torch.equal(signs, torch.from_numpy(R.hadamard_factors(96, 7).signs.astype(np.float32)))
+    assert matching_factors(q, [5, 9]) is None                      # another seed's matrix
+    other = q.clone()
+    other[0, 0] = torch.nextafter(other[0, 0], torch.tensor(2.0))   # one ulp off: not fptq's, used densely
+    assert matching_factors(other, [7]) is None
+
+
 def test_sylvester_hadamard():
     h = R.sylvester_hadamard(8)
     assert np.array_equal(h @ h.T, 8 * np.eye(8))

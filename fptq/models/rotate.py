@@ -53,7 +53,7 @@ from .config import ROTATIONS
 
 __all__ = ["POST_NORMS", "INPUT_ROTATION", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
            "online_rotation_modules", "wrap_online_rotations", "attach_input_rotation", "input_rotation_of",
-           "input_rotation_modules", "carry_input_rotation"]
+           "input_rotation_modules", "carry_input_rotation", "factor_tensors", "matching_factors", "factors_of"]
 
 #: post-norms (applied to a sub-block's output before the residual add), by attribute name
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
@@ -66,18 +66,20 @@ class RotateOutput(nn.Module):
     Gemma post-norm into the rotated residual stream's basis in ``"residual"`` mode).
 
     ``q``: a float32 ``[d, d]`` tensor or array; a float32 C-contiguous one is shared, not copied
-    (every post-norm of a model holds the same ``Q``)."""
+    (every norm of a model holds the same ``Q``). ``factors``: ``(signs, r)`` float32 tensors of ``Q``
+    as a randomized Hadamard matrix (:func:`factor_tensors`): the product is then computed in
+    ``O(d log d)`` (:func:`fptq.reference.rotation.apply_hadamard_factors`) instead of as a dense matmul."""
 
-    def __init__(self, norm: nn.Module, q) -> None:
+    def __init__(self, norm: nn.Module, q, factors=None) -> None:
         super().__init__()
         self.norm = norm
         if not isinstance(q, torch.Tensor):
             q = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
         self.register_buffer("rotation", q.to(torch.float32))
+        _register_factors(self, "rotation", factors)
 
     def forward(self, x):
-        y = self.norm(x)
-        return y @ self.rotation.to(y.dtype)
+        return _times_rotation(self.norm(x), self, "rotation")
 
 
 @dataclass
@@ -170,7 +172,7 @@ def online_rotation_modules(model) -> dict[str, RotateOutput]:
     return {n: m for n, m in model.named_modules() if isinstance(m, RotateOutput)}
 
 
-def wrap_online_rotations(model, paths, q) -> None:
+def wrap_online_rotations(model, paths, q, factors=None) -> None:
     """Wrap each module of ``paths`` (norms, :func:`online_rotation_targets`) in
     ``RotateOutput(module, q)``, all sharing one float32 ``q``; raises ValueError naming a path that
     is not such a norm, or a ``q`` that is not ``[d, d]``."""
@@ -188,26 +190,64 @@ def wrap_online_rotations(model, paths, q) -> None:
         d = norm.weight.shape[-1]
         if tuple(q.shape) != (d, d):
             raise ValueError(f"rotation of shape {list(q.shape)} for {p!r}, whose width is {d} (needs [{d}, {d}])")
-        setattr(parent, attr, RotateOutput(norm, q))
+        setattr(parent, attr, RotateOutput(norm, q, factors))
+
+
+def factor_tensors(f: R.HadamardFactors) -> tuple:
+    """``(signs, r)`` of ``f`` as float32 tensors (to be shared by every module rotating by ``f``)."""
+    return (torch.from_numpy(np.ascontiguousarray(f.signs, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(f.r, dtype=np.float32)))
+
+
+def matching_factors(q, seeds) -> tuple | None:
+    """:func:`factor_tensors` of the randomized Hadamard matrix :func:`fptq.reference.rotation.random_orthogonal`
+    ``(n, seed)`` for the first of ``seeds`` whose float32 matrix equals ``q`` bit for bit, else None (a
+    checkpoint's stored ``Q`` made by fptq gets the fast product back; any other ``Q`` is used densely)."""
+    for seed in seeds:
+        f = R.hadamard_factors(q.shape[0], seed)
+        if torch.equal(torch.from_numpy(f.dense().astype(np.float32)), q.detach().cpu()):
+            return factor_tensors(f)
+    return None
+
+
+def _register_factors(module, name: str, factors) -> None:
+    if factors is not None:
+        module.register_buffer(f"{name}_signs", factors[0], persistent=False)
+        module.register_buffer(f"{name}_r", factors[1], persistent=False)
+
+
+def factors_of(module, name: str):
+    """``(signs, r)`` registered on ``module`` for its rotation buffer ``name``, or None."""
+    signs = getattr(module, f"{name}_signs", None)
+    return None if signs is None else (signs, getattr(module, f"{name}_r"))
+
+
+def _times_rotation(x, module, name: str):
+    """``x @ Q`` for ``module``'s rotation buffer ``name``: fast when its factors are registered."""
+    f = factors_of(module, name)
+    if f is not None:
+        return R.apply_hadamard_factors(x, f[0].to(x.dtype), f[1].to(x.dtype))
+    return x @ getattr(module, name).to(x.dtype)
 
 
 def _rotate_input(module, args):
     """Forward pre-hook: the linear's input times its :data:`INPUT_ROTATION` buffer."""
-    x = args[0]
-    return (x @ getattr(module, INPUT_ROTATION).to(x.dtype),) + tuple(args[1:])
+    return (_times_rotation(args[0], module, INPUT_ROTATION),) + tuple(args[1:])
 
 
-def attach_input_rotation(module, q) -> None:
+def attach_input_rotation(module, q, factors=None) -> None:
     """Make ``module`` (a linear of K inputs, float or W4A8) compute on ``x @ q`` instead of ``x``:
     ``q`` (float32 ``[K, K]`` tensor, shared, not copied) becomes its non-persistent buffer
     :data:`INPUT_ROTATION` and a forward pre-hook multiplies every input by it, so calibration hooks and
-    the quantized forward both see the rotated input. Its weight must already be ``W q``."""
+    the quantized forward both see the rotated input. Its weight must already be ``W q``. ``factors``:
+    see :class:`RotateOutput`."""
     if input_rotation_of(module) is not None:
         raise ValueError(f"{type(module).__name__} already has an input rotation")
     k = module.in_features
     if tuple(q.shape) != (k, k):
         raise ValueError(f"input rotation of shape {list(q.shape)} for a linear of {k} inputs (needs [{k}, {k}])")
     module.register_buffer(INPUT_ROTATION, q, persistent=False)
+    _register_factors(module, INPUT_ROTATION, factors)
     module.register_forward_pre_hook(_rotate_input)
 
 
@@ -220,7 +260,7 @@ def carry_input_rotation(old, new):
     """``new`` (the module replacing ``old``) gets ``old``'s input rotation, if any; returns ``new``."""
     q = input_rotation_of(old)
     if q is not None:
-        attach_input_rotation(new, q)
+        attach_input_rotation(new, q, factors_of(old, INPUT_ROTATION))
     return new
 
 
@@ -266,28 +306,32 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
     d = model.get_input_embeddings().weight.shape[1]
     hd = _head_dim(model.config) if heads else None
     report = RotationReport(arch.family, d, hd, seed, mode)
-    q = R.random_orthogonal(d, seed)
+    fq = R.hadamard_factors(d, seed)
+    q = fq.dense()
     qh = R.random_orthogonal(hd, seed + 1) if heads else None
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
+    q_factors = factor_tensors(fq)
     prefix = f"{layers_path}." if layers_path else ""
     with torch.no_grad():
         if mode == "residual":
-            _rotate_stream(model, arch, layers, prefix, q, q_online, report)
+            _rotate_stream(model, arch, layers, prefix, q, (q_online, q_factors), report)
         else:
             width = get_submodule(layers[0], arch.down).weight.shape[1]
-            q_f = R.random_orthogonal(width, seed + 2)
+            ff = R.hadamard_factors(width, seed + 2)
+            q_f = ff.dense()
             q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
+            f_factors = factor_tensors(ff)
             for i, layer in enumerate(layers):
                 for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
                     _rotate_reader(lin, q)
                 down = get_submodule(layer, arch.down)
                 _rotate_reader(down, q_f)
-                attach_input_rotation(down, q_f_online)
+                attach_input_rotation(down, q_f_online, f_factors)
                 report.input_rotations.append(f"{prefix}{i}.{arch.down}")
                 for n in (arch.attn_norm, arch.mlp_norm):
                     parent_path, _, attr = n.rpartition(".")
                     parent = get_submodule(layer, parent_path) if parent_path else layer
-                    setattr(parent, attr, RotateOutput(getattr(parent, attr), q_online))
+                    setattr(parent, attr, RotateOutput(getattr(parent, attr), q_online, q_factors))
                     report.online_norms.append(f"{prefix}{i}.{n}")
         if heads:
             for layer in layers:
@@ -295,7 +339,7 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
     return report
 
 
-def _rotate_stream(model, arch, layers, prefix, q, q_online, report) -> None:
+def _rotate_stream(model, arch, layers, prefix, q, online, report) -> None:
     """The ``"residual"`` mode's part before the value heads (steps 1-3 of the module docstring)."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
@@ -315,7 +359,7 @@ def _rotate_stream(model, arch, layers, prefix, q, q_online, report) -> None:
         posts = _post_norms(arch, layer)
         if posts:
             for n in posts:
-                setattr(layer, n, RotateOutput(get_submodule(layer, n), q_online))
+                setattr(layer, n, RotateOutput(get_submodule(layer, n), *online))
                 report.online_norms.append(f"{prefix}{i}.{n}")
         else:
             _rotate_writer(sub(arch.o), q)

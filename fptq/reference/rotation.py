@@ -33,9 +33,12 @@ All arithmetic is float64; results are returned as float32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["sylvester_hadamard", "random_orthogonal", "fold_norm_weight", "rotate_input_side",
+__all__ = ["sylvester_hadamard", "HadamardFactors", "hadamard_factors", "random_orthogonal", "fwht_rows",
+           "apply_hadamard_factors", "fold_norm_weight", "rotate_input_side",
            "rotate_output_side", "rotate_head_rows", "rotate_head_columns"]
 
 
@@ -49,8 +52,28 @@ def sylvester_hadamard(n: int) -> np.ndarray:
     return h
 
 
-def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
-    """A randomized Hadamard rotation of width ``n`` (float64 [n, n], ``Q Q^T = I``); see the module docstring."""
+@dataclass(frozen=True)
+class HadamardFactors:
+    """The factors of a randomized Hadamard rotation ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r``.
+
+    ``signs``: float64 [n] of ±1; ``r``: float64 [m, m] orthogonal (``[[1]]`` for m = 1);
+    ``p2 = n / m`` a power of two. ``x Q`` costs ``O(n log p2 + n m)`` this way
+    (:func:`apply_hadamard_factors`) instead of ``O(n^2)``."""
+
+    signs: np.ndarray
+    r: np.ndarray
+
+    @property
+    def p2(self) -> int:
+        return self.signs.shape[0] // self.r.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """``Q`` as a float64 [n, n] matrix."""
+        return self.signs[:, None] * np.kron(sylvester_hadamard(self.p2) / np.sqrt(self.p2), self.r)
+
+
+def hadamard_factors(n: int, seed: int = 0) -> HadamardFactors:
+    """The factors of :func:`random_orthogonal` ``(n, seed)`` (same random draws)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"n: expected a positive width, got {n}")
@@ -62,9 +85,46 @@ def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
     else:
         qr, tri = np.linalg.qr(rng.standard_normal((m, m)))
         r = qr * np.sign(np.diag(tri))  # Haar-distributed
-    q = np.kron(sylvester_hadamard(p2) / np.sqrt(p2), r)
     signs = rng.choice([-1.0, 1.0], size=n)
-    return signs[:, None] * q
+    return HadamardFactors(signs, r)
+
+
+def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
+    """A randomized Hadamard rotation of width ``n`` (float64 [n, n], ``Q Q^T = I``); see the module docstring."""
+    return hadamard_factors(n, seed).dense()
+
+
+def fwht_rows(y):
+    """The unnormalized Walsh-Hadamard transform along axis -2 of ``y`` [..., p2, m] (``H_p2 y``, Sylvester
+    order; p2 a power of two), by ``log2 p2`` butterfly stages; works on NumPy arrays and torch tensors."""
+    p2, m = y.shape[-2], y.shape[-1]
+    lead = tuple(y.shape[:-2])
+    h = 1
+    while h < p2:
+        y = y.reshape(lead + (p2 // (2 * h), 2, h, m))
+        a, b = y[..., 0, :, :], y[..., 1, :, :]
+        y = _stack((a + b, a - b), y)
+        h *= 2
+    return y.reshape(lead + (p2, m))
+
+
+def _stack(pair, like):
+    if isinstance(like, np.ndarray):
+        return np.stack(pair, axis=-3)
+    import torch
+
+    return torch.stack(pair, dim=-3)
+
+
+def apply_hadamard_factors(x, signs, r):
+    """``x Q`` for ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r`` without forming ``Q``: ``x`` [..., n], ``signs``
+    [n], ``r`` [m, m] (NumPy arrays or torch tensors of one dtype). With ``X`` = ``x * signs`` as
+    [..., p2, m]: ``x Q = (H X r) / sqrt(p2)``; same result as ``x @ Q`` up to float rounding."""
+    n, m = x.shape[-1], r.shape[0]
+    p2 = n // m
+    y = (x * signs).reshape(tuple(x.shape[:-1]) + (p2, m))
+    y = fwht_rows(y) * (1.0 / np.sqrt(p2))
+    return (y @ r).reshape(x.shape)
 
 
 def _f64(a) -> np.ndarray:
