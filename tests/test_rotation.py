@@ -35,21 +35,26 @@ def test_hadamard_factors_give_the_dense_product_fast(n):
     np.testing.assert_allclose(R.apply_hadamard_factors(x, f.signs, f.r), x @ q, rtol=0, atol=1e-12)
     # the torch float32 path the models run (float arithmetic: a tolerance, not bit equality)
     from fptq.models.rotate import factor_tensors
-    signs, r = factor_tensors(f)
+    signs, r = factor_tensors(torch.from_numpy(q.astype(np.float32)))
     xt = torch.from_numpy(x.astype(np.float32))
     got = R.apply_hadamard_factors(xt, signs, r).double().numpy()
     np.testing.assert_allclose(got, x @ q, rtol=0, atol=2e-5 * np.abs(x @ q).max())
 
 
-def test_matching_factors_recognise_only_fptqs_own_rotation():
-    from fptq.models.rotate import matching_factors
-    q = torch.from_numpy(R.random_orthogonal(96, seed=7).astype(np.float32))
-    signs, r = matching_factors(q, [5, 7])
-    assert torch.equal(signs, torch.from_numpy(R.hadamard_factors(96, 7).signs.astype(np.float32)))
-    assert matching_factors(q, [5, 9]) is None                      # another seed's matrix
-    other = q.clone()
-    other[0, 0] = torch.nextafter(other[0, 0], torch.tensor(2.0))   # one ulp off: not fptq's, used densely
-    assert matching_factors(other, [7]) is None
+@pytest.mark.parametrize("n", [1, 96, 576, 1536])
+def test_factors_are_read_from_the_stored_matrix_alone(n):
+    from fptq.models.rotate import factor_tensors
+    q = torch.from_numpy(R.random_orthogonal(n, seed=7).astype(np.float32))
+    signs, r = factor_tensors(q)
+    x = torch.randn(3, n, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(R.apply_hadamard_factors(x, signs, r).numpy(), (x @ q).numpy(), rtol=0, atol=1e-5)
+    assert factor_tensors(q.clone()) is not None and torch.equal(factor_tensors(q.clone())[1], r)   # deterministic
+    dense = torch.from_numpy(np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))[0].astype(np.float32))
+    assert n == 1 or factor_tensors(dense) is None            # an orthogonal matrix of another form: used densely
+    if n > 1:
+        other = q.clone()
+        other[0, 1] += 1e-3                                       # not of the form any more
+        assert factor_tensors(other) is None
 
 
 def test_sylvester_hadamard():

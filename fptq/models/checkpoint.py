@@ -59,7 +59,7 @@ from .checkpoint_meta import (
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import MODES, W4A8Linear
 from .rotate import (
-    attach_input_rotation, input_rotation_modules, input_rotation_of, matching_factors, online_rotation_modules,
+    attach_input_rotation, factor_tensors, input_rotation_modules, input_rotation_of, online_rotation_modules,
     online_rotation_targets, wrap_online_rotations,
 )
 
@@ -591,14 +591,12 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
     if untied:
         raise CheckpointError(f"{meta['_path']}: the config ties {untied[:4]} but the checkpoint stores them "
                               "separately (metadata key 'tied')")
-    qc = meta["quant_config"] or {}
-    seeds = [qc["seed"], qc["seed"] + 2] if isinstance(qc.get("seed"), int) else []
     if meta["online_rotations"]:  # after the tie checks: the wrapped modules share one Q
         try:
-            wrap_online_rotations(model, meta["online_rotations"], q, matching_factors(q, seeds))
+            wrap_online_rotations(model, meta["online_rotations"], q, factor_tensors(q))
         except ValueError as e:
             raise CheckpointError(f"{meta['_path']}: metadata key 'online_rotations': {e}") from None
-    f_in = matching_factors(q_in, seeds) if meta["input_rotations"] else None
+    f_in = factor_tensors(q_in) if meta["input_rotations"] else None
     for name in meta["input_rotations"]:  # one shared Q_f tensor
         attach_input_rotation(get_submodule(model, name), q_in, f_in)
     for name in meta["layers"]:

@@ -53,7 +53,7 @@ from .config import ROTATIONS
 
 __all__ = ["POST_NORMS", "INPUT_ROTATION", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
            "online_rotation_modules", "wrap_online_rotations", "attach_input_rotation", "input_rotation_of",
-           "input_rotation_modules", "carry_input_rotation", "factor_tensors", "matching_factors", "factors_of"]
+           "input_rotation_modules", "carry_input_rotation", "factor_tensors", "factors_of"]
 
 #: post-norms (applied to a sub-block's output before the residual add), by attribute name
 POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
@@ -193,21 +193,16 @@ def wrap_online_rotations(model, paths, q, factors=None) -> None:
         setattr(parent, attr, RotateOutput(norm, q, factors))
 
 
-def factor_tensors(f: R.HadamardFactors) -> tuple:
-    """``(signs, r)`` of ``f`` as float32 tensors (to be shared by every module rotating by ``f``)."""
+def factor_tensors(q) -> tuple | None:
+    """``(signs, r)`` float32 tensors of the float32 rotation ``q`` (a tensor) if it is a randomized
+    Hadamard matrix (:func:`fptq.reference.rotation.hadamard_factors_of`, read from ``q`` itself), else
+    None. The model that rotate_model makes and the one a checkpoint loads both derive them from the same
+    stored ``q``, so both compute the same fast product bit for bit; any other ``q`` is used densely."""
+    f = R.hadamard_factors_of(q.detach().cpu().numpy())
+    if f is None:
+        return None
     return (torch.from_numpy(np.ascontiguousarray(f.signs, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(f.r, dtype=np.float32)))
-
-
-def matching_factors(q, seeds) -> tuple | None:
-    """:func:`factor_tensors` of the randomized Hadamard matrix :func:`fptq.reference.rotation.random_orthogonal`
-    ``(n, seed)`` for the first of ``seeds`` whose float32 matrix equals ``q`` bit for bit, else None (a
-    checkpoint's stored ``Q`` made by fptq gets the fast product back; any other ``Q`` is used densely)."""
-    for seed in seeds:
-        f = R.hadamard_factors(q.shape[0], seed)
-        if torch.equal(torch.from_numpy(f.dense().astype(np.float32)), q.detach().cpu()):
-            return factor_tensors(f)
-    return None
 
 
 def _register_factors(module, name: str, factors) -> None:
@@ -306,21 +301,19 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
     d = model.get_input_embeddings().weight.shape[1]
     hd = _head_dim(model.config) if heads else None
     report = RotationReport(arch.family, d, hd, seed, mode)
-    fq = R.hadamard_factors(d, seed)
-    q = fq.dense()
+    q = R.random_orthogonal(d, seed)
     qh = R.random_orthogonal(hd, seed + 1) if heads else None
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
-    q_factors = factor_tensors(fq)
+    q_factors = factor_tensors(q_online)
     prefix = f"{layers_path}." if layers_path else ""
     with torch.no_grad():
         if mode == "residual":
             _rotate_stream(model, arch, layers, prefix, q, (q_online, q_factors), report)
         else:
             width = get_submodule(layers[0], arch.down).weight.shape[1]
-            ff = R.hadamard_factors(width, seed + 2)
-            q_f = ff.dense()
+            q_f = R.random_orthogonal(width, seed + 2)
             q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
-            f_factors = factor_tensors(ff)
+            f_factors = factor_tensors(q_f_online)
             for i, layer in enumerate(layers):
                 for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
                     _rotate_reader(lin, q)

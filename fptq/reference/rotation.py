@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["sylvester_hadamard", "HadamardFactors", "hadamard_factors", "random_orthogonal", "fwht_rows",
+__all__ = ["sylvester_hadamard", "HadamardFactors", "hadamard_factors", "hadamard_factors_of", "random_orthogonal", "fwht_rows",
            "apply_hadamard_factors", "fold_norm_weight", "rotate_input_side",
            "rotate_output_side", "rotate_head_rows", "rotate_head_columns"]
 
@@ -87,6 +87,28 @@ def hadamard_factors(n: int, seed: int = 0) -> HadamardFactors:
         r = qr * np.sign(np.diag(tri))  # Haar-distributed
     signs = rng.choice([-1.0, 1.0], size=n)
     return HadamardFactors(signs, r)
+
+
+def hadamard_factors_of(q, atol: float = 1e-6) -> HadamardFactors | None:
+    """The factors of ``q`` [n, n] if it is a randomized Hadamard matrix ``diag(s) (H_p2 / sqrt(p2)) ⊗ r``
+    (``p2`` the largest power of two dividing n) to within ``atol`` per entry, else None.
+
+    Read from ``q`` itself (no seed needed), so a model and its reloaded checkpoint derive the same
+    factors from the same stored float32 ``q``: the first row of ``H`` is all ones, so
+    ``r' = sqrt(p2) q[:m, :m]`` (``r`` up to row signs) and each row's sign ``s'_i`` is the one that
+    makes ``q[i, :m]`` a multiple of ``r'[i mod m]``; ``diag(s') (H / sqrt(p2)) ⊗ r'`` equals ``q``
+    whenever ``q`` has the form."""
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim != 2 or q.shape[0] != q.shape[1] or q.shape[0] < 1:
+        return None
+    n = q.shape[0]
+    p2 = n & -n
+    m = n // p2
+    r = q[:m, :m] * np.sqrt(p2)
+    dots = np.einsum("ij,ij->i", q[:, :m], np.tile(r, (p2, 1)))
+    signs = np.where(dots < 0, -1.0, 1.0)
+    f = HadamardFactors(signs, r)
+    return f if float(np.abs(f.dense() - q).max()) <= atol else None
 
 
 def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
