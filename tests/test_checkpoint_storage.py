@@ -209,21 +209,13 @@ def test_version_4_checkpoint_still_loads(tmp_path, tiny):
     assert torch.equal(_logits(m4), stored_logits(res.model, "bfloat16"))
 
 
-def test_version_4_with_input_rotations_key_is_refused(tmp_path, tiny):
+@pytest.mark.parametrize("version,newer_key", [("4", "input_rotations"), ("3", "online_rotations")])
+def test_an_older_version_with_a_newer_key_is_refused(tmp_path, tiny, version, newer_key):
     res, cfg = tiny
     bf16 = _save(tmp_path / "bf16", res, cfg)
-    d = rewrite(bf16, tmp_path / "v4keys", edit_meta=lambda m: m.__setitem__("format_version", "4"))
-    with pytest.raises(CheckpointError, match=r"format_version says 4 but the header has version-5 field "
-                                              r"\['input_rotations'\]"):
-        load_quantized(d, backend="numpy")
-
-
-def test_version_3_with_online_rotations_key_is_refused(tmp_path, tiny):
-    res, cfg = tiny
-    bf16 = _save(tmp_path / "bf16", res, cfg)
-    d = rewrite(bf16, tmp_path / "v3keys", edit_meta=lambda m: m.__setitem__("format_version", "3"))
-    with pytest.raises(CheckpointError, match=r"format_version says 3 but the header has version-4 field "
-                                              r"\['online_rotations'\]"):
+    d = rewrite(bf16, tmp_path / "keys", edit_meta=lambda m: m.__setitem__("format_version", version))
+    with pytest.raises(CheckpointError, match=rf"format_version says {version} but the header has version-"
+                                              rf"{int(version) + 1} field \['{newer_key}'\]"):
         load_quantized(d, backend="numpy")
 
 

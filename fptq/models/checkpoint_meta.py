@@ -278,39 +278,47 @@ def _check_storage_keys(raw: dict, version: int, where: str) -> tuple[str, dict]
     return fd, rows
 
 
-def _check_online_rotations(raw: dict, version: int, meta: dict, table: dict, where: str) -> list:
-    """``online_rotations`` of a header (``[]`` before version 4), checked against the tensor table:
-    unique module paths, each storing an F32 ``[d]`` weight, non-empty exactly when the F32 ``[d, d]``
-    :data:`ONLINE_ROTATION_TENSOR` is stored."""
-    if version < 4:
-        present = [k for k in V4_KEYS if k in raw]
+def _rotation_paths(raw: dict, version: int, key: str, since: int, tensor: str, table: dict, where: str,
+                    what: str, unit: str, symbol: str) -> tuple[list, int | None]:
+    """The part the two rotation keys share: ``key`` (a version-``since`` key; refused before it, ``[]``
+    then) parsed as a list of unique module paths, and the F32 ``[n, n]`` ``tensor`` stored exactly
+    when the list is non-empty; returns ``(paths, n)`` (``n`` None when there are none)."""
+    if version < since:
+        present = [k for k in (key,) if k in raw]
         if present:
-            raise CheckpointError(f"{where}: format_version says {version} but the header has version-4 field "
-                                  f"{present}: the version field is corrupt")
+            raise CheckpointError(f"{where}: format_version says {version} but the header has version-{since} "
+                                  f"field {present}: the version field is corrupt")
         paths = []
     else:
-        paths = _json_field(raw, "online_rotations", where, lambda d: isinstance(d, list) and all(
-            isinstance(p, str) and p for p in d), "a list of module paths (the norms rotated at run time)")
+        paths = _json_field(raw, key, where, lambda d: isinstance(d, list) and all(
+            isinstance(p, str) and p for p in d), f"a list of {what}")
         dup = sorted({p for p in paths if paths.count(p) > 1})
         if dup:
-            raise CheckpointError(f"{where}: metadata key 'online_rotations' lists {dup[:3]} more than once")
-        clash = sorted(set(paths) & (set(meta["layers"]) | set(meta["int8_rows"])))
-        if clash:
-            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {clash[:3]}, which are "
-                                  "quantized layers or INT8-rows modules, not norms")
-    q = table.get(ONLINE_ROTATION_TENSOR)
+            raise CheckpointError(f"{where}: metadata key {key!r} lists {dup[:3]} more than once")
+    q = table.get(tensor)
     if not paths:
         if q is not None:
-            raise CheckpointError(f"{where}: tensor {ONLINE_ROTATION_TENSOR} present but metadata key "
-                                  "'online_rotations' names no module that uses it")
-        return paths
+            raise CheckpointError(f"{where}: tensor {tensor} present but metadata key {key!r} names no {unit} "
+                                  "that uses it")
+        return paths, None
     if q is None:
-        raise CheckpointError(f"{where}: metadata key 'online_rotations' names {len(paths)} modules but tensor "
-                              f"{ONLINE_ROTATION_TENSOR} (their rotation) is missing")
+        raise CheckpointError(f"{where}: metadata key {key!r} names {len(paths)} {unit}s but tensor {tensor} "
+                              "(their rotation) is missing")
     if q[0] != "F32" or len(q[1]) != 2 or q[1][0] != q[1][1] or q[1][0] < 1:
-        raise CheckpointError(f"{where}: tensor {ONLINE_ROTATION_TENSOR} is {q[0]} {list(q[1])}; it must be "
-                              "F32 [d, d]")
-    d = q[1][0]
+        raise CheckpointError(f"{where}: tensor {tensor} is {q[0]} {list(q[1])}; it must be F32 [{symbol}, {symbol}]")
+    return paths, q[1][0]
+
+
+def _check_online_rotations(raw: dict, version: int, meta: dict, table: dict, where: str) -> list:
+    """``online_rotations`` of a header (``[]`` before version 4), checked against the tensor table:
+    unique module paths, none a quantized layer or INT8-rows module, each storing an F32 ``[d]``
+    weight, non-empty exactly when the F32 ``[d, d]`` :data:`ONLINE_ROTATION_TENSOR` is stored."""
+    paths, d = _rotation_paths(raw, version, "online_rotations", 4, ONLINE_ROTATION_TENSOR, table, where,
+                               "module paths (the norms rotated at run time)", "module", "d")
+    clash = sorted(set(paths) & (set(meta["layers"]) | set(meta["int8_rows"])))
+    if clash:
+        raise CheckpointError(f"{where}: metadata key 'online_rotations' names {clash[:3]}, which are "
+                              "quantized layers or INT8-rows modules, not norms")
     for p in paths:
         w = table.get(f"{p}.weight")
         if w != ("F32", (d,)):
@@ -324,35 +332,12 @@ def _check_input_rotations(raw: dict, version: int, meta: dict, table: dict, whe
     """``input_rotations`` of a header (``[]`` before version 5), checked against the layers and the
     tensor table: unique quantized layers of one ``in_features`` K, non-empty exactly when the F32
     ``[K, K]`` :data:`INPUT_ROTATION_TENSOR` is stored."""
-    if version < 5:
-        present = [k for k in V5_KEYS if k in raw]
-        if present:
-            raise CheckpointError(f"{where}: format_version says {version} but the header has version-5 field "
-                                  f"{present}: the version field is corrupt")
-        paths = []
-    else:
-        paths = _json_field(raw, "input_rotations", where, lambda d: isinstance(d, list) and all(
-            isinstance(p, str) and p for p in d), "a list of quantized layer paths (inputs rotated at run time)")
-        dup = sorted({p for p in paths if paths.count(p) > 1})
-        if dup:
-            raise CheckpointError(f"{where}: metadata key 'input_rotations' lists {dup[:3]} more than once")
-        stray = sorted(set(paths) - set(meta["layers"]))
-        if stray:
-            raise CheckpointError(f"{where}: metadata key 'input_rotations' names {stray[:3]}, which are not "
-                                  "quantized layers (metadata key 'layers')")
-    q = table.get(INPUT_ROTATION_TENSOR)
-    if not paths:
-        if q is not None:
-            raise CheckpointError(f"{where}: tensor {INPUT_ROTATION_TENSOR} present but metadata key "
-                                  "'input_rotations' names no layer that uses it")
-        return paths
-    if q is None:
-        raise CheckpointError(f"{where}: metadata key 'input_rotations' names {len(paths)} layers but tensor "
-                              f"{INPUT_ROTATION_TENSOR} (their rotation) is missing")
-    if q[0] != "F32" or len(q[1]) != 2 or q[1][0] != q[1][1] or q[1][0] < 1:
-        raise CheckpointError(f"{where}: tensor {INPUT_ROTATION_TENSOR} is {q[0]} {list(q[1])}; it must be "
-                              "F32 [K, K]")
-    k = q[1][0]
+    paths, k = _rotation_paths(raw, version, "input_rotations", 5, INPUT_ROTATION_TENSOR, table, where,
+                               "quantized layer paths (inputs rotated at run time)", "layer", "K")
+    stray = sorted(set(paths) - set(meta["layers"]))
+    if stray:
+        raise CheckpointError(f"{where}: metadata key 'input_rotations' names {stray[:3]}, which are not "
+                              "quantized layers (metadata key 'layers')")
     for p in paths:
         if meta["layers"][p]["in_features"] != k:
             raise CheckpointError(f"{where}: metadata key 'input_rotations': layer {p} has "
