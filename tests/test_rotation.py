@@ -37,7 +37,7 @@ def test_hadamard_factors_give_the_dense_product_fast(n):
     from fptq.models.rotate import factor_tensors
     signs, r = factor_tensors(torch.from_numpy(q.astype(np.float32)))
     xt = torch.from_numpy(x.astype(np.float32))
-    got = R.apply_hadamard_factors(xt, signs, r).double().numpy()
+    got = R.apply_hadamard_factors(xt, signs, r, lambda p: torch.stack(p, dim=-3)).double().numpy()
     np.testing.assert_allclose(got, x @ q, rtol=0, atol=2e-5 * np.abs(x @ q).max())
 
 
@@ -47,7 +47,8 @@ def test_factors_are_read_from_the_stored_matrix_alone(n):
     q = torch.from_numpy(R.random_orthogonal(n, seed=7).astype(np.float32))
     signs, r = factor_tensors(q)
     x = torch.randn(3, n, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(R.apply_hadamard_factors(x, signs, r).numpy(), (x @ q).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(R.apply_hadamard_factors(x, signs, r, lambda p: torch.stack(p, dim=-3)).numpy(),
+                               (x @ q).numpy(), rtol=0, atol=1e-5)
     assert factor_tensors(q.clone()) is not None and torch.equal(factor_tensors(q.clone())[1], r)   # deterministic
     dense = torch.from_numpy(np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))[0].astype(np.float32))
     assert n == 1 or factor_tensors(dense) is None            # an orthogonal matrix of another form: used densely

@@ -217,11 +217,15 @@ def factors_of(module, name: str):
     return None if signs is None else (signs, getattr(module, f"{name}_r"))
 
 
+def _torch_stack(pair):
+    return torch.stack(pair, dim=-3)
+
+
 def _times_rotation(x, module, name: str):
     """``x @ Q`` for ``module``'s rotation buffer ``name``: fast when its factors are registered."""
     f = factors_of(module, name)
     if f is not None:
-        return R.apply_hadamard_factors(x, f[0].to(x.dtype), f[1].to(x.dtype))
+        return R.apply_hadamard_factors(x, f[0].to(x.dtype), f[1].to(x.dtype), _torch_stack)
     return x @ getattr(module, name).to(x.dtype)
 
 

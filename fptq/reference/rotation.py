@@ -116,36 +116,34 @@ def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
     return hadamard_factors(n, seed).dense()
 
 
-def fwht_rows(y):
+def _np_stack(pair):
+    return np.stack(pair, axis=-3)
+
+
+def fwht_rows(y, stack=_np_stack):
     """The unnormalized Walsh-Hadamard transform along axis -2 of ``y`` [..., p2, m] (``H_p2 y``, Sylvester
-    order; p2 a power of two), by ``log2 p2`` butterfly stages; works on NumPy arrays and torch tensors."""
+    order; p2 a power of two), by ``log2 p2`` butterfly stages. ``stack(pair)`` stacks two arrays on a new
+    axis -3 (NumPy's by default; pass the framework's for other array types, e.g. torch tensors)."""
     p2, m = y.shape[-2], y.shape[-1]
     lead = tuple(y.shape[:-2])
     h = 1
     while h < p2:
         y = y.reshape(lead + (p2 // (2 * h), 2, h, m))
         a, b = y[..., 0, :, :], y[..., 1, :, :]
-        y = _stack((a + b, a - b), y)
+        y = stack((a + b, a - b))
         h *= 2
     return y.reshape(lead + (p2, m))
 
 
-def _stack(pair, like):
-    if isinstance(like, np.ndarray):
-        return np.stack(pair, axis=-3)
-    import torch
-
-    return torch.stack(pair, dim=-3)
-
-
-def apply_hadamard_factors(x, signs, r):
+def apply_hadamard_factors(x, signs, r, stack=_np_stack):
     """``x Q`` for ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r`` without forming ``Q``: ``x`` [..., n], ``signs``
     [n], ``r`` [m, m] (NumPy arrays or torch tensors of one dtype). With ``X`` = ``x * signs`` as
-    [..., p2, m]: ``x Q = (H X r) / sqrt(p2)``; same result as ``x @ Q`` up to float rounding."""
+    [..., p2, m]: ``x Q = (H X r) / sqrt(p2)``; same result as ``x @ Q`` up to float rounding. ``stack``:
+    see :func:`fwht_rows`."""
     n, m = x.shape[-1], r.shape[0]
     p2 = n // m
     y = (x * signs).reshape(tuple(x.shape[:-1]) + (p2, m))
-    y = fwht_rows(y) * (1.0 / np.sqrt(p2))
+    y = fwht_rows(y, stack) * (1.0 / np.sqrt(p2))
     return (y @ r).reshape(x.shape)
 
 
