@@ -131,6 +131,20 @@ def _source_paths(model) -> list[str]:
     return [src] if src and os.path.exists(src) else []
 
 
+def _shared_rotation(by_path: dict, who: str, differ: str, name: str):
+    """The one float32 rotation every module of ``by_path`` (path -> tensor, sorted) holds, contiguous on the
+    CPU; a CheckpointError when two differ or it is not finite float32 (a checkpoint stores it once)."""
+    paths = list(by_path)
+    q = by_path[paths[0]].detach().cpu()
+    for p in paths[1:]:
+        if not torch.equal(by_path[p].detach().cpu(), q):
+            raise CheckpointError(f"{who} {paths[0]} and {p} {differ}; a checkpoint stores one {name} for all "
+                                  "of them")
+    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
+        raise CheckpointError(f"{paths[0]}: its rotation {name} must be finite float32, got {q.dtype}")
+    return q.contiguous()
+
+
 def _unwrap_rotations(model, sd: dict):
     """(state dict, online rotation paths, Q): each :class:`~fptq.models.rotate.RotateOutput` at ``P``
     stored as the plain norm it wraps (``P.norm.x`` -> ``P.x``, ``P.rotation`` dropped) and its ``Q`` once
@@ -143,13 +157,8 @@ def _unwrap_rotations(model, sd: dict):
         raise CheckpointError(f"RotateOutput modules {bad[:3]} are not norms of this model's decoder layers; a "
                               "checkpoint stores online rotations of those norms only")
     paths = sorted(rot)
-    q = rot[paths[0]].rotation.detach().cpu()
-    for p in paths[1:]:
-        if not torch.equal(rot[p].rotation.detach().cpu(), q):
-            raise CheckpointError(f"RotateOutput modules {paths[0]} and {p} hold different rotations; a checkpoint "
-                                  "stores one Q for all of them")
-    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
-        raise CheckpointError(f"RotateOutput {paths[0]}: its rotation must be finite float32, got {q.dtype}")
+    q = _shared_rotation({p: rot[p].rotation for p in paths}, "RotateOutput modules", "hold different rotations",
+                         "Q")
     out = {}
     for k, v in sd.items():
         owner = next((p for p in paths if k.startswith(f"{p}.")), None)
@@ -159,7 +168,7 @@ def _unwrap_rotations(model, sd: dict):
             out[f"{owner}.{k[len(owner) + 6:]}"] = v
         elif k != f"{owner}.rotation":
             raise CheckpointError(f"RotateOutput {owner}: unexpected tensor {k}")
-    return out, paths, q.contiguous()
+    return out, paths, q
 
 
 def _input_rotations(model, layers: dict):
@@ -173,14 +182,9 @@ def _input_rotations(model, layers: dict):
         raise CheckpointError(f"modules {stray[:3]} rotate their input but are not W4A8 layers; a checkpoint "
                               "stores input rotations of quantized layers only")
     paths = sorted(mods)
-    q = input_rotation_of(mods[paths[0]]).detach().cpu()
-    for p in paths[1:]:
-        if not torch.equal(input_rotation_of(mods[p]).detach().cpu(), q):
-            raise CheckpointError(f"layers {paths[0]} and {p} rotate their inputs by different matrices; a "
-                                  "checkpoint stores one Q_f for all of them")
-    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
-        raise CheckpointError(f"{paths[0]}: its input rotation must be finite float32, got {q.dtype}")
-    return paths, q.contiguous()
+    q = _shared_rotation({p: input_rotation_of(mods[p]) for p in paths}, "layers",
+                         "rotate their inputs by different matrices", "Q_f")
+    return paths, q
 
 
 def _storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):

@@ -284,10 +284,9 @@ def _rotation_paths(raw: dict, version: int, key: str, since: int, tensor: str, 
     then) parsed as a list of unique module paths, and the F32 ``[n, n]`` ``tensor`` stored exactly
     when the list is non-empty; returns ``(paths, n)`` (``n`` None when there are none)."""
     if version < since:
-        present = [k for k in (key,) if k in raw]
-        if present:
+        if key in raw:
             raise CheckpointError(f"{where}: format_version says {version} but the header has version-{since} "
-                                  f"field {present}: the version field is corrupt")
+                                  f"field {[key]}: the version field is corrupt")
         paths = []
     else:
         paths = _json_field(raw, key, where, lambda d: isinstance(d, list) and all(
