@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -37,8 +39,33 @@ def test_hadamard_factors_give_the_dense_product_fast(n):
     from fptq.models.rotate import factor_tensors
     signs, r = factor_tensors(torch.from_numpy(q.astype(np.float32)))
     xt = torch.from_numpy(x.astype(np.float32))
-    got = R.apply_hadamard_factors(xt, signs, r, lambda p: torch.stack(p, dim=-3)).double().numpy()
+    blocks = [torch.from_numpy(h.astype(np.float32)) for h in R.hadamard_blocks(f.p2)]
+    got = R.apply_hadamard_factors(xt, signs, r, blocks).double().numpy()
     np.testing.assert_allclose(got, x @ q, rtol=0, atol=2e-5 * np.abs(x @ q).max())
+
+
+@pytest.mark.parametrize("p2", [1, 2, 4, 32, 64, 512, 2048, 2 ** 16])
+def test_hadamard_blocks_make_the_sylvester_matrix(p2):
+    blocks = R.hadamard_blocks(p2)
+    assert all(h.shape[0] <= R.MAX_HADAMARD_BLOCK for h in blocks)
+    assert int(np.prod([h.shape[0] for h in blocks])) == p2
+    sizes = [h.shape[0] for h in blocks]
+    assert max(sizes, default=1) <= 2 * min(sizes, default=1)          # as even as possible
+    if p2 <= 2048:
+        full = functools.reduce(np.kron, blocks, np.ones((1, 1)))
+        assert np.array_equal(full, R.sylvester_hadamard(p2))
+
+
+@pytest.mark.parametrize("p2, max_block", [(3, 32), (0, 32), (64, 3), (64, 1)])
+def test_hadamard_blocks_refuse_non_powers_of_two(p2, max_block):
+    with pytest.raises(ValueError, match="powers of two"):
+        R.hadamard_blocks(p2, max_block)
+
+
+def test_apply_hadamard_factors_refuses_blocks_of_another_size():
+    f = R.hadamard_factors(64, seed=0)
+    with pytest.raises(ValueError, match="do not make H_64"):
+        R.apply_hadamard_factors(np.ones((2, 64)), f.signs, f.r, R.hadamard_blocks(32))
 
 
 @pytest.mark.parametrize("n", [1, 96, 576, 1536])
@@ -47,7 +74,8 @@ def test_factors_are_read_from_the_stored_matrix_alone(n):
     q = torch.from_numpy(R.random_orthogonal(n, seed=7).astype(np.float32))
     signs, r = factor_tensors(q)
     x = torch.randn(3, n, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(R.apply_hadamard_factors(x, signs, r, lambda p: torch.stack(p, dim=-3)).numpy(),
+    blocks = [torch.from_numpy(h.astype(np.float32)) for h in R.hadamard_blocks(n & -n)]
+    np.testing.assert_allclose(R.apply_hadamard_factors(x, signs, r, blocks).numpy(),
                                (x @ q).numpy(), rtol=0, atol=1e-5)
     assert factor_tensors(q.clone()) is not None and torch.equal(factor_tensors(q.clone())[1], r)   # deterministic
     dense = torch.from_numpy(np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))[0].astype(np.float32))

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import reference as ref
 from .arch import Arch, arch_of_model, get_submodule
-from .calibrate import calibrate
+from .calibrate import calibrate, release_freed_memory
 from .config import QuantConfig
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
@@ -169,6 +169,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
 
     def make_w4a8(linear, gp, samples=None):
         module = carry_input_rotation(linear, w4a8(linear, gp, samples))
+        release_freed_memory()  # GPTQ's float64 temporaries (see release_freed_memory)
         if make_linear is not None:
             pending[id(module)] = (linear, gp, samples)
         return module

@@ -42,6 +42,8 @@ loader wraps the same modules again (:func:`wrap_online_rotations`).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,7 +70,7 @@ class RotateOutput(nn.Module):
     ``q``: a float32 ``[d, d]`` tensor or array; a float32 C-contiguous one is shared, not copied
     (every norm of a model holds the same ``Q``). ``factors``: ``(signs, r)`` float32 tensors of ``Q``
     as a randomized Hadamard matrix (:func:`factor_tensors`): the product is then computed in
-    ``O(d log d)`` (:func:`fptq.reference.rotation.apply_hadamard_factors`) instead of as a dense matmul."""
+    a few small Hadamard blocks (:func:`fptq.reference.rotation.apply_hadamard_factors`) instead of as a dense matmul."""
 
     def __init__(self, norm: nn.Module, q, factors=None) -> None:
         super().__init__()
@@ -217,15 +219,18 @@ def factors_of(module, name: str):
     return None if signs is None else (signs, getattr(module, f"{name}_r"))
 
 
-def _torch_stack(pair):
-    return torch.stack(pair, dim=-3)
+@functools.lru_cache(maxsize=None)
+def _blocks(p2: int, dtype, device) -> tuple:
+    """:func:`fptq.reference.rotation.hadamard_blocks` of ``p2`` as torch tensors (made once per dtype and device)."""
+    return tuple(torch.from_numpy(h).to(dtype=dtype, device=device) for h in R.hadamard_blocks(p2))
 
 
 def _times_rotation(x, module, name: str):
     """``x @ Q`` for ``module``'s rotation buffer ``name``: fast when its factors are registered."""
     f = factors_of(module, name)
     if f is not None:
-        return R.apply_hadamard_factors(x, f[0].to(x.dtype), f[1].to(x.dtype), _torch_stack)
+        signs, r = f[0].to(x.dtype), f[1].to(x.dtype)
+        return R.apply_hadamard_factors(x, signs, r, _blocks(signs.shape[0] // r.shape[0], x.dtype, x.device))
     return x @ getattr(module, name).to(x.dtype)
 
 
