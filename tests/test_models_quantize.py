@@ -193,3 +193,26 @@ def test_error_selected_policies_pick_the_smaller_measured_error(select):
         assert torch.isfinite(res.model(ids).logits).all()
     with pytest.raises(ValueError, match="policy_select"):
         QuantConfig(policy_select="vibes")
+
+
+def test_layer_hessian_is_computed_once_per_group_input_and_matches_its_rows():
+    from types import SimpleNamespace
+
+    from fptq.models.calibrate import LayerSamples
+    from fptq.models.quantize import layer_hessian
+    from fptq.reference import equalized_hessian
+
+    rows = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    samples = LayerSamples({"l.q": rows})
+    s = np.linspace(0.5, 2.0, 8).astype(np.float32)
+    gp = SimpleNamespace(linears=["l.q", "l.k", "l.v"], s=s)
+    h = layer_hessian(samples, gp)
+    np.testing.assert_array_equal(h, equalized_hessian(rows.numpy(), s))
+    assert layer_hessian(samples, gp) is h                       # the group's next linear: the cached matrix
+    other = layer_hessian(samples, SimpleNamespace(linears=["l.q"], s=s * 2))   # another equalization: recomputed
+    np.testing.assert_array_equal(other, equalized_hessian(rows.numpy(), s * 2))
+    plain = layer_hessian(samples, SimpleNamespace(linears=["l.q"], s=None))
+    np.testing.assert_array_equal(plain, equalized_hessian(rows.numpy(), None))
+    assert layer_hessian({"l.q": rows}, gp) is not layer_hessian({"l.q": rows}, gp)   # a plain dict: no cache
+    with pytest.raises(ValueError, match="l.o's input"):
+        layer_hessian(samples, SimpleNamespace(linears=["l.o"], s=None))

@@ -64,13 +64,16 @@ class LayerSamples(dict):
     [~keep_rows, K] (evenly strided over every calibration token), plus, when samples are held out:
 
     * ``heldout``: name -> float32 tensor [~keep_rows, K], rows of the held-out samples only;
-    * ``fit_max``: name -> float32 ndarray [K], the channel maxima of the other samples.
+    * ``fit_max``: name -> float32 ndarray [K], the channel maxima of the other samples;
+    * ``hessians``: a cache for whoever derives one matrix per group input from the rows
+      (:func:`fptq.models.quantize.layer_hessian`), freed with the layer's samples.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.heldout: dict = {}
         self.fit_max: dict = {}
+        self.hessians: dict = {}
 
 
 @dataclass

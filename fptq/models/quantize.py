@@ -65,10 +65,21 @@ def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
 
 def layer_hessian(samples, gp):
     """``H = X'^T X' / n`` (float64 [K, K]) of a group's input as its quantized linears see it:
-    ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear)."""
-    if not samples or gp.linears[0] not in samples:
-        raise ValueError(f"GPTQ needs calibration rows of {gp.linears[0]}'s input (none were kept)")
-    return ref.equalized_hessian(samples[gp.linears[0]].numpy(), gp.s)
+    ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear).
+
+    Computed once per group: a :class:`~fptq.models.calibrate.LayerSamples` keeps it in its
+    ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input)."""
+    name = gp.linears[0]
+    if not samples or name not in samples:
+        raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
+    cache = getattr(samples, "hessians", None)
+    hit = cache.get(name) if cache is not None else None
+    if hit is not None and (hit[0] is None) == (gp.s is None) and (gp.s is None or np.array_equal(hit[0], gp.s)):
+        return hit[1]
+    h = ref.equalized_hessian(samples[name].numpy(), gp.s)
+    if cache is not None:
+        cache[name] = (None if gp.s is None else np.array(gp.s, copy=True), h)
+    return h
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
