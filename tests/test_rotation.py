@@ -181,3 +181,38 @@ def test_rotation_spreads_norm_outliers(mode):
 def test_layernorm_models_are_refused_a_residual_rotation():
     with pytest.raises(UnsupportedArchitecture, match="RMS norms"):
         rotate_model(tiny_model("opt"), "residual")
+
+
+def test_run_time_product_keeps_float32_and_numpy_and_torch_paths_agree():
+    """A float32 CPU tensor is rotated by NumPy on views (no thread pool for tiny decode products), any
+    other by torch: same dtype out, same values up to float rounding."""
+    from fptq.models.rotate import RotateOutput, _times_rotation, factor_tensors
+
+    q = torch.from_numpy(R.random_orthogonal(96, seed=5).astype(np.float32))
+    mod = RotateOutput(torch.nn.Identity(), q, factor_tensors(q))
+    x = torch.randn(2, 3, 96, generator=torch.Generator().manual_seed(0))
+    y = _times_rotation(x, mod, "rotation")
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    xr = x.clone().requires_grad_(True)                     # autograd: the torch path
+    y_torch = _times_rotation(xr, mod, "rotation")
+    assert y_torch.requires_grad
+    np.testing.assert_allclose(y.numpy(), y_torch.detach().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(y.numpy(), (x @ q).numpy(), rtol=0, atol=1e-5)
+    assert R.apply_hadamard_factors(x.numpy(), *(t.numpy() for t in factor_tensors(q))).dtype == np.float32
+    assert _times_rotation(x.to(torch.bfloat16), mod, "rotation").dtype == torch.bfloat16
+
+
+def test_numpy_factor_cache_follows_replaced_factors():
+    from fptq.models.rotate import RotateOutput, _times_rotation, factor_tensors
+
+    q1 = torch.from_numpy(R.random_orthogonal(64, seed=1).astype(np.float32))
+    q2 = torch.from_numpy(R.random_orthogonal(64, seed=2).astype(np.float32))
+    mod = RotateOutput(torch.nn.Identity(), q1, factor_tensors(q1))
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q1).numpy(), rtol=0, atol=1e-5)
+    signs, r = factor_tensors(q2)
+    mod.rotation_signs, mod.rotation_r = signs, r               # new tensors: the cache is remade
+    np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q2).numpy(), rtol=0, atol=1e-5)
+    mod.rotation_signs.copy_(factor_tensors(q1)[0])              # in place (float32: the cache holds views)
+    mod.rotation_r.copy_(factor_tensors(q1)[1])
+    np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q1).numpy(), rtol=0, atol=1e-5)

@@ -33,6 +33,7 @@ All arithmetic is float64; results are returned as float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,7 +137,7 @@ def hadamard_blocks(p2: int, max_block: int = MAX_HADAMARD_BLOCK) -> list:
 def apply_hadamard_factors(x, signs, r, blocks=None):
     """``x Q`` for ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r`` without forming ``Q``: ``x`` [..., n], ``signs``
     [n], ``r`` [m, m], ``blocks`` the :func:`hadamard_blocks` of ``p2 = n / m`` (NumPy arrays or torch
-    tensors, all of ``x``'s dtype; default: NumPy's of float64).
+    tensors, all of ``x``'s dtype; default: NumPy's, of ``x``'s dtype).
 
     With ``X = x * signs`` as [..., p2, m]: ``x Q = (H X) (r / sqrt(p2))``, and ``H X`` is one small
     matrix product per block ``H_c`` (``X`` viewed as [..., pre, c, post * m``]: ``H_c @ X``), so the
@@ -145,7 +146,7 @@ def apply_hadamard_factors(x, signs, r, blocks=None):
     n, m = x.shape[-1], r.shape[0]
     p2 = n // m
     if blocks is None:
-        blocks = hadamard_blocks(p2)
+        blocks = [h.astype(x.dtype) for h in hadamard_blocks(p2)]   # ±1: exact in any float dtype
     lead = tuple(x.shape[:-1])
     y = x * signs
     pre = 1
@@ -156,7 +157,7 @@ def apply_hadamard_factors(x, signs, r, blocks=None):
     if pre != p2:
         raise ValueError(f"blocks of sizes {[h.shape[0] for h in blocks]} do not make H_{p2}")
     y = y.reshape(lead + (p2, m))
-    scaled_r = r * (1.0 / np.sqrt(p2))
+    scaled_r = r * (1.0 / math.sqrt(p2))   # a Python float: keeps float32 inputs float32
     y = y * scaled_r.reshape(()) if m == 1 else y @ scaled_r   # m = 1: r is [[±1]]
     return y.reshape(x.shape)
 
