@@ -3,10 +3,10 @@
     python benchmarks/bench_rotation.py [--widths 576,1536] [--rows 1,512] [--threads 1] [--json PATH]
 
 ``Q`` is fptq's randomized Hadamard rotation of each width (``fptq.reference.rotation.random_orthogonal``)
-in float32, as a model stores it; "factors" is what a rotated model computes at run time
-(:func:`fptq.reference.rotation.apply_hadamard_factors` with the factors read from ``Q`` and the torch
-Hadamard blocks of :mod:`fptq.models.rotate`), "dense" is ``x @ Q``. Prints a table of medians and
-writes JSON.
+in float32, as a model stores it; "factors" is what a rotated model computes at run time (a
+:class:`fptq.models.rotate.RotateOutput` holding ``Q`` and the factors read from it: for a float32 CPU
+tensor, :func:`fptq.reference.rotation.apply_hadamard_factors` in NumPy), "dense" is ``x @ Q`` in torch.
+Prints a table of medians and writes JSON.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from fptq.models.rotate import _blocks, factor_tensors
+    from fptq.models.rotate import RotateOutput, _times_rotation, factor_tensors
     from fptq.reference import rotation as R
 
     torch.set_num_threads(a.threads)
@@ -54,16 +54,16 @@ def main(argv=None) -> int:
         factors = factor_tensors(q)
         if factors is None:
             raise SystemExit(f"width {n}: Q is not read back as Hadamard factors")
-        signs, r = factors
-        blocks = _blocks(signs.shape[0] // r.shape[0], torch.float32, torch.device("cpu"))
+        module = RotateOutput(torch.nn.Identity(), q, factors)
+        blocks = R.hadamard_blocks(factors[0].shape[0] // factors[1].shape[0])
         for m in (int(x) for x in a.rows.split(",")):
             x = torch.randn(m, n, generator=torch.Generator().manual_seed(0))
             calls = 200 if m <= 16 else 20
-            fast = _median_us(lambda: R.apply_hadamard_factors(x, signs, r, blocks), calls)
+            fast = _median_us(lambda: _times_rotation(x, module, "rotation"), calls)
             dense = _median_us(lambda: x @ q, calls)
             sizes = "x".join(str(b.shape[0]) for b in blocks) or "-"
             rows_out.append({"width": n, "rows": m, "blocks": sizes, "factors_us": fast, "dense_us": dense})
-            print(f"| {n} | {m} | {sizes} x {r.shape[0]} | {fast:.0f} | {dense:.0f} | {dense / fast:.2f} |")
+            print(f"| {n} | {m} | {sizes} x {factors[1].shape[0]} | {fast:.0f} | {dense:.0f} | {dense / fast:.2f} |")
     out = {"results": rows_out, "threads": a.threads, "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

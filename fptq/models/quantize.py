@@ -72,14 +72,11 @@ def layer_hessian(samples, gp):
     name = gp.linears[0]
     if not samples or name not in samples:
         raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
-    cache = getattr(samples, "hessians", None)
-    hit = cache.get(name) if cache is not None else None
-    if hit is not None and (hit[0] is None) == (gp.s is None) and (gp.s is None or np.array_equal(hit[0], gp.s)):
-        return hit[1]
-    h = ref.equalized_hessian(samples[name].numpy(), gp.s)
-    if cache is not None:
-        cache[name] = (None if gp.s is None else np.array(gp.s, copy=True), h)
-    return h
+    cache = getattr(samples, "hessians", {})
+    key = (name, None if gp.s is None else np.asarray(gp.s, np.float64).tobytes())
+    if key not in cache:
+        cache[key] = ref.equalized_hessian(samples[name].numpy(), gp.s)
+    return cache[key]
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):

@@ -225,12 +225,6 @@ def _blocks(p2: int, dtype, device) -> tuple:
     return tuple(torch.from_numpy(h).to(dtype=dtype, device=device) for h in R.hadamard_blocks(p2))
 
 
-@functools.lru_cache(maxsize=None)
-def _np_blocks(p2: int, dtype: str) -> tuple:
-    """:func:`fptq.reference.rotation.hadamard_blocks` of ``p2`` as NumPy arrays of ``dtype`` (made once)."""
-    return tuple(h.astype(dtype) for h in R.hadamard_blocks(p2))
-
-
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
@@ -246,26 +240,10 @@ def _times_rotation(x, module, name: str):
     if f is None:
         return x @ getattr(module, name).to(x.dtype)
     if x.device.type == "cpu" and x.dtype in _NUMPY_DTYPES and not x.requires_grad:
-        xn = x.numpy()
-        y = R.apply_hadamard_factors(xn, *_numpy_factors(module, name, f, xn.dtype))
+        y = R.apply_hadamard_factors(x.numpy(), f[0].numpy(), f[1].numpy())
         return torch.from_numpy(np.ascontiguousarray(y))
     signs, r = f[0].to(x.dtype), f[1].to(x.dtype)
     return R.apply_hadamard_factors(x, signs, r, _blocks(signs.shape[0] // r.shape[0], x.dtype, x.device))
-
-
-def _numpy_factors(module, name: str, f, dtype) -> tuple:
-    """``(signs, r, blocks)`` of ``module``'s rotation ``name`` as NumPy arrays of ``dtype``, kept on the module
-    (a decoded token makes 90 of these products: converting per call cost ~6 us each); remade when the
-    factor buffers are replaced or moved."""
-    cache = module.__dict__.setdefault("_fptq_numpy_factors", {})
-    key = (name, dtype.str)
-    ptrs = (f[0].data_ptr(), f[1].data_ptr(), f[0].device.type)
-    hit = cache.get(key)
-    if hit is None or hit[0] != ptrs:
-        signs = f[0].cpu().numpy().astype(dtype, copy=False)   # float32: views, so in-place updates show
-        r = f[1].cpu().numpy().astype(dtype, copy=False)
-        hit = cache[key] = (ptrs, (signs, r, _np_blocks(signs.shape[0] // r.shape[0], dtype.str)))
-    return hit[1]
 
 
 def _rotate_input(module, args):

@@ -33,6 +33,7 @@ All arithmetic is float64; results are returned as float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -134,6 +135,16 @@ def hadamard_blocks(p2: int, max_block: int = MAX_HADAMARD_BLOCK) -> list:
     return [sylvester_hadamard(2 ** (k // n_blocks + (i < k % n_blocks))) for i in range(n_blocks)]
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_blocks(p2: int, dtype: str) -> tuple:
+    """:func:`hadamard_blocks` of ``p2`` as read-only NumPy arrays of ``dtype`` (±1: exact in any float
+    dtype), made once: a decoded token makes 90 rotation products."""
+    blocks = tuple(h.astype(dtype) for h in hadamard_blocks(p2))
+    for h in blocks:
+        h.setflags(write=False)
+    return blocks
+
+
 def apply_hadamard_factors(x, signs, r, blocks=None):
     """``x Q`` for ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r`` without forming ``Q``: ``x`` [..., n], ``signs``
     [n], ``r`` [m, m], ``blocks`` the :func:`hadamard_blocks` of ``p2 = n / m`` (NumPy arrays or torch
@@ -146,7 +157,7 @@ def apply_hadamard_factors(x, signs, r, blocks=None):
     n, m = x.shape[-1], r.shape[0]
     p2 = n // m
     if blocks is None:
-        blocks = [h.astype(x.dtype) for h in hadamard_blocks(p2)]   # ±1: exact in any float dtype
+        blocks = _numpy_blocks(p2, np.dtype(x.dtype).str)
     lead = tuple(x.shape[:-1])
     y = x * signs
     pre = 1
