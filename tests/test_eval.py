@@ -153,6 +153,7 @@ def test_rigged_model_picks_the_favoured_answer():
            MCExample("Q: but?\nA:", [" yes", " no"], 1)]
     r = evaluate_examples(Stub(favour(yes)), ByteTokenizer(), exs, progress=False)
     assert r["n"] == 3 and r["acc"] == 2 / 3 and r["acc_norm"] == 2 / 3
+    assert r["correct"] == [True, True, False]  # per example, in the given order
     assert math.isclose(r["acc_stderr"], math.sqrt((2 / 3) * (1 / 3) / 2))
 
 
@@ -178,7 +179,7 @@ def test_winogrande_style_per_choice_contexts_are_scored():
 def test_lambada_accuracy_is_greedy_match_and_ppl_is_per_example():
     exs = [MCExample("abc", ["def"], 0), MCExample("abc", ["dxf"], 0)]
     r = evaluate_examples(Stub(successor), ByteTokenizer(), exs, lambada=True, progress=False)
-    assert r["acc"] == 0.5 and r["n"] == 2
+    assert r["acc"] == 0.5 and r["n"] == 2 and r["correct"] == [True, False]
     hit = 10.0 - math.log(math.exp(10.0) + V - 1)
     miss = -math.log(math.exp(10.0) + V - 1)
     lls = [3 * hit, hit + 2 * miss]  # "dxf": d right; x wrong; f after x is wrong too

@@ -19,7 +19,9 @@ Metrics (lm-eval's): ``acc`` = mean of ``[argmax_i ll_i == label]``;
 characters of the continuation without its leading ``" "`` delimiter;
 ``acc_stderr = sqrt(acc (1 - acc) / (n - 1))``. LAMBADA: ``acc`` = mean of
 ``greedy`` on the target, ``ppl = exp(-mean_i ll_i)`` (per example, not per
-token, as lm-eval's ``lambada_openai``).
+token, as lm-eval's ``lambada_openai``). Every result also holds ``correct``:
+one bool per example, in the task's order (what ``acc`` averages), for paired
+tests between two models (:mod:`fptq.eval.paired`).
 
 Speed: requests with the same model input (e.g. MMLU's four one-token
 answers) share one forward pass; inputs are sorted by length and run in
@@ -154,17 +156,19 @@ def evaluate_examples(model, tokenizer, examples: list[MCExample], lambada: bool
     n = len(examples)
     if lambada:
         lls = [scores[s][0] for s, _ in spans]
-        acc = sum(scores[s][1] for s, _ in spans) / n
+        correct = [bool(scores[s][1]) for s, _ in spans]
+        acc = sum(correct) / n
         return {"acc": acc, "acc_stderr": _stderr(acc, n), "ppl": math.exp(-sum(lls) / n), "n": n,
-                "seconds": time.time() - t0}
-    hits = hits_norm = 0
+                "correct": correct, "seconds": time.time() - t0}
+    correct, hits_norm = [], 0
     for ex, (s, e) in zip(examples, spans):
         lls = [scores[i][0] for i in range(s, e)]
         lens = [max(len(c[1:] if c.startswith(" ") else c), 1) for c in ex.continuations]
-        hits += _argmax(lls) == ex.label
+        correct.append(_argmax(lls) == ex.label)
         hits_norm += _argmax([ll / k for ll, k in zip(lls, lens)]) == ex.label
-    acc, acc_norm = hits / n, hits_norm / n
-    return {"acc": acc, "acc_norm": acc_norm, "acc_stderr": _stderr(acc, n), "n": n, "seconds": time.time() - t0}
+    acc, acc_norm = sum(correct) / n, hits_norm / n
+    return {"acc": acc, "acc_norm": acc_norm, "acc_stderr": _stderr(acc, n), "n": n, "correct": correct,
+            "seconds": time.time() - t0}
 
 
 def _argmax(xs: list[float]) -> int:
@@ -177,8 +181,9 @@ def evaluate_task(model, tokenizer, name: str, limit: int | None = None, batch_s
     """Zero-shot accuracy of ``model`` on task ``name`` (:data:`fptq.data.tasks.TASKS`).
 
     Returns:
-        multiple choice: ``dict(acc, acc_norm, acc_stderr, n, seconds)``;
-        ``"lambada"``: ``dict(acc, acc_stderr, ppl, n, seconds)``.
+        multiple choice: ``dict(acc, acc_norm, acc_stderr, n, correct, seconds)``;
+        ``"lambada"``: ``dict(acc, acc_stderr, ppl, n, correct, seconds)``; ``correct`` is
+        the per-example outcome (a list of ``n`` bools) that ``acc`` averages.
     """
     examples = load_task(name, limit=limit)
     return evaluate_examples(model, tokenizer, examples, lambada=(name == "lambada"), batch_size=batch_size,
