@@ -15,11 +15,16 @@ from __future__ import annotations
 
 __all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "save_tiny_model"]
 
-TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "opt")
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "gemma2", "gemma3", "opt")
 
 _COMMON = dict(vocab_size=260, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+#: what a family's tiny config sets beyond _COMMON (Qwen2 has q/k/v biases by construction)
+_EXTRA = {"gemma2": dict(sliding_window=8, query_pre_attn_scalar=16),
+          "gemma3": dict(sliding_window=8, query_pre_attn_scalar=16),
+          "mistral": dict(sliding_window=None),
+          "smollm3": dict(no_rope_layer_interval=2)}  # layer 1 of 2 without RoPE, as every 4th of SmolLM3-3B
 
 
 def tiny_config(family: str):
@@ -34,16 +39,9 @@ def tiny_config(family: str):
                             do_layer_norm_before=True, enable_bias=True, bos_token_id=1, eos_token_id=2,
                             pad_token_id=0)
     cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-           "qwen3": tf.Qwen3Config, "gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config,
+           "qwen3": tf.Qwen3Config, "smollm3": tf.SmolLM3Config, "gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config,
            "gemma3": tf.Gemma3TextConfig}[family]
-    extra = {}
-    if family == "qwen2":
-        extra = {}  # Qwen2 has q/k/v biases by construction
-    if family in ("gemma2", "gemma3"):
-        extra = dict(sliding_window=8, query_pre_attn_scalar=16)
-    if family == "mistral":
-        extra = dict(sliding_window=None)
-    return cls(**_COMMON, **extra)
+    return cls(**_COMMON, **_EXTRA.get(family, {}))
 
 
 def tiny_model(family: str, seed: int = 0, outliers: bool = True):

@@ -20,7 +20,7 @@ group      linears                     producer of the input (fold target)
 One :class:`Arch` row per family, keyed by the decoder layer's class name; no
 family has its own copy of the pipeline. Norm kinds:
 
-* ``rms``: ``y = w * x / rms(x)`` (LLaMA, Mistral, Qwen2/3): fold ``w' = w / s``.
+* ``rms``: ``y = w * x / rms(x)`` (LLaMA, Mistral, Qwen2/3, SmolLM3): fold ``w' = w / s``.
 * ``rms_one_plus``: ``y = (1 + w) * x / rms(x)`` (Gemma 1/2/3): fold
   ``w' = (1 + w) / s - 1``.
 * ``layernorm``: ``y = w * (x - mean) / std + b`` (OPT): fold ``w' = w / s``,
@@ -111,6 +111,7 @@ ARCHS: dict[str, Arch] = {a.layer_class: a for a in (
     _llama_like("mistral", "MistralDecoderLayer"),
     _llama_like("qwen2", "Qwen2DecoderLayer"),
     _llama_like("qwen3", "Qwen3DecoderLayer"),
+    _llama_like("smollm3", "SmolLM3DecoderLayer"),  # LLaMA's layer; every 4th layer has no RoPE (NoPE)
     _llama_like("gemma", "GemmaDecoderLayer", "rms_one_plus"),
     _llama_like("gemma2", "Gemma2DecoderLayer", "rms_one_plus", "pre_feedforward_layernorm"),
     _llama_like("gemma3", "Gemma3DecoderLayer", "rms_one_plus", "pre_feedforward_layernorm"),
