@@ -12,10 +12,15 @@ skips with the reason otherwise (the project's .venv has no CuPy). Run with
 
 from __future__ import annotations
 
+import ctypes
+import shutil
+import subprocess
+
 import pytest
 
 from fptq.backends import cupy_compile as CC
 from fptq.backends import cupy_launch as L
+from fptq.backends.cubin_elf import check_cubin, elf_extent
 
 ARCH = "90"  # the H200 / H100
 
@@ -30,7 +35,7 @@ def _nvrtc_or_skip():
 @pytest.fixture(scope="module")
 def compiled():
     _nvrtc_or_skip()
-    return {name: CC.compile_module(name, ARCH, use_cache=False) for name in CC.MODULES}
+    return {name: CC.compile_module(name, ARCH) for name in CC.MODULES}  # the cache: what the backend loads
 
 
 #: Register bounds per kernel family (ptxas on NVRTC 13.0 measured 24-34 for the elementwise
@@ -95,11 +100,98 @@ def test_fast_paths_use_the_instructions_they_are_built_on():
     assert "cp.async.cg.shared.global" in prefill and "cp.async.wait_group" in prefill
 
 
+def _nvrtc_size(name: str) -> int:
+    """nvrtcGetCUBINSize of ``name``'s program, asked of the NVRTC library itself (ctypes)."""
+    from cupy_backends.cuda.libs import nvrtc
+    prog = nvrtc.createProgram(CC.read_source(f"{name}.cu"), f"{name}.cu", (CC.read_source(CC.HEADER).encode(),),
+                               (CC.HEADER.encode(),))
+    try:
+        for e in CC.name_expressions(name):
+            nvrtc.addNameExpression(prog, e)
+        nvrtc.compileProgram(prog, CC.compile_options(ARCH))
+        lib = CC._loaded_nvrtc_library()
+        if lib is None:
+            pytest.skip("the NVRTC library is not found in /proc/self/maps: cannot ask it for the size")
+        size = ctypes.c_size_t()
+        assert lib.nvrtcGetCUBINSize(ctypes.c_void_p(prog), ctypes.byref(size)) == 0
+        return size.value
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
 def test_compile_cache_round_trip(tmp_path, monkeypatch):
+    """The cached file holds NVRTC's whole binary: its length is nvrtcGetCUBINSize, asked of NVRTC itself
+    (CuPy's getCUBIN gives one byte less), and equals the file's ELF extent."""
     _nvrtc_or_skip()
     monkeypatch.setenv("FPTQ_CUDA_CACHE", str(tmp_path))
     first = CC.compile_module("policy", ARCH)
     assert first.path is not None and first.path.is_file()
+    want = _nvrtc_size("policy")
+    assert len(first.cubin) == want and first.path.stat().st_size == want
     again = CC.compile_module("policy", ARCH)
-    assert again.cubin == first.cubin and again.entries == first.entries
+    assert again.cubin == first.cubin and again.entries == first.entries and len(again.cubin) == want
     assert again.kernel_resources("select_policies") == first.kernel_resources("select_policies")
+
+
+def test_a_short_cached_cubin_is_rebuilt(tmp_path, monkeypatch):
+    """A cache file one byte short (what CuPy's getCUBIN wrote) is not loaded: the module is compiled again."""
+    _nvrtc_or_skip()
+    monkeypatch.setenv("FPTQ_CUDA_CACHE", str(tmp_path))
+    first = CC.compile_module("policy", ARCH)
+    first.path.write_bytes(first.cubin[:-1])
+    again = CC.compile_module("policy", ARCH)
+    assert again.cubin == first.cubin and again.path.read_bytes() == first.cubin
+
+
+def test_every_cached_cubin_is_whole_elf(compiled):
+    """Length == ELF extent (header tables, sections, segments), machine EM_CUDA, for every module; a cubin
+    one byte short is refused by the same check."""
+    for name, mod in compiled.items():
+        assert mod.path is not None, f"{name}: not cached (FPTQ_CUDA_CACHE unwritable?)"
+        data = mod.path.read_bytes()
+        assert len(data) == elf_extent(data) == len(mod.cubin), name
+        check_cubin(data, name)
+        with pytest.raises(ValueError, match="truncated"):
+            check_cubin(data[:-1], name)
+
+
+@pytest.mark.parametrize("tool", ["nvdisasm", "cuobjdump"])
+def test_disassemblers_accept_every_cubin(compiled, tool):
+    """NVIDIA's own ELF readers accept each cached file (nvdisasm rejected CuPy's short ones as invalid ELF)."""
+    exe = shutil.which(tool)
+    if exe is None:
+        pytest.skip(f"{tool} is not on PATH (pip install nvidia-cuda-{tool} puts one under nvidia/cu13/bin)")
+    for name, mod in compiled.items():
+        args = [exe, str(mod.path)] if tool == "nvdisasm" else [exe, "-sass", str(mod.path)]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and not r.stderr.strip(), f"{tool} {name}: {r.stderr[:300]}"
+
+
+def test_the_backend_loads_the_whole_cubin(compiled, tmp_path):
+    """CupyBackend._fn hands RawModule a file of exactly the cubin's bytes, also when the cache is off."""
+    from fptq.backends.cupy_backend import CupyBackend
+
+    seen = []
+
+    class RawModule:
+        def __init__(self, path):
+            seen.append(open(path, "rb").read())
+
+        def get_function(self, entry):
+            return entry
+
+    class FakeCupy:
+        pass
+    FakeCupy.RawModule = RawModule
+    b = object.__new__(CupyBackend)
+    b.cp, b.arch, b._functions = FakeCupy, ARCH, {}
+    b._compiled = {"policy": compiled["policy"]}
+    assert b._fn("policy", "select_policies") == "select_policies"
+    nocache = CC.CompiledModule("policy", ARCH, compiled["policy"].cubin, "", {"select_policies": "select_policies"})
+    b._compiled, b._functions = {"policy": nocache}, {}
+    b._fn("policy", "select_policies")
+    assert seen == [compiled["policy"].cubin] * 2
+    short = CC.CompiledModule("policy", ARCH, compiled["policy"].cubin[:-1], "", {"select_policies": "x"})
+    b._compiled, b._functions = {"policy": short}, {}
+    with pytest.raises(ValueError, match="truncated"):
+        b._fn("policy", "select_policies")

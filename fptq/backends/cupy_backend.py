@@ -8,10 +8,14 @@ spec's bits (``lae_scales`` within ``spec.LAE_SCALE_ULP_TOLERANCE``: it uses
 CUDA's double-precision ``log2``, rounded once to float32 like the reference).
 
 Every float operation happens inside fptq's own kernels: CuPy's elementwise
-operators are compiled with ``-ftz=true`` and would flush subnormals. Argument
-checks are the spec's own (``fptq.spec.validate``) over the adapter
-:class:`fptq.backends.cupy_arrays.DeviceArrays`, whose float comparisons work
-on bit patterns for the same reason.
+operators are compiled with ``-ftz=true`` and would flush subnormals. A
+:class:`fptq.backends.base.BackendBase`: the base class checks each
+operation's arguments once with the spec's own checks over the adapter
+``xp`` (:class:`fptq.backends.cupy_arrays.DeviceArrays`, whose float
+comparisons work on bit patterns for the same reason) and calls the hooks
+``_<op>_unchecked`` here; the model-facing methods (``prepare_linear``,
+``linear_forward``, ``linear_forward_finite``) come from the base class and
+run on these hooks.
 
 The W4A8 matmul takes one of three paths with identical bits
 (:mod:`fptq.backends.cupy_launch`): ``decode`` (M <= 16, ``__dp4a``),
@@ -25,17 +29,13 @@ too (copied to the device first).
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from .. import spec
 from ..spec import WeightFormat, num_groups
-from ..spec import validate as V
 from . import cupy_compile as CC
 from . import cupy_launch as L
-from .base import BackendUnavailable
+from .base import BackendBase, BackendUnavailable
 from .cupy_arrays import DeviceArrays, unwrap
 
 __all__ = ["CupyBackend", "MIN_ARCH"]
@@ -55,7 +55,7 @@ def _import_cupy():
     return cupy
 
 
-class CupyBackend:
+class CupyBackend(BackendBase):
     """Raw CUDA kernels (compiled by NVRTC, loaded by CuPy) for every operation of
     :class:`fptq.backends.Backend`.
 
@@ -69,6 +69,13 @@ class CupyBackend:
     """
 
     name = "cupy"
+    #: Where the arrays live (``__init__`` sets the current device's id).
+    device = "cuda:0"
+
+    @property
+    def array_type(self) -> type:
+        """``cupy.ndarray``: a model hands this backend NumPy arrays through ``from_numpy``/``to_numpy``."""
+        return self.cp.ndarray
 
     def __init__(self, force_path: str | None = None):
         cp = _import_cupy()
@@ -91,6 +98,7 @@ class CupyBackend:
         if force_path is not None:
             L.choose_path(1, 1, 32, 32, force=force_path)  # validates the name
         self.cp = cp
+        self.device = f"cuda:{dev.id}"
         self.force_path = force_path
         self.arch = str(cc)
         props = cp.cuda.runtime.getDeviceProperties(dev.id)
@@ -128,11 +136,8 @@ class CupyBackend:
         f = self._functions.get(key)
         if f is None:
             mod = self.compiled(module)
-            path = mod.path
-            if path is None:  # no disk cache here: RawModule loads from a file, so use a private one
-                path = Path(tempfile.mkdtemp(prefix="fptq-cuda-")) / f"{module}.cubin"
-                path.write_bytes(mod.cubin)
-            raw = self.cp.RawModule(path=str(path))
+            # the whole cubin, checked against its ELF extent (CuPy's getCUBIN drops a byte; cupy_compile)
+            raw = self.cp.RawModule(path=str(CC.cubin_file(mod)))
             for k, entry in mod.entries.items():
                 self._functions[(module, k)] = raw.get_function(entry)
             f = self._functions[key]
@@ -159,22 +164,21 @@ class CupyBackend:
         """The device address of an array (the fast paths need 16-byte aligned ones)."""
         return a.data.ptr
 
-    # -- activations (spec section 2) ---------------------------------------------------------
-    def act_scale_from_amax(self, amax):
-        a = self._c(V.act_scale_from_amax(self.xp, amax))
+    # -- activations (spec section 2): the hooks of BackendBase, on checked arguments -----------
+    def _act_scale_from_amax_unchecked(self, amax):
+        a = self._c(amax)
         out = self.cp.empty_like(a)
         self._elementwise("activation", "act_scale_from_amax", a.size, (a, out, _I64(a.size)))
         return out
 
-    def quantize_act_per_tensor(self, x, scale):
-        x, scale = V.quantize_act_per_tensor(self.xp, x, scale)
+    def _quantize_act_per_tensor_unchecked(self, x, scale):
         x, scale = self._c(x), self._c(scale)
         q = self.cp.empty(x.shape, dtype=self.cp.int8)
         self._elementwise("activation", "quantize_act_per_tensor", x.size, (x, scale, q, _I64(x.size)))
         return q
 
-    def quantize_act_per_token(self, x):
-        x = self._c(V.quantize_act_per_token(self.xp, x))
+    def _quantize_act_per_token_unchecked(self, x):
+        x = self._c(x)
         m, k = x.shape
         q = self.cp.empty((m, k), dtype=self.cp.int8)
         scale = self.cp.empty((m,), dtype=self.cp.float32)
@@ -182,8 +186,7 @@ class CupyBackend:
             self._launch("activation", "quantize_act_per_token", (m,), (L.ROW_THREADS,), (x, q, scale, _I64(k)))
         return q, scale
 
-    def dequantize_act(self, q, scale):
-        q, scale, per_token = V.dequantize_act(self.xp, q, scale)
+    def _dequantize_act_unchecked(self, q, scale, per_token):
         q, scale = self._c(q), self._c(scale)
         out = self.cp.empty(q.shape, dtype=self.cp.float32)
         k = q.shape[1] if per_token else 1
@@ -193,27 +196,28 @@ class CupyBackend:
         return out
 
     # -- LAE (section 3) -----------------------------------------------------------------------
-    def lae_scales(self, channel_max):
-        m = self._c(V.lae_scales(self.xp, channel_max))
+    def _lae_scales_unchecked(self, channel_max):
+        m = self._c(channel_max)
         s = self.cp.empty_like(m)
         self._elementwise("lae", "lae_scales", m.size, (m, s, _I64(m.size)))
         return s
 
     def _lae_apply(self, kernel, a, s):
+        a, s = self._c(a), self._c(s)
         out = self.cp.empty(a.shape, dtype=self.cp.float32)
         self._elementwise("lae", kernel, a.size, (a, s, out, _I64(a.size), _I64(a.shape[1])))
         return out
 
-    def lae_apply_activation(self, x, s):
-        x, s = V.lae_apply_activation(self.xp, x, s)
-        return self._lae_apply("lae_apply_activation", self._c(x), self._c(s))
+    def _lae_apply_activation_unchecked(self, x, s):
+        return self._lae_apply("lae_apply_activation", x, s)
 
-    def lae_apply_weight(self, w, s):
-        w, s = V.lae_apply_weight(self.xp, w, s)
-        return self._lae_apply("lae_apply_weight", self._c(w), self._c(s))
+    def _lae_apply_weight_unchecked(self, w, s):
+        return self._lae_apply("lae_apply_weight", w, s)
 
     # -- weights (section 4) -------------------------------------------------------------------
-    def _weight_scales(self, w, g: int, fmt: WeightFormat):
+    def _weight_scales_unchecked(self, w, g, fmt):
+        """The kernel writes an infinite scale where a group's range overflowed (BackendBase raises)."""
+        w = self._c(w)
         n, k = w.shape
         ng = num_groups(k, g)
         asym = fmt is WeightFormat.ASYMMETRIC
@@ -223,35 +227,18 @@ class CupyBackend:
             grid, block = L.warp_per_item_grid(n * ng)
             self._launch("weights", "weight_scales", grid, block,
                          (w, scale, self._opt(zero), _I64(n), _I64(k), _I64(g), _I64(ng), _I32(asym)))
-            if asym and bool(((scale.view(self.cp.int32) & 0x7F800000) == 0x7F800000).any()):
-                raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4]")
         return scale, zero
 
-    def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, g, fmt = V.weight_scales(self.xp, w, group_size, fmt)
-        return self._weight_scales(self._c(w), g, fmt)
-
-    def _quantize_weight(self, w, scale, zero, g, fmt):
+    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
+        w, scale = self._c(w), self._c(scale)
         n, k = w.shape
-        ng = num_groups(k, g)
         q = self.cp.empty((n, k), dtype=self.cp.int8)
         self._elementwise("weights", "quantize_weight_with_scales", n * k,
-                          (w, scale, self._opt(zero), q, _I64(n), _I64(k), _I64(g), _I64(ng),
+                          (w, scale, self._opt(zero), q, _I64(n), _I64(k), _I64(g), _I64(num_groups(k, g)),
                            _I32(fmt is WeightFormat.ASYMMETRIC)))
         return q
 
-    def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, scale, zero, g, fmt = V.quantize_weight_with_scales(self.xp, w, scale, zero, group_size, fmt)
-        return self._quantize_weight(self._c(w), self._c(scale), None if zero is None else self._c(zero), g, fmt)
-
-    def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, g, fmt = V.quantize_weight(self.xp, w, group_size, fmt)
-        w = self._c(w)
-        scale, zero = self._weight_scales(w, g, fmt)
-        return spec.QuantizedWeight(self._quantize_weight(w, scale, zero, g, fmt), scale, zero, g, fmt)
-
-    def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        q, scale, zero, g, fmt = V.dequantize_weight(self.xp, q, scale, zero, group_size, fmt)
+    def _dequantize_weight_unchecked(self, q, scale, zero, g, fmt):
         q, scale = self._c(q), self._c(scale)
         n, k = q.shape
         out = self.cp.empty((n, k), dtype=self.cp.float32)
@@ -261,49 +248,48 @@ class CupyBackend:
         return out
 
     # -- packing (section 5) -------------------------------------------------------------------
-    def pack_int4(self, q, signed=True):
-        q = self._c(V.pack_int4(self.xp, q, signed))
+    def _pack_int4_unchecked(self, q, signed):
+        q = self._c(q)
         n, k = q.shape
         packed = self.cp.empty((n, spec.packed_width(k)), dtype=self.cp.uint8)
         self._elementwise("packing", "pack_int4", packed.size, (q, packed, _I64(n), _I64(k)))
         return packed
 
-    def unpack_int4(self, packed, k, signed=True):
-        packed, k = V.unpack_int4(self.xp, packed, k, signed)
+    def _unpack_int4_unchecked(self, packed, k, signed):
         packed = self._c(packed)
         n = packed.shape[0]
         q = self.cp.empty((n, k), dtype=self.cp.int8)
-        self._elementwise("packing", "unpack_int4", n * k, (packed, q, _I64(n), _I64(k), _I32(bool(signed))))
+        self._elementwise("packing", "unpack_int4", n * k, (packed, q, _I64(n), _I64(k), _I32(signed)))
         return q
 
     # -- matmul (section 6) --------------------------------------------------------------------
-    def _group_sums(self, qx, packed, zero, k, g, fmt):
-        m, n, ng = qx.shape[0], packed.shape[0], num_groups(k, g)
-        acc = self.cp.empty((m, n, ng), dtype=self.cp.int32)
+    def _group_sums_into(self, acc, qx, packed, zero, k, g, fmt):
+        m, n, ng = acc.shape
         self._elementwise("matmul", "w4a8_group_sums", acc.size,
                           (qx, packed, self._opt(zero), acc, _I64(m), _I64(n), _I64(k), _I64(g), _I64(ng),
                            _I32(fmt is WeightFormat.ASYMMETRIC)))
-        return acc
 
-    def _epilogue(self, acc, wscale, xscale, bias):
+    def _epilogue_into(self, out, acc, wscale, xscale, bias):
         m, n, ng = acc.shape
-        out = self.cp.empty((m, n), dtype=self.cp.float32)
         self._elementwise("matmul", "w4a8_epilogue", m * n,
                           (acc, wscale, xscale, self._opt(bias), out, _I64(m), _I64(n), _I64(ng),
                            _I32(xscale.size > 1), _I32(bias is not None)))
+
+    def _w4a8_group_sums_unchecked(self, qx, packed, zero, k, g, fmt):
+        qx, packed = self._c(qx), self._c(packed)
+        acc = self.cp.empty((qx.shape[0], packed.shape[0], num_groups(k, g)), dtype=self.cp.int32)
+        self._group_sums_into(acc, qx, packed, None if zero is None else self._c(zero), k, g, fmt)
+        return acc
+
+    def _w4a8_epilogue_unchecked(self, acc, wscale, xscale, bias):
+        acc = self._c(acc)
+        out = self.cp.empty(acc.shape[:2], dtype=self.cp.float32)
+        self._epilogue_into(out, acc, self._c(wscale), self._c(xscale).reshape(-1),
+                            None if bias is None else self._c(bias))
         return out
 
-    def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
-        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(self.xp, qx, packed, zero, k, group_size, fmt)
-        return self._group_sums(self._c(qx), self._c(packed), None if zero is None else self._c(zero), k, g, fmt)
-
-    def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
-        acc, wscale, xscale, bias = V.w4a8_epilogue(self.xp, acc, wscale, xscale, bias)
-        return self._epilogue(self._c(acc), self._c(wscale), self._c(xscale).reshape(-1),
-                              None if bias is None else self._c(bias))
-
-    def w4a8_matmul(self, qx, xscale, packed, wscale, zero, k, group_size, fmt=WeightFormat.SYMMETRIC, bias=None):
-        launch, out = self.matmul_launcher(qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+    def _w4a8_matmul_unchecked(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias=None):
+        launch, out = self._launcher(qx, xscale, packed, wscale, zero, k, g, fmt, bias)
         launch()
         return out
 
@@ -316,8 +302,11 @@ class CupyBackend:
         so it can be called in a loop or captured in a CUDA graph (the benchmark
         does). The arrays are the checked, contiguous ones: keep them unmodified.
         """
-        qx, xscale, packed, wscale, zero, k, g, fmt, bias = V.w4a8_matmul(
-            self.xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+        return self._launcher(*self._check("w4a8_matmul", qx, xscale, packed, wscale, zero, k, group_size, fmt,
+                                           bias))
+
+    def _launcher(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias):
+        """``(launch, out)`` of the matmul on checked arguments; the path is chosen by shape."""
         qx, packed, wscale = self._c(qx), self._c(packed), self._c(wscale)
         xscale = self._c(xscale).reshape(-1)
         zero = None if zero is None else self._c(zero)
@@ -329,13 +318,10 @@ class CupyBackend:
         asym = fmt is WeightFormat.ASYMMETRIC
         if path == "generic" or m == 0 or n == 0:
             acc = self.cp.empty((m, n, ng), dtype=self.cp.int32)
-            sums = (qx, packed, self._opt(zero), acc, _I64(m), _I64(n), _I64(k), _I64(g), _I64(ng), _I32(asym))
-            epi = (acc, wscale, xscale, self._opt(bias), out, _I64(m), _I64(n), _I64(ng), _I32(xscale.size > 1),
-                   _I32(bias is not None))
 
             def launch():
-                self._elementwise("matmul", "w4a8_group_sums", acc.size, sums)
-                self._elementwise("matmul", "w4a8_epilogue", m * n, epi)
+                self._group_sums_into(acc, qx, packed, zero, k, g, fmt)
+                self._epilogue_into(out, acc, wscale, xscale, bias)
             return launch, out
         args = (qx, xscale, packed, wscale, self._opt(zero), self._opt(bias), out, _I32(m), _I32(n), _I32(k),
                 _I32(g), _I32(ng), _I32(asym), _I32(xscale.size > 1), _I32(bias is not None))
@@ -349,8 +335,7 @@ class CupyBackend:
         return (lambda: fn(grid, block, args)), out
 
     # -- policy (section 7) --------------------------------------------------------------------
-    def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
-        v, t0, t1 = V.select_policies(self.xp, v, v0, v1)
+    def _select_policies_unchecked(self, v, t0, t1):
         v = self._c(v)
         codes = self.cp.empty(v.shape, dtype=self.cp.uint8)
         self._elementwise("policy", "select_policies", v.size, (v, codes, _I64(v.size), _F32(t0), _F32(t1)))

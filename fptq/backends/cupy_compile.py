@@ -10,7 +10,16 @@ last ``-ftz`` wins, so every float op would flush subnormals to zero, which
 the spec forbids (a flushed subnormal is a wrong bit). Here the options are
 exactly :func:`compile_options`: no fast math, ``--fmad=false``,
 ``-ftz=false``, IEEE division and square root, and ``ptxas -v`` for the
-resource report. The cubin is loaded with ``cupy.RawModule(path=...)``.
+resource report. The cubin is loaded with ``cupy.RawModule(path=...)``
+from :func:`cubin_file`.
+
+The cubin's bytes come from NVRTC itself (``nvrtcGetCUBINSize`` /
+``nvrtcGetCUBIN`` through ``ctypes`` on the library CuPy loaded,
+:func:`_complete_cubin`), not from CuPy's ``getCUBIN``, which drops the last
+byte (it strips a "trailing NUL" that a binary does not have) and leaves a
+file one byte short of its ELF program-header table. Every cubin is checked
+(:func:`fptq.backends.cubin_elf.check_cubin`: length == ELF extent) when it is
+made, read from the cache and written for loading.
 CuPy's own elementwise kernels (``a * b``, ``a > 0`` on float arrays) are
 compiled with ``-ftz=true`` too, which is why the backend does no float
 arithmetic or float comparison with CuPy operators (see
@@ -26,10 +35,12 @@ table, :mod:`fptq.spec.formats` (:func:`spec_defines`).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,10 +49,11 @@ import numpy as np
 
 from ..spec import INT4_SYM, INT8_ACT, MIN_SCALE, POLICY_CODES, UINT4_ASYM, ActPolicy
 from . import cupy_launch as L
+from .cubin_elf import check_cubin, elf_extent
 
 __all__ = ["HEADER", "MODULES", "KernelResources", "CompiledModule", "spec_defines", "compile_options",
            "name_expressions", "read_source", "parse_ptxas_log", "nvrtc_version", "compile_module",
-           "cache_dir", "compile_ptx", "forbidden_float_ops"]
+           "cache_dir", "cubin_file", "compile_ptx", "forbidden_float_ops", "CACHE_FORMAT"]
 
 #: The header every module includes (not compiled alone).
 HEADER = "common.cu"
@@ -184,9 +196,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FPTQ_CUDA_CACHE") or Path.home() / ".cache" / "fptq" / "cuda")
 
 
+#: Part of every cache key: cubins cached before the complete-cubin fix (one byte short) are never read.
+CACHE_FORMAT = "cubin-complete-2"
+
+
 def _key(name: str, arch: str, opts: tuple[str, ...], sources: list[str]) -> str:
     h = hashlib.sha256()
-    for part in (name, arch, repr(opts), repr(nvrtc_version()), *sources):
+    for part in (CACHE_FORMAT, name, arch, repr(opts), repr(nvrtc_version()), *sources):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -206,9 +222,9 @@ def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModu
     cubin_path = cache_dir() / f"{name}-sm{arch}-{key}.cubin"
     meta_path = cubin_path.with_suffix(".json")
     if use_cache and cubin_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return CompiledModule(name, arch, cubin_path.read_bytes(), meta["log"], meta["entries"],
-                              parse_ptxas_log(meta["log"]), cubin_path)
+        cached = _read_cache(name, arch, cubin_path, meta_path)
+        if cached is not None:
+            return cached
     nvrtc = _nvrtc()
     nvrtc_version()
     prog = nvrtc.createProgram(src, f"{name}.cu", (header.encode(),), (HEADER.encode(),))
@@ -222,7 +238,8 @@ def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModu
             raise RuntimeError(f"NVRTC failed to compile fptq/backends/cuda/{name}.cu for sm_{arch}: {e}\n"
                                f"{nvrtc.getProgramLog(prog)}") from None
         log = nvrtc.getProgramLog(prog)
-        cubin = nvrtc.getCUBIN(prog)
+        cubin = _complete_cubin(nvrtc, prog)
+        check_cubin(cubin, f"{name}.cu's cubin from NVRTC")
         entries = {e: nvrtc.getLoweredName(prog, e) for e in exprs} or {k: k for k in MODULES[name]}
     finally:
         nvrtc.destroyProgram(prog)
@@ -230,6 +247,68 @@ def compile_module(name: str, arch: str, use_cache: bool = True) -> CompiledModu
     if use_cache and _write_cache(cubin_path, meta_path, cubin, {"log": log, "entries": entries}):
         mod.path = cubin_path
     return mod
+
+
+def _read_cache(name: str, arch: str, cubin_path: Path, meta_path: Path) -> CompiledModule | None:
+    """The cached module, or None when the files are unreadable or the cubin is not whole (then it is rebuilt)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        cubin = cubin_path.read_bytes()
+        check_cubin(cubin, str(cubin_path))
+        return CompiledModule(name, arch, cubin, meta["log"], meta["entries"], parse_ptxas_log(meta["log"]),
+                              cubin_path)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _loaded_nvrtc_library() -> ctypes.CDLL | None:
+    """The NVRTC shared library already mapped into this process (the one CuPy's bindings loaded), or None.
+
+    Only that copy may be called with CuPy's program handles, so it is found in
+    ``/proc/self/maps`` (Linux) rather than searched for; ``dlopen`` of a mapped
+    file returns the same handle.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libnvrtc.so" in line and "builtins" not in line}
+    except OSError:
+        return None
+    paths = sorted(p for p in paths if p.startswith("/"))
+    return ctypes.CDLL(paths[0]) if len(paths) == 1 else None
+
+
+def _complete_cubin(nvrtc, prog) -> bytes:
+    """All ``nvrtcGetCUBINSize`` bytes of a compiled program, from NVRTC itself.
+
+    CuPy's ``getCUBIN`` returns one byte fewer (module docstring). Where the
+    library cannot be called directly, CuPy's bytes are completed with zero
+    bytes up to the ELF extent, which only ever replaces a zero byte: the end
+    of the file is the last program header's high ``p_align`` byte. Either
+    way the caller checks the result with :func:`check_cubin`.
+    """
+    lib = _loaded_nvrtc_library()
+    if lib is not None:
+        size = ctypes.c_size_t()
+        handle = ctypes.c_void_p(int(prog))
+        if lib.nvrtcGetCUBINSize(handle, ctypes.byref(size)) != 0:
+            raise RuntimeError("nvrtcGetCUBINSize failed")
+        buf = ctypes.create_string_buffer(size.value)
+        if lib.nvrtcGetCUBIN(handle, buf) != 0:
+            raise RuntimeError("nvrtcGetCUBIN failed")
+        return buf.raw[:size.value]
+    cubin = bytes(nvrtc.getCUBIN(prog))
+    return cubin + b"\0" * max(0, elf_extent(cubin) - len(cubin))
+
+
+def cubin_file(mod: CompiledModule) -> Path:
+    """A file holding the whole cubin of ``mod``, checked, for ``cupy.RawModule(path=...)``:
+    the cache file, or a private temporary one when the cache is off or unwritable."""
+    check_cubin(mod.cubin, f"the cubin of {mod.name}.cu")
+    if mod.path is not None and mod.path.is_file() and mod.path.stat().st_size == len(mod.cubin):
+        return mod.path
+    path = Path(tempfile.mkdtemp(prefix="fptq-cuda-")) / f"{mod.name}-sm{mod.arch}.cubin"
+    path.write_bytes(mod.cubin)
+    return path
 
 
 def _write_cache(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict) -> bool:
