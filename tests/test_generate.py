@@ -64,10 +64,18 @@ def test_streaming_writes_what_is_returned(ckpt):
 
 
 def test_sampling_is_seeded(ckpt):
+    """Sampling happens (other seeds give other texts, none of them the greedy one) and is seeded (one
+    seed, one text): with sampling ignored every text would be the greedy one."""
     model, tok = fptq.load(str(ckpt), backend="torch")
-    a = generate_text(model, tok, "hello", max_new_tokens=10, do_sample=True, temperature=1.5, seed=3)
-    b = generate_text(model, tok, "hello", max_new_tokens=10, do_sample=True, temperature=1.5, seed=3)
-    assert a == b
+
+    def sample(seed):
+        return generate_text(model, tok, "hello", max_new_tokens=10, do_sample=True, temperature=1.5, seed=seed)
+
+    greedy = generate_text(model, tok, "hello", max_new_tokens=10)
+    texts = {seed: sample(seed) for seed in (3, 4, 5)}
+    assert sample(3) == texts[3]
+    assert len(set(texts.values())) == 3, texts
+    assert greedy not in texts.values(), (greedy, texts)
 
 
 def test_errors_are_clear(ckpt, capsys):
