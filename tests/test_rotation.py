@@ -202,7 +202,9 @@ def test_run_time_product_keeps_float32_and_numpy_and_torch_paths_agree():
     assert _times_rotation(x.to(torch.bfloat16), mod, "rotation").dtype == torch.bfloat16
 
 
-def test_numpy_factor_cache_follows_replaced_factors():
+def test_run_time_product_reads_the_current_factors():
+    """The NumPy path converts the module's factor buffers on every call (no copy kept per module), so
+    replaced buffers and buffers changed in place both take effect; a stale copy would fail here."""
     from fptq.models.rotate import RotateOutput, _times_rotation, factor_tensors
 
     q1 = torch.from_numpy(R.random_orthogonal(64, seed=1).astype(np.float32))
@@ -211,8 +213,8 @@ def test_numpy_factor_cache_follows_replaced_factors():
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q1).numpy(), rtol=0, atol=1e-5)
     signs, r = factor_tensors(q2)
-    mod.rotation_signs, mod.rotation_r = signs, r               # new tensors: the cache is remade
+    mod.rotation_signs, mod.rotation_r = signs, r               # new tensors
     np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q2).numpy(), rtol=0, atol=1e-5)
-    mod.rotation_signs.copy_(factor_tensors(q1)[0])              # in place (float32: the cache holds views)
+    mod.rotation_signs.copy_(factor_tensors(q1)[0])              # the same tensors, changed in place
     mod.rotation_r.copy_(factor_tensors(q1)[1])
     np.testing.assert_allclose(_times_rotation(x, mod, "rotation").numpy(), (x @ q1).numpy(), rtol=0, atol=1e-5)
