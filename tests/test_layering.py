@@ -13,6 +13,11 @@ The layers, from the bottom:
   (``torch_*``, ``numba_kernels``, ``cupy_*``) or under ``try/except ImportError``;
 * the pipeline (``fptq.models``, ``fptq.eval``, ``fptq.data``, ``fptq.io``,
   ``fptq.cli``, ...) imports the layers below, never the reverse;
+* inside the pipeline, ``fptq.models`` imports of the rest of the pipeline only
+  ``fptq.io`` and ``fptq.defaults`` (it sits below the commands that use it),
+  and its modules form the ordered levels of :data:`MODELS_ORDER`: a module
+  imports only modules of lower levels, so the package has no cycle, however
+  lazy an import (``docs/architecture.md``, "Inside fptq.models");
 * nothing in ``fptq`` imports ``conformance`` or ``tests`` (one exception:
   the ``fptq conformance`` command runs the installed suite);
 * ``conformance/`` (the suite any backend is run against) imports
@@ -40,6 +45,21 @@ EXCEPTIONS = [
 ]
 
 
+#: the levels of fptq.models, lowest first (docs/architecture.md, "Inside fptq.models"); a module imports
+#: only modules of lower levels, inside functions too. A new module gets a level here and in the docs.
+MODELS_ORDER = (
+    ("foundations", {"_torch", "arch", "checkpoint_meta", "loading"}),
+    ("settings", {"config"}),
+    ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows"}),
+    ("planning and baselines", {"plan", "fakequant"}),
+    ("the run", {"quantize"}),
+    ("checkpoint halves", {"checkpoint_read", "checkpoint_write"}),
+    ("checkpoint", {"checkpoint"}),
+)
+#: what fptq.models may import from the rest of the pipeline
+MODELS_PIPELINE_IMPORTS = ("fptq.io", "fptq.defaults")
+
+
 def _module_name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
@@ -48,13 +68,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path):
-    """``(imported module, line, top_level, guarded)`` for every import in ``path``.
+def _imports(source: str, mod: str, is_package: bool = False, filename: str = "<source>"):
+    """``(imported module, line, top_level, guarded)`` for every import in ``source``, the text of
+    module ``mod`` (a package's ``__init__`` when ``is_package``).
 
     ``top_level``: not inside a function; ``guarded``: inside ``try: ... except ImportError``."""
-    tree = ast.parse(path.read_text(), str(path))
-    mod = _module_name(path)
-    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    tree = ast.parse(source, filename)
+    package = mod if is_package else mod.rpartition(".")[0]
     out = []
 
     def _visit(node, in_func=False, guarded=False):
@@ -87,9 +107,11 @@ def _imports(path: Path):
     return out
 
 
-def _files(*dirs):
+def _sources(*dirs):
+    """``(relative path, module name, is_package, text)`` of every Python file under ``dirs``."""
     for d in dirs:
-        yield from sorted((ROOT / d).rglob("*.py"))
+        for path in sorted((ROOT / d).rglob("*.py")):
+            yield str(path.relative_to(ROOT)), _module_name(path), path.name == "__init__.py", path.read_text()
 
 
 def _layer(mod: str) -> str:
@@ -116,7 +138,34 @@ def _framework_of_module(mod: str) -> str | None:
     return None
 
 
-def _violations():
+def _models_level(mod: str) -> int | None:
+    """The level (index in MODELS_ORDER) of a module of fptq.models, None for any other module."""
+    parts = mod.split(".")
+    if parts[:2] != ["fptq", "models"] or len(parts) < 3:
+        return None
+    return next((i for i, (_, names) in enumerate(MODELS_ORDER) if parts[2] in names), -1)
+
+
+def _models_violation(src: str, target: str) -> str | None:
+    """Why ``src`` (a module of fptq.models) may not import ``target``, or None."""
+    if _layer(target) != "pipeline":
+        return None
+    if not target.startswith("fptq.models."):
+        if target == "fptq.models" or not target.startswith(MODELS_PIPELINE_IMPORTS):
+            return f"fptq.models imports of the pipeline only {list(MODELS_PIPELINE_IMPORTS)}"
+        return None
+    lo, hi = _models_level(src), _models_level(target)
+    for name, level in ((src, lo), (target.split(".")[2], hi)):
+        if level == -1:
+            return f"{name} has no level in MODELS_ORDER (tests/test_layering.py, docs/architecture.md)"
+    if hi >= lo:
+        return (f"{MODELS_ORDER[lo][0]} (level {lo}) may import only lower levels of fptq.models, "
+                f"not {MODELS_ORDER[hi][0]} (level {hi})")
+    return None
+
+
+def _violations(sources=None):
+    """Every broken rule in ``sources`` (``_sources`` items; default: fptq/ and conformance/)."""
     allowed_external = {"spec": {"numpy"}, "reference": {"numpy"}, "backends": {"numpy"}, "conformance": {
         "numpy", "pytest", "_pytest", "pluggy", "hypothesis"}}
     may_import = {"spec": {"spec"}, "reference": {"spec", "reference"}, "backends": {"spec", "backends"},
@@ -125,11 +174,10 @@ def _violations():
     for allowed in may_import.values():
         allowed.add("root")
     bad = []
-    for path in _files("fptq", "conformance"):
-        src = _module_name(path)
+    for rel, src, is_package, text in (_sources("fptq", "conformance") if sources is None else sources):
         layer = "pipeline" if src == "fptq" else _layer(src)  # fptq/__init__.py: the top
-        rel = str(path.relative_to(ROOT))
-        for target, line, top, guarded in _imports(path):
+        in_models = _models_level(src) is not None
+        for target, line, top, guarded in _imports(text, src, is_package, rel):
             root = target.split(".")[0]
             where = f"{rel}:{line} imports {target}"
             if any(rel == f and target.startswith(p) for f, p, _ in EXCEPTIONS):
@@ -157,6 +205,8 @@ def _violations():
                 continue
             if t_layer not in may_import[layer]:
                 bad.append(f"{where}: {layer} may import only {sorted(may_import[layer])} of fptq")
+            elif in_models and (why := _models_violation(src, target)):
+                bad.append(f"{where}: {why}")
     return bad
 
 
@@ -165,19 +215,40 @@ def test_layering_rules_hold():
     assert not bad, "layering rules broken (docs/architecture.md):\n" + "\n".join(bad)
 
 
-def test_the_checker_sees_relative_and_nested_imports(tmp_path, monkeypatch):
+def _probe(rel: str, text: str) -> list[str]:
+    """The violations of one made-up file (parsed from text; nothing is written into the package)."""
+    return _violations([(rel, _module_name(ROOT / rel), rel.endswith("__init__.py"), text)])
+
+
+def test_the_checker_sees_relative_and_nested_imports():
     """The parser resolves ``from .. import x`` and finds imports inside functions and try blocks."""
-    src = ROOT / "fptq" / "reference" / "_layering_probe.py"
-    src.write_text("from .. import models\n\ndef f():\n    import torch\n\ntry:\n    import numba\n"
-                   "except ImportError:\n    pass\n")
-    try:
-        got = {(t, top, g) for t, _, top, g in _imports(src)}
-        assert got == {("fptq.models", True, False), ("torch", False, False), ("numba", True, True)}
-        bad = _violations()
-        assert any("_layering_probe.py:1 imports fptq.models: reference may import only" in b for b in bad)
-        assert any("_layering_probe.py:4 imports torch" in b for b in bad)
-    finally:
-        src.unlink()
+    text = "from .. import models\n\ndef f():\n    import torch\n\ntry:\n    import numba\nexcept ImportError:\n    pass\n"
+    got = {(t, top, g) for t, _, top, g in _imports(text, "fptq.reference._layering_probe")}
+    assert got == {("fptq.models", True, False), ("torch", False, False), ("numba", True, True)}
+    bad = _probe("fptq/reference/_layering_probe.py", text)
+    assert any("_layering_probe.py:1 imports fptq.models: reference may import only" in b for b in bad)
+    assert any("_layering_probe.py:4 imports torch" in b for b in bad)
+
+
+def test_models_order_is_checked_inside_functions_too():
+    """An upward import inside fptq.models fails even when lazy (the old config -> plan -> rotate -> config
+    cycle hid behind one); an unlisted module and an import of a command fail too."""
+    bad = _probe("fptq/models/arch.py", "def f():\n    from .quantize import quantize_model\n")
+    assert any("arch.py:2 imports fptq.models.quantize.quantize_model: foundations (level 0) may import only "
+               "lower levels" in b for b in bad), bad
+    assert _probe("fptq/models/quantize.py", "from .arch import Arch\nfrom ..defaults import BACKEND\n") == []
+    bad = _probe("fptq/models/config.py", "from .config import QuantConfig\n")
+    assert any("may import only lower levels" in b for b in bad), bad  # the same level is not lower
+    bad = _probe("fptq/models/newthing.py", "from .arch import Arch\n")
+    assert any("newthing has no level in MODELS_ORDER" in b for b in bad), bad
+    bad = _probe("fptq/models/plan.py", "def f():\n    from ..compare import run_compare\n")
+    assert any("fptq.models imports of the pipeline only" in b for b in bad), bad
+
+
+def test_every_models_module_has_a_level():
+    names = {p.stem for p in (ROOT / "fptq" / "models").glob("*.py") if p.stem != "__init__"}
+    listed = set().union(*(n for _, n in MODELS_ORDER))
+    assert names == listed, f"unlisted: {sorted(names - listed)}, listed but gone: {sorted(listed - names)}"
 
 
 @pytest.mark.parametrize("modules,forbidden", [
