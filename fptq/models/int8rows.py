@@ -15,8 +15,8 @@ float copy is kept, so the model also holds 1 byte per element instead of 4). Bo
 the values of the float model whose weight is ``W_hat`` (the same float32 products).
 
 Tied embeddings (``lm_head.weight is embed_tokens.weight``) become one (q, scale) pair shared
-by both modules: the checkpoint stores it once. The formula is not written here: rows are
-quantized by :mod:`fptq.reference` and dequantized element for element as
+by both modules: the checkpoint stores it once. The formula above is not implemented here: rows
+are quantized by :mod:`fptq.reference` and dequantized element for element as
 :func:`fptq.spec.dequantize_act` does (one float32 multiply).
 """
 
@@ -28,7 +28,6 @@ from .checkpoint_meta import INT8_ROW_KINDS
 
 __all__ = ["Int8Embedding", "Int8LMHead", "INT8_ROW_KINDS", "int8_row_targets", "int8_row_modules",
            "install_int8_rows"]
-
 
 
 class _Int8Rows(nn.Module):
