@@ -19,9 +19,9 @@ makes every edge a named, deliberate choice rather than a lucky draw:
   no bias.
 
 Sizes stay small (M, N <= 8, or <= 40 for the matmul; K <= 512) so that one
-example costs about a millisecond in the NumPy reference; the tile-edge
-strategy (:func:`tile_edge_matmul_cases`) reaches M 65, N 129, K 257 and, with
-few rows, K 24001, within 2**19 multiply-adds.
+example costs about a millisecond in the NumPy reference. The strategies for
+the inputs where fast kernels break (tile edges, long per-token rows, M >= 64
+with subnormal scales, strided views) are in :mod:`conformance.hypothesis_hard`.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def weight_formats() -> st.SearchStrategy[WeightFormat]:
 
 
 def scale_kinds() -> st.SearchStrategy[str]:
-    """A scale kind, weighted to ``nice`` (exact ties) and ``full`` (inexact reciprocal)."""
-    return weighted({"nice": 4, "full": 4, "min": 1, "subnormal": 1, "huge": 1})
+    """A scale kind, weighted to ``nice`` (exact ties) and ``full`` (inexact reciprocal); ``pow2`` reaches
+    the smallest subnormal (where ``1 / s`` is inf, §1.4 rule 3)."""
+    return weighted({"nice": 4, "full": 4, "min": 1, "subnormal": 1, "huge": 1, "pow2": 2})
 
 
 @st.composite
@@ -320,26 +321,39 @@ def group_sums_cases(draw) -> dict:
 
 #: Scale kinds of the epilogue by regime: ``normal`` results (where an FMA or a reordered sum
 #: shows), ``underflow`` (xscale chosen so that results are subnormal: flush-to-zero shows),
+#: ``signed_zero`` (results of about 2**-148: many round to +-0.0, so a skipped ``+ 0.0`` bias shows),
+#: ``subnormal_w`` / ``subnormal_x`` (subnormal weight or activation scales: denormals-are-zero shows),
 #: ``overflow`` (huge scales: inf).
 EPILOGUE_REGIMES = {
     "normal": {"w": ("full", "nice"), "x": ("full", "nice")},
     "underflow": {"w": ("full", "min"), "x": ("full", "subnormal")},
+    "signed_zero": {"w": ("full", "min"), "x": ("full", "subnormal")},
+    "subnormal_w": {"w": ("subnormal", "pow2"), "x": ("full", "nice")},
+    "subnormal_x": {"w": ("full", "nice"), "x": ("subnormal", "pow2")},
     "overflow": {"w": ("full", "huge"), "x": ("full", "huge")},
 }
+#: where the largest |y| lands in the regimes that choose xscale from y
+_XSCALE_TARGET = {"underflow": 2.0**-130, "signed_zero": 2.0**-148}
 
 
-def subnormal_xscale(y: np.ndarray, per_token: bool, shape) -> np.ndarray:
-    """An xscale that maps the largest |y| (per row, or overall) to about 2**-130: every nonzero
-    result of the epilogue is then subnormal."""
+def subnormal_xscale(y: np.ndarray, per_token: bool, shape, target: float = 2.0**-130) -> np.ndarray:
+    """An xscale that maps the largest |y| (per row, or overall) to about ``target`` (2**-130: every
+    nonzero result of the epilogue is then subnormal; 2**-148: most round to +-0.0)."""
     with np.errstate(all="ignore"):
         a = np.abs(y.astype(np.float64))
-        amax = a.max(axis=1) if per_token else np.full(1, a.max(initial=0.0))
-        xs = np.where((amax > 0) & np.isfinite(amax), 2.0**-130 / np.where(amax > 0, amax, 1.0), 1.0)
+        amax = a.max(axis=1, initial=0.0) if per_token else np.full(1, a.max(initial=0.0))
+        xs = np.where((amax > 0) & np.isfinite(amax), target / np.where(amax > 0, amax, 1.0), 1.0)
     return np.clip(xs, 2.0**-149, float(np.finfo(np.float32).max)).astype(F32).reshape(shape)
 
 
-def regimes() -> st.SearchStrategy[str]:
-    return weighted({"normal": 4, "underflow": 2, "overflow": 1})
+#: the regime weights of the small Hypothesis cases, and of the big-tile ones (subnormals favoured)
+REGIME_WEIGHTS = {"normal": 8, "underflow": 4, "signed_zero": 1, "subnormal_w": 1, "subnormal_x": 1, "overflow": 2}
+BIG_TILE_REGIME_WEIGHTS = {"normal": 3, "underflow": 2, "signed_zero": 1, "subnormal_w": 2, "subnormal_x": 2,
+                           "overflow": 1}
+
+
+def regimes(weights: dict | None = None) -> st.SearchStrategy[str]:
+    return weighted(weights or REGIME_WEIGHTS)
 
 
 @st.composite
@@ -363,12 +377,15 @@ def xscales(draw, src: Source, m: int, granularity: str | None = None, regime: s
 
 
 @st.composite
-def biases(draw, src: Source, n: int, y_without_bias=None, present: bool | None = None):
+def biases(draw, src: Source, n: int, y_without_bias=None, present: bool | None = None, regime: str = "normal"):
     """None, or float32 [N]: +-0.0, full-mantissa values, or ``-y`` (the sum then is exactly 0).
-    ``present`` forces a bias (True) or none (False)."""
+    ``present`` forces a bias (True) or none (False); the ``signed_zero`` regime favours +-0.0
+    (-0.0 + +0.0 is +0.0: a kernel that skips a zero bias keeps -0.0)."""
     options = {"none": 2, "generic": 2, "zero": 1, "cancel": 1}
     if present is not None:
         options = {"none": 1} if not present else {"generic": 2, "zero": 1, "cancel": 1}
+    if regime == "signed_zero" and present is not False:
+        options = {"zero": 4, "none": 1} if present is None else {"zero": 1}
     kind = draw(weighted(options))
     if kind == "none":
         return None
@@ -385,79 +402,57 @@ def group_counts() -> st.SearchStrategy[int]:
     return branch((5, st.integers(3, 12)), (1, st.sampled_from([2, 1, 0])))
 
 
+def _fit_xscale(xscale, regime: str, y1_of) -> np.ndarray:
+    """In the ``underflow`` / ``signed_zero`` regimes, the xscale that puts the results there
+    (``y1_of()``: the epilogue with xscale 1); else ``xscale`` itself."""
+    if regime not in _XSCALE_TARGET:
+        return xscale
+    with np.errstate(all="ignore"):
+        y1 = y1_of()
+    if not y1.shape[0]:
+        return xscale
+    per_token = xscale.ndim == 1 and xscale.shape[0] == y1.shape[0] and y1.shape[0] > 1
+    return subnormal_xscale(y1, per_token, xscale.shape, _XSCALE_TARGET[regime])
+
+
 @st.composite
-def epilogue_cases(draw, granularity: str | None = None, with_bias: bool | None = None) -> dict:
+def epilogue_cases(draw, granularity: str | None = None, with_bias: bool | None = None, rows=None,
+                   regime_weights: dict | None = None) -> dict:
     """``{acc, wscale, xscale, bias}``: ng >= 3 favoured (so that a reordered reduction shows),
     full-mantissa scales (so that an FMA shows), int32 sums that round to float32, results
-    that underflow to subnormals or overflow to inf in a minority of examples."""
-    m = draw(sizes((1, 0), 2, 4))
+    that underflow to subnormals or +-0.0, subnormal scales, results that overflow to inf in a
+    minority of examples. ``rows``: a strategy for M (default 0..4)."""
+    m = draw(rows if rows is not None else sizes((1, 0), 2, 4))
     n = draw(sizes((1,), 2, 6))
     ng = draw(group_counts())
     src = Source(draw(seeds()))
     kind = draw(weighted({"realistic": 4, "rounding": 2, "small": 1, "wide": 1}))
     acc = P.int32_sums(src, (m, n, ng), kind, group_size=draw(st.sampled_from([128, 32, 2048])))
-    regime = draw(regimes())
+    regime = draw(regimes(regime_weights))
     wscale = draw(wscales(src, (n, ng), regime))
-    xscale = draw(xscales(src, m, granularity, regime))
+    xscale = _fit_xscale(draw(xscales(src, m, granularity, regime)), regime,
+                         lambda: spec.w4a8_epilogue(acc, wscale, np.ones(m, F32)))
     with np.errstate(all="ignore"):
-        if regime == "underflow" and m:
-            y1 = spec.w4a8_epilogue(acc, wscale, np.ones(m, F32))
-            xscale = subnormal_xscale(y1, xscale.shape == (m,) and m > 1, xscale.shape)
         y = spec.w4a8_epilogue(acc, wscale, xscale)
-    return {"acc": acc, "wscale": wscale, "xscale": xscale, "bias": draw(biases(src, n, y, with_bias))}
+    return {"acc": acc, "wscale": wscale, "xscale": xscale, "bias": draw(biases(src, n, y, with_bias, regime))}
 
 
 @st.composite
-def matmul_cases(draw, granularity: str | None = None, with_bias: bool | None = None) -> dict:
-    """The whole W4A8 linear: ``{qx, xscale, packed, wscale, zero, k, group_size, fmt, bias}``."""
-    case = draw(group_sums_cases())
+def matmul_cases(draw, granularity: str | None = None, with_bias: bool | None = None, sums=None,
+                 regime_weights: dict | None = None) -> dict:
+    """The whole W4A8 linear: ``{qx, xscale, packed, wscale, zero, k, group_size, fmt, bias}``
+    (``sums``: the strategy of its integer part, default :func:`group_sums_cases`)."""
+    case = draw(sums if sums is not None else group_sums_cases())
     m, n = case["qx"].shape[0], case["packed"].shape[0]
     src = Source(draw(seeds()))
-    regime = draw(regimes())
+    regime = draw(regimes(regime_weights))
     case["wscale"] = draw(wscales(src, (n, _ng(case["k"], case["group_size"])), regime))
-    case["xscale"] = draw(xscales(src, m, granularity, regime))
-    case["bias"] = draw(biases(src, n, present=with_bias))
+    case["xscale"] = _fit_xscale(
+        draw(xscales(src, m, granularity, regime)), regime,
+        lambda: spec.w4a8_epilogue(spec.w4a8_group_sums(**LC.group_sums_args(case)), case["wscale"],
+                                   np.ones(m, F32)))
+    case["bias"] = draw(biases(src, n, present=with_bias, regime=regime))
     return case
-
-
-# ---------------------------------------------------------------------------
-# matmul at the tile edges of tiled kernels (spec section 6; fixed large cases: large_cases.py)
-
-#: multiples of 16/32/64/128 and one either side: where a tiled kernel's last tile is partial
-TILE_EDGE_SIZES = tuple(sorted({t + d for t in (16, 32, 64, 128) for d in (-1, 0, 1)}))
-
-
-def tile_edges(hi: int) -> st.SearchStrategy[int]:
-    """A size at a tile edge (3/4 of draws) or any size in [1, hi]."""
-    return branch((3, st.sampled_from([s for s in TILE_EDGE_SIZES if s <= hi])), (1, st.integers(1, hi)))
-
-
-@st.composite
-def tile_edge_matmul_cases(draw, max_macs: int = 2**19) -> dict:
-    """The W4A8 linear with sizes where tiled kernels break: M, N, K at multiples of 16..128 and one
-    either side (the last partial tile in M, N and K), G in {16, 32, 64, 128, per-channel} or not a
-    power of two (``edges``); K from 1000 to 4200 with a ragged last group deep inside K (``deep``);
-    int32 group sums past 2**24 with K up to 24001 (``saturating``, where a float32 accumulator of the
-    products rounds). Both formats, both scale kinds, bias or not; at most ``max_macs`` multiply-adds."""
-    kind = draw(weighted({"edges": 6, "deep": 2, "saturating": 1}))
-    fmt = draw(st.sampled_from(["sym", "asym"]))
-    if kind == "edges":
-        m, n, k = draw(tile_edges(65)), draw(tile_edges(129)), draw(tile_edges(257))
-        g = draw(st.sampled_from([16, 32, 64, 128, -1, 48, 33]))
-    elif kind == "deep":
-        m, n = draw(st.integers(1, 4)), draw(st.integers(1, 17))
-        k = draw(st.integers(1000, 4200) | st.sampled_from([4095, 4096, 4097, 2049]))
-        g = draw(st.sampled_from([32, 64, 128, 256, -1, 96]))
-    else:
-        m, n = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-        k = draw(st.integers(17500, 24001))
-        g = draw(st.sampled_from([-1, 17500]))
-    while m * n * k > max_macs and m > 1:
-        m = (m + 1) // 2
-    while m * n * k > max_macs and n > 1:
-        n = (n + 1) // 2
-    return LC.make_case(Source(draw(seeds())), m, n, k, g, fmt, draw(st.sampled_from(["per_tensor", "per_token"])),
-                        draw(st.booleans()), "saturating" if kind == "saturating" else "random")
 
 
 # ---------------------------------------------------------------------------

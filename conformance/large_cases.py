@@ -14,7 +14,11 @@ int32 sums past 2**24. :func:`all_cases` lists deterministic cases over
 * ``saturating`` cases whose int32 group sums exceed 2**24 with odd
   increments (a kernel that accumulates int8 x int4 products in float32 is
   wrong there);
-* five products with M x N x K >= 2**32 (up to 5.8e9 multiply-adds).
+* five products with M x N x K >= 2**32 (up to 5.8e9 multiply-adds);
+* ``subnormal_w`` / ``subnormal_x`` cases: subnormal weight or activation
+  scales with subnormal results, at M = 1 to 4096 on both sides of the 64- and
+  128-row tiles (a kernel whose big-tile path is built with flush-to-zero
+  returns zeros there).
 
 Each case has an ``id`` (``M129-N257-K576-G128-asym-per_token-bias``), from
 which :func:`build` makes the same arrays everywhere (a seed derived from the
@@ -45,6 +49,7 @@ import numpy as np
 from fptq import spec
 from fptq.spec import WeightFormat
 
+from . import hard_cases as H
 from . import pieces as P
 from .pieces import Source
 
@@ -76,10 +81,12 @@ class LargeCase:
     granularity: str = "per_token"
     bias: bool = False
     content: str = "random"  # or "saturating"
+    scales: str = "similar"  # or "subnormal_w" / "subnormal_x" (subnormal weight / activation scales)
 
     @property
     def id(self) -> str:
         tail = "" if self.content == "random" else f"-{self.content}"
+        tail += "" if self.scales == "similar" else f"-{self.scales}"
         return (f"M{self.m}-N{self.n}-K{self.k}-G{self.g}-{self.fmt}-{self.granularity}-"
                 f"{'bias' if self.bias else 'nobias'}{tail}")
 
@@ -119,6 +126,14 @@ def all_cases() -> list[LargeCase]:
               LargeCase(17, 33, 11007, -1, "asym", "per_tensor", True, "saturating"),
               LargeCase(3, 5, 24001, -1, "sym", "per_token", True, "saturating"),
               LargeCase(16, 17, 30000, 25000, "sym", "per_tensor", False, "saturating")]
+    # subnormal scales and subnormal results on every tile size (no bias: it would swamp them)
+    sub = [(1, 257, 11008, 128), (17, 255, 4096, 64), (64, 129, 256, 64), (65, 33, 576, 128), (128, 17, 1024, 128),
+           (129, 65, 257, 32), (257, 16, 4097, 128), (1024, 33, 1025, 128), (4096, 17, 256, 128),
+           (4096, 4097, 256, 128)]
+    for i, (m, n, k, g) in enumerate(sub):
+        v = _variant(2 * i)
+        cases.append(LargeCase(m, n, k, g, v["fmt"], v["granularity"], False,
+                               scales=("subnormal_w", "subnormal_x")[i % 2]))
     # M x N x K >= 2**32
     cases += [LargeCase(4096, 4097, 256, 128, "sym", "per_token", True),
               LargeCase(1024, 4096, 1025, 128, "asym", "per_tensor", False),
@@ -152,11 +167,27 @@ def _saturating(src: Source, m: int, n: int, k: int, g: int, asym: bool):
     return qx.astype(np.int8), q.astype(np.int8), None if z is None else z.astype(np.uint8)
 
 
+def _scales(src: Source, m: int, n: int, ng: int, granularity: str, scales: str):
+    """(xscale, wscale): of similar magnitude (``similar``), or subnormal weight scales with small
+    activation scales (``subnormal_w``), or normal weight scales with subnormal activation scales
+    (``subnormal_x``): the results are then mostly subnormal."""
+    xshape = (m,) if granularity == "per_token" else (1,)
+    if scales == "subnormal_w":
+        xs, ws = H.small_scales(src, xshape), H.subnormal_scales(src, (n, ng))
+    elif scales == "subnormal_x":
+        xs, ws = H.subnormal_scales(src, xshape), H.small_scales(src, (n, ng))
+    else:
+        xs, ws = P.similar_scales(src, xshape), P.similar_scales(src, (n, ng))
+    return (xs if granularity == "per_token" else xs.reshape(())), ws
+
+
 def make_case(src: Source, m: int, n: int, k: int, group_size: int, fmt: str = "sym",
-              granularity: str = "per_token", bias: bool = False, content: str = "random") -> dict:
+              granularity: str = "per_token", bias: bool = False, content: str = "random",
+              scales: str = "similar") -> dict:
     """``w4a8_matmul`` arguments: int8 activations (-128 included) and uniform nibbles (``random``) or
     large same-sign products (``saturating``), weight scales of similar magnitude (where the order of
-    the epilogue's sum shows), zero points in [0, 15], a per-tensor or per-token scale, a bias or None."""
+    the epilogue's sum shows) or subnormal scales (``scales``, :func:`_scales`), zero points in
+    [0, 15], a per-tensor or per-token scale, a bias or None."""
     g = k if group_size == -1 else group_size
     ng = spec.num_groups(k, max(g, 1))
     asym = fmt == "asym"
@@ -166,19 +197,16 @@ def make_case(src: Source, m: int, n: int, k: int, group_size: int, fmt: str = "
         qx = P.int8_activations(src, (m, k), {"uniform": 3, "extreme": 1})
         q = P.nibbles(src, (n, k), not asym, "uniform")
         zero = src.ints(0, 15, (n, ng)).astype(np.uint8) if asym else None
-    if granularity == "per_token":
-        xscale = P.similar_scales(src, (m,))
-    else:
-        xscale = P.similar_scales(src, (1,)).reshape(())
+    xscale, wscale = _scales(src, m, n, ng, granularity, scales)
     return {"qx": qx, "xscale": xscale, "packed": spec.pack_int4(q, not asym),
-            "wscale": P.similar_scales(src, (n, ng)), "zero": zero, "k": k, "group_size": group_size,
+            "wscale": wscale, "zero": zero, "k": k, "group_size": group_size,
             "fmt": _FMT[fmt], "bias": P.log_uniform(src, (n,), -4, 4) if bias else None}
 
 
 def build(case: LargeCase) -> dict:
     """The ``w4a8_matmul`` arguments of ``case`` (deterministic: the seed is a CRC of its id)."""
     return make_case(Source(zlib.crc32(case.id.encode())), case.m, case.n, case.k, case.g, case.fmt,
-                     case.granularity, case.bias, case.content)
+                     case.granularity, case.bias, case.content, case.scales)
 
 
 def group_sums_args(case: dict) -> dict:

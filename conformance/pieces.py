@@ -106,11 +106,22 @@ def full_scale(src: Source, lo_exp: int = -20, hi_exp: int = 6) -> F32:
     return F32(log_uniform(src, (), lo_exp, hi_exp, signed=False))
 
 
-SCALE_KINDS = ("nice", "full", "min", "subnormal", "huge")
+SCALE_KINDS = ("nice", "full", "min", "subnormal", "huge", "pow2")
+#: the exponent of the smallest subnormal float32 (2**-149)
+SMALLEST_SUBNORMAL_EXP = ESUB - MANT_BITS + 1
+
+
+def pow2_scale(src: Source) -> F32:
+    """``2**e``: half the draws subnormal (e in [-149, -127], where ``1 / s`` overflows to inf from
+    e = -128 down, so ``x * (1 / s)`` is wrong there while it is exact above, docs/spec.md §1.4 rule 3),
+    the rest e in [-126, 30]."""
+    lo, hi = (SMALLEST_SUBNORMAL_EXP, ESUB) if src.ints(0, 1) else (ESUB + 1, 30)
+    return F32(np.ldexp(1.0, int(src.ints(lo, hi))))
 
 
 def scale_of_kind(src: Source, kind: str) -> F32:
-    """A positive finite float32 scale: ``nice``, ``full``, ``min`` (MIN_SCALE), ``subnormal`` or ``huge``."""
+    """A positive finite float32 scale: ``nice``, ``full``, ``min`` (MIN_SCALE), ``subnormal``, ``huge``
+    or ``pow2`` (a power of two down to the smallest subnormal, :func:`pow2_scale`)."""
     if kind == "nice":
         return nice_scale(src)
     if kind == "full":
@@ -121,6 +132,8 @@ def scale_of_kind(src: Source, kind: str) -> F32:
         return F32(f32_from_parts(0, ESUB, int(src.ints(1, 2**MANT_BITS - 1))))
     if kind == "huge":
         return F32(log_uniform(src, (), 90, 120, signed=False))
+    if kind == "pow2":
+        return pow2_scale(src)
     raise ValueError(f"unknown scale kind {kind!r}")
 
 

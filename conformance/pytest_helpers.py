@@ -26,14 +26,17 @@ kind of mismatch points to (``hint: off by one: round half to even (§1.4 rule
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from fptq import spec
 from fptq.spec import WeightFormat
+
+from .layouts import backend_view
+from .reproducers import (  # noqa: F401 - part of this module's interface
+    fail_with_reproducer, remember_backend_name, reproducer, selected_name, spec_args,
+)
 
 #: op -> the docs/spec.md clause its results must satisfy (section and title)
 CLAUSES = {
@@ -59,36 +62,16 @@ OUTPUT_NAMES = {
     "w4a8_epilogue": ("y",), "w4a8_matmul": ("y",), "select_policies": ("policy",),
 }
 
-#: Largest input (elements) written inline into a reproducer; larger ones go to an .npz file.
-INLINE_LIMIT = 512
-
-
 def clause(op: str) -> str:
     """``"op, docs/spec.md §N.M title"``: the clause a result of ``op`` must satisfy."""
     return f"{op}, docs/spec.md {CLAUSES.get(op, '(no clause: not a spec operation)')}"
 
 
-def spec_args(op: str, case: dict) -> list:
-    """The case's values in the spec function's parameter order (defaults filled in)."""
-    params = inspect.signature(getattr(spec, op)).parameters
-    unknown = set(case) - set(params)
-    if unknown:
-        raise KeyError(f"case for {op} has unknown arguments {sorted(unknown)}")
-    out = []
-    for name, p in params.items():
-        if name in case:
-            out.append(case[name])
-        elif p.default is not inspect.Parameter.empty:
-            out.append(p.default)
-        else:
-            raise KeyError(f"case for {op} lacks argument {name!r}")
-    return out
-
-
-def to_backend(backend, value):
-    """NumPy arrays cross via ``from_numpy``; None, ints, bools, floats, formats pass as they are."""
+def to_backend(backend, value, layout: str | None = None):
+    """NumPy arrays cross via ``from_numpy`` (as a strided view of ``layout``, :mod:`.layouts`); None,
+    ints, bools, floats, formats pass as they are."""
     if isinstance(value, np.ndarray):
-        return backend.from_numpy(value)
+        return backend_view(backend, value, layout) if layout else backend.from_numpy(value)
     return value
 
 
@@ -106,12 +89,14 @@ def from_backend(backend, value):
     return backend.to_numpy(value)
 
 
-def call_backend(backend, op: str, case: dict):
-    """``backend.op(*inputs)`` with NumPy inputs converted in and outputs converted out."""
+def call_backend(backend, op: str, case: dict, layouts: dict | None = None):
+    """``backend.op(*inputs)`` with NumPy inputs converted in (``layouts``: argument name -> a layout of
+    :mod:`.layouts`) and outputs converted out."""
     fn = getattr(backend, op, None)
     if fn is None:
         raise AssertionError(f"backend {backend.name!r} lacks the operation {op!r} [{clause(op)}]")
-    args = [to_backend(backend, a) for a in spec_args(op, case)]
+    names = list(inspect.signature(getattr(spec, op)).parameters)
+    args = [to_backend(backend, a, (layouts or {}).get(n)) for n, a in zip(names, spec_args(op, case))]
     with np.errstate(all="ignore"):  # overflow to inf is part of the spec; NumPy would only warn
         return from_backend(backend, fn(*args))
 
@@ -156,7 +141,8 @@ def ulp_distance(a: np.ndarray, e: np.ndarray) -> np.ndarray:
     return np.abs(ordered(a) - ordered(e))
 
 
-def compare(name: str, actual, expected, op: str, inputs: dict | None = None, max_ulp: int = 0) -> str | None:
+def compare(name: str, actual, expected, op: str, inputs: dict | None = None, max_ulp: int = 0,
+            ragged: bool | None = None) -> str | None:
     """None if ``actual`` matches ``expected`` exactly (or within ``max_ulp`` float32 ulps);
     otherwise a message naming the first bad element and the clause."""
     where = f"[{clause(op)}]"
@@ -194,7 +180,7 @@ def compare(name: str, actual, expected, op: str, inputs: dict | None = None, ma
     for iname, arr in (inputs or {}).items():
         if isinstance(arr, np.ndarray) and arr.shape == expected.shape and arr.size:
             msg += f"; input {_index_str(iname, idx)} = {_fmt_value(arr, idx)}"
-    pattern = where_bad(bad) if op in MATMUL_OPS else None
+    pattern = where_bad(bad, ragged) if op in MATMUL_OPS else None
     if pattern:
         msg += f"\n  {pattern}"
     for hint in hints(op, actual, expected, bad, idx):
@@ -223,9 +209,24 @@ def _ranges(hit: np.ndarray, limit: int = 4) -> str:
     return ", ".join(runs[:limit]) + (f", ... ({len(runs)} runs)" if len(runs) > limit else "")
 
 
-def where_bad(bad: np.ndarray) -> str | None:
+#: tile widths a kernel commonly uses; a mismatch suffix starting at a multiple of one is its last partial tile
+TILE_WIDTHS = (256, 128, 64, 32, 16, 8)
+
+
+def _partial_tile(start: int, size: int) -> int | None:
+    """The largest tile width T such that ``start..size-1`` is exactly the last, partial tile of T."""
+    for t in TILE_WIDTHS:
+        if size % t and start == size - size % t and start > 0:
+            return t
+    return None
+
+
+def where_bad(bad: np.ndarray, ragged: bool | None = None) -> str | None:
     """For an output of rank 2 or 3 ([M, N] or [M, N, ng]) whose mismatches do not cover it all:
-    the rows, columns and groups that hold them, and what a tiled kernel would have done to give that."""
+    the rows, columns and groups that hold them, and what a tiled kernel would have done to give that:
+    a partial last tile is named only when the mismatches are exactly one (the size is not a multiple
+    of a tile width and they start where its last full tile ends), the last group only when they are in
+    it alone (``ragged``: whether that group is ragged, if the caller knows)."""
     if bad.ndim not in (2, 3) or bad.all():
         return None
     parts, tails = [], []
@@ -236,13 +237,16 @@ def where_bad(bad: np.ndarray) -> str | None:
             parts.append(f"all {_AXES[ax]}")
             continue
         parts.append(f"{_AXES[ax]} {_ranges(hit)} of 0..{size - 1}")
-        if hit[0] > 0 and hit[-1] == size - 1 and len(hit) == size - hit[0]:
-            tails.append(_AXES[ax].split()[0])
+        if hit[-1] != size - 1 or len(hit) != size - hit[0]:
+            continue
+        if ax == 2 and hit[0] == size - 1 and size > 1:
+            tails.append("the last group" + {True: ", which is ragged (§4.1)", False: ""}.get(ragged, ""))
+        elif ax < 2 and (t := _partial_tile(int(hit[0]), size)):
+            tails.append(f"the last partial tile along {'MN'[ax]} ({_AXES[ax].split()[0]} {hit[0]}..{size - 1} "
+                         f"after {hit[0] // t} full tiles of {t})")
     text = "mismatches in " + "; ".join(parts)
     if tails:
-        what = {"rows": "the last (partial?) tile along M", "columns": "the last (partial?) tile along N",
-                "groups": "the last (ragged?) group, §4.1"}
-        text += " -- only " + " and ".join(what[t] for t in tails)
+        text += " -- only " + " and ".join(tails)
     return text
 
 
@@ -272,108 +276,33 @@ def hints(op: str, actual: np.ndarray, expected: np.ndarray, bad: np.ndarray, id
 
 
 # ---------------------------------------------------------------------------
-# reproducers
-
-
-def _array_src(a: np.ndarray, name: str, big: dict) -> str:
-    if a.size > INLINE_LIMIT:
-        big[name] = a
-        return f"_saved[{name!r}]"
-    if a.dtype.kind == "f":
-        u = f"uint{8 * a.dtype.itemsize}"  # float16/32/64 alike
-        bits = ", ".join(f"{int(b):#x}" for b in a.reshape(-1).view(getattr(np, u)))
-        return f"np.array([{bits}], dtype=np.{u}).view(np.{a.dtype}).reshape({a.shape})"
-    return f"np.array({a.reshape(-1).tolist()}, dtype=np.{a.dtype}).reshape({a.shape})"
-
-
-_BACKEND_NAMES: dict[int, str] = {}
-
-
-def remember_backend_name(backend, name: str) -> None:
-    """Record how ``backend`` was selected (``--backend NAME``), for the reproducers.
-
-    Kept on the backend object itself where it allows (a checkout's suite can be imported twice,
-    as ``conformance`` and as ``fptq.conformance``; both copies then see the name)."""
-    try:
-        backend._fptq_selected_as = name
-    except (AttributeError, TypeError):
-        _BACKEND_NAMES[id(backend)] = name
-
-
-def selected_name(backend) -> str:
-    """The name ``backend`` was selected by, else its ``name``."""
-    return getattr(backend, "_fptq_selected_as", None) or _BACKEND_NAMES.get(id(backend)) \
-        or getattr(backend, "name", "?")
-
-
-def _final_example() -> bool:
-    """False while Hypothesis runs an example it will not report (shrinking), else True: only the
-    reported example's arrays are written to ``$TMPDIR``."""
-    try:
-        from hypothesis.control import current_build_context
-
-        return bool(current_build_context().is_final)
-    except Exception:  # noqa: BLE001 - not inside a Hypothesis test
-        return True
-
-
-def reproducer(backend_name: str, op: str, case: dict, rebuild: str | None = None) -> str:
-    """Python code that recomputes the backend's and the spec's answers for ``case`` (floats bit-exact).
-
-    ``rebuild``: code that defines ``case`` (a fixed case rebuilt by name) instead of the arrays written out.
-    """
-    head = ["import numpy as np", "from fptq import spec", "from fptq.backends import get_backend"]
-    if rebuild is not None:
-        return "\n".join(head + [rebuild, f"b = get_backend({backend_name!r})",
-                                  f"got = b.{op}(*[b.from_numpy(a) if isinstance(a, np.ndarray) else a "
-                                  f"for a in case.values()])", f"want = spec.{op}(**case)"])
-    big: dict[str, np.ndarray] = {}
-    lines = []
-    params = list(inspect.signature(getattr(spec, op)).parameters)
-    for name, value in zip(params, spec_args(op, case)):
-        if isinstance(value, np.ndarray):
-            lines.append(f"    {name}={_array_src(value, name, big)},")
-        elif isinstance(value, WeightFormat):
-            lines.append(f"    {name}=spec.WeightFormat({value.value!r}),")
-        else:
-            lines.append(f"    {name}={value!r},")
-    if big and not _final_example():
-        head.append("# (an intermediate example while Hypothesis shrinks: its arrays are not saved)")
-    elif big:
-        fd, path = tempfile.mkstemp(prefix=f"fptq-{op}-", suffix=".npz")
-        os.close(fd)
-        np.savez(path, **big)
-        head.append(f"_saved = np.load({path!r})")
-    return "\n".join(head + [
-        f"b = get_backend({backend_name!r})",
-        "case = dict(", *lines, ")",
-        f"got = b.{op}(*[b.from_numpy(a) if isinstance(a, np.ndarray) else a for a in case.values()])",
-        f"want = spec.{op}(**case)",
-    ])
-
-
-def fail_with_reproducer(msg: str, backend, op: str, case: dict, rebuild: str | None = None):
-    """Raise AssertionError(msg) with a note holding Python code that reproduces the failure."""
-    err = AssertionError(msg)
-    name = selected_name(backend)
-    err.add_note("Reproduce with:\n" + reproducer(name, op, case, rebuild))
-    raise err
-
-
-# ---------------------------------------------------------------------------
 # the assertion
 
 
-def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebuild: str | None = None):
+def _ragged(case: dict) -> bool | None:
+    """Whether the case's last weight group is ragged (K not a multiple of G); None if it has no K and G."""
+    if "k" not in case or "group_size" not in case:
+        return None
+    try:
+        k = int(case["k"])
+        g = k if case["group_size"] in (-1, None) else int(case["group_size"])
+        return g > 0 and k % g != 0 and k > g
+    except (TypeError, ValueError):
+        return None
+
+
+def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebuild: str | None = None,
+             layouts: dict | None = None):
     """Assert that ``backend``'s ``op`` on ``case`` equals ``fptq.spec``'s, exactly (see module docstring).
 
     ``expected``: the spec's answer when the caller has it already (a large case whose answer comes
     from an exact fast path, :mod:`.large_cases`); the case must then be one the spec accepts.
     ``rebuild``: code defining ``case`` for the reproducer (instead of writing the arrays out).
+    ``layouts``: argument name -> a layout of :mod:`.layouts` (the backend gets strided views).
     Returns the spec's result (or the exception it raised) for further checks.
     """
-    def fail(msg):
-        fail_with_reproducer(msg, backend, op, case, rebuild)
+    def fail(msg, rejected=False):
+        fail_with_reproducer(msg, backend, op, case, rebuild, layouts, max_ulp, rejected)
 
     if expected is None:
         try:
@@ -382,16 +311,16 @@ def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebu
         except (ValueError, TypeError) as e:
             kind = ValueError if isinstance(e, ValueError) else TypeError
             try:
-                call_backend(backend, op, case)
+                call_backend(backend, op, case, layouts)
             except kind:
                 return e
             except Exception as got:  # noqa: BLE001 - any other exception is the failure we report
                 fail(f"{op} raised {type(got).__name__}: {got}, but the spec raises {type(e).__name__} "
-                     f"({e}) [{clause(op)}; docs/spec.md §9 what the public API rejects]")
+                     f"({e}) [{clause(op)}; docs/spec.md §9 what the public API rejects]", rejected=True)
             fail(f"{op} returned a result, but the spec rejects this input with {type(e).__name__}: {e} "
-                 f"[{clause(op)}; docs/spec.md §9 what the public API rejects]")
+                 f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", rejected=True)
     try:
-        actual = call_backend(backend, op, case)
+        actual = call_backend(backend, op, case, layouts)
     except AssertionError:
         raise
     except Exception as got:  # noqa: BLE001
@@ -404,7 +333,7 @@ def check_op(backend, op: str, case: dict, max_ulp: int = 0, expected=None, rebu
     except AssertionError as e:
         fail(str(e))
     for (name, e), (_, a) in zip(exp_outs, act_outs):
-        m = compare(name, a, e, op, inputs, max_ulp)
+        m = compare(name, a, e, op, inputs, max_ulp, _ragged(case))
         if m:
             errors.append(m)
     if errors:
@@ -425,7 +354,9 @@ def check_raises(backend, op: str, case: dict, kinds=(ValueError, TypeError)):
     except kinds:
         return
     except Exception as got:  # noqa: BLE001
-        fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}; expected {' or '.join(k.__name__ for k in kinds)} "
-              f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", backend, op, case)
+        fail_with_reproducer(f"{op} raised {type(got).__name__}: {got}; expected "
+                             f"{' or '.join(k.__name__ for k in kinds)} [{clause(op)}; docs/spec.md §9 what the "
+                             "public API rejects]", backend, op, case, rejected=True)
     fail_with_reproducer(f"{op} accepted an input the spec rejects; expected {' or '.join(k.__name__ for k in kinds)} "
-          f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", backend, op, case)
+                         f"[{clause(op)}; docs/spec.md §9 what the public API rejects]", backend, op, case,
+                         rejected=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
+from . import hypothesis_hard as hx
 from . import hypothesis_helpers as hh
 from .pytest_helpers import check_op
 
@@ -24,6 +25,12 @@ def test_quantize_act_per_tensor(backend, case):
 
 @given(case=hh.per_token_cases())
 def test_quantize_act_per_token(backend, case):
+    check_op(backend, "quantize_act_per_token", case)
+
+
+@given(case=hx.long_token_cases())
+def test_quantize_act_per_token_long_rows(backend, case):
+    """K from 129 to 5000 with each row's amax in the last column, past column 128, or anywhere."""
     check_op(backend, "quantize_act_per_token", case)
 
 

@@ -22,7 +22,7 @@ from hypothesis import given
 
 from fptq import spec
 
-from . import hypothesis_helpers as hh
+from . import hypothesis_hard as hx
 from . import large_cases as lc
 from .pytest_helpers import check_op
 
@@ -59,7 +59,7 @@ def test_w4a8_matmul_large(backend, large_case):
     check_op(backend, "w4a8_matmul", case, expected=y, rebuild=lc.rebuild_code(large_case))
 
 
-@given(case=hh.tile_edge_matmul_cases())
+@given(case=hx.tile_edge_matmul_cases())
 def test_w4a8_matmul_tile_edges(backend, case):
     """Hypothesis draws tile-edge sizes; the integer core and the whole matmul must equal the spec."""
     check_op(backend, "w4a8_group_sums", lc.group_sums_args(case))

@@ -3,12 +3,17 @@
 ``docs/spec.md §6``, :mod:`fptq.spec.matmul`. Group sums are exact int32;
 the epilogue's float32 bits are pinned (ascending group order, every op
 rounded, no FMA), for a per-tensor and a per-token activation scale, with and
-without bias.
+without bias; with M >= 64 (a kernel's big-tile path) and subnormal scales and
+results; and with group sums next to every power of two a narrower register
+would hold (:mod:`.hard_cases`).
 """
 
+import numpy as np
 import pytest
 from hypothesis import given
 
+from . import hard_cases as hc
+from . import hypothesis_hard as hx
 from . import hypothesis_helpers as hh
 from .pytest_helpers import check_op
 
@@ -56,3 +61,39 @@ def test_w4a8_matmul_tile_boundaries(backend, m, n, k, g, fmt):
     }
     check_op(backend, "w4a8_group_sums", {key: case[key] for key in ("qx", "packed", "zero", "k", "group_size", "fmt")})
     check_op(backend, "w4a8_matmul", case)
+
+
+@given(data=hh.st.data())
+def test_w4a8_matmul_big_tiles(backend, data):
+    """M >= 64 (both sides of the 64-, 128- and 256-row tiles) with subnormal scales and results favoured."""
+    check_op(backend, "w4a8_matmul", data.draw(hx.big_tile_matmul_cases(), label="case"))
+
+
+@given(data=hh.st.data())
+def test_w4a8_epilogue_big_tiles(backend, data):
+    check_op(backend, "w4a8_epilogue", data.draw(hx.big_tile_epilogue_cases(), label="case"))
+
+
+REGISTER_EDGES = hc.register_edge_ids()
+
+
+@pytest.mark.parametrize("p,fmt", REGISTER_EDGES, ids=[f"2^{p}-{f}" if p != "max" else f"max-{f}"
+                                                       for p, f in REGISTER_EDGES])
+def test_w4a8_group_sums_register_edges(backend, p, fmt):
+    """Exact group sums within 2**10 of +-2**p (p = 15, 16, 24..30: a narrower accumulator wraps there) and
+    at the extremes the overflow bound admits (§6.3: 2**30 symmetric, 1920 * 2**20 asymmetric)."""
+    case = hc.register_edge_case(p, fmt, per_channel=p == "max" or p % 2 == 1)
+    want = check_op(backend, "w4a8_group_sums", case)
+    if p != "max":
+        assert want[0, :, 0].tolist() == hc.register_targets(p, hc.FORMATS[fmt]), "conformance suite bug"
+    check_op(backend, "w4a8_matmul", hc.register_edge_matmul(case, per_token=fmt == "asym"))
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_w4a8_epilogue_signed_zero(backend, with_bias):
+    """§1.4 rule 9: -t * tiny underflows to -0.0; adding a +0.0 bias gives +0.0 (a skipped zero bias keeps -0.0)."""
+    acc = np.array([[[-1, 1], [1, -1], [-1, 0]]], np.int32)  # y = -0.25, 0.25, -0.375 before xscale
+    wscale = np.array([[0.5, 0.25], [0.75, 0.5], [0.375, 1.0]], np.float32)
+    xscale = np.array(2.0**-149, np.float32)
+    bias = np.array([0.0, -0.0, 0.0], np.float32) if with_bias else None
+    check_op(backend, "w4a8_epilogue", {"acc": acc, "wscale": wscale, "xscale": xscale, "bias": bias})
