@@ -1,7 +1,7 @@
 """W4A8Linear on the Backend protocol's prepared-linear path: every backend alike, weights checked once.
 
 * the integer forward is bit-identical on numpy, numba, torch and a third-party backend that only
-  subclasses ``ReferenceFallback`` (so it gets ``prepare_linear``/``linear_forward`` for free), and
+  subclasses ``BackendBase`` (so it gets ``prepare_linear``/``linear_forward`` for free), and
   equal to fptq.reference's QuantizedLinear on the same weights;
 * a model's forward does not re-check the weights: the spec's matmul check runs once, in
   ``prepare_linear``, however many forwards follow (numba, torch);
@@ -17,13 +17,13 @@ torch = pytest.importorskip("torch")
 
 from fptq import reference as ref  # noqa: E402
 from fptq import spec  # noqa: E402
-from fptq.backends import ReferenceFallback, get_backend  # noqa: E402
+from fptq.backends import BackendBase, get_backend  # noqa: E402
 from fptq.backends.base import PreparedLinear  # noqa: E402
 from fptq.models.qlinear import W4A8Linear  # noqa: E402
 from fptq.spec import ActPolicy  # noqa: E402
 
 
-class ThirdParty(ReferenceFallback):
+class ThirdParty(BackendBase):
     """A minimal third-party backend: NumPy arrays, every op from the spec, nothing model-specific."""
 
     name = "third-party"
@@ -35,9 +35,9 @@ class ThirdParty(ReferenceFallback):
     def to_numpy(self, t):
         return np.asarray(t)
 
-    def w4a8_matmul(self, *args, **kwargs):
+    def _w4a8_matmul_unchecked(self, *args, **kwargs):
         type(self).calls += 1
-        return super().w4a8_matmul(*args, **kwargs)
+        return super()._w4a8_matmul_unchecked(*args, **kwargs)
 
 
 def _layer(policy, fmt="int4_sym", bias=True, seed=0, n=24, k=70, g=32):
@@ -81,8 +81,8 @@ def test_a_third_party_backend_gets_the_prepared_path_for_free():
     with torch.no_grad():
         for _ in range(3):
             mod(torch.from_numpy(x))
-    # one checking call in prepare_linear, then one public matmul per forward (the default path)
-    assert ThirdParty.calls == 1 + 3
+    # no matmul in prepare_linear, then the matmul's hook once per forward (the default path)
+    assert ThirdParty.calls == 3
     assert isinstance(mod._on_backend.prepared, PreparedLinear)
 
 
@@ -95,19 +95,18 @@ def test_fast_backends_check_the_weights_once(name, monkeypatch):
     from fptq.spec import validate
 
     calls = []
-    real = validate.w4a8_matmul
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(validate, "w4a8_matmul", counting)
+    for check in ("w4a8_matmul", "packed_weight", "weight_scale_side", "bias_side"):
+        def counting(*args, _real=getattr(validate, check), _name=check, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(validate, check, counting)
     mod, ql, x = _layer(ActPolicy.DYNAMIC)
     mod.set_mode("integer", name)
     with torch.no_grad():
         for _ in range(4):
             y = mod(torch.from_numpy(x))
-    assert len(calls) == 1, f"{name}: the weights were checked {len(calls)} times for 4 forwards"
+    assert sorted(calls) == ["bias_side", "packed_weight", "weight_scale_side"], \
+        f"{name}: the weight checks ran {calls} for 4 forwards"
     assert y.numpy().tobytes() == ql.forward(x).tobytes()
 
 

@@ -1,21 +1,15 @@
 """The ``numba`` backend: every spec primitive as Numba-compiled code on NumPy arrays.
 
 For CPU-only machines without a deep-learning framework. Arrays are NumPy
-arrays (``from_numpy``/``to_numpy`` are the identity). Each operation runs the
-spec's own check of the same name once (:mod:`fptq.spec.validate` over the
-NumPy adapter, so it rejects exactly what the reference rejects, with the same
-errors), then its unchecked implementation ``_<op>_unchecked``, which makes
-the arrays C-contiguous and runs a kernel of :mod:`fptq.backends.numba_kernels`.
-
-Internal entry points for callers that checked their arguments once (a model's
-forward): ``_w4a8_matmul_unchecked(qx, xscale, packed, wscale, zero, k, G, fmt,
-bias)`` takes exactly what ``validate.w4a8_matmul`` returns (G resolved, ``fmt``
-the enum, ``xscale`` of shape (), [1] or [M]); likewise
-``_quantize_act_per_tensor_unchecked(x, scale)``,
-``_quantize_act_per_token_unchecked(x)`` and ``_lae_apply_activation_unchecked(x, s)``.
-Nothing is re-checked inside, and results are never re-checked.
-Results are bit-identical to :mod:`fptq.spec` (``lae_scales`` is allowed 2 ulp
-for its log2; it computes log2 in float64 like the reference and matches it).
+arrays (``from_numpy``/``to_numpy`` are the identity). A
+:class:`fptq.backends.base.BackendBase`: each operation is checked once by
+the base class (the spec's check of the same name over the NumPy adapter, so
+it rejects exactly what the reference rejects, with the same errors), which
+then calls this class's hook ``_<op>_unchecked``: the arrays made
+C-contiguous and a kernel of :mod:`fptq.backends.numba_kernels`. Nothing is
+re-checked inside, and results are never re-checked. Results are
+bit-identical to :mod:`fptq.spec` (``lae_scales`` is allowed 2 ulp for its
+log2; it computes log2 in float64 like the reference and matches it).
 
 The W4A8 matmul works on the packed weights directly (no unpacked copy), on one
 of four paths with identical bits: ``decode`` (M <= ``decode_max_m``),
@@ -25,9 +19,10 @@ the VNNI blocks of the prepared linear), ``tiled`` (larger M, other even G) and
 SIMD dot products they are built on, :mod:`fptq.backends.numba_kernels.simd`
 and :mod:`fptq.backends.numba_kernels.blocked`.
 
-A model's layers take the prepared path (:meth:`NumbaBackend.prepare_linear`,
-:meth:`NumbaBackend.linear_forward`): the weights are re-laid out once, and each
-forward is one compiled call (check of x, quantization, matmul, epilogue).
+A model's layers take the prepared path (``prepare_linear``, hook
+:meth:`NumbaBackend._prepare_kernel`; :meth:`NumbaBackend.linear_forward`): the
+weights are re-laid out once, and each forward is one compiled call (check of
+x, quantization, matmul, epilogue).
 
 Compilation is lazy (first call of each kernel) and cached on disk
 (``cache=True``): the first process pays the compile time, later ones load it.
@@ -41,11 +36,9 @@ import numpy as np
 
 from .. import spec
 from ..spec import WeightFormat
-from ..spec import validate as V
-from ..spec.arrays import NUMPY
 from ..spec.formats import FLOAT
 from ..spec.weights import num_groups
-from .base import BackendUnavailable, LinearPath
+from .base import BackendBase, BackendUnavailable
 
 __all__ = ["NumbaBackend"]
 
@@ -74,7 +67,7 @@ def _zeros_u8(n: int, ng: int) -> np.ndarray:
     return np.zeros((n, ng), np.uint8)
 
 
-class NumbaBackend(LinearPath):
+class NumbaBackend(BackendBase):
     """Numba-compiled kernels for every operation of :class:`fptq.backends.Backend`.
 
     Args:
@@ -114,24 +107,16 @@ class NumbaBackend(LinearPath):
 
     # ------------------------------------------------------------------ activations (section 2)
 
-    def act_scale_from_amax(self, amax):
-        amax = V.act_scale_from_amax(NUMPY, amax)
+    def _act_scale_from_amax_unchecked(self, amax):
         return self.k.activation.act_scale_from_amax(_c(amax).reshape(-1)).reshape(amax.shape)
-
-    def quantize_act_per_tensor(self, x, scale):
-        return self._quantize_act_per_tensor_unchecked(*V.quantize_act_per_tensor(NUMPY, x, scale))
 
     def _quantize_act_per_tensor_unchecked(self, x, scale):
         return self.k.activation.quantize_per_tensor(_c(x).reshape(-1), scale.reshape(-1)[0]).reshape(x.shape)
 
-    def quantize_act_per_token(self, x):
-        return self._quantize_act_per_token_unchecked(V.quantize_act_per_token(NUMPY, x))
-
     def _quantize_act_per_token_unchecked(self, x):
         return self.k.activation.quantize_per_token(_c(x))
 
-    def dequantize_act(self, q, scale):
-        q, scale, per_token = V.dequantize_act(NUMPY, q, scale)
+    def _dequantize_act_unchecked(self, q, scale, per_token):
         if per_token:
             return self.k.activation.dequantize_per_token(_c(q), _c(scale))
         out = self.k.activation.dequantize_per_tensor(_c(q).reshape(-1), scale.reshape(-1)[0])
@@ -139,51 +124,30 @@ class NumbaBackend(LinearPath):
 
     # ------------------------------------------------------------------ LAE (section 3)
 
-    def lae_scales(self, channel_max):
-        return self.k.lae.lae_scales(_c(V.lae_scales(NUMPY, channel_max)))
-
-    def lae_apply_activation(self, x, s):
-        return self._lae_apply_activation_unchecked(*V.lae_apply_activation(NUMPY, x, s))
+    def _lae_scales_unchecked(self, channel_max):
+        return self.k.lae.lae_scales(_c(channel_max))
 
     def _lae_apply_activation_unchecked(self, x, s):
         return self.k.lae.lae_apply_activation(_c(x), _c(s))
 
-    def lae_apply_weight(self, w, s):
-        w, s = V.lae_apply_weight(NUMPY, w, s)
+    def _lae_apply_weight_unchecked(self, w, s):
         return self.k.lae.lae_apply_weight(_c(w), _c(s))
 
     # ------------------------------------------------------------------ weights (section 4)
-
-    def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        return self._weight_scales_unchecked(*V.weight_scales(NUMPY, w, group_size, fmt))
 
     def _weight_scales_unchecked(self, w, g, fmt):
         g = max(min(g, w.shape[1]), 1)                 # G > K is one group of K columns
         if fmt is WeightFormat.SYMMETRIC:
             return self.k.weights.weight_scales_sym(_c(w), g), None
-        scale, zero, overflow = self.k.weights.weight_scales_asym(_c(w), g)
-        if overflow.any():
-            raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
-        return scale, zero
+        return self.k.weights.weight_scales_asym(_c(w), g)   # an overflowed range: an inf scale
 
-    def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, scale, zero, g, fmt = V.quantize_weight_with_scales(NUMPY, w, scale, zero, group_size, fmt)
-        return self._quantize_weight_with_scales_unchecked(w, scale, zero, g)
-
-    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g):
+    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
         g = max(min(g, w.shape[1]), 1)
         if zero is None:
             return self.k.weights.quantize_sym(_c(w), _c(scale), g)
         return self.k.weights.quantize_asym(_c(w), _c(scale), _c(zero), g)
 
-    def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, g, fmt = V.quantize_weight(NUMPY, w, group_size, fmt)
-        scale, zero = self._weight_scales_unchecked(w, g, fmt)
-        q = self._quantize_weight_with_scales_unchecked(w, scale, zero, g)
-        return spec.QuantizedWeight(q, scale, zero, g, fmt)
-
-    def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        q, scale, zero, g, fmt = V.dequantize_weight(NUMPY, q, scale, zero, group_size, fmt)
+    def _dequantize_weight_unchecked(self, q, scale, zero, g, fmt):
         n, k = q.shape
         g = max(min(g, k), 1)
         if zero is None:
@@ -192,24 +156,22 @@ class NumbaBackend(LinearPath):
 
     # ------------------------------------------------------------------ packing (section 5)
 
-    def pack_int4(self, q, signed=True):
-        return self.k.packing.pack_int4(_c(V.pack_int4(NUMPY, q, signed)))
+    def _pack_int4_unchecked(self, q, signed):
+        return self.k.packing.pack_int4(_c(q))
 
-    def unpack_int4(self, packed, k, signed=True):
-        packed, k = V.unpack_int4(NUMPY, packed, k, signed)
-        return self.k.packing.unpack_int4(_c(packed), k, bool(signed))
+    def _unpack_int4_unchecked(self, packed, k, signed):
+        return self.k.packing.unpack_int4(_c(packed), k, signed)
 
     # ------------------------------------------------------------------ matmul (section 6)
 
     @staticmethod
-    def _core_args(qx, packed, zero, k, fmt, n, ng):
+    def _core_args(qx, packed, zero, fmt, n, ng):
         """C-contiguous core arguments; zero points all 0 for the symmetric format; and ``signed``."""
         signed = fmt is WeightFormat.SYMMETRIC
         return _c(qx), _c(packed), (_zeros_u8(n, ng) if zero is None else _c(zero)), signed
 
-    def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
-        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(NUMPY, qx, packed, zero, k, group_size, fmt)
-        qx, packed, zero, signed = self._core_args(qx, packed, zero, k, fmt, packed.shape[0], num_groups(k, g))
+    def _w4a8_group_sums_unchecked(self, qx, packed, zero, k, g, fmt):
+        qx, packed, zero, signed = self._core_args(qx, packed, zero, fmt, packed.shape[0], num_groups(k, g))
         return self.k.matmul.group_sums(qx, packed, zero, k, g, signed)
 
     @staticmethod
@@ -218,8 +180,7 @@ class NumbaBackend(LinearPath):
         xs = xscale.reshape(-1)
         return _c(xs) if xs.shape[0] == m else np.full(m, xs[0], dtype=FLOAT)
 
-    def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
-        acc, wscale, xscale, bias = V.w4a8_epilogue(NUMPY, acc, wscale, xscale, bias)
+    def _w4a8_epilogue_unchecked(self, acc, wscale, xscale, bias):
         has_bias = bias is not None
         b = _c(bias) if has_bias else np.zeros(0, FLOAT)
         return self.k.matmul.epilogue(_c(acc), _c(wscale), self._xs(xscale, acc.shape[0]), b, has_bias)
@@ -228,32 +189,29 @@ class NumbaBackend(LinearPath):
                     bias=None, path=None):
         """See :func:`fptq.spec.w4a8_matmul`. ``path``: None (choose by M and G), ``"decode"``,
         ``"tiled"`` or ``"generic"`` (see :mod:`fptq.backends.numba_kernels.matmul`); all give the same bits."""
-        args = V.w4a8_matmul(NUMPY, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
+        args = self._check("w4a8_matmul", qx, xscale, packed, wscale, zero, k, group_size, fmt, bias)
         return self._w4a8_matmul_unchecked(*args, path=path)
 
     def _w4a8_matmul_unchecked(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias=None, path=None):
-        """:meth:`w4a8_matmul` on arguments already checked by ``fptq.spec.validate.w4a8_matmul``
-        (pass its return value, in order). No check is repeated here."""
         m, n, ng = qx.shape[0], packed.shape[0], num_groups(k, g)
-        qx, packed, zero, signed = self._core_args(qx, packed, zero, k, fmt, n, ng)
+        qx, packed, zero, signed = self._core_args(qx, packed, zero, fmt, n, ng)
         if path is None:
             path = self.k.matmul.choose_path(m, g, self.decode_max_m)
         return self.k.matmul.matmul(qx, self._xs(xscale, m), packed, _c(wscale), zero, k, g, signed,
                                     None if bias is None else _c(bias), path)
 
+    # ------------------------------------------------------------------ policy (section 7)
+
+    def _select_policies_unchecked(self, v, t0, t1):
+        return self.k.policy.select_policies(_c(v).reshape(-1), t0, t1).reshape(v.shape)
+
     # ------------------------------------------------------------------ a model's prepared linear
 
-    def prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt=WeightFormat.SYMMETRIC,
-                       policy=spec.ActPolicy.DYNAMIC):
-        """:meth:`fptq.backends.base.LinearPath.prepare_linear` (the weights checked once by the spec's
-        own checks), plus, when G is a multiple of 8, the weights re-laid out once in the VNNI blocks
-        of :mod:`fptq.backends.numba_kernels.blocked` (``kernel``)."""
-        prep = super().prepare_linear(packed, wscale, zero, bias, act_scale, k, group_size, fmt, policy)
+    def _prepare_kernel(self, prep) -> _Blocked | None:
+        """When G is a multiple of 8: the weights re-laid out once in the VNNI blocks of
+        :mod:`fptq.backends.numba_kernels.blocked`, with the layer's scales and bias per block."""
         if not (self.k.blocked.supported(prep.group_size) and prep.k > 0 and prep.n > 0):
-            return prep
-        return dataclasses.replace(prep, kernel=self._blocked(prep))
-
-    def _blocked(self, prep) -> _Blocked:
+            return None
         B = self.k.blocked
         k, g, n = prep.k, prep.group_size, prep.n
         ng = num_groups(k, g)
@@ -269,26 +227,23 @@ class NumbaBackend(LinearPath):
                         prep.policy is spec.ActPolicy.DYNAMIC, steps_last, n, k)
 
     def linear_forward(self, x, prepared):
-        """:meth:`fptq.backends.base.LinearPath.linear_forward` with ``x`` checked once and the weights,
-        checked by ``prepare_linear``, not checked again.
-
-        On the blocked path (G a multiple of 8) one compiled call does everything: the finiteness
-        check of ``x`` fused into the activation quantizer (a row with a NaN/Inf is reported, and
-        the spec's own check then raises its error), the INT8 codes and group sums, the integer
-        products and the pinned epilogue; one thread below ``blocked.PARALLEL_MIN_MACS`` multiply-adds,
-        every thread above. Bits as ``w4a8_matmul(quantize(x))``."""
-        return self.linear_forward_finite(x, prepared)[0]
+        """:meth:`fptq.backends.base.BackendBase.linear_forward`; on the blocked path (G a multiple of 8)
+        one compiled call does everything: the finiteness check of ``x`` fused into the activation
+        quantizer (a row with a NaN/Inf is reported, and the base class's check then raises its
+        error), the INT8 codes and group sums, the integer products and the pinned epilogue; one
+        thread below ``blocked.PARALLEL_MIN_MACS`` multiply-adds, every thread above."""
+        if isinstance(prepared.kernel, _Blocked):
+            return self.linear_forward_finite(x, prepared)[0]
+        return super().linear_forward(x, prepared)
 
     def linear_forward_finite(self, x, prepared):
         """``(linear_forward(x, prepared), whether the output is all finite)``; on the blocked path the
         output scan is part of the same compiled call (the model's check of its outputs, for free)."""
         kb = prepared.kernel
         if not isinstance(kb, _Blocked):
-            y = self._linear_forward_packed(x, prepared)
-            return y, bool(np.isfinite(y).all())
-        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != kb.k or x.dtype != FLOAT:
-            self._check_x(x, prepared)
-            raise ValueError(f"x: expected a float32 array [M, {kb.k}], got {x.dtype} {x.shape}")
+            return super().linear_forward_finite(x, prepared)
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == kb.k and x.dtype == FLOAT):
+            x = self._check_linear_x(x, prepared)      # the base class's check: raises, or converts
         x = _c(x)
         B = self.k.blocked
         if x.shape[0] * kb.n * kb.k >= B.PARALLEL_MIN_MACS and self._numba.get_num_threads() > 1:
@@ -298,33 +253,6 @@ class NumbaBackend(LinearPath):
             y, bad, bad_out = B.linear(x, kb.act, kb.dynamic, kb.wb, kb.zc, kb.wsb, kb.bb, kb.has_bias,
                                        prepared.group_size, kb.steps_last, kb.n)
         if bad:
-            self._check_x(x, prepared)      # raises the spec's error naming x
-            raise ValueError("x: holds NaN/Inf [linear_forward]")
+            self._check_linear_x(x, prepared)          # raises the error naming x
+            raise AssertionError("the blocked kernel reported a non-finite x that the check accepts")
         return (y if y.shape[1] == kb.n else _c(y[:, :kb.n])), bad_out == 0
-
-    def _check_x(self, x, prepared):
-        """The spec's own check of ``x`` for the layer's quantizer (raises its error)."""
-        if prepared.policy is spec.ActPolicy.DYNAMIC:
-            V.quantize_act_per_token(NUMPY, x)
-        else:
-            V.quantize_act_per_tensor(NUMPY, x, prepared.act_scale)
-        if np.ndim(x) != 2 or np.shape(x)[1] != prepared.k:
-            raise ValueError(f"x: expected a float32 array [M, {prepared.k}], got shape {np.shape(x)}")
-
-    def _linear_forward_packed(self, x, prepared):
-        """The prepared path for G not a multiple of 8: the checked quantizer, then the unchecked
-        packed matmul (:meth:`_w4a8_matmul_unchecked`)."""
-        if np.ndim(x) != 2 or np.shape(x)[1] != prepared.k:
-            raise ValueError(f"x: expected a float32 array [M, {prepared.k}], got shape {np.shape(x)}")
-        if prepared.policy is spec.ActPolicy.DYNAMIC:
-            qx, xs = self.quantize_act_per_token(x)
-        else:
-            qx, xs = self.quantize_act_per_tensor(x, prepared.act_scale), prepared.act_scale
-        return self._w4a8_matmul_unchecked(qx, xs, prepared.packed, prepared.wscale, prepared.zero, prepared.k,
-                                           prepared.group_size, prepared.fmt, prepared.bias)
-
-    # ------------------------------------------------------------------ policy (section 7)
-
-    def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
-        v, t0, t1 = V.select_policies(NUMPY, v, v0, v1)
-        return self.k.policy.select_policies(_c(v).reshape(-1), t0, t1).reshape(v.shape)

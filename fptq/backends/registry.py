@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendUnavailable, missing_members
 
 __all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "UnknownBackend", "get_backend",
            "registered_backends", "available_backends", "load_backend_class"]
@@ -97,9 +97,11 @@ def get_backend(name: str) -> Backend:
         raise
     except ImportError as e:
         raise BackendUnavailable(f"backend {name!r} cannot start: {e}") from e
-    missing = [op for op in ("from_numpy", "to_numpy", "name") if not hasattr(backend, op)]
+    missing = missing_members(backend)
     if missing:
-        raise TypeError(f"backend {name!r} ({target}) lacks {missing}; see fptq.backends.base.Backend")
+        raise TypeError(f"backend {name!r} ({target}) is incomplete: it lacks {', '.join(missing)} of the "
+                        "fptq.backends.base.Backend protocol (subclass fptq.backends.BackendBase to inherit "
+                        "the checks, the model-facing methods and spec defaults of every operation)")
     _instances[name] = backend
     return backend
 

@@ -10,14 +10,10 @@ tensor back. Every operation runs the spec's own check of the same name once
 (:mod:`fptq.spec.validate` over :class:`fptq.backends.torch_arrays.TorchArrays`),
 so it rejects exactly what the reference rejects, with the same exception and
 message (a tensor on another device is a ``TypeError`` naming the argument),
-then an unchecked implementation; results are never re-checked.
-
-Internal entry point for callers that checked their arguments once (a model's
-forward): ``_w4a8_matmul_unchecked(qx, xscale, packed, wscale, zero, k, G, fmt,
-bias)`` takes exactly what ``validate.w4a8_matmul(backend._xp, ...)`` returns;
-``_quantize_act_per_tensor_unchecked(x, scale)``,
-``_quantize_act_per_token_unchecked(x)`` and ``_lae_apply_activation_unchecked(x, s)``
-likewise.
+then an unchecked implementation; results are never re-checked. The check
+is :class:`fptq.backends.base.BackendBase`'s; this module supplies the hooks
+``_<op>_unchecked`` (run without autograd recording: nothing here is
+differentiable).
 
 Float rules kept: every float op is one float32 torch kernel (IEEE division
 ``x / s``, never a reciprocal; ``torch.round`` is half to even; no fused
@@ -43,9 +39,8 @@ import numpy as np
 
 from .. import spec
 from ..spec import MIN_SCALE, WeightFormat, num_groups
-from ..spec import validate as V
 from ..spec.formats import POLICY_CODES, ActPolicy, weight_format_spec
-from .base import BackendUnavailable, LinearPath
+from .base import BackendBase, BackendUnavailable
 
 try:
     import torch
@@ -68,7 +63,7 @@ def _no_grad(fn):
     return wrapper
 
 
-class TorchBackend(LinearPath):
+class TorchBackend(BackendBase):
     """The spec on torch tensors, on the CPU.
 
     Args:
@@ -88,7 +83,7 @@ class TorchBackend(LinearPath):
             raise BackendUnavailable(f"the {self.name} backend needs PyTorch: pip install torch "
                                      f"(CPU build: --index-url https://download.pytorch.org/whl/cpu); {_TORCH_ERROR}")
         self.device = self._select_device()
-        self._xp = TorchArrays(self.device)
+        self.xp = TorchArrays(self.device)
         self.array_type = torch.Tensor
         if shape is None:
             shape = MM.CUDA_INT_MM_SHAPE if self.device.type == "cuda" else MM.CPU_INT_MM_SHAPE
@@ -112,7 +107,7 @@ class TorchBackend(LinearPath):
     # -- boundary -------------------------------------------------------------------------
     def from_numpy(self, a) -> "torch.Tensor":
         """A copy of ``a`` as a tensor on this backend's device (dtype kept)."""
-        return self._xp.asarray(np.asarray(a), "a")
+        return self.xp.asarray(np.asarray(a), "a")
 
     def to_numpy(self, t) -> np.ndarray:
         """A NumPy copy of a tensor (any device); array-likes pass through ``np.asarray``."""
@@ -149,21 +144,11 @@ class TorchBackend(LinearPath):
         return xs if xs.shape[0] == m else xs.expand(m)
 
     # -- activations (spec section 2) ----------------------------------------------------------
-    @_no_grad
-    def act_scale_from_amax(self, amax):
-        amax = V.act_scale_from_amax(self._xp, amax)
+    def _act_scale_from_amax_unchecked(self, amax):
         return torch.maximum(amax / self._divisor[spec.INT8_ACT.scale_divisor], self._min_scale)
-
-    @_no_grad
-    def quantize_act_per_tensor(self, x, scale):
-        return self._quantize_act_per_tensor_unchecked(*V.quantize_act_per_tensor(self._xp, x, scale))
 
     def _quantize_act_per_tensor_unchecked(self, x, scale):
         return self._quantize(x, scale.reshape([1] * x.dim()))
-
-    @_no_grad
-    def quantize_act_per_token(self, x):
-        return self._quantize_act_per_token_unchecked(V.quantize_act_per_token(self._xp, x))
 
     def _quantize_act_per_token_unchecked(self, x):
         if x.shape[1] == 0:
@@ -173,37 +158,23 @@ class TorchBackend(LinearPath):
         scale = torch.maximum(amax / self._divisor[spec.INT8_ACT.scale_divisor], self._min_scale)
         return self._quantize(x, scale[:, None]), scale
 
-    @_no_grad
-    def dequantize_act(self, q, scale):
-        q, scale, per_token = V.dequantize_act(self._xp, q, scale)
+    def _dequantize_act_unchecked(self, q, scale, per_token):
         return q.to(torch.float32) * (scale[:, None] if per_token else scale.reshape(()))
 
     # -- LAE (section 3) -------------------------------------------------------------------
-    @_no_grad
-    def lae_scales(self, channel_max):
-        m = V.lae_scales(self._xp, channel_max)
+    def _lae_scales_unchecked(self, m):
         t = m + 2.0                                             # one float32 add
         l2 = torch.log2(t.to(torch.float64)).to(torch.float32)  # as the reference: float64 log2, rounded once
         s = m / l2
         return torch.where(m < self._min_scale, torch.ones_like(s), s)
 
-    @_no_grad
-    def lae_apply_activation(self, x, s):
-        return self._lae_apply_activation_unchecked(*V.lae_apply_activation(self._xp, x, s))
-
     def _lae_apply_activation_unchecked(self, x, s):
         return x / s[None, :]
 
-    @_no_grad
-    def lae_apply_weight(self, w, s):
-        w, s = V.lae_apply_weight(self._xp, w, s)
+    def _lae_apply_weight_unchecked(self, w, s):
         return w * s[None, :]
 
     # -- weights (section 4) -----------------------------------------------------------------
-    @_no_grad
-    def weight_scales(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        return self._weight_scales_unchecked(*V.weight_scales(self._xp, w, group_size, fmt))
-
     def _weight_scales_unchecked(self, w, g, fmt):
         fs = weight_format_spec(fmt)
         wg = self._groups(w, g)
@@ -217,17 +188,9 @@ class TorchBackend(LinearPath):
         zero_f = torch.zeros((), dtype=torch.float32, device=self.device)
         lo = torch.minimum(wg.amin(dim=2), zero_f)
         hi = torch.maximum(wg.amax(dim=2), zero_f)
-        span = hi - lo
-        if not bool(torch.isfinite(span).all()):
-            raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
-        scale = torch.maximum(span / self._divisor[fs.scale_divisor], self._min_scale)
+        scale = torch.maximum((hi - lo) / self._divisor[fs.scale_divisor], self._min_scale)  # inf: overflowed
         zero = torch.round(-lo / scale).clamp_(fs.qmin, fs.qmax).to(torch.uint8)
         return scale, zero
-
-    @_no_grad
-    def quantize_weight_with_scales(self, w, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, scale, zero, g, fmt = V.quantize_weight_with_scales(self._xp, w, scale, zero, group_size, fmt)
-        return self._quantize_weight_with_scales_unchecked(w, scale, zero, g, fmt)
 
     def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
         fs = weight_format_spec(fmt)
@@ -238,16 +201,7 @@ class TorchBackend(LinearPath):
             y = y + zero.to(torch.float32)[:, :, None]
         return y.clamp_(fs.qmin, fs.qmax).to(torch.int8).reshape(n, wg.shape[1] * wg.shape[2])[:, :k].contiguous()
 
-    @_no_grad
-    def quantize_weight(self, w, group_size, fmt=WeightFormat.SYMMETRIC):
-        w, g, fmt = V.quantize_weight(self._xp, w, group_size, fmt)
-        scale, zero = self._weight_scales_unchecked(w, g, fmt)
-        q = self._quantize_weight_with_scales_unchecked(w, scale, zero, g, fmt)
-        return spec.QuantizedWeight(q, scale, zero, g, fmt)
-
-    @_no_grad
-    def dequantize_weight(self, q, scale, zero, group_size, fmt=WeightFormat.SYMMETRIC):
-        q, scale, zero, g, fmt = V.dequantize_weight(self._xp, q, scale, zero, group_size, fmt)
+    def _dequantize_weight_unchecked(self, q, scale, zero, g, fmt):
         n, k = q.shape
         qi = self._groups(q.to(torch.int32), g)
         if zero is not None:
@@ -255,39 +209,24 @@ class TorchBackend(LinearPath):
         return (qi.to(torch.float32) * scale[:, :, None]).reshape(n, qi.shape[1] * qi.shape[2])[:, :k].contiguous()
 
     # -- packing (section 5) -------------------------------------------------------------------
-    @_no_grad
-    def pack_int4(self, q, signed=True):
-        q = V.pack_int4(self._xp, q, signed)
+    def _pack_int4_unchecked(self, q, signed):
         nib = q.view(torch.uint8) & spec.formats.NIBBLE_MASK
         if q.shape[1] % 2:
             nib = torch.nn.functional.pad(nib, (0, 1))
         return nib[:, 0::2] | (nib[:, 1::2] << spec.formats.NIBBLE_BITS)
 
-    @_no_grad
-    def unpack_int4(self, packed, k, signed=True):
-        packed, k = V.unpack_int4(self._xp, packed, k, signed)
+    def _unpack_int4_unchecked(self, packed, k, signed):
         return MM._unpack_nibbles(packed, signed).view(packed.shape[0], 2 * packed.shape[1])[:, :k].contiguous()
 
     # -- matmul (section 6) ----------------------------------------------------------------------
-    @_no_grad
-    def w4a8_group_sums(self, qx, packed, zero, k, group_size, fmt=WeightFormat.SYMMETRIC):
-        qx, packed, zero, k, g, fmt = V.w4a8_group_sums(self._xp, qx, packed, zero, k, group_size, fmt)
+    def _w4a8_group_sums_unchecked(self, qx, packed, zero, k, g, fmt):
         prep = MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
         return MM.group_sums(qx, prep, self.use_int_mm)
 
-    @_no_grad
-    def w4a8_epilogue(self, acc, wscale, xscale, bias=None):
-        acc, wscale, xscale, bias = V.w4a8_epilogue(self._xp, acc, wscale, xscale, bias)
+    def _w4a8_epilogue_unchecked(self, acc, wscale, xscale, bias):
         return MM.epilogue(acc, wscale, self._xs(xscale, acc.shape[0]), bias)
 
-    @_no_grad
-    def w4a8_matmul(self, qx, xscale, packed, wscale, zero, k, group_size, fmt=WeightFormat.SYMMETRIC, bias=None):
-        return self._w4a8_matmul_unchecked(
-            *V.w4a8_matmul(self._xp, qx, xscale, packed, wscale, zero, k, group_size, fmt, bias))
-
     def _w4a8_matmul_unchecked(self, qx, xscale, packed, wscale, zero, k, g, fmt, bias=None):
-        """:meth:`w4a8_matmul` on arguments already checked by ``fptq.spec.validate.w4a8_matmul``
-        (pass its return value, in order). No check is repeated here."""
         prep = MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
         return MM.matmul_prepared(qx, self._xs(xscale, qx.shape[0]), prep, MM.scales_transposed(wscale, prep),
                                   bias, self.use_int_mm)
@@ -301,7 +240,7 @@ class TorchBackend(LinearPath):
         :class:`fptq.backends.torch_matmul.PreparedWeight`: int8 [ng, N, G]
         group-major (``q`` or ``q - z``), about N*K bytes on this device.
         """
-        packed, zero, k, g, fmt = V.packed_weight(self._xp, packed, zero, k, group_size, fmt, "prepare_weight")
+        packed, zero, k, g, fmt = self._check("packed_weight", packed, zero, k, group_size, fmt, "prepare_weight")
         return MM.prepare_weight(packed, zero, k, g, fmt, self._shape)
 
     @_no_grad
@@ -317,43 +256,34 @@ class TorchBackend(LinearPath):
             raise TypeError(f"prepared: expected the result of prepare_weight, got {type(prepared).__name__}")
         if prepared.device != self.device or prepared.shape != self._shape:
             raise ValueError(f"prepared: made for {prepared.device}, but this backend computes on {self.device}")
-        qx, xscale = V.activation_side(self._xp, qx, xscale, prepared.k, op)
+        qx, xscale = self._check("activation_side", qx, xscale, prepared.k, op)
         xs = self._xs(xscale, qx.shape[0])
         ws_t = prepared.cached("wscale", wscale if isinstance(wscale, torch.Tensor) else None,
                                lambda t: MM.scales_transposed(
-                                   V.weight_scale_side(self._xp, wscale, prepared.n, prepared.ng, op), prepared))
+                                   self._check("weight_scale_side", wscale, prepared.n, prepared.ng, op), prepared))
         b = prepared.cached("bias", bias if isinstance(bias, torch.Tensor) else None,
-                            lambda t: V.bias_side(self._xp, bias, prepared.n, op))
+                            lambda t: self._check("bias_side", bias, prepared.n, op))
         return MM.matmul_prepared(qx, xs, prepared, ws_t, b, self.use_int_mm)
 
-    # -- a model's prepared linear (fptq.backends.base.LinearPath) ------------------------------
-    @_no_grad
-    def prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt=WeightFormat.SYMMETRIC,
-                       policy=spec.ActPolicy.DYNAMIC):
-        """:meth:`fptq.backends.base.LinearPath.prepare_linear`, plus the weight unpacked once
-        (:meth:`prepare_weight`) and its scales transposed for the integer core."""
-        prep = LinearPath.prepare_linear(self, packed, wscale, zero, bias, act_scale, k, group_size, fmt, policy)
-        w = MM.prepare_weight(packed, zero, prep.k, prep.group_size, prep.fmt, self._shape)
-        return dataclasses.replace(prep, kernel=(w, MM.scales_transposed(wscale, w)))
+    # -- a model's prepared linear (fptq.backends.base.BackendBase) -----------------------------
+    def _prepare_kernel(self, prep):
+        """The weight unpacked once (:func:`fptq.backends.torch_matmul.prepare_weight`) and its scales
+        transposed for the integer core."""
+        w = MM.prepare_weight(prep.packed, prep.zero, prep.k, prep.group_size, prep.fmt, self._shape)
+        return w, MM.scales_transposed(prep.wscale, w)
 
-    @_no_grad
-    def linear_forward(self, x, prepared):
-        """Same bits as :meth:`LinearPath.linear_forward`: ``x`` checked once (by the quantizer),
-        then the integer core on the prepared weight, nothing checked again."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != prepared.k:
-            raise ValueError(f"x: expected a float32 tensor [M, {prepared.k}], got {getattr(x, 'shape', type(x))}")
+    def _linear_forward_unchecked(self, x, prepared):
+        """The quantizer's hook, then the integer core on the prepared weight."""
         if prepared.policy is spec.ActPolicy.DYNAMIC:
-            qx, xs = self.quantize_act_per_token(x)
+            qx, xs = self._quantize_act_per_token_unchecked(x)
         else:
-            qx = self.quantize_act_per_tensor(x, prepared.act_scale)
+            qx = self._quantize_act_per_tensor_unchecked(x, prepared.act_scale)
             xs = prepared.act_scale.reshape(-1).expand(qx.shape[0])
         w, ws_t = prepared.kernel
         return MM.matmul_prepared(qx, xs, w, ws_t, prepared.bias, self.use_int_mm)
 
     # -- policy (section 7) ------------------------------------------------------------------------
-    @_no_grad
-    def select_policies(self, v, v0=spec.DEFAULT_V0, v1=spec.DEFAULT_V1):
-        v, t0, t1 = V.select_policies(self._xp, v, v0, v1)
+    def _select_policies_unchecked(self, v, t0, t1):
         code = {p: torch.tensor(c, dtype=torch.uint8, device=self.device) for p, c in POLICY_CODES.items()}
         return torch.where(v < float(t0), code[ActPolicy.STATIC],
                            torch.where(v < float(t1), code[ActPolicy.LAE_STATIC], code[ActPolicy.DYNAMIC]))
@@ -373,3 +303,16 @@ class TorchCudaBackend(TorchBackend):
                 f"torch-cuda: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False; "
                 f"built with CUDA {torch.version.cuda or 'none: this is a CPU-only build'})")
         return torch.device("cuda", torch.cuda.current_device())
+
+
+def _hooks_without_autograd(cls) -> None:
+    """Every compute hook of ``cls`` runs under ``torch.no_grad()`` (nothing here is differentiable)."""
+    from .base import OPERATIONS
+
+    for name in [f"_{op}_unchecked" for op in OPERATIONS] + ["_linear_forward_unchecked", "_prepare_kernel"]:
+        if name in vars(cls):
+            setattr(cls, name, _no_grad(vars(cls)[name]))
+
+
+if torch is not None:
+    _hooks_without_autograd(TorchBackend)

@@ -25,9 +25,9 @@ plus its activation policy, group size and weight format. Two compute paths:
   its ``device``, any other gets NumPy arrays through ``from_numpy`` /
   ``to_numpy`` (views of a float32 CPU input and of the output: no copies).
   A layer loaded from a checkpoint (``origin`` set) also refuses an output
-  holding NaN/Inf; a backend with ``linear_forward_finite(x, prepared) ->
-  (y, finite)`` (numba: an output scan inside its kernel) answers that itself,
-  for the others ``torch.isfinite`` runs on the output.
+  holding NaN/Inf: it then calls ``backend.linear_forward_finite(x, prepared)
+  -> (y, finite)`` instead (part of the interface; numba scans the output
+  inside its kernel, the base class's default scans ``y``).
 * ``mode="fake_quant"``: the same INT8 rounding of ``x``
   (:func:`fptq.reference.fake_quant_act`), then a float matmul with the
   *dequantized* weight. For fast experiments; it agrees with the integer path
@@ -42,6 +42,7 @@ import numpy as np
 
 from .. import reference as ref
 from .. import spec
+from ..backends.base import check_act_scale
 from ..spec import ActPolicy, WeightFormat
 from ._torch import nn, torch
 
@@ -73,13 +74,12 @@ def set_quantized_mode(model, mode: str, backend: str | None = None):
 @dataclass
 class _OnBackend:
     """A layer prepared for one backend: its name, the instance, what ``prepare_linear`` returned,
-    and what the forward asks of the backend on every call (looked up once)."""
+    and whether the backend takes torch tensors (its ``array_type`` is ``torch.Tensor``)."""
 
     name: str
     backend: object
     prepared: object
-    native: bool = False                   # the backend takes torch tensors (array_type is torch.Tensor)
-    linear_forward_finite: object = None   # the backend's optional linear_forward_finite, or None
+    native: bool = False
 
 
 class W4A8Linear(nn.Module):
@@ -139,9 +139,8 @@ class W4A8Linear(nn.Module):
             m.wzero.copy_(torch.from_numpy(qw.zero))
         if bias is not None:
             m.bias.copy_(bias.detach().to(torch.float32))
-        if m.act_scale is not None:
-            if act_scale is None:
-                raise ValueError(f"policy {m.policy.value} needs a static activation scale")
+        if m.act_scale is not None:  # a static policy (a dynamic layer ignores act_scale)
+            check_act_scale(m.policy, act_scale)
             m.act_scale.fill_(float(np.float32(act_scale)))
         return m
 
@@ -242,31 +241,28 @@ class W4A8Linear(nn.Module):
                                                           self.act_scale)]
                 prepared = be.prepare_linear(*conv, self.in_features, self.group_size, self.weight_format,
                                              self.policy)
-            self._on_backend = _OnBackend(self.backend_name, be, prepared, self._native(be),
-                                          getattr(be, "linear_forward_finite", None))
+            self._on_backend = _OnBackend(self.backend_name, be, prepared, self._native(be))
         return self._on_backend
 
     def _forward_integer(self, x, want_finite: bool = False):
-        """(y [..., N], whether y is all finite, or None when not known): the backend's prepared path.
-        A backend with ``linear_forward_finite(x, prepared) -> (y, finite)`` reports the output's
-        finiteness itself (asked only when the caller checks it, ``want_finite``). For a NumPy
-        backend, a float32 CPU x goes in and y comes out as NumPy views (no torch reshapes)."""
+        """(y [..., N], whether y is all finite, or None when not asked): the backend's prepared path;
+        the backend reports the output's finiteness (``linear_forward_finite``) only when the caller
+        checks it (``want_finite``). For a NumPy backend, a float32 CPU x goes in and y comes out as
+        NumPy views (no torch reshapes)."""
         ob = self._prepared()
         be = ob.backend
         out_shape = (*x.shape[:-1], self.out_features)
+        forward = be.linear_forward_finite if want_finite else be.linear_forward
         if ob.native:
-            x2 = self._flat(x)
-            return be.linear_forward(self._to_backend(be, x2), ob.prepared).to(x.device).reshape(out_shape), None
+            out = forward(self._to_backend(be, self._flat(x)), ob.prepared)
+            y, finite = out if want_finite else (out, None)
+            return y.to(x.device).reshape(out_shape), finite
         on_cpu = x.device.type == "cpu"
         if on_cpu and x.dtype == torch.float32:
             xn = x.detach().numpy().reshape(-1, self.in_features)
         else:
             xn = self._flat(x).cpu().numpy()
-        xb = be.from_numpy(np.ascontiguousarray(xn))
-        finite = None
-        if want_finite and ob.linear_forward_finite is not None:
-            y, finite = ob.linear_forward_finite(xb, ob.prepared)
-        else:
-            y = be.linear_forward(xb, ob.prepared)
+        out = forward(be.from_numpy(np.ascontiguousarray(xn)), ob.prepared)
+        y, finite = out if want_finite else (out, None)
         y = torch.from_numpy(np.asarray(be.to_numpy(y), dtype=np.float32).reshape(out_shape))
         return (y if on_cpu else y.to(x.device)), finite

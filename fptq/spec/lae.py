@@ -68,7 +68,11 @@ def lae_apply_activation(x, s) -> np.ndarray:
     preceding norm's weight, or the rows of the preceding linear); this function
     is the definition the folded form must reproduce.
     """
-    x, s = V.lae_apply_activation(NUMPY, x, s)
+    return _apply_activation(*V.lae_apply_activation(NUMPY, x, s))
+
+
+def _apply_activation(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Unchecked :func:`lae_apply_activation`."""
     return (x / s[None, :]).astype(FLOAT)
 
 
@@ -80,5 +84,9 @@ def lae_apply_weight(w, s) -> np.ndarray:
     Returns:
         float32 [N, K].
     """
-    w, s = V.lae_apply_weight(NUMPY, w, s)
+    return _apply_weight(*V.lae_apply_weight(NUMPY, w, s))
+
+
+def _apply_weight(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Unchecked :func:`lae_apply_weight`."""
     return (w * s[None, :]).astype(FLOAT)

@@ -40,6 +40,10 @@ __all__ = [
     "dequantize_weight",
 ]
 
+#: The error of an asymmetric group whose range ``max - min`` overflows float32 (§4.3); every
+#: backend raises this message (fptq.backends.base checks the scales its kernels return).
+RANGE_OVERFLOW = "w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]"
+
 
 class QuantizedWeight(NamedTuple):
     """The result of :func:`quantize_weight` (docs/spec.md §4.4), unpacked.
@@ -127,7 +131,7 @@ def _weight_scales(w: np.ndarray, g: int, fmt: WeightFormat):
     with np.errstate(over="ignore"):
         span = (hi - lo).astype(FLOAT)
     if not np.isfinite(span).all():
-        raise ValueError("w: a group's range max - min overflows float32 [weight_scales, docs/spec.md §4.3]")
+        raise ValueError(RANGE_OVERFLOW)
     scale = np.maximum(span / FLOAT(spec.scale_divisor), MIN_SCALE).astype(FLOAT)
     zero = np.clip(np.rint(-lo / scale), spec.qmin, spec.qmax).astype(np.uint8)
     return scale, zero

@@ -74,24 +74,21 @@ def weight_scales_sym(w, g):
 
 @pnjit
 def weight_scales_asym(w, g):
-    """float32 [N, K], G -> (float32 [N, ng] scales, uint8 [N, ng] zero points, bool [N] span overflowed)."""
+    """float32 [N, K], G -> (float32 [N, ng] scales, uint8 [N, ng] zero points); a group whose span
+    max - min overflows float32 gets an infinite scale (the caller raises the spec's error)."""
     n, k = w.shape
     ng = (k + g - 1) // g
     scale = np.empty((n, ng), FLOAT)
     zero = np.empty((n, ng), np.uint8)
-    overflow = np.zeros(n, np.bool_)
     for r in prange(n):
         row = w[r]
         for j in range(ng):
             lo, hi = _min_max0(row[j * g:min((j + 1) * g, k)])
-            span = hi - lo
-            if not np.isfinite(span):
-                overflow[r] = True
-            s = span / _ASYM_DIV
+            s = (hi - lo) / _ASYM_DIV
             s = s if s > _MIN_SCALE else _MIN_SCALE
             scale[r, j] = s
             zero[r, j] = np.uint8(_clip(np.rint(-lo / s), _ASYM_QMIN, _ASYM_QMAX))
-    return scale, zero, overflow
+    return scale, zero
 
 
 @njit
