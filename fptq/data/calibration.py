@@ -7,10 +7,12 @@ every other source is passed to :func:`fptq.data.text.calibration_samples`.
 
 from __future__ import annotations
 
+from ..defaults import CALIB_SAMPLES, CALIB_SEQ_LEN, CALIB_SOURCE
+
 __all__ = ["calibration_ids"]
 
 
-def calibration_ids(tokenizer, source: str = "wiki", n_samples: int = 128, seq_len: int = 512,
+def calibration_ids(tokenizer, source: str = CALIB_SOURCE, n_samples: int = CALIB_SAMPLES, seq_len: int = CALIB_SEQ_LEN,
                     seed: int = 0, vocab_size: int | None = None):
     """LongTensor [n_samples, seq_len] of calibration tokens."""
     import torch

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from ..defaults import EVAL_SEQ_LEN
 from ._forward import logits_of, model_bos_token_id, torch_or_error
 
 __all__ = ["perplexity"]
@@ -47,7 +48,7 @@ def _windows(tokens, seq_len: int, max_windows: int | None):
     return n
 
 
-def perplexity(model, tokens, seq_len: int = 512, max_windows: int | None = None, progress: bool = True,
+def perplexity(model, tokens, seq_len: int = EVAL_SEQ_LEN, max_windows: int | None = None, progress: bool = True,
                bos_token_id: int | None | str = "auto") -> dict:
     """Perplexity of ``model`` on ``tokens`` (see the module docstring for the windows).
 

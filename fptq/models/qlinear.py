@@ -43,6 +43,7 @@ import numpy as np
 from .. import reference as ref
 from .. import spec
 from ..backends.base import check_act_scale
+from ..defaults import resolve_backend
 from ..spec import ActPolicy, WeightFormat
 from ._torch import nn, torch
 
@@ -89,7 +90,7 @@ class W4A8Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int,
                  weight_format=WeightFormat.SYMMETRIC, policy=ActPolicy.DYNAMIC,
-                 backend: str = "torch", mode: str = "integer"):
+                 backend: str | None = None, mode: str = "integer"):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.group_size = spec.validate.check_group_size(group_size, self.in_features)
@@ -113,7 +114,7 @@ class W4A8Linear(nn.Module):
             self.register_buffer("act_scale", torch.ones(1, dtype=torch.float32))
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.backend_name = backend
+        self.backend_name = resolve_backend(backend)  # None: fptq.defaults.default_backend()
         self.mode = mode
         self._fake_weight = None     # dequantized weight (fake_quant mode)
         self._on_backend = None      # _OnBackend (integer mode)
@@ -121,7 +122,7 @@ class W4A8Linear(nn.Module):
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_linear(cls, linear, policy, act_scale, group_size: int,
-                    weight_format=WeightFormat.SYMMETRIC, backend: str = "torch", mode: str = "integer"):
+                    weight_format=WeightFormat.SYMMETRIC, backend: str | None = None, mode: str = "integer"):
         """Quantize ``linear`` (round to nearest, :func:`fptq.spec.quantize_weight`) and pack it."""
         fmt = WeightFormat(weight_format)
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
@@ -129,7 +130,7 @@ class W4A8Linear(nn.Module):
         return cls.from_quantized(qw, linear.bias, policy, act_scale, backend=backend, mode=mode)
 
     @classmethod
-    def from_quantized(cls, qw, bias, policy, act_scale, backend: str = "torch", mode: str = "integer"):
+    def from_quantized(cls, qw, bias, policy, act_scale, backend: str | None = None, mode: str = "integer"):
         """Build from a :class:`fptq.spec.QuantizedWeight` (any weight quantizer's output)."""
         n, k = qw.q.shape
         m = cls(k, n, bias is not None, qw.group_size, qw.fmt, policy, backend, mode)
