@@ -13,6 +13,7 @@ skips with the reason otherwise (the project's .venv has no CuPy). Run with
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 
@@ -38,11 +39,12 @@ def compiled():
     return {name: CC.compile_module(name, ARCH) for name in CC.MODULES}  # the cache: what the backend loads
 
 
-#: Register bounds per kernel family (ptxas on NVRTC 13.0 measured 24-34 for the elementwise
-#: kernels, 55-148 for gemm_decode<1..16>, 110 and 176 for the two prefill tiles). A bound
-#: keeps occupancy: decode runs 128-thread blocks (168 registers still fit 3 blocks per SM),
-#: prefill's 128 x 128 tile one 256-thread block per SM (__launch_bounds__(256, 1): at most 255).
-REGISTER_BOUNDS = {"gemm_decode": 168, "gemm_prefill": 232}
+#: Register bounds per kernel family (ptxas on NVRTC 13.0, issue 26's kernels: 24-34 for the
+#: elementwise kernels, 76-162 for gemm_decode<1..8> and 234 for gemm_decode<16>, ~180-230 for the
+#: two prefill tiles). A bound keeps occupancy: decode runs 128-thread blocks (240 registers still fit
+#: 2 blocks per SM; MT = 16 is dp4a-bound, and capping it at 168 registers spilled), prefill's
+#: 128 x 128 tile one 256-thread block per SM (__launch_bounds__(256, 1): at most 255).
+REGISTER_BOUNDS = {"gemm_decode": 240, "gemm_prefill": 240}
 ELEMENTWISE_REGISTER_BOUND = 64
 STATIC_SMEM_LIMIT = 48 * 1024
 
@@ -195,3 +197,46 @@ def test_the_backend_loads_the_whole_cubin(compiled, tmp_path):
     b._compiled, b._functions = {"policy": short}, {}
     with pytest.raises(ValueError, match="truncated"):
         b._fn("policy", "select_policies")
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine code (SASS, by cuobjdump): what issue 26 asked of the GEMMs' instruction order
+
+
+def _sass(mod) -> dict[str, list[str]]:
+    """kernel name -> its SASS opcodes in order (predicates dropped), by ``cuobjdump -sass`` of the cubin."""
+    exe = shutil.which("cuobjdump")
+    if exe is None:
+        pytest.skip("cuobjdump is not on PATH (pip install nvidia-cuda-cuobjdump puts one under nvidia/cu13/bin)")
+    text = subprocess.run([exe, "-sass", str(mod.path)], capture_output=True, text=True, timeout=120).stdout
+    by_entry, cur = {}, None
+    for line in text.splitlines():
+        if "Function :" in line:
+            cur = by_entry.setdefault(line.split("Function :")[1].strip(), [])
+        elif cur is not None and (m := re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)", line)):
+            cur.append(m.group(1))
+    return {k: by_entry[e] for k, e in mod.entries.items()}
+
+
+def test_decode_issues_a_whole_batch_of_weight_copies_before_the_math(compiled):
+    """gemm_decode<MT>: the first batch's CH x DEC_ROWS 16-byte weight copies (LDGSTS) all come before
+    its first dp4a (IDP.4A) and before the wait (DEPBAR): 16 for MT <= 4, one G = 128 group of 4 rows.
+    (Plain 16-byte loads were sunk by ptxas next to their uses: 3 in flight, then math.)"""
+    chunks = {1: 4, 2: 4, 4: 4, 8: 2, 16: 1}
+    for mt in L.DECODE_MT:
+        ops = _sass(compiled["gemm_decode"])[L.decode_kernel_name(mt)]
+        first_math = ops.index(next(o for o in ops if o.startswith("IDP.4A")))
+        first_wait = ops.index(next(o for o in ops if o.startswith("DEPBAR")))
+        copies = [i for i, o in enumerate(ops) if o.startswith("LDGSTS")]
+        assert len(copies) == chunks[mt] * L.DECODE_ROWS, (mt, len(copies))
+        assert max(copies) < min(first_math, first_wait), f"MT={mt}: a weight copy after the math or the wait"
+
+
+def test_prefill_main_loop_has_no_integer_division(compiled):
+    """No emulated 32-bit division (I2F.U32.RP + MUFU.RCP) and no call anywhere in gemm_prefill: the group,
+    the step within it and the stage are counters (step / steps_per_group compiled to 4 such sequences)."""
+    for t in L.PREFILL_TILES:
+        ops = _sass(compiled["gemm_prefill"])[L.prefill_kernel_name(t)]
+        bad = [o for o in ops if o.startswith(("MUFU.RCP", "I2F.U32.RP", "CALL"))]
+        assert not bad, f"{L.prefill_kernel_name(t)}: {bad}"
+        assert sum(o.startswith("HMMA") or o.startswith("IMMA") for o in ops) >= t.mt * t.nt

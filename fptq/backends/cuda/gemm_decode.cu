@@ -7,30 +7,57 @@
 //
 // Work split. A block is DEC_WARPS warps; a warp owns DEC_ROWS consecutive
 // output rows n and all MT activation rows m. Lane l of a warp computes group
-// g = gbase + l of those rows (gbase = 0, 32, 64, ...): it streams the group's
-// weights of each of its rows in 16-byte loads (DEC_ROWS independent loads in
-// flight per chunk, unrolled over chunks), reuses each 32-byte activation
-// chunk for the DEC_ROWS rows, and accumulates exact int32 sums
+// g = gbase + l of those rows (gbase = 0, 32, 64, ...). It walks its group in
+// batches of CH 32-column chunks (CH * 32 = 128 columns for MT <= 4: one
+// G = 128 group): first every 16-byte weight copy of the batch, CH * DEC_ROWS
+// cp.async copies into the lane's own slots wst[warp][c][r][lane] (shared
+// memory, so ptxas cannot sink them next to their uses to save registers, as
+// it did with plain loads), one wait, then the dot products reading the slots
+// back. Copies never depend on M, N or the group's end: rows past N read row
+// N - 1, activation rows past M read row
+// M - 1 (their sums are never stored), and a chunk past the group's end
+// re-reads the group's last chunk with its activations masked to 0, so it adds
+// nothing (no branch: ptxas sinks loads into the branch that uses them). Only
+// a ragged last group, or G not a multiple of CH * 32, has such chunks.
+// Exact int32 sums per group:
 //   dot[r][m] = sum x * u   (u the unsigned nibble, u = q + 8 for symmetric),
 //   xsum[m]   = sum x,
 //   acc       = dot - c * xsum   (c = 8 symmetric, c = zero[n, g] asymmetric).
 // Then t = float32(acc) * wscale[n, g] (rounded) goes to shared memory at
-// [value][lane]; after each round of 32 groups, lane v adds the t of its value
-// v = r * MT + m in ascending group order into its running y (rounded adds:
-// the spec's order exactly). At the end y * xscale (+ bias) is stored.
+// tr[warp][v][lane], v = r * MT + m; after each round of 32 groups, lane v
+// reads row v of its warp's tr (lanes v and v + 32 when V = 64) and adds its
+// t values in ascending group order into its running y (rounded adds: the
+// spec's order exactly). At the end y * xscale (+ bias) is stored.
 #include "common.cu"
 
 #define DEC_WARPS 4
 #define DEC_ROWS 4
 
+// 32-column chunks per batch of copies: 4 (16 copies of 16 bytes in flight per lane) for MT <= 4,
+// fewer where the registers or the 48 KB of static shared memory run short (MT = 16 is
+// dp4a-bound rather than memory-bound).
 template <int MT>
+struct DecodeChunks { static constexpr int value = MT <= 4 ? 4 : MT == 8 ? 2 : 1; };
+
+
+// 16 bytes global -> shared without a register (cp.async, sm_80+), and the wait for this thread's copies.
+__device__ __forceinline__ void dec_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src));
+}
+__device__ __forceinline__ void dec_cp_wait_all() { asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory"); }
+
+template <int MT>
+// MT = 16 takes ~234 registers (2 blocks per SM); capping it at 168 (3 blocks) spilled 164 bytes.
 __global__ void __launch_bounds__(DEC_WARPS * 32)
 gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u8* __restrict__ packed,
             const float* __restrict__ wscale, const u8* __restrict__ zero, const float* __restrict__ bias,
             float* __restrict__ out, int m_rows, int n_rows, int k, int g, int ng,
             int asym, int per_token, int has_bias) {
     constexpr int V = DEC_ROWS * MT;  // output values of a warp, <= 64
+    constexpr int CH = DecodeChunks<MT>::value;
     __shared__ float tr[DEC_WARPS][V][33];  // +1 column: conflict-free transposed reads
+    __shared__ __align__(16) uint4 wst[DEC_WARPS][CH][DEC_ROWS][32];  // a lane's batch of weights: its own slots
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int n0 = (blockIdx.x * DEC_WARPS + warp) * DEC_ROWS;
     const i64 kb = k >> 1;  // bytes per packed row
@@ -48,30 +75,37 @@ gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u
                 for (int r = 0; r < DEC_ROWS; ++r) dot[r][m] = 0;
             }
             const int e0 = gi * g, e1 = min(e0 + g, k);
-#pragma unroll 2
-            for (int e = e0; e < e1; e += 32) {
-                uint4 w[DEC_ROWS];
+            for (int e = e0; e < e1; e += 32 * CH) {
 #pragma unroll
-                for (int r = 0; r < DEC_ROWS; ++r) {
-                    const int n = n0 + r;
-                    w[r] = n < n_rows ? *(const uint4*)(packed + (i64)n * kb + (e >> 1)) : make_uint4(0, 0, 0, 0);
+                for (int c = 0; c < CH; ++c) {
+                    const int ec = min(e + 32 * c, e1 - 32);  // past the group's end: its last chunk again
+#pragma unroll
+                    for (int r = 0; r < DEC_ROWS; ++r)
+                        dec_cp_async16(&wst[warp][c][r][lane], packed + (i64)min(n0 + r, n_rows - 1) * kb + (ec >> 1));
                 }
+                dec_cp_wait_all();  // each lane reads back only the slots it copied: no barrier
 #pragma unroll
-                for (int m = 0; m < MT; ++m) {
-                    if (m >= m_rows) break;
-                    const uint4* xp = (const uint4*)(qx + (i64)m * k + e);
-                    const uint4 xa = xp[0], xb = xp[1];
-                    const unsigned xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+                for (int c = 0; c < CH; ++c) {
+                    const int ec = min(e + 32 * c, e1 - 32);
+                    const unsigned keep = e + 32 * c < e1 ? 0xFFFFFFFFu : 0u;  // x = 0 past the group's end
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const int ev = (int)fptq_even_bytes(xw[2 * i], xw[2 * i + 1]);
-                        const int od = (int)fptq_odd_bytes(xw[2 * i], xw[2 * i + 1]);
-                        xsum[m] = __dp4a(ev, 0x01010101, __dp4a(od, 0x01010101, xsum[m]));
+                    for (int m = 0; m < MT; ++m) {
+                        const uint4* xp = (const uint4*)(qx + (i64)min(m, m_rows - 1) * k + ec);
+                        const uint4 xa = xp[0], xb = xp[1];
+                        const unsigned xw[8] = {xa.x & keep, xa.y & keep, xa.z & keep, xa.w & keep,
+                                                xb.x & keep, xb.y & keep, xb.z & keep, xb.w & keep};
 #pragma unroll
-                        for (int r = 0; r < DEC_ROWS; ++r) {
-                            const unsigned wi = (i == 0 ? w[r].x : i == 1 ? w[r].y : i == 2 ? w[r].z : w[r].w) ^ flip;
-                            dot[r][m] = __dp4a(ev, (int)(wi & FPTQ_NIBBLE_MASK), dot[r][m]);
-                            dot[r][m] = __dp4a(od, (int)((wi >> 4) & FPTQ_NIBBLE_MASK), dot[r][m]);
+                        for (int i = 0; i < 4; ++i) {
+                            const int ev = (int)fptq_even_bytes(xw[2 * i], xw[2 * i + 1]);
+                            const int od = (int)fptq_odd_bytes(xw[2 * i], xw[2 * i + 1]);
+                            xsum[m] = __dp4a(ev, 0x01010101, __dp4a(od, 0x01010101, xsum[m]));
+#pragma unroll
+                            for (int r = 0; r < DEC_ROWS; ++r) {
+                                const uint4 wr = wst[warp][c][r][lane];
+                                const unsigned wi = (i == 0 ? wr.x : i == 1 ? wr.y : i == 2 ? wr.z : wr.w) ^ flip;
+                                dot[r][m] = __dp4a(ev, (int)(wi & FPTQ_NIBBLE_MASK), dot[r][m]);
+                                dot[r][m] = __dp4a(od, (int)((wi >> 4) & FPTQ_NIBBLE_MASK), dot[r][m]);
+                            }
                         }
                     }
                 }
@@ -97,12 +131,13 @@ gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int v = lane + 32 * h;
-        if (v >= V) break;
-        const int r = v / MT, m = v % MT, n = n0 + r;
-        if (m < m_rows && n < n_rows) {
-            float y = __fmul_rn(h ? y1 : y0, xscale[per_token ? m : 0]);
-            if (has_bias) y = __fadd_rn(y, bias[n]);
-            out[(i64)m * n_rows + n] = y;
+        if (v < V) {
+            const int r = v / MT, m = v % MT, n = n0 + r;
+            if (m < m_rows && n < n_rows) {
+                float y = __fmul_rn(h ? y1 : y0, xscale[per_token ? m : 0]);
+                if (has_bias) y = __fadd_rn(y, bias[n]);
+                out[(i64)m * n_rows + n] = y;
+            }
         }
     }
 }

@@ -9,13 +9,20 @@
 //
 // Tiling. A block of WM x WN warps computes a BM x BN tile of y (BM = WM*MT*16,
 // BN = WN*NT*8); each warp a (MT*16) x (NT*8) tile as MT x NT mma tiles. The K
-// loop steps 32 columns at a time through a STAGES-deep cp.async ring: stage s
-// holds A = qx[m0 : m0+BM, k : k+32] (BM x 32 bytes) and B = packed[n0 : n0+BN,
-// k/2 : k/2+16] (BN x 16 bytes). At the end of every group (every G/32 steps,
-// and at the last step) each thread folds its int32 accumulators into its
-// float32 outputs, y = y + float32(acc) * wscale[n, g] (rounded ops), and
-// clears them: each output element sees its groups in ascending order, as the
-// spec pins. No split-K.
+// loop steps 32 columns at a time through a STAGES-deep cp.async ring: step s
+// uses stage s % STAGES, which holds A = qx[m0 : m0+BM, 32s : 32s+32] (BM x 32
+// bytes) and B = packed[n0 : n0+BN, 16s : 16s+16] (BN x 16 bytes); each step
+// waits until at most STAGES - 2 of the thread's copy groups are pending (its
+// copies of stage s have landed), syncs the block (everyone's have), then
+// issues the copies of step s + STAGES - 1 into the stage step s - 1 used.
+// The group, the step within it and the stage are counters (no integer
+// division in the loop). When a step starts a new group, each thread folds its
+// int32 accumulators of the finished group into its float32 outputs,
+// y = y + float32(acc) * wscale[n, g] (rounded ops), and clears them: after
+// issuing the next stage's copies and its own fragment loads of the step, so
+// the fold overlaps them; the scales and zero points of a group are loaded one
+// group ahead. The last group is folded after the loop. Each output element
+// sees its groups in ascending order, as the spec pins. No split-K.
 //
 // Fragments (PTX ISA, mma.m16n8k32 with .s8; gid = lane / 4, tig = lane % 4):
 //   A: a0 = row gid, k-slots tig*4 + 0..3; a1 = row gid + 8, same slots;
@@ -56,6 +63,14 @@ __device__ __forceinline__ void pf_mma(int (&c)[4], unsigned a0, unsigned a1, un
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// A column's metadata for one group: its zero point (replicated into the 4 bytes __vsub4 subtracts)
+// and the two scales of the columns tig*2 and tig*2 + 1 it folds.
+template <int NT>
+struct PfGroupMeta {
+    unsigned zc[NT];
+    float ws0[NT], ws1[NT];
+};
+
 template <int WM, int WN, int MT, int NT>
 __global__ void __launch_bounds__(WM * WN * 32, 1)
 gemm_prefill(const i8* __restrict__ qx, const float* __restrict__ xscale, const u8* __restrict__ packed,
@@ -64,6 +79,7 @@ gemm_prefill(const i8* __restrict__ qx, const float* __restrict__ xscale, const 
              int asym, int per_token, int has_bias) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int BM = WM * MT * 16, BN = WN * NT * 8;
+    constexpr int A_ITERS = (BM * 2 + THREADS - 1) / THREADS, B_ITERS = (BN + THREADS - 1) / THREADS;
     __shared__ __align__(16) u8 sa[PF_STAGES][BM][32];
     __shared__ __align__(16) u8 sb[PF_STAGES][BN][16];
 
@@ -75,86 +91,116 @@ gemm_prefill(const i8* __restrict__ qx, const float* __restrict__ xscale, const 
     const int steps = k >> 5, steps_per_group = g >> 5;
     const unsigned flip = asym ? 0u : FPTQ_SIGN_FLIP;
 
-    // one pipeline stage: A rows (two 16-byte chunks each) and B rows (one chunk each)
+    // one pipeline stage: A rows (two 16-byte chunks each) and B rows (one chunk each); the loops
+    // have compile-time trip counts (unrolled), the column offset is a multiply, not a division
     auto load_stage = [&](int step, int st) {
         if (step < steps) {
-            for (int idx = tid; idx < BM * 2; idx += THREADS) {
-                const int row = idx >> 1, half = idx & 1, m = m0 + row;
-                const i8* src = m < m_rows ? qx + (i64)m * k + step * 32 + half * 16 : qx;
-                pf_cp_async16(&sa[st][row][half * 16], src, m < m_rows ? 16 : 0);
+#pragma unroll
+            for (int it = 0; it < A_ITERS; ++it) {
+                const int idx = tid + it * THREADS;
+                if (BM * 2 % THREADS == 0 || idx < BM * 2) {
+                    const int row = idx >> 1, half = idx & 1, m = m0 + row;
+                    const i8* src = m < m_rows ? qx + (i64)m * k + step * 32 + half * 16 : qx;
+                    pf_cp_async16(&sa[st][row][half * 16], src, m < m_rows ? 16 : 0);
+                }
             }
-            for (int idx = tid; idx < BN; idx += THREADS) {
-                const int n = n0 + idx;
-                const u8* src = n < n_rows ? packed + (i64)n * kb + step * 16 : packed;
-                pf_cp_async16(&sb[st][idx][0], src, n < n_rows ? 16 : 0);
+#pragma unroll
+            for (int it = 0; it < B_ITERS; ++it) {
+                const int idx = tid + it * THREADS;
+                if (BN % THREADS == 0 || idx < BN) {
+                    const int n = n0 + idx;
+                    const u8* src = n < n_rows ? packed + (i64)n * kb + step * 16 : packed;
+                    pf_cp_async16(&sb[st][idx][0], src, n < n_rows ? 16 : 0);
+                }
             }
         }
         pf_cp_commit();  // an empty group past the end keeps the wait counts uniform
     };
+    // group grp's zero points and scales of this thread's columns (columns past N read column N - 1)
+    auto load_meta = [&](int grp, PfGroupMeta<NT>& md) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int nb = n0 + wn * NT * 8 + nt * 8;
+            const int nz = min(nb + gid, n_rows - 1);
+            md.zc[nt] = (asym ? (unsigned)zero[(i64)nz * ng + grp] : 8u) * 0x01010101u;
+            md.ws0[nt] = wscale[(i64)min(nb + tig * 2, n_rows - 1) * ng + grp];
+            md.ws1[nt] = wscale[(i64)min(nb + tig * 2 + 1, n_rows - 1) * ng + grp];
+        }
+    };
 
     int acc[MT][NT][4];
     float y[MT][NT][4];
-    unsigned zc[NT];  // the per-byte subtrahend c of each column's current group
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int i = 0; i < 4; ++i) { acc[mt][nt][i] = 0; y[mt][nt][i] = 0.0f; }
+    // fold: y = y + float32(acc) * wscale[n, group] for the group whose scales md holds, in order
+    auto fold = [&](const PfGroupMeta<NT>& md) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float t = __fmul_rn(__int2float_rn(acc[mt][nt][i]), (i & 1) ? md.ws1[nt] : md.ws0[nt]);
+                    y[mt][nt][i] = __fadd_rn(y[mt][nt][i], t);
+                    acc[mt][nt][i] = 0;
+                }
+    };
 
 #pragma unroll
     for (int s = 0; s < PF_STAGES - 1; ++s) load_stage(s, s);
 
+    // cur: the metadata of the group being accumulated; next: the following group's, loaded one
+    // group ahead so no global load stands between a group's first step and its math
+    PfGroupMeta<NT> cur, next;
+    load_meta(0, next);
+    int grp = -1, kin = 0, st = 0;  // the step's group, its step within the group, its stage: counters, no division
     for (int step = 0; step < steps; ++step) {
-        const int grp = step / steps_per_group;
-        if (step % steps_per_group == 0) {  // a new group: its zero points
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int n = min(n0 + wn * NT * 8 + nt * 8 + gid, n_rows - 1);
-                zc[nt] = (asym ? (unsigned)zero[(i64)n * ng + grp] : 8u) * 0x01010101u;
-            }
-        }
         pf_cp_wait<PF_STAGES - 2>();
         __syncthreads();  // stage `step` is visible to all; stage `step - 1` is free again
-        load_stage(step + PF_STAGES - 1, (step + PF_STAGES - 1) % PF_STAGES);
-        const int st = step % PF_STAGES;
+        load_stage(step + PF_STAGES - 1, st == 0 ? PF_STAGES - 1 : st - 1);  // (step + STAGES - 1) % STAGES
 
-        unsigned bf[NT][2];
+        // this step's fragments from shared memory (issued before the fold below, which they overlap)
+        const bool first = kin == 0;
+        unsigned bw[NT], ax[MT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const unsigned w = *(const unsigned*)&sb[st][wn * NT * 8 + nt * 8 + gid][tig * 4] ^ flip;
-            bf[nt][0] = __vsub4(w & FPTQ_NIBBLE_MASK, zc[nt]);
-            bf[nt][1] = __vsub4((w >> 4) & FPTQ_NIBBLE_MASK, zc[nt]);
-        }
+        for (int nt = 0; nt < NT; ++nt)
+            bw[nt] = *(const unsigned*)&sb[st][wn * NT * 8 + nt * 8 + gid][tig * 4] ^ flip;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             const int r = wm * MT * 16 + mt * 16 + gid;
             const uint2 x0 = *(const uint2*)&sa[st][r][tig * 8];
             const uint2 x1 = *(const uint2*)&sa[st][r + 8][tig * 8];
-            const unsigned a0 = fptq_even_bytes(x0.x, x0.y), a2 = fptq_odd_bytes(x0.x, x0.y);
-            const unsigned a1 = fptq_even_bytes(x1.x, x1.y), a3 = fptq_odd_bytes(x1.x, x1.y);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) pf_mma(acc[mt][nt], a0, a1, a2, a3, bf[nt][0], bf[nt][1]);
+            ax[mt][0] = fptq_even_bytes(x0.x, x0.y);
+            ax[mt][1] = fptq_even_bytes(x1.x, x1.y);
+            ax[mt][2] = fptq_odd_bytes(x0.x, x0.y);
+            ax[mt][3] = fptq_odd_bytes(x1.x, x1.y);
         }
-
-        if ((step + 1) % steps_per_group == 0 || step + 1 == steps) {  // end of group grp: fold, in order
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int n = n0 + wn * NT * 8 + nt * 8 + tig * 2;
-                const float ws0 = wscale[(i64)min(n, n_rows - 1) * ng + grp];
-                const float ws1 = wscale[(i64)min(n + 1, n_rows - 1) * ng + grp];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const float t = __fmul_rn(__int2float_rn(acc[mt][nt][i]), (i & 1) ? ws1 : ws0);
-                        y[mt][nt][i] = __fadd_rn(y[mt][nt][i], t);
-                        acc[mt][nt][i] = 0;
-                    }
-            }
+        if (first) {  // a new group: fold the finished one (its scales are in cur), then move on
+            if (grp >= 0) fold(cur);
+            ++grp;
+            cur = next;
+            load_meta(min(grp + 1, ng - 1), next);
         }
+        unsigned bf[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            bf[nt][0] = __vsub4(bw[nt] & FPTQ_NIBBLE_MASK, cur.zc[nt]);
+            bf[nt][1] = __vsub4((bw[nt] >> 4) & FPTQ_NIBBLE_MASK, cur.zc[nt]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                pf_mma(acc[mt][nt], ax[mt][0], ax[mt][1], ax[mt][2], ax[mt][3], bf[nt][0], bf[nt][1]);
+        kin = kin + 1 == steps_per_group ? 0 : kin + 1;
+        st = st + 1 == PF_STAGES ? 0 : st + 1;
     }
     pf_cp_wait<0>();
+    if (grp >= 0) fold(cur);  // the last group (ragged or not)
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
