@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 import numpy as np
 import pytest
 
-from fptq.backends import BackendUnavailable, UnknownBackend, registry
+from fptq.backends import MEMBERS, OPERATIONS, BackendUnavailable, UnknownBackend, registry
 from fptq.backends.numpy_backend import NumpyBackend
 
 MOD = "fptq_test_fake_backends"
@@ -37,11 +37,26 @@ class NotABackend:
     name = "broken"
 
 
+class Incomplete:
+    """A third party's hand-written backend that forgot what a model needs (and one operation)."""
+
+    name = "incomplete"
+    device = "cpu"
+    array_type = np.ndarray
+
+    def __init__(self):
+        ref = NumpyBackend()
+        for m in ("from_numpy", "to_numpy", "describe", *OPERATIONS):
+            if m != "select_policies":
+                setattr(self, m, getattr(ref, m))
+    linear_forward_finite = "not a method"
+
+
 @pytest.fixture(autouse=True)
 def fake_module(monkeypatch):
     """A throw-away module holding the classes above, and a fresh instance cache."""
     mod = types.ModuleType(MOD)
-    for cls in (Fake, NoGpu, NeedsFramework, NotABackend):
+    for cls in (Fake, NoGpu, NeedsFramework, NotABackend, Incomplete):
         setattr(mod, cls.__name__, cls)
     monkeypatch.setitem(sys.modules, MOD, mod)
     monkeypatch.setattr(registry, "_instances", {})
@@ -124,6 +139,29 @@ def test_missing_dependency_of_backend_module(tmp_path, monkeypatch):
 def test_not_a_backend_is_rejected():
     with pytest.raises(TypeError, match="lacks"):
         registry.get_backend(f"{MOD}:NotABackend")
+
+
+def test_an_incomplete_backend_is_refused_naming_what_it_lacks():
+    """The registry checks the whole Protocol (fptq.backends.base.Backend), not a few attributes:
+    an operation, the model-facing methods, and a member that is there but not callable."""
+    with pytest.raises(TypeError) as e:
+        registry.get_backend(f"{MOD}:Incomplete")
+    msg = str(e.value)
+    lacks = msg.split("lacks ", 1)[1].split(" of the", 1)[0].split(", ")
+    assert lacks == ["select_policies", "prepare_linear", "linear_forward", "linear_forward_finite"], msg
+    assert f"{MOD}:Incomplete" in msg and "BackendBase" in msg
+    assert f"{MOD}:Incomplete" not in registry._instances
+
+
+def test_every_builtin_class_has_the_whole_protocol():
+    """Checked on the classes, so backends that cannot start here (cupy, torch-cuda) are covered too."""
+    for name, target in registry.BUILTIN_BACKENDS.items():
+        try:
+            cls = registry.load_backend_class(target)
+        except BackendUnavailable:
+            continue
+        missing = [m for m in MEMBERS if not hasattr(cls, m) and m not in ("device", "array_type")]
+        assert not missing, f"{name} lacks {missing}"
 
 
 def test_available_backends_reports_reasons(monkeypatch):
