@@ -96,7 +96,7 @@ def test_quantize_model_every_family(family):
     res = quantize_model(model, ids, cfg, backend="numpy", mode="integer", batch_size=2, progress=False)
     qlin = quantized_linears(res.model)
     n_layers = model.config.num_hidden_layers
-    assert len(qlin) == 7 * n_layers if family != "opt" else 6 * n_layers
+    assert len(qlin) == (7 * n_layers if family != "opt" else 6 * n_layers)
     assert not any(isinstance(m, W4A8Linear) for m in model.modules())  # the input model is untouched
     assert type(res.model.lm_head).__name__ == "Linear"  # lm_head stays float
     by = res.plan.by_linear()
@@ -143,6 +143,69 @@ def test_quant_config_rejects_bad_settings():
         QuantConfig(weight_format="int3")
     with pytest.raises(ValueError, match="unknown linear groups"):
         QuantConfig(groups=("qkv", "mlp"))
+
+
+def test_a_registered_quantizer_gets_what_its_entry_asks_for(monkeypatch):
+    """The pipeline, the config and compare read the registry: a new entry needing a Hessian, channel
+    weights and a QuantConfig option runs with no change elsewhere, and gets exactly those."""
+    from fptq import reference as ref
+    from fptq.compare import CompareSettings, _methods, _uses_pipeline
+
+    seen = []
+
+    def probe(w, group_size, fmt, *, hessian, channel_weight, damp):
+        seen.append((w.shape, hessian.shape, channel_weight.shape, damp))
+        return spec.quantize_weight(w, group_size, fmt)
+
+    entry = ref.WeightQuantizer("probe", "probe words", probe, channel_weight=True, hessian=True,
+                                rows_option="gptq_rows", options=(("damp", "gptq_damp"),), judge_with="rtn")
+    monkeypatch.setitem(ref.WEIGHT_QUANTIZERS, "probe", entry)
+    model = tiny_model("llama")
+    ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(group_size=32, weight_quantizer="probe", gptq_damp=0.25, rotate="none")
+    res = quantize_model(model, ids, cfg, backend="numpy", progress=False)
+    assert len(seen) == len(quantized_linears(res.model)) > 0
+    assert all(h == (w[1], w[1]) and c == (w[1],) and d == 0.25 for w, h, c, d in seen)
+    s = CompareSettings(quant=QuantConfig(rotate="none", weight_quantizer="rtn"))
+    row = next(m for m in _methods(s) if m.key == "fptq_w4a8_probe")
+    assert "probe words" in row.weights and _uses_pipeline(row, s)  # it needs calibration rows
+
+
+def _power_of_two_search(x, weights, kv_heads, group_size=None, fmt=None):
+    """Scales 2^(j mod 3) (GQA: per kv channel): folding them is exact in float32."""
+    k = x.shape[1] if kv_heads is None else kv_heads[1] * kv_heads[2]
+    s_fold = np.exp2(np.arange(k) % 3).astype(np.float32)
+    if kv_heads is None:
+        return s_fold, s_fold
+    n, kv, hd = kv_heads
+    return np.repeat(s_fold.reshape(kv, 1, hd), n // kv, axis=1).reshape(-1), s_fold
+
+
+@pytest.mark.parametrize("rotate", ["none", "online"])
+def test_a_scale_search_is_folded_exactly_where_the_producer_absorbs_it(monkeypatch, rotate):
+    """A registry entry with a ``scale_search``: every group whose producer can take ``1/s`` gets the
+    scales folded (float outputs bit-identical with power-of-two scales); under the online rotation the
+    norms and down_proj's rotated input cannot, and the plan says why."""
+    from fptq import reference as ref
+
+    entry = ref.WeightQuantizer("pow2", "pow2", ref.quantize_weight_rtn, rows_option="keep_rows",
+                                scale_search=_power_of_two_search, judge_with="rtn")
+    monkeypatch.setitem(ref.WEIGHT_QUANTIZERS, "pow2", entry)
+    model = tiny_model("llama")  # GQA: o_proj's scales are shared by the q heads of one kv head
+    ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(group_size=32, weight_quantizer="pow2", force_policy="dynamic", rotate=rotate)
+    keep_float = (lambda lin, gp, samples=None: lin) if rotate == "none" else None  # the folded float linears
+    res = quantize_model(model, ids, cfg, backend="numpy", progress=False, make_linear=keep_float)
+    folded = {g.group for g in res.plan.groups if g.s_weight is not None}
+    assert folded == ({"qkv", "o", "gate_up", "down"} if rotate == "none" else {"o"})
+    for g in res.plan.groups:
+        assert (g.scale_fallback is None) == (g.group in folded)
+        assert g.s is None if g.group not in folded else np.array_equal(g.s, g.s_weight)
+    if rotate == "none":
+        with torch.no_grad():
+            assert torch.equal(res.model(ids).logits, model(ids).logits)
+        w0 = model.model.layers[0].self_attn.q_proj.weight
+        assert not torch.equal(res.model.model.layers[0].self_attn.q_proj.weight, w0)
 
 
 @pytest.mark.parametrize("fmt", ["int4_sym", "uint4_asym"])

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import spec
 from ..reference import WEIGHT_QUANTIZERS
+from ..reference import weight_quantizer as registry_entry
+from ..reference.plan import SELECTIONS
 from ..spec import ActPolicy, WeightFormat
 from .arch import LINEAR_GROUPS
-from .plan import SELECTIONS
 
 __all__ = ["QuantConfig", "POLICY_SELECTIONS", "ROTATIONS", "WEIGHT_QUANTIZER_NAMES"]
 
@@ -24,9 +25,9 @@ ROTATIONS = ("online", "residual", "none")
 #: how a group's policy is chosen below v1 (see :class:`QuantConfig`)
 POLICY_SELECTIONS = SELECTIONS
 
-#: the weight quantizers of a run: the calibration-free ones of fptq.reference, and GPTQ
-#: (:mod:`fptq.reference.gptq`), which needs the layer's calibration inputs
-WEIGHT_QUANTIZER_NAMES = tuple(WEIGHT_QUANTIZERS) + ("gptq",)
+#: the weight quantizers of a run: the names of :data:`fptq.reference.WEIGHT_QUANTIZERS` (the registry,
+#: :mod:`fptq.reference.quantizer_registry`, which says what each needs)
+WEIGHT_QUANTIZER_NAMES = tuple(WEIGHT_QUANTIZERS)
 
 
 @dataclass
@@ -35,7 +36,8 @@ class QuantConfig:
 
     group_size: INT4 group size G along K (-1 = per-channel).
     weight_format: ``uint4_asym`` (default) or ``int4_sym`` (the paper's).
-    weight_quantizer: ``gptq`` (default: second-order error feedback on the LAE-folded weights,
+    weight_quantizer: a name of the registry (:data:`fptq.reference.WEIGHT_QUANTIZERS`, which says
+        what each needs): ``gptq`` (default: second-order error feedback on the LAE-folded weights,
         :mod:`fptq.reference.gptq`; the Hessian is taken from ``gptq_rows`` calibration rows of
         the layer's own inputs), ``rtn`` (round to nearest, the paper's) or ``mse``
         (activation-aware clipping search, :mod:`fptq.reference.weight_quantizers`).
@@ -103,9 +105,7 @@ class QuantConfig:
         if self.rotate not in ROTATIONS:
             raise ValueError(f"rotate must be one of {ROTATIONS}, got {self.rotate!r}")
         WeightFormat(self.weight_format)
-        if self.weight_quantizer not in WEIGHT_QUANTIZER_NAMES:
-            raise ValueError(f"unknown weight quantizer {self.weight_quantizer!r}; "
-                             f"choose from {WEIGHT_QUANTIZER_NAMES}")
+        registry_entry(self.weight_quantizer)  # a ValueError names the registry's choices
         if not self.gptq_damp > 0:
             raise ValueError(f"gptq_damp must be > 0, got {self.gptq_damp!r}")
         spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1

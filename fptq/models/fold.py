@@ -1,6 +1,6 @@
 """Applying a group's equalization to a model, in place (the arithmetic is :mod:`fptq.reference.fold`).
 
-For a group with scales ``s`` (see :mod:`fptq.models.plan`): each linear of the
+For a group with scales ``s`` (see :func:`fptq.reference.plan_group`): each linear of the
 group gets ``W * s`` (:func:`fptq.spec.lae_apply_weight`), and the producer of
 its input gets ``1 / s``: the norm before q/k/v or gate/up
 (:func:`fptq.reference.fold_into_norm`), v_proj's output rows for o_proj,
@@ -17,7 +17,7 @@ import numpy as np
 from .. import reference as ref
 from .. import spec
 from .arch import Arch, get_submodule
-from .plan import GroupPlan
+from ..reference.plan import GroupPlan
 
 __all__ = ["fold_group", "scale_input_columns"]
 

@@ -1,27 +1,14 @@
-"""The per-layer FPTQ plan of a transformers model: each input-sharing group's range, policy, fold.
+"""The per-layer FPTQ plan of a transformers model: what the planner needs, read from the model.
 
 For every decoder layer and every group of :data:`fptq.models.arch.LINEAR_GROUPS`
-(linears sharing one input X), this module reads what the model holds
-(calibration maxima by module name, weights, norms, attention geometry) and
-asks :mod:`fptq.reference` for the math:
-
-* ``m`` = the group's channel maxima (:func:`fptq.reference.group_channel_max`),
-  ``v = max_j m_j``, the band ``fptq.spec.select_policy(v, v0, v1)``;
-* ``select="error"``: below v1, ``static``, ``lae_static`` or per-token
-  ``dynamic``, whichever has the smallest measured output error on held-out
-  calibration rows, the candidates' scales taken from the other samples
-  (:mod:`fptq.reference.select`); ``select="error_static"``: the same between
-  the two static candidates only (the rule until 2026-11-30);
-* ``lae_static``: if the group's ``1/s`` folds exactly into its producer
-  (:func:`fold_check`; see :mod:`fptq.models.arch`), the scales
-  (:func:`fptq.reference.equalization_scales`, GQA-shared for o_proj) and the
-  static scale of the equalized range; if it does not fold (OPT with a
-  non-ReLU activation for fc2, a norm without an affine weight...), the group
-  **falls back to per-token dynamic** and the plan records why;
-* ``static``: ``act_scale`` from v; ``dynamic``: no static scale.
-
-The same machinery takes SmoothQuant's scales for the comparison baseline
-(``equalize=("smoothquant", alpha)``).
+(linears sharing one input X), :func:`plan_groups` reads what the model holds
+(calibration maxima and rows by module name, weights, norms, attention
+geometry, whether ``1/s`` folds into the input's producer: :func:`fold_check`)
+into a :class:`fptq.reference.plan.GroupInputs` and runs the one planner,
+:func:`fptq.reference.plan_group` (its strategies: the paper's bands, or the
+candidate with the smallest measured output error; LAE, SmoothQuant or a weight
+quantizer's searched scales; the fallback to per-token dynamic when ``1/s``
+does not fold). This module does no math of its own.
 """
 
 from __future__ import annotations
@@ -32,69 +19,13 @@ import numpy as np
 
 from .. import reference as ref
 from .. import spec
+from ..reference.plan import SELECTIONS, GroupInputs, GroupPlan
 from ..spec import ActPolicy
 from .arch import LINEAR_GROUPS, Arch, get_submodule
+from .rotate import input_rotation_of
 
 __all__ = ["GroupPlan", "Plan", "LayerRef", "PlanOptions", "SELECTIONS", "plan_groups", "attention_geometry",
            "fold_check"]
-
-#: how a group's policy is chosen below v1 (:class:`PlanOptions`)
-SELECTIONS = ("error", "error_static", "bands")
-
-
-@dataclass
-class GroupPlan:
-    """The plan of one input-sharing group of one decoder layer.
-
-    Attributes:
-        layer: decoder layer index. prefix: its module path (``model.layers.3``).
-        group: ``qkv`` | ``o`` | ``gate_up`` | ``down``.
-        linears: full module names of the group's linears.
-        v: float32 input range (max |x| over calibration).
-        band: the policy the thresholds give. policy: the one applied (differs
-            from ``band`` only on fallback or when forced).
-        fold: full name of the module ``1/s`` was folded into (None if no equalization).
-        fallback: why an LAE-band group could not be folded (None otherwise).
-        v_after: input range after equalization (``max_j m_j / s_j``), or None.
-        act_scale: float32 static activation scale, or None for dynamic.
-        s: float32 [K] equalization scales over the input channels, or None.
-        s_fold: float32 divisors of the fold target's output rows / norm channels
-            (equal to ``s`` except for o_proj under GQA: one per kv channel).
-        m: float32 [K] the input's channel maxima (before equalization).
-        err_static, err_lae, err_dynamic: with ``select="error"``, the measured output error
-            of each candidate on the held-out calibration rows (None where not measured).
-    """
-
-    layer: int
-    prefix: str
-    group: str
-    linears: tuple[str, ...]
-    v: float
-    band: ActPolicy
-    policy: ActPolicy
-    fold: str | None = None
-    fallback: str | None = None
-    v_after: float | None = None
-    act_scale: float | None = None
-    s: np.ndarray | None = field(default=None, repr=False)
-    s_fold: np.ndarray | None = field(default=None, repr=False)
-    m: np.ndarray | None = field(default=None, repr=False)
-    err_static: float | None = None
-    err_lae: float | None = None
-    err_dynamic: float | None = None
-
-    def input_channel_max(self) -> np.ndarray:
-        """float32 [K]: channel maxima of the input the quantized linear sees (``m / s`` after LAE)."""
-        return ref.equalized_channel_max(self.m, self.s)
-
-    def to_json(self) -> dict:
-        """JSON-able summary (no arrays)."""
-        return {"layer": self.layer, "group": self.group, "linears": list(self.linears),
-                "v": float(self.v), "band": self.band.value, "policy": self.policy.value,
-                "fold": self.fold, "fallback": self.fallback,
-                "v_after": None if self.v_after is None else float(self.v_after),
-                "act_scale": None if self.act_scale is None else float(self.act_scale),
-                "err_static": self.err_static, "err_lae": self.err_lae, "err_dynamic": self.err_dynamic}
 
 
 @dataclass
@@ -151,8 +82,6 @@ def fold_check(arch: Arch, group: str, layer, config) -> str | None:
         return None
     if arch.down_fold is None:
         return "no linear produces the down projection's input"
-    from .rotate import input_rotation_of  # torch is there when a layer is planned
-
     if input_rotation_of(get_submodule(layer, arch.down)) is not None:
         return (f"{arch.down}'s input is rotated at run time (--rotate online): 1/s on {arch.down_fold}'s rows "
                 "would scale the channels before the rotation mixes them")
@@ -190,6 +119,8 @@ class PlanOptions:
             ``lae_static`` or ``dynamic`` by the output error measured on held-out calibration rows
             (v0 then unused), or ``"error_static"``: the same between the static two only.
         groups: which groups are equalized and quantized (the others stay float).
+        weight_scales: the weight quantizer's scale search ``f(x, weights, kv_heads) -> (s, s_fold)``
+            (a registry entry's ``scale_search`` with its group size and format bound), or None.
     """
 
     v0: float = spec.DEFAULT_V0
@@ -198,6 +129,7 @@ class PlanOptions:
     equalize: object = "lae"
     select: str = "bands"
     groups: tuple = LINEAR_GROUPS
+    weight_scales: object = None
 
     def __post_init__(self):
         spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
@@ -212,16 +144,6 @@ class PlanOptions:
 
 def _weights(lr: LayerRef, group: str) -> list[np.ndarray]:
     return [get_submodule(lr.layer, p).weight.detach().cpu().float().numpy() for p in lr.arch.group_linears(group)]
-
-
-def _equalize(gp: GroupPlan, lr: LayerRef, equalize) -> None:
-    """Set ``gp.s``, ``gp.s_fold`` and ``gp.v_after`` (:func:`fptq.reference.equalization_scales`)."""
-    w_colmax = None
-    if equalize != "lae":
-        w_colmax = ref.weight_column_max(_weights(lr, gp.group))
-    kv = attention_geometry(lr.config, lr.layer, lr.arch) if gp.group == "o" else None
-    gp.s, gp.s_fold = ref.equalization_scales(gp.m, equalize, w_colmax, kv)
-    gp.v_after = float(ref.equalized_amax(gp.m, gp.s))
 
 
 def _fold_target(arch: Arch, group: str, prefix: str) -> str:
@@ -245,26 +167,18 @@ def _judging_rows(samples, names: tuple, m: np.ndarray) -> tuple[np.ndarray, np.
     return _as_numpy(samples[names[0]]), m
 
 
-def _select_by_error(gp: GroupPlan, x: np.ndarray, m_fit: np.ndarray, lr: LayerRef, equalize, weight_fn,
-                     dynamic: bool) -> None:
-    """Keep the candidate with the smallest error on rows ``x``, each candidate's scales taken from
-    the channel maxima ``m_fit``: ``static``, ``lae_static`` (if it folds) and, if ``dynamic``,
-    per-token ``dynamic``."""
-    weights = _weights(lr, gp.group)
-    v_fit = float(np.max(m_fit)) if m_fit.size else 0.0
-    if dynamic:
-        gp.err_static, gp.err_dynamic = ref.static_and_dynamic_errors(x, weights, ref.static_act_scale(v_fit),
-                                                                      weight_fn)
-    else:
-        gp.err_static = ref.static_candidate_error(x, weights, ref.static_act_scale(v_fit), None, weight_fn)
-    if fold_check(lr.arch, gp.group, lr.layer, lr.config) is None:
-        trial = GroupPlan(gp.layer, gp.prefix, gp.group, gp.linears, v_fit, gp.band, ActPolicy.LAE_STATIC,
-                          m=m_fit)
-        _equalize(trial, lr, equalize)
-        gp.err_lae = ref.static_candidate_error(x, weights, ref.static_act_scale(trial.v_after), trial.s, weight_fn)
-    elif not dynamic:
-        return  # no LAE candidate: the band decides (an LAE-band group falls back to dynamic)
-    gp.policy = ref.select_by_error(gp.err_static, gp.err_lae, gp.err_dynamic)
+def _group_inputs(lr: LayerRef, group: str, stats: dict, samples) -> GroupInputs:
+    """What :func:`fptq.reference.plan_group` reads of one group, as NumPy arrays (read lazily)."""
+    names = tuple(f"{lr.prefix}.{p}" for p in lr.arch.group_linears(group))
+    m = ref.group_channel_max([stats[n] for n in names])
+    reason = fold_check(lr.arch, group, lr.layer, lr.config)
+    kv = attention_geometry(lr.config, lr.layer, lr.arch) if group == "o" and reason is None else None
+    rows = None
+    if samples and names[0] in samples:
+        rows = lambda: _as_numpy(samples[names[0]])  # noqa: E731
+    return GroupInputs(lr.index, lr.prefix, group, names, m, weights=lambda: _weights(lr, group),
+                       fold_reason=reason, fold_target=_fold_target(lr.arch, group, lr.prefix), kv_heads=kv,
+                       judging_rows=lambda: _judging_rows(samples, names, m), scale_rows=rows)
 
 
 def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(), *,
@@ -286,27 +200,8 @@ def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(),
     """
     out = []
     for group in LINEAR_GROUPS:
-        if group not in options.groups:
-            continue
-        names = tuple(f"{lr.prefix}.{p}" for p in lr.arch.group_linears(group))
-        m = ref.group_channel_max([stats[n] for n in names])
-        v = float(np.max(m)) if m.size else 0.0
-        band = spec.select_policy(v, options.v0, options.v1)
-        policy = band if options.force is None else ActPolicy(options.force)
-        gp = GroupPlan(lr.index, lr.prefix, group, names, v, band, policy, m=m)
-        if options.select != "bands" and options.force is None and band is not ActPolicy.DYNAMIC:
-            x, m_fit = _judging_rows(samples, names, m)
-            _select_by_error(gp, x, m_fit, lr, options.equalize, weight_fn, dynamic=options.select == "error")
-        if gp.policy is ActPolicy.LAE_STATIC:
-            reason = fold_check(lr.arch, group, lr.layer, lr.config)
-            if reason is None:
-                gp.fold = _fold_target(lr.arch, group, lr.prefix)
-                _equalize(gp, lr, options.equalize)
-            else:
-                gp.policy, gp.fallback = ActPolicy.DYNAMIC, reason
-        if gp.policy is ActPolicy.STATIC:
-            gp.act_scale = ref.static_act_scale(v)
-        elif gp.policy is ActPolicy.LAE_STATIC:
-            gp.act_scale = ref.static_act_scale(gp.v_after)
-        out.append(gp)
+        if group in options.groups:
+            out.append(ref.plan_group(_group_inputs(lr, group, stats, samples), options.v0, options.v1,
+                                      force=options.force, select=options.select, equalize=options.equalize,
+                                      weight_fn=weight_fn, weight_scales=options.weight_scales))
     return out

@@ -5,11 +5,12 @@ Per decoder layer, inside the layer-by-layer calibration loop
 
 1. collect every linear input's channel maxima on the layer's calibration inputs;
 2. plan the layer's four groups (:func:`fptq.models.plan.plan_groups`);
-3. fold each equalized group's ``1/s`` into its producer and ``s`` into its
-   linears (:func:`fptq.models.fold.fold_group`);
+3. fold each scaled group's ``1/s`` into its producer and ``s`` into its
+   linears (:func:`fptq.models.fold.fold_group`): LAE's scales, and those of a
+   weight quantizer with a scale search (AWQ-style), where they fold exactly;
 4. replace each linear by a :class:`~fptq.models.qlinear.W4A8Linear` (INT4
-   groupwise weights by ``config.weight_quantizer``,
-   :mod:`fptq.reference.weight_quantizers`; the group's policy and static scale).
+   groupwise weights by ``config.weight_quantizer``, given what its entry in
+   :mod:`fptq.reference.quantizer_registry` needs; the group's policy and static scale).
 
 By default the next layer is calibrated on the *float* outputs of this layer
 (one forward per layer; the statistics equal a plain float calibration). With
@@ -17,7 +18,7 @@ By default the next layer is calibrated on the *float* outputs of this layer
 (GPTQ's sequential mode; one extra forward per layer). ``docs/pipeline.md``
 reports what each choice measures.
 
-lm_head and the embeddings stay float; so do the norms (which carry folded LAE scales).
+lm_head and the embeddings stay float; so do the norms (which carry folded scales).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
 from .rotate import RotationReport, carry_input_rotation, rotate_model
 
-__all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "w4a8_factory",
+__all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "rows_to_keep", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
 
 
@@ -56,11 +57,27 @@ class QuantResult:
 
 
 def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
-    """The :class:`~fptq.models.plan.PlanOptions` of ``config`` (``overrides``: PlanOptions fields)."""
+    """The :class:`~fptq.models.plan.PlanOptions` of ``config`` (``overrides``: PlanOptions fields); a weight
+    quantizer with a ``scale_search`` (:mod:`fptq.reference.quantizer_registry`) gets it with its group size
+    and format bound."""
+    search = ref.weight_quantizer(config.weight_quantizer).scale_search
+    if search is not None:
+        search = functools.partial(search, group_size=config.group_size, fmt=config.weight_format)
     base = dict(v0=config.v0, v1=config.v1, force=config.force_policy, equalize="lae",
-                select=config.policy_select, groups=tuple(config.groups))
+                select=config.policy_select, groups=tuple(config.groups), weight_scales=search)
     base.update(overrides)
     return PlanOptions(**base)
+
+
+def rows_to_keep(config: QuantConfig) -> int:
+    """Calibration rows per linear input the run keeps: the error selection's ``keep_rows`` and what
+    the weight quantizer's ``rows_option`` asks for."""
+    option = ref.weight_quantizer(config.weight_quantizer).rows_option
+    return max(config.keep_rows if _by_error(config) else 0, getattr(config, option) if option else 0)
+
+
+def _by_error(config: QuantConfig) -> bool:
+    return config.policy_select != "bands" and config.force_policy is None
 
 
 def layer_hessian(samples, gp):
@@ -80,31 +97,30 @@ def layer_hessian(samples, gp):
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
-    """INT4 weight of one linear by ``config.weight_quantizer`` (:class:`fptq.spec.QuantizedWeight`).
-
-    ``mse`` weighs each input channel's error by the square of its calibration maximum
-    (after LAE: ``(m_j / s_j)^2``); ``gptq`` takes its Hessian from ``samples``
-    (:func:`layer_hessian`)."""
+    """INT4 weight of one linear by ``config.weight_quantizer`` (:class:`fptq.spec.QuantizedWeight`),
+    handed what its registry entry asks for (:mod:`fptq.reference.quantizer_registry`): channel
+    weights from the group's calibration maxima (after its scales: ``(m_j / s_j)^2``), the Hessian
+    of ``samples`` (:func:`layer_hessian`), its ``QuantConfig`` options."""
+    entry = ref.weight_quantizer(config.weight_quantizer)
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
-    if config.weight_quantizer == "gptq":
-        return ref.gptq_quantize(w, layer_hessian(samples, gp), config.group_size, config.weight_format,
-                                 damp=config.gptq_damp, act_order=config.gptq_act_order, clip=config.gptq_clip)
-    c = None
-    if config.weight_quantizer == "mse" and gp is not None and gp.m is not None:
-        c = ref.activation_channel_weight(gp.input_channel_max())
-    return ref.quantize_weight_by(config.weight_quantizer, w, config.group_size, config.weight_format, c)
+    needs = {kw: getattr(config, name) for kw, name in entry.options}
+    if entry.hessian:
+        needs["hessian"] = layer_hessian(samples, gp)
+    if entry.channel_weight and gp is not None and gp.m is not None:
+        needs["channel_weight"] = ref.activation_channel_weight(gp.input_channel_max())
+    return entry.quantize(w, config.group_size, config.weight_format, **needs)
 
 
 def dequantized_weight_fn(config: QuantConfig):
     """``f(w, channel_weight) -> float32 [N, K]``: the INT4 weight ``config`` would store, dequantized
-    (used to measure candidate policies' errors with the weights they would really get). With
-    ``gptq`` the candidates are measured with round-to-nearest weights: GPTQ per candidate would
-    double its cost, and both candidates are judged alike."""
-    method = "rtn" if config.weight_quantizer == "gptq" else config.weight_quantizer
+    (used to measure candidate policies' errors with the weights they would really get). A quantizer
+    that needs calibration rows is judged by its entry's ``judge_with`` (GPTQ: round to nearest; GPTQ
+    per candidate would double its cost, and every candidate is judged alike)."""
+    entry = ref.weight_quantizer(config.weight_quantizer)
+    judge = ref.weight_quantizer(entry.judge_with or entry.name)
 
     def fn(w, channel_weight):
-        c = channel_weight if method == "mse" else None
-        return ref.fake_quant_weight(w, config.group_size, config.weight_format, method, c)
+        return ref.fake_quant_weight(w, config.group_size, config.weight_format, judge.name, channel_weight)
     return fn
 
 
@@ -169,40 +185,49 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
     w4a8 = w4a8_factory(config, backend, "fake_quant")
-    options = plan_options(config)
-    weight_fn = dequantized_weight_fn(config)
-    # make_linear (attribution rows): the layer holds the W4A8 modules until its outputs for the next
-    # layer are computed, so a sequential calibration sees exactly the W4A8 row's inputs (and plan)
-    pending = {}  # id(W4A8 module) -> (float linear, group plan, samples)
+    options, weight_fn = plan_options(config), dequantized_weight_fn(config)
+    swap = _Replacements(make_linear)
 
     def make_w4a8(linear, gp, samples=None):
         module = carry_input_rotation(linear, w4a8(linear, gp, samples))
         release_freed_memory()  # GPTQ's float64 temporaries (see release_freed_memory)
-        if make_linear is not None:
-            pending[id(module)] = (linear, gp, samples)
-        return module
+        return swap.hold(module, linear, gp, samples)
 
     def on_layer(i, prefix, layer, layer_stats, samples):
         lr = LayerRef(i, prefix, layer, arch, model.config)
         plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make_w4a8, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
 
-    def after_layer(i, prefix, layer):
-        for parent in list(layer.modules()):
-            for attr, child in list(parent.named_children()):
-                if id(child) in pending:
-                    linear, gp, samples = pending.pop(id(child))
-                    setattr(parent, attr, carry_input_rotation(linear, make_linear(linear, gp, samples=samples)))
-        if pending:
-            raise RuntimeError(f"layer {prefix}: {len(pending)} planned linears were not found to replace")
-
-    by_error = config.policy_select != "bands" and config.force_policy is None
-    keep = max(config.keep_rows if by_error else 0,
-               config.gptq_rows if config.weight_quantizer == "gptq" else 0)
+    keep = rows_to_keep(config)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
                       sequential=config.sequential, keep_rows=keep,
-                      after_layer=after_layer if make_linear is not None else None,
-                      holdout=config.holdout_samples(len(calib_ids)) if by_error and keep else 0,
+                      after_layer=swap.after_layer if make_linear is not None else None,
+                      holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
                       holdout_rows=config.keep_rows)
     set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch, rotation)
+
+
+class _Replacements:
+    """``make_linear`` (the attribution rows of ``fptq compare``): the layer holds its W4A8 modules until its
+    outputs for the next layer are computed, so a sequential calibration sees exactly the W4A8 row's inputs
+    (and plan); then :meth:`after_layer` replaces each by ``make_linear(float linear, plan, samples)``."""
+
+    def __init__(self, make_linear):
+        self.make_linear = make_linear
+        self.pending = {}  # id(W4A8 module) -> (float linear, group plan, samples)
+
+    def hold(self, module, linear, gp, samples):
+        if self.make_linear is not None:
+            self.pending[id(module)] = (linear, gp, samples)
+        return module
+
+    def after_layer(self, i, prefix, layer):
+        for parent in list(layer.modules()):
+            for attr, child in list(parent.named_children()):
+                if id(child) in self.pending:
+                    linear, gp, samples = self.pending.pop(id(child))
+                    new = self.make_linear(linear, gp, samples=samples)
+                    setattr(parent, attr, carry_input_rotation(linear, new))
+        if self.pending:
+            raise RuntimeError(f"layer {prefix}: {len(self.pending)} planned linears were not found to replace")

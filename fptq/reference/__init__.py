@@ -4,11 +4,17 @@ Every piece of FPTQ math the model pipeline (:mod:`fptq.models`) uses is here,
 once; the pipeline only moves tensors in and out of models.
 
 * :mod:`~fptq.reference.calibration`        per-channel input maxima of linear layers
-* :mod:`~fptq.reference.plan`               per-layer policy, LAE scales, static activation scale
+* :mod:`~fptq.reference.plan`               **the** planner the pipeline runs (:func:`plan_group`: per
+                                            input group the policy by the paper's bands or by measured
+                                            error, LAE / SmoothQuant / searched scales, fallbacks,
+                                            static activation scale); ``plan_layer`` is its bands
+                                            strategy for one linear
 * :mod:`~fptq.reference.equalize`           scales of an input shared by several linears
                                             (LAE, SmoothQuant, GQA-shared o_proj scales)
 * :mod:`~fptq.reference.fold`               folding ``1/s`` into the producer (norms, linear rows)
 * :mod:`~fptq.reference.select`             static vs LAE + static by measured error; fake-quantized activations
+* :mod:`~fptq.reference.quantizer_registry` the weight quantizers by name and what each needs
+                                            (channel weights, a Hessian, calibration rows, a scale fold)
 * :mod:`~fptq.reference.weight_quantizers`  INT4 scale choice: round to nearest, clipping search
 * :mod:`~fptq.reference.gptq`               GPTQ: INT4 weights with second-order error feedback
 * :mod:`~fptq.reference.rotation`           orthogonal rotations of the residual stream and value heads
@@ -32,19 +38,26 @@ from .equalize import (
 from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
 from .gptq import HessianAccumulator, equalized_hessian, gptq_quantize
 from .linear import QuantizedLinear, quantize_linear
-from .plan import LayerPlan, equalized_amax, plan_layer, plan_layers, with_policy
+from .plan import (
+    SELECTIONS, GroupInputs, GroupPlan, LayerPlan, equalized_amax, plan_group, plan_layer, plan_layers, with_policy,
+)
+from .quantizer_registry import (
+    WEIGHT_QUANTIZERS, WeightQuantizer, fake_quant_weight, quantize_weight_by, weight_quantizer,
+)
 from .select import (
     dynamic_candidate_error, fake_quant_act, select_by_error, static_and_dynamic_errors, static_candidate_error,
 )
 from .weight_quantizers import (
-    WEIGHT_QUANTIZERS, activation_channel_weight, fake_quant_weight, fake_quant_weight_int8_per_channel, quantize_weight_by,
-    quantize_weight_int8_per_channel, quantize_weight_mse, quantize_weight_rtn,
+    activation_channel_weight, fake_quant_weight_int8_per_channel, quantize_weight_int8_per_channel, quantize_weight_mse,
+    quantize_weight_rtn,
 )
 
-__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats", "NonFiniteError", "LayerPlan", "equalized_amax", "plan_layer",
-           "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
-           "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales", "activation_channel_weight", "static_act_scale", "NORM_KINDS", "fold_into_norm",
-           "fold_into_rows", "fake_quant_act", "select_by_error", "static_candidate_error", "dynamic_candidate_error", "static_and_dynamic_errors", "WEIGHT_QUANTIZERS",
+__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats",
+           "NonFiniteError", "SELECTIONS", "GroupInputs", "GroupPlan", "plan_group", "LayerPlan", "equalized_amax",
+           "plan_layer", "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
+           "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales",
+           "activation_channel_weight", "static_act_scale", "NORM_KINDS", "fold_into_norm", "fold_into_rows",
+           "fake_quant_act", "select_by_error", "static_candidate_error", "dynamic_candidate_error",
+           "static_and_dynamic_errors", "WEIGHT_QUANTIZERS", "WeightQuantizer", "weight_quantizer",
            "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_int8_per_channel",
-           "quantize_weight_by", "quantize_weight_mse",
-           "quantize_weight_rtn"]
+           "quantize_weight_by", "quantize_weight_mse", "quantize_weight_rtn"]

@@ -15,10 +15,10 @@ packing and matmul never change: only the scale (and zero point) values do.
   channel weights ``c_k`` (e.g. the squared calibration maxima of the input
   channels) make the error activation-aware. Ties keep the larger range.
 
-:func:`quantize_weight_by` dispatches by name (:data:`WEIGHT_QUANTIZERS`);
-:func:`fake_quant_weight` returns the dequantized result. A new quantizer is
-one function here with the signature of :func:`quantize_weight_mse` plus an
-entry in :data:`WEIGHT_QUANTIZERS`.
+Each is registered by name, with what it needs from calibration, in
+:mod:`fptq.reference.quantizer_registry` (which also dispatches by name:
+``quantize_weight_by``, ``fake_quant_weight``); a new quantizer is one
+function (here or in its own module) plus one entry there.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from ..spec import WeightFormat
 from ..spec.formats import FLOAT
 from ..spec.validate import as_float32, check_group_size, check_ndim
 
-__all__ = ["WEIGHT_QUANTIZERS", "quantize_weight_rtn", "quantize_weight_mse", "quantize_weight_by",
-           "fake_quant_weight", "fake_quant_weight_int8_per_channel", "quantize_weight_int8_per_channel",
-           "activation_channel_weight"]
+__all__ = ["quantize_weight_rtn", "quantize_weight_mse", "fake_quant_weight_int8_per_channel",
+           "quantize_weight_int8_per_channel", "activation_channel_weight"]
 
 
 def activation_channel_weight(channel_max) -> np.ndarray:
@@ -96,27 +95,6 @@ def quantize_weight_mse(w, group_size: int, fmt=WeightFormat.SYMMETRIC, channel_
     zero = best_zero.astype(np.uint8) if fmt is WeightFormat.ASYMMETRIC else None
     q = spec.quantize_weight_with_scales(w, best_scale, zero, g, fmt)
     return spec.QuantizedWeight(q, best_scale, zero, g, fmt)
-
-
-#: name -> quantizer ``f(w, group_size, fmt, channel_weight) -> QuantizedWeight``
-WEIGHT_QUANTIZERS = {"rtn": quantize_weight_rtn, "mse": quantize_weight_mse}
-
-
-def quantize_weight_by(method: str, w, group_size: int, fmt=WeightFormat.SYMMETRIC,
-                       channel_weight=None) -> spec.QuantizedWeight:
-    """INT4 weight by the named quantizer (``"rtn"`` or ``"mse"``; see :data:`WEIGHT_QUANTIZERS`)."""
-    try:
-        fn = WEIGHT_QUANTIZERS[method]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown weight quantizer {method!r}; choose from {tuple(WEIGHT_QUANTIZERS)}") from None
-    return fn(w, group_size, fmt, channel_weight)
-
-
-def fake_quant_weight(w, group_size: int, fmt=WeightFormat.SYMMETRIC, method: str = "rtn",
-                      channel_weight=None) -> np.ndarray:
-    """float32 [N, K]: the INT4 weight ``method`` would store, dequantized (:func:`fptq.spec.dequantize_weight`)."""
-    qw = quantize_weight_by(method, w, group_size, fmt, channel_weight)
-    return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
 
 
 def quantize_weight_int8_per_channel(w) -> tuple[np.ndarray, np.ndarray]:
