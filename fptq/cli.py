@@ -22,6 +22,7 @@ Errors print one line and exit with status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -43,6 +44,35 @@ def _positive_int(s: str) -> int:
     v = int(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
+    return v
+
+
+def _non_negative_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
+    return v
+
+
+def _threshold(s: str) -> float:
+    """A finite number >= 0 (v0, v1; their order is QuantConfig's check)."""
+    v = float(s)
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
+def _probability(s: str) -> float:
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s}")
     return v
 
 
@@ -71,7 +101,7 @@ def _add_calib(p):
                    help=f"calibration samples (default {_Q.n_samples})")
     p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,
                    help=f"tokens per calibration sample (default {_Q.seq_len})")
-    p.add_argument("--seed", type=int, default=_Q.seed)
+    p.add_argument("--seed", type=_non_negative_int, default=_Q.seed)
     p.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward during calibration")
     p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
                    help=f"INT4 group size G (-1 = per-channel; default {_Q.group_size})")
@@ -96,8 +126,8 @@ def _add_calib(p):
                    "(QuaRot; RMS-norm models; norm gains folded into the weights, measured harmful to Gemma-3); "
                    "none (see docs/results.md)")
     p.add_argument("--no-rotate", dest="rotate", action="store_const", const="none", help="same as --rotate none")
-    p.add_argument("--v0", type=float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
-    p.add_argument("--v1", type=float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
+    p.add_argument("--v0", type=_threshold, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
+    p.add_argument("--v1", type=_threshold, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
 
 def _fraction(s: str) -> float:
@@ -131,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fptq", description="FPTQ W4A8 post-training quantization of LLMs "
                                  "(4-bit groupwise weights, 8-bit activations, integer matmuls).")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (_add_quantize_parser, _add_eval_parser, _add_compare_parser, _add_report_parser,
+                _add_generate_parser, _add_conformance_parser):
+        add(sub)
+    return ap
 
+
+def _add_quantize_parser(sub) -> None:
     q = sub.add_parser("quantize", help="calibrate, plan, fold LAE, quantize and save a W4A8 checkpoint")
     q.add_argument("model", nargs="?", default=None, help="local model dir or .gguf (default: embedded SmolLM2-135M)")
     q.add_argument("--out", required=True, help="output checkpoint directory")
@@ -146,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
     #                 the backend is chosen where the checkpoint runs (fptq eval --backend)
 
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and tasks of a float model or a W4A8 checkpoint")
     e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
                    "nothing (embedded SmolLM2-135M, float)")
@@ -161,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(e)
     _add_common(e)
 
+
+def _add_compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="FP32 vs RTN W4A16 vs SmoothQuant W8A8 vs naive W4A8 vs FPTQ, one table")
     c.add_argument("model", nargs="?", default=None)
     c.add_argument("--ppl", type=_csv, default=("ptb", "wiki"))
@@ -179,12 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(c)
     _add_common(c)
 
+
+def _add_report_parser(sub) -> None:
     r = sub.add_parser("report", help="print a checkpoint's per-layer plan and plot the activation ranges")
     r.add_argument("checkpoint", help="W4A8 checkpoint directory")
     r.add_argument("--plot", default=None, help="write the plot to this PNG file, or to DIR/plan.png for an "
                    "existing directory or a path ending in '/' (default: no plot; the checkpoint is never written)")
     r.add_argument("--debug", action="store_true")
 
+
+def _add_generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="generate text with a W4A8 checkpoint or a float model (streams tokens)")
     g.add_argument("model", help="W4A8 checkpoint dir, float model dir or .gguf, or 'default' (embedded "
                    "SmolLM2-135M-Instruct, float)")
@@ -192,16 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     g.add_argument("--max-new-tokens", type=_positive_int, default=64)
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=_positive_float, default=1.0)
     g.add_argument("--top-k", type=_positive_int, default=50)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--top-p", type=_probability, default=1.0)
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (>= 0)")
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
                    "integer backend")
     _add_backend(g)
     _add_common(g)
-    _add_conformance_parser(sub)
-    return ap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,25 +255,24 @@ def _check_backend(name: str) -> None:
 
 def cmd_quantize(a) -> int:
     from .data.calibration import calibration_ids
-    from .models.checkpoint import save_quantized
-    from .models.loading import DEFAULT_MODEL_NAME, load_float_model
+    from .eval.health import check_forward
+    from .models.checkpoint import check_checkpoint_out, save_quantized
+    from .models.loading import DEFAULT_MODEL_NAME, check_seq_len, load_float_model, model_argument, resolve_model_dir
     from .models.quantize import quantize_model
     from .report import plan_summary
 
-    from .models.checkpoint import check_checkpoint_out
-    from .models.loading import check_seq_len, resolve_model_dir
-
     # every check that can fail runs before the model is loaded and calibrated
-    protect = [a.model, a.calib] if a.model is not None else [a.calib]
-    if Path(a.out).exists() and not a.force:
-        raise FileExistsError(f"{a.out} exists; pass --force to replace it")
+    cfg = _quant_config(a)
+    a.model = model_argument(a.model)
+    protect = [x for x in (a.model, a.calib) if x is not None]
+    check_checkpoint_out(a.out, a.force, protect)
     protect.append(resolve_model_dir(a.model, progress=not a.quiet))
     out = check_checkpoint_out(a.out, a.force, protect)
-    cfg = _quant_config(a)
     t0 = time.time()
     model, tok, src = load_float_model(a.model, progress=not a.quiet)
     check_seq_len(model.config, a.seq_len, "--seq-len")
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
+    check_forward(model, ids[:1], f"the float model {src}")  # an overflow inside is an error, not a plan
     t1 = time.time()
     res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
     t2 = time.time()
@@ -266,12 +307,22 @@ def _load_for_eval(a):
     return model, tok, "float32"
 
 
-def cmd_eval(a) -> int:
-    from .io.outputs import check_finite_result, check_output_file
-    from .models.loading import check_seq_len
+def _inputs(a, *texts) -> list:
+    """The paths a command reads (the model, its cache, text files): outputs may overlap none of them."""
+    from .models.loading import cache_dir
 
-    if a.json:
-        check_output_file(a.json, "--json")
+    paths = [a.model, cache_dir()] + [t for group in texts for t in (group or ())]
+    return [p for p in paths if p is not None and str(p) != "" and os.path.lexists(p)]
+
+
+def cmd_eval(a) -> int:
+    from .io.outputs import check_finite_result, check_output_file, is_eval_json
+    from .models.loading import check_seq_len, model_argument
+
+    a.model = model_argument(a.model)
+    if a.json:  # never an input, never a file that fptq eval did not write
+        check_output_file(a.json, "--json", protect=_inputs(a, a.ppl), owned=is_eval_json,
+                          kind="an fptq eval result")
     model, tok, kind = _load_for_eval(a)
     from .eval.runner import format_table, result_row, run_eval, write_json
 
@@ -287,47 +338,59 @@ def cmd_eval(a) -> int:
     print(format_table([result_row(res, model=name, kind=kind)]))
     if a.json:
         write_json(a.json, res)
-        print(f"wrote {a.json}")
+        print(f"fptq: wrote {a.json}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(a) -> int:
     from .compare import CompareSettings, run_compare
-    from .io.outputs import check_output_dir
-    from .models.loading import check_seq_len, resolve_model_dir
+    from .io.outputs import check_output_dir, is_compare_json, is_compare_md
+    from .models.loading import check_seq_len, model_argument, read_config_dict, resolve_model_dir
 
+    model = model_argument(a.model)
+    model = os.path.join(".", model) if isinstance(model, Path) else model  # a str: the settings are JSON
+    s = CompareSettings(model=model, quant=_quant_config(a), ppl=a.ppl, tasks=a.tasks,
+                        limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
+                        batch_size=a.batch_size, backend=a.backend, methods=a.methods,
+                        int_max_windows=a.int_max_windows, peers=a.peers, progress=not a.quiet)
+    a.model = s.model
     _check_backend(a.backend)
     if a.out:
-        check_output_dir(a.out, "--out")
+        check_output_dir(a.out, "--out", protect=_inputs(a, a.ppl, [a.calib, a.peers]),
+                         owned={"compare.json": is_compare_json, "compare.md": is_compare_md})
     from transformers import AutoConfig
 
-    mcfg = AutoConfig.from_pretrained(resolve_model_dir(a.model, progress=not a.quiet), local_files_only=True)
+    d = resolve_model_dir(a.model, progress=not a.quiet)
+    read_config_dict(d)  # bounded and checked before transformers reads it
+    mcfg = AutoConfig.from_pretrained(d, local_files_only=True)
     check_seq_len(mcfg, a.seq_len, "--seq-len")
     check_seq_len(mcfg, a.eval_seq_len + 1, "--eval-seq-len (+1 for the BOS token)")
-    s = CompareSettings(model=a.model, quant=_quant_config(a), ppl=a.ppl, tasks=a.tasks, limit=a.limit,
-                        max_windows=a.max_windows, eval_seq_len=a.eval_seq_len, batch_size=a.batch_size,
-                        backend=a.backend, methods=a.methods, int_max_windows=a.int_max_windows,
-                        peers=a.peers, progress=not a.quiet)
     run_compare(s, out_dir=a.out, argv=sys.argv)  # refuses NaN/Inf metrics before writing
     return 0
 
 
 def _plot_path(plot) -> Path:
-    """``--plot``: a PNG file, or an existing directory / a path ending in '/' (then DIR/plan.png)."""
+    """``--plot``: a PNG file (a name ending in .png), or an existing directory / a path ending in '/'
+    (then DIR/plan.png)."""
     p = Path(plot)
-    return p / "plan.png" if p.is_dir() or str(plot).endswith(("/", os.sep)) else p
+    if str(plot) == "":
+        raise ValueError("--plot: the empty string is not a path")
+    p = p / "plan.png" if p.is_dir() or str(plot).endswith(("/", os.sep)) else p
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"--plot: {p}: the plot is written as PNG; give a name ending in .png (or a directory)")
+    return p
 
 
 def cmd_report(a) -> int:
     from .report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
 
-    from .io.outputs import check_output_file
+    from .io.outputs import check_output_file, is_fptq_png
     from .models.checkpoint import load_quantized, storage_summary
 
     path = None
-    if a.plot:
-        path = _plot_path(a.plot)
-        check_output_file(path, "--plot")
+    if a.plot:  # never into the checkpoint, never over a file fptq report did not write
+        path = check_output_file(_plot_path(a.plot), "--plot", protect=[a.checkpoint], owned=is_fptq_png,
+                                 kind="a plot written by fptq report")
     _, _, meta = load_quantized(a.checkpoint, backend="numpy", mode="fake_quant")  # verified as eval would
     rows = plan_rows_from_metadata(meta)
     qc = meta.get("quant_config") or {}
@@ -340,17 +403,18 @@ def cmd_report(a) -> int:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         plot_plan(rows, path, v0, v1, title=f"FPTQ plan: {meta.get('info', {}).get('model_name', '')}"[:90])
-        print(f"wrote {path}")
+        print(f"fptq: wrote {path}", file=sys.stderr)
     return 0
 
 
 def cmd_generate(a) -> int:
     from .generate import generate_text, load
+    from .models.loading import model_argument
 
+    model = model_argument(a.model)  # 'default' = embedded unless ./default exists; '' refused
     prompt = a.prompt if a.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
-    model = None if a.model == "default" else a.model
     m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
                   progress=not a.quiet)
     generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
@@ -394,14 +458,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if getattr(a, "quiet", False):
         os.environ.setdefault("TQDM_DISABLE", "1")
-    from .io.atomic import Terminated, sigterm_as_interrupt
+    from .io.atomic import Terminated, sigterm_as_interrupt, take_deferred_signals
 
     try:
-        with sigterm_as_interrupt():  # SIGTERM cleans up like Ctrl-C: no half-written output left
-            return _COMMANDS[a.command](a)
-    except Terminated:
+        with sigterm_as_interrupt():  # SIGTERM, SIGHUP, SIGQUIT clean up like Ctrl-C: no half-written output left
+            status = _COMMANDS[a.command](a)
+        for sig in take_deferred_signals():  # held while an output was put in place: it is complete
+            print(f"fptq: signal {sig} arrived while the output was being put in place; it is complete, "
+                  "so the command finished", file=sys.stderr)
+        return status
+    except Terminated as e:
         print("fptq: terminated", file=sys.stderr)
-        return 143
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("fptq: interrupted", file=sys.stderr)
         return 130

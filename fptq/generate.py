@@ -10,10 +10,16 @@
 
 The model is an ordinary ``transformers`` causal LM whose quantized linears are
 :class:`fptq.models.qlinear.W4A8Linear`; ``.generate()`` and its options work
-as usual. :func:`generate_text` adds a chat template and streaming.
+as usual. :func:`generate_text` adds a chat template and streaming, and is as
+strict as ``fptq eval``: the prompt plus ``max_new_tokens`` must fit the model's
+``max_position_embeddings``, and every forward's logits and final hidden states
+are checked (:mod:`fptq.eval.health`): NaN/Inf or an overflow to zero inside the
+model is an error, never a stream of plausible-looking tokens.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 __all__ = ["load", "generate_text", "GENERATION_DEFAULTS"]
 
@@ -33,12 +39,14 @@ def load(model=None, backend: str = "torch", mode: str = "integer", progress: bo
     Raises:
         ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
     """
+    from .backends import get_backend
     from .models.checkpoint import is_checkpoint, load_quantized
-    from .models.loading import load_float_model
+    from .models.loading import load_float_model, model_argument
 
+    model = model_argument(model)  # '' refused; an existing ./default wins over the name
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"backend must be a backend name (a registered name or package.module:Class), got {backend!r}")
     if model is not None and is_checkpoint(model):
-        from .backends import get_backend
-
         get_backend(backend)  # an unknown or unavailable backend fails here, not at the first forward
         m, tok, _ = load_quantized(model, backend=backend, mode=mode)
         if tok is None:
@@ -81,13 +89,43 @@ def generate_text(model, tokenizer, prompt: str, *, chat: bool = False, stream=N
     # greedy ignores the model's generation_config sampling defaults (None overrides them)
     for k in ("temperature", "top_k", "top_p"):
         gen[k] = opts[k] if gen["do_sample"] else None
+    if type(seed) is not int or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     ids = _prompt_ids(tokenizer, prompt, chat)
+    _check_context(model, ids.shape[1], gen["max_new_tokens"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     streamer = None if stream is None else _file_streamer(tokenizer, stream)
     torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), _checked_forwards(model):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=pad, streamer=streamer, **gen)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def _check_context(model, n_prompt: int, max_new_tokens: int) -> None:
+    """The prompt and the tokens to generate fit the model's positions (``max_position_embeddings``)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and n_prompt + max_new_tokens > limit:
+        raise ValueError(f"the prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = "
+                         f"{n_prompt + max_new_tokens} tokens exceed the model's context of {limit} "
+                         "(max_position_embeddings): shorten the prompt or lower --max-new-tokens")
+
+
+@contextlib.contextmanager
+def _checked_forwards(model):
+    """Every forward inside checks its final norm's output and its logits (:mod:`fptq.eval.health`)."""
+    from .eval.health import check_logits, overflow_guard
+
+    def hook(module, args, out):
+        logits = getattr(out, "logits", out)
+        if logits is not None:
+            check_logits(logits[:, -1:], "generate")
+
+    handle = model.register_forward_hook(hook)
+    try:
+        with overflow_guard(model, "generate"):
+            yield
+    finally:
+        handle.remove()
 
 
 def _file_streamer(tokenizer, file):

@@ -93,5 +93,7 @@ def plot_plan(rows: list[dict], path, v0: float, v1: float, title: str = "") -> 
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
     ax.grid(True, which="both", axis="y", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path)
+    from .io.outputs import PNG_SOFTWARE
+
+    fig.savefig(path, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as fptq's own
     plt.close(fig)

@@ -220,13 +220,13 @@ def test_hostile_config_is_refused_before_building(saved, tmp_path, monkeypatch)
     stale = rewrite(saved[0], tmp_path / "stale", edit_files=edit, redigest=False)
     careful = rewrite(saved[0], tmp_path / "careful", edit_files=edit, redigest=True)
     devices = []
-    real_build = ckpt_mod._build
+    real_build = ckpt_mod.build_model
 
     def spy(*a, **k):
         devices.append(str(torch.empty(0).device))
         return real_build(*a, **k)
 
-    monkeypatch.setattr(ckpt_mod, "_build", spy)
+    monkeypatch.setattr(ckpt_mod, "build_model", spy)
     with pytest.raises(CheckpointError, match=r"config\.json: digest mismatch"):
         _load(stale)
     assert devices == []

@@ -72,7 +72,7 @@ def _listing(d: Path) -> dict:
 @pytest.mark.parametrize("target,match", [
     ("model", "would overlap the input"),
     ("parent", "would overlap the input"),
-    ("unrelated", "is not empty and not an fptq checkpoint"),
+    ("unrelated", "it is not an fptq checkpoint"),
     ("file", "exists and is not a directory"),
     ("symlink", "is a symbolic link"),
 ])
@@ -105,14 +105,17 @@ def test_force_never_replaces_the_working_directory(model_dir, tmp_path, monkeyp
     assert (work / "notes.txt").read_text() == "mine" and no_work == []
 
 
-def test_force_replaces_a_checkpoint_and_an_empty_directory(model_dir, ckpt, tmp_path):
+def test_force_replaces_a_checkpoint_and_an_empty_directory(model_dir, ckpt, tmp_path, capsys):
     import shutil
 
     old = tmp_path / "old"
     shutil.copytree(ckpt, old)
-    (old / "stale.txt").write_text("from the old checkpoint")
+    (old / "stale.txt").write_text("not listed by the checkpoint")  # a file of the user's: refused, kept
+    assert main(["quantize", str(model_dir), "--out", str(old), "--force", *SMALL]) == 2
+    assert "stale.txt" in _err(capsys) and (old / "stale.txt").read_text() == "not listed by the checkpoint"
+    (old / "stale.txt").unlink()
     assert main(["quantize", str(model_dir), "--out", str(old), "--force", *SMALL]) == 0
-    assert not (old / "stale.txt").exists() and (old / TENSORS_FILE).is_file()
+    assert (old / TENSORS_FILE).is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["quantize", str(model_dir), "--out", str(empty), "--force", *SMALL]) == 0
@@ -241,7 +244,7 @@ def test_nan_anywhere_in_the_model_is_refused_before_calibration(nan_model_dir, 
 
 
 def test_nan_metric_is_an_error_exit(model_dir, tmp_path, monkeypatch, capsys):
-    import fptq.compare
+    import fptq.compare.run
     import fptq.eval.runner
 
     monkeypatch.setattr(fptq.eval.runner, "run_eval", lambda *a, **k: {"ppl": {"wiki": {"ppl": float("nan")}}})
@@ -250,7 +253,7 @@ def test_nan_metric_is_an_error_exit(model_dir, tmp_path, monkeypatch, capsys):
     assert "ppl.wiki.ppl is not finite" in _err(capsys) and not out.exists()
     text = tmp_path / "t.txt"
     text.write_text("a few words of text to score " * 20)
-    monkeypatch.setattr(fptq.compare, "_eval_ppl", lambda model, tokens, *a: {
+    monkeypatch.setattr(fptq.compare.run, "_eval_ppl", lambda model, tokens, *a: {
         t: {"ppl": float("inf"), "nll": float("inf"), "n_tokens": 1} for t in tokens})
     assert main(["compare", str(model_dir), "--out", str(tmp_path / "c"), "--methods", "fp32", "--ppl", str(text),
                  "--calib", "random", "--samples", "2", "--seq-len", "16", "--eval-seq-len", "32", "--quiet"]) == 2

@@ -54,7 +54,7 @@ def package_dir(package: str, what: str) -> Path:
 def package_file(package: str, relpath: str, what: str) -> Path:
     """A file inside an installed package; a clear error if the package or the file is missing."""
     path = package_dir(package, what) / relpath
-    if not path.exists():
+    if not path.is_file():  # a regular file (a directory, FIFO or device in its place is refused too)
         raise DataPackageMissing(
             f"{what}: {path} is missing from the installed {package!r}; "
             f"reinstall the expected version with: {pip_command(package)}")

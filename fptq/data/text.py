@@ -24,7 +24,9 @@ Sources (``load_text(source, split)``):
 * a path -- a UTF-8 ``.txt`` file (its text), or a directory (all ``*.txt``
   files in it, sorted by name, each stripped, joined with ``"\\n\\n"``). A
   path has no splits: every split returns the same text, so pass different
-  files for calibration and evaluation.
+  files for calibration and evaluation. Reads are bounded: regular files only
+  (a FIFO or a link to ``/dev/zero`` is refused before reading), 512 MiB at most
+  per source (:mod:`fptq.io.reading`).
 
 Splits: ``"train"``/``"calib"`` (calibration), ``"test"``/``"eval"``
 (evaluation), ``"valid"``/``"validation"`` (PTB only). PTB calibrates on
@@ -106,10 +108,11 @@ def _wiki_text(part: str) -> str:
 
 
 def _utf8_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    """A text file read bounded: a regular file (no FIFO, no device such as ``/dev/zero`` behind a
+    symbolic link) of at most :data:`fptq.io.reading.TEXT_LIMIT` bytes, UTF-8."""
+    from ..io.reading import TEXT_LIMIT, read_text_bounded
+
+    return read_text_bounded(path, TEXT_LIMIT)
 
 
 def _path_text(source: str) -> str:
@@ -120,6 +123,12 @@ def _path_text(source: str) -> str:
         files = sorted(path.glob("*.txt"))
         if not files:
             raise ValueError(f"directory {path} holds no *.txt files")
+        from ..io.reading import TEXT_LIMIT, check_regular_file
+
+        total = sum(check_regular_file(f, TEXT_LIMIT) for f in files)  # every file checked before any is read
+        if total > TEXT_LIMIT:
+            raise ValueError(f"directory {path}: its *.txt files hold {total} bytes, more than the {TEXT_LIMIT} "
+                             "a text source may have")
         return "\n\n".join(_utf8_text(f).strip() for f in files)
     raise ValueError(f"unknown text source {source!r}: not one of {', '.join(TEXT_SOURCES)} "
                      "and not an existing .txt file or directory")

@@ -2,7 +2,9 @@
 
 ``model(input_ids)`` may return an object with ``.logits`` (transformers
 models, including ones whose ``nn.Linear`` modules were replaced by quantized
-modules) or a tensor ``[B, T, V]``. Inputs go to the device of the model's
+modules) or a tensor ``[B, T, V]``. Whether a model overflowed inside is
+checked by :mod:`fptq.eval.health` (the final norm's output, hooked by
+:func:`~fptq.eval.health.overflow_guard` in ``run_eval``). Inputs go to the device of the model's
 first parameter (CPU for a parameterless callable); logits come back as
 float32.
 """
@@ -41,8 +43,10 @@ def model_bos_token_id(model) -> int | None:
     return b if isinstance(b, int) and not isinstance(b, bool) else None
 
 
-def logits_of(model, input_ids):
-    """float32 logits ``[B, T, V]`` of ``model`` for int64 ``input_ids`` ``[B, T]`` (no grad)."""
+def logits_of(model, input_ids, where: str | None = None):
+    """float32 logits ``[B, T, V]`` of ``model`` for int64 ``input_ids`` ``[B, T]`` (no grad); with ``where``
+    (what to name in the error) also checked (:func:`fptq.eval.health.check_logits`: finite, not equal
+    across the vocabulary)."""
     torch = torch_or_error()
     out = model(input_ids.to(model_device(model)))
     logits = getattr(out, "logits", out)
@@ -51,4 +55,8 @@ def logits_of(model, input_ids):
     if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
         raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input_ids "
                          f"{tuple(input_ids.shape)}; expected [B, T, vocab]")
+    if where is not None:
+        from .health import check_logits
+
+        check_logits(logits, where)
     return logits.float()

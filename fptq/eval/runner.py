@@ -50,6 +50,7 @@ def run_eval(model, tokenizer, ppl: Sequence[str] = ("ptb", "wiki"), tasks: Sequ
     from ..data.tasks import TASKS
     from ..data.text import eval_tokens
     from ..data.tokenize import resolve_add_bos
+    from .health import overflow_guard
     from .perplexity import perplexity
     from .tasks import evaluate_task
 
@@ -61,15 +62,16 @@ def run_eval(model, tokenizer, ppl: Sequence[str] = ("ptb", "wiki"), tasks: Sequ
     out = {"perplexity": {}, "tasks": {},
            "settings": {"seq_len": seq_len, "max_windows": max_windows, "limit": limit,
                         "bos_token_id": bos if add_bos else None}}
-    for src in sources:
-        t0 = time.time()
-        r = perplexity(model, eval_tokens(tokenizer, src), seq_len=seq_len, max_windows=max_windows,
-                       progress=progress, bos_token_id=bos if add_bos else None)
-        r["seconds"] = time.time() - t0
-        out["perplexity"][src] = r
-    for name in task_names:
-        out["tasks"][name] = evaluate_task(model, tokenizer, name, limit=limit, batch_size=batch_size,
-                                           add_bos=add_bos, progress=progress)
+    with overflow_guard(model, "eval"):  # an overflow inside the model is an error, not a perplexity
+        for src in sources:
+            t0 = time.time()
+            r = perplexity(model, eval_tokens(tokenizer, src), seq_len=seq_len, max_windows=max_windows,
+                           progress=progress, bos_token_id=bos if add_bos else None)
+            r["seconds"] = time.time() - t0
+            out["perplexity"][src] = r
+        for name in task_names:
+            out["tasks"][name] = evaluate_task(model, tokenizer, name, limit=limit, batch_size=batch_size,
+                                               add_bos=add_bos, progress=progress)
     return out
 
 

@@ -12,8 +12,16 @@ Replacing an existing destination takes two renames (old -> ``.<name>.old-*``,
 new -> name) and then deletes the old one. If the second rename fails, the
 first is undone (rollback) before the error propagates, so the destination
 is either the complete old directory or the complete new one. Only a crash
-of the process itself between the two renames can leave the complete old
-copy under the ``.old`` name and nothing under the real name.
+of the process itself (SIGKILL, power loss) between the two renames can leave
+the complete old copy under the ``.old`` name and nothing under the real name;
+:func:`fptq.io.outputs.check_output_dir` names such leftovers on the next run
+(and refuses to write while the ``.old`` copy is all that is left).
+
+SIGINT, SIGTERM, SIGHUP and SIGQUIT are *held* (blocked) from the first rename
+until the old copy is deleted and the parent directory synced: an interruption
+there can neither leave a half-deleted ``.old-*`` nor report failure for a
+directory that is already in place. A signal that arrived meanwhile is consumed
+and recorded (:func:`take_deferred_signals`); the caller finishes and says so.
 
 The caller decides which destinations may be replaced (``check``):
 :func:`fptq.io.outputs.check_output_dir` refuses files, symbolic links,
@@ -21,8 +29,8 @@ directories that are not of the expected kind, the working directory, its
 parents and the inputs being read.
 
 :func:`sigterm_as_interrupt` makes SIGTERM (what ``timeout``, docker and slurm
-send) raise :class:`Terminated`, a ``KeyboardInterrupt``, so the same cleanup
-runs as for Ctrl-C.
+send), SIGHUP (a closed terminal) and SIGQUIT raise :class:`Terminated`, a
+``KeyboardInterrupt``, so the same cleanup runs as for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,11 +43,60 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["Terminated", "atomic_directory", "fsync_tree", "apply_umask", "current_umask", "sigterm_as_interrupt"]
+__all__ = ["Terminated", "atomic_directory", "fsync_tree", "apply_umask", "current_umask", "sigterm_as_interrupt",
+           "held_signals", "take_deferred_signals", "TERMINATING_SIGNALS", "in_progress"]
+
+#: the signals handled like SIGTERM by :func:`sigterm_as_interrupt` (those that exist on this platform)
+TERMINATING_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, n))
+#: the signals held during a swap
+_HELD = (signal.SIGINT, *TERMINATING_SIGNALS)
+_DEFERRED: list[int] = []
+_IN_PROGRESS: set = set()
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived inside :func:`sigterm_as_interrupt` (cleanup runs as for Ctrl-C)."""
+    """SIGTERM, SIGHUP or SIGQUIT arrived inside :func:`sigterm_as_interrupt` (cleanup runs as for
+    Ctrl-C); ``signum`` is the signal, the exit status is ``128 + signum``."""
+
+    def __init__(self, message: str = "terminated", signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
+
+
+def take_deferred_signals() -> list[int]:
+    """The signals held and consumed by :func:`held_signals` since the last call (and forget them)."""
+    out = list(_DEFERRED)
+    _DEFERRED.clear()
+    return out
+
+
+@contextlib.contextmanager
+def held_signals():
+    """Hold SIGINT, SIGTERM, SIGHUP and SIGQUIT inside the block (blocked in this thread, and handled by a
+    handler that only records them); at its end, consume any that arrived (recorded for
+    :func:`take_deferred_signals`) and restore the mask and the handlers. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # Python runs signal handlers in the main thread whichever thread the kernel picked (worker threads of
+    # numba or torch do not block them), so recording handlers catch what the mask cannot
+    handlers = {sig: signal.signal(sig, _record_signal) for sig in _HELD}
+    mask = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD) if mask else None
+    try:
+        yield
+    finally:
+        if mask:
+            for sig in sorted(set(signal.sigpending()) & set(_HELD)):
+                if signal.sigtimedwait([sig], 0) is not None:
+                    _DEFERRED.append(int(sig))
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _record_signal(signum, frame):
+    _DEFERRED.append(int(signum))
 
 
 def fsync_tree(path: Path) -> None:
@@ -89,7 +146,7 @@ def _swap(tmp: Path, dest: Path) -> None:
     """Replace the directory ``dest`` by ``tmp``, all or nothing (rollback if the second rename fails)."""
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
     os.rmdir(old)  # reserve a unique name; os.replace needs it absent (or empty)
-    os.replace(dest, old)
+    os.replace(dest, old)  # (signals are held by the caller from here on)
     try:
         os.replace(tmp, dest)
     except BaseException:
@@ -128,33 +185,44 @@ def atomic_directory(dest, overwrite: bool = False, check=None):
     _check()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    _IN_PROGRESS.add(tmp)
     try:
         yield tmp
         apply_umask(tmp)
         fsync_tree(tmp)
         _check()
-        if os.path.lexists(dest):
-            _swap(tmp, dest)
-        else:
-            os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        with held_signals():  # from the first rename until the old copy is gone: all or nothing
+            if os.path.lexists(dest):
+                _swap(tmp, dest)
+            else:
+                os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _IN_PROGRESS.discard(tmp)
+
+
+def in_progress() -> frozenset:
+    """The temporary directories this process is writing now (not leftovers of an interrupted run)."""
+    return frozenset(_IN_PROGRESS)
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated(f"terminated by signal {signum}")
+    raise Terminated(f"terminated by signal {signum}", signum)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Inside this block SIGTERM raises :class:`Terminated` (main thread only; elsewhere a no-op)."""
+    """Inside this block SIGTERM, SIGHUP and SIGQUIT raise :class:`Terminated` (main thread only;
+    elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in TERMINATING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

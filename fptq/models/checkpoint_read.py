@@ -1,0 +1,304 @@
+"""Reading a W4A8 checkpoint: the checks :func:`fptq.models.checkpoint.load_quantized` runs, in order.
+
+The tensors file's header (:mod:`fptq.models.checkpoint_meta`), the digests of every tensor and of
+every file written with it, ``config.json`` (bounded, checked key by key), the model it describes
+built on the ``meta`` device and compared tensor by tensor with the file, the tensor values, and
+after loading the ties; then the tokenizer from the verified bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..io.reading import CONFIG_LIMIT, SIDE_FILE_LIMIT, InputFileError, read_bounded
+from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError
+from ._torch import nn, torch
+from .arch import arch_of_model
+from .checkpoint_meta import (
+    INPUT_ROTATION_TENSOR, INT8_ROW_SUFFIXES, LAYER_SUFFIXES, ONLINE_ROTATION_TENSOR, TENSORS_FILE, CheckpointError,
+    check_int8_row_values, check_layer_values, check_rotation_values, parse_metadata,
+)
+from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
+from .qlinear import W4A8Linear
+from .rotate import online_rotation_targets
+
+__all__ = ["CheckpointWarning", "open_checkpoint", "check_quant_config", "verified_files", "verify_tensor_digests", "build_config",
+           "build_model", "check_against_model", "expected_tensors", "read_tensors", "load_tokenizer"]
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads, but without a guarantee (a version-1 file has no digests)."""
+
+
+def open_checkpoint(ckpt_dir) -> tuple[TensorFile, dict]:
+    """Open the tensors file and check its header; returns (open TensorFile, parsed metadata)."""
+    d = Path(ckpt_dir)
+    path = d / TENSORS_FILE
+    if not d.is_dir():
+        raise CheckpointError(f"{ckpt_dir}: not a directory")
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir}: no {TENSORS_FILE}; not an fptq checkpoint")
+    try:
+        tf = TensorFile(path)
+    except (TensorFileError, OSError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    try:
+        table = {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}
+        meta = parse_metadata(tf.metadata, table, path)
+        check_quant_config(meta, path)
+    except BaseException:
+        tf.close()
+        raise
+    meta["_keys"] = set(table)
+    meta["_path"] = path
+    return tf, meta
+
+
+
+def check_quant_config(meta: dict, where) -> None:
+    """The recorded ``quant_config`` (when there is one) agrees with every layer entry: the group size
+    (``-1`` = per-channel, G = K), the weight format, a forced policy, and whether run-time rotations can
+    exist (``rotate`` ``"none"`` stores none). A header whose fields shape the math differently from the
+    configuration it claims is refused, digests or not."""
+    qc = meta.get("quant_config")
+    if qc is None:
+        return
+    g, fmt, forced, rotate = (qc.get(k) for k in ("group_size", "weight_format", "force_policy", "rotate"))
+    if "group_size" in qc and (type(g) is not int or (g < 1 and g != -1)):
+        raise CheckpointError(f"{where}: metadata key 'quant_config': group_size must be -1 or an integer >= 1, "
+                              f"got {g!r}")
+    for name, e in sorted(meta["layers"].items()):
+        want = {"group_size": (e["in_features"] if g == -1 else g) if "group_size" in qc else e["group_size"],
+                "weight_format": fmt if "weight_format" in qc else e["weight_format"],
+                "policy": forced if forced is not None else e["policy"]}
+        for key, value in want.items():
+            if e[key] != value:
+                raise CheckpointError(f"{where}: layer {name}: {key} {e[key]!r} does not match metadata key "
+                                      f"'quant_config' ({key if key != 'policy' else 'force_policy'} "
+                                      f"{qc.get(key if key != 'policy' else 'force_policy')!r})")
+    if rotate == "none" and (meta["online_rotations"] or meta["input_rotations"]):
+        raise CheckpointError(f"{where}: metadata key 'quant_config' says rotate 'none' but the header lists "
+                              "run-time rotations (online_rotations / input_rotations)")
+
+
+def verified_files(d: Path, meta: dict) -> dict[str, bytes]:
+    """filename -> bytes of every file the header lists, each checked against its digest (version 2);
+    version 1: config.json unchecked, with a CheckpointWarning."""
+    if "digests" not in meta:
+        warnings.warn(f"{meta['_path']}: format version 1 has no digests; corrupted tensor data or config.json "
+                      "cannot be detected (re-quantize to get a version-2 checkpoint)", CheckpointWarning,
+                      stacklevel=3)
+        names = {"config.json": None}
+    else:
+        names = meta["digests"]["files"]
+        if "config.json" not in names:
+            raise CheckpointError(f"{meta['_path']}: metadata key 'file_sha256' does not list config.json")
+    out = {}
+    for name, digest in sorted(names.items()):
+        limit = CONFIG_LIMIT if name == "config.json" else SIDE_FILE_LIMIT
+        try:
+            data = read_bounded(d / name, limit)
+        except InputFileError as e:
+            raise CheckpointError(f"{e} (a file of the checkpoint)") from None
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(f"{d / name}: digest mismatch (the file changed after the checkpoint was written)")
+        out[name] = data
+    return out
+
+
+def verify_tensor_digests(tf: TensorFile, meta: dict) -> None:
+    if "digests" not in meta:
+        return
+    for name, digest in sorted(meta["digests"]["tensors"].items()):
+        if tf.sha256(name) != digest:
+            raise CheckpointError(f"{meta['_path']}: tensor {name}: digest mismatch (its data is corrupt)")
+
+
+def build_config(data: bytes, where: Path, meta: dict):
+    """A transformers config from ``config.json`` bytes, every problem a CheckpointError naming the file;
+    its layer count must be the one the stored tensors hold (checked before anything is built)."""
+    from transformers import CONFIG_MAPPING
+
+    from .loading import ModelLoadError, check_config_dict, check_layer_count
+
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid UTF-8 JSON ({e})") from None
+    try:
+        check_config_dict(d, where)
+        check_layer_count(d, meta["_keys"], where, "the checkpoint's tensors")
+    except ModelLoadError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        return CONFIG_MAPPING[d["model_type"]].from_dict(d)
+    except Exception as e:  # transformers validates in many ways; none may escape unnamed
+        raise CheckpointError(f"{where}: cannot build a {d['model_type']} config ({type(e).__name__}: {e})") from None
+
+
+def build_model(cfg, meta: dict, backend: str, mode: str, where: Path):
+    """The float model of ``cfg`` with every listed linear replaced by an (empty) W4A8Linear."""
+    from transformers import AutoModelForCausalLM
+
+    try:  # every persistent tensor is overwritten from the file: skip the random init (~2 s for 135M)
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from contextlib import nullcontext as no_init_weights
+    try:
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        arch_of_model(model)
+    except Exception as e:
+        raise CheckpointError(f"{where}: cannot build a model from config.json ({type(e).__name__}: {e})") from None
+    for name, e in meta["layers"].items():
+        parent_path, _, attr = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            parent = None
+        lin = getattr(parent, attr, None)
+        if not isinstance(lin, nn.Linear):
+            raise CheckpointError(f"{where}: layer {name}: no nn.Linear of that name in a {cfg.model_type} model")
+        if (lin.in_features, lin.out_features, lin.bias is not None) != (e["in_features"], e["out_features"],
+                                                                          e["bias"]):
+            raise CheckpointError(f"{where}: layer {name}: the header's {e['out_features']}x{e['in_features']} "
+                                  f"(bias {str(e['bias']).lower()}) does not match the config's "
+                                  f"{lin.out_features}x{lin.in_features} (bias {str(lin.bias is not None).lower()}"
+                                  f"{', see attention_bias / mlp_bias' if e['bias'] != (lin.bias is not None) else ''})")
+        setattr(parent, attr, W4A8Linear(e["in_features"], e["out_features"], e["bias"], e["group_size"],
+                                         e["weight_format"], e["policy"], backend, mode))
+    rows = meta["int8_rows"]
+    if rows:
+        try:
+            targets = int8_row_targets(model)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: metadata key 'int8_rows': {e}") from None
+        if any(targets.get(n) != k for n, k in rows.items()):
+            raise CheckpointError(f"{where}: metadata key 'int8_rows' {rows} does not name this {cfg.model_type} "
+                                  f"model's embedding / lm_head ({targets})")
+        model.tie_weights()  # so that a lm_head the config ties shares the embedding's INT8 rows
+        install_int8_rows(model, int8_row_modules(model, rows, quantize=False))
+    return model
+
+
+def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
+    """The dtype a tensor of the model must be stored in: float32 matrices (2 or more dimensions) in
+    ``float_dtype``; 1-D float parts, the W4A8 layers' and the INT8 rows' tensors (and anything not
+    float32) as the model holds them."""
+    owner, _, suffix = key.rpartition(".")
+    exact = (owner in meta["layers"] and suffix in LAYER_SUFFIXES) or \
+        (owner in meta["int8_rows"] and suffix in INT8_ROW_SUFFIXES) or key in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR)
+    return model_dtype if exact or model_dtype != "F32" or ndim < 2 else meta["float_dtype"]
+
+
+def expected_tensors(model, meta: dict, where: Path) -> dict:
+    """The tensors the checkpoint of ``model`` (built by :func:`_build`) must hold: its state dict, plus
+    ``Q`` (F32 ``[d, d]``) when ``online_rotations`` names modules, which must be norms of the model's layers."""
+    expected = model.state_dict()
+    online = meta["online_rotations"]
+    if online:
+        targets = online_rotation_targets(model)
+        bad = [p for p in online if p not in targets]
+        if bad:
+            raise CheckpointError(f"{where}: metadata key 'online_rotations' names {bad[:3]}, not norms of the "
+                                  f"layers of this {model.config.model_type} model (its norms: {targets[:4]}"
+                                  f"{'...' if len(targets) > 4 else ''})")
+        d = expected[f"{online[0]}.weight"].shape[0]
+        expected[ONLINE_ROTATION_TENSOR] = torch.empty((d, d), dtype=torch.float32)
+    inputs = meta["input_rotations"]
+    if inputs:
+        k = meta["layers"][inputs[0]]["in_features"]
+        expected[INPUT_ROTATION_TENSOR] = torch.empty((k, k), dtype=torch.float32)
+    return expected
+
+
+def check_against_model(expected: dict, meta: dict, table: dict, where: Path) -> set:
+    """The stored tensors are exactly the model's (less tied ones), with its shapes and the dtypes it
+    is stored in (:func:`_stored_dtype`)."""
+    tied = meta["tied"]
+    want = set(expected) - set(tied)
+    missing, unexpected = sorted(want - meta["_keys"]), sorted(meta["_keys"] - want)
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: tensors do not match the model "
+                              f"(missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+                              f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''})")
+    for dup, kept in tied.items():
+        if dup not in expected or kept not in expected:
+            raise CheckpointError(f"{where}: tied entry {dup} -> {kept} names an unknown tensor")
+    for k in sorted(want):
+        ref = expected[k]
+        dt = _stored_dtype(k, TORCH_DTYPE_NAMES.get(str(ref.dtype).replace("torch.", "")), ref.dim(), meta)
+        if table[k] != (dt, tuple(ref.shape)):
+            raise CheckpointError(f"{where}: tensor {k}: {table[k][0]} {list(table[k][1])} where the model needs "
+                                  f"{dt} {list(ref.shape)} ({ref.dtype})")
+    return want
+
+
+def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A stored BF16 (uint16 bit patterns) or F16 float part as float32, exactly."""
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32) if dtype == "F16" else a
+
+
+def read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
+    """name -> torch tensor for every stored tensor (float parts widened to float32), values checked."""
+    where = meta["_path"]
+    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in LAYER_SUFFIXES}
+    arrays, by_layer = {}, {}
+    for k in sorted(want):
+        a = _widen(tf.numpy(k), tf.dtype(k))
+        if k in layer_of:
+            n, s = layer_of[k]
+            by_layer.setdefault(n, {})[s] = a
+        elif k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
+            try:
+                check_rotation_values(a, k)
+            except CheckpointError as e:
+                raise CheckpointError(f"{where}: {e}") from None
+        elif a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
+        arrays[k] = a
+    for n, parts in sorted(by_layer.items()):
+        try:
+            check_layer_values(n, meta["layers"][n], parts)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+    for n in sorted(meta["int8_rows"]):
+        if f"{n}.qweight" in arrays:  # else tied to another INT8-rows module, checked there
+            try:
+                check_int8_row_values(n, arrays[f"{n}.qweight"], arrays[f"{n}.scale"])
+            except CheckpointError as e:
+                raise CheckpointError(f"{where}: {e}") from None
+    return {k: torch.from_numpy(a) for k, a in arrays.items()}
+
+
+def load_tokenizer(d: Path, files: dict, meta: dict):
+    """The tokenizer saved with the checkpoint, or None when none was.
+
+    Version 2: built from the verified bytes of the listed files only (copied to a temporary
+    directory), so a file added to the checkpoint later cannot change it."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    verified = "digests" in meta
+    names = set(files) if verified else {p.name for p in d.iterdir()}
+    if not names & {"tokenizer_config.json", "tokenizer.json"}:
+        return None
+    try:
+        if not verified:
+            return AutoTokenizer.from_pretrained(d, local_files_only=True)
+        with tempfile.TemporaryDirectory(prefix="fptq-tokenizer-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        tok.name_or_path = str(d)
+        return tok
+    except Exception as e:
+        raise CheckpointError(f"{d}: the tokenizer files cannot be loaded ({type(e).__name__}: {e})") from None
