@@ -228,6 +228,40 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
             h.remove()
 
 
+def _check_holdout(holdout: int, n_samples: int, keep_rows: int) -> int:
+    if holdout and not 0 < holdout < n_samples:
+        raise ValueError(f"holdout must be between 1 and n_samples - 1 = {n_samples - 1}, got {holdout}")
+    if holdout and not keep_rows:
+        raise ValueError("holdout needs keep_rows > 0 (the held-out rows are kept like the others)")
+    return holdout
+
+
+def _holdout_position(holdout: int, n_samples: int, seq_len: int, rows: int) -> _BatchPosition | None:
+    """A fresh :class:`_BatchPosition` of one layer's pass keeping about ``rows`` held-out rows (None: no holdout)."""
+    if not holdout:
+        return None
+    return _BatchPosition(n_fit=n_samples - holdout, fit_stats=CalibrationStats(non_first=False),
+                          stride=max(1, -(-holdout * seq_len // int(rows))))
+
+
+def _kept_samples(samples, pos: _BatchPosition | None):
+    """One layer's kept rows as a :class:`LayerSamples` of concatenated tensors (None: none kept)."""
+    if samples is None:
+        return None
+    import torch
+
+    kept = LayerSamples({k: torch.cat(v) for k, v in samples.items()})
+    kept.heldout = {k: torch.cat(v) for k, v in samples.heldout.items()}
+    kept.fit_max = pos.fit_stats.channel_maxima() if pos is not None else {}
+    return kept
+
+
+def _release_caches(layer) -> None:
+    for mod in layer.modules():  # e.g. fake-quant weight copies, rebuilt on demand
+        if hasattr(mod, "release_cache"):
+            mod.release_cache()
+
+
 def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None) -> dict[str, np.ndarray]:
@@ -260,43 +294,27 @@ def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
     from tqdm.auto import tqdm
 
     n_samples, seq_len = (int(d) for d in input_ids.shape)
-    holdout = int(holdout)
-    if holdout and not 0 < holdout < n_samples:
-        raise ValueError(f"holdout must be between 1 and n_samples - 1 = {n_samples - 1}, got {holdout}")
-    if holdout and not keep_rows:
-        raise ValueError("holdout needs keep_rows > 0 (the held-out rows are kept like the others)")
+    holdout = _check_holdout(int(holdout), n_samples, keep_rows)
     path, layers, _ = find_decoder_layers(model)
     cap = capture_layer_inputs(model, input_ids, batch_size)
     stats: dict[str, np.ndarray] = {}
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
-    bar = tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer")
-    for i in bar:
+    for i in tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
         _check_weights(layer, prefix)
         layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
         samples = LayerSamples() if keep_rows else None
-        pos = None
-        if holdout:
-            pos = _BatchPosition(n_fit=n_samples - holdout, fit_stats=CalibrationStats(non_first=False),
-                                 stride=max(1, -(-holdout * seq_len // int(holdout_rows or keep_rows))))
+        pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
         outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride,
                           pos=pos)
         layer_np = layer_stats.channel_maxima()
         stats.update(layer_np)
-        if samples is not None:
-            import torch
-
-            kept = LayerSamples({k: torch.cat(v) for k, v in samples.items()})
-            kept.heldout = {k: torch.cat(v) for k, v in samples.heldout.items()}
-            kept.fit_max = pos.fit_stats.channel_maxima() if pos is not None else {}
-            samples = kept
+        samples = _kept_samples(samples, pos)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:
                 outs = _run_layer(layer, cap, i)
-                for mod in layer.modules():  # e.g. fake-quant weight copies, rebuilt on demand
-                    if hasattr(mod, "release_cache"):
-                        mod.release_cache()
+                _release_caches(layer)
         if after_layer is not None:
             after_layer(i, prefix, layer)
         cap.hidden = outs

@@ -129,6 +129,42 @@ def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
     return np.linalg.cholesky(Hinv).T
 
 
+def _set_group_scales(W: np.ndarray, scale, zero, scale_fn: ScaleFn, bounds, which=None) -> None:
+    """``scale[:, gi]`` (and ``zero``) of the groups ``which`` (default all) from the columns of ``W``."""
+    for gi in range(len(bounds)) if which is None else which:
+        a, b = bounds[gi]
+        scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT), a, b)
+        if zero is not None:
+            zero[:, gi] = z
+
+
+def _error_feedback(W: np.ndarray, U: np.ndarray, perm: np.ndarray, scale, zero, scale_fn: ScaleFn, g: int,
+                    fmt: WeightFormat, act_order: bool, block_size: int) -> np.ndarray:
+    """GPTQ's column loop over ``W`` (float64, columns in visiting order ``perm``, updated in place):
+    quantize each column, spread its error over the later ones (lazy blocks of ``block_size``).
+    Without ``act_order`` a group's scale is set when its first column is reached. Returns float32
+    [N, K], in the original column order, the column each code was taken from."""
+    n, k = W.shape
+    bounds = spec.group_bounds(k, g)
+    W_final = np.empty((n, k), FLOAT)
+    for b0 in range(0, k, block_size):
+        b1 = min(b0 + block_size, k)
+        Err = np.zeros((n, b1 - b0))
+        for i in range(b0, b1):
+            col = perm[i]
+            gi = col // g
+            if not act_order and col % g == 0:
+                _set_group_scales(W, scale, zero, scale_fn, bounds, (gi,))  # perm is the identity here
+            wc = W[:, i].astype(FLOAT)
+            W_final[:, col] = wc
+            deq = _quantize_column(wc, scale[:, gi], None if zero is None else zero[:, gi], fmt)
+            e = (wc.astype(np.float64) - deq) / U[i, i]
+            W[:, i + 1:b1] -= np.outer(e, U[i, i + 1:b1])
+            Err[:, i - b0] = e
+        W[:, b1:] -= Err @ U[b0:b1, b1:]
+    return W_final
+
+
 def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC, *,
                   damp: float = 0.01, act_order: bool = False, block_size: int = 128,
                   scale_fn: ScaleFn | None = None, clip: bool = False) -> spec.QuantizedWeight:
@@ -167,35 +203,11 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     if act_order:
-        for gi, (a, b) in enumerate(spec.group_bounds(k, g)):
-            scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT), a, b)
-            if zero is not None:
-                zero[:, gi] = z
+        _set_group_scales(W, scale, zero, scale_fn, spec.group_bounds(k, g))
         perm = np.argsort(-np.diag(H), kind="stable")
     else:
         perm = np.arange(k)
     U = _inverse_cholesky(H[np.ix_(perm, perm)], damp)
-    W = W[:, perm]
-    W_final = np.empty((n, k), FLOAT)  # the float32 column each code was taken from, in original order
-
-    for b0 in range(0, k, block_size):
-        b1 = min(b0 + block_size, k)
-        Err = np.zeros((n, b1 - b0))
-        for i in range(b0, b1):
-            col = perm[i]
-            gi = col // g
-            if not act_order and col % g == 0:
-                a, b = spec.group_bounds(k, g)[gi]
-                scale[:, gi], z = scale_fn(W[:, a:b].astype(FLOAT), a, b)
-                if zero is not None:
-                    zero[:, gi] = z
-            wc = W[:, i].astype(FLOAT)
-            W_final[:, col] = wc
-            deq = _quantize_column(wc, scale[:, gi], None if zero is None else zero[:, gi], fmt)
-            e = (wc.astype(np.float64) - deq) / U[i, i]
-            W[:, i + 1:b1] -= np.outer(e, U[i, i + 1:b1])
-            Err[:, i - b0] = e
-        W[:, b1:] -= Err @ U[b0:b1, b1:]
-
+    W_final = _error_feedback(W[:, perm], U, perm, scale, zero, scale_fn, g, fmt, act_order, block_size)
     q = spec.quantize_weight_with_scales(W_final, scale, zero, g, fmt)
     return spec.QuantizedWeight(q, scale, zero, g, fmt)
