@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import spec
 from ..spec import WeightFormat
+from .awq import awq_scales
 from .gptq import gptq_quantize
 from .weight_quantizers import quantize_weight_mse, quantize_weight_rtn
 
@@ -80,6 +81,8 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {e.name: e for e in (
     WeightQuantizer("gptq", "GPTQ", _gptq, hessian=True, rows_option="gptq_rows", judge_with="rtn",
                     options=(("damp", "gptq_damp"), ("act_order", "gptq_act_order"), ("clip", "gptq_clip")),
                     toggle=("gptq_clip", "clip", "clip search")),
+    WeightQuantizer("awq", "AWQ scales + RTN", quantize_weight_rtn, rows_option="keep_rows", scale_search=awq_scales,
+                    judge_with="rtn"),
 )}
 
 
