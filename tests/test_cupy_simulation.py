@@ -1,193 +1,35 @@
-"""A NumPy simulation of the index math of the two GEMM kernels, checked against the spec.
+"""The GEMM kernels' thread-level transcriptions and the emulated backend, checked against the spec.
 
-``gemm_decode.cu`` and ``gemm_prefill.cu`` cannot run here (no GPU). This file
-transcribes what each thread of them does, with the same constants from
-:mod:`fptq.backends.cupy_launch` and emulations of the instructions they use
-(``__byte_perm``, ``__dp4a``, ``__vsub4``, ``mma.m16n8k32`` with the PTX ISA's
-fragment layout), and checks the result against ``fptq.spec.w4a8_matmul`` bit
-for bit: the even/odd split of activations against the low/high nibbles, the
-sign flip and the zero-point correction, the k-slot permutation shared by the
-A and B fragments, the output fragment mapping, ragged last groups, rows and
-columns past the tile edges, and the group order of the float epilogue.
+``tests/cupy_sim.py`` transcribes ``gemm_decode.cu`` and ``gemm_prefill.cu``
+thread by thread (tile order, shared-memory layouts, stage ring with
+``cp.async`` groups, ``wait_group`` counts and barriers, lane mappings, the
+``tr[warp][v][lane]`` transpose); ``tests/cupy_emulated.py`` runs
+``CupyBackend``'s host code over NumPy with every kernel emulated and every
+launch's argument types checked against the kernel's parameters. Both are
+checked here against ``fptq.spec`` bit for bit, and planted bugs in the
+transcriptions (a stage index, a wait count, a missing barrier, a swapped
+lane mapping, a reversed group order) and in the host code (an i64 where the
+kernel takes an int) must fail.
 """
 
 from __future__ import annotations
 
+import inspect
+import textwrap
+
 import numpy as np
 import pytest
 
+import cupy_emulated as E
+import cupy_sim as S
+from cupy_emulated import EmulatedCupyBackend  # noqa: F401  (pytest conformance --backend test_cupy_simulation:...)
+from cupy_sim import F32, sim_decode, sim_prefill
 from fptq import spec
+from fptq.backends import cupy_compile as CC
 from fptq.backends import cupy_launch as L
 from fptq.spec import WeightFormat
 
-F32 = np.float32
-MASK, FLIP = 0x0F0F0F0F, 0x88888888
-
-
-def byte_perm(a: int, b: int, sel: int) -> int:
-    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    return sum(src[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
-
-
-def s8(word: int) -> list[int]:
-    return [((word >> (8 * i)) & 0xFF) - 256 * (((word >> (8 * i)) & 0xFF) >= 128) for i in range(4)]
-
-
-def dp4a(a: int, b: int, c: int) -> int:
-    return c + sum(x * y for x, y in zip(s8(a), s8(b)))
-
-
-def vsub4(a: int, b: int) -> int:
-    return sum(((((a >> (8 * i)) & 0xFF) - ((b >> (8 * i)) & 0xFF)) & 0xFF) << (8 * i) for i in range(4))
-
-
-def word(buf: np.ndarray, off: int) -> int:
-    """Little-endian 32-bit word of a uint8/int8 buffer at byte offset ``off``."""
-    return int(np.frombuffer(buf.tobytes()[off:off + 4], dtype="<u4")[0])
-
-
-def f32_epilogue_step(y, acc, ws):
-    return F32(y + F32(F32(acc) * ws))
-
-
-def sim_decode(qx, xscale, packed, wscale, zero, k, g, fmt, bias):
-    """gemm_decode<MT>: warps of DECODE_ROWS rows, lane = group, ordered adds per 32-group round."""
-    m_rows, n_rows = qx.shape[0], packed.shape[0]
-    ng = spec.num_groups(k, g)
-    mt = L.decode_mt(m_rows)
-    asym = fmt is WeightFormat.ASYMMETRIC
-    flip = 0 if asym else FLIP
-    xs = np.broadcast_to(xscale.reshape(-1), (m_rows,)) if xscale.size == 1 else xscale
-    out = np.full((m_rows, n_rows), np.nan, F32)
-    qxb, pb = qx.view(np.uint8), packed
-    for n0 in range(0, n_rows, L.DECODE_ROWS):  # one warp
-        y = np.zeros((L.DECODE_ROWS, mt), F32)
-        for gbase in range(0, ng, 32):
-            t = {}
-            for lane in range(32):
-                gi = gbase + lane
-                if gi >= ng:
-                    continue
-                dot = np.zeros((L.DECODE_ROWS, mt), np.int64)
-                xsum = np.zeros(mt, np.int64)
-                for e in range(gi * g, min(gi * g + g, k), 32):
-                    w = [[word(pb[n0 + r], e // 2 + 4 * i) if n0 + r < n_rows else 0 for i in range(4)]
-                         for r in range(L.DECODE_ROWS)]
-                    for m in range(min(mt, m_rows)):
-                        xw = [word(qxb[m], e + 4 * j) for j in range(8)]
-                        for i in range(4):
-                            ev, od = byte_perm(xw[2 * i], xw[2 * i + 1], 0x6420), byte_perm(xw[2 * i], xw[2 * i + 1], 0x7531)
-                            xsum[m] = dp4a(ev, 0x01010101, dp4a(od, 0x01010101, xsum[m]))
-                            for r in range(L.DECODE_ROWS):
-                                wi = w[r][i] ^ flip
-                                dot[r, m] = dp4a(od, (wi >> 4) & MASK, dp4a(ev, wi & MASK, dot[r, m]))
-                for r in range(L.DECODE_ROWS):
-                    n = min(n0 + r, n_rows - 1)
-                    c = int(zero[n, gi]) if asym else 8
-                    for m in range(mt):
-                        t[(r, m, lane)] = F32(F32(int(dot[r, m] - c * xsum[m])) * wscale[n, gi])
-            for r in range(L.DECODE_ROWS):
-                for m in range(mt):
-                    for lane in range(min(32, ng - gbase)):  # ascending group order
-                        y[r, m] = F32(y[r, m] + t[(r, m, lane)])
-        for r in range(L.DECODE_ROWS):
-            for m in range(min(mt, m_rows)):
-                if n0 + r < n_rows:
-                    v = F32(y[r, m] * xs[m])
-                    out[m, n0 + r] = F32(v + bias[n0 + r]) if bias is not None else v
-    return out
-
-
-def mma(a, b, c):
-    """mma.m16n8k32 .s8 for a warp: a[lane] = 4 words, b[lane] = 2 words, c[lane] = 4 ints (PTX layout)."""
-    A, B = np.zeros((16, 32), np.int64), np.zeros((32, 8), np.int64)
-    for lane in range(32):
-        gid, tig = lane >> 2, lane & 3
-        for i, v in enumerate(s8(a[lane][0])):
-            A[gid, tig * 4 + i] = v
-        for i, v in enumerate(s8(a[lane][1])):
-            A[gid + 8, tig * 4 + i] = v
-        for i, v in enumerate(s8(a[lane][2])):
-            A[gid, 16 + tig * 4 + i] = v
-        for i, v in enumerate(s8(a[lane][3])):
-            A[gid + 8, 16 + tig * 4 + i] = v
-        for i, v in enumerate(s8(b[lane][0])):
-            B[tig * 4 + i, gid] = v
-        for i, v in enumerate(s8(b[lane][1])):
-            B[16 + tig * 4 + i, gid] = v
-    D = A @ B
-    for lane in range(32):
-        gid, tig = lane >> 2, lane & 3
-        c[lane] = [c[lane][0] + D[gid, tig * 2], c[lane][1] + D[gid, tig * 2 + 1],
-                   c[lane][2] + D[gid + 8, tig * 2], c[lane][3] + D[gid + 8, tig * 2 + 1]]
-
-
-def sim_prefill(qx, xscale, packed, wscale, zero, k, g, fmt, bias, tile):
-    m_rows, n_rows = qx.shape[0], packed.shape[0]
-    asym = fmt is WeightFormat.ASYMMETRIC
-    flip = 0 if asym else FLIP
-    xs = np.broadcast_to(xscale.reshape(-1), (m_rows,)) if xscale.size == 1 else xscale
-    out = np.full((m_rows, n_rows), np.nan, F32)
-    steps, spg = k // 32, g // 32
-    (gx, gy), _ = L.prefill_grid(m_rows, n_rows, tile)
-    for by in range(gy):
-        for bx in range(gx):
-            m0, n0 = by * tile.bm, bx * tile.bn
-            for warp in range(tile.wm * tile.wn):
-                wm, wn = warp // tile.wn, warp % tile.wn
-                acc = {(mt, nt): [[0] * 4 for _ in range(32)] for mt in range(tile.mt) for nt in range(tile.nt)}
-                y = {(mt, nt): [[F32(0)] * 4 for _ in range(32)] for mt in range(tile.mt) for nt in range(tile.nt)}
-                zc = {}
-                for step in range(steps):
-                    grp = step // spg
-                    # the stage in shared memory: zero-filled rows past M / columns past N
-                    sa = np.zeros((tile.bm, 32), np.uint8)
-                    rows = qx[m0:m0 + tile.bm, step * 32:step * 32 + 32].view(np.uint8)
-                    sa[:rows.shape[0]] = rows
-                    sb = np.zeros((tile.bn, 16), np.uint8)
-                    cols = packed[n0:n0 + tile.bn, step * 16:step * 16 + 16]
-                    sb[:cols.shape[0]] = cols
-                    if step % spg == 0:
-                        for nt in range(tile.nt):
-                            for lane in range(32):
-                                n = min(n0 + wn * tile.nt * 8 + nt * 8 + (lane >> 2), n_rows - 1)
-                                zc[(nt, lane)] = (int(zero[n, grp]) if asym else 8) * 0x01010101
-                    bf = {}
-                    for nt in range(tile.nt):
-                        for lane in range(32):
-                            gid, tig = lane >> 2, lane & 3
-                            w = word(sb[wn * tile.nt * 8 + nt * 8 + gid], tig * 4) ^ flip
-                            bf[(nt, lane)] = (vsub4(w & MASK, zc[(nt, lane)]), vsub4((w >> 4) & MASK, zc[(nt, lane)]))
-                    for mt in range(tile.mt):
-                        a = []
-                        for lane in range(32):
-                            gid, tig = lane >> 2, lane & 3
-                            r = wm * tile.mt * 16 + mt * 16 + gid
-                            x0 = (word(sa[r], tig * 8), word(sa[r], tig * 8 + 4))
-                            x1 = (word(sa[r + 8], tig * 8), word(sa[r + 8], tig * 8 + 4))
-                            a.append((byte_perm(*x0, 0x6420), byte_perm(*x1, 0x6420),
-                                      byte_perm(*x0, 0x7531), byte_perm(*x1, 0x7531)))
-                        for nt in range(tile.nt):
-                            mma(a, [bf[(nt, lane)] for lane in range(32)], acc[(mt, nt)])
-                    if (step + 1) % spg == 0 or step + 1 == steps:
-                        for nt in range(tile.nt):
-                            for lane in range(32):
-                                n = n0 + wn * tile.nt * 8 + nt * 8 + (lane & 3) * 2
-                                ws = (wscale[min(n, n_rows - 1), grp], wscale[min(n + 1, n_rows - 1), grp])
-                                for mt in range(tile.mt):
-                                    for i in range(4):
-                                        y[(mt, nt)][lane][i] = f32_epilogue_step(y[(mt, nt)][lane][i],
-                                                                                 acc[(mt, nt)][lane][i], ws[i & 1])
-                                        acc[(mt, nt)][lane][i] = 0
-                for (mt, nt), ys in y.items():
-                    for lane in range(32):
-                        for i in range(4):
-                            m = m0 + wm * tile.mt * 16 + mt * 16 + (lane >> 2) + (8 if i >= 2 else 0)
-                            n = n0 + wn * tile.nt * 8 + nt * 8 + (lane & 3) * 2 + (i & 1)
-                            if m < m_rows and n < n_rows:
-                                v = F32(ys[lane][i] * xs[m])
-                                out[m, n] = F32(v + bias[n]) if bias is not None else v
-    return out
+SYM, ASYM = WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC
 
 
 def _case(seed, m, n, k, g, fmt, per_token, with_bias):
@@ -211,256 +53,157 @@ def _check(got, case):
     assert not bad.any(), f"first difference at {tuple(np.argwhere(bad)[0])}: {got[bad][0]} vs {want[bad][0]}"
 
 
-@pytest.mark.parametrize("fmt", [WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC], ids=["sym", "asym"])
-@pytest.mark.parametrize("m,n,k,g", [(1, 5, 64, 32), (3, 6, 96, 64), (16, 4, 64, 64), (2, 9, 32 * 35, 32)])
-def test_decode_index_math(m, n, k, g, fmt):
-    """Ragged last group (96 = 64 + 32), MT > M (3 -> 4), N not a multiple of the rows per warp,
-    more than 32 groups (two rounds of the ordered sum)."""
+def _sim_args(case):
+    return {key: v for key, v in case.items() if key != "group_size"} | {"g": case["group_size"]}
+
+
+def _mutant(fn, old: str, new: str):
+    """``fn`` of cupy_sim with one planted change in its source (``old`` must occur exactly once)."""
+    src = textwrap.dedent(inspect.getsource(fn))
+    assert src.count(old) == 1, f"{old!r} occurs {src.count(old)} times in {fn.__name__}"
+    ns = dict(vars(S))
+    exec(compile(src.replace(old, new), f"<planted bug in {fn.__name__}>", "exec"), ns)  # noqa: S102
+    return ns[fn.__name__]
+
+
+def test_transcriptions_use_the_kernels_constants():
+    """DEC_WARPS, DEC_ROWS and PF_STAGES are read from the .cu files; the chunk rule and the launch module agree."""
+    assert (S.DEC_WARPS, S.DEC_ROWS) == (L.DECODE_WARPS, L.DECODE_ROWS)
+    assert "value = MT <= 4 ? 4 : MT == 8 ? 2 : 1;" in CC.read_source("gemm_decode.cu")
+    assert [S.decode_chunks(mt) for mt in L.DECODE_MT] == [4, 4, 4, 2, 1]
+
+
+@pytest.mark.parametrize("fmt", [SYM, ASYM], ids=["sym", "asym"])
+@pytest.mark.parametrize("m,n,k,g", [(1, 5, 64, 32), (3, 6, 96, 64), (16, 4, 64, 64), (2, 9, 32 * 35, 32),
+                                     (5, 3, 320, 160), (8, 17, 288, 128)])
+def test_decode_transcription(m, n, k, g, fmt):
+    """Ragged last groups (96 = 64 + 32; 288 = 2 x 128 + 32), MT > M (3 -> 4, 5 -> 8), N not a multiple of
+    the rows per warp, more than 32 groups (two rounds of the ordered sum), groups of several batches
+    (G = 160 at MT = 8: 3 batches of 2 chunks, the last one past the group's end)."""
     case = _case([m, n, k, g], m, n, k, g, fmt, per_token=m > 1, with_bias=n % 2 == 1)
-    c = {key: v for key, v in case.items() if key != "group_size"}
-    _check(sim_decode(**c, g=g), case)
+    _check(sim_decode(**_sim_args(case)), case)
 
 
-@pytest.mark.parametrize("fmt", [WeightFormat.SYMMETRIC, WeightFormat.ASYMMETRIC], ids=["sym", "asym"])
-def test_prefill_index_math(fmt):
+@pytest.mark.parametrize("landing", ["lazy", "eager"])
+@pytest.mark.parametrize("fmt", [SYM, ASYM], ids=["sym", "asym"])
+def test_prefill_transcription(fmt, landing):
     """The 64 x 64 tile over M = 70, N = 66 (a second tile row and column, mostly padding),
     K = 96, G = 64 (a ragged last group, a zero point change mid-tile)."""
     m, n, k, g = 70, 66, 96, 64
     case = _case([m, n, k, g, 1], m, n, k, g, fmt, per_token=True, with_bias=True)
-    c = {key: v for key, v in case.items() if key != "group_size"}
-    _check(sim_prefill(**c, g=g, tile=L.PREFILL_TILES[-1]), case)
+    _check(sim_prefill(**_sim_args(case), tile=L.PREFILL_TILES[-1], landing=landing), case)
+
+
+RING = dict(m=20, n=12, k=32 * 7, g=64)  # 7 steps through the 4-stage ring, 4 groups (the last one ragged)
+
+
+@pytest.mark.parametrize("landing", ["lazy", "eager"])
+def test_prefill_ring_wraps(landing):
+    case = _case([7], **RING, fmt=ASYM, per_token=True, with_bias=False)
+    _check(sim_prefill(**_sim_args(case), tile=L.PREFILL_TILES[-1], landing=landing), case)
 
 
 def test_prefill_big_tile_small_problem():
     m, n, k, g = 17, 9, 64, 32
-    case = _case([5], m, n, k, g, WeightFormat.SYMMETRIC, per_token=False, with_bias=False)
-    c = {key: v for key, v in case.items() if key != "group_size"}
-    _check(sim_prefill(**c, g=g, tile=L.PREFILL_TILES[0]), case)
+    case = _case([5], m, n, k, g, SYM, per_token=False, with_bias=False)
+    _check(sim_prefill(**_sim_args(case), tile=L.PREFILL_TILES[0]), case)
 
 
-def test_simulation_catches_a_wrong_fragment_permutation():
-    """The check has teeth: pairing slot tig*4+i of A with the odd columns instead of the even ones
-    (swapping the two byte selectors of the A fragments) gives wrong sums."""
-    global byte_perm
-    m, n, k, g = 16, 8, 64, 64
-    case = _case([9], m, n, k, g, WeightFormat.SYMMETRIC, per_token=False, with_bias=False)
-    c = {key: v for key, v in case.items() if key != "group_size"}
-    good = byte_perm
-    swap = {0x6420: 0x7531, 0x7531: 0x6420}
-    byte_perm = lambda a, b, sel: good(a, b, swap[sel])  # noqa: E731
-    try:
-        with pytest.raises(AssertionError):
-            _check(sim_prefill(**c, g=g, tile=L.PREFILL_TILES[-1]), case)
-    finally:
-        byte_perm = good
+def test_simulation_catches_a_wrong_fragment_permutation(monkeypatch):
+    """Pairing slot tig*4+i of A with the odd columns instead of the even ones (swapping the two byte
+    selectors of the A fragments) gives wrong sums."""
+    case = _case([9], 16, 8, 64, 64, SYM, per_token=False, with_bias=False)
+    good = S.byte_perm
+    monkeypatch.setattr(S, "byte_perm", lambda a, b, sel: good(a, b, {0x6420: 0x7531, 0x7531: 0x6420}[sel]))
+    with pytest.raises(AssertionError):
+        _check(sim_prefill(**_sim_args(case), tile=L.PREFILL_TILES[-1]), case)
 
 
-# ---------------------------------------------------------------------------------------------
-# The whole backend with emulated kernels: CupyBackend's host code (checks, allocations, argument
-# order of every launch, flags, grids, path choice) over NumPy arrays, each kernel replaced by a
-# NumPy transcription of its .cu source that reads its arguments in the kernel's order. Off the GPU
-# this is the only run of the host code; the same class can run the conformance suite:
-#   PYTHONPATH=tests pytest conformance --backend test_cupy_simulation:EmulatedCupyBackend
-
-
-class _NumpyAsCupy:
-    """The parts of the cupy module the backend uses, over NumPy (``asnumpy`` copies, as cupy's does)."""
-
-    __name__ = "numpy-as-cupy"
-    ndarray = np.ndarray
-    int8, uint8, int32, float32 = np.int8, np.uint8, np.int32, np.float32
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def asnumpy(a):
-        return np.array(a, copy=True)
-
-
-def _rint_clip(y, lo, hi):
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.clip(np.rint(y), lo, hi)
-
-
-def _div(a, b):
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return (a / b).astype(F32)
-
-
-def _k_act_scale(grid, block, amax, out, n):
-    out.reshape(-1)[:n] = np.maximum(_div(amax.reshape(-1)[:n], F32(127)), spec.MIN_SCALE)
-
-
-def _k_quant_tensor(grid, block, x, scale, q, n):
-    q.reshape(-1)[:n] = _rint_clip(_div(x.reshape(-1)[:n], scale.reshape(-1)[0]), -127, 127)
-
-
-def _k_quant_token(grid, block, x, q, scale, k):
-    assert grid == (x.shape[0],) and block == (L.ROW_THREADS,)
-    amax = np.abs(x).max(axis=1) if k else np.zeros(x.shape[0], F32)
-    scale[:] = np.maximum(_div(amax, F32(127)), spec.MIN_SCALE)
-    q[:] = _rint_clip(_div(x, scale[:, None]), -127, 127)
-
-
-def _k_dequant_act(grid, block, q, scale, out, n, k, per_row):
-    s = np.repeat(scale.reshape(-1), k)[:n] if per_row else scale.reshape(-1)[0]
-    out.reshape(-1)[:n] = (q.reshape(-1)[:n].astype(F32) * s).astype(F32)
-
-
-def _k_lae_scales(grid, block, m, s, n):
-    m = m.reshape(-1)[:n]
-    l2 = np.log2((m + F32(2)).astype(F32).astype(np.float64)).astype(F32)
-    s.reshape(-1)[:n] = np.where(m < spec.MIN_SCALE, F32(1), _div(m, l2))
-
-
-def _k_lae_act(grid, block, x, s, out, n, k):
-    out.reshape(-1)[:n] = _div(x.reshape(-1)[:n], np.tile(s, n // k))
-
-
-def _k_lae_w(grid, block, w, s, out, n, k):
-    out.reshape(-1)[:n] = (w.reshape(-1)[:n] * np.tile(s, n // k)).astype(F32)
-
-
-def _groups(a, k, g, ng, fill=0):
-    pad = ng * g - k
-    return np.pad(a, ((0, 0), (0, pad)), constant_values=fill).reshape(a.shape[0], ng, g)
-
-
-def _k_weight_scales(grid, block, w, scale, zero, n_rows, k, g, ng, asym):
-    assert grid[0] * block[0] // 32 >= n_rows * ng
-    wg = _groups(w, k, g, ng)
-    if not asym:
-        scale[:] = np.maximum(_div(np.abs(wg).max(axis=2), F32(7)), spec.MIN_SCALE)
-        return
-    lo, hi = np.minimum(wg.min(axis=2), F32(0)), np.maximum(wg.max(axis=2), F32(0))
-    with np.errstate(over="ignore"):
-        span = (hi - lo).astype(F32)
-    s = np.maximum(_div(span, F32(15)), spec.MIN_SCALE)
-    scale[:] = np.where(np.isinf(span), span, s)
-    zero[:] = np.where(np.isinf(span), 0, _rint_clip(_div(-lo, s), 0, 15))
-
-
-def _per_col(a, k, g):
-    return np.repeat(a, g, axis=1)[:, :k]
-
-
-def _k_quant_w(grid, block, w, scale, zero, q, n_rows, k, g, ng, asym):
-    y = np.rint(_div(w, _per_col(scale, k, g)))
-    if asym:
-        q[:] = _rint_clip((y + _per_col(zero, k, g).astype(F32)).astype(F32), 0, 15)
-    else:
-        q[:] = _rint_clip(y, -8, 7)
-
-
-def _k_dequant_w(grid, block, q, scale, zero, out, n_rows, k, g, ng, asym):
-    z = _per_col(zero, k, g).astype(np.int32) if asym else 0
-    out[:] = ((q.astype(np.int32) - z).astype(F32) * _per_col(scale, k, g)).astype(F32)
-
-
-def _k_pack(grid, block, q, packed, n_rows, k):
-    nib = q.view(np.uint8) & 0xF
-    if k % 2:
-        nib = np.pad(nib, ((0, 0), (0, 1)))
-    packed[:] = nib[:, 0::2] | (nib[:, 1::2] << 4)
-
-
-def _k_unpack(grid, block, packed, q, n_rows, k, signed):
-    q[:] = spec.unpack_int4(packed, k, bool(signed))
-
-
-def _k_group_sums(grid, block, qx, packed, zero, acc, m_rows, n_rows, k, g, ng, asym):
-    acc[:] = spec.w4a8_group_sums(qx, packed, zero if asym else None, k, g,
-                                  WeightFormat.ASYMMETRIC if asym else WeightFormat.SYMMETRIC)
-
-
-def _k_epilogue(grid, block, acc, wscale, xscale, bias, out, m_rows, n_rows, ng, per_token, has_bias):
-    xs = xscale.reshape(-1)[:m_rows] if per_token else xscale.reshape(-1)[:1]
-    out[:] = spec.w4a8_epilogue(acc, wscale, xs, bias[:n_rows] if has_bias else None)
-
-
-def _k_policies(grid, block, v, code, n, t0, t1):
-    v = v.reshape(-1)[:n]
-    code.reshape(-1)[:n] = np.where(v < t0, 0, np.where(v < t1, 1, 2))
-
-
-def _gemm_args(qx, xscale, packed, wscale, zero, bias, out, m, n, k, g, ng, asym, per_token, has_bias):
-    assert qx.shape == (m, k) and packed.shape == (n, k // 2) and wscale.shape == (n, ng) and out.shape == (m, n)
-    fmt = WeightFormat.ASYMMETRIC if asym else WeightFormat.SYMMETRIC
-    return dict(qx=qx, xscale=xscale if per_token else xscale.reshape(-1)[:1], packed=packed, wscale=wscale,
-                zero=zero if asym else None, k=k, g=g, fmt=fmt, bias=bias[:n] if has_bias else None)
-
-
-def _k_decode(mt):
-    def run(grid, block, *args):
-        a = _gemm_args(*args)
-        m, n = args[7], args[8]
-        assert L.decode_mt(m) == mt and (grid, block) == L.decode_grid(n)
-        args[6][:] = sim_decode(**a)
-    return run
-
-
-def _k_prefill(tile):
-    def run(grid, block, *args):
-        a = _gemm_args(*args)
-        m, n = args[7], args[8]
-        assert (grid, block) == L.prefill_grid(m, n, tile)
-        args[6][:] = sim_prefill(**a, tile=tile)
-    return run
-
-
-_EMULATED = {
-    "act_scale_from_amax": _k_act_scale, "quantize_act_per_tensor": _k_quant_tensor,
-    "quantize_act_per_token": _k_quant_token, "dequantize_act": _k_dequant_act,
-    "lae_scales": _k_lae_scales, "lae_apply_activation": _k_lae_act, "lae_apply_weight": _k_lae_w,
-    "weight_scales": _k_weight_scales, "quantize_weight_with_scales": _k_quant_w,
-    "dequantize_weight": _k_dequant_w, "pack_int4": _k_pack, "unpack_int4": _k_unpack,
-    "w4a8_group_sums": _k_group_sums, "w4a8_epilogue": _k_epilogue, "select_policies": _k_policies,
-    **{L.decode_kernel_name(mt): _k_decode(mt) for mt in L.DECODE_MT},
-    **{L.prefill_kernel_name(t): _k_prefill(t) for t in L.PREFILL_TILES},
+PREFILL_BUGS = {
+    "stage index of the copies": ("PF_STAGES - 1 if st == 0 else st - 1", "st"),
+    "wait_group count": ("cp.wait(warp * 32 + lane, PF_STAGES - 2)", "cp.wait(warp * 32 + lane, PF_STAGES - 1)"),
+    "missing __syncthreads": ("yield  # __syncthreads", "if False:\n            yield"),
+    "fold before the group's end": ("if first:\n            if grp >= 0:", "if True:\n            if grp >= 0:"),
+    "next group's metadata": ("min(grp + 1, a[\"ng\"] - 1)", "min(grp, a[\"ng\"] - 1)"),
 }
 
 
-def _emulated_class():
-    from fptq.backends.cupy_arrays import DeviceArrays
-    from fptq.backends.cupy_backend import CupyBackend
-
-    class EmulatedCupyBackend(CupyBackend):
-        """CupyBackend's host code over NumPy, every kernel an emulation (see above)."""
-
-        name = "cupy-emulated"
-
-        def __init__(self, force_path=None):  # no CuPy, no GPU: set what CupyBackend.__init__ would
-            self.cp = _NumpyAsCupy()
-            self.force_path, self.arch, self.sm_count = force_path, "90", L.SM_COUNT_DEFAULT
-            self.xp = DeviceArrays(self.cp, "numpy-as-cupy")
-            self._functions, self._compiled = {}, {}
-            self._dummy = np.zeros(16, np.uint8)
-            self.last_path = None
-            self.launches = []
-
-        def describe(self):
-            return "cupy backend host code over NumPy, kernels emulated (tests/test_cupy_simulation.py)"
-
-        @staticmethod
-        def _ptr(a):
-            return a.ctypes.data
-
-        def _fn(self, module, kernel):
-            assert kernel in CC.MODULES[module], (module, kernel)
-
-            def launch(grid, block, args):
-                assert all(isinstance(v, int) and v > 0 for v in grid + block), (kernel, grid, block)
-                self.launches.append(kernel)
-                _EMULATED[kernel](grid, block, *(a.item() if isinstance(a, np.generic) else a for a in args))
-            return launch
-
-    return EmulatedCupyBackend
+@pytest.mark.parametrize("bug", list(PREFILL_BUGS))
+def test_planted_prefill_bug_fails(bug, monkeypatch):
+    """Each planted bug in prefill_warp's transcription gives wrong bits in at least one legal timing of
+    the cp.async copies (lazy: they land at the wait; eager: at issue)."""
+    monkeypatch.setattr(S, "prefill_warp", _mutant(S.prefill_warp, *PREFILL_BUGS[bug]))
+    case = _case([7], **RING, fmt=ASYM, per_token=True, with_bias=False)
+    failed = []
+    for landing in ("lazy", "eager"):
+        try:
+            _check(sim_prefill(**_sim_args(case), tile=L.PREFILL_TILES[-1], landing=landing), case)
+        except AssertionError:
+            failed.append(landing)
+    assert failed, f"planted bug ({bug}) passed both timings"
 
 
-from fptq.backends import cupy_compile as CC  # noqa: E402
+DECODE_BUGS = {
+    "tr lane mapping (v = m * DEC_ROWS + r)": (S._decode_group, "tr[warp, r * mt + m, lane]",
+                                               "tr[warp, m * DEC_ROWS + r, lane]"),
+    "group order of the ordered sum": (S.sim_decode, "tr[warp, lane, i]", "tr[warp, lane, cnt - 1 - i]"),
+    "chunk mask": (S._decode_group, "keep = 0xFFFFFFFF if e + 32 * c < e1 else 0", "keep = 0xFFFFFFFF"),
+    "row clamp": (S._decode_group, "row = min(n0 + r, n_rows - 1)", "row = min(n0, n_rows - 1)"),
+}
 
-EmulatedCupyBackend = _emulated_class()
+
+@pytest.mark.parametrize("bug", list(DECODE_BUGS))
+def test_planted_decode_bug_fails(bug, monkeypatch):
+    fn, old, new = DECODE_BUGS[bug]
+    monkeypatch.setattr(S, fn.__name__, _mutant(fn, old, new))
+    case = _case([11], 4, 9, 288, 96, ASYM, per_token=True, with_bias=True)
+    with pytest.raises(AssertionError):
+        _check(S.sim_decode(**_sim_args(case)), case)
+
+
+def test_launch_argument_types_are_checked(monkeypatch):
+    """An i64 passed where the kernel takes an int (or a Python int anywhere) fails at launch."""
+    import fptq.backends.cupy_backend as CB
+
+    case = _case([3], 2, 8, 64, 32, SYM, per_token=True, with_bias=False)
+    EmulatedCupyBackend().w4a8_matmul(**case)
+    monkeypatch.setattr(CB, "_I32", np.int64)
+    with pytest.raises(TypeError, match=r"m_rows \(int\) is int64, expected int32"):
+        EmulatedCupyBackend().w4a8_matmul(**case)
+    monkeypatch.setattr(CB, "_I32", int)
+    with pytest.raises(TypeError, match="expected int32"):
+        EmulatedCupyBackend(force_path="generic").w4a8_matmul(**case)
+    with pytest.raises(TypeError, match="dtype int8, expected uint8"):
+        CC.check_launch_args("packing", "unpack_int4", (np.zeros(2, np.int8), np.zeros(2, np.int8),
+                                                       np.int64(1), np.int64(2), np.int32(1)))
+
+
+def test_transcribed_kernels_do_not_call_the_spec(monkeypatch):
+    """w4a8_group_sums, w4a8_epilogue and unpack_int4 are transcribed from matmul.cu / packing.cu, not
+    computed by the spec they are checked against."""
+    rng = np.random.default_rng(4)
+    qx = rng.integers(-128, 128, (3, 70), dtype=np.int8)
+    q = rng.integers(0, 16, (5, 70), dtype=np.int8)
+    packed, zero = spec.pack_int4(q, False), rng.integers(0, 16, (5, 3), dtype=np.uint8)
+    want_acc = spec.w4a8_group_sums(qx, packed, zero, 70, 32, ASYM)
+    ws, xs = rng.uniform(0.1, 2, (5, 3)).astype(F32), rng.uniform(0.1, 1, 3).astype(F32)
+    bias = rng.standard_normal(5).astype(F32)
+    want_y = spec.w4a8_epilogue(want_acc, ws, xs, bias)
+    for name in ("w4a8_group_sums", "w4a8_epilogue", "unpack_int4", "w4a8_matmul"):
+        monkeypatch.setattr(spec, name, lambda *a, **k: pytest.fail("a transcription called the spec"))
+    acc = np.zeros((3, 5, 3), np.int32)
+    E._k_group_sums((4,), (256,), qx, packed, zero, acc, 3, 5, 70, 32, 3, 1)
+    assert np.array_equal(acc, want_acc)
+    y = np.zeros((3, 5), F32)
+    E._k_epilogue((4,), (256,), acc, ws, xs, bias, y, 3, 5, 3, 1, 1)
+    assert y.tobytes() == want_y.tobytes()
+    out = np.zeros((5, 70), np.int8)
+    E._k_unpack((4,), (256,), packed, out, 5, 70, 0)
+    assert np.array_equal(out, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole backend with emulated kernels (tests/cupy_emulated.py)
 
 
 def _bits_equal(got, want):
@@ -521,7 +264,7 @@ def test_emulated_backend_every_operation():
     _compare(b, "w4a8_epilogue", acc=acc, wscale=ws, xscale=np.array(0.5, F32), bias=None)
     _compare(b, "w4a8_epilogue", acc=acc, wscale=ws, xscale=rng.uniform(0.1, 1, 3).astype(F32),
              bias=rng.standard_normal(4).astype(F32))
-    assert set(b.launches) >= {k for k in _EMULATED if "gemm" not in k and k != "w4a8_group_sums"}
+    assert set(b.launches) >= {k for k in E._EMULATED if "gemm" not in k and k != "w4a8_group_sums"}
 
 
 @pytest.mark.parametrize("force,m,n,k,g", [

@@ -53,7 +53,8 @@ from .cubin_elf import check_cubin, elf_extent
 
 __all__ = ["HEADER", "MODULES", "KernelResources", "CompiledModule", "spec_defines", "compile_options",
            "name_expressions", "read_source", "parse_ptxas_log", "nvrtc_version", "compile_module",
-           "cache_dir", "cubin_file", "compile_ptx", "forbidden_float_ops", "CACHE_FORMAT"]
+           "cache_dir", "cubin_file", "compile_ptx", "forbidden_float_ops", "CACHE_FORMAT", "kernel_params",
+           "check_launch_args"]
 
 #: The header every module includes (not compiled alone).
 HEADER = "common.cu"
@@ -361,3 +362,49 @@ def forbidden_float_ops(ptx: str) -> list[str]:
         if ".ftz" in op or op.startswith(("fma.", "mad.")) or ".approx" in op or op.startswith("div.full"):
             bad.add(op)
     return sorted(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel signatures, read from the sources: what each launch must pass
+
+
+_KERNEL_DEF = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)\s*\{")
+#: C scalar type -> the NumPy scalar type a launch must pass (CuPy passes a Python int as 8 bytes)
+_SCALARS = {"i64": np.int64, "long long": np.int64, "int": np.int32, "unsigned": np.uint32, "float": np.float32}
+_POINTEES = {"i8": np.int8, "signed char": np.int8, "u8": np.uint8, "unsigned char": np.uint8, "int": np.int32,
+             "float": np.float32}
+
+
+def kernel_params(module: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    """kernel name (as in :data:`MODULES`) -> its parameters as (name, C type) with ``const`` and
+    ``__restrict__`` dropped (``"i8*"``, ``"i64"``, ``"int"``, ``"float"``), read from ``cuda/<module>.cu``.
+    A template's instantiations share its parameters."""
+    defs = {}
+    for name, params in _KERNEL_DEF.findall(read_source(f"{module}.cu")):
+        out = []
+        for p in params.split(","):
+            words = p.replace("*", " * ").replace("__restrict__", " ").replace("const", " ").split()
+            out.append((words[-1], " ".join(words[:-1]).replace(" *", "*")))
+        defs[name] = tuple(out)
+    return {k: defs[k.split("<")[0]] for k in MODULES[module]}
+
+
+def check_launch_args(module: str, kernel: str, args, placeholders=()) -> None:
+    """TypeError unless ``args`` match ``kernel``'s parameters one for one: a NumPy scalar of exactly the
+    C type's width for each scalar (np.int32 for ``int``, np.int64 for ``i64``: a Python int would be passed
+    as 8 bytes), an array of the pointee's dtype for each pointer (an object in ``placeholders``, the
+    backend's stand-in for an absent zero point or bias, passes as any pointer)."""
+    params = kernel_params(module)[kernel]
+    if len(args) != len(params):
+        raise TypeError(f"{kernel}: {len(args)} launch arguments for {len(params)} parameters")
+    for (pname, ctype), a in zip(params, args):
+        if ctype.endswith("*"):
+            if any(a is p for p in placeholders):
+                continue
+            want = _POINTEES[ctype[:-1].strip()]
+            if getattr(a, "dtype", None) != np.dtype(want):
+                raise TypeError(f"{kernel}: argument {pname} ({ctype}) is {type(a).__name__} of dtype "
+                                f"{getattr(a, 'dtype', None)}, expected {np.dtype(want).name}")
+        elif type(a) is not _SCALARS[ctype]:
+            raise TypeError(f"{kernel}: argument {pname} ({ctype}) is {type(a).__name__}, expected "
+                            f"{_SCALARS[ctype].__name__}")
