@@ -6,8 +6,9 @@ pin each path (``CupyBackend(force_path=...)``) and run it on shapes that
 cross its tiles: decode for M = 1..16, prefill (both tile sizes) for M up to
 260, K up to 4096, ragged last groups, per-channel G, both weight formats, a
 bias or none, per-token or per-tensor activation scales, int8 -128 and every
-nibble. Outputs are poisoned (NaN-filled memory reused by the pool) so an
-unwritten element fails. Larger shapes are compared across paths (every path
+nibble. Each output is poisoned (a NaN bit pattern written into the output
+array itself, after the argument checks and allocations, just before the
+launch) so an unwritten element fails. Larger shapes are compared across paths (every path
 is exact, so all must agree), and the elementwise kernels run past one
 grid-stride. Inputs are fresh random draws each run; the seed is in the
 failure message. Skipped without CuPy or a GPU (``pytest.mark.gpu``).
@@ -60,19 +61,32 @@ def _case(rng, m, n, k, g, fmt, per_token, with_bias):
                 bias=bias)
 
 
-def _poison(cp, shape):
-    """Fill and free a block of this size so the pool hands the output NaN-filled memory."""
-    a = cp.full(shape, np.nan, dtype=cp.float32)
-    del a
+#: A signalling-NaN pattern no kernel computes: an output element still holding it was never written.
+POISON = 0x7FBADBAD
 
 
 def _run(b, case):
+    """One matmul through ``matmul_launcher`` (the checks, then the allocations), with the output poisoned
+    after both and just before the launch: no validation temporary can take the poisoned memory from the
+    pool (filling a freed block and hoping the output reuses it could be undone by one), and the fill is
+    an integer one (CuPy's float kernels flush subnormals; a NaN fill would not matter, but bits are bits)."""
     cp = b.cp
-    m, n = case["qx"].shape[0], case["packed"].shape[0]
     dev = {key: (b.from_numpy(v) if isinstance(v, np.ndarray) else v) for key, v in case.items()}
-    _poison(cp, (m, n))  # after the inputs: the output is the next block of this size
-    y = b.to_numpy(b.w4a8_matmul(**dev))
+    launch, out = b.matmul_launcher(**dev)
+    out.view(cp.uint32).fill(POISON)
+    launch()
+    y = b.to_numpy(out)
+    unwritten = y.view(np.uint32) == POISON
+    if unwritten.any():
+        raise AssertionError(f"{b.last_path}: {int(unwritten.sum())} of {y.size} output elements never written, "
+                             f"first y{[int(i) for i in np.argwhere(unwritten)[0]]} (FPTQ_GPU_SEED={SEED})")
     return y, b.last_path
+
+
+def _run_public(b, case):
+    """The public w4a8_matmul (checks included), for the tests that compare it with the launcher's result."""
+    dev = {key: (b.from_numpy(v) if isinstance(v, np.ndarray) else v) for key, v in case.items()}
+    return b.to_numpy(b.w4a8_matmul(**dev)), b.last_path
 
 
 def _assert_bits(got, want, what):
@@ -123,6 +137,7 @@ def test_paths_agree_at_model_sizes(backends, m):
         got, used = _run(backends["auto"], case)
         assert used == fast
         _assert_bits(got, ref, f"{fast} vs generic M={m} {fmt.value}")
+        _assert_bits(_run_public(backends["auto"], case)[0], ref, f"public w4a8_matmul M={m} {fmt.value}")
     # the generic kernel itself against the spec on a slice of the rows
     sl = dict(case, qx=case["qx"][:1], xscale=case["xscale"][:1])
     _assert_bits(_run(backends["generic"], sl)[0], spec.w4a8_matmul(**sl), "generic M=1 N=K=4096")

@@ -283,3 +283,22 @@ def test_emulated_backend_matmul_paths(force, m, n, k, g, fmt):
     assert b.last_path == want
     _compare(b, "w4a8_group_sums", qx=case["qx"], packed=case["packed"], zero=case["zero"], k=k, group_size=g,
              fmt=fmt)
+
+
+def test_gpu_tests_poison_the_output_itself(monkeypatch):
+    """tests/test_cupy_gpu.py's _run poisons the launcher's own output array after the checks: an element
+    the kernel leaves unwritten fails there (run here over the emulated backend)."""
+    import test_cupy_gpu as G
+
+    case = _case([13], 3, 8, 64, 32, SYM, per_token=True, with_bias=True)
+    b = EmulatedCupyBackend()
+    y, path = G._run(b, case)
+    assert path == "decode" and y.tobytes() == spec.w4a8_matmul(**case).tobytes()
+    real = b.matmul_launcher
+
+    def one_short(*a, **k):
+        launch, out = real(*a, **k)
+        return (lambda: (launch(), out.view(np.uint32).__setitem__((1, 2), G.POISON))), out
+    monkeypatch.setattr(b, "matmul_launcher", one_short)
+    with pytest.raises(AssertionError, match=r"1 of 24 output elements never written, first y\[1, 2\]"):
+        G._run(b, case)
