@@ -14,8 +14,11 @@
 //  * int32 -> float32 is __int2float_rn (round to nearest even).
 //
 // The integer formats come from the one table, fptq/spec/formats.py, as -D
-// macros (FPTQ_INT8_QMIN, ...; see cupy_compile.spec_defines); nothing here
-// repeats a bit width or a range.
+// macros (FPTQ_INT8_QMIN, ...; see cupy_compile.spec_defines). The nibble
+// layout below (FPTQ_NIBBLE_BITS ... FPTQ_SIGN_FLIP) is written here by hand
+// and checked against the same table by tests/test_kernel_constants.py, which
+// also fails on a bare nibble literal (0xF, >> 4, ^ 8...) in the kernels that
+// include this header.
 
 #pragma once
 
@@ -62,8 +65,23 @@ __device__ __forceinline__ float fptq_scale_from_amax(float amax, float divisor)
 // Signed nibbles: XOR with 0x88888888 first turns the two's complement nibble
 // q in [-8, 7] into u = q + 8 in [0, 15] (flip bit 3), so q = u - 8.
 
+// formats.NIBBLE_BITS, formats.NIBBLE_MASK, formats.INT4_SIGN_OFFSET
+#define FPTQ_NIBBLE_BITS 4
+#define FPTQ_NIBBLE 0xFu
+#define FPTQ_INT4_SIGN_OFFSET 8
+// the nibble mask and the sign bit of the 8 nibbles of a 32-bit word
 #define FPTQ_NIBBLE_MASK 0x0F0F0F0Fu
 #define FPTQ_SIGN_FLIP 0x88888888u
+
+// Element j of a packed row from its byte: the low nibble for even j, the high one for odd j
+// (Int4Packing.K_LOW_FIRST), as the unsigned pattern in [0, 15].
+__device__ __forceinline__ int fptq_nibble(unsigned byte, i64 j) {
+    return (j & 1) ? (int)(byte >> FPTQ_NIBBLE_BITS) : (int)(byte & FPTQ_NIBBLE);
+}
+
+// The value of a signed nibble from its pattern u in [0, 15]: (u ^ 8) - 8. The one sign-extension
+// rule of fptq's kernels (numba: fptq.backends.numba_kernels.packing.sign_extend).
+__device__ __forceinline__ int fptq_sext4(int u) { return (u ^ FPTQ_INT4_SIGN_OFFSET) - FPTQ_INT4_SIGN_OFFSET; }
 
 // bytes 0, 2 of a and 0, 2 of b: the even elements of the 8 bytes (a = elements 0..3, b = 4..7)
 __device__ __forceinline__ unsigned fptq_even_bytes(unsigned a, unsigned b) { return __byte_perm(a, b, 0x6420); }

@@ -104,7 +104,7 @@ gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u
                                 const uint4 wr = wst[warp][c][r][lane];
                                 const unsigned wi = (i == 0 ? wr.x : i == 1 ? wr.y : i == 2 ? wr.z : wr.w) ^ flip;
                                 dot[r][m] = __dp4a(ev, (int)(wi & FPTQ_NIBBLE_MASK), dot[r][m]);
-                                dot[r][m] = __dp4a(od, (int)((wi >> 4) & FPTQ_NIBBLE_MASK), dot[r][m]);
+                                dot[r][m] = __dp4a(od, (int)((wi >> FPTQ_NIBBLE_BITS) & FPTQ_NIBBLE_MASK), dot[r][m]);
                             }
                         }
                     }
@@ -113,7 +113,7 @@ gemm_decode(const i8* __restrict__ qx, const float* __restrict__ xscale, const u
 #pragma unroll
             for (int r = 0; r < DEC_ROWS; ++r) {
                 const int n = min(n0 + r, n_rows - 1);  // rows past N compute garbage that is never stored
-                const int c = asym ? (int)zero[(i64)n * ng + gi] : 8;
+                const int c = asym ? (int)zero[(i64)n * ng + gi] : FPTQ_INT4_SIGN_OFFSET;
                 const float ws = wscale[(i64)n * ng + gi];
 #pragma unroll
                 for (int m = 0; m < MT; ++m)

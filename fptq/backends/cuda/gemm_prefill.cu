@@ -122,7 +122,7 @@ gemm_prefill(const i8* __restrict__ qx, const float* __restrict__ xscale, const 
         for (int nt = 0; nt < NT; ++nt) {
             const int nb = n0 + wn * NT * 8 + nt * 8;
             const int nz = min(nb + gid, n_rows - 1);
-            md.zc[nt] = (asym ? (unsigned)zero[(i64)nz * ng + grp] : 8u) * 0x01010101u;
+            md.zc[nt] = (asym ? (unsigned)zero[(i64)nz * ng + grp] : (unsigned)FPTQ_INT4_SIGN_OFFSET) * 0x01010101u;
             md.ws0[nt] = wscale[(i64)min(nb + tig * 2, n_rows - 1) * ng + grp];
             md.ws1[nt] = wscale[(i64)min(nb + tig * 2 + 1, n_rows - 1) * ng + grp];
         }
@@ -189,7 +189,7 @@ gemm_prefill(const i8* __restrict__ qx, const float* __restrict__ xscale, const 
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             bf[nt][0] = __vsub4(bw[nt] & FPTQ_NIBBLE_MASK, cur.zc[nt]);
-            bf[nt][1] = __vsub4((bw[nt] >> 4) & FPTQ_NIBBLE_MASK, cur.zc[nt]);
+            bf[nt][1] = __vsub4((bw[nt] >> FPTQ_NIBBLE_BITS) & FPTQ_NIBBLE_MASK, cur.zc[nt]);
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)

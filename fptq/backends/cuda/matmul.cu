@@ -21,8 +21,8 @@ extern "C" __global__ void w4a8_group_sums(const i8* __restrict__ qx, const u8* 
         int s = 0;
         for (i64 j = gi * g, j1 = min(j + g, k); j < j1; ++j) {
             const unsigned byte = wr[j >> 1];
-            int q = (j & 1) ? (int)(byte >> 4) : (int)(byte & 0xFu);
-            if (!asym) q = (q ^ 8) - 8;
+            int q = fptq_nibble(byte, j);
+            if (!asym) q = fptq_sext4(q);
             s += (int)xr[j] * (q - c);
         }
         acc[i] = s;

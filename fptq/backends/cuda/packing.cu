@@ -8,21 +8,21 @@ extern "C" __global__ void pack_int4(const i8* __restrict__ q, u8* __restrict__ 
     FPTQ_FOR(i, n_rows * kb) {
         const i64 r = i / kb, b = i % kb;
         const i8* qr = q + r * k;
-        const unsigned lo = (unsigned)(u8)qr[2 * b] & 0xFu;
-        const unsigned hi = 2 * b + 1 < k ? ((unsigned)(u8)qr[2 * b + 1] & 0xFu) : 0u;
-        packed[i] = (u8)(lo | (hi << 4));
+        const unsigned lo = (unsigned)(u8)qr[2 * b] & FPTQ_NIBBLE;
+        const unsigned hi = 2 * b + 1 < k ? ((unsigned)(u8)qr[2 * b + 1] & FPTQ_NIBBLE) : 0u;
+        packed[i] = (u8)(lo | (hi << FPTQ_NIBBLE_BITS));
     }
 }
 
-// packed uint8 [N, kb] -> q int8 [N, K]; signed: a nibble v >= 8 is v - 16. One thread per element.
+// packed uint8 [N, kb] -> q int8 [N, K]; signed: fptq_sext4 (v >= 8 is v - 16). One thread per element.
 extern "C" __global__ void unpack_int4(const u8* __restrict__ packed, i8* __restrict__ q, i64 n_rows, i64 k,
                                        int is_signed) {
     const i64 kb = (k + 1) / 2;
     FPTQ_FOR(i, n_rows * k) {
         const i64 r = i / k, j = i % k;
         const unsigned byte = packed[r * kb + j / 2];
-        int v = (j & 1) ? (int)(byte >> 4) : (int)(byte & 0xFu);
-        if (is_signed) v = (v ^ 8) - 8;
+        int v = fptq_nibble(byte, j);
+        if (is_signed) v = fptq_sext4(v);
         q[i] = (i8)v;
     }
 }
