@@ -41,13 +41,17 @@ import statistics
 import sys
 import time
 
+from fptq.defaults import BACKEND, FALLBACK_BACKEND
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a W4A8 checkpoint written by fptq quantize (of the float model below)")
     p.add_argument("--model", default=None, help="the float model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--backends", default="numba,torch", help="CPU backends for the W4A8 rows (default numba,torch)")
+    p.add_argument("--backends", default=f"{BACKEND},{FALLBACK_BACKEND}",
+                   help=f"CPU backends for the W4A8 rows (default {BACKEND},{FALLBACK_BACKEND}: fptq's default "
+                   "and its fallback, fptq.defaults)")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prefill-tokens", type=int, default=512)
@@ -169,6 +173,53 @@ def print_breakdown(bd: dict, prefill_tokens: int) -> None:
               f"{r['prefill_lm_head_ms']:.0f} | {r['prefill_rest_ms']:.0f} |")
 
 
+def timed_rounds(variants, gen, prompt, prefill, new_tokens: int, rounds: int):
+    """``(times, outputs)``: per variant the decode / prefill tokens/s and prompt seconds of every round
+    (variants interleaved within a round), and its greedy tokens from the warm-up."""
+    times = {k: {"decode": [], "prefill": [], "prompt": []} for k in variants}
+    outputs = {}
+    for name, m in variants.items():  # warm-up (numba JIT, caches)
+        outputs[name] = gen(m)[0, prompt.shape[1]:].tolist()
+        m(prefill)
+    for r in range(rounds):
+        for name, m in variants.items():
+            tp = _time(lambda: m(prompt))
+            tg = _time(lambda: gen(m))
+            tf = _time(lambda: m(prefill))
+            times[name]["prompt"].append(tp)
+            times[name]["decode"].append(new_tokens / max(tg - tp, 1e-9))
+            times[name]["prefill"].append(prefill.shape[1] / tf)
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    return times, outputs
+
+
+def median_rows(times) -> list[dict]:
+    """One row per variant: median decode / prefill tokens/s, their ratios to float32, every run."""
+    base = {k: statistics.median(times["float32"][k]) for k in ("decode", "prefill")}
+    rows = []
+    for name, t in times.items():
+        dec, pre = statistics.median(t["decode"]), statistics.median(t["prefill"])
+        rows.append({"variant": name, "decode_tok_s": dec, "prefill_tok_s": pre,
+                     "decode_vs_fp32": dec / base["decode"], "prefill_vs_fp32": pre / base["prefill"],
+                     "decode_runs": t["decode"], "prefill_runs": t["prefill"]})
+    return rows
+
+
+def print_rows(rows, outputs) -> bool:
+    """Print the table and whether the greedy tokens agree; returns whether the W4A8 backends agree."""
+    agree = {k: outputs[k] == outputs["float32"] for k in outputs}
+    w4 = [k for k in outputs if k.startswith("w4a8:")]
+    print("| variant | decode tok/s | prefill tok/s | decode vs fp32 | prefill vs fp32 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} | "
+              f"{r['decode_vs_fp32']:.2f}x | {r['prefill_vs_fp32']:.2f}x |")
+    same_w4 = len({tuple(outputs[k]) for k in w4}) <= 1
+    print(f"greedy tokens: W4A8 backends identical to each other: {same_w4}; identical to float32: "
+          f"{ {k: v for k, v in agree.items() if k != 'float32'} }")
+    return same_w4
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     load_start = os.getloadavg()
@@ -200,38 +251,10 @@ def main(argv=None) -> int:
                           min_new_tokens=a.new_tokens, do_sample=False, temperature=None, top_k=None, top_p=None,
                           pad_token_id=pad)
 
-    times = {k: {"decode": [], "prefill": [], "prompt": []} for k in variants}
-    outputs = {}
     with torch.inference_mode():
-        for name, m in variants.items():  # warm-up (numba JIT, caches)
-            outputs[name] = gen(m)[0, prompt.shape[1]:].tolist()
-            m(prefill)
-        for r in range(a.rounds):
-            for name, m in variants.items():
-                tp = _time(lambda: m(prompt))
-                tg = _time(lambda: gen(m))
-                tf = _time(lambda: m(prefill))
-                times[name]["prompt"].append(tp)
-                times[name]["decode"].append(a.new_tokens / max(tg - tp, 1e-9))
-                times[name]["prefill"].append(prefill.shape[1] / tf)
-            print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
-    rows = []
-    base = {k: statistics.median(times["float32"][k]) for k in ("decode", "prefill")}
-    for name in variants:
-        dec, pre = statistics.median(times[name]["decode"]), statistics.median(times[name]["prefill"])
-        rows.append({"variant": name, "decode_tok_s": dec, "prefill_tok_s": pre,
-                     "decode_vs_fp32": dec / base["decode"], "prefill_vs_fp32": pre / base["prefill"],
-                     "decode_runs": times[name]["decode"], "prefill_runs": times[name]["prefill"]})
-    agree = {k: outputs[k] == outputs["float32"] for k in outputs}
-    w4 = [k for k in outputs if k.startswith("w4a8:")]
-    print("| variant | decode tok/s | prefill tok/s | decode vs fp32 | prefill vs fp32 |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} | "
-              f"{r['decode_vs_fp32']:.2f}x | {r['prefill_vs_fp32']:.2f}x |")
-    same_w4 = len({tuple(outputs[k]) for k in w4}) <= 1
-    print(f"greedy tokens: W4A8 backends identical to each other: {same_w4}; identical to float32: "
-          f"{ {k: v for k, v in agree.items() if k != 'float32'} }")
+        times, outputs = timed_rounds(variants, gen, prompt, prefill, a.new_tokens, a.rounds)
+    rows = median_rows(times)
+    same_w4 = print_rows(rows, outputs)
     print(f"load average: start {[round(v, 2) for v in load_start]}, end {[round(v, 2) for v in os.getloadavg()]} "
           f"(timed rounds; 2 cores here: above 2 other jobs share them)")
     bd = None
