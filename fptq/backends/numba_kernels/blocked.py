@@ -53,6 +53,7 @@ from numba.core.extending import intrinsic
 from ...spec.formats import FLOAT, INT4_SIGN_OFFSET
 from . import activation
 from ._jit import njit, njit_inline, pnjit, prange
+from .packing import HIGH_NIBBLE, NIBBLE, SHIFT, SIGN_FLIP
 
 #: weight rows per block (int32 lanes of a 512-bit vector)
 LANES = 16
@@ -203,8 +204,8 @@ def _make_tile(rows: int, vnni: bool):
                 accs.append(a)
             step = builder.add(first, t)
             w = load(builder.add(wp, builder.mul(step, c64(STEP_BYTES))), vb)
-            lo = builder.and_(w, ir.Constant(vb, [15] * (4 * LANES)))
-            hi = builder.lshr(w, ir.Constant(vb, [4] * (4 * LANES)))
+            lo = builder.and_(w, ir.Constant(vb, [int(NIBBLE)] * (4 * LANES)))
+            hi = builder.lshr(w, ir.Constant(vb, [SHIFT] * (4 * LANES)))
             xoff = builder.mul(step, c64(STEP_K))
             new_accs = []
             for r in range(rows):
@@ -287,7 +288,7 @@ def repack(packed, zero, k, g, signed):
     nblk = (n + LANES - 1) // LANES
     wb = np.zeros((nblk, steps, STEP_BYTES), np.uint8)
     zc = np.zeros((nblk, ng, LANES), np.int32)
-    lo4, flip = np.uint8(15), np.uint8(0x88 if signed else 0)
+    lo4, flip = NIBBLE, (SIGN_FLIP if signed else np.uint8(0))
     p = np.zeros(4, np.uint8)
     for r in range(n):
         b, i = r // LANES, r % LANES
@@ -298,15 +299,15 @@ def repack(packed, zero, k, g, signed):
                 c = 4 * s + t
                 p[t] = packed[r, c] if c < kb else np.uint8(0)
             o = wb[b, s]
-            o[4 * i] = ((p[0] & lo4) | ((p[2] & lo4) << 4)) ^ flip
-            o[4 * i + 1] = ((p[0] >> 4) | ((p[2] >> 4) << 4)) ^ flip
-            o[4 * i + 2] = ((p[1] & lo4) | ((p[3] & lo4) << 4)) ^ flip
-            o[4 * i + 3] = ((p[1] >> 4) | ((p[3] >> 4) << 4)) ^ flip
+            o[4 * i] = ((p[0] & lo4) | ((p[2] & lo4) << SHIFT)) ^ flip
+            o[4 * i + 1] = ((p[0] >> SHIFT) | ((p[2] >> SHIFT) << SHIFT)) ^ flip
+            o[4 * i + 2] = ((p[1] & lo4) | ((p[3] & lo4) << SHIFT)) ^ flip
+            o[4 * i + 3] = ((p[1] >> SHIFT) | ((p[3] >> SHIFT) << SHIFT)) ^ flip
         if signed:   # nibbles of columns >= K were 0 before the XOR: make them 0 again
             for c in range(k, steps * STEP_K):
                 s, j = c // STEP_K, c % STEP_K
                 byte = 4 * i + (j & 3)
-                wb[b, s, byte] &= np.uint8(0x0F) if j >= 4 else np.uint8(0xF0)
+                wb[b, s, byte] &= NIBBLE if j >= 4 else HIGH_NIBBLE
     return wb, zc
 
 

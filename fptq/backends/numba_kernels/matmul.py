@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...spec.formats import FLOAT, INT4_SIGN_OFFSET, NIBBLE_BITS
+from ...spec.formats import FLOAT, INT4_SIGN_OFFSET
 from . import blocked, simd
+from .packing import NIBBLE, SHIFT, SIGN_FLIP, nibble_value
 from ._jit import njit, njit_inline, pnjit, prange
 
 #: largest M served by the decode path
@@ -55,8 +56,6 @@ DECODE_TILE_N = 16
 #: weight rows per parallel tile of the tiled and generic paths
 TILE_N = 64
 PATHS = ("decode", "blocked", "tiled", "generic")
-#: 0x88: XOR that flips the sign bit of both nibbles of a byte (two's complement q -> unsigned q + 8)
-SIGN_FLIP = np.uint8(INT4_SIGN_OFFSET | (INT4_SIGN_OFFSET << NIBBLE_BITS))
 
 
 # ============================================================================ the float epilogue
@@ -286,16 +285,10 @@ def unpack_row_minus_zero(p, zrow, k, g, signed, out):
     half = k // 2
     for i in range(half):
         b = p[i]
-        lo = np.int8(b & 0x0F)
-        hi = np.int8(b >> 4)
-        if signed:
-            lo = np.int8(lo << 4) >> 4
-            hi = np.int8(hi << 4) >> 4
-        out[2 * i] = lo
-        out[2 * i + 1] = hi
+        out[2 * i] = nibble_value(b & NIBBLE, signed)
+        out[2 * i + 1] = nibble_value(b >> SHIFT, signed)
     if k % 2:
-        v = np.int8(p[half] & 0x0F)
-        out[k - 1] = (np.int8(v << 4) >> 4) if signed else v
+        out[k - 1] = nibble_value(p[half] & NIBBLE, signed)
     if not signed:
         for j in range(zrow.size):
             _sub_const(out[j * g:min((j + 1) * g, k)], np.int8(zrow[j]))

@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ._jit import njit, njit_inline
+from .packing import NIBBLE, SHIFT
 
 WIDTHS = (64, 32, 16)
 
@@ -67,8 +68,8 @@ def _make_dot(rows: int, width: int, weights_advance: bool = False):
 
             def nibbles(addr):   # <2W x i8>: the W low nibbles, then the W high nibbles
                 w = builder.xor(load(addr), splat)
-                lo = builder.and_(w, ir.Constant(vb, [15] * width))
-                hi = builder.lshr(w, ir.Constant(vb, [4] * width))
+                lo = builder.and_(w, ir.Constant(vb, [int(NIBBLE)] * width))
+                hi = builder.lshr(w, ir.Constant(vb, [SHIFT] * width))
                 return builder.shuffle_vector(lo, hi, concat)
 
             u = nibbles(wp)
@@ -125,7 +126,7 @@ def _tail(wa, xa, ya, nbytes, flip):
     acc = 0
     for i in range(nbytes):
         b = load_u8(wa + i) ^ flip
-        acc += np.int32(load_i8(xa + i)) * np.int32(b & 0x0F) + np.int32(load_i8(ya + i)) * np.int32(b >> 4)
+        acc += np.int32(load_i8(xa + i)) * np.int32(b & NIBBLE) + np.int32(load_i8(ya + i)) * np.int32(b >> SHIFT)
     return acc
 
 
