@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import contextlib
 
+from .defaults import GENERATION, resolve_backend
+
 __all__ = ["load", "generate_text", "GENERATION_DEFAULTS"]
 
-#: defaults of ``fptq generate``; sampling options are named as transformers names them
-GENERATION_DEFAULTS = dict(max_new_tokens=64, do_sample=False, temperature=1.0, top_k=50, top_p=1.0)
+#: defaults of ``fptq generate`` (:data:`fptq.defaults.GENERATION`); sampling options named as transformers does
+GENERATION_DEFAULTS = GENERATION
 
 
-def load(model=None, backend: str = "torch", mode: str = "integer", progress: bool = False):
+def load(model=None, backend: str | None = None, mode: str = "integer", progress: bool = False):
     """``(model, tokenizer)`` from a W4A8 checkpoint directory or a float model (dir, ``.gguf``, or None = embedded).
 
     Args:
         model: a checkpoint written by ``fptq quantize``, a local transformers
             model directory, a ``.gguf`` file, or None for the embedded SmolLM2-135M-Instruct.
         backend: the W4A8 backend of a checkpoint's integer matmuls (a registered
-            name or ``package.module:Class``); checked before anything is loaded.
+            name or ``package.module:Class``); checked before anything is loaded. None:
+            :func:`fptq.defaults.default_backend` (numba, the fastest measured on CPU; torch with a
+            warning where numba cannot start).
         mode: ``"integer"`` (the backend's integer kernels) or ``"fake_quant"``.
     Raises:
         ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
@@ -44,9 +48,10 @@ def load(model=None, backend: str = "torch", mode: str = "integer", progress: bo
     from .models.loading import load_float_model, model_argument
 
     model = model_argument(model)  # '' refused; an existing ./default wins over the name
-    if not isinstance(backend, str) or not backend:
+    if backend is not None and (not isinstance(backend, str) or not backend):
         raise ValueError(f"backend must be a backend name (a registered name or package.module:Class), got {backend!r}")
     if model is not None and is_checkpoint(model):
+        backend = resolve_backend(backend)
         get_backend(backend)  # an unknown or unavailable backend fails here, not at the first forward
         m, tok, _ = load_quantized(model, backend=backend, mode=mode)
         if tok is None:

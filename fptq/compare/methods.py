@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..defaults import CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, default_backend
+from ..models.arch import LINEAR_GROUPS
 from ..models.config import POLICY_SELECTIONS, ROTATIONS, QuantConfig
 from ..reference.quantizer_registry import WEIGHT_QUANTIZERS, weight_quantizer
 from ..spec import WeightFormat
@@ -27,13 +29,13 @@ class CompareSettings:
 
     model: str | None = None
     quant: QuantConfig = field(default_factory=QuantConfig)
-    ppl: tuple = ("ptb", "wiki")
+    ppl: tuple = EVAL_TEXTS
     tasks: tuple = ()
     limit: int | None = None
-    max_windows: int = 16
-    eval_seq_len: int = 512
-    batch_size: int = 8
-    backend: str = "torch"
+    max_windows: int = COMPARE_MAX_WINDOWS
+    eval_seq_len: int = EVAL_SEQ_LEN
+    batch_size: int = CALIB_BATCH_SIZE
+    backend: str = field(default_factory=default_backend)  # the integer row's; its label names it
     methods: tuple | None = None
     int_max_windows: int | None = None
     sq_alpha: float = 0.5
@@ -52,7 +54,7 @@ class Method:
     equalize: object = "lae"
     weight: str | None = None  # "int4" | "int8pc" | None (float)
     act: bool = True
-    groups: tuple = ("qkv", "o", "gate_up", "down")
+    groups: tuple = LINEAR_GROUPS
     mode: str = "fake_quant"
     weight_quantizer: str | None = None  # None: the settings' quantizer
     weight_format: str | None = None     # None: the settings' format
@@ -187,7 +189,7 @@ def _ablation_rows(s: CompareSettings, mine: str) -> list[Method]:
                            weight_words(s, q.weight_quantizer, q.weight_format, q.rotate, group_size=64)
                            + ", LAE-folded", "FPTQ plan", "w4a8", group_size=64))
     rows += [Method(f"fptq_only_{grp}", f"FPTQ W4A8 on {grp} only (rest float)", mine + f" ({grp})",
-                    f"FPTQ plan ({grp})", "w4a8", groups=(grp,)) for grp in ("qkv", "o", "gate_up", "down")]
+                    f"FPTQ plan ({grp})", "w4a8", groups=(grp,)) for grp in LINEAR_GROUPS]
     return rows
 
 

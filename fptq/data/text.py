@@ -40,6 +40,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..defaults import CALIB_SAMPLES, CALIB_SEQ_LEN, CALIB_SOURCE
 from ._packages import package_file
 from .tokenize import encode, resolve_add_bos
 
@@ -166,8 +167,8 @@ def _torch():
     return torch
 
 
-def calibration_samples(tokenizer, source: str = "wiki", n_samples: int = 128, seq_len: int = 512,
-                        seed: int = 0, add_bos: bool | None = None):
+def calibration_samples(tokenizer, source: str = CALIB_SOURCE, n_samples: int = CALIB_SAMPLES,
+                        seq_len: int = CALIB_SEQ_LEN, seed: int = 0, add_bos: bool | None = None):
     """Random calibration windows from the calibration split of ``source``.
 
     The calibration text (split ``calib``) is tokenized once without special

@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..defaults import EVAL_SEQ_LEN, EVAL_TEXTS
+
 __all__ = ["run_eval", "result_row", "format_table", "write_json"]
 
 
@@ -35,8 +37,8 @@ def _names(x, what: str) -> list[str]:
     return names
 
 
-def run_eval(model, tokenizer, ppl: Sequence[str] = ("ptb", "wiki"), tasks: Sequence[str] = (),
-             limit: int | None = None, seq_len: int = 512, max_windows: int | None = None,
+def run_eval(model, tokenizer, ppl: Sequence[str] = EVAL_TEXTS, tasks: Sequence[str] = (),
+             limit: int | None = None, seq_len: int = EVAL_SEQ_LEN, max_windows: int | None = None,
              batch_size: int = 16, add_bos: bool | None = None, progress: bool = True) -> dict:
     """Perplexity on each text source in ``ppl`` and accuracy on each task in ``tasks``.
 

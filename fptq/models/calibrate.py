@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..defaults import CALIB_BATCH_SIZE
 from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
 
@@ -103,7 +104,7 @@ def _recorder(hidden_states, *args, index, n_layers, store, **kwargs):
     return hidden_states
 
 
-def capture_layer_inputs(model, input_ids, batch_size: int = 8) -> CapturedInputs:
+def capture_layer_inputs(model, input_ids, batch_size: int = CALIB_BATCH_SIZE) -> CapturedInputs:
     """Run the embeddings (not the layers) and record every decoder layer's arguments.
 
     Args:
@@ -262,7 +263,7 @@ def _release_caches(layer) -> None:
             mod.release_cache()
 
 
-def calibrate(model, input_ids, batch_size: int = 8, progress: bool = True,
+def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.

@@ -42,6 +42,7 @@ import json
 import os
 from pathlib import Path
 
+from ..defaults import resolve_backend
 from ..io.atomic import atomic_directory
 from ..io.outputs import check_output_dir
 from ..io.tensorfile import dtype_name, write_tensor_file
@@ -200,8 +201,9 @@ def _attach_rotations(model, meta: dict, q, q_in) -> None:
         attach_input_rotation(get_submodule(model, name), q_in, f_in)
 
 
-def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
+def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer"):
     """Load a checkpoint written by :func:`save_quantized`, verifying it (see the module docstring).
+    ``backend`` None: :func:`fptq.defaults.default_backend`.
 
     Returns:
         ``(model, tokenizer_or_None, metadata)``: a float32 model in eval mode (float parts widened
@@ -220,6 +222,7 @@ def load_quantized(ckpt_dir, backend: str = "torch", mode: str = "integer"):
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    backend = resolve_backend(backend)
     if not isinstance(backend, str) or not backend:
         raise ValueError(f"backend must be a backend name (a registered name or package.module:Class), "
                          f"got {backend!r}")

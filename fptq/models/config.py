@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .. import spec
+from ..defaults import CALIB_SAMPLES, CALIB_SEQ_LEN, CALIB_SOURCE
 from ..reference import WEIGHT_QUANTIZERS
 from ..reference import weight_quantizer as registry_entry
 from ..reference.plan import SELECTIONS
@@ -83,9 +84,9 @@ class QuantConfig:
     weight_quantizer: str = "gptq"
     v0: float = spec.DEFAULT_V0
     v1: float = spec.DEFAULT_V1
-    n_samples: int = 128
-    seq_len: int = 512
-    calib: str = "wiki"
+    n_samples: int = CALIB_SAMPLES
+    seq_len: int = CALIB_SEQ_LEN
+    calib: str = CALIB_SOURCE
     seed: int = 0
     sequential: bool = False
     policy_select: str = "error"

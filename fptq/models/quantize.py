@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import reference as ref
+from ..defaults import CALIB_BATCH_SIZE
 from .arch import Arch, arch_of_model, get_submodule
 from .calibrate import calibrate, release_freed_memory
 from .config import QuantConfig
@@ -124,7 +125,7 @@ def dequantized_weight_fn(config: QuantConfig):
     return fn
 
 
-def w4a8_factory(config: QuantConfig, backend: str = "torch", mode: str = "integer"):
+def w4a8_factory(config: QuantConfig, backend: str | None = None, mode: str = "integer"):
     """``f(linear, group_plan) -> W4A8Linear`` with INT4 weights from ``config.weight_quantizer``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -156,8 +157,8 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
     return gps
 
 
-def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend: str = "torch",
-                   mode: str = "integer", batch_size: int = 8, progress: bool = True,
+def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend: str | None = None,
+                   mode: str = "integer", batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
                    inplace: bool = False, make_linear=None) -> QuantResult:
     """Quantize a float transformers causal LM with FPTQ.
 
@@ -165,8 +166,9 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         model: float32 causal LM of a supported architecture (:mod:`fptq.models.arch`).
         calib_ids: LongTensor [n_samples, seq_len] calibration tokens.
         config: :class:`~fptq.models.config.QuantConfig`.
-        backend: backend the returned model's W4A8 layers compute with (``get_backend``); the
-            quantization itself is :mod:`fptq.reference`'s and does not depend on it.
+        backend: backend the returned model's W4A8 layers compute with (``get_backend``; None:
+            :func:`fptq.defaults.default_backend`); the quantization itself is :mod:`fptq.reference`'s
+            and does not depend on it.
         mode: ``"integer"`` or ``"fake_quant"``.
         inplace: modify ``model`` itself (saves memory); otherwise a deep copy is quantized.
         make_linear: ``f(linear, group_plan, samples) -> module`` replacing each planned linear
