@@ -327,7 +327,7 @@ def group_sums_cases(draw) -> dict:
 EPILOGUE_REGIMES = {
     "normal": {"w": ("full", "nice"), "x": ("full", "nice")},
     "underflow": {"w": ("full", "min"), "x": ("full", "subnormal")},
-    "signed_zero": {"w": ("full", "min"), "x": ("full", "subnormal")},
+    "signed_zero": {"w": ("min", "subnormal"), "x": ("full", "subnormal")},
     "subnormal_w": {"w": ("subnormal", "pow2"), "x": ("full", "nice")},
     "subnormal_x": {"w": ("full", "nice"), "x": ("subnormal", "pow2")},
     "overflow": {"w": ("full", "huge"), "x": ("full", "huge")},
@@ -347,7 +347,7 @@ def subnormal_xscale(y: np.ndarray, per_token: bool, shape, target: float = 2.0*
 
 
 #: the regime weights of the small Hypothesis cases, and of the big-tile ones (subnormals favoured)
-REGIME_WEIGHTS = {"normal": 8, "underflow": 4, "signed_zero": 1, "subnormal_w": 1, "subnormal_x": 1, "overflow": 2}
+REGIME_WEIGHTS = {"normal": 8, "underflow": 4, "signed_zero": 2, "subnormal_w": 1, "subnormal_x": 1, "overflow": 2}
 BIG_TILE_REGIME_WEIGHTS = {"normal": 3, "underflow": 2, "signed_zero": 1, "subnormal_w": 2, "subnormal_x": 2,
                            "overflow": 1}
 

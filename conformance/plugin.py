@@ -90,6 +90,9 @@ def pytest_addoption(parser, pluginmanager):
     group.addoption("--fptq-profile", dest="fptq_profile", default=None, choices=sorted(PROFILES),
                     help="ci (default: 100 derandomized examples, reduced tile-edge cases), thorough (2000 random "
                          "examples), large (every tile-edge case, for GPU kernels)")
+    group.addoption("--fptq-op", dest="fptq_op", action="append", default=None, metavar="NAME",
+                    help="run only the tests of this operation (e.g. w4a8_matmul; repeatable); -k EXPR selects "
+                         "by test name")
     if pluginmanager.get_name(sys.modules[__name__]) != ENTRY_POINT_NAME:
         # registered by name (-p) or by the suite's conftest: the user asked for the suite, add the short names now
         _add_aliases(parser)
@@ -123,7 +126,7 @@ def _suite_dir_of(path: Path) -> Path | None:
 def targets_suite(config) -> bool:
     """Whether the command line names the suite: an --fptq-* option, ``--pyargs fptq.conformance[...]``,
     a path inside a suite, or a directory whose ``conformance/`` is one (a checkout's root)."""
-    if any(config.getoption(o, None) for o in ("fptq_backend", "fptq_xfails", "fptq_profile")):
+    if any(config.getoption(o, None) for o in ("fptq_backend", "fptq_xfails", "fptq_profile", "fptq_op")):
         return True
     pyargs = config.getoption("pyargs", False)
     for arg in config.args:
@@ -235,18 +238,44 @@ def _resolve(config) -> Selection:
     if sel.name:
         from fptq.backends import BackendUnavailable, UnknownBackend, get_backend
 
+        searched = _search_invocation_dir(config, sel.name)
         try:
             sel.backend = get_backend(sel.name)
         except BackendUnavailable as e:
             sel.unavailable = str(e) or type(e).__name__
         except UnknownBackend as e:
-            raise pytest.UsageError(f"{sel.source}: {e}") from e
+            hint = ""
+            if ":" in sel.name:
+                hint = (f" (searched the installed packages{' and ' + searched if searched else ''}: run from the "
+                        "directory that holds the module, put that directory on PYTHONPATH, or install its package)")
+            raise pytest.UsageError(f"{sel.source}: {e}{hint}") from e
         except Exception as e:  # a backend that fails to construct is a usage problem, said clearly
             raise pytest.UsageError(f"{sel.source}: backend {sel.name!r} failed to start: "
                                     f"{type(e).__name__}: {e}") from e
     if config.getoption("fptq_xfails", None):
         sel.xfails = _read_xfails(config.getoption("fptq_xfails"))
     return sel
+
+
+def _search_invocation_dir(config, name: str) -> str | None:
+    """For a ``module:Class`` backend whose module is not importable: put the directory pytest was started
+    in at the end of ``sys.path`` (``pytest`` itself does not, ``python -m pytest`` does), so that
+    ``--backend mykern:MyKern`` finds ``./mykern.py``. Returns that directory, or None if not needed."""
+    import importlib.util
+
+    module, sep, _ = name.partition(":")
+    if not sep or not module:
+        return None
+    top = module.split(".")[0]
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    cwd = str(Path(config.invocation_params.dir).resolve())
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    return cwd
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -336,6 +365,7 @@ def pytest_collection_modifyitems(config, items):
         for it in ours:
             it.add_marker(skip)
         return
+    ours = _select_ops(config, items, ours)
     used = set()
     for it in ours:
         for pat in sel.xfails:
@@ -344,6 +374,39 @@ def pytest_collection_modifyitems(config, items):
                                                 strict=False))
                 used.add(pat)
     sel.unmatched_xfails = [p for p in sel.xfails if p not in used]
+
+
+def op_of(item) -> str | None:
+    """The operation a conformance test checks: its ``op`` parameter, else the longest operation name that
+    its function name (after ``test_``) starts with."""
+    from fptq.backends import OPERATIONS
+
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and isinstance(callspec.params.get("op"), str):
+        return callspec.params["op"]
+    name = getattr(item, "originalname", None) or item.name.split("[")[0]
+    name = name[len("test_"):] if name.startswith("test_") else name
+    found = [op for op in OPERATIONS if name == op or name.startswith(op + "_")]
+    return max(found, key=len) if found else None
+
+
+def _select_ops(config, items, ours):
+    """``--fptq-op NAME``: deselect the conformance tests of other operations (and those of none)."""
+    wanted = [o for v in (config.getoption("fptq_op", None) or []) for o in v.split(",") if o]
+    if not wanted:
+        return ours
+    from fptq.backends import OPERATIONS
+
+    unknown = [o for o in wanted if o not in OPERATIONS]
+    if unknown:
+        raise pytest.UsageError(f"--fptq-op: unknown operation(s) {', '.join(unknown)}; the operations are "
+                                f"{', '.join(OPERATIONS)}")
+    drop = [it for it in ours if op_of(it) not in wanted]
+    if drop:
+        gone = set(map(id, drop))
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if id(it) not in gone]
+    return [it for it in ours if op_of(it) in wanted]
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -431,21 +431,16 @@ _COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "compare": cmd_compare,
 
 
 def _add_conformance_parser(sub) -> None:
-    k = sub.add_parser("conformance", help="run the conformance suite against a W4A8 backend "
-                       "(pytest --pyargs fptq.conformance; needs the [test] extra)")
-    k.add_argument("--backend", default=None, help="backend under test: a registered name or "
-                   "package.module:Class (default: $FPTQ_BACKEND)")
-    k.add_argument("--profile", default="ci", choices=["ci", "thorough", "large"],
-                   help="ci = 100 derandomized examples per property and the reduced tile-edge cases (default); "
-                   "thorough = 2000 random examples; large = every tile-edge case (GPU kernels)")
-    k.add_argument("--xfails", default=None, metavar="FILE", help="test ids expected to fail, one per line")
-    k.add_argument("pytest_args", nargs=argparse.REMAINDER, help="further pytest arguments, after --")
+    from .conformance.command import add_arguments  # the options live with the suite (conformance/command.py)
+
+    add_arguments(sub.add_parser("conformance", help="run the conformance suite against a W4A8 backend "
+                                 "(pytest --pyargs fptq.conformance; needs the [test] extra)"))
 
 
 def cmd_conformance(a) -> int:
-    from .conformance.command import run_suite
+    from .conformance.command import main_from_args
 
-    return run_suite(a.backend, a.profile, a.xfails, a.pytest_args)
+    return main_from_args(a)
 
 
 _COMMANDS["conformance"] = cmd_conformance

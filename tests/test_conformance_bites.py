@@ -17,6 +17,16 @@ bugs, where the mismatches lie). The NumPy reference and the legitimate
 variants (integer core summed in another order; a tiled split-K integer
 core; a float32 log2 within the LAE tolerance) must PASS the same tests.
 
+Issue 25: ``tests/fresh_backend.py`` is a backend written from docs/spec.md
+alone, structured like a GPU kernel (K tiles of 64, int32 per group, exact
+float32 tile products); it passes the suite (``test_fresh_backend_passes``),
+and ``tests/planted_gpu_bugs.py`` breaks one hook of it at a time: the bugs
+of the issue's table (subnormal scales flushed, the last group's FMA, the
+zero-point term per K tile, odd-K nibbles, bfloat16 output at M >= 64, the
+padding nibble used, a skipped zero bias, amax over the first 128 columns,
+28- and 31-bit accumulators, flush-to-zero at M >= 64, ``x * (1/s)`` for
+power-of-two s) and six more of the GPU kind; each must fail its tests.
+
 Also here: the suite's own command line (no backend given, an unknown
 backend, an unavailable backend, ``--xfails``, the report header), and that a
 failing run leaves no reproducer files in ``$TMPDIR`` (issue 13, item 17).
@@ -39,6 +49,7 @@ sys.path.insert(0, str(TESTS))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 import planted_bugs  # noqa: E402
+import planted_gpu_bugs  # noqa: E402
 
 from conformance import large_cases  # noqa: E402
 
@@ -89,18 +100,19 @@ def targets(bug) -> list[str]:
 
 #: what the failure message of a tiled bug says about where the mismatches lie
 WHERE = {
-    planted_bugs.SkipLastPartialTileM: "only the last (partial?) tile along M",
-    planted_bugs.SkipLastPartialTileN: "only the last (partial?) tile along N",
-    planted_bugs.LastPartialTileTwice: "only the last (partial?) tile along N",
-    planted_bugs.RaggedGroupFullWidth: "the last (ragged?) group",
-    planted_bugs.ZeroPointUsesG: "the last (ragged?) group",
+    planted_bugs.SkipLastPartialTileM: "only the last partial tile along M",
+    planted_bugs.SkipLastPartialTileN: "only the last partial tile along N",
+    planted_bugs.LastPartialTileTwice: "only the last partial tile along N",
+    planted_bugs.RaggedGroupFullWidth: "the last group, which is ragged",
+    planted_bugs.ZeroPointUsesG: "the last group, which is ragged",
+    planted_gpu_bugs.ClampedLastTileN: "only the last partial tile along N",
 }
 
 
-@pytest.mark.parametrize("bug", planted_bugs.PLANTED, ids=lambda c: c.__name__)
-def test_planted_bug_is_caught(bug):
+def assert_caught(bug, module: str):
+    """``bug`` (a class of ``module``) fails every one of its targeted tests, naming the clause."""
     nodes = targets(bug)
-    r = run_conformance(*nodes, backend=f"planted_bugs:{bug.__name__}")
+    r = run_conformance(*nodes, backend=f"{module}:{bug.__name__}")
     out = r.stdout + r.stderr
     assert r.returncode == 1, f"{bug.__name__}: expected the suite to fail (exit 1), got {r.returncode}\n{out[-3000:]}"
     failed = failed_ids(out)
@@ -113,13 +125,44 @@ def test_planted_bug_is_caught(bug):
         assert WHERE[bug] in out, f"{bug.__name__}: the failure does not say {WHERE[bug]!r}\n{out[-3000:]}"
 
 
+@pytest.mark.parametrize("bug", planted_bugs.PLANTED, ids=lambda c: c.__name__)
+def test_planted_bug_is_caught(bug):
+    assert_caught(bug, "planted_bugs")
+
+
+@pytest.mark.parametrize("bug", planted_gpu_bugs.PLANTED_GPU, ids=lambda c: c.__name__)
+def test_planted_gpu_bug_is_caught(bug):
+    """Issue 25: the fresh GPU-style backend with one hook broken (the issue's table, and six more)."""
+    assert_caught(bug, "planted_gpu_bugs")
+
+
+def test_fresh_backend_passes():
+    """Issue 25's fresh-backend test: a NumPy backend written from docs/spec.md, structured like a GPU kernel
+    (K tiles of 64, int32 per group, exact float32 tile products; tests/fresh_backend.py), passes every test
+    of the operations it implements; each planted_gpu_bugs class (that backend with one bug) fails."""
+    files = ["test_activation.py", "test_packing.py", "test_matmul.py", "test_large.py", "test_layouts.py",
+             "test_vectors.py"]
+    r = run_conformance(*[f"conformance/{f}" for f in files], backend="fresh_backend:GpuStyleBackend")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert re.search(r"\b\d+ passed\b", out) and not re.search(r"\b\d+ (failed|skipped|error)", out), out[-2000:]
+
+
 def test_every_gpu_style_bug_is_planted():
     names = {c.__name__ for c in planted_bugs.GPU_STYLE}
     assert names == {"SkipLastPartialTileM", "SkipLastPartialTileN", "LastPartialTileTwice", "SplitKReordered",
                      "RaggedGroupFullWidth", "ZeroPointUsesG", "Float32Accumulator", "StaleTileLastK"}
 
 
-HONEST_NODES = sorted({n for bug in planted_bugs.PLANTED for n in targets(bug)})
+def test_issue_25_table_is_planted():
+    names = {c.__name__ for c in planted_gpu_bugs.ISSUE_TABLE}
+    assert names == {"DazScales", "FmaLastGroup", "ZeroPointPerKTile", "SwappedNibbleOddK", "Bf16OutputBigM",
+                     "PaddingNibbleUsed", "SkipZeroBias", "AmaxFirst128", "Register28Bit", "Register31Bit",
+                     "FtzBigM", "ReciprocalPow2"}
+    assert len(planted_gpu_bugs.MORE) >= 5
+
+
+HONEST_NODES = sorted({n for bug in (*planted_bugs.PLANTED, *planted_gpu_bugs.PLANTED_GPU) for n in targets(bug)})
 
 
 @pytest.mark.parametrize("backend,nodes", [
