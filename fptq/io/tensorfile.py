@@ -123,7 +123,9 @@ def read_header_names(path) -> list[str]:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+        if n > MAX_HEADER_BYTES and 8 + n <= size:
+            raise TensorFileError(f"{path}: a header of {n} bytes, more than the {MAX_HEADER_BYTES} fptq reads")
+        if n < 2 or 8 + n > size:
             raise TensorFileError(f"{path}: header length {n} does not fit a file of {size} bytes")
         raw = f.read(n)
     if raw.count(b'"data_offsets"') > MAX_TENSORS:
@@ -161,7 +163,9 @@ class TensorFile:
         if size < 8:
             raise TensorFileError(f"{size} bytes: too short for a header")
         (n,) = struct.unpack("<Q", self._mm[:8])
-        if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+        if n > MAX_HEADER_BYTES and 8 + n <= size:
+            raise TensorFileError(f"a header of {n} bytes, more than the {MAX_HEADER_BYTES} fptq reads")
+        if n < 2 or 8 + n > size:
             raise TensorFileError(f"header length {n} does not fit a file of {size} bytes")
         raw = bytes(self._mm[8:8 + n])
         count = raw.count(b'"data_offsets"')

@@ -209,7 +209,7 @@ def resolve_model_dir(model=None, progress: bool = True) -> Path:
     if p.is_file() and p.suffix == ".gguf":
         return _cached_gguf_dir(p, progress)
     if p.is_dir():
-        if not (p / "config.json").is_file():
+        if not os.path.lexists(p / "config.json"):  # one that is not a regular file: read_config_dict says so
             raise ModelLoadError(f"{p} is not a model directory (no config.json)")
         return p
     raise ModelLoadError(f"model {str(model)!r} not found: give a local model directory or a .gguf file "
