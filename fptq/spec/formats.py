@@ -1,7 +1,11 @@
 """The one table of integer formats, layouts and numeric constants (spec section 1).
 
-Every bit width, integer range, scale divisor and packing layout used anywhere in
-fptq is defined here and nowhere else. The table is checked for internal
+Every bit width, integer range, scale divisor and packing layout of fptq's Python
+code (the spec, the reference, the backends' Python side, the conformance suite)
+is read from this table. Compiled kernel sources (the numba kernels, the CUDA
+source) may spell some of them as literals (15, the nibble masks, the sign
+offset 8); what ties those to the table is the conformance suite, which every
+backend passes bit for bit, not this module. The table is checked for internal
 consistency when this module is imported, so a typo cannot survive an import.
 """
 

@@ -29,10 +29,8 @@ operation:
 
 from __future__ import annotations
 
-import numpy as np
-
 from .arrays import NUMPY
-from .formats import INT4_SYM, UINT4_ASYM, WeightFormat, weight_format_spec
+from .formats import INT4_SYM, UINT4_ASYM, weight_format_spec
 from .rules import (  # noqa: F401 - the rules are part of this module's interface too
     cite, finite, float_array, fmt_param, group_size_param, in_range, int_array, integer_param, k_param, ndim,
     nonnegative, one_scale, optional_float, positive, resolve_group_size, shape, thresholds, zero_points,
@@ -46,8 +44,7 @@ __all__ = [
     "pack_int4", "unpack_int4", "w4a8_group_sums", "w4a8_epilogue", "w4a8_matmul", "select_policies",
     "integer_param", "group_size_param", "resolve_group_size", "thresholds",
     "packed_weight", "activation_side", "weight_scale_side", "bias_side",
-    "as_float32", "check_finite", "check_dtype", "check_ndim", "check_shape", "check_positive_scale",
-    "check_group_size", "check_k", "check_zero_points",
+    "as_float32", "check_finite", "check_ndim", "check_shape", "check_positive_scale", "check_group_size",
 ]
 
 
@@ -351,10 +348,6 @@ def check_finite(a, name: str) -> None:
     finite(NUMPY, NUMPY.asarray(a, name), name)
 
 
-def check_dtype(a, dtype, name: str):
-    return int_array(NUMPY, a, np.dtype(dtype).name, name)
-
-
 def check_ndim(a, n: int, name: str) -> None:
     ndim(NUMPY, NUMPY.asarray(a, name), n, name)
 
@@ -370,17 +363,3 @@ def check_positive_scale(s, name: str) -> None:
 def check_group_size(group_size, k: int) -> int:
     """The G of ``group_size`` for K columns (-1/None -> K), checked as :func:`group_size_param`."""
     return resolve_group_size(group_size_param(group_size), k)
-
-
-def check_k(k) -> int:
-    return k_param(k)
-
-
-def check_zero_points(zero, want: tuple, asymmetric: bool):
-    """Zero points: uint8 ``want``-shaped in [0, 15] (asymmetric), None (symmetric)."""
-    fmt = WeightFormat.ASYMMETRIC if asymmetric else WeightFormat.SYMMETRIC
-    zero = zero_points(NUMPY, zero, fmt)
-    if zero is not None:
-        shape(NUMPY, zero, want, "zero")
-        zero_values(NUMPY, zero)
-    return zero
