@@ -27,12 +27,18 @@ def _fake_linear(m: Method, weight, linear, gp):
                            label=m.key)
 
 
+def _dequantized(qw) -> np.ndarray:
+    from .. import spec
+
+    return spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt)
+
+
 def _make_linear_factory(m: Method, s: CompareSettings):
     """``f(linear, gp)`` for the rows built from the shared calibration."""
     import torch
 
     from .. import reference as ref
-    from ..models.quantize import w4a8_factory
+    from ..models.quantize import quantize_linear_weight, w4a8_factory
 
     qc = quant_config_of(m, s)
     if m.kind == "w4a8":
@@ -40,8 +46,8 @@ def _make_linear_factory(m: Method, s: CompareSettings):
 
     def make(linear, gp):
         w = linear.weight.detach().cpu().numpy().astype(np.float32)
-        if m.weight == "int4":
-            w = ref.fake_quant_weight(w, qc.group_size, qc.weight_format)
+        if m.weight == "int4":  # the row's own (calibration-free: not a pipeline row) quantizer
+            w = _dequantized(quantize_linear_weight(linear, gp, qc))
         elif m.weight == "int8pc":
             w = ref.fake_quant_weight_int8_per_channel(w)
         return _fake_linear(m, torch.from_numpy(w), linear, gp)
@@ -54,15 +60,13 @@ def _pipeline_factory(m: Method, s: CompareSettings):
         return None
     import torch
 
-    from .. import spec
     from ..models.quantize import quantize_linear_weight
 
     qc = quant_config_of(m, s)
 
     def make(linear, gp, samples=None):
         if m.weight == "int4":
-            qw = quantize_linear_weight(linear, gp, qc, samples)
-            w = torch.from_numpy(spec.dequantize_weight(qw.q, qw.scale, qw.zero, qw.group_size, qw.fmt))
+            w = torch.from_numpy(_dequantized(quantize_linear_weight(linear, gp, qc, samples)))
         elif m.weight is None:
             w = linear.weight.detach()
         else:

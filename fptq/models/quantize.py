@@ -64,8 +64,8 @@ def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
     search = ref.weight_quantizer(config.weight_quantizer).scale_search
     if search is not None:
         search = functools.partial(search, group_size=config.group_size, fmt=config.weight_format)
-    base = dict(v0=config.v0, v1=config.v1, force=config.force_policy, equalize="lae",
-                select=config.policy_select, groups=tuple(config.groups), weight_scales=search)
+    base = dict(v0=config.v0, v1=config.v1, force=config.force_policy, select=config.policy_select,
+                groups=tuple(config.groups), weight_scales=search)
     base.update(overrides)
     return PlanOptions(**base)
 
