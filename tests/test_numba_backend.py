@@ -516,9 +516,9 @@ def _run_tiles(run, fmt):
 
 def test_blocked_tile_without_vnni_gives_the_same_bits():
     """The portable tile (plain widening multiplies, for CPUs without AVX-512 VNNI) == the spec."""
-    from fptq.backends.numba_kernels import blocked as B
+    from fptq.backends.numba_kernels import tile as T
 
-    run = _tile_runner(B._make_tile(4, False), B._make_tile(1, False))
+    run = _tile_runner(T._make_tile(4, False), T._make_tile(1, False))
     for fmt in (SYM, ASYM):
         same_bits(*_run_tiles(run, fmt), f"portable tile {fmt.value}")
 

@@ -20,7 +20,7 @@ for asymmetric ones (zero point z[n, g]); columns past K and rows past N are
 0. Step s of group g is ``s = g * G/8 + t`` (G a multiple of 8), so a group
 never shares a step with the next one.
 
-The tile (:func:`_make_tile`, LLVM IR through a Numba ``@intrinsic``) computes
+The tile (:mod:`fptq.backends.numba_kernels.tile`, LLVM IR through a Numba ``@intrinsic``) computes
 R = 1 or 4 activation rows against one block, all groups: per step, the 64
 weight bytes are loaded once and split into low and high nibbles; each row's
 4 + 4 activation bytes are broadcast and multiplied into the 16 lanes
@@ -47,19 +47,14 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ...spec.formats import FLOAT, INT4_SIGN_OFFSET
 from . import activation
 from ._jit import njit, njit_inline, pnjit, prange
 from .packing import HIGH_NIBBLE, NIBBLE, SHIFT, SIGN_FLIP
+from .tile import LANES, STEP_BYTES, STEP_K, USE_VNNI, tile1, tile4, tile8  # noqa: F401 - part of this API
 
-#: weight rows per block (int32 lanes of a 512-bit vector)
-LANES = 16
-#: K columns per 64-byte step of a block
-STEP_K = 8
-STEP_BYTES = LANES * STEP_K // 2
 #: activation rows per tile (then 4-row and 1-row tiles for the rest)
 TILE_M = 8
 #: activation rows per cache chunk
@@ -93,166 +88,6 @@ def panel_size(nblk: int) -> int:
 def supported(g: int) -> bool:
     """The blocked layout needs G (the group size, as resolved for K) to be a multiple of 8."""
     return g % STEP_K == 0
-
-
-def _vnni_target() -> bool:
-    """True when the code Numba generates may use AVX-512 VNNI (``vpdpbusd`` on zmm)."""
-    import llvmlite.binding as llvm
-    from numba.core import config
-
-    if config.CPU_NAME and config.CPU_NAME != "host":      # a portable (cross-CPU) build: only what is named
-        feats = config.CPU_FEATURES or ""
-        return "+avx512vnni" in feats and "+avx512bw" in feats
-    f = llvm.get_host_cpu_features()
-    return bool(f.get("avx512vnni")) and bool(f.get("avx512bw"))
-
-
-USE_VNNI = _vnni_target()
-
-
-# ============================================================================ the tile (LLVM IR)
-
-def _make_tile(rows: int, vnni: bool):
-    """Intrinsic ``tile(wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp,
-    bp, has_bias, yp, ystride, g0, g1, first, last)``: ``rows`` activation rows against one weight
-    block, groups g0..g1-1 (g1 > g0), on float32 [rows, 16] at ``yp`` (row stride ``ystride``
-    floats): the epilogue sums start at +0.0 if ``first`` != 0, else continue from the values
-    stored there by the previous group range; if ``last`` != 0 they are finished (``* xscale``,
-    ``+ bias``) before they are stored. Addresses: wp the block's steps (uint8 [steps, 64]); xp
-    the first activation row (int8, ``xstride`` bytes per row); xsp its group sums (int32,
-    ``xsstride`` per row); zp, wsp the block's zero points and weight scales (int32 / float32
-    [ng, 16]); xscp the rows' scales (float32); bp the block's bias (float32 [16]), added when
-    ``has_bias`` != 0. Storing an unfinished float32 sum and loading it back is exact, so a
-    split of the groups into ranges gives the same bits."""
-
-    @intrinsic
-    def tile(typingctx, wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp, bp,
-             has_bias, yp, ystride, g0, g1, first, last):
-        sig = types.void(*([types.int64] * 19))
-
-        def codegen(context, builder, signature, args):
-            (wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp, bp, has_bias, yp,
-             ystride, g0, g1, first, last) = args
-            i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
-            vi, vf, vb = ir.VectorType(i32, LANES), ir.VectorType(f32, LANES), ir.VectorType(i8, 4 * LANES)
-            wide = ir.VectorType(i32, 4 * LANES)
-
-            def c64(v):
-                return ir.Constant(i64, v)
-
-            def load(addr, ty):
-                return builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1)
-
-            def splat(v, vty):
-                one = builder.insert_element(ir.Constant(vty, ir.Undefined), v, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
-
-            if vnni:
-                dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]),
-                                                        "llvm.x86.avx512.vpdpbusd.512")
-
-            def dot(acc, u, xword):
-                """acc + per lane i: sum_j u[4i + j] * x[j] (u unsigned, x = the 4 bytes of xword, signed)."""
-                xv = splat(xword, vi)
-                if vnni:
-                    return builder.call(dpbusd, [acc, builder.bitcast(u, vi), xv])
-                prod = builder.mul(builder.zext(u, wide), builder.sext(builder.bitcast(xv, vb), wide))
-                for j in range(4):
-                    part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
-                                                  ir.Constant(vi, [4 * i + j for i in range(LANES)]))
-                    acc = builder.add(acc, part)
-                return acc
-
-            def y_addr(r):
-                return builder.add(yp, builder.mul(builder.mul(ystride, c64(r)), c64(4)))
-
-            fn = builder.function
-            is_first = builder.icmp_signed("!=", first, c64(0))
-            y_init = [builder.select(is_first, ir.Constant(vf, [0.0] * LANES), load(y_addr(r), vf))   # y = +0.0
-                      for r in range(rows)]
-            entry = builder.basic_block
-            g_head = fn.append_basic_block("tile.group")
-            s_body = fn.append_basic_block("tile.step")
-            g_end = fn.append_basic_block("tile.epilogue")
-            done = fn.append_basic_block("tile.done")
-            builder.branch(g_head)
-
-            builder.position_at_end(g_head)                     # for g in range(g0, g1)
-            g = builder.phi(i64)
-            g.add_incoming(g0, entry)
-            ys = []
-            for r in range(rows):
-                y = builder.phi(vf)
-                y.add_incoming(y_init[r], entry)
-                ys.append(y)
-            is_last = builder.icmp_signed("==", g, builder.sub(ng, c64(1)))
-            nsteps = builder.select(is_last, steps_last, steps_full)
-            first = builder.mul(g, steps_full)
-            builder.branch(s_body)
-
-            builder.position_at_end(s_body)                     # for t in range(nsteps): integer products
-            t = builder.phi(i64)
-            t.add_incoming(c64(0), g_head)
-            # per row, the low and the high nibbles go into separate int32 sums (chains = 2 * rows:
-            # with one row a single chain would wait on each vpdpbusd's latency); added at the end
-            chains = 2
-            accs = []
-            for _ in range(rows * chains):
-                a = builder.phi(vi)
-                a.add_incoming(ir.Constant(vi, [0] * LANES), g_head)
-                accs.append(a)
-            step = builder.add(first, t)
-            w = load(builder.add(wp, builder.mul(step, c64(STEP_BYTES))), vb)
-            lo = builder.and_(w, ir.Constant(vb, [int(NIBBLE)] * (4 * LANES)))
-            hi = builder.lshr(w, ir.Constant(vb, [SHIFT] * (4 * LANES)))
-            xoff = builder.mul(step, c64(STEP_K))
-            new_accs = []
-            for r in range(rows):
-                xa = builder.add(builder.add(xp, builder.mul(xstride, c64(r))), xoff)
-                new_accs.append(dot(accs[chains * r], lo, load(xa, i32)))
-                new_accs.append(dot(accs[chains * r + 1], hi, load(builder.add(xa, c64(4)), i32)))
-            t_next = builder.add(t, c64(1))
-            t.add_incoming(t_next, s_body)
-            for a, na in zip(accs, new_accs):
-                a.add_incoming(na, s_body)
-            builder.cbranch(builder.icmp_signed("<", t_next, nsteps), s_body, g_end)
-
-            builder.position_at_end(g_end)                      # the group's epilogue term, per lane
-            sums = [builder.add(new_accs[chains * r], new_accs[chains * r + 1]) for r in range(rows)]
-            z = load(builder.add(zp, builder.mul(g, c64(4 * LANES))), vi)
-            ws = load(builder.add(wsp, builder.mul(g, c64(4 * LANES))), vf)
-            new_ys = []
-            for r in range(rows):
-                xsa = builder.add(xsp, builder.mul(builder.add(builder.mul(xsstride, c64(r)), g), c64(4)))
-                acc = builder.sub(sums[r], builder.mul(z, splat(load(xsa, i32), vi)))
-                term = builder.fmul(builder.sitofp(acc, vf), ws)
-                new_ys.append(builder.fadd(ys[r], term))
-            g_next = builder.add(g, c64(1))
-            g.add_incoming(g_next, g_end)
-            for y, ny in zip(ys, new_ys):
-                y.add_incoming(ny, g_end)
-            builder.cbranch(builder.icmp_signed("<", g_next, g1), g_head, done)
-
-            builder.position_at_end(done)                       # if last: y * xscale[m], then + bias[n]
-            bias = load(bp, vf)
-            use_bias = builder.icmp_signed("!=", has_bias, c64(0))
-            is_last = builder.icmp_signed("!=", last, c64(0))
-            for r in range(rows):
-                y = builder.fmul(new_ys[r], splat(load(builder.add(xscp, c64(4 * r)), f32), vf))
-                y = builder.select(use_bias, builder.fadd(y, bias), y)
-                y = builder.select(is_last, y, new_ys[r])
-                builder.store(y, builder.inttoptr(y_addr(r), vf.as_pointer()), align=1)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return tile
-
-
-tile8 = _make_tile(8, USE_VNNI)
-tile4 = _make_tile(4, USE_VNNI)
-tile1 = _make_tile(1, USE_VNNI)
 
 
 @intrinsic
