@@ -310,3 +310,20 @@ def test_backend_that_is_not_a_name_is_named(ckpt):
         for f in (lambda: fptq.load(str(ckpt), backend=bad), lambda: load_quantized(ckpt, backend=bad)):
             with pytest.raises(ValueError, match=f"backend must be a backend name .* got {bad!r}"):
                 f()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
+def test_np_matrix_is_refused_alike_on_every_backend(backend):
+    import numpy as np
+
+    from fptq.backends import BackendUnavailable, get_backend
+
+    try:
+        be = get_backend(backend)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    x = np.matrix(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    with pytest.raises(TypeError, match=r"x: an np.matrix is not accepted .* pass np.asarray\(x\)"):
+        be.quantize_act_per_token(x)
+    with pytest.raises(TypeError, match=r"w: an np.matrix is not accepted"):
+        be.quantize_weight(x, 4, "int4_sym")

@@ -46,7 +46,11 @@ class NumpyArrays:
     name = "numpy"
 
     def asarray(self, x, name: str) -> np.ndarray:
-        """``x`` as a native-byte-order ndarray; None or an unreadable foreign array is a TypeError."""
+        """``x`` as a native-byte-order ndarray; None, an ``np.matrix`` or an unreadable foreign array is a
+        TypeError."""
+        if isinstance(x, np.matrix):  # always 2-D, '*' is a matrix product: refused alike on every backend
+            raise TypeError(f"{name}: an np.matrix is not accepted (it stays 2-D under indexing and its '*' is a "
+                            f"matrix product); pass np.asarray({name}) [docs/spec.md §9]")
         if isinstance(x, np.ndarray):
             a = x
         elif x is None:
