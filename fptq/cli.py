@@ -471,7 +471,7 @@ def main(argv=None) -> int:
     except Exception as e:  # one clear line, not a traceback
         if getattr(a, "debug", False) or os.environ.get("FPTQ_DEBUG"):
             raise
-        print(f"fptq {a.command}: error: {e}", file=sys.stderr)
+        print(f"fptq {a.command}: error: {str(e) or type(e).__name__}", file=sys.stderr)  # never an empty message
         return 2
 
 

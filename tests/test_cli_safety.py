@@ -338,3 +338,14 @@ def test_json_results_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "r.json").st_mode & 0o777 == 0o644
+
+
+def test_an_error_without_a_message_is_named(monkeypatch, capsys):
+    import fptq.cli
+
+    def oom(a):
+        raise MemoryError()
+
+    monkeypatch.setitem(fptq.cli._COMMANDS, "report", oom)
+    assert main(["report", "whatever"]) == 2
+    assert _err(capsys).strip() == "fptq report: error: MemoryError"
