@@ -123,12 +123,56 @@ def test_fptq_conformance_command(tmp_path):
     assert r.returncode == 4 and "needs a backend" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
+def test_fptq_conformance_op_list_backends_and_no_warnings(tmp_path):
+    """Issue 25: --op runs one operation's tests, --list-backends lists the registry, and a clean run prints no
+    PytestAssertRewriteWarning (the suite runs in a fresh interpreter, not after fptq.cli imported it)."""
+    env = {k: v for k, v in os.environ.items() if k != "FPTQ_BACKEND"}
+    run = [sys.executable, "-m", "fptq.cli", "conformance"]
+    r = subprocess.run([*run, "--backend", "numpy", "--op", "pack_int4", "--", "-q", "-rA"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and re.search(r"\b\d+ passed, \d+ deselected\b", out), out
+    passed = re.findall(r"^PASSED (\S+)", r.stdout, re.M)
+    assert passed and all("pack_int4" in p for p in passed), passed
+    assert "PytestAssertRewriteWarning" not in out and "warnings summary" not in out, out
+    r = subprocess.run([*run, "--backend", "numpy", "--op", "no_such_op"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4 and "unknown operation(s) no_such_op" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = subprocess.run([*run, "--list-backends"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and re.search(r"^numpy +fptq\.backends\.numpy_backend:NumpyBackend +available$",
+                                           r.stdout, re.M), r.stdout + r.stderr
+
+
+def test_backend_module_in_the_working_directory(tmp_path):
+    """``--backend mykern:MyKern`` from the directory holding mykern.py, with pytest's own script (which does not
+    put the working directory on sys.path) and through ``fptq conformance``; elsewhere the error says what to do."""
+    (tmp_path / "mykern.py").write_text("from fptq.backends.numpy_backend import NumpyBackend\n\n\n"
+                                        "class MyKern(NumpyBackend):\n    name = 'mykern'\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FPTQ_BACKEND", "PYTHONPATH")}
+    script = str(Path(sys.executable).parent / "pytest")
+    args = ["-p", "no:cacheprovider", "--pyargs", "fptq.conformance", "--fptq-op", "unpack_int4", "-q"]
+    r = subprocess.run([script, *args, "--backend", "mykern:MyKern"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and re.search(r"\b\d+ passed\b", r.stdout), r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "fptq.cli", "conformance", "--backend", "mykern:MyKern", "--op",
+                        "unpack_int4", "--", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and re.search(r"\b\d+ passed\b", r.stdout), r.stdout + r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = subprocess.run([script, *args, "--backend", "mykern:MyKern"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 4 and "cannot import backend module 'mykern'" in out and "PYTHONPATH" in out, out
+
+
 def test_pytest_command_line():
     from fptq.conformance.command import pytest_command
 
     assert pytest_command("numba", "large", "x.txt", ["--", "-x"]) == [
         "-p", "fptq-conformance", "-p", "no:cacheprovider", "--pyargs", "fptq.conformance",
         "--fptq-profile", "large", "--fptq-backend", "numba", "--fptq-xfails", "x.txt", "-x"]
+    assert pytest_command("numpy", ops=["w4a8_matmul", "pack_int4"])[-4:] == [
+        "--fptq-op", "w4a8_matmul", "--fptq-op", "pack_int4"]
 
 
 def test_large_profile_selects_every_case(tmp_path):
