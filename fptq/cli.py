@@ -28,8 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from .defaults import (
+    BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND, GENERATION,
+    resolve_backend,
+)
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
+from .spec import WeightFormat
 
 __all__ = ["main", "build_parser"]
 
@@ -84,8 +89,9 @@ def _group_size(s: str) -> int:
 
 
 def _add_backend(p):
-    p.add_argument("--backend", default="torch", help="W4A8 backend for the integer matmuls "
-                   "(a registered name or package.module:Class; default torch)")
+    p.add_argument("--backend", default=None, help="W4A8 backend for the integer matmuls (a registered name or "
+                   f"package.module:Class; default {BACKEND}, the fastest measured on CPU, or {FALLBACK_BACKEND} "
+                   f"with a warning where {BACKEND} cannot start)")
 
 
 def _add_common(p):
@@ -102,10 +108,11 @@ def _add_calib(p):
     p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,
                    help=f"tokens per calibration sample (default {_Q.seq_len})")
     p.add_argument("--seed", type=_non_negative_int, default=_Q.seed)
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward during calibration")
+    p.add_argument("--batch-size", type=_positive_int, default=CALIB_BATCH_SIZE,
+                   help=f"samples per forward during calibration (default {CALIB_BATCH_SIZE})")
     p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
                    help=f"INT4 group size G (-1 = per-channel; default {_Q.group_size})")
-    p.add_argument("--weight-format", default=_Q.weight_format, choices=["int4_sym", "uint4_asym"],
+    p.add_argument("--weight-format", default=_Q.weight_format, choices=[f.value for f in WeightFormat],
                    help=f"INT4 weight format (default {_Q.weight_format}; int4_sym is the paper's)")
     p.add_argument("--weight-quantizer", default=_Q.weight_quantizer, choices=WEIGHT_QUANTIZER_NAMES,
                    help=f"INT4 weights (default {_Q.weight_quantizer}): gptq = GPTQ on the LAE-folded weights "
@@ -187,11 +194,12 @@ def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and tasks of a float model or a W4A8 checkpoint")
     e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
                    "nothing (embedded SmolLM2-135M, float)")
-    e.add_argument("--ppl", type=_csv, default=("ptb", "wiki"), help="comma-separated perplexity texts")
+    e.add_argument("--ppl", type=_csv, default=EVAL_TEXTS, help=f"comma-separated perplexity texts "
+                   f"(default {','.join(EVAL_TEXTS)})")
     e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,hellaswag,"
                    "winogrande,arc_easy,arc_challenge,mmlu)")
     e.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
-    e.add_argument("--seq-len", type=_positive_int, default=512)
+    e.add_argument("--seq-len", type=_positive_int, default=EVAL_SEQ_LEN)
     e.add_argument("--max-windows", type=_positive_int, default=None, help="perplexity windows per text")
     e.add_argument("--fake-quant", action="store_true", help="evaluate a checkpoint in fake-quant mode (float "
                    "matmuls on dequantized weights) instead of the integer backend")
@@ -203,11 +211,12 @@ def _add_eval_parser(sub) -> None:
 def _add_compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="FP32 vs RTN W4A16 vs SmoothQuant W8A8 vs naive W4A8 vs FPTQ, one table")
     c.add_argument("model", nargs="?", default=None)
-    c.add_argument("--ppl", type=_csv, default=("ptb", "wiki"))
+    c.add_argument("--ppl", type=_csv, default=EVAL_TEXTS)
     c.add_argument("--tasks", type=_csv, default=(), help="zero-shot tasks per method too (slow: pick --methods)")
     c.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
-    c.add_argument("--max-windows", type=_positive_int, default=16, help="512-token windows per text (default 16)")
-    c.add_argument("--eval-seq-len", type=_positive_int, default=512)
+    c.add_argument("--max-windows", type=_positive_int, default=COMPARE_MAX_WINDOWS,
+                   help=f"--eval-seq-len windows per text (default {COMPARE_MAX_WINDOWS})")
+    c.add_argument("--eval-seq-len", type=_positive_int, default=EVAL_SEQ_LEN)
     c.add_argument("--methods", type=_csv, default=None, help="subset of methods (default: all)")
     c.add_argument("--int-max-windows", type=_positive_int, default=None,
                    help="windows for the (slow) integer-backend row (default: --max-windows)")
@@ -234,11 +243,11 @@ def _add_generate_parser(sub) -> None:
                    "SmolLM2-135M-Instruct, float)")
     g.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read from standard input)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    g.add_argument("--max-new-tokens", type=_positive_int, default=GENERATION["max_new_tokens"])
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=_positive_float, default=1.0)
-    g.add_argument("--top-k", type=_positive_int, default=50)
-    g.add_argument("--top-p", type=_probability, default=1.0)
+    g.add_argument("--temperature", type=_positive_float, default=GENERATION["temperature"])
+    g.add_argument("--top-k", type=_positive_int, default=GENERATION["top_k"])
+    g.add_argument("--top-p", type=_probability, default=GENERATION["top_p"])
     g.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (>= 0)")
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
                    "integer backend")
@@ -247,10 +256,13 @@ def _add_generate_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def _check_backend(name: str) -> None:
+def _check_backend(name: str | None) -> str:
+    """The backend's name (None: :func:`fptq.defaults.resolve_backend`), after it started here."""
     from .backends import get_backend
 
+    name = resolve_backend(name)
     get_backend(name)
+    return name
 
 
 def cmd_quantize(a) -> int:
@@ -294,7 +306,7 @@ def _load_for_eval(a):
     from .models.loading import load_float_model
 
     if a.model is not None and is_checkpoint(a.model):
-        _check_backend(a.backend)
+        a.backend = _check_backend(a.backend)
         model, tok, meta = load_quantized(a.model, backend=a.backend,
                                           mode="fake_quant" if a.fake_quant else "integer")
         if tok is None:
@@ -351,10 +363,9 @@ def cmd_compare(a) -> int:
     model = os.path.join(".", model) if isinstance(model, Path) else model  # a str: the settings are JSON
     s = CompareSettings(model=model, quant=_quant_config(a), ppl=a.ppl, tasks=a.tasks,
                         limit=a.limit, max_windows=a.max_windows, eval_seq_len=a.eval_seq_len,
-                        batch_size=a.batch_size, backend=a.backend, methods=a.methods,
+                        batch_size=a.batch_size, backend=_check_backend(a.backend), methods=a.methods,
                         int_max_windows=a.int_max_windows, peers=a.peers, progress=not a.quiet)
     a.model = s.model
-    _check_backend(a.backend)
     if a.out:
         check_output_dir(a.out, "--out", protect=_inputs(a, a.ppl, [a.calib, a.peers]),
                          owned={"compare.json": is_compare_json, "compare.md": is_compare_md})
