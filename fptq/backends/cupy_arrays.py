@@ -146,5 +146,3 @@ class DeviceArrays:
         """Where the array lives (for messages)."""
         dev = getattr(unwrap(a), "device", None)
         return f"cuda:{dev.id}" if hasattr(dev, "id") else "cpu"
-
-    device = device_of
