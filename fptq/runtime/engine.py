@@ -1,0 +1,91 @@
+"""The runtime's state: weights, a preallocated KV cache and the position, around the compiled forward.
+
+``Runtime.forward(ids)`` appends the tokens to the sequence (positions ``pos .. pos + M - 1``) and
+returns their logits (the last token's, or every token's with ``all_logits``); ``reset()`` starts a new
+sequence. The KV cache (float32 ``[layers, kv heads, capacity, head_dim]``) and the RoPE tables
+grow by doubling when a sequence outgrows them, up to the model's ``max_position_embeddings``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import forward as fw
+from .weights import RuntimeWeights, read_weights
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """A W4A8 model run by one compiled forward per call (see :mod:`fptq.runtime`).
+
+    Args:
+        weights: :class:`fptq.runtime.weights.RuntimeWeights` (:meth:`from_model` reads them).
+        capacity: initial KV cache length in tokens.
+        max_positions: the longest sequence (default: the config's ``max_position_embeddings``).
+    """
+
+    def __init__(self, weights: RuntimeWeights, capacity: int = 256, max_positions: int | None = None):
+        self.w = weights
+        self.max_positions = int(max_positions or 1 << 20)
+        self.pos = 0
+        self._cap = 0
+        self.kc = self.vc = self.cos = self.sin = None
+        self._grow(max(1, min(int(capacity), self.max_positions)))
+
+    @classmethod
+    def from_model(cls, model, threads: int | None = None, int8_head: bool | None = None, capacity: int = 256,
+                   par_min: int | None = None):
+        """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
+        :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's
+        thread count (default: numba's current)."""
+        import numba
+
+        threads = numba.get_num_threads() if threads is None else int(threads)
+        w = read_weights(model, threads=threads, int8_head=int8_head, par_min=par_min)
+        return cls(w, capacity, getattr(model.config, "max_position_embeddings", None))
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def _grow(self, need: int) -> None:
+        if need <= self._cap:
+            return
+        if need > self.max_positions:
+            raise ValueError(f"sequence of {need} tokens: the model takes at most {self.max_positions} positions")
+        cap = max(need, 2 * self._cap, 16)
+        cap = min(cap, self.max_positions)
+        w = self.w
+        shape = (w.n_layers, w.n_kv, cap, w.head_dim)
+        kc, vc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        if self.kc is not None:
+            kc[:, :, :self._cap] = self.kc
+            vc[:, :, :self._cap] = self.vc
+        self.kc, self.vc = kc, vc
+        self.cos, self.sin = w.rope_fn(cap)
+        self._cap = cap
+
+    def reset(self) -> None:
+        """Start a new sequence (the cache is overwritten from position 0)."""
+        self.pos = 0
+
+    def forward(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Logits float32 ``[M, V]`` (``all_logits``) or ``[1, V]`` (the last token) of ``ids``
+        appended at the current position. Raises ArithmeticError when an activation holds NaN/Inf."""
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if ids.size == 0:
+            raise ValueError("ids: expected at least one token")
+        if ids.min() < 0 or ids.max() >= self.w.vocab:
+            raise ValueError(f"ids: token ids must be in [0, {self.w.vocab}), got {ids.min()}..{ids.max()}")
+        self._grow(self.pos + ids.size)
+        w = self.w
+        logits, bad = fw.forward(ids, np.int64(self.pos), bool(all_logits), w.dims, w.eps, w.normw, w.qkn, w.rotk,
+                                 w.rot_q, w.rot_f, w.window, w.ropek, w.scaling, w.softcap, self.cos, self.sin,
+                                 w.lins, self.kc, self.vc, w.emb, w.embed_scale, w.use_scale, w.final_w, w.head,
+                                 w.final_cap)
+        if bad:
+            raise ArithmeticError(f"runtime forward at positions {self.pos}..{self.pos + ids.size - 1}: "
+                                  f"{bad} activation rows hold NaN/Inf")
+        self.pos += ids.size
+        return logits

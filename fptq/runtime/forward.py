@@ -1,0 +1,166 @@
+"""One compiled forward for M tokens (a decoded token or a whole prompt): embedding, every decoder layer,
+the final norm and the lm_head, with no Python between the layers.
+
+The arguments are the flat arrays of :class:`fptq.runtime.weights.RuntimeWeights` (every layer's
+arrays stacked on a leading layer axis) and the KV cache. Each W4A8 linear is the numba backend's
+prepared-linear kernel (:func:`fptq.backends.numba_kernels.blocked.linear`, or ``linear_parallel``
+for large products), called from here on the layer's slice of the stacked blocked weights: the same
+compiled kernel, so the same bits as the transformers path for the same input. A linear is a tuple
+``(wb, zc, wsb, bb, act, dyn, has_bias, g, steps_last, n, panel)`` (:func:`fptq.runtime.weights.stack_linears`).
+
+Layer order (transformers' decoder layer; ``post`` norms only where the family has them)::
+
+    h = rot(norm_attn(x));  q, k, v = W_q h, W_k h, W_v h;  q, k = rope(qk_norm(q), qk_norm(k))
+    x = x + post_attn(W_o attention(q, K, V))
+    h = rot(norm_mlp(x));   x = x + post_mlp(W_down rot_f(act(W_gate h) * W_up h))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends.numba_kernels import blocked
+from . import ops
+from .head import head_logits
+from .ops import F32, njit
+
+
+@njit
+def linear(x, lin, l, threads, par_min):
+    """The W4A8 linear ``lin`` of layer ``l`` on float32 x [M, K] (C-contiguous) -> (y [M, n], bad):
+    ``bad`` counts rows of x or y holding a NaN/Inf."""
+    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    m, k = x.shape
+    if threads > 1 and m * n * k >= par_min:
+        y, bad, bad_out = blocked.linear_parallel(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g,
+                                                  steps_last, n, panel)
+    else:
+        y, bad, bad_out = blocked.linear(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g, steps_last, n)
+    return y[:, :n], bad + bad_out
+
+
+@njit
+def norm_rows(x, w, eps, rot_kind, rot, out, tmp):
+    """``out[m] = norm(x[m])`` for every row, then times the rotation when ``rot_kind`` != 0
+    (1: Hadamard factors, 2: dense; ``rot`` = (signs, rs, p2, dense))."""
+    signs, rs, p2, dense = rot
+    for m in range(x.shape[0]):
+        ops.rms_norm(x[m], w, eps, out[m])
+        rotate_row(out[m], rot_kind, signs, rs, p2, dense, tmp)
+
+
+@njit
+def rotate_row(y, rot_kind, signs, rs, p2, dense, tmp):
+    if rot_kind == 1:
+        ops.rotate(y, signs, rs, p2, tmp)
+    elif rot_kind == 2:
+        ops.rotate_dense(y, dense, tmp)
+
+
+@njit
+def qk_rope(q, k, qkn, eps, has_qkn, rope_k, cos, sin, pos0, nh, nkv, hd):
+    """Per row and head: the q/k norms (Qwen3, Gemma3), then RoPE at position ``pos0 + m``
+    (``rope_k`` < 0: a layer without RoPE)."""
+    tmp = np.empty(hd, F32)
+    for m in range(q.shape[0]):
+        p = pos0 + m
+        for h in range(nh + nkv):
+            v = q[m, h * hd:(h + 1) * hd] if h < nh else k[m, (h - nh) * hd:(h - nh + 1) * hd]
+            if has_qkn:
+                tmp[:] = v
+                ops.rms_norm(tmp, qkn[0 if h < nh else 1], eps, v)
+            if rope_k >= 0:
+                ops.rope(v, cos[rope_k, p], sin[rope_k, p])
+
+
+@njit
+def attention(q, k, v, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, threads):
+    """Store k, v at positions pos0.. of the layer's cache (kc, vc [nkv, T, hd]), then attention
+    of every query row -> float32 [M, nh * hd]."""
+    m_rows = q.shape[0]
+    for m in range(m_rows):
+        for h in range(nkv):
+            kc[h, pos0 + m] = k[m, h * hd:(h + 1) * hd]
+            vc[h, pos0 + m] = v[m, h * hd:(h + 1) * hd]
+    out = np.empty((m_rows, nh * hd), F32)
+    if threads > 1 and m_rows * (pos0 + m_rows) * nh * hd >= 1 << 20:
+        ops.attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
+    else:
+        ops.attend_rows(q, kc, vc, pos0, range(m_rows), nh, nkv, hd, scaling, window, softcap, out)
+    return out
+
+
+@njit
+def add_rows(x, y, post, w, eps, rot_kind, rot, tmp):
+    """``x += y`` (``post``: ``x += rot(norm(y))``, Gemma 2/3's post-norms)."""
+    if post:
+        z = np.empty_like(x)
+        norm_rows(y, w, eps, rot_kind, rot, z, tmp)
+        x += z
+    else:
+        x += y
+
+
+@njit
+def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, scaling, softcap, cos, sin,
+          lins, kc, vc):
+    """Decoder layer ``l`` on the residual rows x [M, H] in place; returns the NaN/Inf count."""
+    nh, nkv, hd, act, has_qkn, has_post, threads, par_min = dims
+    lq, lk, lv, lo, lg, lu, ld = lins
+    tmp = np.empty(max(x.shape[1], rot_f[3].shape[0], rot_f[1].shape[0]), F32)
+    h = np.empty_like(x)
+    norm_rows(x, normw[l, 0], eps, rotk[l, 0], rot_q, h, tmp)
+    q, b1 = linear(h, lq, l, threads, par_min)
+    k, b2 = linear(h, lk, l, threads, par_min)
+    v, b3 = linear(h, lv, l, threads, par_min)
+    q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
+    qk_rope(q, k, qkn[l], eps, has_qkn, ropek[l], cos, sin, pos0, nh, nkv, hd)
+    a = attention(q, k, v, kc[l], vc[l], pos0, nh, nkv, hd, scaling[l], window[l], softcap, threads)
+    o, b4 = linear(a, lo, l, threads, par_min)
+    add_rows(x, o, has_post, normw[l, 2], eps, rotk[l, 2], rot_q, tmp)
+    norm_rows(x, normw[l, 1], eps, rotk[l, 1], rot_q, h, tmp)
+    gt, b5 = linear(h, lg, l, threads, par_min)
+    up, b6 = linear(h, lu, l, threads, par_min)
+    f = np.empty(gt.shape, F32)
+    signs, rs, p2, dense = rot_f
+    for m in range(f.shape[0]):
+        ops.activation(gt[m], up[m], act, f[m])
+        rotate_row(f[m], rotk[l, 4], signs, rs, p2, dense, tmp)
+    d, b7 = linear(f, ld, l, threads, par_min)
+    add_rows(x, d, has_post, normw[l, 3], eps, rotk[l, 3], rot_q, tmp)
+    return b1 + b2 + b3 + b4 + b5 + b6 + b7
+
+
+@njit
+def embed(ids, emb, embed_scale, use_scale):
+    """float32 [M, H] rows of the embedding: ``emb`` = (kind, float32 [V, H], int8 [V, H], scale [V]);
+    kind 1 (INT8 rows): ``float32(q) * scale`` as :class:`fptq.models.int8rows.Int8Embedding`; then
+    times ``embed_scale`` (Gemma) when ``use_scale``."""
+    kind, wf, wq, ws = emb
+    h = wf.shape[1] if kind == 0 else wq.shape[1]
+    x = np.empty((ids.size, h), F32)
+    for m in range(ids.size):
+        t = ids[m]
+        for i in range(h):
+            x[m, i] = wf[t, i] if kind == 0 else F32(wq[t, i]) * ws[t]
+        if use_scale:
+            for i in range(h):
+                x[m, i] = x[m, i] * embed_scale
+    return x
+
+
+@njit
+def forward(ids, pos0, all_logits, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, scaling,
+            softcap, cos, sin, lins, kc, vc, emb, embed_scale, use_scale, final_w, head, final_cap):
+    """Tokens ``ids`` at positions pos0.. through the whole model -> (logits float32 [R, V], NaN/Inf
+    count); R = M with ``all_logits``, else 1 (the last token's)."""
+    x = embed(ids, emb, embed_scale, use_scale)
+    bad = 0
+    for l in range(normw.shape[0]):
+        bad += layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, scaling, softcap,
+                     cos, sin, lins, kc, vc)
+    xs = x if all_logits else x[x.shape[0] - 1:]
+    h = np.empty_like(xs)
+    for m in range(xs.shape[0]):
+        ops.rms_norm(xs[m], final_w, eps, h[m])
+    return head_logits(h, head, final_cap, dims[6]), bad

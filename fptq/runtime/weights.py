@@ -1,0 +1,307 @@
+"""A loaded W4A8 model's tensors in the runtime's layout (:class:`RuntimeWeights`).
+
+Read from the model :func:`fptq.models.checkpoint.load_quantized` returns (so every check of the
+checkpoint has already run): per decoder layer its seven W4A8 linears re-laid out once into the
+numba backend's VNNI blocks (:func:`fptq.backends.numba_kernels.blocked.repack`, the prepared-linear
+layout) and stacked on a leading layer axis, the norm gains (``1 + w`` for Gemma, computed by torch
+as its norms do), the run-time rotations (the shared ``Q`` of :class:`fptq.models.rotate.RotateOutput`
+and ``Q_f`` of the down projections' inputs, as Hadamard factors when stored so), the embedding and
+lm_head (float32 or INT8 rows), and what the attention needs (scaling, windows, softcaps, RoPE
+tables from the model's own rotary module).
+
+:class:`RuntimeUnsupported` says why a model cannot run here (a family outside
+:data:`fptq.runtime.family.FAMILIES`, a linear left float, a group size the blocked kernel does not
+take, ...); the caller then uses the transformers path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends.numba_kernels import blocked
+from ..models._torch import torch
+from ..models.arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
+from ..models.int8rows import Int8Embedding, Int8LMHead
+from ..models.qlinear import W4A8Linear
+from ..models.rotate import INPUT_ROTATION, POST_NORMS, RotateOutput, factors_of, input_rotation_of
+from ..spec import ActPolicy, WeightFormat
+from . import ops
+from .family import family_of
+from .head import HEAD_BF16, HEAD_F32, HEAD_INT8, HEAD_INT8_FLOAT
+
+__all__ = ["RuntimeUnsupported", "RuntimeWeights", "LINEAR_SLOTS", "read_weights", "stack_linears"]
+
+#: the seven linears of a layer, in :func:`fptq.runtime.forward.layer`'s order (Arch attribute names)
+LINEAR_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class RuntimeUnsupported(ValueError):
+    """The model cannot run on the runtime (the message says why); use the transformers path."""
+
+
+@dataclass
+class RuntimeWeights:
+    """Everything :func:`fptq.runtime.forward.forward` reads, as NumPy arrays (see the module docstring)."""
+
+    family: str
+    dims: np.ndarray            # int64 [nh, nkv, hd, act, has_qkn, has_post, threads, par_min]
+    eps: np.float32
+    normw: np.ndarray           # float32 [L, 4, H]: attn, mlp, post-attn, post-mlp gains
+    qkn: np.ndarray             # float32 [L, 2, hd]
+    rotk: np.ndarray            # int64 [L, 5]: rotation kind after those 4 norms and of down's input
+    rot_q: tuple
+    rot_f: tuple
+    window: np.ndarray          # int64 [L] (0: none)
+    ropek: np.ndarray           # int64 [L] (-1: no RoPE)
+    scaling: np.ndarray         # float32 [L]
+    softcap: np.float32
+    lins: tuple
+    emb: tuple
+    embed_scale: np.float32
+    use_scale: bool
+    final_w: np.ndarray
+    head: tuple
+    final_cap: np.float32
+    rope_fn: object             # positions -> (cos, sin) float32 [R, T, hd]
+    n_layers: int
+    n_kv: int
+    head_dim: int
+    vocab: int
+
+    def weight_bytes(self) -> int:
+        """Bytes the forward reads per decoded token from weights (linears, head, one embedding row)."""
+        lin = sum(a.nbytes for t in self.lins for a in t[:4])
+        kind = self.head[0]
+        head = self.head[1 + (0 if kind == HEAD_F32 else 1 if kind == HEAD_BF16 else 2)].nbytes
+        return int(lin + head + self.head[4].nbytes + self.normw.nbytes)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu").contiguous().numpy()
+
+
+def _gain(norm, plus_one: bool) -> np.ndarray:
+    w = norm.weight.detach().float()
+    return np.ascontiguousarray(_np(1.0 + w) if plus_one else _np(w), np.float32)
+
+
+def _unwrap(mod):
+    """(the norm, its rotation kind: 0 none, 1 Hadamard factors, 2 dense)."""
+    if isinstance(mod, RotateOutput):
+        return mod.norm, (1 if factors_of(mod, "rotation") is not None else 2)
+    return mod, 0
+
+
+def _prepare_linear(m, name: str):
+    """One W4A8Linear in the blocked layout (the numba backend's prepared-linear arrays)."""
+    if not isinstance(m, W4A8Linear):
+        raise RuntimeUnsupported(f"{name} is not a W4A8 linear ({type(m).__name__}): only fully quantized "
+                                 "decoder layers run on the runtime")
+    k, g, n = m.in_features, m.group_size, m.out_features
+    if not blocked.supported(g):
+        raise RuntimeUnsupported(f"{name}: group size {g} is not a multiple of {blocked.STEP_K}")
+    signed = m.weight_format is WeightFormat.SYMMETRIC
+    ng = m.wscale.shape[1]
+    zero = np.zeros((n, ng), np.uint8) if m.wzero is None else _np(m.wzero)
+    wb, zc = blocked.repack(_np(m.qweight), zero, k, g, signed)
+    nblk = wb.shape[0]
+    bb = np.zeros(nblk * blocked.LANES, np.float32)
+    if m.bias is not None:
+        bb[:n] = _np(m.bias)
+    dyn = m.policy is ActPolicy.DYNAMIC
+    act = np.float32(1.0) if dyn else np.float32(_np(m.act_scale).reshape(-1)[0])
+    steps_last = (k - (ng - 1) * g + blocked.STEP_K - 1) // blocked.STEP_K
+    return dict(wb=wb, zc=zc, wsb=blocked.block_rows(np.ascontiguousarray(_np(m.wscale)), nblk), bb=bb,
+                act=act, dyn=dyn, hasb=m.bias is not None, g=g, steps_last=steps_last, n=n)
+
+
+def stack_linears(preps: list, name: str, threads: int) -> tuple:
+    """The per-layer prepared linears of one slot as the forward's tuple ``(wb, zc, wsb, bb, act, dyn,
+    has_bias, g, steps_last, n, panel)``, arrays stacked on a leading layer axis."""
+    first = preps[0]
+    for p in preps[1:]:
+        for key in ("g", "steps_last", "n", "hasb"):
+            if p[key] != first[key] or p["wb"].shape != first["wb"].shape:
+                raise RuntimeUnsupported(f"{name}: the layers' linears differ in shape or layout")
+    st = {key: np.ascontiguousarray(np.stack([p[key] for p in preps])) for key in ("wb", "zc", "wsb", "bb")}
+    act = np.array([p["act"] for p in preps], np.float32)
+    dyn = np.array([p["dyn"] for p in preps], np.bool_)
+    panel = blocked.panel_size(first["wb"].shape[0]) if threads > 1 else 1
+    return (st["wb"], st["zc"], st["wsb"], st["bb"], act, dyn, bool(first["hasb"]), np.int64(first["g"]),
+            np.int64(first["steps_last"]), np.int64(first["n"]), np.int64(panel))
+
+
+def _linear_paths(arch) -> dict:
+    gate_up = arch.gate_up
+    if len(gate_up) != 2:
+        raise RuntimeUnsupported(f"{arch.family}: the runtime runs gated MLPs (gate, up) only")
+    return dict(zip(LINEAR_SLOTS, (arch.q, arch.k, arch.v, arch.o, gate_up[0], gate_up[1], arch.down)))
+
+
+def _layer_norms(layer, arch, fam, hidden, hd):
+    """(gains float32 [4, H], q/k gains [2, hd], rotation kinds [4], eps) of one layer."""
+    normw = np.zeros((4, hidden), np.float32)
+    qkn = np.ones((2, hd), np.float32)
+    kinds = [0, 0, 0, 0]
+    posts = [n for n in POST_NORMS if n != arch.mlp_norm] if fam.post_norms else []
+    paths = [arch.attn_norm, arch.mlp_norm] + posts
+    eps = None
+    for i, path in enumerate(paths):
+        norm, kinds[i] = _unwrap(get_submodule(layer, path))
+        normw[i] = _gain(norm, fam.gain_plus_one)
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if fam.qk_norm:
+        attn = layer.self_attn
+        qkn[0], qkn[1] = _gain(attn.q_norm, fam.gain_plus_one), _gain(attn.k_norm, fam.gain_plus_one)
+    return normw, qkn, kinds, eps
+
+
+def _rotation(model_mod, name: str, width: int) -> tuple:
+    """(signs, rs, p2, dense) of a module's rotation buffer ``name`` (placeholders when None)."""
+    if model_mod is None:
+        kind, signs, rs, p2, dense = ops.rotation_parts(np.eye(width, dtype=np.float32), None)
+        return (signs, rs, np.int64(p2), np.zeros((1, 1), np.float32))
+    q = _np(getattr(model_mod, name))
+    f = factors_of(model_mod, name)
+    kind, signs, rs, p2, dense = ops.rotation_parts(q, None if f is None else (_np(f[0]), _np(f[1])))
+    return (signs, rs, np.int64(p2), dense)
+
+
+def _attention_params(layer, cfg, layer_index: int, rope_kinds: list):
+    attn = layer.self_attn
+    window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(cfg, "sliding_window", None)
+    softcap = getattr(attn, "attn_logit_softcapping", None) or 0.0
+    rope = -1
+    if getattr(attn, "use_rope", True):
+        lt = getattr(attn, "layer_type", None) if len(rope_kinds) > 1 else None
+        rope = rope_kinds.index(lt) if lt in rope_kinds else 0
+    return int(window or 0), rope, np.float32(attn.scaling), float(softcap)
+
+
+def _rope_fn(model, cfg, hd: int):
+    """(positions -> (cos, sin) float32 [R, T, hd]), kinds: the model's own rotary module, one table per
+    layer type where it takes one (Gemma-3's local and global bases)."""
+    rot = model.base_model.rotary_emb
+    takes_type = "layer_type" in inspect.signature(rot.forward).parameters
+    kinds = sorted(set(cfg.layer_types)) if takes_type else [None]
+
+    def tables(n: int):
+        pos = torch.arange(n).reshape(1, n)
+        x = torch.zeros(1, n, hd)
+        cs = [rot(x, pos, k) if takes_type else rot(x, pos) for k in kinds]
+        cos = np.stack([_np(c[0].reshape(n, -1)).astype(np.float32) for c in cs])
+        sin = np.stack([_np(c[1].reshape(n, -1)).astype(np.float32) for c in cs])
+        return np.ascontiguousarray(cos), np.ascontiguousarray(sin)
+
+    return tables, kinds
+
+
+def _embedding(model, fam, hidden: int):
+    emb = model.get_input_embeddings()
+    empty_f, empty_q, empty_s = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int8), np.zeros(1, np.float32)
+    if isinstance(emb, Int8Embedding):
+        t = (np.int64(1), empty_f, _np(emb.qweight), _np(emb.scale))
+    elif isinstance(emb, torch.nn.Embedding):
+        t = (np.int64(0), np.ascontiguousarray(_np(emb.weight), np.float32), empty_q, empty_s)
+    else:
+        raise RuntimeUnsupported(f"input embedding {type(emb).__name__} is not an nn.Embedding or INT8 rows")
+    return t, np.float32(hidden ** 0.5), fam.scaled_embedding
+
+
+def _bf16_exact(w: np.ndarray) -> bool:
+    return not np.any(w.view(np.uint32) & np.uint32(0xFFFF))
+
+
+def _head(model, int8_head: bool | None):
+    """The lm_head tuple (kind, float32 [V, H], bf16 bits [V, H], int8 [V, H], scale [V]).
+
+    ``int8_head``: None = INT8 rows by integer kernels if the checkpoint stores them, else the float
+    matrix (bfloat16 bits when lossless); True = also a float head quantized to INT8 rows here
+    (:func:`fptq.reference.quantize_weight_int8_per_channel`, the ``--int8-embeddings`` rule);
+    False = INT8 rows computed in float32 (the reference's formula)."""
+    from ..reference import quantize_weight_int8_per_channel
+
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise RuntimeUnsupported("an lm_head with a bias is not supported")
+    ef, eb, eq = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16), np.zeros((1, 1), np.int8)
+    if isinstance(head, Int8LMHead):
+        kind = HEAD_INT8_FLOAT if int8_head is False else HEAD_INT8
+        return (np.int64(kind), ef, eb, _np(head.qweight), _np(head.scale))
+    if not isinstance(head, torch.nn.Linear):
+        raise RuntimeUnsupported(f"lm_head {type(head).__name__} is not an nn.Linear or INT8 rows")
+    w = np.ascontiguousarray(_np(head.weight), np.float32)
+    if int8_head:
+        q, s = quantize_weight_int8_per_channel(w)
+        return (np.int64(HEAD_INT8), ef, eb, q, s)
+    ones = np.ones(w.shape[0], np.float32)
+    if _bf16_exact(w):
+        return (np.int64(HEAD_BF16), ef, np.ascontiguousarray(w.view(np.uint32) >> 16).astype(np.uint16), eq, ones)
+    return (np.int64(HEAD_F32), w, eb, eq, ones)
+
+
+def _check_rotations(model, arch, layers) -> None:
+    """Only the down projections' inputs may carry an input rotation."""
+    for i, layer in enumerate(layers):
+        for path in arch.linears():
+            if path != arch.down and input_rotation_of(get_submodule(layer, path)) is not None:
+                raise RuntimeUnsupported(f"layer {i} {path}: an input rotation on a linear other than down")
+
+
+def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None):
+    """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
+    :class:`RuntimeUnsupported` naming what the runtime cannot run."""
+    try:
+        arch = arch_of_model(model)
+    except UnsupportedArchitecture as e:
+        raise RuntimeUnsupported(str(e)) from None
+    fam = family_of(arch.family)
+    if fam is None:
+        raise RuntimeUnsupported(f"family {arch.family} is not in the runtime's table")
+    cfg = model.config
+    act = getattr(cfg, "hidden_activation", None) or getattr(cfg, arch.act_attr, None)
+    if act not in ops.ACTIVATIONS:
+        raise RuntimeUnsupported(f"MLP activation {act!r} is not one of {sorted(ops.ACTIVATIONS)}")
+    _, layers, _ = find_decoder_layers(model)
+    _check_rotations(model, arch, layers)
+    hidden = model.get_input_embeddings().weight.shape[1] if hasattr(model.get_input_embeddings(), "weight") \
+        else model.get_input_embeddings().embedding_dim
+    attn0 = layers[0].self_attn
+    hd = int(attn0.head_dim)
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    paths = _linear_paths(arch)
+    lins = tuple(stack_linears([_prepare_linear(get_submodule(layer, paths[s]), f"layer {i} {paths[s]}")
+                                for i, layer in enumerate(layers)], paths[s], threads) for s in LINEAR_SLOTS)
+    with torch.inference_mode():
+        rope_fn, kinds = _rope_fn(model, cfg, hd)
+        norms = [_layer_norms(layer, arch, fam, hidden, hd) for layer in layers]
+        attn = [_attention_params(layer, cfg, i, kinds) for i, layer in enumerate(layers)]
+        emb, escale, use_scale = _embedding(model, fam, hidden)
+        head = _head(model, int8_head)
+        final_norm, fkind = _unwrap(model.base_model.norm)
+    if fkind:
+        raise RuntimeUnsupported("a rotation on the final norm is not supported")
+    downs = [get_submodule(layer, paths["down"]) for layer in layers]
+    rot_src = next((m for m in model.modules() if isinstance(m, RotateOutput)), None)
+    rotk = np.array([n[2] + [0 if input_rotation_of(d) is None else
+                             (1 if factors_of(d, INPUT_ROTATION) is not None else 2)]
+                     for n, d in zip(norms, downs)], np.int64)
+    softcaps = {a[3] for a in attn}
+    if len(softcaps) > 1:
+        raise RuntimeUnsupported("layers with different attention softcaps")
+    dims = np.array([nh, nkv, hd, ops.ACTIVATIONS[act], int(fam.qk_norm), int(fam.post_norms), threads,
+                     blocked.PARALLEL_MIN_MACS if par_min is None else par_min], np.int64)
+    eps = np.float32(norms[0][3])
+    return RuntimeWeights(
+        arch.family, dims, eps, np.ascontiguousarray(np.stack([n[0] for n in norms])),
+        np.ascontiguousarray(np.stack([n[1] for n in norms])), rotk,
+        _rotation(rot_src, "rotation", hidden), _rotation(downs[0] if rotk[0, 4] else None, INPUT_ROTATION,
+                                                          int(downs[0].in_features)),
+        np.array([a[0] for a in attn], np.int64), np.array([a[1] for a in attn], np.int64),
+        np.array([a[2] for a in attn], np.float32), np.float32(softcaps.pop()), lins, emb, escale, use_scale,
+        _gain(final_norm, fam.gain_plus_one), head, np.float32(getattr(cfg, "final_logit_softcapping", None) or 0.0),
+        rope_fn, len(layers), nkv, hd, int(head[4].shape[0]))
+
