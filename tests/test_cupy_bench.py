@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_verdicts_and_markdown():
     assert b.verdicts(rows[1]) == {"half_of_int8": False, "beats_bf16": False}
     md = b.markdown({"machine": {"gpu": "H200", "date": "d"}, "ceilings": {"copy_TBps": 4.3, "bf16_TFLOPs": 790},
                      "group_size": 128, "rows": rows, "notes": ["n1"]})
-    assert "| 4096x4096 | sym | 1 | 3.0 (decode) | 2.10 | 1.43 |" in md and "8.0 (M=32)" in md and "- n1" in md
+    assert "| 4096x4096 | sym | 1 | 3.0 (decode) | n/a | 2.10 | 1.43 |" in md and "8.0 (M=32)" in md and "- n1" in md
 
 
 def test_bench_refuses_cleanly_without_a_gpu(tmp_path):
@@ -77,15 +78,103 @@ def test_bench_refuses_cleanly_without_a_gpu(tmp_path):
 
 
 def test_gpu_check_parses_and_lists_every_stage(tmp_path):
+    """The check's stages in order (env, then the smoke first of the GPU stages), one log each, every
+    timeout counted: under 360 s in all, so a failed first run can be fixed and rerun in a 15-minute slot."""
     script = ROOT / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     r = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path)], capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    names = [line[1:line.index("]")] for line in lines]
+    assert names == ["env", "smoke", "memcheck", "racecheck", "gpu-tests", "bench", "conf-cupy", "conf-torch",
+                     "compile"], names
+    logs = [line.split("-> ")[1].split(":")[0] for line in lines]
+    assert logs == [f"logs/{n}.log" for n in names]  # one log per stage
     out = r.stdout
-    for stage in ("[env]", "[compile]", "[conf-cupy]", "[conf-torch]", "[gpu-tests]", "[bench]"):
-        assert stage in out, stage
-    assert "conf-large" in out  # run, or said to be skipped
-    assert "cupy" in out and "torch-cuda" in out and "tests/test_cupy_gpu.py" in out
-    limits = [int(line.split("timeout ")[1].split("s")[0]) for line in out.splitlines() if "timeout " in line]
-    assert sum(limits) <= 480, f"the stage timeouts add up to {sum(limits)} s, over the 8-minute budget"
+    assert "gpu_smoke.py --gemm-only --no-pool" in out and "--tool memcheck" in out and "--tool racecheck" in out
+    assert "--fptq-backend cupy" in out and "--fptq-backend torch-cuda" in out and "tests/test_cupy_gpu.py" in out
+    limits = [int(line.split("timeout ")[1].split("s")[0]) for line in lines]
+    assert sum(limits) < 360, f"the stage timeouts add up to {sum(limits)} s, over the 6-minute budget"
+    assert not list(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def _smoke():
+    spec_ = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "benchmarks" / "gpu_smoke.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    return mod
+
+
+def test_smoke_launches_every_kernel_over_the_emulated_backend():
+    """gpu_smoke.run_smoke's cases, run over the emulated backend (tests/cupy_emulated.py): every kernel of
+    cupy_compile.MODULES is launched (each decode MT, both prefill tiles) and every result has the spec's bits."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cupy_emulated import EmulatedCupyBackend
+
+    s = _smoke()
+    r = s.run_smoke(lambda force: EmulatedCupyBackend(force_path=force))
+    assert r["ok"] and not r["kernels_not_launched"], r
+    assert len(r["cases"]) == len(s.op_cases(np.random.default_rng(0))) + len(s.gemm_cases(np.random.default_rng(0)))
+
+
+def test_smoke_reports_a_wrong_kernel_and_a_kernel_never_launched(monkeypatch):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import cupy_emulated as E
+
+    s = _smoke()
+    monkeypatch.setattr(s, "gemm_cases", lambda rng: [])
+    good = E._EMULATED["pack_int4"]
+
+    def bad_pack(grid, block, q, packed, n_rows, k):
+        good(grid, block, q, packed, n_rows, k)
+        packed.reshape(-1)[0] ^= 1
+    monkeypatch.setitem(E._EMULATED, "pack_int4", bad_pack)
+    r = s.run_smoke(lambda force: E.EmulatedCupyBackend(force_path=force))
+    assert not r["ok"]
+    assert [c["case"] for c in r["cases"] if not c["ok"]] == ["pack_int4"]
+    assert "gemm_decode<1>" in r["kernels_not_launched"]
+
+
+def test_bench_rows_survive_failures_and_save_cupy_first():
+    """bench_shape over the emulated cupy backend with a torch that fails everywhere: every row keeps its
+    cupy time (saved before anything else runs), the failures are recorded per column, and the table
+    lists them."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from cupy_emulated import EmulatedCupyBackend, _NumpyAsCupy
+
+    b = _bench()
+
+    class Timer:
+        def cupy_graph(self, calls):
+            for c in dict.fromkeys(calls):  # each distinct launch once (the emulation is slow)
+                c()
+            return 1.5, "fake"
+
+        def torch_graph(self, calls):
+            raise RuntimeError("torch: no CUDA here")
+
+    class Torch:
+        def __getattr__(self, name):
+            raise RuntimeError("torch: no CUDA here")
+
+    saved = []
+    ctx = {"torch": Torch(), "cp": _NumpyAsCupy(), "timer": Timer(), "group_size": 128, "ms": (1, 8), "l2": 256,
+           "rng": np.random.default_rng(0), "deadline": float("inf"), "cupy": EmulatedCupyBackend(),
+           "cupy_prefill": EmulatedCupyBackend(force_path="prefill"), "torch_b": b._NoTorch(), "copy_bps": 4e12}
+    result = {"rows": [], "notes": [], "machine": {"gpu": "emulated", "date": "d"}, "group_size": 128,
+              "ceilings": {"copy_TBps": 4.0, "bf16_TFLOPs": 1.0}}
+
+    def emit(row):
+        first = not result["rows"] or result["rows"][-1] is not row
+        if first:
+            result["rows"].append(row)
+            saved.append(dict(row))
+    b.bench_shape(ctx, 16, 256, emit)
+    assert [(r["m"], r["fmt"]) for r in result["rows"]] == [(1, "sym"), (8, "sym"), (1, "asym"), (8, "asym")]
+    for r, first_save in zip(result["rows"], saved):
+        assert first_save["cupy_us"] == 1.5 and "torch_cuda_us" not in first_save  # cupy saved first
+        assert r["cupy_path"] == "decode" and "torch_cuda_us_error" in r and "cublas_error" in r
+    assert all(r.get("cupy_prefill_us") == 1.5 for r in result["rows"] if r["m"] == 8)
+    md = b.markdown(result)
+    assert "- failed: 16x256 sym M=1: torch_cuda_us: RuntimeError" in md
