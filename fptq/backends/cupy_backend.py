@@ -229,23 +229,21 @@ class CupyBackend(BackendBase):
                          (w, scale, self._opt(zero), _I64(n), _I64(k), _I64(g), _I64(ng), _I32(asym)))
         return scale, zero
 
-    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
-        w, scale = self._c(w), self._c(scale)
-        n, k = w.shape
-        q = self.cp.empty((n, k), dtype=self.cp.int8)
-        self._elementwise("weights", "quantize_weight_with_scales", n * k,
-                          (w, scale, self._opt(zero), q, _I64(n), _I64(k), _I64(g), _I64(num_groups(k, g)),
-                           _I32(fmt is WeightFormat.ASYMMETRIC)))
-        return q
-
-    def _dequantize_weight_unchecked(self, q, scale, zero, g, fmt):
-        q, scale = self._c(q), self._c(scale)
-        n, k = q.shape
-        out = self.cp.empty((n, k), dtype=self.cp.float32)
-        self._elementwise("weights", "dequantize_weight", n * k,
-                          (q, scale, self._opt(zero), out, _I64(n), _I64(k), _I64(g), _I64(num_groups(k, g)),
+    def _groupwise(self, kernel, a, scale, zero, g, fmt, out_dtype):
+        """One elementwise weights kernel over a [N, K] with its per-(row, group) scale (and zero)."""
+        a, scale = self._c(a), self._c(scale)
+        n, k = a.shape
+        out = self.cp.empty((n, k), dtype=out_dtype)
+        self._elementwise("weights", kernel, n * k,
+                          (a, scale, self._opt(zero), out, _I64(n), _I64(k), _I64(g), _I64(num_groups(k, g)),
                            _I32(fmt is WeightFormat.ASYMMETRIC)))
         return out
+
+    def _quantize_weight_with_scales_unchecked(self, w, scale, zero, g, fmt):
+        return self._groupwise("quantize_weight_with_scales", w, scale, zero, g, fmt, self.cp.int8)
+
+    def _dequantize_weight_unchecked(self, q, scale, zero, g, fmt):
+        return self._groupwise("dequantize_weight", q, scale, zero, g, fmt, self.cp.float32)
 
     # -- packing (section 5) -------------------------------------------------------------------
     def _pack_int4_unchecked(self, q, signed):

@@ -46,7 +46,7 @@ import numpy as np
 
 from ...spec.formats import FLOAT, INT4_SIGN_OFFSET
 from . import blocked, simd
-from .packing import NIBBLE, SHIFT, SIGN_FLIP, nibble_value
+from .packing import SIGN_FLIP, unpack_row
 from ._jit import njit, njit_inline, pnjit, prange
 
 #: largest M served by the decode path
@@ -282,13 +282,7 @@ def _sub_const(seg, z):
 @njit
 def unpack_row_minus_zero(p, zrow, k, g, signed, out):
     """Packed row uint8 [ceil(K/2)] -> int8 [K] holding ``q - z`` (z per group; none if signed)."""
-    half = k // 2
-    for i in range(half):
-        b = p[i]
-        out[2 * i] = nibble_value(b & NIBBLE, signed)
-        out[2 * i + 1] = nibble_value(b >> SHIFT, signed)
-    if k % 2:
-        out[k - 1] = nibble_value(p[half] & NIBBLE, signed)
+    unpack_row(p, k, signed, out)
     if not signed:
         for j in range(zrow.size):
             _sub_const(out[j * g:min((j + 1) * g, k)], np.int8(zrow[j]))

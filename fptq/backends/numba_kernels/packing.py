@@ -61,7 +61,8 @@ def nibble_value(v, signed):
 
 
 @njit
-def _unpack_row(p, k, signed, out):
+def unpack_row(p, k, signed, out):
+    """One packed row uint8 [ceil(K/2)] -> int8 [K] (``out``), as :func:`unpack_int4`."""
     half = k // 2
     for i in range(half):
         b = p[i]
@@ -77,5 +78,5 @@ def unpack_int4(packed, k, signed):
     n = packed.shape[0]
     out = np.empty((n, k), np.int8)
     for r in prange(n):
-        _unpack_row(packed[r], k, signed, out[r])
+        unpack_row(packed[r], k, signed, out[r])
     return out
