@@ -12,6 +12,7 @@ makes every edge a named, deliberate choice rather than a lucky draw:
   group), G > K, per-channel G = K, G = 1, G = 128;
 * floats: exact .5 ties, their neighbours, values at the clip limit and
   beyond it, +-0.0, subnormals, amax whose scale underflows to MIN_SCALE,
+  scales that are powers of two down to 2**-149 (where 1 / s is inf),
   magnitudes up to FLT_MAX;
 * integers: int8 -128, every nibble value, int32 sums that round when
   converted to float32, INT32_MIN;

@@ -411,6 +411,11 @@ def _select_ops(config, items, ours):
 
 def pytest_terminal_summary(terminalreporter, config):
     sel = getattr(config, _ATTR, None)
+    for name in ("conformance.layouts", f"{PYARGS_NAME}.layouts"):
+        fallbacks = getattr(sys.modules.get(name), "FALLBACKS", None)
+        if sel is not None and sel.targeted and fallbacks:
+            terminalreporter.write_line(f"fptq conformance: the backend's arrays could not be sliced into these "
+                                        f"layouts, which were tested contiguous: {fallbacks}", yellow=True)
     if sel is not None and sel.unmatched_xfails:
         terminalreporter.write_line(f"fptq conformance: {len(sel.unmatched_xfails)} --xfails id(s) matched no "
                                     f"collected test: {', '.join(sel.unmatched_xfails)}", yellow=True)

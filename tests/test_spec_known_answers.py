@@ -338,3 +338,18 @@ def test_policy_codes_and_nibble_constants_come_from_the_table():
     assert (formats.NIBBLE_BITS, formats.NIBBLE_MASK, formats.INT4_SIGN_OFFSET, formats.MAX_TERM) == (4, 0xF, 8, 1920)
     v = np.array([0.0, spec.DEFAULT_V0, spec.DEFAULT_V1], np.float32)
     assert spec.select_policies(v).tolist() == [formats.POLICY_CODES[p] for p in spec.ActPolicy]
+
+
+def test_lae_log2_rounds_correctly_in_two_binades():
+    """docs/spec.md §3.3: float64 log2(t) is more than 1 float64 ulp from every float32 rounding midpoint for every
+    float32 t in [2, 4) and [2**127, FLT_MAX] (tests/check_log2_rounding.py checks all 127 binades), so the
+    reference's float32(log2_float64(t)) is the correctly rounded log2 there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from check_log2_rounding import midpoint_margin
+
+    for e in (1, 127):
+        m64, t, _ = midpoint_margin(e)
+        assert m64 > 1, (e, m64, t)
