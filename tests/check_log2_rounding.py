@@ -7,9 +7,10 @@ lies from the nearest float32 rounding midpoint, in float64 ulps. If the
 minimum is above 1 (and NumPy's float64 log2 is within 1 ulp of the true value,
 the one assumption), the float64 value and the true log2(t) round to the same
 float32: the reference's l is the correctly rounded float32 of log2(t), for
-every admitted input.
+every admitted input. Result on 6 December 2026 (NumPy of this repository's
+.venv): at least 3.0 float64 ulps, closest at t = 2.507490396499634.
 
-    python tests/check_log2_rounding.py          # about 1 CPU-minute; prints the minimum and where
+    python tests/check_log2_rounding.py          # a few CPU-minutes; prints the minimum and where
 
 ``tests/test_spec_known_answers.py::test_lae_log2_rounds_correctly_in_two_binades``
 runs the same check on the binades [2, 4) and [2**127, FLT_MAX] in every test run.
