@@ -92,41 +92,33 @@ def weight_scales_asym(w, g):
 
 
 @njit
-def _quantize_seg_sym(seg, s, out):
+def _quantize_seg(seg, s, z, qmin, qmax, out):
+    """``clip(rint(w / s) + z, qmin, qmax)``; symmetric: z = +0.0 (adding it changes no integer)."""
     for i in range(seg.size):
-        out[i] = np.int8(_clip(np.rint(seg[i] / s), _SYM_QMIN, _SYM_QMAX))
-
-
-@njit
-def _quantize_seg_asym(seg, s, z, out):
-    for i in range(seg.size):
-        out[i] = np.int8(_clip(np.rint(seg[i] / s) + z, _ASYM_QMIN, _ASYM_QMAX))
+        out[i] = np.int8(_clip(np.rint(seg[i] / s) + z, qmin, qmax))
 
 
 @pnjit
+def _quantize(w, scale, zero, g, asym, qmin, qmax):
+    n, k = w.shape
+    ng = scale.shape[1]
+    q = np.empty((n, k), np.int8)
+    for r in prange(n):
+        for j in range(ng):
+            lo, hi = j * g, min((j + 1) * g, k)
+            z = FLOAT(zero[r, j]) if asym else _ZERO
+            _quantize_seg(w[r, lo:hi], scale[r, j], z, qmin, qmax, q[r, lo:hi])
+    return q
+
+
 def quantize_sym(w, scale, g):
     """float32 [N, K], float32 [N, ng], G -> int8 [N, K] in [-8, 7]."""
-    n, k = w.shape
-    ng = scale.shape[1]
-    q = np.empty((n, k), np.int8)
-    for r in prange(n):
-        for j in range(ng):
-            lo, hi = j * g, min((j + 1) * g, k)
-            _quantize_seg_sym(w[r, lo:hi], scale[r, j], q[r, lo:hi])
-    return q
+    return _quantize(w, scale, np.zeros((1, 1), np.uint8), g, False, _SYM_QMIN, _SYM_QMAX)
 
 
-@pnjit
 def quantize_asym(w, scale, zero, g):
     """float32 [N, K], float32 [N, ng], uint8 [N, ng], G -> int8 [N, K] in [0, 15]."""
-    n, k = w.shape
-    ng = scale.shape[1]
-    q = np.empty((n, k), np.int8)
-    for r in prange(n):
-        for j in range(ng):
-            lo, hi = j * g, min((j + 1) * g, k)
-            _quantize_seg_asym(w[r, lo:hi], scale[r, j], FLOAT(zero[r, j]), q[r, lo:hi])
-    return q
+    return _quantize(w, scale, zero, g, True, _ASYM_QMIN, _ASYM_QMAX)
 
 
 @njit
