@@ -31,10 +31,11 @@ def test_operations_are_the_specs_checked_public_functions():
 
 @pytest.mark.parametrize("op", OPERATIONS)
 def test_each_operation_has_the_spec_signature(op):
-    got = inspect.signature(getattr(BackendBase, op))
-    want = inspect.signature(getattr(spec, op))
-    strip = [(p.name, p.default) for p in list(got.parameters.values())[1:]]
-    assert strip == [(p.name, p.default) for p in want.parameters.values()], op
+    """In the base class and in the Protocol: the spec function's parameters, names and defaults."""
+    want = [(p.name, p.default) for p in inspect.signature(getattr(spec, op)).parameters.values()]
+    for cls in (BackendBase, B.Backend):
+        got = inspect.signature(getattr(cls, op))
+        assert [(p.name, p.default) for p in list(got.parameters.values())[1:]] == want, (cls.__name__, op)
 
 
 def test_members_come_from_the_protocol():
