@@ -11,7 +11,7 @@ packed is caught.
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from . import hypothesis_hard as hx
 from . import hypothesis_helpers as hh
@@ -30,6 +30,7 @@ LAYOUT_OPS = {
 
 
 @pytest.mark.parametrize("op", list(LAYOUT_OPS))
+@settings(max_examples=max(10, settings.default.max_examples // 4))  # a quarter of the profile's, per operation
 @given(data=hh.st.data())
 def test_strided_inputs(backend, op, data):
     case = data.draw(LAYOUT_OPS[op](), label="case")
