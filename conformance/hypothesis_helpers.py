@@ -161,7 +161,7 @@ def dequantize_act_cases(draw) -> dict:
     src = Source(draw(seeds()))
     q = P.int8_activations(src, (m, k), draw(mixes(("uniform", "extreme", "zero", "small"), favour=("uniform",))))
     per_token = draw(st.booleans())
-    kinds = draw(mixes(P.SCALE_KINDS, favour=("full",)))
+    kinds = draw(mixes(P.DRAWN_SCALE_KINDS, favour=("full",)))
     if per_token and m != 1:
         scale = P.positive_scales(src, (m,), kinds)
     else:
@@ -190,7 +190,7 @@ def lae_apply_cases(draw, operand: str) -> dict:
     if draw(st.booleans()):
         s = spec.lae_scales(P.channel_max_values(src, (k,), draw(mixes(P.CHANNEL_MAX_KINDS, favour=("band",)))))
     else:
-        s = P.positive_scales(src, (k,), draw(mixes(P.SCALE_KINDS, favour=("full",))))
+        s = P.positive_scales(src, (k,), draw(mixes(P.DRAWN_SCALE_KINDS, favour=("full",))))
     return {operand: a, "s": s}
 
 
@@ -231,7 +231,7 @@ def weight_with_scales_cases(draw) -> dict:
         factor = (0.3 + 0.7 * src.unit(scale.shape)).astype(F32)
         scale = np.maximum((scale * factor).astype(F32), spec.MIN_SCALE).astype(F32)
     elif how == "arbitrary":
-        scale = P.positive_scales(src, (n, ng), draw(mixes(P.SCALE_KINDS, favour=("full",))))
+        scale = P.positive_scales(src, (n, ng), draw(mixes(P.DRAWN_SCALE_KINDS, favour=("full",))))
     if fmt is WeightFormat.ASYMMETRIC and (zero is None or draw(st.booleans())):
         zero = src.ints(0, 15, (n, ng)).astype(np.uint8)
     return {"w": w, "scale": scale, "zero": zero, "group_size": g, "fmt": fmt}
@@ -253,7 +253,7 @@ def dequantize_weight_cases(draw) -> dict:
     ng = _ng(k, g)
     src = Source(draw(seeds()))
     q = draw(int4_values(n, k, fmt is WeightFormat.SYMMETRIC))
-    scale = P.positive_scales(src, (n, ng), draw(mixes(P.SCALE_KINDS, favour=("full",))))
+    scale = P.positive_scales(src, (n, ng), draw(mixes(P.DRAWN_SCALE_KINDS, favour=("full",))))
     zero = src.ints(0, 15, (n, ng)).astype(np.uint8) if fmt is WeightFormat.ASYMMETRIC else None
     return {"q": q, "scale": scale, "zero": zero, "group_size": g, "fmt": fmt}
 
