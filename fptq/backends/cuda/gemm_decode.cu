@@ -14,11 +14,13 @@
 // memory, so ptxas cannot sink them next to their uses to save registers, as
 // it did with plain loads), one wait, then the dot products reading the slots
 // back. Copies never depend on M, N or the group's end: rows past N read row
-// N - 1, activation rows past M read row
-// M - 1 (their sums are never stored), and a chunk past the group's end
-// re-reads the group's last chunk with its activations masked to 0, so it adds
-// nothing (no branch: ptxas sinks loads into the branch that uses them). Only
-// a ragged last group, or G not a multiple of CH * 32, has such chunks.
+// N - 1, activation rows past M read row M - 1 (their sums are never stored),
+// and a chunk past the group's end re-reads the group's last chunk with its
+// activations masked to 0, so it adds nothing (no branch: ptxas sinks loads
+// into the branch that uses them). Only a ragged last group, or G not a
+// multiple of CH * 32 (G = 32 or 64 at CH = 4: half or more of the batch's
+// math is masked work), has such chunks. A lane's slots are reused by its next
+// batch: a read, then an async copy to the same address by the same thread.
 // Exact int32 sums per group:
 //   dot[r][m] = sum x * u   (u the unsigned nibble, u = q + 8 for symmetric),
 //   xsum[m]   = sum x,
@@ -38,7 +40,6 @@
 // dp4a-bound rather than memory-bound).
 template <int MT>
 struct DecodeChunks { static constexpr int value = MT <= 4 ? 4 : MT == 8 ? 2 : 1; };
-
 
 // 16 bytes global -> shared without a register (cp.async, sm_80+), and the wait for this thread's copies.
 __device__ __forceinline__ void dec_cp_async16(void* dst, const void* src) {
