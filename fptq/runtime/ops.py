@@ -118,20 +118,18 @@ def activation(g, u, act, out):
 
 
 @fnjit
-def _dot(a, b):
-    acc = F32(0.0)
-    for i in range(a.size):
-        acc += a[i] * b[i]
-    return acc
-
-
-@fnjit
-def attend_head(q, kc, vc, t0, t1, scaling, softcap, out, scores):
-    """One query head against cached keys/values t0..t1-1 (kc, vc [T, hd]): softmax of
-    ``q k^T * scaling`` (``softcap > 0``: ``tanh(s / cap) * cap`` first), times v, into ``out`` [hd]."""
+def attend_head(q, qo, kc, vc, kh, t0, t1, scaling, softcap, out, scores):
+    """Query ``q[qo:qo + hd]`` against the cached keys/values ``kc[kh, t0:t1]``, ``vc[kh, t0:t1]``
+    ([nkv, T, hd]): softmax of ``q k^T * scaling`` (``softcap > 0``: ``tanh(s / cap) * cap`` first),
+    times v, into ``out[qo:qo + hd]``. Plain index loops (no per-position slices), so the inner loops
+    over hd vectorize."""
+    hd = kc.shape[2]
     mx = -np.inf
     for t in range(t0, t1):
-        s = _dot(q, kc[t]) * scaling
+        s = F32(0.0)
+        for d in range(hd):
+            s += q[qo + d] * kc[kh, t, d]
+        s = s * scaling
         if softcap > 0:
             s = np.tanh(s / softcap) * softcap
         scores[t] = s
@@ -142,13 +140,12 @@ def attend_head(q, kc, vc, t0, t1, scaling, softcap, out, scores):
         scores[t] = e
         tot += e
     inv = F32(1.0) / tot
-    for d in range(out.size):
-        out[d] = 0.0
+    for d in range(hd):
+        out[qo + d] = 0.0
     for t in range(t0, t1):
         w = scores[t] * inv
-        v = vc[t]
-        for d in range(out.size):
-            out[d] += w * v[d]
+        for d in range(hd):
+            out[qo + d] += w * vc[kh, t, d]
 
 
 @njit
@@ -159,31 +156,28 @@ def window_start(p, window):
 
 
 @njit
-def attend_rows(q, kc, vc, pos0, rows, nh, nkv, hd, scaling, window, softcap, out):
-    """Attention of query rows ``rows`` (q [M, nh*hd]) at positions ``pos0 + m``, on one thread."""
+def attend_rows(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
+    """Attention of every query row (q [M, nh*hd]) at positions ``pos0 + m``, on one thread."""
     grp = nh // nkv
     scores = np.empty(kc.shape[1], F32)
-    for m in rows:
+    for m in range(q.shape[0]):
         p = pos0 + m
         t0 = window_start(p, window)
         for h in range(nh):
-            kh = h // grp
-            attend_head(q[m, h * hd:(h + 1) * hd], kc[kh], vc[kh], t0, p + 1, scaling, softcap,
-                        out[m, h * hd:(h + 1) * hd], scores)
+            attend_head(q[m], h * hd, kc, vc, h // grp, t0, p + 1, scaling, softcap, out[m], scores)
 
 
 @numba.njit(parallel=True, **OPTS)
 def attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
-    """:func:`attend_rows` over all rows, (row, head) pairs spread over the threads."""
+    """:func:`attend_rows`, (row, head) pairs spread over the threads."""
     m_rows = q.shape[0]
     grp = nh // nkv
     for i in numba.prange(m_rows * nh):
         m, h = i // nh, i % nh
         p = pos0 + m
-        kh = h // grp
         scores = np.empty(p + 1, F32)
-        attend_head(q[m, h * hd:(h + 1) * hd], kc[kh], vc[kh], window_start(p, window), p + 1, scaling,
-                    softcap, out[m, h * hd:(h + 1) * hd], scores)
+        attend_head(q[m], h * hd, kc, vc, h // grp, window_start(p, window), p + 1, scaling, softcap, out[m],
+                    scores)
 
 
 def rotation_parts(q: np.ndarray, factors) -> tuple:

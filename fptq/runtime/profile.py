@@ -1,0 +1,84 @@
+"""Where a decoded token's time goes in the runtime: the whole forward and its parts timed alone.
+
+:func:`token_breakdown` times (wall clock, median of ``reps``) one decoded token at context length
+``context`` (the whole compiled forward), then the same token's parts, each in its own compiled call
+on the same shapes: every W4A8 linear of every layer (M = 1), the attention of every layer over
+``context`` cached positions, and the lm_head. ``other`` is the rest of the forward (embedding,
+norms, online rotations, RoPE, activations, residual adds, one Python-to-Numba call).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from . import forward as fw
+from .head import head_logits
+from .ops import F32, njit
+
+
+@njit
+def _all_linears(lins, n_layers, xh, xa, xf, threads, par_min):
+    lq, lk, lv, lo, lg, lu, ld = lins
+    bad = 0
+    for l in range(n_layers):
+        for lin in (lq, lk, lv, lg, lu):
+            bad += fw.linear_serial(xh, lin, l)[1]
+        bad += fw.linear_serial(xa, lo, l)[1]
+        bad += fw.linear_serial(xf, ld, l)[1]
+    return bad
+
+
+@njit
+def _all_attention(q, kc, vc, pos, nh, nkv, hd, scaling, window, softcap, threads):
+    for l in range(kc.shape[0]):
+        k = np.empty((1, nkv * hd), F32)
+        v = np.empty((1, nkv * hd), F32)
+        for h in range(nkv):
+            k[0, h * hd:(h + 1) * hd] = kc[l, h, pos]
+            v[0, h * hd:(h + 1) * hd] = vc[l, h, pos]
+        fw.attention(q, k, v, kc[l], vc[l], pos, nh, nkv, hd, scaling[l], window[l], softcap, threads)
+
+
+def _median_ms(fn, reps: int, clock=time.perf_counter) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock=time.perf_counter) -> dict:
+    """ms per decoded token: ``total`` and its parts ``linears``, ``attention``, ``lm_head``, ``other``
+    (see the module docstring); the runtime's sequence is reset. ``clock``: ``time.process_time`` gives
+    CPU time (on one thread, immune to other jobs' load), the default wall time."""
+    w = rt.w
+    rng = np.random.default_rng(seed)
+    rt.reset()
+    rt.forward(rng.integers(0, w.vocab, context))
+    tok = np.array([int(rng.integers(0, w.vocab))], np.int64)
+
+    def one_token():
+        rt.pos = context
+        rt.forward(tok)
+
+    total = _median_ms(one_token, reps, clock)
+    nh, nkv, hd = (int(v) for v in w.dims[:3])
+    threads, par_min = int(w.dims[6]), int(w.dims[7])
+    hidden = w.normw.shape[2]
+    xh, xa, xf = (rng.standard_normal((1, n)).astype(F32) for n in (hidden, nh * hd, int(w.lins[4][9])))
+    linears = _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min), reps, clock)
+    q = rng.standard_normal((1, nh * hd)).astype(F32)
+    attention = _median_ms(lambda: _all_attention(q, rt.kc, rt.vc, context, nh, nkv, hd, w.scaling, w.window,
+                                                  w.softcap, threads), reps, clock)
+    h = rng.standard_normal((1, hidden)).astype(F32)
+    head = _median_ms(lambda: head_logits(h, w.head, w.final_cap, threads), reps, clock)
+    rt.reset()
+    return {"context": context, "total_ms": total, "linears_ms": linears, "attention_ms": attention,
+            "lm_head_ms": head, "other_ms": total - linears - attention - head,
+            "weight_bytes_per_token": w.weight_bytes()}
+
