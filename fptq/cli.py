@@ -94,6 +94,11 @@ def _add_backend(p):
                    f"with a warning where {BACKEND} cannot start)")
 
 
+def _add_transformers(p):
+    p.add_argument("--transformers", action="store_true", help="run a W4A8 checkpoint on the transformers path "
+                   "(default: fptq's compiled runtime, fptq.runtime, where it runs the family with the numba backend)")
+
+
 def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -205,6 +210,7 @@ def _add_eval_parser(sub) -> None:
                    "matmuls on dequantized weights) instead of the integer backend")
     e.add_argument("--json", default=None, help="write the results as JSON here")
     _add_backend(e)
+    _add_transformers(e)
     _add_common(e)
 
 
@@ -252,6 +258,7 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
                    "integer backend")
     _add_backend(g)
+    _add_transformers(g)
     _add_common(g)
 
 
@@ -312,6 +319,11 @@ def _load_for_eval(a):
         if tok is None:
             raise RuntimeError(f"{a.model} has no tokenizer files; it is not self-contained")
         kind = f"W4A8 {'fake-quant' if a.fake_quant else 'integer, backend ' + a.backend}"
+        if not getattr(a, "transformers", False):
+            from .runtime.attach import attach_runtime
+
+            if attach_runtime(model, a.backend, "fake_quant" if a.fake_quant else "integer") is None:
+                kind += ", fptq runtime"
         return model, tok, kind
     if a.fake_quant:
         raise ValueError("--fake-quant applies to W4A8 checkpoints only")
@@ -427,7 +439,7 @@ def cmd_generate(a) -> int:
     if not prompt.strip():
         raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
     m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
-                  progress=not a.quiet)
+                  progress=not a.quiet, runtime=not a.transformers)
     generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
                   do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
     return 0

@@ -29,7 +29,8 @@ __all__ = ["load", "generate_text", "GENERATION_DEFAULTS"]
 GENERATION_DEFAULTS = GENERATION
 
 
-def load(model=None, backend: str | None = None, mode: str = "integer", progress: bool = False):
+def load(model=None, backend: str | None = None, mode: str = "integer", progress: bool = False,
+         runtime: bool = True):
     """``(model, tokenizer)`` from a W4A8 checkpoint directory or a float model (dir, ``.gguf``, or None = embedded).
 
     Args:
@@ -40,6 +41,9 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
             :func:`fptq.defaults.default_backend` (numba, the fastest measured on CPU; torch with a
             warning where numba cannot start).
         mode: ``"integer"`` (the backend's integer kernels) or ``"fake_quant"``.
+        runtime: attach fptq's compiled runtime (:mod:`fptq.runtime`) where it runs the checkpoint (integer
+            mode, numba backend, a supported family): :func:`generate_text` then decodes with it; False keeps
+            the transformers path only.
     Raises:
         ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
     """
@@ -56,6 +60,10 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
         m, tok, _ = load_quantized(model, backend=backend, mode=mode)
         if tok is None:
             raise ValueError(f"{model}: the checkpoint has no tokenizer files")
+        if runtime:
+            from .runtime.attach import attach_runtime
+
+            attach_runtime(m, backend, mode)
         return m, tok
     m, tok, _ = load_float_model(model, progress=progress)
     return m, tok
@@ -98,6 +106,10 @@ def generate_text(model, tokenizer, prompt: str, *, chat: bool = False, stream=N
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     ids = _prompt_ids(tokenizer, prompt, chat)
     _check_context(model, ids.shape[1], gen["max_new_tokens"])
+    from .runtime.attach import runtime_generate_text, runtime_of
+
+    if runtime_of(model) is not None:  # fptq's compiled runtime, attached by load()
+        return runtime_generate_text(model, tokenizer, ids, opts, stream, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     streamer = None if stream is None else _file_streamer(tokenizer, stream)
     torch.manual_seed(seed)

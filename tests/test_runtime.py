@@ -115,3 +115,55 @@ def test_greedy_tokens_match_transformers_generate(loaded):
                              max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None,
                              temperature=None, top_k=None, top_p=None)[0, 6:].tolist()
     assert generate_ids(rt, prompt, 10) == ref
+
+
+def test_int8_head_is_the_integer_formula_exactly():
+    """HEAD_INT8: per-token INT8 of x (the spec's rule), exact int32 sums, ``float32(acc) * scale[v] * xs``."""
+    from fptq import spec
+    from fptq.runtime.head import HEAD_INT8, head_logits
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((300, 64)).astype(np.float32)
+    q, s = spec.quantize_act_per_token(w)
+    h = (rng.standard_normal((3, 64)) * 5).astype(np.float32)
+    head = (np.int64(HEAD_INT8), np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16), q, s)
+    got = head_logits(h, head, np.float32(0.0), 2)
+    qx, xs = spec.quantize_act_per_token(h)
+    acc = qx.astype(np.int64) @ q.astype(np.int64).T
+    want = (acc.astype(np.float32) * s[None, :]) * xs.reshape(-1, 1)
+    assert np.array_equal(got, want.astype(np.float32))
+
+
+def test_unsupported_family_keeps_the_transformers_path(tmp_path_factory):
+    from fptq.runtime.attach import attach_runtime, runtime_of
+
+    model, _, _ = load_quantized(_quantize(tmp_path_factory, "opt"), backend="numba")
+    with pytest.raises(RuntimeUnsupported, match="opt"):
+        Runtime.from_model(model)
+    assert "opt" in attach_runtime(model, "numba") and runtime_of(model) is None
+
+
+def test_generate_and_eval_use_the_runtime_and_match_transformers(tmp_path_factory, capsys):
+    import fptq
+    from fptq.runtime.attach import runtime_of
+
+    from fptq.eval._forward import logits_of
+
+    ckpt = _quantize(tmp_path_factory, "llama")
+    capsys.readouterr()
+    model, _ = fptq.load(str(ckpt), backend="numba")
+    assert runtime_of(model) is not None
+    assert runtime_of(fptq.load(str(ckpt), backend="numba", runtime=False)[0]) is None
+    assert runtime_of(fptq.load(str(ckpt), backend="torch")[0]) is None
+    outs = []
+    for flag in ([], ["--transformers"]):
+        assert main(["generate", str(ckpt), "hello world", "--max-new-tokens", "12", "--backend", "numba",
+                     "--quiet", *flag]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].strip()
+    ids = torch.from_numpy(IDS)[None]
+    with torch.inference_mode():
+        got = logits_of(model, ids).numpy()[0]
+    _assert_close_logits(got, _reference_logits(model, IDS), "eval's logits_of")
+    assert np.array_equal(got, runtime_of(model).forward(IDS, all_logits=True) if runtime_of(model).reset() is None
+                          else None)

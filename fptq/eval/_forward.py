@@ -48,7 +48,11 @@ def logits_of(model, input_ids, where: str | None = None):
     (what to name in the error) also checked (:func:`fptq.eval.health.check_logits`: finite, not equal
     across the vocabulary)."""
     torch = torch_or_error()
-    out = model(input_ids.to(model_device(model)))
+    from ..runtime.attach import runtime_logits
+
+    out = runtime_logits(model, input_ids)  # fptq's compiled runtime where one is attached, else the model
+    if out is None:
+        out = model(input_ids.to(model_device(model)))
     logits = getattr(out, "logits", out)
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"model returned {type(out).__name__}; expected a tensor or an object with .logits")
