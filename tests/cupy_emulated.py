@@ -155,7 +155,7 @@ def _k_group_sums(grid, block, qx, packed, zero, acc, m_rows, n_rows, k, g, ng, 
     c = zero.reshape(-1)[n * ng + gi].astype(np.int64) if asym else 0
     s = np.zeros(i.size, np.int64)
     j1 = np.minimum(gi * g + g, k)
-    for off in range(g):
+    for off in range(min(g, k)):  # j = gi * g + off < k: no group reaches past column k
         j = gi * g + off
         live = j < j1
         j = np.where(live, j, 0)
