@@ -27,16 +27,29 @@ from .ops import F32, njit
 
 @njit
 def linear(x, lin, l, threads, par_min):
-    """The W4A8 linear ``lin`` of layer ``l`` on float32 x [M, K] (C-contiguous) -> (y [M, n], bad):
-    ``bad`` counts rows of x or y holding a NaN/Inf."""
-    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    """The W4A8 linear ``lin`` of layer ``l`` on float32 x [M, K] (C-contiguous) -> (y [M, n] C-contiguous,
+    bad): ``bad`` counts rows of x or y holding a NaN/Inf. Every thread from ``par_min`` multiply-adds."""
     m, k = x.shape
-    if threads > 1 and m * n * k >= par_min:
-        y, bad, bad_out = blocked.linear_parallel(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g,
-                                                  steps_last, n, panel)
-    else:
-        y, bad, bad_out = blocked.linear(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g, steps_last, n)
-    return y[:, :n], bad + bad_out
+    if threads > 1 and m * lin[9] * k >= par_min:
+        return linear_parallel(x, lin, l)
+    return linear_serial(x, lin, l)
+
+
+@njit
+def linear_parallel(x, lin, l):
+    """:func:`linear` on every thread (the blocked kernel's parallel panels)."""
+    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    y, bad, bad_out = blocked.linear_parallel(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g,
+                                              steps_last, n, panel)
+    return np.ascontiguousarray(y[:, :n]), bad + bad_out
+
+
+@njit
+def linear_serial(x, lin, l):
+    """:func:`linear` on one thread (also for tests and the per-token breakdown)."""
+    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    y, bad, bad_out = blocked.linear(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g, steps_last, n)
+    return np.ascontiguousarray(y[:, :n]), bad + bad_out
 
 
 @njit
@@ -113,7 +126,6 @@ def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, 
     q, b1 = linear(h, lq, l, threads, par_min)
     k, b2 = linear(h, lk, l, threads, par_min)
     v, b3 = linear(h, lv, l, threads, par_min)
-    q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
     qk_rope(q, k, qkn[l], eps, has_qkn, ropek[l], cos, sin, pos0, nh, nkv, hd)
     a = attention(q, k, v, kc[l], vc[l], pos0, nh, nkv, hd, scaling[l], window[l], softcap, threads)
     o, b4 = linear(a, lo, l, threads, par_min)
@@ -165,10 +177,3 @@ def forward(ids, pos0, all_logits, dims, eps, normw, qkn, rotk, rot_q, rot_f, wi
         ops.rms_norm(xs[m], final_w, eps, h[m])
     return head_logits(h, head, final_cap, dims[6]), bad
 
-
-@njit
-def linear_serial(x, lin, l):
-    """:func:`linear` on one thread (for tests and the per-token breakdown)."""
-    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
-    y, bad, bad_out = blocked.linear(x, act[l], dyn[l], wb[l], zc[l], wsb[l], bb[l], hasb, g, steps_last, n)
-    return np.ascontiguousarray(y[:, :n]), bad + bad_out

@@ -57,8 +57,8 @@ def _rows_int8(qx, xs, w, ws, v0, v1, out):
     for v in range(v0, v1):
         acc = np.int32(0)
         row = w[v]
-        for i in range(qx.size):
-            acc += np.int32(qx[i]) * np.int32(row[i])
+        for i in range(qx.size):   # |product| <= 127 * 127 fits int16; the int32 sum is exact for H < 2**17
+            acc = np.int32(acc + np.int32(np.int16(qx[i]) * np.int16(row[i])))
         out[v] = F32(acc) * ws[v] * xs
 
 

@@ -118,18 +118,21 @@ def activation(g, u, act, out):
 
 
 @fnjit
-def attend_head(q, qo, kc, vc, kh, t0, t1, scaling, softcap, out, scores):
-    """Query ``q[qo:qo + hd]`` against the cached keys/values ``kc[kh, t0:t1]``, ``vc[kh, t0:t1]``
-    ([nkv, T, hd]): softmax of ``q k^T * scaling`` (``softcap > 0``: ``tanh(s / cap) * cap`` first),
-    times v, into ``out[qo:qo + hd]``. Plain index loops (no per-position slices), so the inner loops
-    over hd vectorize."""
-    hd = kc.shape[2]
-    mx = -np.inf
+def _dot(a, b):
+    acc = F32(0.0)
+    for i in range(a.size):
+        acc += a[i] * b[i]
+    return acc
+
+
+@fnjit
+def attend_head(q, kc, vc, t0, t1, scaling, softcap, out, scores):
+    """One query head q [hd] against cached keys/values t0..t1-1 (kc, vc [T, hd]): softmax of
+    ``q k^T * scaling`` (``softcap > 0``: ``tanh(s / cap) * cap`` first), times v, into ``out`` [hd].
+    Row slices of the cache (contiguous), so the loops over hd vectorize."""
+    mx = F32(-np.inf)
     for t in range(t0, t1):
-        s = F32(0.0)
-        for d in range(hd):
-            s += q[qo + d] * kc[kh, t, d]
-        s = s * scaling
+        s = _dot(q, kc[t]) * scaling
         if softcap > 0:
             s = np.tanh(s / softcap) * softcap
         scores[t] = s
@@ -140,12 +143,13 @@ def attend_head(q, qo, kc, vc, kh, t0, t1, scaling, softcap, out, scores):
         scores[t] = e
         tot += e
     inv = F32(1.0) / tot
-    for d in range(hd):
-        out[qo + d] = 0.0
+    for d in range(out.size):
+        out[d] = 0.0
     for t in range(t0, t1):
         w = scores[t] * inv
-        for d in range(hd):
-            out[qo + d] += w * vc[kh, t, d]
+        v = vc[t]
+        for d in range(out.size):
+            out[d] += w * v[d]
 
 
 @njit
@@ -164,7 +168,8 @@ def attend_rows(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
         p = pos0 + m
         t0 = window_start(p, window)
         for h in range(nh):
-            attend_head(q[m], h * hd, kc, vc, h // grp, t0, p + 1, scaling, softcap, out[m], scores)
+            attend_head(q[m, h * hd:(h + 1) * hd], kc[h // grp], vc[h // grp], t0, p + 1, scaling, softcap,
+                        out[m, h * hd:(h + 1) * hd], scores)
 
 
 @numba.njit(parallel=True, **OPTS)
@@ -176,8 +181,8 @@ def attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
         m, h = i // nh, i % nh
         p = pos0 + m
         scores = np.empty(p + 1, F32)
-        attend_head(q[m], h * hd, kc, vc, h // grp, window_start(p, window), p + 1, scaling, softcap, out[m],
-                    scores)
+        attend_head(q[m, h * hd:(h + 1) * hd], kc[h // grp], vc[h // grp], window_start(p, window), p + 1,
+                    scaling, softcap, out[m, h * hd:(h + 1) * hd], scores)
 
 
 def rotation_parts(q: np.ndarray, factors) -> tuple:
