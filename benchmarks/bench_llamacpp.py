@@ -66,6 +66,9 @@ def parse_args(argv=None):
                    help="the runtime's lm_head: the checkpoint's (float: bfloat16 bits when lossless; INT8 rows by "
                    "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
                    "its output matrix; the row's name gets '+int8-head'), or both (two rows per pair)")
+    p.add_argument("--split-decode", action="store_true",
+                   help="runtime: a decoded token's linears on two threads (q | k, v; gate | up; o and down in "
+                   "halves): same bits, two thread wake-ups per linear group")
     p.add_argument("--breakdown-cpu", action="store_true", help="also the breakdown as one-thread CPU time")
     p.add_argument("--out", default=None, help="JSON file (name it with 'llama', under benchmarks/results/)")
     return p.parse_args(argv)
@@ -111,7 +114,7 @@ def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
     return nbytes / best
 
 
-def load_runtime(ckpt: str, threads: int, int8_head: bool):
+def load_runtime(ckpt: str, threads: int, int8_head: bool, split: bool = False):
     import numba
 
     from fptq.models.checkpoint import load_quantized
@@ -119,7 +122,8 @@ def load_runtime(ckpt: str, threads: int, int8_head: bool):
 
     numba.set_num_threads(threads)
     model, _, _ = load_quantized(ckpt, backend="numba")
-    return Runtime.from_model(model, threads=threads, int8_head=True if int8_head else None)
+    return Runtime.from_model(model, threads=threads, int8_head=True if int8_head else None,
+                              split_decode=split and threads > 1)
 
 
 def fptq_round(rt, a, rng) -> tuple[float, float]:
@@ -151,7 +155,7 @@ def memory_floor(rt, a, bandwidth: float) -> dict:
 def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = False) -> dict:
     from fptq.runtime.profile import token_breakdown
 
-    rt = load_runtime(ckpt, a.threads, int8_head)
+    rt = load_runtime(ckpt, a.threads, int8_head, a.split_decode)
     rng = np.random.default_rng(0)
     fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
@@ -212,7 +216,7 @@ def main(argv=None) -> int:
                for name, ckpt, gguf in a.pair for h in heads]
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "threads": a.threads, "prompt_tokens": a.prompt_tokens,
            "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
-           "llama_bench": str(exe), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+           "llama_bench": str(exe), "split_decode": a.split_decode, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "models": results}
     print_table(results, a)
     print(f"load average: start {load0}, end {out['loadavg_end']}")

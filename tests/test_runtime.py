@@ -102,6 +102,8 @@ def test_decoding_token_by_token_equals_the_prefill(loaded):
     assert np.array_equal(steps, full), f"{family}: decode and prefill logits differ"
     rt.reset()
     assert np.array_equal(rt.forward(IDS), full[-1:])
+    split = Runtime.from_model(model, threads=2, split_decode=True)   # a decoded token's linears on 2 threads
+    assert np.array_equal(np.concatenate([split.forward(IDS[i:i + 1]) for i in range(IDS.size)]), full)
 
 
 def test_greedy_tokens_match_transformers_generate(loaded):

@@ -47,7 +47,7 @@ class RuntimeWeights:
     """Everything :func:`fptq.runtime.forward.forward` reads, as NumPy arrays (see the module docstring)."""
 
     family: str
-    dims: np.ndarray            # int64 [nh, nkv, hd, act, has_qkn, has_post, threads, par_min]
+    dims: np.ndarray            # int64 [nh, nkv, hd, act, has_qkn, has_post, threads, par_min, split_decode]
     eps: np.float32
     normw: np.ndarray           # float32 [L, 4, H]: attn, mlp, post-attn, post-mlp gains
     qkn: np.ndarray             # float32 [L, 2, hd]
@@ -251,9 +251,11 @@ def _check_rotations(model, arch, layers) -> None:
                 raise RuntimeUnsupported(f"layer {i} {path}: an input rotation on a linear other than down")
 
 
-def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None):
+def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None,
+                 split_decode: bool = False):
     """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
-    :class:`RuntimeUnsupported` naming what the runtime cannot run."""
+    :class:`RuntimeUnsupported` naming what the runtime cannot run. ``split_decode``: a decoded token's
+    linears on two threads (:func:`fptq.runtime.forward.linears_two_threads`, ``linear_halves``)."""
     try:
         arch = arch_of_model(model)
     except UnsupportedArchitecture as e:
@@ -293,7 +295,7 @@ def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min
     if len(softcaps) > 1:
         raise RuntimeUnsupported("layers with different attention softcaps")
     dims = np.array([nh, nkv, hd, ops.ACTIVATIONS[act], int(fam.qk_norm), int(fam.post_norms), threads,
-                     blocked.PARALLEL_MIN_MACS if par_min is None else par_min], np.int64)
+                     blocked.PARALLEL_MIN_MACS if par_min is None else par_min, int(split_decode)], np.int64)
     eps = np.float32(norms[0][3])
     return RuntimeWeights(
         arch.family, dims, eps, np.ascontiguousarray(np.stack([n[0] for n in norms])),
