@@ -134,12 +134,15 @@ def _llmc_rotation(rotation: str):
 
 
 def build_llmc(smoothquant: float | None, group_size: int | None, preset: str | None = None,
-               rotation: str | None = None, symmetric: bool = True):
-    """llm-compressor oneshot: [SmoothQuantModifier | a rotation] + GPTQModifier, on fptq's wiki rows."""
+               rotation: str | None = None, symmetric: bool = True, gptq: bool = True):
+    """llm-compressor oneshot: [SmoothQuantModifier | a rotation] + GPTQModifier (``gptq=False``: its
+    round-to-nearest QuantizationModifier, data-free for weights), on fptq's wiki rows."""
     def build(model, ids, args):
         from datasets import Dataset
         from llmcompressor import oneshot
-        from llmcompressor.modifiers.quantization import GPTQModifier
+        from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+        quantizer = GPTQModifier if gptq else QuantizationModifier
 
         recipe = [] if rotation is None else [_llmc_rotation(rotation)]
         if smoothquant is not None:
@@ -149,8 +152,8 @@ def build_llmc(smoothquant: float | None, group_size: int | None, preset: str | 
         if preset is not None:
             recipe.append(GPTQModifier(targets="Linear", scheme=preset, ignore=["lm_head"]))
         else:
-            recipe.append(GPTQModifier(config_groups={"group_0": _llmc_w4a8_scheme(group_size, symmetric)},
-                                       ignore=["lm_head"]))
+            recipe.append(quantizer(config_groups={"group_0": _llmc_w4a8_scheme(group_size, symmetric)},
+                                    ignore=["lm_head"]))
         n = ids.shape[0]
         ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * ids.shape[1]] * n})
         model = oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=n,
@@ -189,6 +192,17 @@ CONFIGS = [
     ("llmc_quip_gptq_w4a8_g64_asym", "llm-compressor QuIP (v: every linear's input, random Hadamard) + GPTQ W4A8 asym G=64",
      "llm-compressor", "INT4 asym G=64 GPTQ, input-rotated", "INT8 sym per-token dynamic, rotated online",
      FAKE, build_llmc(None, 64, rotation="quip", symmetric=False)),
+    # the same with llm-compressor's round-to-nearest instead of GPTQ (its SpinQuant example's recipe):
+    # what the 2-core machine could finish when GPTQ ran at 1.5-2.5 min per MLP linear (issue 23's run)
+    ("llmc_spinquant_rtn_w4a8_g64_asym", "llm-compressor SpinQuant R1+R2+R4 (random Hadamard) + RTN W4A8 asym G=64",
+     "llm-compressor", "INT4 asym G=64 RTN (minmax), rotated (R1, R2 fused; R4 online)",
+     "INT8 sym per-token dynamic, rotated", FAKE, build_llmc(None, 64, rotation="spinquant", symmetric=False, gptq=False)),
+    ("llmc_quip_rtn_w4a8_g64_asym", "llm-compressor QuIP (v: every linear's input, random Hadamard) + RTN W4A8 asym G=64",
+     "llm-compressor", "INT4 asym G=64 RTN (minmax), input-rotated", "INT8 sym per-token dynamic, rotated online",
+     FAKE, build_llmc(None, 64, rotation="quip", symmetric=False, gptq=False)),
+    ("llmc_rtn_w4a8_g64_asym", "llm-compressor RTN W4A8 asym G=64 (no rotation: the RTN rotation rows' control)",
+     "llm-compressor", "INT4 asym G=64 RTN (minmax)", "INT8 sym per-token dynamic", FAKE,
+     build_llmc(None, 64, symmetric=False, gptq=False)),
     ("llmc_gptq_w4a8_g64_asym", "llm-compressor GPTQ W4A8 asym G=64 (no rotation: the rotation rows' control)",
      "llm-compressor", "INT4 asym G=64 GPTQ", "INT8 sym per-token dynamic", FAKE, build_llmc(None, 64, symmetric=False)),
 ]
