@@ -22,6 +22,8 @@ import math
 import numpy as np
 import numba
 
+from ..backends.numba_kernels import _jit  # noqa: F401  (its cache guard covers fptq/runtime too)
+
 OPTS = dict(cache=True, nogil=True, error_model="numpy")
 #: float reductions: reassociation lets LLVM vectorize (the float order differs from torch's anyway)
 FAST = dict(fastmath={"reassoc", "contract"}, **OPTS)

@@ -2,7 +2,9 @@
 
 * ``cache=True``: compiled machine code is written next to the source
   (``__pycache__``, or ``NUMBA_CACHE_DIR``) so a second process loads it
-  instead of recompiling.
+  instead of recompiling. :mod:`._cache` makes the cache key cover every compiled
+  source of fptq (a kernel's callees in other files and the formats table included),
+  not only the defining file.
 * ``fastmath`` is **off** (Numba's default, stated here so nobody adds it):
   fast-math would allow FMA contraction, reassociation and reciprocal
   multiplication, any of which breaks the spec's bit-exact float32 results.
@@ -23,6 +25,10 @@ byte-reduction), a called function is vectorized normally.
 from __future__ import annotations
 
 import numba
+
+from . import _cache
+
+_cache.install()
 
 JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=False)
 
