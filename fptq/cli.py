@@ -28,10 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from .defaults import (
-    BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND, GENERATION,
-    resolve_backend,
-)
+from .defaults import (BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND,
+                       GENERATION, resolve_backend)
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 from .spec import WeightFormat
@@ -199,8 +197,7 @@ def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and tasks of a float model or a W4A8 checkpoint")
     e.add_argument("model", nargs="?", default=None, help="W4A8 checkpoint dir, float model dir/.gguf, or "
                    "nothing (embedded SmolLM2-135M, float)")
-    e.add_argument("--ppl", type=_csv, default=EVAL_TEXTS, help=f"comma-separated perplexity texts "
-                   f"(default {','.join(EVAL_TEXTS)})")
+    e.add_argument("--ppl", type=_csv, default=EVAL_TEXTS, help=f"perplexity texts (default {','.join(EVAL_TEXTS)})")
     e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,hellaswag,"
                    "winogrande,arc_easy,arc_challenge,mmlu)")
     e.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
