@@ -152,7 +152,7 @@ def test_cached_conversion_is_verified_on_use(model_dir, tmp_path, monkeypatch, 
 
     def convert(gguf, dest):  # a stand-in conversion: the tiny model, with the manifest a real one writes
         shutil.copytree(model_dir, dest)
-        loading._write_manifest(Path(dest), loading._file_sha256(gguf))
+        loading._write_manifest(Path(dest), loading.file_sha256(gguf))
         return Path(dest)
 
     monkeypatch.setattr(loading, "gguf_to_directory", convert)

@@ -10,11 +10,12 @@ hang the reader, and at most ``limit + 1`` bytes are ever read.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
 
-__all__ = ["InputFileError", "read_bounded", "read_text_bounded", "check_regular_file", "CONFIG_LIMIT", "SIDE_FILE_LIMIT", "TEXT_LIMIT"]
+__all__ = ["InputFileError", "file_sha256", "read_bounded", "read_text_bounded", "check_regular_file", "CONFIG_LIMIT", "SIDE_FILE_LIMIT", "TEXT_LIMIT"]
 
 #: config.json and other small JSON files
 CONFIG_LIMIT = 16 * 1024 * 1024
@@ -90,3 +91,12 @@ def read_text_bounded(path, limit: int = TEXT_LIMIT, what: str = "") -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{Path(path)}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def file_sha256(path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 4 MiB blocks (never whole into memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

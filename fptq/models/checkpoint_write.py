@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__ as FPTQ_VERSION
 from .. import spec
+from ..io.reading import file_sha256
 from ..io.tensorfile import raw_bytes
 from ._torch import torch
 from .checkpoint_meta import (
@@ -54,14 +55,6 @@ def layer_entries(model, plan) -> dict:
                       "v_after": gp.v_after, "fold": gp.fold, "fallback": gp.fallback})
         out[name] = e
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_paths(model) -> list[str]:

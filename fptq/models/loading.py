@@ -37,13 +37,14 @@ from the config.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import re
 import sys
 from pathlib import Path
+
+from ..io.reading import file_sha256
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
            "gguf_to_directory", "load_float_model", "resolve_model_dir", "check_config_dict", "check_finite",
@@ -85,21 +86,13 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _gguf_cache_name(path: Path, digest: str | None = None) -> str:
     """The cache directory name of a GGUF file: its stem and the SHA-256 of its content."""
-    return f"{path.stem}-{(digest or _file_sha256(path))[:16]}"
+    return f"{path.stem}-{(digest or file_sha256(path))[:16]}"
 
 
 def _write_manifest(d: Path, source_sha256: str) -> None:
-    files = {f.name: _file_sha256(f) for f in sorted(d.iterdir()) if f.is_file()}
+    files = {f.name: file_sha256(f) for f in sorted(d.iterdir()) if f.is_file()}
     (d / CACHE_MANIFEST).write_text(json.dumps({"source_sha256": source_sha256, "files": files}, indent=1,
                                                sort_keys=True) + "\n")
 
@@ -118,7 +111,7 @@ def _verify_cache(d: Path, source_sha256: str) -> None:
         raise ModelLoadError(f"{d}: {CACHE_MANIFEST} does not describe a conversion of this GGUF file: {fix}")
     for name, digest in sorted(files.items()):
         f = d / str(name)
-        if "/" in str(name) or not f.is_file() or _file_sha256(f) != digest:
+        if "/" in str(name) or not f.is_file() or file_sha256(f) != digest:
             raise ModelLoadError(f"{f}: the cached conversion changed after it was written (digest mismatch): {fix}")
 
 
@@ -152,7 +145,7 @@ def gguf_to_directory(gguf_path, dest) -> Path:
         raise ModelLoadError(f"GGUF {gguf_path}: tensors do not match the model built from its config "
                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})")
     model.tie_weights()
-    source = _file_sha256(gguf_path)
+    source = file_sha256(gguf_path)
     with atomic_directory(dest, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -168,7 +161,7 @@ def default_model_dir(progress: bool = True) -> Path:
 def _cached_gguf_dir(gguf: Path, progress: bool) -> Path:
     """The verified cached conversion of ``gguf`` (converted first when there is none). Status lines go to
     stderr: stdout holds only a command's result."""
-    digest = _file_sha256(gguf)
+    digest = file_sha256(gguf)
     dest = cache_dir() / _gguf_cache_name(gguf, digest)
     if not os.path.lexists(dest):
         if progress:
