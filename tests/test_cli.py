@@ -143,6 +143,9 @@ def test_compare_writes_one_table(model_dir, tmp_path, capsys):
             "--eval-seq-len", "32", "--methods", "fp32,rtn_w4a16,smoothquant_w8a8,w4a8_static,fptq_w4a8_fake,"
             "fptq_w4a8_int,fptq_a8_only,fptq_w4a8_bands,fptq_only_down", "--backend", "numpy", *SMALL]
     assert main(args) == 0
+    cap = capsys.readouterr()  # stdout holds the table only; progress and status lines go to stderr
+    assert "| method |" in cap.out and "calibrated on" not in cap.out and "wrote " not in cap.out
+    assert "calibrated on" in cap.err and "wrote " in cap.err
     res = json.loads((out / "compare.json").read_text())
     keys = [r["key"] for r in res["rows"]]
     assert keys == ["fp32", "rtn_w4a16", "smoothquant_w8a8", "w4a8_static", "fptq_w4a8_fake", "fptq_w4a8_int",

@@ -7,6 +7,7 @@ machine, table) and ``compare.json`` (settings, every row, the FPTQ plan).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -85,7 +86,7 @@ def _run_row(m: Method, variants: Variants, s: CompareSettings, tokens, tok, bos
            "tasks": task_res, "seconds": time.time() - t1}
     print(f"{m.label}: " + ", ".join([f"{t} {p:.3f}" for t, p in row["ppl"].items()]
                                      + [f"{t} {100 * task_value(t, r):.1f}" for t, r in task_res.items()])
-          + f" ({row['seconds']:.0f} s)", flush=True)
+          + f" ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return row, groups
 
 
@@ -126,7 +127,7 @@ def _write(out: dict, header: str, table: str, out_dir) -> None:
         d.mkdir(parents=True, exist_ok=True)
         (d / "compare.md").write_text(header + "\n" + table + "\n")
         (d / "compare.json").write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {d / 'compare.md'} and {d / 'compare.json'}")
+        print(f"wrote {d / 'compare.md'} and {d / 'compare.json'}", file=sys.stderr)
 
 
 def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dict:
@@ -160,7 +161,7 @@ def run_compare(s: CompareSettings, out_dir="results/compare", argv=None) -> dic
                        keep_rows=q.keep_rows if samples is not None else 0,
                        holdout=q.holdout_samples(len(ids)) if samples is not None else 0)
         t_cal = time.time() - t1
-        print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", flush=True)
+        print(f"calibrated on {q.calib} {q.n_samples} x {q.seq_len} in {t_cal:.0f} s", file=sys.stderr, flush=True)
         return st
 
     rows, plan_json = [], None
