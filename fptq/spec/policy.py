@@ -20,14 +20,9 @@ from . import validate as V
 from .arrays import NUMPY
 from .formats import DEFAULT_V0, DEFAULT_V1, FLOAT, POLICY_CODES, ActPolicy
 
-__all__ = ["POLICY_CODES", "policy_thresholds", "select_policy", "select_policies"]
+__all__ = ["POLICY_CODES", "select_policy", "select_policies"]
 
 _BY_CODE = {c: p for p, c in POLICY_CODES.items()}
-
-
-def policy_thresholds(v0, v1) -> tuple[np.float32, np.float32]:
-    """The thresholds as float32, checked: real numbers, finite as float32, ``0 <= v0 < v1``."""
-    return V.thresholds(v0, v1)
 
 
 def select_policies(v, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1) -> np.ndarray:
