@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,55 +16,14 @@ pytest.importorskip("transformers")
 
 from checkpoint_helpers import rewrite  # noqa: E402
 
+from cli_fixtures import SMALL, ckpt, model_dir, no_work, file_bytes as _listing, stderr_of as _err  # noqa: E402,F401
 from fptq.cli import main  # noqa: E402
 from fptq.io import atomic  # noqa: E402
 from fptq.models.checkpoint import TENSORS_FILE  # noqa: E402
-from fptq.testing import tiny_model, tiny_tokenizer, save_tiny_model  # noqa: E402
-
-SMALL = ["--calib", "random", "--samples", "2", "--seq-len", "16", "--group-size", "32", "--quiet"]
+from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("src") / "tiny-llama", "llama")
 
-
-@pytest.fixture(scope="module")
-def ckpt(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "w4a8"
-    assert main(["quantize", str(model_dir), "--out", str(out), *SMALL]) == 0
-    return out
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Record (and refuse) any model load or calibration: a check must fail before them."""
-    import fptq.compare
-    import fptq.models.checkpoint
-    import fptq.models.loading
-    import fptq.models.quantize
-
-    calls = []
-
-    def refuse(what):
-        def f(*a, **k):
-            calls.append(what)
-            raise RuntimeError(f"reached {what}")
-        return f
-
-    monkeypatch.setattr(fptq.models.loading, "load_float_model", refuse("load_float_model"))
-    monkeypatch.setattr(fptq.models.checkpoint, "load_quantized", refuse("load_quantized"))
-    monkeypatch.setattr(fptq.models.quantize, "quantize_model", refuse("quantize_model"))
-    monkeypatch.setattr(fptq.compare, "run_compare", refuse("run_compare"))
-    return calls
-
-
-def _err(capsys):
-    return capsys.readouterr().err
-
-
-def _listing(d: Path) -> dict:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 # ---- case 1 and 10: --force ---------------------------------------------------------------------------------

@@ -19,26 +19,14 @@ pytest.importorskip("transformers")
 from checkpoint_helpers import rewrite  # noqa: E402
 
 import fptq  # noqa: E402
+from cli_fixtures import SMALL, ckpt, model_dir, stderr_of as _err  # noqa: E402,F401
 from fptq.cli import main  # noqa: E402
 from fptq.models import loading  # noqa: E402
 from fptq.models.checkpoint import TENSORS_FILE, CheckpointError, load_quantized  # noqa: E402
 from fptq.models.loading import ModelLoadError, load_float_model  # noqa: E402
-from fptq.testing import save_tiny_model, tiny_model, tiny_tokenizer  # noqa: E402
+from fptq.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
-SMALL = ["--calib", "random", "--samples", "2", "--seq-len", "16", "--group-size", "32", "--quiet"]
 EVAL = ["--ppl", "ptb", "--seq-len", "32", "--max-windows", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("src") / "tiny-llama", "llama")
-
-
-@pytest.fixture(scope="module")
-def ckpt(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "w4a8"
-    assert main(["quantize", str(model_dir), "--out", str(out), *SMALL]) == 0
-    return out
 
 
 @pytest.fixture
@@ -55,9 +43,6 @@ def calls(monkeypatch):
     monkeypatch.setattr(fptq.models.quantize, "quantize_model", stop)
     return seen
 
-
-def _err(capsys):
-    return capsys.readouterr().err
 
 
 def _edit_config(d: Path, **changes) -> None:

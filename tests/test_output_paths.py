@@ -16,51 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from cli_fixtures import SMALL, ckpt, model_dir, no_work, stderr_of as _err  # noqa: E402,F401
 from fptq.cli import main  # noqa: E402
 from fptq.io import atomic  # noqa: E402
 from fptq.models.checkpoint import TENSORS_FILE, load_quantized  # noqa: E402
-from fptq.testing import save_tiny_model  # noqa: E402
-
-SMALL = ["--calib", "random", "--samples", "2", "--seq-len", "16", "--group-size", "32", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("src") / "tiny-llama", "llama")
 
-
-@pytest.fixture(scope="module")
-def ckpt(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q") / "w4a8"
-    assert main(["quantize", str(model_dir), "--out", str(out), *SMALL]) == 0
-    return out
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Record (and refuse) any model load or calibration: a check must fail before them."""
-    import fptq.compare
-    import fptq.models.checkpoint
-    import fptq.models.loading
-    import fptq.models.quantize
-
-    calls = []
-
-    def refuse(what):
-        def f(*a, **k):
-            calls.append(what)
-            raise RuntimeError(f"reached {what}")
-        return f
-
-    monkeypatch.setattr(fptq.models.loading, "load_float_model", refuse("load_float_model"))
-    monkeypatch.setattr(fptq.models.checkpoint, "load_quantized", refuse("load_quantized"))
-    monkeypatch.setattr(fptq.models.quantize, "quantize_model", refuse("quantize_model"))
-    monkeypatch.setattr(fptq.compare, "run_compare", refuse("run_compare"))
-    return calls
-
-
-def _err(capsys):
-    return capsys.readouterr().err
 
 
 def _tree(d: Path) -> dict:
