@@ -49,10 +49,11 @@ EXCEPTIONS = [
 #: only modules of lower levels, inside functions too. A new module gets a level here and in the docs.
 MODELS_ORDER = (
     ("foundations", {"_torch", "arch", "checkpoint_meta", "loading"}),
-    ("settings", {"config"}),
+    ("settings", {"config", "skeleton"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows"}),
     ("planning and baselines", {"plan", "fakequant"}),
     ("the run", {"quantize"}),
+    ("the streamed run", {"stream"}),
     ("checkpoint halves", {"checkpoint_read", "checkpoint_write"}),
     ("checkpoint", {"checkpoint"}),
 )

@@ -265,7 +265,8 @@ def _release_caches(layer) -> None:
 
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
-              holdout: int = 0, holdout_rows: int | None = None, after_layer=None) -> dict[str, np.ndarray]:
+              holdout: int = 0, holdout_rows: int | None = None, after_layer=None,
+              before_layer=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -283,7 +284,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
             other samples' maxima.
         after_layer: optional ``f(index, prefix, layer)`` called once the layer's outputs for the
-            next layer are computed (after the sequential forward); it may modify the layer again.
+            next layer are computed (after the sequential forward); it may modify the layer again (or
+            release its weights: the layer is not run again).
+        before_layer: optional ``f(index, prefix, layer)`` called before the layer first runs (after every
+            layer's inputs are captured): it may load the layer's weights or rotate it.
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
     Returns:
@@ -302,6 +306,8 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     for i in tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
+        if before_layer is not None:
+            before_layer(i, prefix, layer)
         _check_weights(layer, prefix)
         layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
         samples = LayerSamples() if keep_rows else None

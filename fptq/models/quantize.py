@@ -37,9 +37,9 @@ from .config import QuantConfig
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
-from .rotate import RotationReport, carry_input_rotation, rotate_model
+from .rotate import RotationReport, carry_input_rotation, plan_rotation, rotate_globals, rotate_layer
 
-__all__ = ["QuantResult", "quantize_model", "apply_plan_layer", "plan_options", "rows_to_keep", "w4a8_factory",
+__all__ = ["QuantResult", "quantize_model", "LayerIO", "apply_plan_layer", "plan_options", "rows_to_keep", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
 
 
@@ -159,7 +159,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
 
 def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend: str | None = None,
                    mode: str = "integer", batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
-                   inplace: bool = False, make_linear=None) -> QuantResult:
+                   inplace: bool = False, make_linear=None, layer_io=None) -> QuantResult:
     """Quantize a float transformers causal LM with FPTQ.
 
     Args:
@@ -174,6 +174,11 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         make_linear: ``f(linear, group_plan, samples) -> module`` replacing each planned linear
             instead of a :class:`~fptq.models.qlinear.W4A8Linear` (``fptq compare``'s attribution
             rows: the same calibration, plan and folds, other weights or activations).
+        layer_io: a streamed run's layer traffic (:class:`LayerIO`): ``load(i, prefix, layer)`` before
+            the layer is rotated and calibrated (its weights read), ``done(i, prefix, layer, plan)`` once
+            its outputs for the next layer are computed (its tensors written, its memory released). None:
+            ``model`` holds every weight. Either way every layer is rotated (when ``config.rotate`` says
+            so), calibrated, planned and quantized by the same code, one layer at a time.
     Returns:
         :class:`QuantResult` (the quantized model, its plan, the calibration statistics).
     """
@@ -182,7 +187,9 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    rotation = rotate_model(model, config.rotate, seed=config.seed) if config.rotate != "none" else None
+    rot = plan_rotation(model, config.rotate, seed=config.seed) if config.rotate != "none" else None
+    if rot is not None:
+        rotate_globals(model, rot)
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
@@ -200,14 +207,38 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make_w4a8, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
 
+    def before_layer(i, prefix, layer):
+        if layer_io is not None:
+            layer_io.load(i, prefix, layer)
+        if rot is not None:
+            rotate_layer(rot, i, layer)
+
+    def after_layer(i, prefix, layer):
+        if make_linear is not None:
+            swap.after_layer(i, prefix, layer)
+        if layer_io is not None:
+            layer_io.done(i, prefix, layer, plan)
+
     keep = rows_to_keep(config)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
-                      sequential=config.sequential, keep_rows=keep,
-                      after_layer=swap.after_layer if make_linear is not None else None,
+                      sequential=config.sequential, keep_rows=keep, before_layer=before_layer,
+                      after_layer=after_layer,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
                       holdout_rows=config.keep_rows)
-    set_quantized_mode(model, mode, backend)
-    return QuantResult(model, plan, stats, config, arch, rotation)
+    if layer_io is None:
+        set_quantized_mode(model, mode, backend)
+    return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report)
+
+
+class LayerIO:
+    """What a streamed run does around each decoder layer (:func:`quantize_model`'s ``layer_io``); this base
+    class does nothing (every weight is in memory already)."""
+
+    def load(self, i: int, prefix: str, layer) -> None:
+        """Before layer ``i`` (module path ``prefix``) is rotated and calibrated."""
+
+    def done(self, i: int, prefix: str, layer, plan: Plan) -> None:
+        """Once layer ``i`` is quantized and its outputs for the next layer are computed."""
 
 
 class _Replacements:

@@ -53,7 +53,8 @@ from ._torch import nn, torch
 from .arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
 from .config import ROTATIONS
 
-__all__ = ["POST_NORMS", "INPUT_ROTATION", "RotateOutput", "RotationReport", "rotate_model", "online_rotation_targets",
+__all__ = ["POST_NORMS", "INPUT_ROTATION", "RotateOutput", "RotationReport", "rotate_model", "LayerRotation",
+           "plan_rotation", "rotate_globals", "rotate_layer", "online_rotation_targets",
            "online_rotation_modules", "wrap_online_rotations", "attach_input_rotation", "input_rotation_of",
            "input_rotation_modules", "carry_input_rotation", "factor_tensors", "factors_of"]
 
@@ -307,7 +308,36 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
 
     ``allow_online=False`` refuses (before changing anything) a rotation that would need
     :class:`RotateOutput` modules (run-time float matmuls): ``"online"`` always, ``"residual"`` on
-    families with post-norms."""
+    families with post-norms. The same as :func:`plan_rotation`, :func:`rotate_globals` and
+    :func:`rotate_layer` on every decoder layer (what a streamed run does one layer at a time)."""
+    rot = plan_rotation(model, mode, seed, heads, allow_online)
+    rotate_globals(model, rot)
+    _, layers, _ = find_decoder_layers(model)
+    for i, layer in enumerate(layers):
+        rotate_layer(rot, i, layer)
+    return rot.report
+
+
+@dataclass
+class LayerRotation:
+    """The rotations of one model, made once by :func:`plan_rotation` from its shapes alone (no weight is
+    read, so a model whose parameters are still on the meta device can be planned) and applied by
+    :func:`rotate_globals` and, one decoder layer at a time, :func:`rotate_layer`."""
+
+    mode: str
+    arch: object
+    prefix: str                 # the decoder layers' path + "." ("model.layers.")
+    q: np.ndarray               # float64 [d, d]
+    qh: np.ndarray | None       # float64 [hd, hd] (value heads) or None
+    online: tuple               # (float32 tensor Q shared by every RotateOutput, its Hadamard factors)
+    q_f: np.ndarray | None      # float64 [f, f] of the down projection's input ("online") or None
+    f_online: tuple | None      # (float32 tensor Q_f, its factors) or None
+    report: RotationReport
+
+
+def plan_rotation(model, mode: str = "online", seed: int = 0, heads: bool = True,
+                  allow_online: bool = True) -> LayerRotation:
+    """The checks and matrices of :func:`rotate_model` (see there), without changing ``model``."""
     _check_mode(mode)
     arch = arch_of_model(model)
     layers_path, layers, _ = find_decoder_layers(model)
@@ -321,40 +351,50 @@ def rotate_model(model, mode: str = "online", seed: int = 0, heads: bool = True,
             "which allow_online=False refuses")
     d = model.get_input_embeddings().weight.shape[1]
     hd = _head_dim(model.config) if heads else None
-    report = RotationReport(arch.family, d, hd, seed, mode)
     q = R.random_orthogonal(d, seed)
-    qh = R.random_orthogonal(hd, seed + 1) if heads else None
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
-    q_factors = factor_tensors(q_online)
-    prefix = f"{layers_path}." if layers_path else ""
+    q_f = f_online = None
+    if mode == "online":
+        q_f = R.random_orthogonal(get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
+        q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
+        f_online = (q_f_online, factor_tensors(q_f_online))
+    return LayerRotation(mode, arch, f"{layers_path}." if layers_path else "", q,
+                         R.random_orthogonal(hd, seed + 1) if heads else None, (q_online, factor_tensors(q_online)),
+                         q_f, f_online, RotationReport(arch.family, d, hd, seed, mode))
+
+
+def rotate_globals(model, rot: LayerRotation) -> None:
+    """The part of the rotation outside the decoder layers: in ``"residual"`` mode the embeddings, the final
+    norm and ``lm_head`` (steps 1-3 of the module docstring); nothing in ``"online"`` mode."""
+    if rot.mode == "residual":
+        with torch.no_grad():
+            _rotate_stream_globals(model, rot.arch, rot.q, rot.report)
+
+
+def rotate_layer(rot: LayerRotation, i: int, layer) -> None:
+    """Rotate decoder layer ``i`` (its weights real, not meta) in place as :func:`rotate_model` does."""
+    arch, prefix, report = rot.arch, rot.prefix, rot.report
     with torch.no_grad():
-        if mode == "residual":
-            _rotate_stream(model, arch, layers, prefix, q, (q_online, q_factors), report)
+        if rot.mode == "residual":
+            _rotate_stream_layer(arch, layer, f"{prefix}{i}", rot.q, rot.online, report)
         else:
-            width = get_submodule(layers[0], arch.down).weight.shape[1]
-            q_f = R.random_orthogonal(width, seed + 2)
-            q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
-            f_factors = factor_tensors(q_f_online)
-            for i, layer in enumerate(layers):
-                for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
-                    _rotate_reader(lin, q)
-                down = get_submodule(layer, arch.down)
-                _rotate_reader(down, q_f)
-                attach_input_rotation(down, q_f_online, f_factors)
-                report.input_rotations.append(f"{prefix}{i}.{arch.down}")
-                for n in (arch.attn_norm, arch.mlp_norm):
-                    parent_path, _, attr = n.rpartition(".")
-                    parent = get_submodule(layer, parent_path) if parent_path else layer
-                    setattr(parent, attr, RotateOutput(getattr(parent, attr), q_online, q_factors))
-                    report.online_norms.append(f"{prefix}{i}.{n}")
-        if heads:
-            for layer in layers:
-                _rotate_heads(layer, arch, qh)
-    return report
+            for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
+                _rotate_reader(lin, rot.q)
+            down = get_submodule(layer, arch.down)
+            _rotate_reader(down, rot.q_f)
+            attach_input_rotation(down, *rot.f_online)
+            report.input_rotations.append(f"{prefix}{i}.{arch.down}")
+            for n in (arch.attn_norm, arch.mlp_norm):
+                parent_path, _, attr = n.rpartition(".")
+                parent = get_submodule(layer, parent_path) if parent_path else layer
+                setattr(parent, attr, RotateOutput(getattr(parent, attr), *rot.online))
+                report.online_norms.append(f"{prefix}{i}.{n}")
+        if rot.qh is not None:
+            _rotate_heads(layer, arch, rot.qh)
 
 
-def _rotate_stream(model, arch, layers, prefix, q, online, report) -> None:
-    """The ``"residual"`` mode's part before the value heads (steps 1-3 of the module docstring)."""
+def _rotate_stream_globals(model, arch, q, report) -> None:
+    """The ``"residual"`` mode's steps 1-3 outside the decoder layers (module docstring)."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
         head.weight = nn.Parameter(emb.weight.detach().clone())
@@ -363,18 +403,21 @@ def _rotate_stream(model, arch, layers, prefix, q, online, report) -> None:
     _fold_norm(_final_norm(model), arch.norm_kind, [head])
     _rotate_reader(head, q)
     _set(emb.weight, R.rotate_input_side(_get(emb, "weight"), q))   # E' = E Q (rows are tokens)
-    for i, layer in enumerate(layers):
-        sub = lambda path: get_submodule(layer, path)  # noqa: E731
-        readers = [sub(p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]
-        _fold_norm(sub(arch.attn_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("qkv")])
-        _fold_norm(sub(arch.mlp_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("gate_up")])
-        for lin in readers:
-            _rotate_reader(lin, q)
-        posts = _post_norms(arch, layer)
-        if posts:
-            for n in posts:
-                setattr(layer, n, RotateOutput(get_submodule(layer, n), *online))
-                report.online_norms.append(f"{prefix}{i}.{n}")
-        else:
-            _rotate_writer(sub(arch.o), q)
-            _rotate_writer(sub(arch.down), q)
+
+
+def _rotate_stream_layer(arch, layer, path: str, q, online, report) -> None:
+    """The ``"residual"`` mode's step 2-3 in one decoder layer (``path``: its module path), before its value heads."""
+    sub = lambda p: get_submodule(layer, p)  # noqa: E731
+    readers = [sub(p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]
+    _fold_norm(sub(arch.attn_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("qkv")])
+    _fold_norm(sub(arch.mlp_norm), arch.norm_kind, [sub(p) for p in arch.group_linears("gate_up")])
+    for lin in readers:
+        _rotate_reader(lin, q)
+    posts = _post_norms(arch, layer)
+    if posts:
+        for n in posts:
+            setattr(layer, n, RotateOutput(get_submodule(layer, n), *online))
+            report.online_norms.append(f"{path}.{n}")
+    else:
+        _rotate_writer(sub(arch.o), q)
+        _rotate_writer(sub(arch.down), q)

@@ -1,0 +1,123 @@
+"""Layer-streamed quantization: the float model is never held whole (issue 22, ``docs/scale.md``).
+
+:func:`open_streamed` builds the model of a :class:`~fptq.models.sources.WeightSource` with its parameters
+on the meta device (:mod:`fptq.models.skeleton`) and checks the source holds exactly what it needs.
+:func:`quantize_streamed` then runs :func:`fptq.models.quantize.quantize_model` (the one implementation of
+the pipeline) with a :class:`StreamedLayers` as its ``layer_io``:
+
+1. the input embeddings are read (float32) and every decoder layer's calibration inputs captured; they are
+   released before layer 0 is read;
+2. per decoder layer: its weights read from the source (float32), rotated, calibrated, planned, quantized;
+   its outputs computed for the next layer; its tensors handed to the checkpoint writer
+   (``writer.add_layer``); its memory released;
+3. the modules outside the layers (embeddings, final norm, ``lm_head``) read again for the writer's
+   ``finish``.
+
+The calibration activations of the current layer and the writer's shard buffer are the only things that
+grow with the model besides one layer (the memory model: :mod:`fptq.models.memory`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .arch import find_decoder_layers
+from .calibrate import release_freed_memory
+from .loading import ModelLoadError
+from .quantize import LayerIO, QuantResult, quantize_model
+from .skeleton import check_source_names, materialize, release, skeleton
+
+__all__ = ["StreamedLayers", "open_streamed", "quantize_streamed", "outside_layer_paths", "config_of"]
+
+#: rotations a streamed run supports: ``"residual"`` rotates the embeddings and lm_head before the layers,
+#: which a streamed run reads only at the end
+STREAMED_ROTATIONS = ("online", "none")
+
+
+def config_of(source):
+    """The transformers config of ``source`` (from its ``config_dict()``)."""
+    from transformers import AutoConfig
+
+    d = dict(source.config_dict())
+    model_type = d.pop("model_type", None)
+    if not model_type:
+        raise ModelLoadError(f"{source.path}: the config names no model_type")
+    try:
+        return AutoConfig.for_model(model_type, **d)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{source.path}: cannot build a {model_type!r} config: {e}") from None
+
+
+def open_streamed(source):
+    """The float32 model of ``source``, parameters on the meta device, checked against the source's names."""
+    model = skeleton(config_of(source))
+    check_source_names(model, source)
+    return model
+
+
+def outside_layer_paths(model) -> list[str]:
+    """Module paths owning a parameter outside the decoder layers (embeddings, final norm, lm_head...)."""
+    path, _, _ = find_decoder_layers(model)
+    inside = f"{path}."
+    return sorted({name.rpartition(".")[0] for name, _ in model.named_parameters(remove_duplicate=False)
+                   if not name.startswith(inside)})
+
+
+def _embedding_path(model) -> str:
+    emb = model.get_input_embeddings()
+    return next(name for name, m in model.named_modules() if m is emb)
+
+
+class StreamedLayers(LayerIO):
+    """Each decoder layer read from ``source`` before its turn and released after it; ``writer`` (a checkpoint
+    writer: ``add_layer(model, prefix, plan)``) gets its tensors first. ``layer_seconds[i]``: wall time of
+    layer ``i`` from its read to its release; with ``progress`` a line per layer goes to stderr."""
+
+    def __init__(self, model, source, writer=None, progress: bool = True) -> None:
+        self.model, self.source, self.writer, self.progress = model, source, writer, progress
+        self.n_layers = len(find_decoder_layers(model)[1])
+        self.layer_seconds: list[float] = []
+        self.pending_release: list = []   # modules read for the capture only (the input embeddings)
+        self._t0 = 0.0
+
+    def load(self, i: int, prefix: str, layer) -> None:
+        for module in self.pending_release:
+            release(module)
+        self.pending_release = []
+        self._t0 = time.perf_counter()
+        materialize(self.model, [prefix], self.source)
+
+    def done(self, i: int, prefix: str, layer, plan) -> None:
+        if self.writer is not None:
+            self.writer.add_layer(self.model, prefix, plan)
+        release(layer)
+        release_freed_memory()
+        self.layer_seconds.append(time.perf_counter() - self._t0)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"fptq: layer {i + 1}/{self.n_layers} quantized in {self.layer_seconds[-1]:.1f} s",
+                       file=sys.stderr)
+
+
+def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_size: int,
+                      progress: bool = True) -> tuple[QuantResult, StreamedLayers]:
+    """Quantize the model of :func:`open_streamed` layer by layer (module docstring); on return the layers
+    are released (their tensors are the writer's) and the modules outside them read again, so
+    ``writer.finish(model, ...)`` can store them. Returns the :class:`QuantResult` and the
+    :class:`StreamedLayers` (its ``layer_seconds``)."""
+    if config.rotate not in STREAMED_ROTATIONS:
+        raise ValueError(f"a streamed run rotates with {' or '.join(STREAMED_ROTATIONS)}; --rotate "
+                         f"{config.rotate} changes the embeddings and lm_head before the layers (quantize a model "
+                         "that fits in memory with the whole-model path: fptq.models.quantize.quantize_model)")
+    io = StreamedLayers(model, source, writer, progress)
+    emb = _embedding_path(model)
+    materialize(model, [emb], source)
+    io.pending_release.append(model.get_submodule(emb))
+    res = quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress, inplace=True,
+                         layer_io=io)
+    for module in io.pending_release:   # a model without decoder layers never loads one
+        release(module)
+    materialize(model, outside_layer_paths(model), source)
+    return res, io
