@@ -80,6 +80,7 @@ def test_synthetic_model_refuses_a_directory_it_did_not_make(tmp_path):
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     assert mk.main(["--out", str(foreign), *TINY]) == 1
+    assert mk.main(["--out", str(foreign), *TINY, "--overwrite"]) == 1  # --overwrite is for its own only
     assert [p.name for p in foreign.iterdir()] == ["keep.txt"]
     own = tmp_path / "own"
     assert mk.main(["--out", str(own), *TINY]) == 0
