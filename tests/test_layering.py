@@ -49,7 +49,7 @@ EXCEPTIONS = [
 #: only modules of lower levels, inside functions too. A new module gets a level here and in the docs.
 MODELS_ORDER = (
     ("foundations", {"_torch", "arch", "checkpoint_meta", "loading"}),
-    ("settings", {"config", "skeleton"}),
+    ("settings", {"config", "skeleton", "sources"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows"}),
     ("planning and baselines", {"plan", "fakequant"}),
     ("the run", {"quantize"}),

@@ -48,7 +48,8 @@ from ..io.reading import file_sha256
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
            "gguf_to_directory", "load_float_model", "resolve_model_dir", "check_config_dict", "check_finite",
-           "check_seq_len", "model_argument", "check_layer_count", "read_config_dict", "CACHE_MANIFEST"]
+           "check_seq_len", "model_argument", "check_layer_count", "check_model_files", "read_config_dict",
+           "CACHE_MANIFEST"]
 
 #: the file a GGUF conversion writes with the SHA-256 of its source and of every file it wrote
 CACHE_MANIFEST = "fptq_cache.json"
@@ -311,7 +312,7 @@ def _weight_names(d: Path) -> list[str]:
     return names
 
 
-def _check_model_files(d: Path, cfg: dict) -> None:
+def check_model_files(d: Path, cfg: dict) -> None:
     """Every file of the model directory is a regular one (no FIFO, no device behind a symbolic link, which
     transformers would read without end), and the config's layer count is the weights'."""
     import stat
@@ -339,7 +340,7 @@ def load_float_model(model=None, progress: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = resolve_model_dir(model, progress)
-    _check_model_files(d, read_config_dict(d))
+    check_model_files(d, read_config_dict(d))
     try:
         m, report = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True,
                                                          output_loading_info=True)

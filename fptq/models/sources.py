@@ -1,0 +1,363 @@
+"""Per-tensor access to a float model's weights without materializing the model (issue 22).
+
+The streamed quantizer reads one decoder layer's tensors at a time from a :class:`WeightSource`:
+
+* :class:`SafetensorsSource` -- a transformers directory: one ``model.safetensors`` or shards listed by
+  ``model.safetensors.index.json``. Every shard is opened with ``safetensors.safe_open`` (memory-mapped);
+  a tensor comes back in the dtype it is stored in (bf16, fp16, fp32). The directory is checked as
+  :func:`fptq.models.loading.load_float_model` checks it (``config.json``, regular files only, the
+  layer count of the weights), and the index too: it names only regular files inside the directory,
+  every tensor it lists is in the shard it names, no tensor is in two files, no shard holds a tensor
+  the index does not list.
+* :class:`GGUFSource` -- a ``.gguf`` file read with ``gguf.GGUFReader`` (memory-mapped), one tensor
+  dequantized per :meth:`~WeightSource.tensor` call, with transformers' own name map
+  (``get_gguf_hf_weights_map``) and tensor processor (llama's q/k un-permutation, Gemma's ``norm - 1``,
+  ...): the values are bit for bit those of ``load_gguf_checkpoint(path, return_tensors=True,
+  model_to_load=model)`` widened to float32, as :func:`fptq.models.loading.gguf_to_directory` stores
+  them, with no float32 copy of the file on disk. GGUF tensors that no model parameter names are
+  skipped as transformers skips them; a tied ``lm_head`` has no tensor of its own.
+* :func:`open_source` -- the model argument as :func:`fptq.models.loading.model_argument` takes it:
+  None / ``"default"`` is the embedded SmolLM2's cached safetensors conversion (the same float weights
+  as the whole-model path), a directory a :class:`SafetensorsSource`, a ``.gguf`` file a
+  :class:`GGUFSource`.
+
+A source is a context manager; :meth:`~WeightSource.close` releases its file mappings. An unknown tensor
+name is a :class:`~fptq.models.loading.ModelLoadError` naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+from ..io.reading import CONFIG_LIMIT, InputFileError, check_regular_file, read_bounded
+from .loading import (ModelLoadError, _offline, check_config_dict, check_layer_count, check_model_files,
+                      model_argument, read_config_dict, resolve_model_dir)
+
+__all__ = ["WeightSource", "SafetensorsSource", "GGUFSource", "open_source", "SAFETENSORS_INDEX",
+           "SAFETENSORS_SINGLE"]
+
+#: the index of a sharded safetensors directory, and the single-file name
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+
+#: safetensors dtype names -> torch dtype attribute names
+_ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+class WeightSource:
+    """The tensors of one float model, read one at a time (the module docstring).
+
+    A subclass fills ``path``, ``_config`` (the checked transformers config dict) and ``_entries``
+    (state-dict name -> ``(shape, torch dtype)``) and implements ``_read(name)`` and ``tokenizer()``."""
+
+    path: Path
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._config: dict = {}
+        self._entries: dict = {}
+
+    def config_dict(self) -> dict:
+        """The transformers config as a dict (a copy; checked like :func:`loading.read_config_dict`)."""
+        return copy.deepcopy(self._config)
+
+    def names(self) -> list[str]:
+        """The transformers state-dict names the source holds, in file order."""
+        return list(self._entries)
+
+    def __contains__(self, name) -> bool:
+        return name in self._entries
+
+    def _entry(self, name):
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ModelLoadError(f"{self.path}: no tensor named {name!r}") from None
+
+    def shape(self, name) -> tuple[int, ...]:
+        """The shape of tensor ``name`` (without reading it)."""
+        return self._entry(name)[0]
+
+    def dtype(self, name):
+        """The torch dtype tensor ``name`` comes back in (the stored one; float32 for GGUF)."""
+        return self._entry(name)[1]
+
+    def nbytes(self) -> int:
+        """Bytes of all tensors in the dtypes :meth:`tensor` returns."""
+        return sum(math.prod(shape) * dt.itemsize for shape, dt in self._entries.values())
+
+    def tensor(self, name):
+        """Tensor ``name`` as a CPU torch tensor of :meth:`dtype`, in memory of its own (never a view of
+        the file)."""
+        shape, dt = self._entry(name)
+        t = self._read(name)
+        if tuple(t.shape) != shape or t.dtype != dt:
+            raise ModelLoadError(f"{self.path}: tensor {name!r} read as {t.dtype} {tuple(t.shape)}, "
+                                 f"expected {dt} {shape}")
+        return t
+
+    def _read(self, name):
+        raise NotImplementedError
+
+    def tokenizer(self):
+        """The model's transformers tokenizer (local files only)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file mappings; the source cannot be read afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self._entries)} tensors)"
+
+
+def _torch_dtype(code: str, where, name):
+    import torch
+
+    attr = _ST_DTYPES.get(code)
+    if attr is None:
+        raise ModelLoadError(f"{where}: tensor {name!r} has dtype {code}, which fptq does not read")
+    return getattr(torch, attr)
+
+
+def _read_index(d: Path) -> dict[str, Path]:
+    """``model.safetensors.index.json``'s weight map (tensor name -> shard path), each shard a regular file
+    directly inside ``d``."""
+    path = d / SAFETENSORS_INDEX
+    try:
+        index = json.loads(read_bounded(path, CONFIG_LIMIT).decode("utf-8"))
+    except InputFileError as e:
+        raise ModelLoadError(str(e)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({e})") from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise ModelLoadError(f"{path}: no 'weight_map' object naming the shards")
+    out = {}
+    for name, file in wmap.items():
+        if not isinstance(file, str) or file in ("", ".", "..") or Path(file).name != file or "\\" in file:
+            raise ModelLoadError(f"{path}: tensor {name!r} is in {file!r}, not a file directly inside {d}")
+        try:
+            check_regular_file(d / file, 1 << 62, f"a shard named by {path}")
+        except InputFileError as e:
+            raise ModelLoadError(str(e)) from None
+        out[name] = d / file
+    return out
+
+
+class SafetensorsSource(WeightSource):
+    """The safetensors weights of a transformers directory, memory-mapped (the module docstring)."""
+
+    def __init__(self, directory):
+        _offline()
+        super().__init__(directory)
+        d = self.path
+        if not d.is_dir():
+            raise ModelLoadError(f"{d} is not a model directory")
+        self._config = read_config_dict(d)
+        check_model_files(d, self._config)
+        self._handles: dict[Path, object] = {}
+        self._where: dict[str, Path] = {}
+        if os.path.lexists(d / SAFETENSORS_INDEX):
+            index = _read_index(d)
+            files = sorted(set(index.values()))
+        elif os.path.lexists(d / SAFETENSORS_SINGLE):
+            index, files = None, [d / SAFETENSORS_SINGLE]
+        else:
+            raise ModelLoadError(f"{d}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} (fptq streams "
+                                 "safetensors weights only)")
+        try:
+            for f in files:
+                self._open_shard(f)
+            if index is not None:
+                self._check_index(index)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_shard(self, f: Path) -> None:
+        from safetensors import safe_open
+
+        try:
+            h = safe_open(str(f), framework="pt")
+            keys = list(h.keys())
+            slices = [(k, h.get_slice(k)) for k in keys]
+            entries = [(k, tuple(int(n) for n in s.get_shape()), s.get_dtype()) for k, s in slices]
+        except Exception as e:  # safetensors raises its own error type (and OSError)
+            raise ModelLoadError(f"{f}: unreadable safetensors file ({e})") from None
+        self._handles[f] = h
+        for name, shape, code in entries:
+            if name in self._where:
+                raise ModelLoadError(f"{f}: tensor {name!r} is also in {self._where[name]}")
+            self._where[name] = f
+            self._entries[name] = (shape, _torch_dtype(code, f, name))
+
+    def _check_index(self, index: dict[str, Path]) -> None:
+        where = self.path / SAFETENSORS_INDEX
+        for name, f in index.items():
+            if self._where.get(name) != f:
+                raise ModelLoadError(f"{where}: tensor {name!r} is listed in {f.name}, but {f} does not hold it")
+        extra = sorted(set(self._where) - set(index))
+        if extra:
+            raise ModelLoadError(f"{self._where[extra[0]]}: holds tensor {extra[0]!r}, which {where} does not "
+                                 "list")
+
+    def _read(self, name):
+        f = self._where[name]
+        h = self._handles.get(f)
+        if h is None:
+            raise ModelLoadError(f"{f}: the source is closed (tensor {name!r})")
+        try:
+            view = h.get_tensor(name)
+        except Exception as e:
+            raise ModelLoadError(f"{f}: tensor {name!r} unreadable ({e})") from None
+        # safetensors returns a view of its (copy-on-write) mapping, shared by every read of the tensor:
+        # a caller writing into it would change what the next read gives
+        return view.clone()
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except Exception as e:  # transformers raises many types here
+            raise ModelLoadError(f"cannot load a tokenizer from {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+#: transformers' tensor processors that keep a GGUF tensor's name and shape, so one tensor can be read alone
+_PER_TENSOR_PROCESSORS = ("TensorProcessor", "LlamaTensorProcessor", "Gemma2TensorProcessor",
+                          "NemotronTensorProcessor", "BloomTensorProcessor")
+
+
+class GGUFSource(WeightSource):
+    """The tensors of a ``.gguf`` file, dequantized one at a time as transformers dequantizes them."""
+
+    def __init__(self, path):
+        _offline()
+        super().__init__(path)
+        p = self.path
+        try:
+            check_regular_file(p, 1 << 62, "GGUF model")
+        except InputFileError as e:
+            raise ModelLoadError(str(e)) from None
+        self._config, cfg = _gguf_config(p)
+        self._reader, self._processor, mapping = _gguf_reader_and_map(p, cfg)
+        self._index: dict[str, int] = {}
+        self._gguf_names: dict[str, str] = {}
+        self._mapping = mapping
+        import torch
+
+        for i, t in enumerate(self._reader.tensors):
+            hf = mapping.get(t.name)
+            if hf is None:  # load_gguf_checkpoint skips it too
+                continue
+            if hf in self._index:
+                raise ModelLoadError(f"{p}: tensors {self._gguf_names[hf]!r} and {t.name!r} both map to {hf!r}")
+            self._index[hf], self._gguf_names[hf] = i, t.name
+            self._entries[hf] = (tuple(int(n) for n in reversed(t.shape.tolist())), torch.float32)
+        check_layer_count(self._config, self._entries, p, "the GGUF tensors")
+
+    def _read(self, name):
+        import numpy as np
+        import torch
+        from gguf import dequantize
+
+        if self._reader is None:
+            raise ModelLoadError(f"{self.path}: the source is closed (tensor {name!r})")
+        t = self._reader.tensors[self._index[name]]
+        try:
+            weights = dequantize(t.data, t.tensor_type)
+            result = self._processor.process(weights=weights, name=t.name, tensor_key_mapping=self._mapping,
+                                             parsed_parameters={"tensors": {}})
+        except Exception as e:  # a damaged block or an unknown quantization type
+            raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} ({name!r}) cannot be dequantized "
+                                 f"({e})") from None
+        if result.name != t.name:
+            raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} is not readable on its own")
+        # what load_gguf_checkpoint does (np.copy, torch.from_numpy), then gguf_to_directory's float32
+        return torch.from_numpy(np.copy(result.weights)).to(torch.float32)
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(self.path.parent), gguf_file=self.path.name,
+                                                 local_files_only=True)
+        except Exception as e:  # transformers raises many types here
+            raise ModelLoadError(f"cannot read the tokenizer of GGUF {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._reader = None
+
+
+def _gguf_config(p: Path):
+    """``(config dict, config)``: the transformers config of a GGUF file as ``gguf_to_directory`` builds
+    it (float32, ``architectures`` as ``save_pretrained`` writes it), checked by ``check_config_dict``."""
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
+    except Exception as e:  # transformers raises many types here
+        raise ModelLoadError(f"cannot read GGUF {p}: {e}") from e
+    cfg.dtype = torch.float32
+    arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.model_type)
+    if arch is None:
+        raise ModelLoadError(f"{p}: model type {cfg.model_type!r} is not a causal LM transformers knows")
+    cfg.architectures = [arch]
+    d = cfg.to_dict()
+    check_config_dict(d, p)
+    return d, cfg
+
+
+def _gguf_reader_and_map(p: Path, cfg):
+    """``(reader, processor, GGUF name -> state-dict name)`` exactly as ``load_gguf_checkpoint`` builds
+    them, the map from a model built on the meta device (no weight memory)."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          get_gguf_hf_weights_map, load_gguf_checkpoint,
+                                                          read_field)
+
+    try:
+        reader = GGUFReader(str(p))
+        architecture = read_field(reader, "general.architecture")[0]
+        raw_config = load_gguf_checkpoint(str(p), return_tensors=False)["config"]
+    except Exception as e:  # gguf and transformers raise many types here
+        raise ModelLoadError(f"cannot read GGUF {p}: {e}") from e
+    cls = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
+    if cls.__name__ not in _PER_TENSOR_PROCESSORS:
+        raise ModelLoadError(f"{p}: GGUF architecture {architecture!r} ({cls.__name__}) merges or renames "
+                             "tensors; fptq cannot stream it")
+    processor = cls(config=raw_config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return reader, processor, get_gguf_hf_weights_map(model, processor)
+
+
+def open_source(model=None) -> WeightSource:
+    """The :class:`WeightSource` of a model argument (:func:`loading.model_argument`): a ``.gguf`` file ->
+    :class:`GGUFSource` (no float32 copy on disk); anything else as :func:`loading.resolve_model_dir`
+    resolves it (None or ``"default"``: the embedded SmolLM2's cached conversion, the float weights of the
+    whole-model path) -> :class:`SafetensorsSource`."""
+    model = model_argument(model)
+    if model is not None:
+        p = Path(model).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            return GGUFSource(p)
+    return SafetensorsSource(resolve_model_dir(model))
