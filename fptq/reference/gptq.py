@@ -120,12 +120,19 @@ def _quantize_column(w: np.ndarray, scale: np.ndarray, zero, fmt: WeightFormat) 
 
 
 def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^{-1}``."""
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^{-1}``; ``H`` (a float64 copy the caller owns) is
+    overwritten. At most two ``[K, K]`` float64 matrices live at once besides the caller's (an 8B model's
+    down projection: K = 14336, 1.6 GB each); the dampening is added on the diagonal in place, the same sums
+    as ``H + lam * I``."""
     k = H.shape[0]
     lam = damp * float(np.mean(np.diag(H))) if k else 0.0
-    Hd = H + (lam if lam > 0 else damp) * np.eye(k)
-    Linv = np.linalg.inv(np.linalg.cholesky(Hd))
+    H[np.diag_indices(k)] += lam if lam > 0 else damp
+    L = np.linalg.cholesky(H)
+    del H
+    Linv = np.linalg.inv(L)
+    del L
     Hinv = Linv.T @ Linv
+    del Linv
     return np.linalg.cholesky(Hinv).T
 
 
@@ -207,7 +214,8 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
         perm = np.argsort(-np.diag(H), kind="stable")
     else:
         perm = np.arange(k)
-    U = _inverse_cholesky(H[np.ix_(perm, perm)], damp)
+    U = _inverse_cholesky(H[np.ix_(perm, perm)] if act_order else H, damp)   # H is this function's copy
+    del H
     W_final = _error_feedback(W[:, perm], U, perm, scale, zero, scale_fn, g, fmt, act_order, block_size)
     q = spec.quantize_weight_with_scales(W_final, scale, zero, g, fmt)
     return spec.QuantizedWeight(q, scale, zero, g, fmt)
