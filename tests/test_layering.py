@@ -54,6 +54,7 @@ MODELS_ORDER = (
     ("planning and baselines", {"plan", "fakequant"}),
     ("the run", {"quantize"}),
     ("the streamed run", {"stream"}),
+    ("checkpoint shards", {"checkpoint_shards"}),
     ("checkpoint halves", {"checkpoint_read", "checkpoint_write"}),
     ("checkpoint", {"checkpoint"}),
 )

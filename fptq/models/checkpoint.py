@@ -38,31 +38,32 @@ The checks live in :mod:`fptq.models.checkpoint_read` (and the header's in
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from pathlib import Path
 
 from ..defaults import resolve_backend
 from ..io.atomic import atomic_directory
 from ..io.outputs import check_output_dir
-from ..io.tensorfile import dtype_name, write_tensor_file
 from ._torch import torch
 from .arch import get_submodule
 from .checkpoint_meta import (
     DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INPUT_ROTATION_TENSOR, ONLINE_ROTATION_TENSOR,
-    PLAN_FILE, TENSORS_FILE, CheckpointError, header_digest,
+    PLAN_FILE, SHARDED_FORMAT_VERSION, TENSORS_FILE, CheckpointError,
 )
 from .checkpoint_read import (
     CheckpointWarning, build_config, build_model, check_against_model, expected_tensors, load_tokenizer,
     open_checkpoint, read_tensors, verified_files, verify_tensor_digests,
 )
-from .checkpoint_write import file_sha256, header_fields, layer_entries, source_paths, storage_state, tied_duplicates
-from .qlinear import MODES
+from .checkpoint_shards import DEFAULT_SHARD_BYTES, open_shards
+from .checkpoint_write import CheckpointWriter, check_writer_args, source_paths, tied_duplicates
+from .qlinear import MODES, W4A8Linear
 from .rotate import attach_input_rotation, factor_tensors, wrap_online_rotations
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "TENSORS_FILE", "PLAN_FILE",
-           "CheckpointError", "CheckpointWarning", "save_quantized", "load_quantized", "read_metadata",
-           "is_checkpoint", "checkpoint_refusal", "check_checkpoint_out", "storage_summary"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SHARDED_FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE",
+           "DEFAULT_SHARD_BYTES", "TENSORS_FILE", "PLAN_FILE", "CheckpointError", "CheckpointWarning",
+           "CheckpointWriter", "open_writer", "save_quantized", "load_quantized", "read_metadata", "is_checkpoint",
+           "checkpoint_refusal", "check_checkpoint_out", "storage_summary"]
 
 #: the files a version-1 checkpoint (which lists none) may hold besides its tensors file
 _V1_FILES = ("config.json", "generation_config.json", PLAN_FILE, "tokenizer.json", "tokenizer_config.json",
@@ -88,7 +89,7 @@ def checkpoint_refusal(path) -> str | None:
         meta = read_metadata(p)
     except CheckpointError as e:
         return f"not a valid fptq checkpoint ({e})"
-    listed = set(meta["digests"]["files"]) if "digests" in meta else set(_V1_FILES)
+    listed = (set(meta["digests"]["files"]) if "digests" in meta else set(_V1_FILES)) | set(meta["shards"])
     extra = sorted(e.name + ("/" if e.is_dir(follow_symlinks=False) else "") for e in os.scandir(p)
                    if e.name != TENSORS_FILE and not (e.name in listed and e.is_file(follow_symlinks=False)))
     if extra:
@@ -119,7 +120,36 @@ def storage_summary(meta: dict) -> str:
     inputs = meta.get("input_rotations") or []
     if inputs:
         line += f"; input rotation: {len(inputs)} layers' inputs times one float32 Q_f at run time"
+    shards = meta.get("shards") or {}
+    if shards:
+        line += f"; the layers in {len(shards)} shard files"
     return line
+
+
+@contextlib.contextmanager
+def open_writer(out_dir, overwrite: bool = False, protect=(), float_dtype: str = DEFAULT_FLOAT_DTYPE,
+                int8_embeddings: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES):
+    """``with open_writer(out) as w: ...w.add_layer(model, prefix, plan)...; w.finish(model, tokenizer, plan,
+    config, info)``: a :class:`~fptq.models.checkpoint_write.CheckpointWriter` writing into the atomic
+    directory of ``out_dir`` (:func:`fptq.io.atomic.atomic_directory`: an exception, or leaving the block
+    without :meth:`finish`, leaves nothing). ``overwrite`` / ``protect``: as :func:`save_quantized` (checked
+    on entry, and again by ``finish`` with the model's own source directory added, and before the rename);
+    ``shard_bytes``: the layers' tensors are written into shard files of about this size
+    (:data:`~fptq.models.checkpoint_shards.DEFAULT_SHARD_BYTES`) when they do not fit one."""
+    protect = [*protect]
+    check = (lambda d: check_checkpoint_out(d, overwrite, protect))  # noqa: E731
+
+    def guard(model):
+        protect.extend(source_paths(model))
+        check(Path(out_dir).absolute())
+
+    args = dict(float_dtype=float_dtype, int8_embeddings=int8_embeddings, shard_bytes=shard_bytes)
+    check_writer_args(**args)  # before anything is touched
+    with atomic_directory(out_dir, overwrite=overwrite, check=check) as tmp:
+        writer = CheckpointWriter(tmp, **args, guard=guard)
+        yield writer
+        if not writer.finished:
+            raise CheckpointError(f"{out_dir}: the checkpoint writer was closed without finish(); nothing written")
 
 
 def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info: dict | None = None,
@@ -138,31 +168,12 @@ def save_quantized(out_dir, model, tokenizer=None, plan=None, config=None, info:
     tensors are never converted. ``int8_embeddings``: the embedding and lm_head as INT8 rows
     (:mod:`fptq.models.int8rows`). Run-time rotations are stored once each as float32 (tensors
     ``fptq.online_rotation`` / ``fptq.input_rotation``, metadata ``online_rotations`` / ``input_rotations``).
+    Layers of more than :data:`DEFAULT_SHARD_BYTES` go to shard files (:func:`open_writer`).
     """
-    if float_dtype not in FLOAT_DTYPES:
-        raise ValueError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
-    if type(int8_embeddings) is not bool:
-        raise ValueError(f"int8_embeddings must be True or False, got {int8_embeddings!r}")
-    layers = layer_entries(model, plan)
-    if not layers:
+    if not any(isinstance(m, W4A8Linear) for m in model.modules()):
         raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
-    state, tied, rows, online, inputs = storage_state(model, layers, float_dtype, int8_embeddings)
-    meta = header_fields(model, layers, state, tied, rows, online, inputs, float_dtype, config, info)
-    protect = [*protect, *source_paths(model)]
-    with atomic_directory(out_dir, overwrite=overwrite,
-                          check=lambda d: check_checkpoint_out(d, overwrite, protect)) as tmp:
-        model.config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "info": info or {},
-               "quant_config": config.to_json() if config is not None else None,
-               "plan": plan.to_json() if plan is not None else None}
-        (tmp / PLAN_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        meta["file_sha256"] = json.dumps({f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()},
-                                         sort_keys=True)
-        table = {k: (dtype_name(t), tuple(t.shape)) for k, t in state.items()}
-        meta["header_sha256"] = header_digest(meta, table)
-        write_tensor_file(tmp / TENSORS_FILE, state, meta)
+    with open_writer(out_dir, overwrite, [*protect, *source_paths(model)], float_dtype, int8_embeddings) as w:
+        w.finish(model, tokenizer, plan, config, info)
     return Path(out_dir)
 
 
@@ -230,7 +241,7 @@ def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     d = Path(ckpt_dir)
     tf, meta = open_checkpoint(d)
-    with tf:
+    with open_shards(tf, d, meta) as tf:  # every shard verified: its file digest, size and table
         verify_tensor_digests(tf, meta)
         files = verified_files(d, meta)
         cfg = build_config(files["config.json"], d / "config.json", meta)

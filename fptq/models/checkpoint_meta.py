@@ -24,6 +24,8 @@ values and cross-checks them against each other and against the tensor table
   projections with ``--rotate online``), unique, each one of ``layers``, all of the same ``in_features``
   K; non-empty exactly when the tensor ``fptq.input_rotation`` (their shared ``Q_f``, F32 ``[K, K]``) is
   stored; versions 1-4 have neither;
+* version 6: ``shards`` indexes the shard files (:mod:`fptq.models.checkpoint_shards` checks it first and
+  adds their tensors to the table the rest is checked against); versions 1-5 have none;
 * version 2, first of all: ``header_sha256`` matches the header
   (:func:`header_digest`); then the digest tables list exactly the stored
   tensors and plain file names.
@@ -47,7 +49,8 @@ from .. import spec
 from ..spec import ActPolicy, WeightFormat
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "TENSORS_FILE", "PLAN_FILE", "FORMAT_VERSION", "SUPPORTED_VERSIONS", "V2_KEYS", "V3_KEYS",
-           "V4_KEYS", "V5_KEYS", "INPUT_ROTATION_TENSOR", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
+           "V4_KEYS", "V5_KEYS", "V6_KEYS", "SHARDS_KEY", "SHARDED_FORMAT_VERSION", "INPUT_ROTATION_TENSOR",
+           "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE", "INT8_ROW_KINDS", "INT8_ROW_SUFFIXES",
            "ONLINE_ROTATION_TENSOR", "ROTATION_TOLERANCE", "parse_metadata", "header_digest", "check_layer_values",
            "check_int8_row_values", "check_rotation_values", "layer_tensor_specs", "LAYER_SUFFIXES", "MAX_WSCALE",
            "MAX_ACT_SCALE"]
@@ -56,9 +59,11 @@ FORMAT_NAME = "fptq-w4a8"
 #: the tensors file of a checkpoint directory, and its readable plan (informative)
 TENSORS_FILE = "fptq_w4a8.safetensors"
 PLAN_FILE = "fptq_plan.json"
+#: the version of a checkpoint in one tensors file; one with shard files is :data:`SHARDED_FORMAT_VERSION`
 FORMAT_VERSION = 5
+SHARDED_FORMAT_VERSION = 6
 #: versions this fptq reads; version 1 (no digests) loads with a warning
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 #: metadata keys that exist from version 2 on (a version-1 header holding one is corrupt)
 V2_KEYS = ("tensor_sha256", "file_sha256", "header_sha256")
 #: metadata keys that exist from version 3 on (required there; an older header holding one is corrupt)
@@ -67,6 +72,9 @@ V3_KEYS = ("float_dtype", "int8_rows")
 V4_KEYS = ("online_rotations",)
 #: metadata keys that exist from version 5 on (required there; an older header holding one is corrupt)
 V5_KEYS = ("input_rotations",)
+#: metadata keys that exist from version 6 on (the shard index, :mod:`fptq.models.checkpoint_shards`)
+SHARDS_KEY = "shards"
+V6_KEYS = (SHARDS_KEY,)
 #: the tensor holding the online rotation ``Q`` (F32 ``[d, d]``, stored once, never rounded) shared by every
 #: module of ``online_rotations``; not a state-dict name of any model
 ONLINE_ROTATION_TENSOR = "fptq.online_rotation"

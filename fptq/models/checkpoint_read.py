@@ -23,6 +23,7 @@ from .checkpoint_meta import (
     INPUT_ROTATION_TENSOR, INT8_ROW_SUFFIXES, LAYER_SUFFIXES, ONLINE_ROTATION_TENSOR, TENSORS_FILE, CheckpointError,
     check_int8_row_values, check_layer_values, check_rotation_values, parse_metadata,
 )
+from .checkpoint_shards import parse_shards
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import online_rotation_targets
@@ -36,7 +37,9 @@ class CheckpointWarning(UserWarning):
 
 
 def open_checkpoint(ckpt_dir) -> tuple[TensorFile, dict]:
-    """Open the tensors file and check its header; returns (open TensorFile, parsed metadata)."""
+    """Open the tensors file and check its header; returns (open TensorFile, parsed metadata). A sharded
+    checkpoint's header is checked against every tensor its shard index lists (``meta["shards"]``, ``{}``
+    when none); the shard files themselves are opened by :func:`fptq.models.checkpoint_shards.open_shards`."""
     d = Path(ckpt_dir)
     path = d / TENSORS_FILE
     if not d.is_dir():
@@ -48,14 +51,15 @@ def open_checkpoint(ckpt_dir) -> tuple[TensorFile, dict]:
     except (TensorFileError, OSError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
     try:
-        table = {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}
+        shards, table = parse_shards(tf.metadata, {n: (tf.dtype(n), tf.shape(n)) for n in tf.names}, path)
         meta = parse_metadata(tf.metadata, table, path)
         check_quant_config(meta, path)
     except BaseException:
         tf.close()
         raise
-    meta["_keys"] = set(table)
+    meta["_keys"] = set(table)  # every stored tensor, the shards' too (read them with checkpoint_shards.open_shards)
     meta["_path"] = path
+    meta["shards"] = shards
     return tf, meta
 
 

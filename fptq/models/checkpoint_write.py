@@ -1,9 +1,12 @@
-"""Writing a W4A8 checkpoint: the state to store and its header (used by
-:func:`fptq.models.checkpoint.save_quantized`; ``docs/checkpoint.md`` is the format).
+"""Writing a W4A8 checkpoint: the state to store, its header, and :class:`CheckpointWriter`, which writes
+it a decoder layer at a time (used by :func:`fptq.models.checkpoint.open_writer` and
+:func:`~fptq.models.checkpoint.save_quantized`; ``docs/checkpoint.md`` is the format).
 
 The model's state dict with tied tensors dropped, the embedding / lm_head as INT8 rows when
 asked, run-time rotated norms stored as their norms plus one float32 ``Q``, and every other
-float matrix converted to ``float_dtype``; the per-layer entries and the header fields.
+float matrix converted to ``float_dtype`` (:func:`storage_state`, on the whole model or one layer's
+keys); the per-layer entries and the header fields; the layers' tensors buffered into shard files
+(:mod:`fptq.models.checkpoint_shards`) when they do not fit one.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ from pathlib import Path
 from .. import __version__ as FPTQ_VERSION
 from .. import spec
 from ..io.reading import file_sha256
-from ..io.tensorfile import raw_bytes
+from ..io.tensorfile import dtype_name, raw_bytes, write_tensor_file
 from ._torch import torch
+from .arch import UnsupportedArchitecture, find_decoder_layers
 from .checkpoint_meta import (
     FLOAT_DTYPES, FORMAT_NAME, FORMAT_VERSION, INPUT_ROTATION_TENSOR, INT8_ROW_SUFFIXES, LAYER_SUFFIXES,
-    ONLINE_ROTATION_TENSOR, CheckpointError,
+    ONLINE_ROTATION_TENSOR, PLAN_FILE, SHARDED_FORMAT_VERSION, SHARDS_KEY, TENSORS_FILE, CheckpointError,
+    header_digest,
 )
+from .checkpoint_shards import shard_file_name, write_shard
 from .int8rows import int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import input_rotation_modules, input_rotation_of, online_rotation_modules, online_rotation_targets
 
-__all__ = ["storage_state", "layer_entries", "header_fields", "tied_duplicates", "file_sha256", "source_paths"]
+__all__ = ["storage_state", "layer_entries", "header_fields", "tied_duplicates", "file_sha256", "source_paths",
+           "in_scope", "plan_fields", "tensor_digests", "CheckpointWriter",
+           "check_writer_args"]
 
 def tied_duplicates(state: dict) -> dict[str, str]:
     """key -> the earlier key sharing its storage (tied weights are stored once)."""
@@ -40,19 +48,40 @@ def tied_duplicates(state: dict) -> dict[str, str]:
     return tied
 
 
-def layer_entries(model, plan) -> dict:
+def in_scope(name: str, prefix: str | None = None, skip=()) -> bool:
+    """Whether the key or module path ``name`` lies under ``prefix`` (None: anywhere) and under none of
+    the paths of ``skip`` (a path is under itself)."""
+    under = (lambda p: name == p or name.startswith(f"{p}."))  # noqa: E731
+    return (prefix is None or under(prefix)) and not any(under(p) for p in skip)
+
+
+def _named_modules(model, prefix: str | None, skip):
+    mods = model.named_modules() if prefix is None else model.get_submodule(prefix).named_modules(prefix=prefix)
+    return ((n, m) for n, m in mods if in_scope(n, None, skip))
+
+
+def plan_fields(gp) -> dict:
+    """The informative fields a layer entry takes from its linear's group in the plan (``plan.by_linear()``)."""
+    return {"group": gp.group, "layer": gp.layer, "v": gp.v, "band": gp.band.value, "v_after": gp.v_after,
+            "fold": gp.fold, "fallback": gp.fallback}
+
+
+def layer_entries(model, plan, prefix: str | None = None, skip=()) -> dict:
+    """name -> header entry of every W4A8 layer of ``model`` (under ``prefix``, outside ``skip``:
+    :func:`in_scope`)."""
     by_linear = plan.by_linear() if plan is not None else {}
     out = {}
-    for name, m in model.named_modules():
+    for name, m in _named_modules(model, prefix, skip):
         if not isinstance(m, W4A8Linear):
             continue
+        if m.qweight.device.type == "meta":
+            raise CheckpointError(f"layer {name} is on the meta device (released before being written): its "
+                                  "entry cannot be stored")
         e = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
              "group_size": m.group_size, "weight_format": m.weight_format.value, "policy": m.policy.value,
              "act_scale": None if m.act_scale is None else float(m.act_scale.item())}
-        gp = by_linear.get(name)
-        if gp is not None:
-            e.update({"group": gp.group, "layer": gp.layer, "v": gp.v, "band": gp.band.value,
-                      "v_after": gp.v_after, "fold": gp.fold, "fallback": gp.fallback})
+        if name in by_linear:
+            e.update(plan_fields(by_linear[name]))
         out[name] = e
     return out
 
@@ -77,11 +106,12 @@ def _shared_rotation(by_path: dict, who: str, differ: str, name: str):
     return q.contiguous()
 
 
-def _unwrap_rotations(model, sd: dict):
+def _unwrap_rotations(model, sd: dict, prefix=None, skip=()):
     """(state dict, online rotation paths, Q): each :class:`~fptq.models.rotate.RotateOutput` at ``P``
-    stored as the plain norm it wraps (``P.norm.x`` -> ``P.x``, ``P.rotation`` dropped) and its ``Q`` once
-    (float32, as the model holds it); ``Q`` None when there are none. All must share one ``Q``."""
-    rot = online_rotation_modules(model)
+    (:func:`in_scope`) stored as the plain norm it wraps (``P.norm.x`` -> ``P.x``, ``P.rotation`` dropped)
+    and its ``Q`` once (float32, as the model holds it); ``Q`` None when there are none. All must share
+    one ``Q``."""
+    rot = {p: m for p, m in online_rotation_modules(model).items() if in_scope(p, prefix, skip)}
     if not rot:
         return sd, [], None
     bad = sorted(set(rot) - set(online_rotation_targets(model)))
@@ -103,10 +133,10 @@ def _unwrap_rotations(model, sd: dict):
     return out, paths, q
 
 
-def _input_rotations(model, layers: dict):
-    """(paths, Q_f): the W4A8 layers with an input rotation and their one shared float32 ``Q_f`` (None
-    when there are none)."""
-    mods = input_rotation_modules(model)
+def _input_rotations(model, layers: dict, prefix=None, skip=()):
+    """(paths, Q_f): the W4A8 layers with an input rotation (:func:`in_scope`) and their one shared float32
+    ``Q_f`` (None when there are none)."""
+    mods = {p: m for p, m in input_rotation_modules(model).items() if in_scope(p, prefix, skip)}
     if not mods:
         return [], None
     stray = sorted(set(mods) - set(layers))
@@ -119,14 +149,34 @@ def _input_rotations(model, layers: dict):
     return paths, q
 
 
-def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
+def _scoped_state(model, prefix, skip) -> dict:
+    """The state dict entries of ``model`` under ``prefix`` and outside ``skip`` (:func:`in_scope`); a
+    tensor among them on the meta device (never materialized, or released) is a CheckpointError."""
+    if prefix is None:
+        sd = model.state_dict()
+    else:
+        sd = model.get_submodule(prefix).state_dict(prefix=f"{prefix}.")
+    sd = {k: v for k, v in sd.items() if in_scope(k, None, skip)}
+    lost = [k for k, v in sd.items() if v.device.type == "meta"]
+    if lost:
+        raise CheckpointError(f"tensors {lost[:4]} are on the meta device (not materialized, or released before "
+                              "being written): nothing of them can be stored")
+    return sd
+
+
+def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool, prefix: str | None = None,
+                  skip=()):
     """(state to write, tied, int8_rows, online rotation paths, input rotation paths): the model's state dict
     with tied tensors
     dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated norms as
     their norms plus one float32 ``Q`` (:func:`_unwrap_rotations`), and every other float matrix (a float32
-    tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``."""
-    sd, online, q = _unwrap_rotations(model, model.state_dict())
-    rows = int8_row_targets(model) if int8_embeddings else {}
+    tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``.
+
+    ``prefix`` / ``skip``: only the keys under ``prefix`` (one decoder layer: then no INT8 rows) and under
+    none of ``skip`` (layers already stored), :func:`in_scope`; ``layers`` holds the entries of that scope.
+    Ties are found within the scope."""
+    sd, online, q = _unwrap_rotations(model, _scoped_state(model, prefix, skip), prefix, skip)
+    rows = int8_row_targets(model) if int8_embeddings and prefix is None else {}
     if rows:
         try:
             mods = int8_row_modules(model, rows)
@@ -152,17 +202,22 @@ def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool):
         state[k] = v.contiguous()
     if q is not None:
         state[ONLINE_ROTATION_TENSOR] = q  # float32 whatever float_dtype says: Q stays orthogonal
-    inputs, q_in = _input_rotations(model, layers)
+    inputs, q_in = _input_rotations(model, layers, prefix, skip)
     if q_in is not None:
         state[INPUT_ROTATION_TENSOR] = q_in
     return state, tied, rows, online, inputs
 
 
 
-def header_fields(model, layers: dict, state: dict, tied: dict, rows: dict, online: list, inputs: list,
+def tensor_digests(state: dict) -> dict[str, str]:
+    """name -> SHA-256 hex of the tensor's stored bytes (metadata key ``tensor_sha256``)."""
+    return {k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()}
+
+
+def header_fields(model, layers: dict, digests: dict, tied: dict, rows: dict, online: list, inputs: list,
                   float_dtype: str, config, info) -> dict:
     """The header's metadata strings (all but ``file_sha256`` and ``header_sha256``, which need the
-    written files)."""
+    written files); ``digests``: :func:`tensor_digests` of every stored tensor."""
     gsizes = {e["group_size"] for e in layers.values() if e["group_size"] < e["in_features"]}
     fmts = {e["weight_format"] for e in layers.values()}
     return {
@@ -182,6 +237,157 @@ def header_fields(model, layers: dict, state: dict, tied: dict, rows: dict, onli
         "input_rotations": json.dumps(inputs),
         "quant_config": json.dumps(config.to_json() if config is not None else None, sort_keys=True),
         "info": json.dumps(info or {}, sort_keys=True),
-        "tensor_sha256": json.dumps({k: hashlib.sha256(raw_bytes(t)).hexdigest() for k, t in state.items()},
-                                    sort_keys=True),
+        "tensor_sha256": json.dumps(digests, sort_keys=True),
     }
+
+
+def check_writer_args(float_dtype: str, int8_embeddings: bool, shard_bytes: int) -> None:
+    """ValueError naming the argument unless ``float_dtype`` is a key of :data:`FLOAT_DTYPES`,
+    ``int8_embeddings`` a bool and ``shard_bytes`` an integer >= 1."""
+    if float_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"float_dtype must be one of {sorted(FLOAT_DTYPES)}, got {float_dtype!r}")
+    if type(int8_embeddings) is not bool:
+        raise ValueError(f"int8_embeddings must be True or False, got {int8_embeddings!r}")
+    if type(shard_bytes) is not int or shard_bytes < 1:
+        raise ValueError(f"shard_bytes must be an integer >= 1, got {shard_bytes!r}")
+
+
+class CheckpointWriter:
+    """Writes one checkpoint into ``tmp_dir`` (the temporary directory of
+    :func:`fptq.models.checkpoint.open_writer`, which makes it atomic), a decoder layer at a time.
+
+    :meth:`add_layer` stores one layer that has just been quantized: its tensors converted as
+    :func:`storage_state` does, its entries and digests taken at once (the caller may release the layer to
+    the meta device afterwards; the tensors must not be changed in place), buffered; when the buffer
+    reaches ``shard_bytes`` it is written as a shard (:mod:`fptq.models.checkpoint_shards`).
+    :meth:`finish` stores everything else (on the whole-model path every layer too, a layer at a time under
+    the same rule), then the side files and the tensors file with the metadata. A checkpoint none of whose
+    shards was written is one tensors file, format version 5, byte for byte what a writer without shards
+    wrote; else version 6. ``guard(model)``: the destination's checks, run again by :meth:`finish` with
+    the model's source directory protected."""
+
+    def __init__(self, tmp_dir, *, float_dtype: str, int8_embeddings: bool, shard_bytes: int, guard=None):
+        check_writer_args(float_dtype, int8_embeddings, shard_bytes)
+        self.dir, self.float_dtype, self.int8_embeddings = Path(tmp_dir), float_dtype, int8_embeddings
+        self.shard_bytes, self._guard = shard_bytes, guard
+        self.added: list[str] = []  # layer prefixes stored, in order
+        self.shards: dict[str, dict] = {}  # shard file name -> index entry
+        self._layers, self._digests, self._tied, self._online, self._inputs = {}, {}, {}, [], []
+        self._rotations = {}  # ONLINE_ROTATION_TENSOR / INPUT_ROTATION_TENSOR -> the one shared tensor
+        self._buffer, self._buffered, self.finished = {}, 0, False
+
+    def add_layer(self, model, prefix: str, plan=None) -> None:
+        """Store the decoder layer at ``prefix`` (every state-dict key under ``f"{prefix}."``)."""
+        self._check_open()
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"add_layer: prefix must be a module path, got {prefix!r}")
+        clash = [p for p in self.added if in_scope(p, prefix) or in_scope(prefix, p)]
+        if clash:
+            raise ValueError(f"add_layer: {prefix!r} overlaps {clash[0]!r}, already stored")
+        try:
+            model.get_submodule(prefix)
+        except AttributeError:
+            raise ValueError(f"add_layer: {prefix!r} is not a module of the model") from None
+        layers = layer_entries(model, plan, prefix)
+        state, tied, _, online, inputs = storage_state(model, layers, self.float_dtype, False, prefix)
+        self._take(state, layers, tied, online, inputs)
+        self._buffer_layer(prefix, state)
+
+    def _check_open(self) -> None:
+        if self.finished:
+            raise CheckpointError("the checkpoint writer has finished; nothing more can be added")
+
+    def _take(self, state: dict, layers: dict, tied: dict, online: list, inputs: list) -> None:
+        """Record a scope's entries and digests; its shared rotations (popped from ``state``) must be the
+        ones recorded before."""
+        for name in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
+            q = state.pop(name, None)
+            kept = self._rotations.get(name)
+            if q is None or kept is q:
+                continue
+            if kept is None:
+                self._rotations[name] = q
+                self._digests.update(tensor_digests({name: q}))
+            elif not torch.equal(kept, q):
+                raise CheckpointError(f"{(online if name == ONLINE_ROTATION_TENSOR else inputs)[0]} holds another "
+                                      f"rotation ({name}) than the layers stored before it; a checkpoint stores one")
+        again = sorted((set(state) | set(tied)) & (set(self._digests) | set(self._tied)))
+        if again:
+            raise CheckpointError(f"tensors {again[:4]} are stored twice")
+        self._layers.update(layers)
+        self._tied.update(tied)
+        self._online += online
+        self._inputs += inputs
+        self._digests.update(tensor_digests(state))
+
+    def _buffer_layer(self, prefix: str, state: dict) -> None:
+        self.added.append(prefix)
+        self._buffer.update(state)
+        self._buffered += sum(t.numel() * t.element_size() for t in state.values())
+        if self._buffered >= self.shard_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = shard_file_name(len(self.shards) + 1)
+        self.shards[name] = write_shard(self.dir / name, self._buffer)
+        self._buffer, self._buffered = {}, 0
+
+    def finish(self, model, tokenizer=None, plan=None, config=None, info: dict | None = None) -> None:
+        """Store everything :meth:`add_layer` has not (the decoder layers not added, a layer at a time, then
+        the rest: embeddings, final norm, lm_head, the shared rotations), the side files (``config.json``,
+        the tokenizer, the plan) and the tensors file with the metadata and digests. Any tensor on the meta
+        device outside the added layers is a CheckpointError. Arguments as
+        :func:`fptq.models.checkpoint.save_quantized`'s."""
+        self._check_open()
+        if self._guard is not None:
+            self._guard(model)
+        skip = tuple(self.added)
+        layers = layer_entries(model, plan, skip=skip)
+        state, tied, rows, online, inputs = storage_state(model, layers, self.float_dtype, self.int8_embeddings,
+                                                          skip=skip)
+        self._take(state, layers, tied, online, inputs)
+        if not self._layers:
+            raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
+        by_linear = plan.by_linear() if plan is not None else {}
+        for name, e in self._layers.items():  # the final plan's view of the layers added before it was whole
+            if name in by_linear:
+                e.update(plan_fields(by_linear[name]))
+        for prefix in _layer_prefixes(model, skip):
+            self._buffer_layer(prefix, {k: state.pop(k) for k in [k for k in state if in_scope(k, prefix)]})
+        if self.shards and self._buffer:
+            self._flush()
+        main = {**(state if self.shards else {**self._buffer, **state}), **self._rotations}
+        version = SHARDED_FORMAT_VERSION if self.shards else FORMAT_VERSION
+        meta = header_fields(model, self._layers, self._digests, self._tied, rows, sorted(self._online),
+                             sorted(self._inputs), self.float_dtype, config, info)
+        meta["format_version"] = str(version)
+        if self.shards:
+            meta[SHARDS_KEY] = json.dumps(self.shards, sort_keys=True)
+        self._write_side_files(model, tokenizer, plan, config, info, version)
+        meta["file_sha256"] = json.dumps({f.name: file_sha256(f) for f in sorted(self.dir.iterdir())
+                                          if f.is_file() and f.name not in self.shards}, sort_keys=True)
+        table = {k: (dtype_name(t), tuple(t.shape)) for k, t in main.items()}
+        for e in self.shards.values():
+            table.update({k: (dt, tuple(shape)) for k, (dt, shape) in e["tensors"].items()})
+        meta["header_sha256"] = header_digest(meta, table)
+        write_tensor_file(self.dir / TENSORS_FILE, main, meta)
+        self._buffer, self.finished = {}, True
+
+    def _write_side_files(self, model, tokenizer, plan, config, info, version: int) -> None:
+        model.config.save_pretrained(self.dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.dir)
+        doc = {"format": FORMAT_NAME, "format_version": version, "info": info or {},
+               "quant_config": config.to_json() if config is not None else None,
+               "plan": plan.to_json() if plan is not None else None}
+        (self.dir / PLAN_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def _layer_prefixes(model, skip) -> list[str]:
+    """The paths of the model's decoder layers not under ``skip``, in order ([] when it has no stack)."""
+    try:
+        path, layers, _ = find_decoder_layers(model)
+    except UnsupportedArchitecture:
+        return []
+    pre = f"{path}." if path else ""
+    return [f"{pre}{i}" for i in range(len(layers)) if in_scope(f"{pre}{i}", None, skip)]
