@@ -48,9 +48,9 @@ EXCEPTIONS = [
 #: the levels of fptq.models, lowest first (docs/architecture.md, "Inside fptq.models"); a module imports
 #: only modules of lower levels, inside functions too. A new module gets a level here and in the docs.
 MODELS_ORDER = (
-    ("foundations", {"_torch", "arch", "checkpoint_meta", "loading"}),
+    ("foundations", {"_torch", "arch", "checkpoint_meta", "loading", "memory_shape", "memory_time"}),
     ("settings", {"config", "skeleton", "sources"}),
-    ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows"}),
+    ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
     ("planning and baselines", {"plan", "fakequant"}),
     ("the run", {"quantize"}),
     ("the streamed run", {"stream"}),

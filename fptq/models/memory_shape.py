@@ -1,0 +1,132 @@
+"""A decoder-only model's shape read from its transformers config dict, for the memory model
+(:mod:`fptq.models.memory`): widths, the linears of a layer and their groups, what a checkpoint stores.
+
+Standard library only (no torch, no transformers): the config is the ``config.json`` dict
+(``WeightSource.config_dict()``), read before any weight is. Families: llama, mistral, qwen2, qwen3,
+gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Shape", "shape_of", "FAMILIES"]
+
+#: model_type -> (tie_word_embeddings when the config omits it, q/k/v bias, attention masks per batch as
+#: bytes per element (one entry per distinct mask), rotary tables, eager attention, [H] norms per layer,
+#: [head_dim] norms per layer).
+#: Measured on the tiny models of fptq.testing with transformers 5.25 (``capture_layer_inputs``):
+#: llama/qwen2 run sdpa without a mask; gemma2 eager with a float32 mask per layer type (sliding, full);
+#: gemma3 sdpa with a bool mask per layer type and two rotary tables (local, global)
+FAMILIES = {
+    "llama": (False, False, (), 1, False, 2, 0),
+    "mistral": (False, False, (), 1, False, 2, 0),
+    "qwen2": (False, True, (), 1, False, 2, 0),
+    "qwen3": (False, False, (), 1, False, 2, 2),
+    "smollm3": (True, False, (), 1, False, 2, 0),
+    "gemma": (True, False, (), 1, False, 2, 0),
+    "gemma2": (True, False, (4, 4), 1, True, 4, 0),
+    "gemma3": (True, False, (1, 1), 2, False, 4, 2),
+}
+_ALIASES = {"gemma3_text": "gemma3"}
+_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory model needs of an architecture (widths in elements)."""
+
+    family: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool = False
+    mask_bytes: tuple = ()        # bytes per element of each distinct [B, 1, L, L] mask per batch
+    rope_tables: int = 1          # distinct (cos, sin) pairs per batch, each [1, L, head_dim] float32
+    eager: bool = False           # eager attention: [B, heads, L, L] scores materialized
+    norms: int = 2                # norm vectors [H] per layer
+    head_norms: int = 0           # norm vectors [head_dim] per layer (qwen3/gemma3's q_norm, k_norm)
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linears(self) -> list[tuple[str, str, int, int]]:
+        """``(name, group, N, K)`` of every quantized linear of one layer (weight [N, K]), in the order the
+        pipeline quantizes them (groups qkv, o, gate_up, down)."""
+        h, f, q, kv = self.hidden, self.intermediate, self.q_width, self.kv_width
+        return [("q_proj", "qkv", q, h), ("k_proj", "qkv", kv, h), ("v_proj", "qkv", kv, h),
+                ("o_proj", "o", h, q), ("gate_proj", "gate_up", f, h), ("up_proj", "gate_up", f, h),
+                ("down_proj", "down", h, f)]
+
+    def groups(self) -> list[tuple[str, int, list[tuple[str, int]]]]:
+        """``(group, K, [(linear, N), ...])`` in order: one input (and one Hessian) per group."""
+        out: dict[str, tuple[int, list]] = {}
+        for name, group, n, k in self.linears():
+            out.setdefault(group, (k, []))[1].append((name, n))
+        return [(g, k, lins) for g, (k, lins) in out.items()]
+
+    def layer_params(self) -> int:
+        """Weights of one layer's linears (what a forward multiplies by)."""
+        return sum(n * k for _, _, n, k in self.linears())
+
+    def layer_float_bytes(self) -> int:
+        """One layer's weights in float32: linears, biases, norms."""
+        bias = (self.q_width + 2 * self.kv_width) if self.qkv_bias else 0
+        return 4 * (self.layer_params() + bias + self._norm_elements())
+
+    def _norm_elements(self) -> int:
+        return self.norms * self.hidden + self.head_norms * self.head_dim
+
+    def linear_stored_bytes(self, n: int, k: int, group_size: int, asym: bool, bias: bool) -> int:
+        """A W4A8 linear as stored: packed INT4 [N, ceil(K/2)] uint8, float32 scales and uint8 zero points per
+        (row, group), a float32 bias, the static activation scale."""
+        ng = 1 if group_size == -1 else math.ceil(k / group_size)
+        return n * math.ceil(k / 2) + n * ng * (4 + (1 if asym else 0)) + (4 * n if bias else 0) + 4
+
+    def layer_stored_bytes(self, group_size: int, asym: bool) -> int:
+        """One quantized layer as the checkpoint stores it (norms float32: 1-D tensors keep their dtype)."""
+        q = sum(self.linear_stored_bytes(n, k, group_size, asym, self.qkv_bias and g == "qkv")
+                for _, g, n, k in self.linears())
+        return q + 4 * self._norm_elements()
+
+
+def _text_part(cfg: dict) -> dict:
+    """The language model's part of ``cfg`` (gemma3's ``text_config``), with the outer keys as fallback."""
+    inner = cfg.get("text_config")
+    if isinstance(inner, dict):
+        return {**{k: v for k, v in cfg.items() if k != "text_config"}, **inner}
+    return cfg
+
+
+def shape_of(cfg: dict) -> Shape:
+    """The :class:`Shape` of a transformers config dict; ValueError naming a missing key or an unknown family."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config: expected the transformers config as a dict, got {type(cfg).__name__}")
+    text = _text_part(cfg)
+    family = _ALIASES.get(str(text.get("model_type", "")), str(text.get("model_type", "")))
+    if family not in FAMILIES:
+        family = _ALIASES.get(str(cfg.get("model_type", "")), str(cfg.get("model_type", "")))
+    if family not in FAMILIES:
+        raise ValueError(f"memory model: model_type {cfg.get('model_type')!r} is not one of {sorted(FAMILIES)}")
+    missing = [k for k in _REQUIRED if not isinstance(text.get(k), int)]
+    if missing:
+        raise ValueError(f"memory model: the {family} config lacks integer {missing}")
+    tie_default, qkv_bias, masks, rope, eager, norms, head_norms = FAMILIES[family]
+    heads = text["num_attention_heads"]
+    tied = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", tie_default))
+    return Shape(family=family, hidden=text["hidden_size"], intermediate=text["intermediate_size"],
+                 layers=text["num_hidden_layers"], heads=heads, kv_heads=text.get("num_key_value_heads") or heads,
+                 head_dim=text.get("head_dim") or text["hidden_size"] // heads, vocab=text["vocab_size"],
+                 tied=bool(tied), qkv_bias=bool(text.get("attention_bias", qkv_bias)), mask_bytes=masks,
+                 rope_tables=rope, eager=eager, norms=norms, head_norms=head_norms)
