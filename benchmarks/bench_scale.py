@@ -140,6 +140,18 @@ def flag_value(extra: list[str], flag: str, default):
     return default
 
 
+def memory_model_options(extra: list[str]) -> dict:
+    """The memory model's keywords that pass-through flags set (--float-dtype, --device)."""
+    out = {}
+    fd = flag_value(extra, "--float-dtype", None)
+    if fd:
+        out["float_dtype_bytes"] = 4 if fd == "float32" else 2
+    dev = flag_value(extra, "--device", None)
+    if dev:
+        out["device"] = dev
+    return out
+
+
 def layer_stats(layers: list[dict]) -> dict:
     secs = [r["seconds"] for r in layers]
     if not secs:
@@ -155,8 +167,7 @@ def summarize(a, cmd, rc, w: Watch, wall, ru_kb, facts, pred, load0) -> dict:
     seq_len = a.seq_len or DEFAULT_SEQ_LEN
     notes = [] if w.layers else ["no per-layer progress lines ('fptq: layer i/n quantized in s s') on stderr: "
                                  "the run used the whole-model path, layer_seconds is empty"]
-    if pred.get("note"):
-        notes.append(pred["note"])
+    notes += [n for n in (facts.get("facts_note"), pred.get("note")) if n]
     rec = {"model": a.model or "(embedded SmolLM2-135M)", "name": a.name, "exit_status": rc,
            "command": " ".join(cmd), "calibration": {"samples": samples, "seq_len": seq_len,
                                                     "calib": flag_value(a.extra, "--calib", "wiki")},
@@ -164,7 +175,8 @@ def summarize(a, cmd, rc, w: Watch, wall, ru_kb, facts, pred, load0) -> dict:
            "vmhwm_bytes": w.hwm_kb * 1024, "ru_maxrss_bytes": ru_kb * 1024, "total_seconds": round(wall, 2),
            **layer_stats(w.layers), "layers_progress": w.layers, "predicted_peak_bytes": pred.get("peak_bytes"),
            "predicted_over_measured": (pred["peak_bytes"] / peak) if pred.get("peak_bytes") and peak else None,
-           "memory_model": pred.get("describe"), "interval_s": a.interval,
+           "predicted_peak_step": pred.get("peak_step"), "predicted_time": pred.get("time"),
+           "memory_model_kwargs": pred.get("kwargs"), "memory_model": pred.get("describe"), "interval_s": a.interval,
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "uptime_start": load0, "uptime_end": _uptime(),
            "machine": machine_info(), "stdout_tail": [x.rstrip("\n") for x in w.stdout[-5:]], "notes": notes}
     if rc != 0:
@@ -187,15 +199,15 @@ def _fmt(x, spec, scale=1.0) -> str:
 def print_table(r: dict) -> None:
     cal = r["calibration"]
     print("| model | params | layers | calibration | peak RSS (GB) | predicted (GB) | predicted / measured "
-          "| total (s) | median s/layer | min / max s/layer |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| total (s) | median s/layer | min / max s/layer | predicted s/layer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     n = r.get("params")
     params = "" if n is None else f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
     minmax = "" if r["min_layer_s"] is None else f"{r['min_layer_s']:.1f} / {r['max_layer_s']:.1f}"
     print(f"| {r['name']} | {params} | {r.get('layers') or ''} | {cal['calib']} {cal['samples']} x {cal['seq_len']} "
           f"| {_fmt(r['peak_rss_bytes'], '.2f', 1e9)} | {_fmt(r['predicted_peak_bytes'], '.2f', 1e9)} "
           f"| {_fmt(r['predicted_over_measured'], '.3f')} | {r['total_seconds']:.1f} "
-          f"| {_fmt(r['median_layer_s'], '.1f')} | {minmax} |")
+          f"| {_fmt(r['median_layer_s'], '.1f')} | {minmax} | {_fmt((r['predicted_time'] or {}).get('per_layer_s'), '.1f')} |")
     for n in r["notes"]:
         print(f"note: {n}")
 
@@ -228,6 +240,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", default=None, help="JSON path (default results/bench_scale_<name>_<date>.json)")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval in seconds")
     ap.add_argument("--no-echo", action="store_true", help="do not echo the child's stderr")
+    ap.add_argument("--no-time", action="store_true", help="skip the memory model's time estimate (it measures "
+                    "this machine's FLOP rates after the run)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="-- then flags for fptq quantize")
     a = ap.parse_args(argv)
     a.extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
@@ -240,10 +254,6 @@ def main(argv=None) -> int:
     tmp = None if a.out else Path(tempfile.mkdtemp(prefix="fptq-bench-scale-"))
     out = Path(a.out) if a.out else tmp / "ckpt"
     existed = out.exists()
-    facts = model_facts(a.model)
-    batch = int(flag_value(a.extra, "--batch-size", DEFAULT_BATCH))
-    pred = predict_peak(facts.pop("config", None), a.samples or DEFAULT_SAMPLES, a.seq_len or DEFAULT_SEQ_LEN,
-                        batch, facts.get("source_dtype_bytes"))
     load0 = _uptime()
     cmd = quantize_command(a, out, a.extra)
     try:
@@ -251,6 +261,12 @@ def main(argv=None) -> int:
     finally:
         if not a.keep and not existed:
             shutil.rmtree(tmp or out, ignore_errors=True)
+    # after the run, so that reading the model's shapes (tens of seconds for a GGUF with a large
+    # vocabulary) neither delays nor shares the machine with the measured child
+    facts = model_facts(a.model)
+    batch = int(flag_value(a.extra, "--batch-size", DEFAULT_BATCH))
+    pred = predict_peak(facts.pop("config", None), a.samples or DEFAULT_SAMPLES, a.seq_len or DEFAULT_SEQ_LEN,
+                        batch, facts.get("source_dtype_bytes"), memory_model_options(a.extra), timed=not a.no_time)
     rec = summarize(a, cmd, rc, w, wall, ru_kb, facts, pred, load0)
     print_table(rec)
     path = Path(a.json) if a.json else json_path(a.name)

@@ -43,22 +43,26 @@ def model_facts(model) -> dict:
     and ``config`` (the transformers config dict, for the memory model). Missing ones are None."""
     try:
         from fptq.models.sources import open_source
-    except ImportError as e:
+
+        with open_source(model) as src:
+            cfg = src.config_dict()
+            names = src.names()
+            sizes = {n: math.prod(src.shape(n)) for n in names}
+            biggest = max(names, key=sizes.__getitem__)
+            dtype_bytes = src.dtype(biggest).itemsize
+    except Exception as e:  # the facts are extra columns: a failure is reported, never fatal
         return {"params": None, "layers": None, "hidden": None, "source_dtype_bytes": None, "config": None,
-                "facts_note": f"fptq.models.sources not importable: {e}"}
-    with open_source(model) as src:
-        cfg = src.config_dict()
-        names = src.names()
-        sizes = {n: math.prod(src.shape(n)) for n in names}
-        biggest = max(names, key=sizes.__getitem__)
-        dtype_bytes = src.dtype(biggest).itemsize
+                "facts_note": f"the model's shapes could not be read (fptq.models.sources): {type(e).__name__}: {e}"}
     text = cfg.get("text_config", cfg)
     return {"params": sum(sizes.values()), "layers": text.get("num_hidden_layers"), "hidden": text.get("hidden_size"),
             "source_dtype_bytes": dtype_bytes, "source_bytes": sum(sizes.values()) * dtype_bytes, "config": cfg}
 
 
-def predict_peak(config, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes) -> dict:
-    """``{"peak_bytes", "describe", "note"}`` from ``fptq.models.memory.estimate`` (None where unavailable)."""
+def predict_peak(config, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes, more=None,
+                 timed: bool = False) -> dict:
+    """``{"peak_bytes", "peak_step", "describe", "time", "note"}`` from ``fptq.models.memory.estimate`` (None
+    where unavailable). MORE: further keywords (float_dtype_bytes, device) offered the same way; TIMED:
+    add ``time_estimate()`` (it measures this machine's rates now)."""
     try:
         from fptq.models.memory import estimate
     except ImportError as e:
@@ -66,7 +70,7 @@ def predict_peak(config, n_samples: int, seq_len: int, batch_size: int, source_d
     if config is None:
         return {"peak_bytes": None, "note": "no memory-model prediction: the model's config could not be read"}
     offered = {"n_samples": n_samples, "seq_len": seq_len, "batch_size": batch_size,
-               "source_dtype_bytes": source_dtype_bytes}
+               "source_dtype_bytes": source_dtype_bytes, **(more or {})}
     params = inspect.signature(estimate).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in offered.items() if v is not None and (takes_any or k in params)}
@@ -75,5 +79,9 @@ def predict_peak(config, n_samples: int, seq_len: int, batch_size: int, source_d
     except Exception as e:  # the prediction is an extra column: a failure is reported, never fatal
         return {"peak_bytes": None, "note": f"fptq.models.memory.estimate({sorted(kwargs)}) failed: "
                 f"{type(e).__name__}: {e}"}
-    describe = est.describe() if hasattr(est, "describe") else None
-    return {"peak_bytes": int(est.peak_bytes), "describe": describe, "kwargs": kwargs}
+    out = {"peak_bytes": int(est.peak_bytes), "peak_step": getattr(est, "peak_step", None), "kwargs": kwargs,
+           "describe": est.describe() if hasattr(est, "describe") else None}
+    if timed and hasattr(est, "time_estimate"):
+        t = est.time_estimate()
+        out["time"] = {k: round(v, 3) for k, v in t.items()}
+    return out

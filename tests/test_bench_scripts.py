@@ -177,7 +177,7 @@ def test_bench_scale_end_to_end_on_a_tiny_model(tmp_path):
 
     model = save_tiny_model(tmp_path / "tiny-llama", "llama")
     out, js = tmp_path / "ckpt", tmp_path / "r.json"
-    rc = _script("bench_scale").main(["--model", str(model), "--out", str(out), "--json", str(js), "--no-echo",
+    rc = _script("bench_scale").main(["--model", str(model), "--out", str(out), "--json", str(js), "--no-echo", "--no-time",
                                       "--samples", "2", "--seq-len", "16", "--", "--calib", "random",
                                       "--group-size", "32"])
     r = json.loads(js.read_text())
