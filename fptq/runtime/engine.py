@@ -2,7 +2,8 @@
 
 ``Runtime.forward(ids)`` appends the tokens to the sequence (positions ``pos .. pos + M - 1``) and
 returns their logits (the last token's, or every token's with ``all_logits``); ``reset()`` starts a new
-sequence. The KV cache (float32 ``[layers, kv heads, capacity, head_dim]``) and the RoPE tables
+sequence. The KV cache (float32: keys ``[layers, kv heads, head_dim, capacity]``, transposed for the
+attention's loops; values ``[layers, kv heads, capacity, head_dim]``) and the RoPE tables
 grow by doubling when a sequence outgrows them, up to the model's ``max_position_embeddings``.
 """
 
@@ -58,10 +59,10 @@ class Runtime:
         cap = max(need, 2 * self._cap, 16)
         cap = min(cap, self.max_positions)
         w = self.w
-        shape = (w.n_layers, w.n_kv, cap, w.head_dim)
-        kc, vc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        kc = np.zeros((w.n_layers, w.n_kv, w.head_dim, cap), np.float32)     # keys transposed
+        vc = np.zeros((w.n_layers, w.n_kv, cap, w.head_dim), np.float32)
         if self.kc is not None:
-            kc[:, :, :self._cap] = self.kc
+            kc[:, :, :, :self._cap] = self.kc
             vc[:, :, :self._cap] = self.vc
         self.kc, self.vc = kc, vc
         self.cos, self.sin = w.rope_fn(cap)

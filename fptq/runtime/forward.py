@@ -21,9 +21,13 @@ import numba
 import numpy as np
 
 from ..backends.numba_kernels import blocked
+from . import attention as attn
 from . import ops
 from .head import head_logits
 from .ops import F32, OPTS, njit
+
+#: rows from which a prefill's norms, rotations and activations run on every thread
+ROWS_PARALLEL = 16
 
 
 @njit
@@ -54,13 +58,61 @@ def linear_serial(x, lin, l):
 
 
 @njit
-def norm_rows(x, w, eps, rot_kind, rot, out, tmp):
-    """``out[m] = norm(x[m])`` for every row, then times the rotation when ``rot_kind`` != 0
+def norm_block(x, w, eps, rot_kind, rot, out, r0, r1):
+    """``out[m] = norm(x[m])`` for rows r0..r1-1, then times the rotation when ``rot_kind`` != 0
     (1: Hadamard factors, 2: dense; ``rot`` = (signs, rs, p2, dense))."""
     signs, rs, p2, dense = rot
-    for m in range(x.shape[0]):
+    tmp = np.empty(2 * x.shape[1], F32)
+    for m in range(r0, r1):
         ops.rms_norm(x[m], w, eps, out[m])
         rotate_row(out[m], rot_kind, signs, rs, p2, dense, tmp)
+
+
+@numba.njit(parallel=True, **OPTS)
+def _norm_parallel(x, w, eps, rot_kind, rot, out, chunks):
+    step = (x.shape[0] + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        norm_block(x, w, eps, rot_kind, rot, out, c * step, min((c + 1) * step, x.shape[0]))
+
+
+@njit
+def norm_rows(x, w, eps, rot_kind, rot, out, threads):
+    """:func:`norm_block` of every row; rows split over the threads from :data:`ROWS_PARALLEL` rows
+    (each row's result is the same either way)."""
+    if threads > 1 and x.shape[0] >= ROWS_PARALLEL:
+        _norm_parallel(x, w, eps, rot_kind, rot, out, threads)
+    else:
+        norm_block(x, w, eps, rot_kind, rot, out, 0, x.shape[0])
+
+
+@njit
+def mlp_block(gt, up, act, rot_kind, rot, f, r0, r1):
+    """``f[m] = rot_f(act(gt[m]) * up[m])`` for rows r0..r1-1 (the down projection's input)."""
+    signs, rs, p2, dense = rot
+    tmp = np.empty(2 * f.shape[1], F32)
+    bits = np.empty(f.shape[1], np.int32)
+    for m in range(r0, r1):
+        ops.activation(gt[m], up[m], act, f[m], bits)
+        rotate_row(f[m], rot_kind, signs, rs, p2, dense, tmp)
+
+
+@numba.njit(parallel=True, **OPTS)
+def _mlp_parallel(gt, up, act, rot_kind, rot, f, chunks):
+    step = (f.shape[0] + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        mlp_block(gt, up, act, rot_kind, rot, f, c * step, min((c + 1) * step, f.shape[0]))
+
+
+@njit
+def mlp_rows(gt, up, act, rot_kind, rot, threads):
+    """:func:`mlp_block` of every row -> f [M, intermediate] (rows split over the threads as in
+    :func:`norm_rows`)."""
+    f = np.empty(gt.shape, F32)
+    if threads > 1 and f.shape[0] >= ROWS_PARALLEL:
+        _mlp_parallel(gt, up, act, rot_kind, rot, f, threads)
+    else:
+        mlp_block(gt, up, act, rot_kind, rot, f, 0, f.shape[0])
+    return f
 
 
 @njit
@@ -88,28 +140,30 @@ def qk_rope(q, k, qkn, eps, has_qkn, rope_k, cos, sin, pos0, nh, nkv, hd):
 
 
 @njit
-def attention(q, k, v, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, threads):
-    """Store k, v at positions pos0.. of the layer's cache (kc, vc [nkv, T, hd]), then attention
-    of every query row -> float32 [M, nh * hd]."""
+def attention(q, k, v, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, threads):
+    """Store k, v at positions pos0.. of the layer's cache (keys transposed: kt [nkv, hd, T]; values
+    vc [nkv, T, hd]), then attention of every query row (:mod:`fptq.runtime.attention`) -> float32
+    [M, nh * hd]."""
     m_rows = q.shape[0]
     for m in range(m_rows):
         for h in range(nkv):
-            kc[h, pos0 + m] = k[m, h * hd:(h + 1) * hd]
+            for d in range(hd):
+                kt[h, d, pos0 + m] = k[m, h * hd + d]
             vc[h, pos0 + m] = v[m, h * hd:(h + 1) * hd]
     out = np.empty((m_rows, nh * hd), F32)
     if threads > 1 and m_rows * (pos0 + m_rows) * nh * hd >= 1 << 20:
-        ops.attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
+        attn.attend_parallel(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, threads)
     else:
-        ops.attend_rows(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
+        attn.attend(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out)
     return out
 
 
 @njit
-def add_rows(x, y, post, w, eps, rot_kind, rot, tmp):
+def add_rows(x, y, post, w, eps, rot_kind, rot, threads):
     """``x += y`` (``post``: ``x += rot(norm(y))``, Gemma 2/3's post-norms)."""
     if post:
         z = np.empty_like(x)
-        norm_rows(y, w, eps, rot_kind, rot, z, tmp)
+        norm_rows(y, w, eps, rot_kind, rot, z, threads)
         x += z
     else:
         x += y
@@ -121,9 +175,8 @@ def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, 
     """Decoder layer ``l`` on the residual rows x [M, H] in place; returns the NaN/Inf count."""
     nh, nkv, hd, act, has_qkn, has_post, threads, par_min = dims[:8]
     lq, lk, lv, lo, lg, lu, ld = lins
-    tmp = np.empty(max(x.shape[1], rot_f[3].shape[0], rot_f[1].shape[0]), F32)
     h = np.empty_like(x)
-    norm_rows(x, normw[l, 0], eps, rotk[l, 0], rot_q, h, tmp)
+    norm_rows(x, normw[l, 0], eps, rotk[l, 0], rot_q, h, threads)
     split = dims[8] != 0 and threads > 1 and x.shape[0] == 1     # decode on two threads
     if split:
         q, k, v = np.empty((1, lq[9]), F32), np.empty((1, lk[9]), F32), np.empty((1, lv[9]), F32)
@@ -139,25 +192,21 @@ def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, 
         b4 = linear_halves(a, lo, l, o)
     else:
         o, b4 = linear(a, lo, l, threads, par_min)
-    add_rows(x, o, has_post, normw[l, 2], eps, rotk[l, 2], rot_q, tmp)
-    norm_rows(x, normw[l, 1], eps, rotk[l, 1], rot_q, h, tmp)
+    add_rows(x, o, has_post, normw[l, 2], eps, rotk[l, 2], rot_q, threads)
+    norm_rows(x, normw[l, 1], eps, rotk[l, 1], rot_q, h, threads)
     if split:
         gt, up = np.empty((1, lg[9]), F32), np.empty((1, lu[9]), F32)
         b5, b6 = linears_two_threads(h, lg, lu, lu, l, gt, up, np.empty((0, lu[9]), F32)), 0
     else:
         gt, b5 = linear(h, lg, l, threads, par_min)
         up, b6 = linear(h, lu, l, threads, par_min)
-    f = np.empty(gt.shape, F32)
-    signs, rs, p2, dense = rot_f
-    for m in range(f.shape[0]):
-        ops.activation(gt[m], up[m], act, f[m])
-        rotate_row(f[m], rotk[l, 4], signs, rs, p2, dense, tmp)
+    f = mlp_rows(gt, up, act, rotk[l, 4], rot_f, threads)
     if split:
         d = np.empty((1, ld[9]), F32)
         b7 = linear_halves(f, ld, l, d)
     else:
         d, b7 = linear(f, ld, l, threads, par_min)
-    add_rows(x, d, has_post, normw[l, 3], eps, rotk[l, 3], rot_q, tmp)
+    add_rows(x, d, has_post, normw[l, 3], eps, rotk[l, 3], rot_q, threads)
     return b1 + b2 + b3 + b4 + b5 + b6 + b7
 
 

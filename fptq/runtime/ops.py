@@ -1,18 +1,19 @@
-"""The runtime's float pieces as Numba code: norms, the online rotation, RoPE, attention, MLP activations.
+"""The runtime's float pieces as Numba code: norms, the online rotation, RoPE, exp, MLP activations.
 
 Everything here is float32 (a norm's mean of squares is summed in float64, then rounded once). The
 integer work (INT8 activations, INT4 x INT8 products, the pinned epilogue) is not here: it is the
 numba backend's prepared-linear kernel (:mod:`fptq.backends.numba_kernels.blocked`), called by
-:mod:`fptq.runtime.forward`.
+:mod:`fptq.runtime.forward`; the attention is :mod:`fptq.runtime.attention`.
 
 These pieces compute the same formulas as transformers' modules but not always in the same float
-order (transformers sums a norm's squares and an attention row in its own vectorized order; the
-rotation is one Hadamard butterfly pass here and small Sylvester block products in
-:func:`fptq.reference.rotation.apply_hadamard_factors`), so they agree within float32 rounding, not
-bit for bit; ``tests/test_runtime.py`` states the tolerance. Element-wise steps (RoPE, the norm's
-final multiplies, the gain ``1 + w``) are the same float32 operations in the same order and so the
-same bits. Dot products and sums use ``fastmath={"reassoc", "contract"}`` so that LLVM vectorizes
-them; nothing integer is compiled with it.
+order (transformers sums a norm's squares in its own vectorized order; the rotation is one Hadamard
+butterfly pass here and small Sylvester block products in
+:func:`fptq.reference.rotation.apply_hadamard_factors`; ``exp`` is :func:`exp_into`'s polynomial,
+not torch's), so they agree within float32 rounding, not bit for bit; ``tests/test_runtime.py``
+states the tolerance. Element-wise steps (RoPE, the norm's final multiplies, the gain ``1 + w``) are
+the same float32 operations in the same order and so the same bits. Loops run across independent
+values (groups, keys, lanes) so that LLVM vectorizes them without reassociation; only
+:func:`rotate_dense` is compiled with ``fastmath={"reassoc", "contract"}``. Nothing integer is.
 """
 
 from __future__ import annotations
@@ -35,6 +36,32 @@ ACT_SILU, ACT_GELU_TANH = 0, 1
 ACTIVATIONS = {"silu": ACT_SILU, "swish": ACT_SILU, "gelu_pytorch_tanh": ACT_GELU_TANH,
                "gelu_tanh": ACT_GELU_TANH}
 
+_LOG2E = F32(1.4426950408889634)
+_ROUND = F32(12582912.0)          # 1.5 * 2**23: (x + _ROUND) - _ROUND rounds x to an integer (|x| < 2**22)
+_C1 = F32(0.693359375)            # ln 2 = _C1 + _C2 (Cephes' split)
+_C2 = F32(-2.12194440e-4)
+_P = (F32(1.9875691500e-4), F32(1.3981999507e-3), F32(8.3334519073e-3), F32(4.1665795894e-2),
+      F32(1.6666665459e-1), F32(5.0000001201e-1))
+
+
+@njit
+def exp_into(x, n0, n1, bits):
+    """``x[t] = exp(x[t])`` for t in n0..n1-1, float32, arguments clamped to [-87, 88] (Cephes' expf:
+    ``x = r ln2 + f``, ``|f| <= ln2 / 2``, a degree-7 polynomial for ``exp(f)``, times ``2**r`` built
+    in the exponent bits). Pure float32 arithmetic, so the same bits vectorized or not. ``bits``:
+    int32 scratch of at least n1 entries."""
+    c0, c1, c2, c3, c4, c5 = _P
+    for t in range(n0, n1):
+        v = min(max(x[t], F32(-87.0)), F32(88.0))
+        r = (v * _LOG2E + _ROUND) - _ROUND
+        f = (v - r * _C1) - r * _C2
+        y = ((((c0 * f + c1) * f + c2) * f + c3) * f + c4) * f + c5
+        x[t] = (y * (f * f) + f) + F32(1.0)
+        bits[t] = (np.int32(r) + np.int32(127)) << np.int32(23)
+    scale = bits.view(np.float32)
+    for t in range(n0, n1):
+        x[t] = x[t] * scale[t]
+
 
 @njit
 def rms_norm(x, w, eps, out):
@@ -54,32 +81,43 @@ def rms_norm(x, w, eps, out):
 def rotate(y, signs, rs, p2, tmp):
     """``y = y Q`` in place for ``Q = diag(signs) (H_p2 / sqrt(p2)) ⊗ r``: ``rs`` = ``r / sqrt(p2)``
     (float32 [m, m], as the reference scales it); the Hadamard product by butterflies on ``y`` viewed
-    as [p2, m]; ``tmp`` float32 [m]."""
-    m = rs.shape[0]
-    for i in range(y.size):
+    as [p2, m] (stage h: each pair of adjacent spans of ``h m`` values -> their sum and difference),
+    then per group of m values ``sum_b y[a, b] rs[b, c]``, b ascending from +0.0. ``tmp`` float32 of
+    at least ``2 y.size`` (the groups' values by column, so the loops run across groups and vectorize;
+    the float operations are the same in any loop order)."""
+    m, n = rs.shape[0], y.size
+    for i in range(n):
         y[i] = y[i] * signs[i]
     h = 1
     while h < p2:
-        for i in range(0, p2, 2 * h):
-            for j in range(i, i + h):
-                for b in range(m):
-                    a, c = y[j * m + b], y[(j + h) * m + b]
-                    y[j * m + b] = a + c
-                    y[(j + h) * m + b] = a - c
+        span = h * m
+        for i0 in range(0, n, 2 * span):
+            lo, hi = y[i0:i0 + span], y[i0 + span:i0 + 2 * span]
+            for e in range(span):
+                a, c = lo[e], hi[e]
+                lo[e] = a + c
+                hi[e] = a - c
         h *= 2
     if m == 1:
         s = rs[0, 0]
-        for i in range(y.size):
+        for i in range(n):
             y[i] = y[i] * s
         return
+    cols, outs = tmp[:n], tmp[n:2 * n]
+    for a in range(p2):
+        for b in range(m):
+            cols[b * p2 + a] = y[a * m + b]
+    for c in range(m):
+        oc = outs[c * p2:(c + 1) * p2]
+        for a in range(p2):
+            oc[a] = F32(0.0)
+        for b in range(m):
+            r, cb = rs[b, c], cols[b * p2:(b + 1) * p2]
+            for a in range(p2):
+                oc[a] = oc[a] + cb[a] * r
     for a in range(p2):
         for c in range(m):
-            acc = F32(0.0)
-            for b in range(m):
-                acc += y[a * m + b] * rs[b, c]
-            tmp[c] = acc
-        for c in range(m):
-            y[a * m + c] = tmp[c]
+            y[a * m + c] = outs[c * p2 + a]
 
 
 @fnjit
@@ -108,50 +146,20 @@ def rope(x, cos, sin):
 
 
 @njit
-def activation(g, u, act, out):
-    """``out = act(g) * u``: SiLU ``g * sigmoid(g)`` or GELU (tanh approximation)."""
+def activation(g, u, act, out, bits):
+    """``out = act(g) * u``: SiLU ``g * (1 / (1 + exp(-g)))`` (:func:`exp_into`, vectorized) or GELU
+    (tanh approximation); ``bits`` int32 scratch of ``g.size``."""
+    if act == ACT_SILU:
+        for i in range(g.size):
+            out[i] = -g[i]
+        exp_into(out, 0, g.size, bits)
+        for i in range(g.size):
+            out[i] = g[i] * (F32(1.0) / (F32(1.0) + out[i])) * u[i]
+        return
     for i in range(g.size):
         x = g[i]
-        if act == ACT_SILU:
-            a = x * (F32(1.0) / (F32(1.0) + np.exp(-x)))
-        else:
-            a = F32(0.5) * x * (F32(1.0) + np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x)))
+        a = F32(0.5) * x * (F32(1.0) + np.tanh(F32(0.7978845608028654) * (x + F32(0.044715) * x * x * x)))
         out[i] = a * u[i]
-
-
-@fnjit
-def _dot(a, b):
-    acc = F32(0.0)
-    for i in range(a.size):
-        acc += a[i] * b[i]
-    return acc
-
-
-@fnjit
-def attend_head(q, kc, vc, t0, t1, scaling, softcap, out, scores):
-    """One query head q [hd] against cached keys/values t0..t1-1 (kc, vc [T, hd]): softmax of
-    ``q k^T * scaling`` (``softcap > 0``: ``tanh(s / cap) * cap`` first), times v, into ``out`` [hd].
-    Row slices of the cache (contiguous), so the loops over hd vectorize."""
-    mx = F32(-np.inf)
-    for t in range(t0, t1):
-        s = _dot(q, kc[t]) * scaling
-        if softcap > 0:
-            s = np.tanh(s / softcap) * softcap
-        scores[t] = s
-        mx = max(mx, s)
-    tot = F32(0.0)
-    for t in range(t0, t1):
-        e = np.exp(scores[t] - mx)
-        scores[t] = e
-        tot += e
-    inv = F32(1.0) / tot
-    for d in range(out.size):
-        out[d] = 0.0
-    for t in range(t0, t1):
-        w = scores[t] * inv
-        v = vc[t]
-        for d in range(out.size):
-            out[d] += w * v[d]
 
 
 @njit
@@ -159,32 +167,6 @@ def window_start(p, window):
     """First cached position a query at position ``p`` attends to (``window`` <= 0: no window;
     transformers' sliding window keeps ``p - t < window``)."""
     return 0 if window <= 0 else max(0, p - window + 1)
-
-
-@njit
-def attend_rows(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
-    """Attention of every query row (q [M, nh*hd]) at positions ``pos0 + m``, on one thread."""
-    grp = nh // nkv
-    scores = np.empty(kc.shape[1], F32)
-    for m in range(q.shape[0]):
-        p = pos0 + m
-        t0 = window_start(p, window)
-        for h in range(nh):
-            attend_head(q[m, h * hd:(h + 1) * hd], kc[h // grp], vc[h // grp], t0, p + 1, scaling, softcap,
-                        out[m, h * hd:(h + 1) * hd], scores)
-
-
-@numba.njit(parallel=True, **OPTS)
-def attend_parallel(q, kc, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
-    """:func:`attend_rows`, (row, head) pairs spread over the threads."""
-    m_rows = q.shape[0]
-    grp = nh // nkv
-    for i in numba.prange(m_rows * nh):
-        m, h = i // nh, i % nh
-        p = pos0 + m
-        scores = np.empty(p + 1, F32)
-        attend_head(q[m, h * hd:(h + 1) * hd], kc[h // grp], vc[h // grp], window_start(p, window), p + 1,
-                    scaling, softcap, out[m, h * hd:(h + 1) * hd], scores)
 
 
 def rotation_parts(q: np.ndarray, factors) -> tuple:

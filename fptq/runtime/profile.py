@@ -37,7 +37,7 @@ def _all_attention(q, kc, vc, pos, nh, nkv, hd, scaling, window, softcap, thread
         k = np.empty((1, nkv * hd), F32)
         v = np.empty((1, nkv * hd), F32)
         for h in range(nkv):
-            k[0, h * hd:(h + 1) * hd] = kc[l, h, pos]
+            k[0, h * hd:(h + 1) * hd] = kc[l, h, :, pos]
             v[0, h * hd:(h + 1) * hd] = vc[l, h, pos]
         fw.attention(q, k, v, kc[l], vc[l], pos, nh, nkv, hd, scaling[l], window[l], softcap, threads)
 

@@ -1,0 +1,192 @@
+"""The runtime's causal attention over the KV cache: blocks of query rows, one float order for every row.
+
+Keys are cached transposed (``kt`` [nkv, hd, T]) and values by row (``vc`` [nkv, T, hd]). A work item
+is one KV head and a block of query rows with the query heads that share it (GQA), so each cached key
+and value is loaded once per block, not once per query row. Every query row (position ``p``, keys
+``t0 .. p``, :func:`fptq.runtime.ops.window_start`) gets the same float operations in the same order
+whichever block it sits in -- a token decoded alone and the same token inside a prefill give the same
+bits (``tests/test_runtime.py``):
+
+* score ``s_t = (sum_d q[d] k[t, d]) * scaling``: the sum over ``d`` ascending, one float32 multiply
+  and add per term (the loops run across keys, so they vectorize without reassociation);
+  ``softcap > 0``: ``s_t = tanh(s_t / cap) * cap``;
+* ``e_t = exp(s_t - max_t s_t)`` by :func:`fptq.runtime.ops.exp_into` (a vectorizable float32 exp,
+  within 1 ulp of the exact value); ``tot = sum_t e_t`` in 16 lanes (lane ``(t - t0) % 16``, each ascending), the lanes
+  then added in order; ``w_t = e_t * (1 / tot)``;
+* ``out[d] = sum_t w_t v[t, d]``, ``t`` ascending, one multiply and add per term.
+
+transformers computes the same formulas in torch's order (its matmul's and softmax's sums), so the two
+agree within float32 rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .ops import F32, OPTS, exp_into, njit, window_start
+
+#: query rows per work item (times the query heads sharing a KV head)
+ROWS = 8
+#: keys per score chunk (the chunk's scores of an item's rows stay in L1)
+KEYS = 256
+LANES = 16
+
+@njit
+def _scores(q, kt, g, grp, hd, pos0, m0, nr, lo, hi, window, s, rng):
+    """``s[i, t - lo]`` = the dot products of item row i (row ``m0 + i // grp``, head ``g grp + i % grp``)
+    with keys ``lo .. hi-1`` within the row's causal range, chunk by chunk of :data:`KEYS` keys.
+    (Inner loops index views from 0: Numba then drops its negative-index fix-up and LLVM vectorizes.)"""
+    for c0 in range(lo, hi, KEYS):
+        c1 = min(c0 + KEYS, hi)
+        for i in range(nr):
+            p = pos0 + m0 + i // grp
+            rng[i, 0] = max(c0, window_start(p, window))
+            rng[i, 1] = min(c1, p + 1)
+            if rng[i, 1] > rng[i, 0]:
+                s[i, rng[i, 0] - lo:rng[i, 1] - lo] = F32(0.0)
+        for i in range(nr):
+            a, b = rng[i, 0], rng[i, 1]
+            if b > a:
+                _dots(q[m0 + i // grp, (g * grp + i % grp) * hd:], kt, g, a, s[i, a - lo:b - lo], hd)
+
+
+@njit
+def _dots(qh, kt, g, a, sv, hd):
+    """``sv[u] += sum_d qh[d] kt[g, d, a + u]``, d ascending, one float32 multiply and add per term; eight
+    d at a time (the same operations, one load and store of ``sv`` per eight terms)."""
+    full = hd - hd % 8
+    n = sv.size
+    for d in range(0, full, 8):
+        k0, k1, k2, k3 = kt[g, d, a:a + n], kt[g, d + 1, a:a + n], kt[g, d + 2, a:a + n], kt[g, d + 3, a:a + n]
+        k4, k5, k6, k7 = kt[g, d + 4, a:a + n], kt[g, d + 5, a:a + n], kt[g, d + 6, a:a + n], kt[g, d + 7, a:a + n]
+        q0, q1, q2, q3, q4, q5, q6, q7 = qh[d], qh[d + 1], qh[d + 2], qh[d + 3], qh[d + 4], qh[d + 5], qh[d + 6], qh[d + 7]
+        for u in range(n):
+            acc = sv[u] + q0 * k0[u]
+            acc = acc + q1 * k1[u]
+            acc = acc + q2 * k2[u]
+            acc = acc + q3 * k3[u]
+            acc = acc + q4 * k4[u]
+            acc = acc + q5 * k5[u]
+            acc = acc + q6 * k6[u]
+            sv[u] = acc + q7 * k7[u]
+    for d in range(full, hd):
+        kd = kt[g, d, a:a + n]
+        for u in range(n):
+            sv[u] = sv[u] + qh[d] * kd[u]
+
+
+@njit
+def _lane_max(row, n, lanes):
+    """max of row[:n] (n >= 1) in 16 lanes (exact, so the same value in any order)."""
+    lanes[:] = row[0]
+    full = n - n % LANES
+    for b in range(0, full, LANES):
+        for j in range(LANES):
+            lanes[j] = max(lanes[j], row[b + j])
+    mx = lanes[0]
+    for j in range(full, n):
+        mx = max(mx, row[j])
+    for j in range(LANES):
+        mx = max(mx, lanes[j])
+    return mx
+
+
+@njit
+def _softmax_row(row, n, scaling, softcap, bits, lanes):
+    """``row[:n]``: scores -> softmax weights (see the module docstring)."""
+    for t in range(n):
+        row[t] = row[t] * scaling
+    if softcap > 0:
+        for t in range(n):
+            row[t] = np.tanh(row[t] / softcap) * softcap
+    mx = _lane_max(row, n, lanes)
+    for t in range(n):
+        row[t] = row[t] - mx
+    exp_into(row, 0, n, bits)
+    lanes[:] = 0.0
+    full = n - n % LANES
+    for b in range(0, full, LANES):
+        for j in range(LANES):
+            lanes[j] = lanes[j] + row[b + j]
+    for j in range(n - full):
+        lanes[j] = lanes[j] + row[full + j]
+    tot = F32(0.0)
+    for j in range(LANES):
+        tot = tot + lanes[j]
+    inv = F32(1.0) / tot
+    for t in range(n):
+        row[t] = row[t] * inv
+
+
+@njit
+def _weighted_sum(w, vc, g, t0, o):
+    """``o[d] = sum_j w[j] vc[g, t0 + j, d]``, j ascending, one float32 multiply and add per term,
+    from ``o = +0.0``; eight j at a time (the same operations, one load and store of ``o`` per eight)."""
+    n, hd = w.size, o.size
+    for d in range(hd):
+        o[d] = F32(0.0)
+    full = n - n % 8
+    for j in range(0, full, 8):
+        t = t0 + j
+        v0, v1, v2, v3 = vc[g, t, :hd], vc[g, t + 1, :hd], vc[g, t + 2, :hd], vc[g, t + 3, :hd]
+        v4, v5, v6, v7 = vc[g, t + 4, :hd], vc[g, t + 5, :hd], vc[g, t + 6, :hd], vc[g, t + 7, :hd]
+        w0, w1, w2, w3, w4, w5, w6, w7 = w[j], w[j + 1], w[j + 2], w[j + 3], w[j + 4], w[j + 5], w[j + 6], w[j + 7]
+        for d in range(hd):
+            acc = o[d] + w0 * v0[d]
+            acc = acc + w1 * v1[d]
+            acc = acc + w2 * v2[d]
+            acc = acc + w3 * v3[d]
+            acc = acc + w4 * v4[d]
+            acc = acc + w5 * v5[d]
+            acc = acc + w6 * v6[d]
+            o[d] = acc + w7 * v7[d]
+    for j in range(full, n):
+        vt = vc[g, t0 + j, :hd]
+        for d in range(hd):
+            o[d] = o[d] + w[j] * vt[d]
+
+
+@njit
+def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes, rng):
+    """Query rows m0..m1-1 with the ``grp`` query heads of KV head ``g`` -> their ``out`` columns."""
+    nr = (m1 - m0) * grp
+    lo = window_start(pos0 + m0, window)
+    _scores(q, kt, g, grp, hd, pos0, m0, nr, lo, pos0 + m1, window, s, rng)
+    for i in range(nr):
+        m, h = m0 + i // grp, g * grp + i % grp
+        p = pos0 + m
+        t0 = window_start(p, window)
+        w = s[i, t0 - lo:p + 1 - lo]
+        _softmax_row(w, w.size, scaling, softcap, bits, lanes)
+        _weighted_sum(w, vc, g, t0, out[m, h * hd:(h + 1) * hd])
+
+
+@njit
+def _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, first, step):
+    """Work items first, first + step, ... (item j: KV head ``j % nkv``, row block ``j // nkv``)."""
+    grp = nh // nkv
+    m_rows = q.shape[0]
+    n_items = nkv * ((m_rows + ROWS - 1) // ROWS)
+    s = np.empty((ROWS * grp, pos0 + m_rows), F32)
+    bits = np.empty(pos0 + m_rows, np.int32)
+    lanes = np.empty(LANES, F32)
+    rng = np.empty((ROWS * grp, 2), np.int64)
+    for j in range(first, n_items, step):
+        g, m0 = j % nkv, (j // nkv) * ROWS
+        attend_item(q, kt, vc, pos0, m0, min(m0 + ROWS, m_rows), g, grp, hd, scaling, window, softcap, out,
+                    s, bits, lanes, rng)
+
+
+@njit
+def attend(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out):
+    """Attention of every query row (q [M, nh*hd], positions ``pos0 + m``) on one thread into out."""
+    _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, 0, 1)
+
+
+@numba.njit(parallel=True, **OPTS)
+def attend_parallel(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, threads):
+    """:func:`attend` with the work items dealt round-robin to ``threads`` threads (blocks later in a
+    causal prompt cost more; dealing them in turn balances the threads)."""
+    for i in numba.prange(threads):
+        _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, i, threads)
