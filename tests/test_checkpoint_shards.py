@@ -316,3 +316,23 @@ def test_a_sharded_checkpoint_merged_into_version_5_still_loads(sharded, tmp_pat
     m6, _, _ = load_quantized(sharded, backend="numpy")
     assert meta["format_version"] == "5" and meta["shards"] == {}
     assert torch.equal(_logits(m5), _logits(m6))
+
+
+def test_layers_with_different_shared_rotations_are_refused(tiny, tmp_path):
+    """Q_f is stored once for all layers: a layer whose input rotation differs is refused, streamed
+    (checked against the layers added before it) or whole."""
+    import copy
+
+    from fptq.models.rotate import INPUT_ROTATION, input_rotation_of
+
+    res, cfg = tiny
+    model = copy.deepcopy(res.model)
+    down = model.get_submodule(f"{_prefixes(model)[1]}.mlp.down_proj")
+    setattr(down, INPUT_ROTATION, -input_rotation_of(down))  # still orthogonal, but another matrix
+    with pytest.raises(CheckpointError, match="another rotation \\(fptq.input_rotation\\)"):
+        with open_writer(tmp_path / "streamed", shard_bytes=1) as w:
+            for p in _prefixes(model):
+                w.add_layer(model, p, res.plan)
+    with pytest.raises(CheckpointError, match="rotate their inputs by different matrices"):
+        save_quantized(tmp_path / "whole", model, tiny_tokenizer(), res.plan, cfg, INFO)
+    assert os.listdir(tmp_path) == []

@@ -92,13 +92,22 @@ def source_paths(model) -> list[str]:
     return [src] if src and os.path.exists(src) else []
 
 
+def same_tensor(a, b) -> bool:
+    """``torch.equal(a, b)``, without reading them when they are views of the same memory (the rotations a
+    model's modules share: a [14336, 14336] ``Q_f`` compared per layer would cost a pass over 822 MB)."""
+    if (a.device, a.dtype, a.shape, a.stride()) == (b.device, b.dtype, b.shape, b.stride()) and \
+            a.data_ptr() == b.data_ptr():
+        return True
+    return torch.equal(a, b)
+
+
 def _shared_rotation(by_path: dict, who: str, differ: str, name: str):
     """The one float32 rotation every module of ``by_path`` (path -> tensor, sorted) holds, contiguous on the
     CPU; a CheckpointError when two differ or it is not finite float32 (a checkpoint stores it once)."""
     paths = list(by_path)
     q = by_path[paths[0]].detach().cpu()
     for p in paths[1:]:
-        if not torch.equal(by_path[p].detach().cpu(), q):
+        if not same_tensor(by_path[p].detach().cpu(), q):
             raise CheckpointError(f"{who} {paths[0]} and {p} {differ}; a checkpoint stores one {name} for all "
                                   "of them")
     if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
@@ -308,7 +317,7 @@ class CheckpointWriter:
             if kept is None:
                 self._rotations[name] = q
                 self._digests.update(tensor_digests({name: q}))
-            elif not torch.equal(kept, q):
+            elif not same_tensor(kept, q):
                 raise CheckpointError(f"{(online if name == ONLINE_ROTATION_TENSOR else inputs)[0]} holds another "
                                       f"rotation ({name}) than the layers stored before it; a checkpoint stores one")
         again = sorted((set(state) | set(tied)) & (set(self._digests) | set(self._tied)))
