@@ -178,30 +178,50 @@ def _smollm2_gguf():
     return default_gguf_path()
 
 
-def test_gguf_source_equals_the_cached_conversion():
+@pytest.fixture(scope="module")
+def smollm2():
+    """``(cached conversion source, GGUF source, GGUF path)`` of the embedded SmolLM2."""
     gguf = _smollm2_gguf()
     with open_source(None) as cached, open_source(str(gguf)) as src:
-        assert isinstance(src, GGUFSource) and isinstance(cached, SafetensorsSource)
-        assert set(src.names()) == set(cached.names())
-        for name in cached.names():
-            want = cached.tensor(name)
-            got = src.tensor(name)
-            assert src.dtype(name) == got.dtype == want.dtype == torch.float32, name
-            assert tuple(got.shape) == src.shape(name) == cached.shape(name), name
-            assert torch.equal(got, want), f"{name}: GGUF tensor differs from the cached conversion"
-        assert src.nbytes() == cached.nbytes()
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "vocab_size", "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "architectures", "dtype"):
-            assert src.config_dict()[key] == cached.config_dict()[key], key
-        with pytest.raises(ModelLoadError, match=r"SmolLM2-135M-Instruct.Q4_1.gguf: no tensor named 'lm_head.weight'"):
-            src.tensor("lm_head.weight")  # tied: the GGUF has no output tensor
+        yield cached, src, gguf
 
 
-def test_gguf_source_tokenizer_is_the_cached_one():
-    gguf = _smollm2_gguf()
+def test_gguf_source_equals_the_cached_conversion(smollm2):
+    cached, src, gguf = smollm2
+    assert isinstance(src, GGUFSource) and isinstance(cached, SafetensorsSource)
+    assert set(src.names()) == set(cached.names())
+    for name in cached.names():
+        want = cached.tensor(name)
+        got = src.tensor(name)
+        assert src.dtype(name) == got.dtype == want.dtype == torch.float32, name
+        assert tuple(got.shape) == src.shape(name) == cached.shape(name), name
+        assert torch.equal(got, want), f"{name}: GGUF tensor differs from the cached conversion"
+    assert src.nbytes() == cached.nbytes()
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "architectures", "dtype"):
+        assert src.config_dict()[key] == cached.config_dict()[key], key
+    _config_is_autoconfigs(src, gguf)
+    with pytest.raises(ModelLoadError, match=r"SmolLM2-135M-Instruct.Q4_1.gguf: no tensor named 'lm_head.weight'"):
+        src.tensor("lm_head.weight")  # tied: the GGUF has no output tensor
+
+
+def _config_is_autoconfigs(src, gguf):
+    """The source's config is AutoConfig's for the file, made float32 as gguf_to_directory makes it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cfg = transformers.AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    cfg.dtype = torch.float32
+    want = cfg.to_dict()
+    got = src.config_dict()
+    assert got.pop("architectures") == [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.model_type]]
+    assert want.pop("architectures", None) is None
+    assert got == want
+
+
+def test_gguf_source_tokenizer_is_the_cached_one(smollm2):
+    cached, src, _ = smollm2
     text = "The quick brown fox, 12345 times."
-    with open_source(None) as cached, GGUFSource(gguf) as src:
-        assert src.tokenizer()(text)["input_ids"] == cached.tokenizer()(text)["input_ids"]
+    assert src.tokenizer()(text)["input_ids"] == cached.tokenizer()(text)["input_ids"]
 
 
 def _gemma3_gguf():
@@ -222,5 +242,6 @@ def test_gguf_source_gemma3_equals_load_gguf_checkpoint():
             model = transformers.AutoModelForCausalLM.from_config(cfg)
         want = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
         assert set(src.names()) == set(want)
+        _config_is_autoconfigs(src, path)
         for name, v in want.items():
             assert torch.equal(src.tensor(name), torch.as_tensor(v).to(torch.float32)), name

@@ -253,8 +253,8 @@ class GGUFSource(WeightSource):
             check_regular_file(p, 1 << 62, "GGUF model")
         except InputFileError as e:
             raise ModelLoadError(str(e)) from None
-        self._config, cfg = _gguf_config(p)
-        self._reader, self._processor, mapping = _gguf_reader_and_map(p, cfg)
+        self._config, cfg, raw = _gguf_config(p)
+        self._reader, self._processor, mapping = _gguf_reader_and_map(p, cfg, raw)
         self._index: dict[str, int] = {}
         self._gguf_names: dict[str, str] = {}
         self._mapping = mapping
@@ -304,16 +304,22 @@ class GGUFSource(WeightSource):
 
 
 def _gguf_config(p: Path):
-    """``(config dict, config)``: the transformers config of a GGUF file as ``gguf_to_directory`` builds
-    it (float32, ``architectures`` as ``save_pretrained`` writes it), checked by ``check_config_dict``."""
+    """``(config dict, config, raw config)``: the transformers config of a GGUF file as
+    ``AutoConfig.from_pretrained(dir, gguf_file=name)`` builds it, from ``load_gguf_checkpoint``'s config
+    dict (``raw``, what its tensor processor is given), made float32 and with ``architectures`` as
+    ``gguf_to_directory`` saves it; checked by ``check_config_dict``. One parse of the metadata (the
+    slow part of opening a GGUF: ~10 s for SmolLM2's 49k-token vocabulary on a loaded 2-core machine)."""
     import torch
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
-        cfg = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
-    except Exception as e:  # transformers raises many types here
+        raw = load_gguf_checkpoint(str(p), return_tensors=False)["config"]
+        cfg = CONFIG_MAPPING[raw["model_type"]].from_dict(copy.deepcopy(raw))
+    except Exception as e:  # gguf and transformers raise many types here
         raise ModelLoadError(f"cannot read GGUF {p}: {e}") from e
+    cfg._name_or_path = str(p.parent)  # as AutoConfig.from_pretrained sets it
     cfg.dtype = torch.float32
     arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(cfg.model_type)
     if arch is None:
@@ -321,30 +327,28 @@ def _gguf_config(p: Path):
     cfg.architectures = [arch]
     d = cfg.to_dict()
     check_config_dict(d, p)
-    return d, cfg
+    return d, cfg, raw
 
 
-def _gguf_reader_and_map(p: Path, cfg):
-    """``(reader, processor, GGUF name -> state-dict name)`` exactly as ``load_gguf_checkpoint`` builds
-    them, the map from a model built on the meta device (no weight memory)."""
+def _gguf_reader_and_map(p: Path, cfg, raw: dict):
+    """``(reader, processor, GGUF name -> state-dict name)`` as ``load_gguf_checkpoint`` builds them, the
+    map from a model built on the meta device (no weight memory)."""
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
-                                                          get_gguf_hf_weights_map, load_gguf_checkpoint,
-                                                          read_field)
+                                                          get_gguf_hf_weights_map, read_field)
 
     try:
         reader = GGUFReader(str(p))
         architecture = read_field(reader, "general.architecture")[0]
-        raw_config = load_gguf_checkpoint(str(p), return_tensors=False)["config"]
-    except Exception as e:  # gguf and transformers raise many types here
+    except Exception as e:  # gguf raises many types here
         raise ModelLoadError(f"cannot read GGUF {p}: {e}") from e
     cls = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
     if cls.__name__ not in _PER_TENSOR_PROCESSORS:
         raise ModelLoadError(f"{p}: GGUF architecture {architecture!r} ({cls.__name__}) merges or renames "
                              "tensors; fptq cannot stream it")
-    processor = cls(config=raw_config)
+    processor = cls(config=raw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     return reader, processor, get_gguf_hf_weights_map(model, processor)
