@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -131,12 +132,18 @@ def test_whole_model_path_writes_the_streamed_bytes(tiny, sharded, tmp_path):
     assert _files(tmp_path / "whole") == _files(sharded)
 
 
-def test_shards_are_cut_when_the_buffer_reaches_shard_bytes(tiny, tmp_path):
+def _tensor_bytes(entry) -> int:
+    size = {"F32": 4, "BF16": 2, "F16": 2, "U8": 1, "I8": 1}
+    return sum(size[dt] * int(np.prod(shape)) for dt, shape in entry["tensors"].values())
+
+
+def test_a_shard_is_cut_before_a_layer_that_would_pass_shard_bytes(tiny, sharded, tmp_path):
     res, cfg = tiny
-    one = read_metadata(_streamed(tmp_path / "a", res, cfg, shard_bytes=1))["shards"][SHARD1]["bytes"]
-    both = read_metadata(_streamed(tmp_path / "b", res, cfg, shard_bytes=one + 1))["shards"]  # layer 0 < limit
-    assert sorted(both) == [SHARD1] and both[SHARD1]["bytes"] > one
-    assert read_metadata(_streamed(tmp_path / "c", res, cfg, shard_bytes=1 << 30))["shards"] == {}
+    one, two = (_tensor_bytes(e) for _, e in sorted(read_metadata(sharded)["shards"].items()))
+    for limit, shards in [(one + two, {}), (one + two - 1, {SHARD1: one, SHARD2: two}),
+                          (one, {SHARD1: one, SHARD2: two})]:
+        got = read_metadata(_streamed(tmp_path / str(limit), res, cfg, shard_bytes=limit))["shards"]
+        assert {n: _tensor_bytes(e) for n, e in got.items()} == shards, limit
 
 
 def test_a_released_layer_that_was_not_added_is_refused(tiny, tmp_path):

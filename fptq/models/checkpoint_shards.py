@@ -1,9 +1,9 @@
 """Sharded checkpoints (format version 6): the shard files, their index, and reading them back as one.
 
-A checkpoint whose decoder layers' tensors reach :data:`DEFAULT_SHARD_BYTES` (or the writer's
+A checkpoint whose decoder layers' tensors exceed :data:`DEFAULT_SHARD_BYTES` (or the writer's
 ``shard_bytes``) keeps them in shard files ``fptq_w4a8-00001.safetensors``, ``-00002``, ... (plain
-safetensors files written by :func:`fptq.io.tensorfile.write_tensor_file`, no metadata, one or more
-whole layers each); the tensors file ``fptq_w4a8.safetensors`` keeps the other tensors, all the metadata
+safetensors files written by :func:`fptq.io.tensorfile.write_tensor_file`, no metadata, whole layers
+in order, at most ``shard_bytes`` of tensors each unless one layer alone holds more); the tensors file ``fptq_w4a8.safetensors`` keeps the other tensors, all the metadata
 and the index, metadata key ``shards``::
 
     {"fptq_w4a8-00001.safetensors": {"sha256": "<hex of the whole file>", "bytes": 123456,
@@ -37,10 +37,10 @@ from .checkpoint_meta import SHARDED_FORMAT_VERSION, SHARDS_KEY, SUPPORTED_VERSI
 __all__ = ["DEFAULT_SHARD_BYTES", "shard_file_name", "is_shard_name", "write_shard", "parse_shards",
            "open_shards", "CheckpointTensors"]
 
-#: a shard is written when the layers' tensors buffered since the last one reach this many bytes. The
-#: writer holds one shard's quantized tensors in memory until it writes them, so this bounds the resident
-#: quantized tensors of a streamed run (plus one layer); 512 MiB is a few layers of an 8B model (one 8B
-#: W4A8 layer is about 110 MB) and keeps the number of files small (a 70B model: about 70 shards)
+#: the most bytes of tensors a shard holds (unless one layer alone holds more): the writer buffers one
+#: shard's quantized tensors in memory until it writes them, so this bounds the resident quantized tensors
+#: of a streamed run; 512 MiB is a few layers of an 8B model (one 8B W4A8 layer is about 110 MB) and keeps
+#: the number of files small (a 70B model: about 70 shards)
 DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
 _PREFIX, _SUFFIX = "fptq_w4a8-", ".safetensors"
 _ENTRY_KEYS = {"sha256", "bytes", "tensors"}

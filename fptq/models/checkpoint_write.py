@@ -267,12 +267,14 @@ class CheckpointWriter:
 
     :meth:`add_layer` stores one layer that has just been quantized: its tensors converted as
     :func:`storage_state` does, its entries and digests taken at once (the caller may release the layer to
-    the meta device afterwards; the tensors must not be changed in place), buffered; when the buffer
-    reaches ``shard_bytes`` it is written as a shard (:mod:`fptq.models.checkpoint_shards`).
+    the meta device afterwards; the tensors must not be changed in place), buffered; when a layer would
+    take the buffer past ``shard_bytes``, the buffer is first written as a shard
+    (:mod:`fptq.models.checkpoint_shards`): a shard holds at most ``shard_bytes`` of tensors unless one
+    layer alone holds more, and so does the buffer.
     :meth:`finish` stores everything else (on the whole-model path every layer too, a layer at a time under
-    the same rule), then the side files and the tensors file with the metadata. A checkpoint none of whose
-    shards was written is one tensors file, format version 5, byte for byte what a writer without shards
-    wrote; else version 6. ``guard(model)``: the destination's checks, run again by :meth:`finish` with
+    the same rule), then the side files and the tensors file with the metadata. A checkpoint whose layers
+    fit in ``shard_bytes`` (no shard written) is one tensors file, format version 5, byte for byte what a
+    writer without shards wrote; else version 6 (two shards or more). ``guard(model)``: the destination's checks, run again by :meth:`finish` with
     the model's source directory protected."""
 
     def __init__(self, tmp_dir, *, float_dtype: str, int8_embeddings: bool, shard_bytes: int, guard=None):
@@ -330,11 +332,12 @@ class CheckpointWriter:
         self._digests.update(tensor_digests(state))
 
     def _buffer_layer(self, prefix: str, state: dict) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        if self._buffer and self._buffered + nbytes > self.shard_bytes:
+            self._flush()
         self.added.append(prefix)
         self._buffer.update(state)
-        self._buffered += sum(t.numel() * t.element_size() for t in state.values())
-        if self._buffered >= self.shard_bytes:
-            self._flush()
+        self._buffered += nbytes
 
     def _flush(self) -> None:
         name = shard_file_name(len(self.shards) + 1)
