@@ -28,7 +28,7 @@ def test_smollm2_components_by_hand():
     c = est.components
     assert c["hidden_in"] == c["hidden_out"] == 128 * 512 * 576 * 4
     assert c["embeddings_f32"] == 49152 * 576 * 4
-    assert "lm_head_f32" not in c and "embeddings_read" not in c   # tied; a float32 source needs no copy
+    assert "lm_head_f32" not in c and c["embeddings_read"] == 49152 * 576   # tied; float32 source: the mask only
     # 128 x 512 tokens strided by 8 -> 8192 rows; 16 held-out samples strided by 4 -> 2048 rows
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 2048)
     per_linear_k = 3 * 576 + 576 + 2 * 576 + 1536          # q k v | o | gate up | down
@@ -52,7 +52,7 @@ def test_llama3_8b_components_by_hand():
     assert c["hessian"] == 14336 ** 2 * 8 and est.hessian_group == "down"
     assert c["gptq_work"] == int(8 * (5.1 * 14336 ** 2 + 1.0 * 4096 * 14336))
     assert c["lm_head_f32"] == c["embeddings_f32"] == 128256 * 4096 * 4
-    assert c["embeddings_read"] == 128256 * 4096 * 2
+    assert c["embeddings_read"] == 128256 * 4096 * (2 + 1)
     assert c["nonlayer_stored"] == 2 * 128256 * 4096 * 2            # untied: embeddings and lm_head, bf16
     assert c["layer_read"] == 14336 * 4096 * (2 + 1)                # bf16 tensor + its finiteness mask
     # 16 x 512 = 8192 tokens: every one kept (stride 1); 2 held-out samples: 1024 rows

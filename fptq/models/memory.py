@@ -63,10 +63,10 @@ MEANINGS = {
     "cuda_context": "CUDA context and libraries (assumed, not measured)",
     "rotations": "rotation matrices Q [H,H] (and Q_f [F,F]), float64 + their float32 copies",
     "embeddings_f32": "input embeddings [V,H] float32 (capture and final write)",
-    "embeddings_read": "one embedding/lm_head tensor in the source dtype while it becomes float32",
+    "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32, its finiteness mask",
     "embeddings_rotation": "residual rotation of the embeddings: E float64 and E Q float64",
     "lm_head_f32": "untied lm_head [V,H] float32 (final write)",
-    "nonlayer_stored": "embeddings (+ lm_head) in the stored float dtype, final norm, stored Q / Q_f",
+    "nonlayer_stored": "embeddings (+ lm_head) converted to the stored float dtype (Q, Q_f: their float32 copies)",
     "hidden_in": "calibration inputs of the current layer, float32 [n, L, H]",
     "hidden_out": "its outputs, the next layer's inputs, float32 [n, L, H]",
     "hidden_out_sequential": "--sequential: the quantized layer's outputs beside the float ones",
@@ -86,8 +86,8 @@ MEANINGS = {
     "layer_quantized": "the layer's quantized form (packed INT4, scales, zero points, norms)",
     "layer_dequantized": "--sequential: fake-quant float32 weights of the quantized layer",
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",
-    "shard_flush": "a shard at flush: the buffer (shard_bytes + one layer) and its serialized bytes",
-    "write_buffer": "the last shard at the final write: leftover layers + non-layer tensors, and their bytes",
+    "shard_flush": "the shard buffer at a flush: up to shard_bytes + one layer (written without a copy)",
+    "write_buffer": "layers still buffered at the final write (up to shard_bytes), written with the rest",
 }
 
 #: components that live on the GPU with ``device="cuda"`` (the calibration forward and GPTQ there)
@@ -243,7 +243,6 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     h, f, v, fb = shape.hidden, shape.intermediate, shape.vocab, s.float_dtype_bytes
     heads = 12 * shape.head_dim ** 2 if s.rotate != "none" else 0
     rot = {"online": 12 * (h * h + f * f), "residual": 12 * h * h}.get(s.rotate, 0) + heads
-    stored_q = {"online": 4 * (h * h + f * f), "residual": 4 * h * h if shape.norms > 2 else 0}.get(s.rotate, 0)
     tables = 1 if shape.tied else 2
     stored_emb = tables * v * h * fb if fb != 4 else 0
     layers_total = shape.layers * shape.layer_stored_bytes(s.group_size, s.asym)
@@ -254,13 +253,13 @@ def _model_components(shape: Shape, s: Settings) -> dict:
         "cuda_context": CUDA_DEVICE_BYTES if s.device == "cuda" else 0,
         "rotations": rot,
         "embeddings_f32": v * h * 4,
-        "embeddings_read": v * h * s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0,
+        "embeddings_read": v * h * ((s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0) + 1),
         "embeddings_rotation": 16 * v * h if s.rotate == "residual" else 0,
         "lm_head_f32": 0 if shape.tied else v * h * 4,
         "nonlayer_stored": stored_emb,
         "shard_buffer": leftover,
-        "shard_flush": 2 * min(s.shard_bytes + layer_q, layers_total),
-        "write_buffer": 2 * leftover + tables * v * h * fb + 4 * h + stored_q,
+        "shard_flush": min(s.shard_bytes + layer_q, layers_total),
+        "write_buffer": leftover,
     }
 
 
