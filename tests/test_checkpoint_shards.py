@@ -343,3 +343,41 @@ def test_layers_with_different_shared_rotations_are_refused(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="rotate their inputs by different matrices"):
         save_quantized(tmp_path / "whole", model, tiny_tokenizer(), res.plan, cfg, INFO)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def fuzz_sharded(sharded, tmp_path_factory):
+    d = _copy(sharded, tmp_path_factory.mktemp("fuzz") / "ck")
+    model, _, _ = load_quantized(d, backend="numpy")
+    return d, {n: (d / n).read_bytes() for n in (TENSORS_FILE, SHARD1, SHARD2)}, _logits(model)
+
+
+def test_every_mutation_of_a_sharded_checkpoint_is_refused_or_harmless(fuzz_sharded):
+    """Random flips, byte changes, truncations and insertions in the tensors file (its header holds the
+    shard index) and in each shard: refused with a CheckpointError, or loaded to identical logits."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    d, originals, ref = fuzz_sharded
+
+    @hypothesis.settings(max_examples=int(os.environ.get("FPTQ_FUZZ_EXAMPLES", "60")), deadline=None,
+                         derandomize=True, database=None)
+    @hypothesis.given(name=st.sampled_from(sorted(originals)), kind=st.sampled_from(["flip", "set", "cut", "insert"]),
+                      where=st.floats(0, 1), value=st.integers(0, 255))
+    def mutate_and_load(name, kind, where, value):
+        data = originals[name]
+        n = int.from_bytes(data[:8], "little")
+        pos = min(int(where * min(len(data), 8 + n + 64)), len(data) - 1)  # mostly the header, some data
+        new = {"flip": data[:pos] + bytes([data[pos] ^ (1 << value % 8)]) + data[pos + 1:],
+               "set": data[:pos] + bytes([value]) + data[pos + 1:], "cut": data[:pos],
+               "insert": data[:pos] + bytes([value]) + data[pos:]}[kind]
+        (d / name).write_bytes(new)
+        try:
+            model, _, _ = load_quantized(d, backend="numpy")
+            assert torch.equal(_logits(model), ref), (name, kind, pos, value)
+        except CheckpointError:
+            pass
+        finally:
+            (d / name).write_bytes(data)
+
+    mutate_and_load()
