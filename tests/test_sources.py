@@ -5,8 +5,12 @@
 * the embedded SmolLM2 GGUF: :class:`GGUFSource` equals the cached float32 conversion (the weights of the
   whole-model path) tensor for tensor; Gemma-3-270M's GGUF (when its package is installed) equals
   transformers' ``load_gguf_checkpoint``;
+* tiny llama / qwen2 / gemma3 models written as GGUF files (``tests/tiny_gguf.py``): in F32 they give the
+  model's own tensors back (q/k un-permuted, biases, Gemma's ``1 + w`` norms), in Q8_0 exactly what
+  ``load_gguf_checkpoint`` gives, and no conversion is written to the cache;
 * the refusals: an unknown tensor, an index naming a file outside the directory or a missing shard, a
-  tensor in the wrong shard or in two shards, a truncated shard -- each a ModelLoadError naming the file.
+  tensor in the wrong shard or in two shards, a truncated shard or GGUF -- each a ModelLoadError naming the
+  file.
 """
 
 from __future__ import annotations
@@ -233,15 +237,73 @@ def _gemma3_gguf():
 
 
 def test_gguf_source_gemma3_equals_load_gguf_checkpoint():
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
     path = _gemma3_gguf()
     with GGUFSource(path) as src:
-        cfg = transformers.AutoConfig.for_model(**src.config_dict())
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(cfg)
-        want = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
-        assert set(src.names()) == set(want)
+        _equals_load_gguf_checkpoint(src, path)
         _config_is_autoconfigs(src, path)
-        for name, v in want.items():
-            assert torch.equal(src.tensor(name), torch.as_tensor(v).to(torch.float32)), name
+
+
+def _equals_load_gguf_checkpoint(src, path):
+    """Every tensor of ``src`` is load_gguf_checkpoint's, widened to float32 as gguf_to_directory does."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    cfg = transformers.AutoConfig.for_model(**src.config_dict())
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    want = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    assert set(src.names()) == set(want)
+    for name, v in want.items():
+        assert torch.equal(src.tensor(name), torch.as_tensor(v).to(torch.float32)), name
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_gguf_source_tiny_f32_is_the_model(tmp_path, monkeypatch, family):
+    """Stored in F32, the GGUF gives back the model's own tensors: llama's q/k rows un-permuted, qwen2's
+    biases under their names; Gemma-3's norms as llama.cpp's ``1 + w`` minus 1 (float32 rounding)."""
+    import numpy as np
+    from tiny_gguf import write_tiny_gguf
+
+    monkeypatch.setenv("FPTQ_CACHE", str(tmp_path / "cache"))
+    path, model = write_tiny_gguf(tmp_path / f"tiny-{family}.gguf", family, "F32")
+    state = model.state_dict()
+    with open_source(str(path)) as src:
+        assert isinstance(src, GGUFSource)
+        assert set(src.names()) == set(state) - {"lm_head.weight"}  # tied: not in the file
+        for name in src.names():
+            want = state[name]
+            if family == "gemma3" and name.endswith("norm.weight"):
+                want = torch.from_numpy((want.numpy() + np.float32(1)) - np.float32(1))
+            assert torch.equal(src.tensor(name), want), name
+        assert src.config_dict()["num_hidden_layers"] == 2
+    assert not (tmp_path / "cache").exists()  # no float32 copy on disk
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_gguf_source_tiny_q8_equals_load_gguf_checkpoint(tmp_path, family):
+    from tiny_gguf import write_tiny_gguf
+
+    path, _ = write_tiny_gguf(tmp_path / f"tiny-{family}.gguf", family, "Q8_0")
+    with GGUFSource(path) as src:
+        _equals_load_gguf_checkpoint(src, path)
+
+
+def test_gguf_source_tiny_tokenizer(tmp_path):
+    from tiny_gguf import write_tiny_gguf
+
+    from fptq.testing import tiny_tokenizer
+
+    path, _ = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    text = "Hello wörld </s> 42"
+    with GGUFSource(path) as src:
+        assert src.tokenizer()(text)["input_ids"] == tiny_tokenizer()(text)["input_ids"]
+
+
+def test_truncated_gguf_is_refused(tmp_path):
+    from tiny_gguf import write_tiny_gguf
+
+    path, _ = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    data = path.read_bytes()
+    for cut in (20, 1000, len(data) - 100):
+        path.write_bytes(data[:-cut])
+        with pytest.raises(ModelLoadError, match=r"cannot read GGUF .*tiny.gguf"):
+            GGUFSource(path)
