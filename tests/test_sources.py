@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,30 @@ def test_tensor_is_fresh_memory(sharded):
         t = src.tensor(name)
         t.zero_()
         assert torch.equal(src.tensor(name), state[name])
+
+
+def _rss_file_kib() -> int:
+    """The file-backed pages resident in this process (Linux's RssFile, KiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_reading_every_tensor_keeps_no_file_pages_resident(tmp_path):
+    """A memory-mapped reader would leave every page it read in the process's RSS (the whole model by the
+    last layer); the source reads into memory of its own, so 64 MB read leave RssFile where it was."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc/self/status")
+    cfg = transformers.LlamaConfig(vocab_size=131072, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    with SafetensorsSource(tmp_path) as src:
+        assert src.nbytes() > 64 * 2**20
+        before = _rss_file_kib()
+        for name in src.names():
+            src.tensor(name)
+        assert _rss_file_kib() - before < 16 * 1024
 
 
 def test_unknown_tensor_names_file_and_tensor(sharded):

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["TensorFileError", "TensorFile", "write_tensor_file", "raw_bytes", "dtype_name", "DTYPES",
-           "TORCH_DTYPE_NAMES", "MAX_HEADER_BYTES", "MAX_TENSORS", "read_header_names"]
+           "TORCH_DTYPE_NAMES", "MAX_HEADER_BYTES", "MAX_TENSORS", "read_header_names", "read_header"]
 
 #: safetensors dtype name -> (NumPy dtype, item size). BF16 is read as raw uint16 bits.
 DTYPES = {
@@ -119,6 +119,13 @@ def write_tensor_file(path, tensors: dict, metadata: dict[str, str] | None = Non
 def read_header_names(path) -> list[str]:
     """The tensor names of a safetensors file, from its header alone (bounded by :data:`MAX_HEADER_BYTES`
     and :data:`MAX_TENSORS`; the data is not read or checked). TensorFileError if the header is malformed."""
+    return sorted(k for k in read_header(path)[0] if k != "__metadata__")
+
+
+def read_header(path) -> tuple[dict, int]:
+    """``(header, data start)``: the parsed JSON header of a safetensors file and the file offset its data
+    starts at (``8 + N``), bounded as :func:`read_header_names` (the entries are not checked: a reader
+    that uses their offsets checks the file first, e.g. with ``safetensors.safe_open``)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
@@ -136,7 +143,7 @@ def read_header_names(path) -> list[str]:
         raise TensorFileError(f"{path}: header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise TensorFileError(f"{path}: header is not a JSON object")
-    return sorted(k for k in header if k != "__metadata__")
+    return header, 8 + n
 
 
 class TensorFile:

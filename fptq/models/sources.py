@@ -3,14 +3,16 @@
 The streamed quantizer reads one decoder layer's tensors at a time from a :class:`WeightSource`:
 
 * :class:`SafetensorsSource` -- a transformers directory: one ``model.safetensors`` or shards listed by
-  ``model.safetensors.index.json``. Every shard is opened with ``safetensors.safe_open`` (memory-mapped);
-  a tensor comes back in the dtype it is stored in (bf16, fp16, fp32). The directory is checked as
+  ``model.safetensors.index.json``. Every shard is checked whole by ``safetensors.safe_open`` when the
+  source opens; a tensor is read with plain reads into memory of its own (no memory map is kept: its pages
+  would count in the process's RSS until closed, the whole model by the last layer) and comes back in the
+  dtype it is stored in (bf16, fp16, fp32). The directory is checked as
   :func:`fptq.models.loading.load_float_model` checks it (``config.json``, regular files only, the
   layer count of the weights), and the index too: it names only regular files inside the directory,
   every tensor it lists is in the shard it names, no tensor is in two files, no shard holds a tensor
   the index does not list.
-* :class:`GGUFSource` -- a ``.gguf`` file read with ``gguf.GGUFReader`` (memory-mapped), one tensor
-  dequantized per :meth:`~WeightSource.tensor` call, with transformers' own name map
+* :class:`GGUFSource` -- a ``.gguf`` file whose tensor table ``gguf.GGUFReader`` reads; one tensor read
+  (plain reads, as above) and dequantized per :meth:`~WeightSource.tensor` call, with transformers' own name map
   (``get_gguf_hf_weights_map``) and tensor processor (llama's q/k un-permutation, Gemma's ``norm - 1``,
   ...): the values are bit for bit those of ``load_gguf_checkpoint(path, return_tensors=True,
   model_to_load=model)`` widened to float32, as :func:`fptq.models.loading.gguf_to_directory` stores
@@ -21,7 +23,7 @@ The streamed quantizer reads one decoder layer's tensors at a time from a :class
   as the whole-model path), a directory a :class:`SafetensorsSource`, a ``.gguf`` file a
   :class:`GGUFSource`.
 
-A source is a context manager; :meth:`~WeightSource.close` releases its file mappings. An unknown tensor
+A source is a context manager; :meth:`~WeightSource.close` releases it. An unknown tensor
 name is a :class:`~fptq.models.loading.ModelLoadError` naming the file and the tensor.
 """
 
@@ -32,6 +34,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ..io.reading import CONFIG_LIMIT, InputFileError, check_regular_file, read_bounded
 from .loading import (ModelLoadError, _offline, check_config_dict, check_layer_count, check_model_files,
@@ -44,9 +47,6 @@ __all__ = ["WeightSource", "SafetensorsSource", "GGUFSource", "open_source", "SA
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 
-#: safetensors dtype names -> torch dtype attribute names
-_ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
-              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class WeightSource:
@@ -109,7 +109,7 @@ class WeightSource:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the file mappings; the source cannot be read afterwards."""
+        """Close the source; it cannot be read afterwards."""
 
     def __enter__(self):
         return self
@@ -124,10 +124,30 @@ class WeightSource:
 def _torch_dtype(code: str, where, name):
     import torch
 
-    attr = _ST_DTYPES.get(code)
-    if attr is None:
+    from ..io.tensorfile import TORCH_DTYPE_NAMES
+
+    attr = {v: k for k, v in TORCH_DTYPE_NAMES.items()}.get(code)
+    if attr is None or not hasattr(torch, attr):
         raise ModelLoadError(f"{where}: tensor {name!r} has dtype {code}, which fptq does not read")
     return getattr(torch, attr)
+
+
+def _read_exact(path: Path, offset: int, out, name) -> None:
+    """Fill the writable buffer ``out`` with the bytes of ``path`` from ``offset`` by plain reads (no memory
+    map, whose pages would stay in the process's resident set until the file is closed: the whole model
+    by the last layer); ModelLoadError naming the file and tensor ``name`` if it ends first."""
+    view = memoryview(out).cast("B")
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            got = 0
+            while got < len(view):  # one read() returns at most ~2 GiB on Linux
+                n = fh.readinto(view[got:])
+                if not n:
+                    raise ModelLoadError(f"{path}: ends inside tensor {name!r} (changed since it was opened)")
+                got += n
+    except OSError as e:
+        raise ModelLoadError(f"{path}: tensor {name!r} unreadable ({e.strerror or e})") from None
 
 
 def _read_index(d: Path) -> dict[str, Path]:
@@ -156,7 +176,7 @@ def _read_index(d: Path) -> dict[str, Path]:
 
 
 class SafetensorsSource(WeightSource):
-    """The safetensors weights of a transformers directory, memory-mapped (the module docstring)."""
+    """The safetensors weights of a transformers directory, read one tensor at a time (module docstring)."""
 
     def __init__(self, directory):
         _offline()
@@ -166,8 +186,8 @@ class SafetensorsSource(WeightSource):
             raise ModelLoadError(f"{d} is not a model directory")
         self._config = read_config_dict(d)
         check_model_files(d, self._config)
-        self._handles: dict[Path, object] = {}
-        self._where: dict[str, Path] = {}
+        self._where: dict[str, tuple[Path, int, int]] = {}  # name -> (file, first byte, byte count)
+        self._closed = False
         if os.path.lexists(d / SAFETENSORS_INDEX):
             index = _read_index(d)
             files = sorted(set(index.values()))
@@ -176,54 +196,57 @@ class SafetensorsSource(WeightSource):
         else:
             raise ModelLoadError(f"{d}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} (fptq streams "
                                  "safetensors weights only)")
-        try:
-            for f in files:
-                self._open_shard(f)
-            if index is not None:
-                self._check_index(index)
-        except BaseException:
-            self.close()
-            raise
+        for f in files:
+            self._add_shard(f)
+        if index is not None:
+            self._check_index(index)
 
-    def _open_shard(self, f: Path) -> None:
+    def _add_shard(self, f: Path) -> None:
+        """The tensors of shard ``f``: checked whole by ``safe_open`` (offsets, coverage, dtypes), then
+        located from the header; no mapping is kept."""
         from safetensors import safe_open
 
+        from ..io.tensorfile import TensorFileError, read_header
+
         try:
-            h = safe_open(str(f), framework="pt")
-            keys = list(h.keys())
-            slices = [(k, h.get_slice(k)) for k in keys]
-            entries = [(k, tuple(int(n) for n in s.get_shape()), s.get_dtype()) for k, s in slices]
-        except Exception as e:  # safetensors raises its own error type (and OSError)
+            with safe_open(str(f), framework="pt") as h:
+                slices = [(k, h.get_slice(k)) for k in h.keys()]
+                entries = [(k, tuple(int(n) for n in s.get_shape()), s.get_dtype()) for k, s in slices]
+            header, start = read_header(f)
+        except Exception as e:  # safetensors raises its own error type; TensorFileError, OSError
             raise ModelLoadError(f"{f}: unreadable safetensors file ({e})") from None
-        self._handles[f] = h
         for name, shape, code in entries:
             if name in self._where:
-                raise ModelLoadError(f"{f}: tensor {name!r} is also in {self._where[name]}")
-            self._where[name] = f
-            self._entries[name] = (shape, _torch_dtype(code, f, name))
+                raise ModelLoadError(f"{f}: tensor {name!r} is also in {self._where[name][0]}")
+            dt = _torch_dtype(code, f, name)
+            first, end = header[name]["data_offsets"]
+            if end - first != math.prod(shape) * dt.itemsize:  # safe_open checked it: a file changed since
+                raise ModelLoadError(f"{f}: tensor {name!r} has {end - first} bytes for shape {shape} {dt}")
+            self._where[name] = (f, start + first, end - first)
+            self._entries[name] = (shape, dt)
 
     def _check_index(self, index: dict[str, Path]) -> None:
         where = self.path / SAFETENSORS_INDEX
         for name, f in index.items():
-            if self._where.get(name) != f:
+            if name not in self._where or self._where[name][0] != f:
                 raise ModelLoadError(f"{where}: tensor {name!r} is listed in {f.name}, but {f} does not hold it")
         extra = sorted(set(self._where) - set(index))
         if extra:
-            raise ModelLoadError(f"{self._where[extra[0]]}: holds tensor {extra[0]!r}, which {where} does not "
-                                 "list")
+            raise ModelLoadError(f"{self._where[extra[0]][0]}: holds tensor {extra[0]!r}, which {where} does "
+                                 "not list")
 
     def _read(self, name):
-        f = self._where[name]
-        h = self._handles.get(f)
-        if h is None:
+        """Read into a new tensor (:func:`_read_exact`)."""
+        import torch
+
+        f, first, nbytes = self._where[name]
+        if self._closed:
             raise ModelLoadError(f"{f}: the source is closed (tensor {name!r})")
-        try:
-            view = h.get_tensor(name)
-        except Exception as e:
-            raise ModelLoadError(f"{f}: tensor {name!r} unreadable ({e})") from None
-        # safetensors returns a view of its (copy-on-write) mapping, shared by every read of the tensor:
-        # a caller writing into it would change what the next read gives
-        return view.clone()
+        shape, dt = self._entries[name]
+        t = torch.empty(shape, dtype=dt)
+        if nbytes:
+            _read_exact(f, first, t.view(-1).view(torch.uint8).numpy(), name)
+        return t
 
     def tokenizer(self):
         from transformers import AutoTokenizer
@@ -234,12 +257,24 @@ class SafetensorsSource(WeightSource):
             raise ModelLoadError(f"cannot load a tokenizer from {self.path}: {e}") from e
 
     def close(self) -> None:
-        self._handles.clear()
+        self._closed = True
 
 
 #: transformers' tensor processors that keep a GGUF tensor's name and shape, so one tensor can be read alone
 _PER_TENSOR_PROCESSORS = ("TensorProcessor", "LlamaTensorProcessor", "Gemma2TensorProcessor",
                           "NemotronTensorProcessor", "BloomTensorProcessor")
+
+
+class _GGUFTensor(NamedTuple):
+    """Where one GGUF tensor is and how it is stored (from ``gguf.ReaderTensor``, whose reader is not kept:
+    its parsed metadata holds ~150 MB for a 49k-token vocabulary)."""
+
+    name: str
+    qtype: object  # gguf.GGMLQuantizationType
+    raw_shape: tuple[int, ...]  # the reader's array shape (bytes per row for block types)
+    raw_dtype: object  # numpy dtype of that array
+    offset: int  # of the first byte in the file
+    nbytes: int
 
 
 class GGUFSource(WeightSource):
@@ -254,20 +289,21 @@ class GGUFSource(WeightSource):
         except InputFileError as e:
             raise ModelLoadError(str(e)) from None
         self._config, cfg, raw = _gguf_config(p)
-        self._reader, self._processor, mapping = _gguf_reader_and_map(p, cfg, raw)
-        self._index: dict[str, int] = {}
-        self._gguf_names: dict[str, str] = {}
-        self._mapping = mapping
+        reader, self._processor, self._mapping = _gguf_reader_and_map(p, cfg, raw)
+        self._tensors: dict[str, _GGUFTensor] = {}
+        self._closed = False
         import torch
 
-        for i, t in enumerate(self._reader.tensors):
-            hf = mapping.get(t.name)
+        for t in reader.tensors:
+            hf = self._mapping.get(t.name)
             if hf is None:  # load_gguf_checkpoint skips it too
                 continue
-            if hf in self._index:
-                raise ModelLoadError(f"{p}: tensors {self._gguf_names[hf]!r} and {t.name!r} both map to {hf!r}")
-            self._index[hf], self._gguf_names[hf] = i, t.name
+            if hf in self._tensors:
+                raise ModelLoadError(f"{p}: tensors {self._tensors[hf].name!r} and {t.name!r} both map to {hf!r}")
+            self._tensors[hf] = _GGUFTensor(t.name, t.tensor_type, tuple(t.data.shape), t.data.dtype,
+                                            int(t.data_offset), int(t.n_bytes))
             self._entries[hf] = (tuple(int(n) for n in reversed(t.shape.tolist())), torch.float32)
+        del reader
         check_layer_count(self._config, self._entries, p, "the GGUF tensors")
 
     def _read(self, name):
@@ -275,11 +311,15 @@ class GGUFSource(WeightSource):
         import torch
         from gguf import dequantize
 
-        if self._reader is None:
+        if self._closed:
             raise ModelLoadError(f"{self.path}: the source is closed (tensor {name!r})")
-        t = self._reader.tensors[self._index[name]]
+        t = self._tensors[name]
+        raw = np.empty(t.raw_shape, dtype=t.raw_dtype)
+        if raw.nbytes != t.nbytes:
+            raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} has {t.nbytes} bytes for {raw.shape}")
+        _read_exact(self.path, t.offset, raw, name)
         try:
-            weights = dequantize(t.data, t.tensor_type)
+            weights = dequantize(raw, t.qtype)
             result = self._processor.process(weights=weights, name=t.name, tensor_key_mapping=self._mapping,
                                              parsed_parameters={"tensors": {}})
         except Exception as e:  # a damaged block or an unknown quantization type
@@ -287,8 +327,9 @@ class GGUFSource(WeightSource):
                                  f"({e})") from None
         if result.name != t.name:
             raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} is not readable on its own")
-        # what load_gguf_checkpoint does (np.copy, torch.from_numpy), then gguf_to_directory's float32
-        return torch.from_numpy(np.copy(result.weights)).to(torch.float32)
+        # the values load_gguf_checkpoint gives (it copies them: here they are already in memory of their
+        # own), then gguf_to_directory's float32
+        return torch.from_numpy(np.ascontiguousarray(result.weights)).to(torch.float32)
 
     def tokenizer(self):
         from transformers import AutoTokenizer
@@ -300,7 +341,7 @@ class GGUFSource(WeightSource):
             raise ModelLoadError(f"cannot read the tokenizer of GGUF {self.path}: {e}") from e
 
     def close(self) -> None:
-        self._reader = None
+        self._closed = True
 
 
 def _gguf_config(p: Path):
