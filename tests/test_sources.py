@@ -191,6 +191,13 @@ def test_truncated_shard_is_refused(sharded, tmp_path):
         SafetensorsSource(d)
 
 
+def test_index_beside_a_single_file_is_refused(sharded, tmp_path):
+    d, index = _copy(sharded, tmp_path)
+    shutil.copy(d / index["weight_map"]["lm_head.weight"], d / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"both model.safetensors and model.safetensors.index.json"):
+        SafetensorsSource(d)
+
+
 def test_directory_without_safetensors_is_refused(sharded, tmp_path):
     d, _ = _copy(sharded, tmp_path)
     for f in d.glob("*.safetensors*"):

@@ -48,7 +48,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 
 
-
 class WeightSource:
     """The tensors of one float model, read one at a time (the module docstring).
 
@@ -167,10 +166,11 @@ def _read_index(d: Path) -> dict[str, Path]:
     for name, file in wmap.items():
         if not isinstance(file, str) or file in ("", ".", "..") or Path(file).name != file or "\\" in file:
             raise ModelLoadError(f"{path}: tensor {name!r} is in {file!r}, not a file directly inside {d}")
-        try:
-            check_regular_file(d / file, 1 << 62, f"a shard named by {path}")
-        except InputFileError as e:
-            raise ModelLoadError(str(e)) from None
+        if d / file not in out.values():
+            try:
+                check_regular_file(d / file, 1 << 62, f"a shard named by {path}")
+            except InputFileError as e:
+                raise ModelLoadError(str(e)) from None
         out[name] = d / file
     return out
 
@@ -188,6 +188,9 @@ class SafetensorsSource(WeightSource):
         check_model_files(d, self._config)
         self._where: dict[str, tuple[Path, int, int]] = {}  # name -> (file, first byte, byte count)
         self._closed = False
+        if os.path.lexists(d / SAFETENSORS_INDEX) and os.path.lexists(d / SAFETENSORS_SINGLE):
+            raise ModelLoadError(f"{d}: both {SAFETENSORS_SINGLE} and {SAFETENSORS_INDEX}; which weights are the "
+                                 "model's is ambiguous (remove one)")
         if os.path.lexists(d / SAFETENSORS_INDEX):
             index = _read_index(d)
             files = sorted(set(index.values()))
