@@ -35,7 +35,7 @@ def test_smollm2_components_by_hand():
     assert c["kept_rows"] == (8192 + 2048) * 4 * per_linear_k
     assert est.hessian_group == "down" and c["hessian"] == 1536 ** 2 * 8
     assert c["hessians_cached"] == 3 * 576 ** 2 * 8
-    assert c["hessian_build"] == 2 * 8192 * 1536 * 8 + 2 * 1536 ** 2 * 8
+    assert c["hessian_build"] == int(8192 * 1536 * 8 + 1.1 * 1536 ** 2 * 8)
     assert c["layer_f32"] == 4 * (576 * 576 * 2 + 192 * 576 * 2 + 1536 * 576 * 3 + 2 * 576)
     assert c["rotations"] == 12 * (576 ** 2 + 1536 ** 2) + 12 * 64 ** 2
     q = lambda n, k: n * math.ceil(k / 2) + n * math.ceil(k / 128) * 5 + 4  # noqa: E731  packed, scale, zero, act
@@ -50,7 +50,7 @@ def test_llama3_8b_components_by_hand():
     c = est.components
     assert c["hidden_in"] == 16 * 512 * 4096 * 4
     assert c["hessian"] == 14336 ** 2 * 8 and est.hessian_group == "down"
-    assert c["gptq_work"] == int(8 * (5.1 * 14336 ** 2 + 1.0 * 4096 * 14336))
+    assert c["gptq_work"] == int(8 * (4.1 * 14336 ** 2 + 1.0 * 4096 * 14336))
     assert c["lm_head_f32"] == c["embeddings_f32"] == 128256 * 4096 * 4
     assert c["embeddings_read"] == 128256 * 4096 * (2 + 1)
     assert c["nonlayer_stored"] == 2 * 128256 * 4096 * 2            # untied: embeddings and lm_head, bf16

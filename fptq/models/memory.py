@@ -42,17 +42,20 @@ BASELINE_BYTES = 433_136 * 1024
 #: NumPy/OpenBLAS's buffers touched by the first matmul and LAPACK call: +8,960 kB RSS (/tmp/c_blas.py:
 #: after importing numpy, torch and fptq.models.quantize, a 512 x 512 float64/float32 matmul, Cholesky, inverse)
 BLAS_BYTES = 8960 * 1024
-#: ``fptq.reference.gptq.gptq_quantize(w [N, K], H)`` (as of commit 27882d4), peak RSS over its inputs =
-#: ``max(INV_KK K^2 + INV_NK N K, FB_KK K^2 + FB_NK N K) * 8`` bytes: the inverse Cholesky holds ~5 float64
-#: [K, K] matrices at its peak (the function's copy of H, L, LAPACK's inverse workspace and result) beside W
+#: ``fptq.reference.gptq.gptq_quantize(w [N, K], H)``, peak RSS over its inputs =
+#: ``max(INV_KK K^2 + INV_NK N K, FB_KK K^2 + FB_NK N K) * 8`` bytes: the inverse Cholesky holds ~4 float64
+#: [K, K] matrices at its peak (L, LAPACK's copy of it, the identity it solves against, the result) beside W
 #: float64; the error feedback U beside W's float64 copies, the block update and the float32 result.
-#: Measured 2026-12-06 (/proc/self/status VmHWM after clear_refs, BLAS warmed up, /tmp/c_gptq.py): K=2048
-#: N=64: 5.04 K^2; K=2048 N=2048: 6.04 K^2; K=3072 N=256: 5.19 K^2; K=1024 N=4096: 16.37 K^2 (the feedback)
-GPTQ_INV_KK, GPTQ_INV_NK, GPTQ_FB_KK, GPTQ_FB_NK = 5.1, 1.0, 1.0, 3.85
+#: Measured 2026-12-06 on the working tree after the lead's GPTQ/Hessian slimming (HessianAccumulator.take_H,
+#: _inverse_cholesky(owned)) with ``python benchmarks/memory_model_check.py coefficients`` (VmHWM after
+#: clear_refs, BLAS warmed up): K=4096 N=64: 4.09 K^2; K=4096 N=1024: 4.09 K^2 + 1.0 N K; K=3072 N=256:
+#: 4.1 K^2 + N K; K=1024 N=4096: 16.6 K^2 (the feedback: K^2 + 3.9 N K). Smaller K keeps more (glibc
+#: reuses blocks under its 32 MiB mmap threshold: K=2048 5.2 K^2); the big-K figure is the one that matters
+GPTQ_INV_KK, GPTQ_INV_NK, GPTQ_FB_KK, GPTQ_FB_NK = 4.1, 1.0, 1.0, 3.9
 #: ``fptq.models.quantize.layer_hessian`` -> ``equalized_hessian(x [R, K], s)``: peak over x =
-#: ``(HESS_RK R K + HESS_KK K^2) * 8`` (x / s float64, its float64 copy in ``add_batch``, X^T X, the sum);
-#: measured K=2048 R=8192: 2.0 R K + 2.13 K^2; K=1024 R=8192: 2.0 R K + 1.65 K^2 (same script)
-HESS_RK, HESS_KK = 2.0, 2.0
+#: ``(HESS_RK R K + HESS_KK K^2) * 8`` (x / s float64, divided in place; X^T X, which becomes the sum and then
+#: H in place); measured (same script): K=4096 R=8192: R K + 1.08 K^2; K=2048 R=8192: R K + 1.13 K^2
+HESS_RK, HESS_KK = 1.0, 1.1
 #: the assumed CUDA context (``device="cuda"``): GPU memory and host RSS of torch's CUDA libraries. NOT
 #: measured (no GPU was lent to this session); replace with a measurement
 CUDA_DEVICE_BYTES, CUDA_HOST_BYTES = 600 * MiB, 1 * GiB
@@ -80,9 +83,9 @@ MEANINGS = {
     "kept_rows_concat": "the kept rows concatenated while the per-batch lists are alive",
     "plan_judging": "error-selected plan, per linear: held-out rows quantized, outputs, dequantized weight",
     "hessians_cached": "float64 Hessians of the layer's earlier group inputs (cached for the layer)",
-    "hessian_build": "building the worst group's Hessian: rows float64 x2, X^T X, the sum",
+    "hessian_build": "building the worst group's Hessian: its rows float64, X^T X",
     "hessian": "the float64 Hessian [K,K] of the linear being GPTQ'd",
-    "gptq_work": "GPTQ's working set: ~5 float64 [K,K] in its inverse Cholesky, W float64 [N,K]",
+    "gptq_work": "GPTQ's working set: ~4 float64 [K,K] in its inverse Cholesky, W float64 [N,K]",
     "layer_quantized": "the layer's quantized form (packed INT4, scales, zero points, norms)",
     "layer_dequantized": "--sequential: fake-quant float32 weights of the quantized layer",
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",
