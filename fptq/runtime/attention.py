@@ -33,22 +33,50 @@ KEYS = 256
 LANES = 16
 
 @njit
-def _scores(q, kt, g, grp, hd, pos0, m0, nr, lo, hi, window, s, rng):
+def _scores(q, kt, g, grp, hd, pos0, m0, m1, lo, hi, window, s):
     """``s[i, t - lo]`` = the dot products of item row i (row ``m0 + i // grp``, head ``g grp + i % grp``)
-    with keys ``lo .. hi-1`` within the row's causal range, chunk by chunk of :data:`KEYS` keys.
-    (Inner loops index views from 0: Numba then drops its negative-index fix-up and LLVM vectorizes.)"""
+    with keys ``lo .. hi-1`` within the row's causal range, chunk by chunk of :data:`KEYS` keys; three
+    heads per pass over the keys, then one by one. (Inner loops index views from 0: Numba then drops
+    its negative-index fix-up and LLVM vectorizes.)"""
     for c0 in range(lo, hi, KEYS):
-        c1 = min(c0 + KEYS, hi)
-        for i in range(nr):
-            p = pos0 + m0 + i // grp
-            rng[i, 0] = max(c0, window_start(p, window))
-            rng[i, 1] = min(c1, p + 1)
-            if rng[i, 1] > rng[i, 0]:
-                s[i, rng[i, 0] - lo:rng[i, 1] - lo] = F32(0.0)
-        for i in range(nr):
-            a, b = rng[i, 0], rng[i, 1]
-            if b > a:
-                _dots(q[m0 + i // grp, (g * grp + i % grp) * hd:], kt, g, a, s[i, a - lo:b - lo], hd)
+        for m in range(m0, m1):
+            p = pos0 + m
+            a, b = max(c0, window_start(p, window)), min(c0 + KEYS, hi, p + 1)
+            if b <= a:
+                continue
+            i0, h0 = (m - m0) * grp, g * grp
+            for i in range(i0, i0 + grp):
+                s[i, a - lo:b - lo] = F32(0.0)
+            for j in range(0, grp - grp % 3, 3):
+                h = (h0 + j) * hd
+                _dots3(q[m, h:h + hd], q[m, h + hd:h + 2 * hd], q[m, h + 2 * hd:h + 3 * hd], kt, g, a,
+                       s[i0 + j, a - lo:b - lo], s[i0 + j + 1, a - lo:b - lo], s[i0 + j + 2, a - lo:b - lo])
+            for j in range(grp - grp % 3, grp):
+                _dots(q[m, (h0 + j) * hd:], kt, g, a, s[i0 + j, a - lo:b - lo], hd)
+
+
+@njit
+def _dots3(qa, qb, qc, kt, g, a, sa, sb, sc):
+    """:func:`_dots` of three query heads against the same keys, four d at a time (each score the
+    same operations in the same order)."""
+    n, hd = sa.size, qa.size
+    full = hd - hd % 4
+    for d in range(0, full, 4):
+        k0, k1, k2, k3 = kt[g, d, a:a + n], kt[g, d + 1, a:a + n], kt[g, d + 2, a:a + n], kt[g, d + 3, a:a + n]
+        a0, a1, a2, a3 = qa[d], qa[d + 1], qa[d + 2], qa[d + 3]
+        b0, b1, b2, b3 = qb[d], qb[d + 1], qb[d + 2], qb[d + 3]
+        c0, c1, c2, c3 = qc[d], qc[d + 1], qc[d + 2], qc[d + 3]
+        for u in range(n):
+            x0, x1, x2, x3 = k0[u], k1[u], k2[u], k3[u]
+            sa[u] = (((sa[u] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
+            sb[u] = (((sb[u] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
+            sc[u] = (((sc[u] + c0 * x0) + c1 * x1) + c2 * x2) + c3 * x3
+    for d in range(full, hd):
+        kd = kt[g, d, a:a + n]
+        for u in range(n):
+            sa[u] = sa[u] + qa[d] * kd[u]
+            sb[u] = sb[u] + qb[d] * kd[u]
+            sc[u] = sc[u] + qc[d] * kd[u]
 
 
 @njit
@@ -129,37 +157,67 @@ def _weighted_sum(w, vc, g, t0, o):
     full = n - n % 8
     for j in range(0, full, 8):
         t = t0 + j
-        v0, v1, v2, v3 = vc[g, t, :hd], vc[g, t + 1, :hd], vc[g, t + 2, :hd], vc[g, t + 3, :hd]
-        v4, v5, v6, v7 = vc[g, t + 4, :hd], vc[g, t + 5, :hd], vc[g, t + 6, :hd], vc[g, t + 7, :hd]
         w0, w1, w2, w3, w4, w5, w6, w7 = w[j], w[j + 1], w[j + 2], w[j + 3], w[j + 4], w[j + 5], w[j + 6], w[j + 7]
         for d in range(hd):
-            acc = o[d] + w0 * v0[d]
-            acc = acc + w1 * v1[d]
-            acc = acc + w2 * v2[d]
-            acc = acc + w3 * v3[d]
-            acc = acc + w4 * v4[d]
-            acc = acc + w5 * v5[d]
-            acc = acc + w6 * v6[d]
-            o[d] = acc + w7 * v7[d]
+            acc = o[d] + w0 * vc[g, t, d]
+            acc = acc + w1 * vc[g, t + 1, d]
+            acc = acc + w2 * vc[g, t + 2, d]
+            acc = acc + w3 * vc[g, t + 3, d]
+            acc = acc + w4 * vc[g, t + 4, d]
+            acc = acc + w5 * vc[g, t + 5, d]
+            acc = acc + w6 * vc[g, t + 6, d]
+            o[d] = acc + w7 * vc[g, t + 7, d]
     for j in range(full, n):
-        vt = vc[g, t0 + j, :hd]
         for d in range(hd):
-            o[d] = o[d] + w[j] * vt[d]
+            o[d] = o[d] + w[j] * vc[g, t0 + j, d]
 
 
 @njit
-def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes, rng):
+def _weighted_sum3(wa, wb, wc, vc, g, t0, oa, ob, oc):
+    """:func:`_weighted_sum` of three query heads sharing KV head ``g`` (same keys), in one pass over
+    the values (each output the same operations in the same order)."""
+    n, hd = wa.size, oa.size
+    for d in range(hd):
+        oa[d], ob[d], oc[d] = F32(0.0), F32(0.0), F32(0.0)
+    full = n - n % 4
+    for j in range(0, full, 4):
+        t = t0 + j
+        a0, a1, a2, a3 = wa[j], wa[j + 1], wa[j + 2], wa[j + 3]
+        b0, b1, b2, b3 = wb[j], wb[j + 1], wb[j + 2], wb[j + 3]
+        c0, c1, c2, c3 = wc[j], wc[j + 1], wc[j + 2], wc[j + 3]
+        for d in range(hd):
+            v0, v1, v2, v3 = vc[g, t, d], vc[g, t + 1, d], vc[g, t + 2, d], vc[g, t + 3, d]
+            oa[d] = (((oa[d] + a0 * v0) + a1 * v1) + a2 * v2) + a3 * v3
+            ob[d] = (((ob[d] + b0 * v0) + b1 * v1) + b2 * v2) + b3 * v3
+            oc[d] = (((oc[d] + c0 * v0) + c1 * v1) + c2 * v2) + c3 * v3
+    for j in range(full, n):
+        for d in range(hd):
+            v = vc[g, t0 + j, d]
+            oa[d] = oa[d] + wa[j] * v
+            ob[d] = ob[d] + wb[j] * v
+            oc[d] = oc[d] + wc[j] * v
+
+
+@njit
+def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes):
     """Query rows m0..m1-1 with the ``grp`` query heads of KV head ``g`` -> their ``out`` columns."""
-    nr = (m1 - m0) * grp
     lo = window_start(pos0 + m0, window)
-    _scores(q, kt, g, grp, hd, pos0, m0, nr, lo, pos0 + m1, window, s, rng)
-    for i in range(nr):
-        m, h = m0 + i // grp, g * grp + i % grp
+    _scores(q, kt, g, grp, hd, pos0, m0, m1, lo, pos0 + m1, window, s)
+    for m in range(m0, m1):
         p = pos0 + m
         t0 = window_start(p, window)
-        w = s[i, t0 - lo:p + 1 - lo]
-        _softmax_row(w, w.size, scaling, softcap, bits, lanes)
-        _weighted_sum(w, vc, g, t0, out[m, h * hd:(h + 1) * hd])
+        i0 = (m - m0) * grp
+        for i in range(i0, i0 + grp):
+            _softmax_row(s[i, t0 - lo:p + 1 - lo], p + 1 - t0, scaling, softcap, bits, lanes)
+        h0 = g * grp
+        for j in range(0, grp - grp % 3, 3):    # three heads per pass over the values, then one by one
+            h = h0 + j
+            _weighted_sum3(s[i0 + j, t0 - lo:p + 1 - lo], s[i0 + j + 1, t0 - lo:p + 1 - lo],
+                           s[i0 + j + 2, t0 - lo:p + 1 - lo], vc, g, t0, out[m, h * hd:(h + 1) * hd],
+                           out[m, (h + 1) * hd:(h + 2) * hd], out[m, (h + 2) * hd:(h + 3) * hd])
+        for j in range(grp - grp % 3, grp):
+            h = h0 + j
+            _weighted_sum(s[i0 + j, t0 - lo:p + 1 - lo], vc, g, t0, out[m, h * hd:(h + 1) * hd])
 
 
 @njit
@@ -171,11 +229,10 @@ def _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, first, s
     s = np.empty((ROWS * grp, pos0 + m_rows), F32)
     bits = np.empty(pos0 + m_rows, np.int32)
     lanes = np.empty(LANES, F32)
-    rng = np.empty((ROWS * grp, 2), np.int64)
     for j in range(first, n_items, step):
         g, m0 = j % nkv, (j // nkv) * ROWS
         attend_item(q, kt, vc, pos0, m0, min(m0 + ROWS, m_rows), g, grp, hd, scaling, window, softcap, out,
-                    s, bits, lanes, rng)
+                    s, bits, lanes)
 
 
 @njit

@@ -5,6 +5,11 @@
 on the same shapes: every W4A8 linear of every layer (M = 1), the attention of every layer over
 ``context`` cached positions, and the lm_head. ``other`` is the rest of the forward (embedding,
 norms, online rotations, RoPE, activations, residual adds, one Python-to-Numba call).
+
+:func:`prefill_breakdown` does the same for a prompt of ``tokens`` tokens: the whole prefill, then
+layer 0's parts on the prefill's shapes (norms with their rotations, the seven linears, q/k norms and
+RoPE, attention over the prompt, the MLP activation with ``Q_f``), each times the layer count;
+``other`` is the rest (embedding, residual adds, the final norm and the last row's lm_head).
 """
 
 from __future__ import annotations
@@ -82,3 +87,40 @@ def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock
             "lm_head_ms": head, "other_ms": total - linears - attention - head,
             "weight_bytes_per_token": w.weight_bytes()}
 
+
+
+def prefill_breakdown(rt, tokens: int = 512, reps: int = 5, seed: int = 0, clock=time.perf_counter) -> dict:
+    """ms of a ``tokens``-token prefill: ``total`` and its parts (see the module docstring), with the
+    runtime's threads; the runtime's sequence is reset."""
+    w = rt.w
+    ids = np.random.default_rng(seed).integers(0, w.vocab, tokens)
+
+    def prefill():
+        rt.reset()
+        rt.forward(ids)
+
+    total = _median_ms(prefill, reps, clock)
+    rt.reset()
+    rt._grow(tokens)
+    nh, nkv, hd, act, has_qkn = (int(v) for v in w.dims[:5])
+    threads, par_min = int(w.dims[6]), int(w.dims[7])
+    x = fw.embed(ids, w.emb, w.embed_scale, w.use_scale)
+    h = np.empty_like(x)
+    lq, lk, lv, lo, lg, lu, ld = w.lins
+    parts = {"norms_ms": 2 * _median_ms(lambda: fw.norm_rows(x, w.normw[0, 0], w.eps, w.rotk[0, 0], w.rot_q, h,
+                                                               threads), reps, clock)}
+    (q, _), (k, _), (v, _) = (fw.linear(h, lin, 0, threads, par_min) for lin in (lq, lk, lv))
+    (gt, _), (up, _) = (fw.linear(h, lin, 0, threads, par_min) for lin in (lg, lu))
+    f = fw.mlp_rows(gt, up, act, w.rotk[0, 4], w.rot_f, threads)
+    a = np.ascontiguousarray(q)
+    parts["linears_ms"] = sum(_median_ms(lambda: fw.linear(xin, lin, 0, threads, par_min), reps, clock)
+                              for lin, xin in ((lq, h), (lk, h), (lv, h), (lo, a), (lg, h), (lu, h), (ld, f)))
+    parts["qk_rope_ms"] = _median_ms(lambda: fw.qk_rope(q.copy(), k.copy(), w.qkn[0], w.eps, has_qkn, w.ropek[0],
+                                                        rt.cos, rt.sin, 0, nh, nkv, hd), reps, clock)
+    parts["attention_ms"] = _median_ms(lambda: fw.attention(q, k, v, rt.kc[0], rt.vc[0], 0, nh, nkv, hd, w.scaling[0],
+                                                            w.window[0], w.softcap, threads), reps, clock)
+    parts["mlp_activation_ms"] = _median_ms(lambda: fw.mlp_rows(gt, up, act, w.rotk[0, 4], w.rot_f, threads),
+                                            reps, clock)
+    parts = {key: val * w.n_layers for key, val in parts.items()}
+    rt.reset()
+    return {"tokens": tokens, "total_ms": total, **parts, "other_ms": total - sum(parts.values())}
