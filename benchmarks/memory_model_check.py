@@ -98,9 +98,9 @@ def coefficients() -> dict:
 _MAKE = '''
 import sys, torch, transformers
 d, h, f, layers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-cfg = transformers.LlamaConfig(hidden_size=h, intermediate_size=f, num_hidden_layers=layers, num_attention_heads=h // 64,
-                               num_key_value_heads=max(1, h // 256), vocab_size=8192, tie_word_embeddings=False,
-                               max_position_embeddings=4096)
+cfg = transformers.LlamaConfig(hidden_size=h, intermediate_size=f, num_hidden_layers=layers,
+                               num_attention_heads=h // 64, num_key_value_heads=max(1, h // 256), vocab_size=8192,
+                               tie_word_embeddings=False, max_position_embeddings=4096)
 torch.manual_seed(0)
 transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d)
 print(0)

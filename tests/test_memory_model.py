@@ -108,10 +108,8 @@ def test_rows_follow_the_pipelines_rule():
         assert s.hessian == (cfg.weight_quantizer == "gptq")
 
 
-FAMILY_CONFIGS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"]
-
-
-@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "gemma2", "gemma3",
+                                    "opt"])
 def test_layer_formulas_match_a_real_tiny_model(family):
     """shape_of(config dict) of each family's tiny model: layer_float_bytes = its layer 0's parameters, float32;
     layer_params = its seven linears' weights (so the q/k/v bias, the norms, the head widths are right)."""
@@ -124,6 +122,7 @@ def test_layer_formulas_match_a_real_tiny_model(family):
     layer = find_decoder_layers(model)[1][0]
     assert shape.layer_float_bytes() == 4 * sum(p.numel() for p in layer.parameters())
     linears = {n: m for n, m in layer.named_modules() if type(m).__name__ == "Linear"}
+    assert len(linears) == len(shape.linears())
     assert shape.layer_params() == sum(m.weight.numel() for m in linears.values())
     assert shape.layers == model.config.num_hidden_layers and shape.vocab == model.config.vocab_size
 
@@ -138,8 +137,8 @@ def test_shape_of_reads_nested_configs_and_refuses_clearly():
     assert shape_of(SMOLLM2).head_dim == 64 and shape_of(dict(SMOLLM2, num_key_value_heads=None)).kv_heads == 9
     with pytest.raises(ValueError, match="intermediate_size"):
         shape_of({k: v for k, v in SMOLLM2.items() if k != "intermediate_size"})
-    with pytest.raises(ValueError, match="'opt' is not one of"):
-        shape_of(dict(SMOLLM2, model_type="opt"))
+    with pytest.raises(ValueError, match="'phi3' is not one of"):
+        shape_of(dict(SMOLLM2, model_type="phi3"))
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         estimate(SMOLLM2, n_samples=0, seq_len=512, batch_size=8)
     with pytest.raises(ValueError, match="device must be"):

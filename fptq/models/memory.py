@@ -386,7 +386,8 @@ def _describe(est: MemoryEstimate) -> str:
     lines = [f"memory model: {sh.family}, {sh.layers} layers, hidden {sh.hidden}, MLP {sh.intermediate}, heads "
              f"{sh.heads}/{sh.kv_heads}, vocab {sh.vocab} ({'tied' if sh.tied else 'untied'}); calibration "
              f"{s.n_samples} x {s.seq_len}, batch {s.batch_size}; rows kept per linear input {s.rows} "
-             f"(+{s.heldout_rows} held out); rotate {s.rotate}; source {s.source_dtype_bytes}-byte, stored floats {s.float_dtype_bytes}-"
+             f"(+{s.heldout_rows} held out); rotate {s.rotate}; source {s.source_dtype_bytes}-byte, stored floats "
+             f"{s.float_dtype_bytes}-"
              f"byte; shards {s.shard_bytes / MiB:.0f} MiB; device {s.device}",
              f"{'component':<22} {'GiB':>8}  {'where':<5} {'lives in':<34} meaning"]
     for name, b in est.components.items():

@@ -3,7 +3,8 @@
 
 Standard library only (no torch, no transformers): the config is the ``config.json`` dict
 (``WeightSource.config_dict()``), read before any weight is. Families: llama, mistral, qwen2, qwen3,
-gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3.
+gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3, opt (fc1/fc2, biases
+everywhere, LayerNorms; its learned position table is not counted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ FAMILIES = {
     "gemma": (True, False, (), 1, False, 2, 0),
     "gemma2": (True, False, (4, 4), 1, True, 4, 0),
     "gemma3": (True, False, (1, 1), 2, False, 4, 2),
+    "opt": (True, True, (), 0, False, 2, 0),
 }
+#: families with an ungated MLP (fc1 -> activation -> fc2), a bias on every linear and LayerNorms (weight + bias)
+_OPT_LIKE = {"opt"}
+#: config keys a family names otherwise
+_KEY_ALIASES = {"intermediate_size": "ffn_dim"}
 _ALIASES = {"gemma3_text": "gemma3"}
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -52,6 +58,9 @@ class Shape:
     eager: bool = False           # eager attention: [B, heads, L, L] scores materialized
     norms: int = 2                # norm vectors [H] per layer
     head_norms: int = 0           # norm vectors [head_dim] per layer (qwen3/gemma3's q_norm, k_norm)
+    gated: bool = True            # gate_proj and up_proj (False: OPT's fc1 alone)
+    all_bias: bool = False        # a bias on every linear (OPT)
+    norm_bias: bool = False       # LayerNorms: weight and bias
 
     @property
     def q_width(self) -> int:
@@ -65,9 +74,10 @@ class Shape:
         """``(name, group, N, K)`` of every quantized linear of one layer (weight [N, K]), in the order the
         pipeline quantizes them (groups qkv, o, gate_up, down)."""
         h, f, q, kv = self.hidden, self.intermediate, self.q_width, self.kv_width
+        mlp = [("gate_proj", "gate_up", f, h), ("up_proj", "gate_up", f, h)] if self.gated \
+            else [("fc1", "gate_up", f, h)]
         return [("q_proj", "qkv", q, h), ("k_proj", "qkv", kv, h), ("v_proj", "qkv", kv, h),
-                ("o_proj", "o", h, q), ("gate_proj", "gate_up", f, h), ("up_proj", "gate_up", f, h),
-                ("down_proj", "down", h, f)]
+                ("o_proj", "o", h, q), *mlp, ("down_proj", "down", h, f)]
 
     def groups(self) -> list[tuple[str, int, list[tuple[str, int]]]]:
         """``(group, K, [(linear, N), ...])`` in order: one input (and one Hessian) per group."""
@@ -82,11 +92,14 @@ class Shape:
 
     def layer_float_bytes(self) -> int:
         """One layer's weights in float32: linears, biases, norms."""
-        bias = (self.q_width + 2 * self.kv_width) if self.qkv_bias else 0
+        bias = sum(n for _, g, n, _ in self.linears() if self._has_bias(g))
         return 4 * (self.layer_params() + bias + self._norm_elements())
 
+    def _has_bias(self, group: str) -> bool:
+        return self.all_bias or (self.qkv_bias and group == "qkv")
+
     def _norm_elements(self) -> int:
-        return self.norms * self.hidden + self.head_norms * self.head_dim
+        return self.norms * self.hidden * (2 if self.norm_bias else 1) + self.head_norms * self.head_dim
 
     def linear_stored_bytes(self, n: int, k: int, group_size: int, asym: bool, bias: bool) -> int:
         """A W4A8 linear as stored: packed INT4 [N, ceil(K/2)] uint8, float32 scales and uint8 zero points per
@@ -96,7 +109,7 @@ class Shape:
 
     def layer_stored_bytes(self, group_size: int, asym: bool) -> int:
         """One quantized layer as the checkpoint stores it (norms float32: 1-D tensors keep their dtype)."""
-        q = sum(self.linear_stored_bytes(n, k, group_size, asym, self.qkv_bias and g == "qkv")
+        q = sum(self.linear_stored_bytes(n, k, group_size, asym, self._has_bias(g))
                 for _, g, n, k in self.linears())
         return q + 4 * self._norm_elements()
 
@@ -119,6 +132,7 @@ def shape_of(cfg: dict) -> Shape:
         family = _ALIASES.get(str(cfg.get("model_type", "")), str(cfg.get("model_type", "")))
     if family not in FAMILIES:
         raise ValueError(f"memory model: model_type {cfg.get('model_type')!r} is not one of {sorted(FAMILIES)}")
+    text = {**{k: text[a] for k, a in _KEY_ALIASES.items() if k not in text and a in text}, **text}
     missing = [k for k in _REQUIRED if not isinstance(text.get(k), int)]
     if missing:
         raise ValueError(f"memory model: the {family} config lacks integer {missing}")
@@ -129,4 +143,5 @@ def shape_of(cfg: dict) -> Shape:
                  layers=text["num_hidden_layers"], heads=heads, kv_heads=text.get("num_key_value_heads") or heads,
                  head_dim=text.get("head_dim") or text["hidden_size"] // heads, vocab=text["vocab_size"],
                  tied=bool(tied), qkv_bias=bool(text.get("attention_bias", qkv_bias)), mask_bytes=masks,
-                 rope_tables=rope, eager=eager, norms=norms, head_norms=head_norms)
+                 rope_tables=rope, eager=eager, norms=norms, head_norms=head_norms, gated=family not in _OPT_LIKE,
+                 all_bias=family in _OPT_LIKE and bool(text.get("enable_bias", True)), norm_bias=family in _OPT_LIKE)
