@@ -310,10 +310,16 @@ def test_gguf_source_tiny_f32_is_the_model(tmp_path, monkeypatch, family):
     assert not (tmp_path / "cache").exists()  # no float32 copy on disk
 
 
+@pytest.mark.parametrize("chunk", [None, 1000])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
-def test_gguf_source_tiny_q8_equals_load_gguf_checkpoint(tmp_path, family):
+def test_gguf_source_tiny_q8_equals_load_gguf_checkpoint(tmp_path, monkeypatch, family, chunk):
+    """Whole, and dequantized a few rows at a time (1000 bytes: 3 rows of 64 floats, a partial last chunk)."""
     from tiny_gguf import write_tiny_gguf
 
+    import fptq.models.sources as sources
+
+    if chunk is not None:
+        monkeypatch.setattr(sources, "DEQUANTIZE_CHUNK_BYTES", chunk)
     path, _ = write_tiny_gguf(tmp_path / f"tiny-{family}.gguf", family, "Q8_0")
     with GGUFSource(path) as src:
         _equals_load_gguf_checkpoint(src, path)

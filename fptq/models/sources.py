@@ -312,7 +312,6 @@ class GGUFSource(WeightSource):
     def _read(self, name):
         import numpy as np
         import torch
-        from gguf import dequantize
 
         if self._closed:
             raise ModelLoadError(f"{self.path}: the source is closed (tensor {name!r})")
@@ -322,7 +321,7 @@ class GGUFSource(WeightSource):
             raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} has {t.nbytes} bytes for {raw.shape}")
         _read_exact(self.path, t.offset, raw, name)
         try:
-            weights = dequantize(raw, t.qtype)
+            weights = _dequantize_rows(raw, t.qtype)
             result = self._processor.process(weights=weights, name=t.name, tensor_key_mapping=self._mapping,
                                              parsed_parameters={"tensors": {}})
         except Exception as e:  # a damaged block or an unknown quantization type
@@ -345,6 +344,31 @@ class GGUFSource(WeightSource):
 
     def close(self) -> None:
         self._closed = True
+
+
+#: rows of a GGUF tensor are dequantized in chunks of about this many float32 bytes
+DEQUANTIZE_CHUNK_BYTES = 16 << 20
+
+
+def _dequantize_rows(raw, qtype):
+    """``gguf.dequantize(raw, qtype)``, computed a chunk of rows at a time into one float32 array: the
+    same values (a block's floats depend on that block alone), without gguf's intermediates for the whole
+    tensor at once (about 1.3 times the float32 result: a Q8_0 embedding peaked at 2.3 times its float32
+    bytes whole, 1.5 times in chunks). A tensor of at most one chunk is dequantized whole."""
+    import numpy as np
+    from gguf import dequantize
+
+    if raw.ndim < 2:
+        return dequantize(raw, qtype)
+    rows = raw.reshape(-1, raw.shape[-1])
+    first = dequantize(rows[:1], qtype)
+    step = max(1, DEQUANTIZE_CHUNK_BYTES // max(1, first.nbytes))
+    if rows.shape[0] <= step:
+        return dequantize(raw, qtype)
+    out = np.empty((rows.shape[0], first.shape[-1]), dtype=first.dtype)
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = dequantize(rows[i:i + step], qtype)
+    return out.reshape(*raw.shape[:-1], out.shape[-1])
 
 
 def _gguf_config(p: Path):
