@@ -154,6 +154,10 @@ def test_check_fits_refuses_with_what_to_lower(tmp_path):
     assert f"{est.peak_bytes / 2**30:.2f} GiB" in msg and "4.00 GiB is available" in msg and "layer: GPTQ" in msg
     assert "gptq_work" in msg and "--samples" in msg and "--batch-size" in msg
     assert check_fits(est, available=est.peak_bytes) == 0
+    gpu = estimate(LLAMA3_8B, n_samples=16, seq_len=512, batch_size=8, device="cuda")
+    with pytest.raises(InsufficientMemory, match="GiB of GPU memory at its peak .'layer: GPTQ'.*1.00 GiB is free"):
+        check_fits(gpu, available=1 << 50, device_available=1 << 30)
+    assert check_fits(gpu, available=1 << 50, device_available=1 << 50) == (1 << 50) - gpu.peak_bytes
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n")
     assert memory.mem_available(str(meminfo)) == 1000 * 1024
@@ -169,6 +173,8 @@ def test_describe_names_every_component_and_step():
         for step in est.steps:
             assert f"\n{step} " in text, step
         assert f"peak: {est.peak_bytes / 2**30:.2f} GiB" in text
+        timed = est.describe(rate=1e9)
+        assert timed.startswith(text) and f"{est.time_estimate(1e9)['per_layer_s']:.1f} s per layer" in timed
     assert "cuda_context" in est.components and est.device_peak_bytes > 0 and est.where("gptq_work") == "gpu"
 
 

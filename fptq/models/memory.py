@@ -306,10 +306,16 @@ class MemoryEstimate:
         names = [c for c in STEPS[step or self.peak_step] if self.where(c) == "host" and self.components.get(c)]
         return sorted(((c, self.components[c]) for c in names), key=lambda t: -t[1])[:count]
 
-    def describe(self) -> str:
+    def describe(self, rate=None) -> str:
         """A table: every component, its size in GiB, where and in which phases it lives, its meaning; the
-        steps' totals; the peak."""
-        return _describe(self)
+        steps' totals; the peak; with ``rate`` (as :meth:`time_estimate` takes it) the expected time too."""
+        text = _describe(self)
+        if rate is None:
+            return text
+        t = self.time_estimate(rate)
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in t.items() if k not in ("per_layer_s", "total_s"))
+        return (f"{text}\nexpected time: {t['per_layer_s']:.1f} s per layer ({parts}), {t['total_s'] / 60:.1f} min "
+                f"for {self.shape.layers} layers (an estimate from this machine's measured rates)")
 
     def time_estimate(self, rate=None) -> dict:
         """Seconds per layer of each kind of work and ``total_s`` for every layer: :attr:`flops` divided by
@@ -429,11 +435,18 @@ def mem_available(path: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def check_fits(est: MemoryEstimate, available: int | None = None) -> int | None:
+def check_fits(est: MemoryEstimate, available: int | None = None, device_available: int | None = None) -> int | None:
     """Raise :class:`InsufficientMemory` when ``est.peak_bytes`` exceeds ``available`` bytes (default:
-    :func:`mem_available`; when that is None, nothing is checked and None is returned). Returns the margin
-    (available - peak) in bytes. The message names the peak and its step, the available memory, the
-    biggest components of that step and what lowers each."""
+    :func:`mem_available`; when that is None, nothing is checked and None is returned), or when
+    ``device_available`` (the GPU's free bytes, e.g. ``torch.cuda.mem_get_info()[0]``; None: not checked) is
+    below ``est.device_peak_bytes``. Returns the host margin (available - peak) in bytes. The message names
+    the peak and its step, the available memory, the biggest components of that step and what lowers each."""
+    if device_available is not None and est.device_peak_bytes > device_available:
+        step = max(est.device_steps, key=est.device_steps.get)
+        raise InsufficientMemory(
+            f"quantizing this model needs about {est.device_peak_bytes / GiB:.2f} GiB of GPU memory at its peak "
+            f"('{step}'), but {device_available / GiB:.2f} GiB is free on the GPU; lower --samples, --seq-len or "
+            "--batch-size or the kept rows, or run on the CPU")
     if available is None:
         available = mem_available()
         if available is None:
