@@ -119,8 +119,8 @@ with open_source(d) as src:
 print(status("VmHWM"))
 '''
 
-#: components a run without a checkpoint writer does not have
-WRITER_PARTS = ("shard_buffer", "shard_flush", "write_buffer", "nonlayer_stored")
+#: components a run without a checkpoint writer, tokenizer or calibration text does not have
+WRITER_PARTS = ("shard_buffer", "shard_flush", "write_buffer", "nonlayer_stored", "tokenizer", "calibration_text")
 
 
 def validate(a) -> dict:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .memory_shape import Shape, shape_of
+from .memory_shape import Shape, _batches, heldout_rows, kept_rows, shape_of
 from .memory_time import layer_flops, measure_rate
 
 __all__ = ["MemoryEstimate", "InsufficientMemory", "Shape", "shape_of", "estimate", "check_fits",
@@ -56,6 +56,14 @@ GPTQ_INV_KK, GPTQ_INV_NK, GPTQ_FB_KK, GPTQ_FB_NK = 4.1, 1.0, 1.0, 3.9
 #: ``(HESS_RK R K + HESS_KK K^2) * 8`` (x / s float64, divided in place; X^T X, which becomes the sum and then
 #: H in place); measured (same script): K=4096 R=8192: R K + 1.08 K^2; K=2048 R=8192: R K + 1.13 K^2
 HESS_RK, HESS_KK = 1.0, 1.1
+#: the tokenizer: SmolLM2-135M's (vocab 49,152) added 58,167,296 bytes of peak RSS when loaded
+#: (``source.tokenizer()`` after the baseline); other vocabularies scaled by their size (not measured)
+TOKENIZER_BYTES_PER_TOKEN = 1183
+#: ``fptq.data.calibration.calibration_ids(tok, "wiki", 128, 512)``: 626,311,168 bytes of peak RSS above the
+#: process with the tokenizer loaded (the summaries' JSON parsed, the calibration split tokenized whole, so
+#: independent of n_samples); afterwards ~17 MB stays once freed memory is trimmed (``release_freed_memory``),
+#: ~300 MB if not. Measured 2026-12-06 with SmolLM2's tokenizer
+CALIB_TEXT_BYTES = 626_311_168
 #: the assumed CUDA context (``device="cuda"``): GPU memory and host RSS of torch's CUDA libraries. NOT
 #: measured (no GPU was lent to this session); replace with a measurement
 CUDA_DEVICE_BYTES, CUDA_HOST_BYTES = 600 * MiB, 1 * GiB
@@ -64,6 +72,8 @@ CUDA_DEVICE_BYTES, CUDA_HOST_BYTES = 600 * MiB, 1 * GiB
 MEANINGS = {
     "baseline": "Python + torch + transformers + numba, BLAS buffers (measured, BASELINE_BYTES + BLAS_BYTES)",
     "cuda_context": "CUDA context and libraries (assumed, not measured)",
+    "tokenizer": "the tokenizer (TOKENIZER_BYTES_PER_TOKEN x vocab: extrapolated from SmolLM2's, measured)",
+    "calibration_text": "reading and tokenizing the calibration text (measured for 'wiki', the default)",
     "rotations": "rotation matrices Q [H,H] (and Q_f [F,F]), float64 + their float32 copies",
     "embeddings_f32": "input embeddings [V,H] float32 (capture and final write)",
     "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32, its finiteness mask",
@@ -98,11 +108,12 @@ ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_se
                        "layer_f32_device", "forward_work", "kept_rows", "kept_rows_concat", "hessians_cached",
                        "hessian_build", "hessian", "gptq_work", "layer_dequantized"})
 
-_COMMON = ("baseline", "cuda_context", "rotations")
+_COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
 _LAYER = _COMMON + ("hidden_in", "captured_args", "shard_buffer", "layer_f32", "layer_f32_device")
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
 #: (``layer: flush``) while calibration still holds its kept rows and Hessians (``calibrate``'s ``after_layer``)
 STEPS = {
+    "calibration text": ("baseline", "cuda_context", "tokenizer", "calibration_text"),
     "capture": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "hidden_in", "captured_args"),
     "layer: load": _LAYER + ("layer_read",),
     "layer: rotate": _LAYER + ("rotation_transient",),
@@ -141,31 +152,6 @@ class Settings:
     shard_bytes: int
     device: str
     shared_input_rows: bool   # one copy of the rows per group input instead of per linear
-
-
-def _batches(n: int, b: int) -> list[int]:
-    return [min(b, n - i) for i in range(0, n, b)]
-
-
-def kept_rows(n: int, seq_len: int, batch: int, rows: int) -> int:
-    """Rows per linear input that calibration keeps of every sample: each batch's ``[B * L, K]`` input strided
-    by ``ceil(n L / rows)`` (:func:`fptq.models.calibrate.calibrate`)."""
-    if not rows:
-        return 0
-    stride = max(1, -(-(n * seq_len) // rows))
-    return sum(-(-(b * seq_len) // stride) for b in _batches(n, batch))
-
-
-def heldout_rows(n: int, seq_len: int, batch: int, holdout: int, rows: int) -> int:
-    """Rows per linear input kept of the last ``holdout`` samples, strided by ``ceil(holdout L / rows)``."""
-    if not holdout or not rows:
-        return 0
-    stride, n_fit, first, total = max(1, -(-(holdout * seq_len) // rows)), n - holdout, 0, 0
-    for b in _batches(n, batch):
-        held = b - min(max(n_fit - first, 0), b)
-        total += -(-(held * seq_len) // stride) if held else 0
-        first += b
-    return total
 
 
 def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes: int = 4,
@@ -254,6 +240,8 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     return {
         "baseline": BASELINE_BYTES + BLAS_BYTES + (CUDA_HOST_BYTES if s.device == "cuda" else 0),
         "cuda_context": CUDA_DEVICE_BYTES if s.device == "cuda" else 0,
+        "tokenizer": TOKENIZER_BYTES_PER_TOKEN * v,
+        "calibration_text": CALIB_TEXT_BYTES,
         "rotations": rot,
         "embeddings_f32": v * h * 4,
         "embeddings_read": v * h * ((s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0) + 1),
@@ -266,7 +254,7 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     }
 
 
-_PHASES = {"capture": ("capture",), "per-layer quantization": tuple(k for k in STEPS if k.startswith("layer")),
+_PHASES = {"capture": ("calibration text", "capture"), "per-layer quantization": tuple(k for k in STEPS if k.startswith("layer")),
            "final write": ("write",)}
 
 

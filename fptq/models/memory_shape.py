@@ -1,6 +1,7 @@
 """A decoder-only model's shape read from its transformers config dict, for the memory model
 (:mod:`fptq.models.memory`): widths, the linears of a layer and their groups, what a checkpoint stores.
 
+Also the calibration rows a run keeps per linear input (:func:`kept_rows`, :func:`heldout_rows`).
 Standard library only (no torch, no transformers): the config is the ``config.json`` dict
 (``WeightSource.config_dict()``), read before any weight is. Families: llama, mistral, qwen2, qwen3,
 gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3, opt (fc1/fc2, biases
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Shape", "shape_of", "FAMILIES"]
+__all__ = ["Shape", "shape_of", "FAMILIES", "kept_rows", "heldout_rows"]
 
 #: model_type -> (tie_word_embeddings when the config omits it, q/k/v bias, attention masks per batch as
 #: bytes per element (one entry per distinct mask), rotary tables, eager attention, [H] norms per layer,
@@ -145,3 +146,28 @@ def shape_of(cfg: dict) -> Shape:
                  tied=bool(tied), qkv_bias=bool(text.get("attention_bias", qkv_bias)), mask_bytes=masks,
                  rope_tables=rope, eager=eager, norms=norms, head_norms=head_norms, gated=family not in _OPT_LIKE,
                  all_bias=family in _OPT_LIKE and bool(text.get("enable_bias", True)), norm_bias=family in _OPT_LIKE)
+
+
+def _batches(n: int, b: int) -> list[int]:
+    return [min(b, n - i) for i in range(0, n, b)]
+
+
+def kept_rows(n: int, seq_len: int, batch: int, rows: int) -> int:
+    """Rows per linear input that calibration keeps of every sample: each batch's ``[B * L, K]`` input strided
+    by ``ceil(n L / rows)`` (:func:`fptq.models.calibrate.calibrate`)."""
+    if not rows:
+        return 0
+    stride = max(1, -(-(n * seq_len) // rows))
+    return sum(-(-(b * seq_len) // stride) for b in _batches(n, batch))
+
+
+def heldout_rows(n: int, seq_len: int, batch: int, holdout: int, rows: int) -> int:
+    """Rows per linear input kept of the last ``holdout`` samples, strided by ``ceil(holdout L / rows)``."""
+    if not holdout or not rows:
+        return 0
+    stride, n_fit, first, total = max(1, -(-(holdout * seq_len) // rows)), n - holdout, 0, 0
+    for b in _batches(n, batch):
+        held = b - min(max(n_fit - first, 0), b)
+        total += -(-(held * seq_len) // stride) if held else 0
+        first += b
+    return total
