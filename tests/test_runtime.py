@@ -7,7 +7,8 @@ What is equal and what is close:
 * a token decoded alone (KV cache) and the same token inside a prefill: the same bits;
 * the logits: within float32 rounding of the reference. Norms (mean of squares), the Hadamard
   rotation (butterflies here, Sylvester block products there), attention (softmax sums, dot
-  products) and the lm_head's dot products are summed in another order, so a linear's float input
+  products) and the lm_head's dot products are summed in another order, and exp (softmax, SiLU) is a
+  float32 polynomial within 1 ulp (``tests/test_runtime_kernels.py``), so a linear's float input
   differs by an ulp or so; that changes the output by ~1e-6 unless an INT8 code of a quantized
   activation sits on a rounding boundary and flips (one code step of one activation), which moves
   later logits by up to ~1e-3 of their scale. Hence: the median position within ``1e-5`` of the

@@ -6,10 +6,11 @@ runs the same checkpoint without transformers' per-layer Python:
 * :mod:`.family`: the one family table (what a family computes beyond the shared decoder layer);
 * :mod:`.weights`: a loaded model read into flat arrays (the numba backend's blocked W4A8 layout);
 * :mod:`.forward`: the compiled forward (embedding, layers, final norm, lm_head); :mod:`.ops` its
-  float pieces (norms, rotation, RoPE, attention), :mod:`.head` the lm_head kernels;
+  float pieces (norms, rotation, RoPE, exp, activations), :mod:`.attention` the causal attention
+  over the KV cache, :mod:`.head` the lm_head kernels;
 * :mod:`.engine`: :class:`Runtime`, the KV cache and the position;
 * :mod:`.sampling`: greedy decoding and sampling; :mod:`.attach`: how ``fptq generate``, ``fptq eval``
-  and ``fptq.load`` use it; :mod:`.profile`: where a decoded token's time goes.
+  and ``fptq.load`` use it; :mod:`.profile`: where a decoded token's or a prefill's time goes.
 
 ``docs/architecture.md`` ("The W4A8 runtime") and ``docs/benchmarks.md`` describe it and its speed.
 """
