@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_info import machine_info, model_facts, predict_peak  # noqa: E402
+from scale_info import git_state, machine_info, model_facts, predict_peak  # noqa: E402
 
 LAYER_LINE = re.compile(r"fptq: layer (\d+)/(\d+) quantized in ([0-9.]+) s")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     tmp = None if a.out else Path(tempfile.mkdtemp(prefix="fptq-bench-scale-"))
     out = Path(a.out) if a.out else tmp / "ckpt"
     existed = out.exists()
-    load0 = _uptime()
+    load0, git0 = _uptime(), git_state()
     cmd = quantize_command(a, out, a.extra)
     try:
         rc, w, wall, ru_kb = run_watched(cmd, a.interval, not a.no_echo)
@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     pred = predict_peak(facts.pop("config", None), a.samples or DEFAULT_SAMPLES, a.seq_len or DEFAULT_SEQ_LEN,
                         batch, facts.get("source_dtype_bytes"), memory_model_options(a.extra), timed=not a.no_time)
     rec = summarize(a, cmd, rc, w, wall, ru_kb, facts, pred, load0)
+    rec["git"] = git0  # at the start: the code that ran
     print_table(rec)
     path = Path(a.json) if a.json else json_path(a.name)
     path.parent.mkdir(parents=True, exist_ok=True)

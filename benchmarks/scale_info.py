@@ -2,7 +2,7 @@
 
 * :func:`model_facts`: parameters, layers, hidden size, source dtype of a model argument, read through
   ``fptq.models.sources.open_source`` (shapes only, no tensor is read);
-* :func:`machine_info`: nproc, the CPU, MemTotal / MemAvailable;
+* :func:`machine_info`: nproc, the CPU, MemTotal / MemAvailable; :func:`git_state`: the commit measured;
 * :func:`predict_peak`: ``fptq.models.memory.estimate`` called with the run's calibration settings
   (only the keywords its signature accepts), its ``peak_bytes`` and ``describe()``; when the module or
   the call is not there, ``peak_bytes`` is None and ``note`` says why.
@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import platform
+import subprocess
 
 
 def meminfo_bytes(keys=("MemTotal", "MemAvailable")) -> dict:
@@ -36,6 +37,18 @@ def machine_info() -> dict:
         pass
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu": cpu,
             **{k.lower(): v for k, v in meminfo_bytes().items()}, "python": platform.python_version()}
+
+
+def git_state() -> dict:
+    """The repository's HEAD commit and whether the working tree differs from it (what was measured)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {"head": None, "dirty": None}
+    return {"head": head.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
 def model_facts(model) -> dict:

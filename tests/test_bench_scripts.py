@@ -184,7 +184,7 @@ def test_bench_scale_end_to_end_on_a_tiny_model(tmp_path):
     assert rc == 0 and r["exit_status"] == 0 and not out.exists()  # not --keep: removed
     assert r["params"] == 78400 and r["layers"] == 2 and r["calibration"]["samples"] == 2
     assert 100e6 < r["peak_rss_bytes"] < 4e9 and r["total_seconds"] > 0
-    assert r["machine"]["nproc"] >= 1 and r["machine"]["memtotal"] > 0
+    assert r["machine"]["nproc"] >= 1 and r["machine"]["memtotal"] > 0 and len(r["git"]["head"]) == 40
     assert "--samples 2 --seq-len 16 --calib random" in r["command"]
     if r["layer_seconds"]:
         assert len(r["layer_seconds"]) == 2
