@@ -345,3 +345,15 @@ def test_truncated_gguf_is_refused(tmp_path):
         path.write_bytes(data[:-cut])
         with pytest.raises(ModelLoadError, match=r"cannot read GGUF .*tiny.gguf"):
             GGUFSource(path)
+
+
+def test_open_source_arguments(tmp_path):
+    with pytest.raises(ValueError, match="the empty string names no model"):
+        open_source("")
+    with pytest.raises(ModelLoadError, match="not found"):
+        open_source(str(tmp_path / "nothing"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="not found"):
+        open_source(str(tmp_path / "weights.bin"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        open_source(tmp_path)
