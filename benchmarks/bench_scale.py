@@ -111,9 +111,14 @@ def run_watched(cmd: list[str], interval: float, echo: bool) -> tuple[int, Watch
                threading.Thread(target=_pump, args=(p.stdout, w.stdout.append), daemon=True)]
     for t in readers:
         t.start()
-    while p.poll() is None:
-        w.sample(p.pid)
-        time.sleep(interval)
+    try:
+        while p.poll() is None:
+            w.sample(p.pid)
+            time.sleep(interval)
+    except BaseException:  # interrupted: the child must not run on unwatched
+        p.kill()
+        p.wait()
+        raise
     wall = time.time() - w.t0
     for t in readers:
         t.join()
