@@ -31,8 +31,8 @@ def test_smollm2_components_by_hand():
     assert "lm_head_f32" not in c and c["embeddings_read"] == 49152 * 576   # tied; float32 source: the mask only
     # 128 x 512 tokens strided by 8 -> 8192 rows; 16 held-out samples strided by 4 -> 2048 rows
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 2048)
-    per_linear_k = 3 * 576 + 576 + 2 * 576 + 1536          # q k v | o | gate up | down
-    assert c["kept_rows"] == (8192 + 2048) * 4 * per_linear_k
+    per_input_k = 576 + 576 + 576 + 1536          # qkv | o | gate_up | down: one copy per group input
+    assert c["kept_rows"] == (8192 + 2048) * 4 * per_input_k
     assert est.hessian_group == "down" and c["hessian"] == 1536 ** 2 * 8
     assert c["hessians_cached"] == 3 * 576 ** 2 * 8
     assert c["hessian_build"] == int(8192 * 1536 * 8 + 1.1 * 1536 ** 2 * 8)
@@ -59,7 +59,7 @@ def test_llama3_8b_components_by_hand():
     assert c["layer_read"] == 14336 * 4096 * (2 + 1)                # bf16 tensor + its finiteness mask
     # 16 x 512 = 8192 tokens: every one kept (stride 1); 2 held-out samples: 1024 rows
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 1024)
-    assert c["kept_rows"] == (8192 + 1024) * 4 * (3 * 4096 + 4096 + 2 * 4096 + 14336)
+    assert c["kept_rows"] == (8192 + 1024) * 4 * (4096 + 4096 + 4096 + 14336)
     assert c["rotations"] == 12 * (4096 ** 2 + 14336 ** 2) + 12 * 128 ** 2
     assert est.peak_step == "layer: GPTQ"
     assert est.peak_bytes == max(est.steps.values()) == est.steps["layer: GPTQ"]
@@ -71,8 +71,8 @@ def test_llama3_8b_components_by_hand():
 
 def test_shared_input_rows_and_settings_change_the_right_components():
     base = estimate(SMOLLM2, **DEFAULT_RUN)
-    shared = estimate(SMOLLM2, **DEFAULT_RUN, shared_input_rows=True)
-    assert shared.components["kept_rows"] == (8192 + 2048) * 4 * (576 + 576 + 576 + 1536)
+    per_linear = estimate(SMOLLM2, **DEFAULT_RUN, shared_input_rows=False)
+    assert per_linear.components["kept_rows"] == (8192 + 2048) * 4 * (3 * 576 + 576 + 2 * 576 + 1536)
     rtn = estimate(SMOLLM2, **DEFAULT_RUN, quant=QuantConfig(weight_quantizer="rtn", policy_select="bands"))
     assert not {"kept_rows", "hessian", "gptq_work", "plan_judging"} & set(rtn.components)
     seq = estimate(SMOLLM2, **DEFAULT_RUN, quant=QuantConfig(sequential=True))
@@ -99,6 +99,27 @@ def test_row_counts_equal_what_calibrate_keeps(n, seq_len, batch, keep, holdout)
     samples = got[0]
     assert {int(v.shape[0]) for v in samples.values()} == {kept_rows(n, seq_len, batch, keep)}
     assert {int(v.shape[0]) for v in samples.heldout.values()} == {heldout_rows(n, seq_len, batch, holdout, keep)}
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_kept_rows_bytes_equal_what_calibrate_holds(family):
+    """The model's kept_rows (default settings' rule, tiny sizes) = the distinct bytes calibrate() keeps: q/k/v
+    (and gate/up) share one copy of their input's rows, held-out rows included."""
+    torch = pytest.importorskip("torch")
+    from fptq.models.calibrate import calibrate
+    from fptq.testing import tiny_model
+
+    model = tiny_model(family)
+    n, seq_len, batch, keep, holdout = 10, 16, 4, 24, 3
+    ids = torch.randint(0, model.config.vocab_size, (n, seq_len), generator=torch.Generator().manual_seed(0))
+    got = {}
+    calibrate(model, ids, batch_size=batch, progress=False, keep_rows=keep, holdout=holdout, holdout_rows=keep,
+              on_layer=lambda i, p, layer, st, samples: got.setdefault(i, samples))
+    held = {v.data_ptr(): v.numel() * 4 for v in got[0].heldout.values()}
+    kept = {v.data_ptr(): v.numel() * 4 for v in got[0].values()}
+    quant = QuantConfig(keep_rows=keep, gptq_rows=keep, holdout=holdout / n)
+    est = estimate(model.config.to_dict(), n_samples=n, seq_len=seq_len, batch_size=batch, quant=quant)
+    assert est.components["kept_rows"] == sum(kept.values()) + sum(held.values())
 
 
 def test_rows_follow_the_pipelines_rule():

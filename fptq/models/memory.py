@@ -89,7 +89,7 @@ MEANINGS = {
     "layer_read": "the largest linear in the source dtype while it becomes float32, its finiteness mask",
     "rotation_transient": "W Q of the largest rotated linear: W float32 copy, W float64, W Q float64, result",
     "forward_work": "one batch's activations inside the layer forward (MLP [B,L,F] x4, attention)",
-    "kept_rows": "kept calibration rows per linear input, float32 [rows + held-out rows, K]",
+    "kept_rows": "kept calibration rows per group input, float32 [rows + held-out rows, K]",
     "kept_rows_concat": "the kept rows concatenated while the per-batch lists are alive",
     "plan_judging": "error-selected plan, per linear: held-out rows quantized, outputs, dequantized weight",
     "hessians_cached": "float64 Hessians of the layer's earlier group inputs (cached for the layer)",
@@ -156,7 +156,7 @@ class Settings:
 
 def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes: int = 4,
              float_dtype_bytes: int = 2, shard_bytes: int = DEFAULT_SHARD_BYTES, device: str = "cpu",
-             shared_input_rows: bool = False) -> Settings:
+             shared_input_rows: bool = True) -> Settings:
     """:class:`Settings` of a run of ``quant`` (a :class:`~fptq.models.config.QuantConfig`; None: its defaults):
     the rows kept are :func:`fptq.models.quantize.rows_to_keep`'s rule (the error plan's ``keep_rows``, the
     weight quantizer's ``rows_option``), held out as ``quant.holdout_samples`` says."""
@@ -321,7 +321,7 @@ class MemoryEstimate:
 
 def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=None, source_dtype_bytes: int = 4,
              float_dtype_bytes: int = 2, shard_bytes: int = DEFAULT_SHARD_BYTES, device: str = "cpu",
-             shared_input_rows: bool = False) -> MemoryEstimate:
+             shared_input_rows: bool = True) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of quantizing the model of transformers config dict ``cfg`` streamed.
 
     Args:
@@ -332,8 +332,8 @@ def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=
         float_dtype_bytes: the checkpoint's float dtype (``--float-dtype``: bfloat16 2, float32 4).
         shard_bytes: the checkpoint writer's shard size.
         device: ``"cpu"``, or ``"cuda"`` (the calibration forward, kept rows, Hessians and GPTQ on one GPU).
-        shared_input_rows: the run keeps one copy of the calibration rows per group input (q/k/v share one)
-            instead of one per linear, as today's hooks do.
+        shared_input_rows: one copy of the calibration rows per group input (q/k/v share one, gate/up one),
+            as ``fptq.models.calibrate`` keeps them since issue 22; False: one per linear (before).
     Raises:
         ValueError naming a bad argument or what the config lacks.
     """
