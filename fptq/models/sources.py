@@ -209,7 +209,7 @@ class SafetensorsSource(WeightSource):
         located from the header; no mapping is kept."""
         from safetensors import safe_open
 
-        from ..io.tensorfile import TensorFileError, read_header
+        from ..io.tensorfile import read_header
 
         try:
             with safe_open(str(f), framework="pt") as h:
@@ -222,9 +222,9 @@ class SafetensorsSource(WeightSource):
             if name in self._where:
                 raise ModelLoadError(f"{f}: tensor {name!r} is also in {self._where[name][0]}")
             dt = _torch_dtype(code, f, name)
-            first, end = header[name]["data_offsets"]
+            first, end = (header.get(name) or {}).get("data_offsets") or (0, -1)
             if end - first != math.prod(shape) * dt.itemsize:  # safe_open checked it: a file changed since
-                raise ModelLoadError(f"{f}: tensor {name!r} has {end - first} bytes for shape {shape} {dt}")
+                raise ModelLoadError(f"{f}: tensor {name!r} is not where safe_open found it (the file changed)")
             self._where[name] = (f, start + first, end - first)
             self._entries[name] = (shape, dt)
 
