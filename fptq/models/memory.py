@@ -254,7 +254,8 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     }
 
 
-_PHASES = {"capture": ("calibration text", "capture"), "per-layer quantization": tuple(k for k in STEPS if k.startswith("layer")),
+_PHASES = {"capture": ("calibration text", "capture"),
+           "per-layer quantization": tuple(k for k in STEPS if k.startswith("layer")),
            "final write": ("write",)}
 
 
@@ -379,10 +380,10 @@ def _describe(est: MemoryEstimate) -> str:
     sh, s = est.shape, est.settings
     lines = [f"memory model: {sh.family}, {sh.layers} layers, hidden {sh.hidden}, MLP {sh.intermediate}, heads "
              f"{sh.heads}/{sh.kv_heads}, vocab {sh.vocab} ({'tied' if sh.tied else 'untied'}); calibration "
-             f"{s.n_samples} x {s.seq_len}, batch {s.batch_size}; rows kept per linear input {s.rows} "
-             f"(+{s.heldout_rows} held out); rotate {s.rotate}; source {s.source_dtype_bytes}-byte, stored floats "
-             f"{s.float_dtype_bytes}-"
-             f"byte; shards {s.shard_bytes / MiB:.0f} MiB; device {s.device}",
+             f"{s.n_samples} x {s.seq_len}, batch {s.batch_size}; rows kept per "
+             f"{'group' if s.shared_input_rows else 'linear'} input {s.rows} (+{s.heldout_rows} held out); "
+             f"rotate {s.rotate}; source {s.source_dtype_bytes}-byte, stored floats {s.float_dtype_bytes}-byte; "
+             f"shards {s.shard_bytes / MiB:.0f} MiB; device {s.device}",
              f"{'component':<22} {'GiB':>8}  {'where':<5} {'lives in':<34} meaning"]
     for name, b in est.components.items():
         lines.append(f"{name:<22} {_gib(b)}  {est.where(name):<5} {_lives(name, est):<34} {MEANINGS[name]}")

@@ -57,7 +57,8 @@ def measure_rate(seconds: float = 0.5) -> dict:
             count += 1
         return ops * count / t
 
-    a32 = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    n = 1024  # a layer's matmuls are this size or larger; 512 measured 5x slower per FLOP under load
+    a32 = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     a64, big, small = a32.astype(np.float64), np.ones(1 << 22), np.ones(1 << 22)
-    return {"float32": rate(lambda: a32 @ a32, 2 * 512 ** 3), "float64": rate(lambda: a64 @ a64, 2 * 512 ** 3),
+    return {"float32": rate(lambda: a32 @ a32, 2 * n ** 3), "float64": rate(lambda: a64 @ a64, 2 * n ** 3),
             "elementwise": rate(lambda: np.subtract(big, small, out=big), float(big.size))}
