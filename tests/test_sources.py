@@ -1,7 +1,8 @@
 """fptq.models.sources: per-tensor access to a float model, equal bit for bit to the whole-model loaders.
 
-* a tiny random llama saved as bf16 shards with an index, and as one float32 file: every tensor of a
-  :class:`SafetensorsSource` equals the model's state dict in value and dtype;
+* a tiny random llama saved as bf16 shards with an index, and as one float32 or float16 file: every
+  tensor of a :class:`SafetensorsSource` equals the model's state dict in value and dtype, in memory of
+  its own, with no file pages left resident;
 * the embedded SmolLM2 GGUF: :class:`GGUFSource` equals the cached float32 conversion (the weights of the
   whole-model path) tensor for tensor; Gemma-3-270M's GGUF (when its package is installed) equals
   transformers' ``load_gguf_checkpoint``;
@@ -71,8 +72,9 @@ def test_safetensors_source_sharded_bf16(sharded):
         assert src.config_dict()["num_hidden_layers"] == 2
 
 
-def test_safetensors_source_single_float32(tmp_path):
-    model = _tiny_llama(torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_safetensors_source_single_file(tmp_path, dtype):
+    model = _tiny_llama(dtype)
     model.save_pretrained(tmp_path)
     assert not (tmp_path / SAFETENSORS_INDEX).exists()
     with SafetensorsSource(tmp_path) as src:
