@@ -75,6 +75,7 @@ class LayerSamples(dict):
         self.heldout: dict = {}
         self.fit_max: dict = {}
         self.hessians: dict = {}
+        self.batch_rows: dict = {}   # (id(input), kind) -> (input, its kept rows) within one batch
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
     x2 = x.reshape(-1, x.shape[-1])
     stats.observe(name, x.to(torch.float32).cpu().numpy())
     if samples is not None:
-        samples.setdefault(name, []).append(x2[::stride].to(torch.float32).clone())
+        samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept",
+                                                         lambda: x2[::stride].to(torch.float32).clone()))
     if pos is not None and pos.fit_stats is not None:
         if x.dim() == 2 and x.shape[0] % pos.batch == 0:
             x = x.reshape(pos.batch, -1, x.shape[-1])  # flattened batch-major (OPT's fc1/fc2: [B * L, K])
@@ -166,8 +168,20 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
         if n_fit:
             pos.fit_stats.observe(name, x[:n_fit].to(torch.float32).cpu().numpy())
         if n_fit < b:
-            rows = x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride].to(torch.float32).clone()
+            rows = _shared_rows(samples, inputs[0], "heldout",
+                                lambda: x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride].to(torch.float32).clone())
             samples.heldout.setdefault(name, []).append(rows)
+
+
+def _shared_rows(samples, x, kind: str, copy):
+    """The rows ``copy()`` makes of input ``x``, made once per batch for every linear reading that same tensor
+    (q/k/v, gate/up share their input: one copy instead of three or two). ``samples.batch_rows`` holds ``x``
+    itself beside its rows so that its ``id`` cannot be reused within the batch; :func:`_run_layer` clears it
+    after each batch."""
+    key = (id(x), kind)
+    if key not in samples.batch_rows:
+        samples.batch_rows[key] = (x, copy())
+    return samples.batch_rows[key][1]
 
 
 def release_freed_memory() -> None:
@@ -221,6 +235,8 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                 if pos is not None:
                     pos.first, pos.batch = first, int(h.shape[0])
                 outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
+                if samples is not None:
+                    samples.batch_rows.clear()
                 first += int(h.shape[0])
                 release_freed_memory()
         return outs
@@ -251,16 +267,40 @@ def _kept_samples(samples, pos: _BatchPosition | None):
         return None
     import torch
 
-    kept = LayerSamples({k: torch.cat(v) for k, v in samples.items()})
-    kept.heldout = {k: torch.cat(v) for k, v in samples.heldout.items()}
+    kept = LayerSamples(_concatenated(samples))
+    kept.heldout = _concatenated(samples.heldout)
     kept.fit_max = pos.fit_stats.channel_maxima() if pos is not None else {}
     return kept
+
+
+def _concatenated(lists: dict) -> dict:
+    """name -> ``torch.cat`` of its list of row blocks; names whose lists hold the same blocks (a shared input)
+    share one concatenation."""
+    import torch
+
+    done, out = {}, {}
+    for name, blocks in lists.items():
+        key = tuple(id(b) for b in blocks)
+        if key not in done:
+            done[key] = torch.cat(blocks)
+        out[name] = done[key]
+    return out
 
 
 def _release_caches(layer) -> None:
     for mod in layer.modules():  # e.g. fake-quant weight copies, rebuilt on demand
         if hasattr(mod, "release_cache"):
             mod.release_cache()
+
+
+def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
+                   pos: _BatchPosition | None):
+    """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
+    _check_weights(layer, prefix)
+    layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
+    samples = LayerSamples() if keep_rows else None
+    outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos)
+    return outs, layer_stats.channel_maxima(), _kept_samples(samples, pos)
 
 
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
@@ -308,15 +348,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         layer, prefix = layers[i], f"{path}.{i}"
         if before_layer is not None:
             before_layer(i, prefix, layer)
-        _check_weights(layer, prefix)
-        layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
-        samples = LayerSamples() if keep_rows else None
-        pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
-        outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride,
-                          pos=pos)
-        layer_np = layer_stats.channel_maxima()
+        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride,
+                                                 _holdout_position(holdout, n_samples, seq_len,
+                                                                   holdout_rows or keep_rows))
         stats.update(layer_np)
-        samples = _kept_samples(samples, pos)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:

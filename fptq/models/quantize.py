@@ -154,6 +154,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
             parent_path, _, attr = rel.rpartition(".")
             parent = get_submodule(lr.layer, parent_path) if parent_path else lr.layer
             setattr(parent, attr, make_linear(getattr(parent, attr), gp))
+        getattr(samples, "hessians", {}).clear()  # a group's Hessian serves its linears only (K^2 float64 each)
     return gps
 
 
@@ -207,27 +208,37 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make_w4a8, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
 
-    def before_layer(i, prefix, layer):
-        if layer_io is not None:
-            layer_io.load(i, prefix, layer)
-        if rot is not None:
-            rotate_layer(rot, i, layer)
-
-    def after_layer(i, prefix, layer):
-        if make_linear is not None:
-            swap.after_layer(i, prefix, layer)
-        if layer_io is not None:
-            layer_io.done(i, prefix, layer, plan)
-
+    steps = _AroundLayer(rot, layer_io or LayerIO(), swap if make_linear is not None else None, plan)
     keep = rows_to_keep(config)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
-                      sequential=config.sequential, keep_rows=keep, before_layer=before_layer,
-                      after_layer=after_layer,
+                      sequential=config.sequential, keep_rows=keep, before_layer=steps.before,
+                      after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
                       holdout_rows=config.keep_rows)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report)
+
+
+@dataclass
+class _AroundLayer:
+    """:func:`quantize_model`'s steps around each layer's calibration: before it, the layer read
+    (``io.load``) and rotated; after it, the attribution rows' replacements and ``io.done``."""
+
+    rot: object
+    io: "LayerIO"
+    swap: "_Replacements | None"
+    plan: Plan
+
+    def before(self, i, prefix, layer):
+        self.io.load(i, prefix, layer)
+        if self.rot is not None:
+            rotate_layer(self.rot, i, layer)
+
+    def after(self, i, prefix, layer):
+        if self.swap is not None:
+            self.swap.after_layer(i, prefix, layer)
+        self.io.done(i, prefix, layer, self.plan)
 
 
 class LayerIO:

@@ -330,7 +330,8 @@ class LayerRotation:
     q: np.ndarray               # float64 [d, d]
     qh: np.ndarray | None       # float64 [hd, hd] (value heads) or None
     online: tuple               # (float32 tensor Q shared by every RotateOutput, its Hadamard factors)
-    q_f: np.ndarray | None      # float64 [f, f] of the down projection's input ("online") or None
+    q_f: tuple | None           # (f, seed) of the down projection's input rotation ("online") or None: its float64
+    #                             [f, f] matrix is built again per layer (deterministic), not held (an 8B model's is 1.6 GB)
     f_online: tuple | None      # (float32 tensor Q_f, its factors) or None
     report: RotationReport
 
@@ -355,8 +356,8 @@ def plan_rotation(model, mode: str = "online", seed: int = 0, heads: bool = True
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
     q_f = f_online = None
     if mode == "online":
-        q_f = R.random_orthogonal(get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
-        q_f_online = torch.from_numpy(np.ascontiguousarray(q_f, dtype=np.float32))
+        q_f = (get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
+        q_f_online = torch.from_numpy(np.ascontiguousarray(R.random_orthogonal(*q_f), dtype=np.float32))
         f_online = (q_f_online, factor_tensors(q_f_online))
     return LayerRotation(mode, arch, f"{layers_path}." if layers_path else "", q,
                          R.random_orthogonal(hd, seed + 1) if heads else None, (q_online, factor_tensors(q_online)),
@@ -381,7 +382,7 @@ def rotate_layer(rot: LayerRotation, i: int, layer) -> None:
             for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
                 _rotate_reader(lin, rot.q)
             down = get_submodule(layer, arch.down)
-            _rotate_reader(down, rot.q_f)
+            _rotate_reader(down, R.random_orthogonal(*rot.q_f))  # the same float64 matrix for every layer
             attach_input_rotation(down, *rot.f_online)
             report.input_rotations.append(f"{prefix}{i}.{arch.down}")
             for n in (arch.attn_norm, arch.mlp_norm):

@@ -65,10 +65,15 @@ class HessianAccumulator:
         x = np.asarray(x)
         if x.shape[-1] != self.k:
             raise ValueError(f"x: expected last dimension {self.k}, got shape {x.shape}")
-        rows = x.reshape(-1, self.k).astype(np.float64)
+        rows = x.reshape(-1, self.k).astype(np.float64, copy=False)
         if not np.isfinite(rows).all():
             raise ValueError("x contains a non-finite value; fptq rejects NaN and Inf")
-        self._sum += rows.T @ rows
+        product = rows.T @ rows
+        if self.n == 0:   # the first batch's product becomes the sum: 0 + p, the same values, one [K, K] less
+            product += 0.0
+            self._sum = product
+        else:
+            self._sum += product
         self.n += rows.shape[0]
 
     @property
@@ -77,6 +82,16 @@ class HessianAccumulator:
             raise ValueError("no calibration rows were added to the Hessian")
         return self._sum / self.n
 
+    def take_H(self) -> np.ndarray:
+        """:attr:`H` computed in place of the sum (the same values, no second ``[K, K]``); the accumulator is
+        spent afterwards."""
+        if self.n == 0:
+            raise ValueError("no calibration rows were added to the Hessian")
+        h, n = self._sum, self.n
+        self._sum, self.n = None, 0
+        h /= n
+        return h
+
 
 def equalized_hessian(x, s=None) -> np.ndarray:
     """``H`` of the input a layer sees after equalization: rows ``x`` [n, K] divided by ``s`` [K]
@@ -84,8 +99,12 @@ def equalized_hessian(x, s=None) -> np.ndarray:
     weights ``W * s``, since ``(x / s)(W * s)^T = x W^T``."""
     x = np.asarray(x)
     acc = HessianAccumulator(x.shape[-1])
-    acc.add_batch(x if s is None else x.astype(np.float64) / np.asarray(s, np.float64))
-    return acc.H
+    if s is not None:   # one float64 copy, divided in place (the same quotients as x / s)
+        x = x.astype(np.float64)
+        np.divide(x, np.asarray(s, np.float64), out=x)
+    acc.add_batch(x)
+    del x
+    return acc.take_H()
 
 
 def rtn_group_scale(fmt: WeightFormat) -> ScaleFn:
@@ -119,11 +138,12 @@ def _quantize_column(w: np.ndarray, scale: np.ndarray, zero, fmt: WeightFormat) 
     return ((np.clip(y + zf, f.qmin, f.qmax) - zf) * scale).astype(FLOAT)
 
 
-def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^{-1}``; ``H`` (a float64 copy the caller owns) is
-    overwritten. At most two ``[K, K]`` float64 matrices live at once besides the caller's (an 8B model's
-    down projection: K = 14336, 1.6 GB each); the dampening is added on the diagonal in place, the same sums
-    as ``H + lam * I``."""
+def _inverse_cholesky(owned: list, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^{-1}``, ``owned = [H]``: a float64 copy whose only
+    reference is that list (taken out of it and overwritten). At most two ``[K, K]`` float64 matrices live at
+    once (an 8B model's down projection: K = 14336, 1.6 GB each); the dampening is added on the diagonal in
+    place, the same sums as ``H + lam * I``."""
+    H = owned.pop()
     k = H.shape[0]
     lam = damp * float(np.mean(np.diag(H))) if k else 0.0
     H[np.diag_indices(k)] += lam if lam > 0 else damp
@@ -214,8 +234,9 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
         perm = np.argsort(-np.diag(H), kind="stable")
     else:
         perm = np.arange(k)
-    U = _inverse_cholesky(H[np.ix_(perm, perm)] if act_order else H, damp)   # H is this function's copy
+    owned = [H[np.ix_(perm, perm)] if act_order else H]   # this function's copy, handed over (no reference kept)
     del H
+    U = _inverse_cholesky(owned, damp)
     W_final = _error_feedback(W[:, perm], U, perm, scale, zero, scale_fn, g, fmt, act_order, block_size)
     q = spec.quantize_weight_with_scales(W_final, scale, zero, g, fmt)
     return spec.QuantizedWeight(q, scale, zero, g, fmt)
