@@ -74,7 +74,7 @@ MEANINGS = {
     "cuda_context": "CUDA context and libraries (assumed, not measured)",
     "tokenizer": "the tokenizer (TOKENIZER_BYTES_PER_TOKEN x vocab: extrapolated from SmolLM2's, measured)",
     "calibration_text": "reading and tokenizing the calibration text (measured for 'wiki', the default)",
-    "rotations": "rotation matrices Q [H,H] (and Q_f [F,F]), float64 + their float32 copies",
+    "rotations": "rotations held: Q [H,H] float64 + float32, Q_f [F,F] float32 (online), the head rotation",
     "embeddings_f32": "input embeddings [V,H] float32 (capture and final write)",
     "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32, its finiteness mask",
     "embeddings_rotation": "residual rotation of the embeddings: E float64 and E Q float64",
@@ -87,12 +87,12 @@ MEANINGS = {
     "layer_f32": "one decoder layer's weights, float32",
     "layer_f32_device": "the layer's float32 weights on the GPU for the forward (cuda)",
     "layer_read": "the largest linear in the source dtype while it becomes float32, its finiteness mask",
-    "rotation_transient": "W Q of the largest rotated linear: W float32 copy, W float64, W Q float64, result",
+    "rotation_transient": "rotating a layer: Q_f float64 built again (2 [F,F] while built), then W Q of the "
+                          "largest linear: W float32 copy, W float64, W Q float64, result",
     "forward_work": "one batch's activations inside the layer forward (MLP [B,L,F] x4, attention)",
     "kept_rows": "kept calibration rows per group input, float32 [rows + held-out rows, K]",
     "kept_rows_concat": "the kept rows concatenated while the per-batch lists are alive",
     "plan_judging": "error-selected plan, per linear: held-out rows quantized, outputs, dequantized weight",
-    "hessians_cached": "float64 Hessians of the layer's earlier group inputs (cached for the layer)",
     "hessian_build": "building the worst group's Hessian: its rows float64, X^T X",
     "hessian": "the float64 Hessian [K,K] of the linear being GPTQ'd",
     "gptq_work": "GPTQ's working set: ~4 float64 [K,K] in its inverse Cholesky, W float64 [N,K]",
@@ -105,13 +105,13 @@ MEANINGS = {
 
 #: components that live on the GPU with ``device="cuda"`` (the calibration forward and GPTQ there)
 ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_sequential", "captured_args",
-                       "layer_f32_device", "forward_work", "kept_rows", "kept_rows_concat", "hessians_cached",
+                       "layer_f32_device", "forward_work", "kept_rows", "kept_rows_concat",
                        "hessian_build", "hessian", "gptq_work", "layer_dequantized"})
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
 _LAYER = _COMMON + ("hidden_in", "captured_args", "shard_buffer", "layer_f32", "layer_f32_device")
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
-#: (``layer: flush``) while calibration still holds its kept rows and Hessians (``calibrate``'s ``after_layer``)
+#: (``layer: flush``) while calibration still holds its kept rows (``calibrate``'s ``after_layer``)
 STEPS = {
     "calibration text": ("baseline", "cuda_context", "tokenizer", "calibration_text"),
     "capture": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "hidden_in", "captured_args"),
@@ -120,13 +120,13 @@ STEPS = {
     "layer: forward": _LAYER + ("hidden_out", "forward_work", "kept_rows"),
     "layer: rows": _LAYER + ("hidden_out", "kept_rows", "kept_rows_concat"),
     "layer: plan": _LAYER + ("hidden_out", "kept_rows", "plan_judging"),
-    "layer: Hessian": _LAYER + ("hidden_out", "kept_rows", "hessians_cached", "hessian_build", "layer_quantized"),
-    "layer: GPTQ": _LAYER + ("hidden_out", "kept_rows", "hessians_cached", "hessian", "gptq_work",
+    "layer: Hessian": _LAYER + ("hidden_out", "kept_rows", "hessian_build", "layer_quantized"),
+    "layer: GPTQ": _LAYER + ("hidden_out", "kept_rows", "hessian", "gptq_work",
                              "layer_quantized"),
     "layer: sequential": _LAYER + ("hidden_out", "hidden_out_sequential", "forward_work", "kept_rows",
-                                   "hessians_cached", "hessian", "layer_quantized", "layer_dequantized"),
-    "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "kept_rows", "hessians_cached",
-                                                                       "hessian", "layer_quantized", "shard_flush"),
+                                   "layer_quantized", "layer_dequantized"),
+    "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "kept_rows", "layer_quantized",
+                                                                       "shard_flush"),
     "write": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "lm_head_f32",
                         "nonlayer_stored", "write_buffer"),
 }
@@ -183,21 +183,19 @@ def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dty
 
 
 def _hessian_parts(shape: Shape, s: Settings) -> tuple[dict, str]:
-    """The Hessian components at the group whose Hessian build or GPTQ peaks highest (with the Hessians of
-    the layer's earlier groups cached), and that group's name."""
+    """The Hessian components of the group whose Hessian build or GPTQ peaks highest, and that group's name
+    (a group's Hessian is freed once its linears are quantized, so no other group's is alive beside it)."""
     if not s.hessian:
         return {}, ""
-    best, cached = None, 0
+    best = None
     for group, k, lins in shape.groups():
         n = max(n for _, n in lins)
-        parts = {"hessians_cached": cached, "hessian_build": int((HESS_RK * s.rows * k + HESS_KK * k * k) * 8),
-                 "hessian": 8 * k * k,
+        parts = {"hessian_build": int((HESS_RK * s.rows * k + HESS_KK * k * k) * 8), "hessian": 8 * k * k,
                  "gptq_work": int(8 * max(GPTQ_INV_KK * k * k + GPTQ_INV_NK * n * k,
                                           GPTQ_FB_KK * k * k + GPTQ_FB_NK * n * k))}
-        total = cached + max(parts["hessian_build"], parts["hessian"] + parts["gptq_work"])
+        total = max(parts["hessian_build"], parts["hessian"] + parts["gptq_work"])
         if best is None or total > best[0]:
             best = (total, parts, group)
-        cached += 8 * k * k
     return best[1], best[2]
 
 
@@ -217,7 +215,8 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         "layer_f32": shape.layer_float_bytes(),
         "layer_f32_device": shape.layer_float_bytes() if s.device == "cuda" else 0,
         "layer_read": biggest * ((s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0) + 1),
-        "rotation_transient": 24 * biggest if s.rotate != "none" else 0,
+        "rotation_transient": {"online": max(16 * f * f, 8 * f * f + 24 * biggest), "residual": 24 * biggest}.get(
+            s.rotate, 0),
         "forward_work": B * L * 4 * (4 * f + 5 * shape.q_width + 2 * shape.kv_width + 4 * h) + attention,
         "kept_rows": (s.rows + s.heldout_rows) * 4 * sum(ks),
         "kept_rows_concat": (s.rows + s.heldout_rows) * 4 * sum(ks),
@@ -231,7 +230,7 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     """Components of the whole run: the process, the rotations, embeddings, shards (bytes)."""
     h, f, v, fb = shape.hidden, shape.intermediate, shape.vocab, s.float_dtype_bytes
     heads = 12 * shape.head_dim ** 2 if s.rotate != "none" else 0
-    rot = {"online": 12 * (h * h + f * f), "residual": 12 * h * h}.get(s.rotate, 0) + heads
+    rot = {"online": 12 * h * h + 4 * f * f, "residual": 12 * h * h}.get(s.rotate, 0) + heads
     tables = 1 if shape.tied else 2
     stored_emb = tables * v * h * fb if fb != 4 else 0
     layers_total = shape.layers * shape.layer_stored_bytes(s.group_size, s.asym)
