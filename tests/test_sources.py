@@ -239,8 +239,19 @@ def test_gguf_source_equals_the_cached_conversion(smollm2):
                 "vocab_size", "rope_parameters", "rms_norm_eps", "tie_word_embeddings", "architectures", "dtype"):
         assert src.config_dict()[key] == cached.config_dict()[key], key
     _config_is_autoconfigs(src, gguf)
+    _tables_agree(gguf)
     with pytest.raises(ModelLoadError, match=r"SmolLM2-135M-Instruct.Q4_1.gguf: no tensor named 'lm_head.weight'"):
         src.tensor("lm_head.weight")  # tied: the GGUF has no output tensor
+
+
+def _tables_agree(gguf):
+    """transformers' GgufHeader and gguf's GGUFReader read the same tensor table (names, types, shapes,
+    offsets, sizes), where this transformers has the former."""
+    import fptq.models.sources as sources
+
+    header = sources._header_table(gguf)
+    if header is not None:
+        assert header == sources._reader_table(gguf)
 
 
 def _config_is_autoconfigs(src, gguf):
@@ -275,6 +286,7 @@ def test_gguf_source_gemma3_equals_load_gguf_checkpoint():
     with GGUFSource(path) as src:
         _equals_load_gguf_checkpoint(src, path)
         _config_is_autoconfigs(src, path)
+    _tables_agree(path)
 
 
 def _equals_load_gguf_checkpoint(src, path):
@@ -290,13 +302,19 @@ def _equals_load_gguf_checkpoint(src, path):
         assert torch.equal(src.tensor(name), torch.as_tensor(v).to(torch.float32)), name
 
 
+@pytest.mark.parametrize("table", ["GgufHeader", "GGUFReader"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
-def test_gguf_source_tiny_f32_is_the_model(tmp_path, monkeypatch, family):
+def test_gguf_source_tiny_f32_is_the_model(tmp_path, monkeypatch, family, table):
     """Stored in F32, the GGUF gives back the model's own tensors: llama's q/k rows un-permuted, qwen2's
-    biases under their names; Gemma-3's norms as llama.cpp's ``1 + w`` minus 1 (float32 rounding)."""
+    biases under their names; Gemma-3's norms as llama.cpp's ``1 + w`` minus 1 (float32 rounding). With
+    either tensor-table reader."""
     import numpy as np
     from tiny_gguf import write_tiny_gguf
 
+    import fptq.models.sources as sources
+
+    if table == "GGUFReader":
+        monkeypatch.setattr(sources, "_header_table", lambda p: None)
     monkeypatch.setenv("FPTQ_CACHE", str(tmp_path / "cache"))
     path, model = write_tiny_gguf(tmp_path / f"tiny-{family}.gguf", family, "F32")
     state = model.state_dict()

@@ -11,8 +11,9 @@ The streamed quantizer reads one decoder layer's tensors at a time from a :class
   layer count of the weights), and the index too: it names only regular files inside the directory,
   every tensor it lists is in the shard it names, no tensor is in two files, no shard holds a tensor
   the index does not list.
-* :class:`GGUFSource` -- a ``.gguf`` file whose tensor table ``gguf.GGUFReader`` reads; one tensor read
-  (plain reads, as above) and dequantized per :meth:`~WeightSource.tensor` call, with transformers' own name map
+* :class:`GGUFSource` -- a ``.gguf`` file whose tensor table transformers' ``GgufHeader`` reads (or
+  ``gguf.GGUFReader`` where transformers has no such reader); one tensor read (plain reads, as above)
+  and dequantized per :meth:`~WeightSource.tensor` call, with transformers' own name map
   (``get_gguf_hf_weights_map``) and tensor processor (llama's q/k un-permutation, Gemma's ``norm - 1``,
   ...): the values are bit for bit those of ``load_gguf_checkpoint(path, return_tensors=True,
   model_to_load=model)`` widened to float32, as :func:`fptq.models.loading.gguf_to_directory` stores
@@ -269,15 +270,43 @@ _PER_TENSOR_PROCESSORS = ("TensorProcessor", "LlamaTensorProcessor", "Gemma2Tens
 
 
 class _GGUFTensor(NamedTuple):
-    """Where one GGUF tensor is and how it is stored (from ``gguf.ReaderTensor``, whose reader is not kept:
-    its parsed metadata holds ~150 MB for a 49k-token vocabulary)."""
+    """Where one GGUF tensor is and how it is stored."""
 
     name: str
     qtype: object  # gguf.GGMLQuantizationType
-    raw_shape: tuple[int, ...]  # the reader's array shape (bytes per row for block types)
-    raw_dtype: object  # numpy dtype of that array
-    offset: int  # of the first byte in the file
+    shape: tuple[int, ...]  # in torch order: the dequantized array's
+    offset: int  # of its first byte in the file
     nbytes: int
+
+
+def _header_table(p: Path):
+    """``(architecture, tensors)`` from transformers' own header reader (``GgufHeader``: 0.07 s for
+    Qwen2.5-1.5B's file, which skips the vocabulary), or None where transformers has none or it refuses
+    the file (a tensor type it does not know: ``gguf.GGUFReader`` reads it then)."""
+    try:
+        from transformers.integrations.gguf.reader import GgufHeader
+    except ImportError:
+        return None
+    from gguf import GGMLQuantizationType
+
+    try:
+        h = GgufHeader.from_file(str(p))
+    except ValueError:
+        return None
+    return h.architecture, [_GGUFTensor(i.name, GGMLQuantizationType(i.ggml_type), tuple(i.shape),
+                                        h.data_start + i.offset, i.nbytes) for i in h.tensors]
+
+
+def _reader_table(p: Path):
+    """``(architecture, tensors)`` from ``gguf.GGUFReader`` (15 s for Qwen2.5-1.5B's file under load: it
+    parses every vocabulary entry; the reader is not kept, its metadata holds ~150 MB for 49k tokens)."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import read_field
+
+    reader = GGUFReader(str(p))
+    return read_field(reader, "general.architecture")[0], [
+        _GGUFTensor(t.name, t.tensor_type, tuple(int(n) for n in reversed(t.shape.tolist())), int(t.data_offset),
+                    int(t.n_bytes)) for t in reader.tensors]
 
 
 class GGUFSource(WeightSource):
@@ -292,31 +321,33 @@ class GGUFSource(WeightSource):
         except InputFileError as e:
             raise ModelLoadError(str(e)) from None
         self._config, cfg, raw = _gguf_config(p)
-        reader, self._processor, self._mapping = _gguf_reader_and_map(p, cfg, raw)
+        table, self._processor, self._mapping = _gguf_table_and_map(p, cfg, raw)
         self._tensors: dict[str, _GGUFTensor] = {}
         self._closed = False
         import torch
 
-        for t in reader.tensors:
+        for t in table:
             hf = self._mapping.get(t.name)
             if hf is None:  # load_gguf_checkpoint skips it too
                 continue
             if hf in self._tensors:
                 raise ModelLoadError(f"{p}: tensors {self._tensors[hf].name!r} and {t.name!r} both map to {hf!r}")
-            self._tensors[hf] = _GGUFTensor(t.name, t.tensor_type, tuple(t.data.shape), t.data.dtype,
-                                            int(t.data_offset), int(t.n_bytes))
-            self._entries[hf] = (tuple(int(n) for n in reversed(t.shape.tolist())), torch.float32)
-        del reader
+            self._tensors[hf] = t
+            self._entries[hf] = (t.shape, torch.float32)
         check_layer_count(self._config, self._entries, p, "the GGUF tensors")
 
     def _read(self, name):
         import numpy as np
         import torch
+        from gguf.quants import quant_shape_to_byte_shape
 
         if self._closed:
             raise ModelLoadError(f"{self.path}: the source is closed (tensor {name!r})")
         t = self._tensors[name]
-        raw = np.empty(t.raw_shape, dtype=t.raw_dtype)
+        try:  # the bytes as GGUFReader shapes them (rows of blocks); for F32/F16 dequantize views them
+            raw = np.empty(quant_shape_to_byte_shape(t.shape, t.qtype), dtype=np.uint8)
+        except Exception as e:  # a shape that is not whole blocks
+            raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} {t.shape} {t.qtype}: {e}") from None
         if raw.nbytes != t.nbytes:
             raise ModelLoadError(f"{self.path}: GGUF tensor {t.name!r} has {t.nbytes} bytes for {raw.shape}")
         _read_exact(self.path, t.offset, raw, name)
@@ -398,18 +429,15 @@ def _gguf_config(p: Path):
     return d, cfg, raw
 
 
-def _gguf_reader_and_map(p: Path, cfg, raw: dict):
-    """``(reader, processor, GGUF name -> state-dict name)`` as ``load_gguf_checkpoint`` builds them, the
-    map from a model built on the meta device (no weight memory)."""
+def _gguf_table_and_map(p: Path, cfg, raw: dict):
+    """``(tensor table, processor, GGUF name -> state-dict name)``, the processor and map as
+    ``load_gguf_checkpoint`` builds them, the map from a model built on the meta device (no weight memory)."""
     import torch
-    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
-                                                          get_gguf_hf_weights_map, read_field)
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
     try:
-        reader = GGUFReader(str(p))
-        architecture = read_field(reader, "general.architecture")[0]
+        architecture, table = _header_table(p) or _reader_table(p)
     except Exception as e:  # gguf raises many types here
         raise ModelLoadError(f"cannot read GGUF {p}: {e}") from e
     cls = TENSOR_PROCESSORS.get(architecture, TensorProcessor)
@@ -419,7 +447,7 @@ def _gguf_reader_and_map(p: Path, cfg, raw: dict):
     processor = cls(config=raw)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    return reader, processor, get_gguf_hf_weights_map(model, processor)
+    return table, processor, get_gguf_hf_weights_map(model, processor)
 
 
 def open_source(model=None) -> WeightSource:
