@@ -345,6 +345,17 @@ def test_gguf_source_tiny_q8_equals_load_gguf_checkpoint(tmp_path, monkeypatch, 
         _equals_load_gguf_checkpoint(src, path)
 
 
+@pytest.mark.parametrize("qtype", ["F16", "BF16", "Q4_0", "Q5_1"])
+def test_gguf_source_tiny_storage_types_equal_load_gguf_checkpoint(tmp_path, qtype):
+    """Half-float and block types (Q5_1: a type transformers' GgufHeader does not read, so the table comes
+    from gguf's GGUFReader)."""
+    from tiny_gguf import write_tiny_gguf
+
+    path, _ = write_tiny_gguf(tmp_path / f"tiny-{qtype}.gguf", "llama", qtype)
+    with GGUFSource(path) as src:
+        _equals_load_gguf_checkpoint(src, path)
+
+
 def test_gguf_source_tiny_tokenizer(tmp_path):
     from tiny_gguf import write_tiny_gguf
 
