@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 
 __all__ = ["BACKEND", "FALLBACK_BACKEND", "CALIB_SOURCE", "CALIB_SAMPLES", "CALIB_SEQ_LEN", "CALIB_BATCH_SIZE",
+           "SHARD_BYTES",
            "EVAL_TEXTS", "EVAL_SEQ_LEN", "COMPARE_MAX_WINDOWS", "GENERATION", "DefaultBackendWarning",
            "default_backend", "resolve_backend"]
 
@@ -38,6 +39,13 @@ CALIB_SAMPLES = 128
 CALIB_SEQ_LEN = 512
 #: calibration samples per forward (memory, not results: the statistics do not depend on it)
 CALIB_BATCH_SIZE = 8
+
+#: the largest checkpoint shard (``fptq quantize --shard-size``; :mod:`fptq.models.checkpoint_shards`): the
+#: writer buffers one shard's quantized tensors in memory until it writes them, so this bounds what a
+#: streamed run holds of the quantized model. 128 MiB: about one W4A8 layer of an 8B model (~120 MB; a layer
+#: alone bigger than this is a shard by itself), four of Qwen2.5-1.5B's; SmolLM2-135M's whole quantized
+#: decoder (~50 MB) stays one file; 512 MiB would add ~0.4 GB to the 1.5B's peak (the memory model).
+SHARD_BYTES = 128 * 1024 * 1024
 
 #: perplexity texts and window length of ``fptq eval`` / ``fptq compare`` (a BOS token is added)
 EVAL_TEXTS = ("ptb", "wiki")

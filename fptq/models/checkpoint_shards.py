@@ -30,6 +30,7 @@ import re
 import stat
 from pathlib import Path
 
+from ..defaults import SHARD_BYTES
 from ..io.reading import file_sha256
 from ..io.tensorfile import DTYPES, MAX_TENSORS, TensorFile, TensorFileError, dtype_name, write_tensor_file
 from .checkpoint_meta import SHARDED_FORMAT_VERSION, SHARDS_KEY, SUPPORTED_VERSIONS, CheckpointError
@@ -37,11 +38,9 @@ from .checkpoint_meta import SHARDED_FORMAT_VERSION, SHARDS_KEY, SUPPORTED_VERSI
 __all__ = ["DEFAULT_SHARD_BYTES", "shard_file_name", "is_shard_name", "write_shard", "parse_shards",
            "open_shards", "CheckpointTensors"]
 
-#: the most bytes of tensors a shard holds (unless one layer alone holds more): the writer buffers one
-#: shard's quantized tensors in memory until it writes them, so this bounds the resident quantized tensors
-#: of a streamed run; 512 MiB is a few layers of an 8B model (one 8B W4A8 layer is about 110 MB) and keeps
-#: the number of files small (a 70B model: about 70 shards)
-DEFAULT_SHARD_BYTES = 512 * 1024 * 1024
+#: the most bytes of tensors a shard holds (unless one layer alone holds more): fptq.defaults.SHARD_BYTES,
+#: where the choice is explained (it bounds the quantized tensors a streamed run holds)
+DEFAULT_SHARD_BYTES = SHARD_BYTES
 _PREFIX, _SUFFIX = "fptq_w4a8-", ".safetensors"
 _ENTRY_KEYS = {"sha256", "bytes", "tensors"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")

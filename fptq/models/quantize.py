@@ -86,15 +86,21 @@ def layer_hessian(samples, gp):
     ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear).
 
     Computed once per group: a :class:`~fptq.models.calibrate.LayerSamples` keeps it in its
-    ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input)."""
+    ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input); the last of them
+    gets it as a :class:`fptq.reference.HessianHandoff` (GPTQ works in it, no copy) and the cache forgets it."""
     name = gp.linears[0]
     if not samples or name not in samples:
         raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
     cache = getattr(samples, "hessians", {})
     key = (name, None if gp.s is None else np.asarray(gp.s, np.float64).tobytes())
     if key not in cache:
-        cache[key] = ref.equalized_hessian(samples[name].numpy(), gp.s)
-    return cache[key]
+        cache[key] = [ref.equalized_hessian(samples[name].numpy(), gp.s), len(gp.linears)]
+    entry = cache[key]
+    entry[1] -= 1
+    if entry[1] > 0:
+        return entry[0]
+    del cache[key]
+    return ref.HessianHandoff(entry.pop(0))
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):

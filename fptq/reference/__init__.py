@@ -36,7 +36,7 @@ from .equalize import (
     weight_column_max,
 )
 from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
-from .gptq import HessianAccumulator, equalized_hessian, gptq_quantize
+from .gptq import HessianAccumulator, HessianHandoff, equalized_hessian, gptq_quantize
 from .linear import QuantizedLinear, quantize_linear
 from .plan import (
     SELECTIONS, GroupInputs, GroupPlan, LayerPlan, equalized_amax, plan_group, plan_layer, plan_layers, with_policy,
@@ -52,7 +52,7 @@ from .weight_quantizers import (
     quantize_weight_rtn,
 )
 
-__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats",
+__all__ = ["HessianAccumulator", "HessianHandoff", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats",
            "NonFiniteError", "SELECTIONS", "GroupInputs", "GroupPlan", "plan_group", "LayerPlan", "equalized_amax",
            "plan_layer", "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
            "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales",

@@ -47,7 +47,7 @@ from .. import spec
 from ..spec import WeightFormat
 from ..spec.formats import FLOAT, weight_format_spec
 
-__all__ = ["HessianAccumulator", "equalized_hessian", "gptq_quantize", "rtn_group_scale", "hessian_clip_scale"]
+__all__ = ["HessianAccumulator", "HessianHandoff", "equalized_hessian", "gptq_quantize", "rtn_group_scale", "hessian_clip_scale"]
 
 ScaleFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, "np.ndarray | None"]]
 
@@ -105,6 +105,19 @@ def equalized_hessian(x, s=None) -> np.ndarray:
     acc.add_batch(x)
     del x
     return acc.take_H()
+
+
+class HessianHandoff:
+    """A Hessian handed to :func:`gptq_quantize` for it to overwrite: the caller keeps no other reference, so
+    GPTQ works in it instead of a copy (one ``[K, K]`` float64 less at the peak: 1.6 GB for K = 14336)."""
+
+    def __init__(self, H: np.ndarray) -> None:
+        self._held = [H]
+
+    def take(self) -> np.ndarray:
+        if not self._held:
+            raise ValueError("this HessianHandoff was already taken")
+        return self._held.pop()
 
 
 def rtn_group_scale(fmt: WeightFormat) -> ScaleFn:
@@ -214,7 +227,7 @@ def gptq_quantize(w, H, group_size: int, fmt: WeightFormat | str = WeightFormat.
     fmt = WeightFormat(fmt)
     n, k = w.shape
     g = spec.validate.check_group_size(group_size, k)
-    H = np.array(H, dtype=np.float64)
+    H = np.asarray(H.take(), dtype=np.float64) if isinstance(H, HessianHandoff) else np.array(H, dtype=np.float64)
     if H.shape != (k, k) or not np.isfinite(H).all():
         raise ValueError(f"H: expected a finite [{k}, {k}] matrix, got shape {H.shape}")
     if not damp > 0:
