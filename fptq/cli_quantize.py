@@ -82,7 +82,8 @@ def _streamed(a, cfg, out, protect, source):
     from .models.checkpoint import open_writer
     from .models.loading import check_seq_len
     from .models.memory import check_fits
-    from .models.stream import open_streamed, quantize_streamed
+    from .models.calibrate import release_freed_memory
+    from .models.stream import check_source_finite, open_streamed, quantize_streamed
 
     model = open_streamed(source)
     check_seq_len(model.config, a.seq_len, "--seq-len")
@@ -93,8 +94,10 @@ def _streamed(a, cfg, out, protect, source):
         return None
     if a.memory_check:
         check_fits(estimate)
+    check_source_finite(source, progress=not a.quiet)
     tok = source.tokenizer()
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
+    release_freed_memory()  # the calibration text's temporaries (hundreds of MB) go back before the layers
     with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
                      int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
         res, _ = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,

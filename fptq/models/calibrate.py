@@ -76,6 +76,8 @@ class LayerSamples(dict):
         self.fit_max: dict = {}
         self.hessians: dict = {}
         self.batch_rows: dict = {}   # (id(input), kind) -> (input, its kept rows) within one batch
+        #: whoever derives a Hessian from a group's rows may drop the rows afterwards (nothing reads them again)
+        self.keep_rows_after_hessian = True
 
 
 @dataclass
@@ -216,7 +218,9 @@ def _layer_output(out):
 
 
 def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
-               pos: _BatchPosition | None = None) -> list:
+               pos: _BatchPosition | None = None, consume: bool = False) -> list:
+    """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``); ``consume``:
+    each batch's input is dropped once its output is computed (nothing runs the layer on them again)."""
     import torch
     import torch.nn as nn
 
@@ -231,13 +235,17 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
         outs = []
         first = 0
         with torch.no_grad():
-            for b, h in enumerate(cap.hidden):
+            for b in range(len(cap.hidden)):
+                h = cap.hidden[b]
+                if consume:
+                    cap.hidden[b] = None
                 if pos is not None:
                     pos.first, pos.batch = first, int(h.shape[0])
                 outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
+                first += int(h.shape[0])
+                del h
                 if samples is not None:
                     samples.batch_rows.clear()
-                first += int(h.shape[0])
                 release_freed_memory()
         return outs
     finally:
@@ -294,12 +302,13 @@ def _release_caches(layer) -> None:
 
 
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
-                   pos: _BatchPosition | None):
+                   pos: _BatchPosition | None, consume: bool):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
     _check_weights(layer, prefix)
     layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
     samples = LayerSamples() if keep_rows else None
-    outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos)
+    outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos,
+                      consume=consume)
     return outs, layer_stats.channel_maxima(), _kept_samples(samples, pos)
 
 
@@ -350,12 +359,12 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             before_layer(i, prefix, layer)
         outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride,
                                                  _holdout_position(holdout, n_samples, seq_len,
-                                                                   holdout_rows or keep_rows))
+                                                                   holdout_rows or keep_rows), not sequential)
         stats.update(layer_np)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:
-                outs = _run_layer(layer, cap, i)
+                outs = _run_layer(layer, cap, i, consume=True)
                 _release_caches(layer)
         if after_layer is not None:
             after_layer(i, prefix, layer)

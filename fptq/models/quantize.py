@@ -89,12 +89,16 @@ def layer_hessian(samples, gp):
     ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input); the last of them
     gets it as a :class:`fptq.reference.HessianHandoff` (GPTQ works in it, no copy) and the cache forgets it."""
     name = gp.linears[0]
-    if not samples or name not in samples:
-        raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
     cache = getattr(samples, "hessians", {})
     key = (name, None if gp.s is None else np.asarray(gp.s, np.float64).tobytes())
     if key not in cache:
+        if not samples or name not in samples:
+            raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
         cache[key] = [ref.equalized_hessian(samples[name].numpy(), gp.s), len(gp.linears)]
+        if not getattr(samples, "keep_rows_after_hessian", True):   # the rows have served: H holds what GPTQ needs
+            for n in gp.linears:
+                samples.pop(n, None)
+                samples.heldout.pop(n, None)
     entry = cache[key]
     entry[1] -= 1
     if entry[1] > 0:
@@ -211,6 +215,8 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
 
     def on_layer(i, prefix, layer, layer_stats, samples):
         lr = LayerRef(i, prefix, layer, arch, model.config)
+        if samples is not None and make_linear is None:   # attribution rows read the rows again
+            samples.keep_rows_after_hessian = False
         plan.groups.extend(apply_plan_layer(lr, layer_stats, functools.partial(make_w4a8, samples=samples), options,
                                             samples=samples, weight_fn=weight_fn))
 
