@@ -33,8 +33,12 @@ def test_smollm2_components_by_hand():
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 2048)
     per_input_k = 576 + 576 + 576 + 1536          # qkv | o | gate_up | down: one copy per group input
     assert c["kept_rows"] == (8192 + 2048) * 4 * per_input_k
-    assert est.hessian_group == "down" and c["hessian"] == 1536 ** 2 * 8
+    # down, one linear: its Hessian is handed to GPTQ (no cached copy beside it); the rows of the groups
+    # before it are gone by its GPTQ, its own once its Hessian is built
+    assert est.hessian_group == "down" and "hessian" not in c
+    assert c["rows_hessian"] == (8192 + 2048) * 4 * 1536 and "rows_gptq" not in c
     assert "hessians_cached" not in c      # each group's Hessian is freed once its linears are quantized
+    assert c["hidden_in_forward"] == 8 * 512 * 576 * 4 and "hidden_in_kept" not in c   # consumed batch by batch
     assert c["hessian_build"] == int(8192 * 1536 * 8 + 1.1 * 1536 ** 2 * 8)
     assert c["layer_f32"] == 4 * (576 * 576 * 2 + 192 * 576 * 2 + 1536 * 576 * 3 + 2 * 576)
     assert c["rotations"] == 12 * 576 ** 2 + 4 * 1536 ** 2 + 12 * 64 ** 2     # Q_f held as float32 only
@@ -42,7 +46,7 @@ def test_smollm2_components_by_hand():
     q = lambda n, k: n * math.ceil(k / 2) + n * math.ceil(k / 128) * 5 + 4  # noqa: E731  packed, scale, zero, act
     layer_q = 2 * q(576, 576) + 2 * q(192, 576) + 2 * q(1536, 576) + q(576, 1536) + 2 * 576 * 4
     assert c["layer_quantized"] == layer_q
-    assert c["shard_buffer"] == 30 * layer_q          # the whole checkpoint's layers fit one 512 MiB shard
+    assert c["shard_buffer"] == 30 * layer_q          # the whole checkpoint's layers fit one 128 MiB shard
     assert c["baseline"] == memory.BASELINE_BYTES + memory.BLAS_BYTES
     assert c["tokenizer"] == 1183 * 49152 and c["calibration_text"] == memory.CALIB_TEXT_BYTES
     assert est.steps["calibration text"] == c["baseline"] + c["tokenizer"] + c["calibration_text"]
@@ -52,8 +56,9 @@ def test_llama3_8b_components_by_hand():
     est = estimate(LLAMA3_8B, n_samples=16, seq_len=512, batch_size=8, source_dtype_bytes=2)
     c = est.components
     assert c["hidden_in"] == 16 * 512 * 4096 * 4
-    assert c["hessian"] == 14336 ** 2 * 8 and est.hessian_group == "down"
+    assert "hessian" not in c and est.hessian_group == "down"   # handed to GPTQ, which works in it
     assert c["gptq_work"] == int(8 * (4.1 * 14336 ** 2 + 1.0 * 4096 * 14336))
+    assert est.peak_bytes == est.steps["layer: GPTQ"] and "rows_gptq" not in c
     assert c["lm_head_f32"] == c["embeddings_f32"] == 128256 * 4096 * 4
     assert c["embeddings_read"] == 128256 * 4096 * (2 + 1)
     assert c["nonlayer_stored"] == 2 * 128256 * 4096 * 2            # untied: embeddings and lm_head, bf16
@@ -223,7 +228,7 @@ def test_llama2_70b_projection(capsys):
     assert "80 layers, hidden 8192, MLP 28672" in text and "device cpu" in text and "device cuda" in text
     cpu = estimate(memory.LLAMA2_70B, **DEFAULT_RUN, source_dtype_bytes=2)
     gpu = estimate(memory.LLAMA2_70B, **DEFAULT_RUN, source_dtype_bytes=2, device="cuda")
-    assert cpu.components["hessian"] == 28672 ** 2 * 8
+    assert cpu.components["gptq_work"] == int(8 * (4.1 * 28672 ** 2 + 8192 * 28672))
     assert gpu.device_peak_bytes < 80e9 and gpu.peak_bytes < cpu.peak_bytes
 
 

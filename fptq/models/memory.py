@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..defaults import SHARD_BYTES
 from .memory_shape import Shape, _batches, heldout_rows, kept_rows, shape_of
 from .memory_time import layer_flops, measure_rate
 
@@ -30,8 +31,8 @@ __all__ = ["MemoryEstimate", "InsufficientMemory", "Shape", "shape_of", "estimat
            "mem_available", "measure_rate", "MEANINGS", "BASELINE_BYTES", "GiB", "MiB"]
 
 GiB, MiB = 1 << 30, 1 << 20
-#: the writer's shard size when none is given (helper B's ``DEFAULT_SHARD_BYTES``)
-DEFAULT_SHARD_BYTES = 512 * MiB
+#: the writer's shard size when none is given (``fptq.defaults.SHARD_BYTES``)
+DEFAULT_SHARD_BYTES = SHARD_BYTES
 
 #: the Python + torch + transformers + numba process before any weight: peak RSS 433,136 kB of
 #: ``/usr/bin/time -v .venv/bin/python /tmp/c_baseline.py`` (imports fptq.cli, fptq.data.calibration,
@@ -82,6 +83,11 @@ MEANINGS = {
     "nonlayer_stored": "embeddings (+ lm_head) converted to the stored float dtype (Q, Q_f: their float32 copies)",
     "hidden_in": "calibration inputs of the current layer, float32 [n, L, H]",
     "hidden_out": "its outputs, the next layer's inputs, float32 [n, L, H]",
+    "hidden_in_forward": "the inputs left during the calibration pass: one batch (each dropped once used), "
+                         "all of them with --sequential",
+    "hidden_in_kept": "--sequential: the inputs kept for the second pass",
+    "rows_hessian": "kept rows of the Hessian's group and the later groups (each group's dropped after its Hessian)",
+    "rows_gptq": "kept rows of the groups after the one being GPTQ'd",
     "hidden_out_sequential": "--sequential: the quantized layer's outputs beside the float ones",
     "captured_args": "per-batch layer arguments: attention masks [B,1,L,L], rotary cos/sin, position ids",
     "layer_f32": "one decoder layer's weights, float32",
@@ -94,8 +100,9 @@ MEANINGS = {
     "kept_rows_concat": "the kept rows concatenated while the per-batch lists are alive",
     "plan_judging": "error-selected plan, per linear: held-out rows quantized, outputs, dequantized weight",
     "hessian_build": "building the worst group's Hessian: its rows float64, X^T X",
-    "hessian": "the float64 Hessian [K,K] of the linear being GPTQ'd",
-    "gptq_work": "GPTQ's working set: ~4 float64 [K,K] in its inverse Cholesky, W float64 [N,K]",
+    "hessian": "the cached float64 Hessian [K,K] beside GPTQ of a group's earlier linears (the last one works in it)",
+    "gptq_work": "GPTQ's working set: ~4 float64 [K,K] in its inverse Cholesky (L, LAPACK's copies, the result), "
+                 "W float64 [N,K]",
     "layer_quantized": "the layer's quantized form (packed INT4, scales, zero points, norms)",
     "layer_dequantized": "--sequential: fake-quant float32 weights of the quantized layer",
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",
@@ -109,23 +116,22 @@ ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_se
                        "hessian_build", "hessian", "gptq_work", "layer_dequantized"})
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
-_LAYER = _COMMON + ("hidden_in", "captured_args", "shard_buffer", "layer_f32", "layer_f32_device")
+_LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device")
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
-#: (``layer: flush``) while calibration still holds its kept rows (``calibrate``'s ``after_layer``)
+#: (``layer: flush``) after its outputs are computed; its inputs are gone by then (kept with --sequential)
 STEPS = {
     "calibration text": ("baseline", "cuda_context", "tokenizer", "calibration_text"),
     "capture": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "hidden_in", "captured_args"),
-    "layer: load": _LAYER + ("layer_read",),
-    "layer: rotate": _LAYER + ("rotation_transient",),
-    "layer: forward": _LAYER + ("hidden_out", "forward_work", "kept_rows"),
-    "layer: rows": _LAYER + ("hidden_out", "kept_rows", "kept_rows_concat"),
-    "layer: plan": _LAYER + ("hidden_out", "kept_rows", "plan_judging"),
-    "layer: Hessian": _LAYER + ("hidden_out", "kept_rows", "hessian_build", "layer_quantized"),
-    "layer: GPTQ": _LAYER + ("hidden_out", "kept_rows", "hessian", "gptq_work",
-                             "layer_quantized"),
-    "layer: sequential": _LAYER + ("hidden_out", "hidden_out_sequential", "forward_work", "kept_rows",
+    "layer: load": _LAYER + ("hidden_in", "layer_read"),
+    "layer: rotate": _LAYER + ("hidden_in", "rotation_transient"),
+    "layer: forward": _LAYER + ("hidden_in_forward", "hidden_out", "forward_work", "kept_rows"),
+    "layer: rows": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "kept_rows_concat"),
+    "layer: plan": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "plan_judging"),
+    "layer: Hessian": _LAYER + ("hidden_in_kept", "hidden_out", "rows_hessian", "hessian_build", "layer_quantized"),
+    "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized"),
+    "layer: sequential": _LAYER + ("hidden_in_kept", "hidden_out", "hidden_out_sequential", "forward_work",
                                    "layer_quantized", "layer_dequantized"),
-    "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "kept_rows", "layer_quantized",
+    "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
                                                                        "shard_flush"),
     "write": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "lm_head_f32",
                         "nonlayer_stored", "write_buffer"),
@@ -183,17 +189,26 @@ def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dty
 
 
 def _hessian_parts(shape: Shape, s: Settings) -> tuple[dict, str]:
-    """The Hessian components of the group whose Hessian build or GPTQ peaks highest, and that group's name
-    (a group's Hessian is freed once its linears are quantized, so no other group's is alive beside it)."""
+    """The Hessian components of the group whose Hessian build or GPTQ peaks highest, and that group's name.
+
+    A group's Hessian is cached for its linears and handed to the last one (``HessianHandoff``: GPTQ works in
+    it, so ``hessian`` is 0 there and ``gptq_work``'s inverse Cholesky is the peak); a group of one linear
+    (o, down) has no cached copy beside GPTQ. A group's kept rows are dropped once its Hessian is built, so its
+    Hessian build sees its rows and the later groups' (``rows_hessian``), its GPTQ only the later groups'
+    (``rows_gptq``)."""
     if not s.hessian:
         return {}, ""
-    best = None
-    for group, k, lins in shape.groups():
+    best, groups = None, shape.groups()
+    row_bytes = [(s.rows + s.heldout_rows) * 4 * (k if s.shared_input_rows else k * len(lins)) for _, k, lins in groups]
+    for i, (group, k, lins) in enumerate(groups):
         n = max(n for _, n in lins)
-        parts = {"hessian_build": int((HESS_RK * s.rows * k + HESS_KK * k * k) * 8), "hessian": 8 * k * k,
+        parts = {"hessian_build": int((HESS_RK * s.rows * k + HESS_KK * k * k) * 8),
+                 "hessian": 8 * k * k if len(lins) > 1 else 0,
                  "gptq_work": int(8 * max(GPTQ_INV_KK * k * k + GPTQ_INV_NK * n * k,
-                                          GPTQ_FB_KK * k * k + GPTQ_FB_NK * n * k))}
-        total = max(parts["hessian_build"], parts["hessian"] + parts["gptq_work"])
+                                          GPTQ_FB_KK * k * k + GPTQ_FB_NK * n * k)),
+                 "rows_hessian": sum(row_bytes[i:]), "rows_gptq": sum(row_bytes[i + 1:])}
+        total = max(parts["hessian_build"] + parts["rows_hessian"],
+                    parts["hessian"] + parts["gptq_work"] + parts["rows_gptq"])
         if best is None or total > best[0]:
             best = (total, parts, group)
     return best[1], best[2]
@@ -209,6 +224,9 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
     plan = max(4 * (2 * r * k + 3 * r * nn + 2 * nn * k) for _, _, nn, k in shape.linears()) if s.by_error and r else 0
     return {
         "hidden_in": n * L * h * 4, "hidden_out": n * L * h * 4,
+        # the default pass drops each batch's input once its output is computed; --sequential runs it again
+        "hidden_in_forward": (n if s.sequential else min(B, n)) * L * h * 4,
+        "hidden_in_kept": n * L * h * 4 if s.sequential else 0,
         "hidden_out_sequential": n * L * h * 4 if s.sequential else 0,
         "captured_args": n * L * L * sum(shape.mask_bytes)
         + len(_batches(n, B)) * (shape.rope_tables * 2 * L * shape.head_dim * 4 + L * 8),
