@@ -112,6 +112,7 @@ MEANINGS = {
 
 #: components that live on the GPU with ``device="cuda"`` (the calibration forward and GPTQ there)
 ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_sequential", "captured_args",
+                       "hidden_in_forward", "hidden_in_kept", "rows_hessian", "rows_gptq",
                        "layer_f32_device", "forward_work", "kept_rows", "kept_rows_concat",
                        "hessian_build", "hessian", "gptq_work", "layer_dequantized"})
 
