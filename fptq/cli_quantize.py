@@ -88,10 +88,12 @@ def _streamed(a, cfg, out, protect, source):
     model = open_streamed(source)
     check_seq_len(model.config, a.seq_len, "--seq-len")
     estimate = _memory_estimate(a, cfg, model, source)
-    if a.dry_run or not a.quiet:
-        print(estimate.describe(), file=sys.stdout if a.dry_run else sys.stderr)
     if a.dry_run:
+        print(estimate.describe())
         return None
+    if not a.quiet:
+        print(f"fptq: memory model: peak {estimate.peak_bytes / 2 ** 30:.2f} GiB in '{estimate.peak_step}' "
+              "(--dry-run prints the table)", file=sys.stderr)
     if a.memory_check:
         check_fits(estimate)
     check_source_finite(source, progress=not a.quiet)

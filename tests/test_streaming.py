@@ -132,3 +132,25 @@ def test_gguf_streamed_equal_whole_model(tmp_path, monkeypatch):
     _streamed(gguf, tmp_path / "streamed", ids, shard_bytes=1 << 20, tokenizer=tok)
     assert _digests(tmp_path / "streamed") == _digests(tmp_path / "whole")
     assert not (tmp_path / "cache").exists() or len(list((tmp_path / "cache").iterdir())) == 1  # the whole path's only
+
+
+CLI_RUN = ["--calib", "random", "--samples", "4", "--seq-len", "16", "--quiet"]
+
+
+def test_cli_dry_run_and_memory_refusal(bf16_dir, tmp_path, monkeypatch, capsys):
+    """``--dry-run`` prints the memory model and writes nothing; a run the memory available cannot hold is
+    refused before any work (naming the peak), and ``--no-memory-check`` runs it anyway."""
+    from fptq.cli import main
+    from fptq.models import memory
+
+    out = tmp_path / "o"
+    assert main(["quantize", str(bf16_dir), "--out", str(out), "--dry-run", *CLI_RUN]) == 0
+    table = capsys.readouterr().out
+    assert "peak:" in table and "gptq_work" in table and "layer: GPTQ" in table and not out.exists()
+    monkeypatch.setattr(memory, "mem_available", lambda *a, **k: 1 << 20)   # 1 MiB free
+    assert main(["quantize", str(bf16_dir), "--out", str(out), *CLI_RUN]) == 2
+    err = capsys.readouterr().err
+    assert "GiB at its peak" in err and "0.00 GiB is available" in err and "--no-memory-check" in err
+    assert not out.exists()
+    assert main(["quantize", str(bf16_dir), "--out", str(out), "--no-memory-check", *CLI_RUN]) == 0
+    assert (out / "fptq_w4a8.safetensors").is_file()

@@ -468,7 +468,7 @@ def check_fits(est: MemoryEstimate, available: int | None = None, device_availab
         f"quantizing this model needs about {est.peak_bytes / GiB:.2f} GiB at its peak ('{est.peak_step}'), but "
         f"{available / GiB:.2f} GiB is available; the biggest parts: " + "; ".join(parts)
         + ". Lower --samples, --seq-len or --batch-size, or the kept rows, or use a machine with more memory "
-        "(--dry-run prints the whole table)")
+        "(--dry-run prints the whole table; --no-memory-check runs it anyway)")
 
 
 #: LLaMA-2-70B's shape (the issue's projection): hidden 8192, MLP 28672, 80 layers, 64/8 heads, vocab 32000
