@@ -102,10 +102,24 @@ def _streamed(a, cfg, out, protect, source):
     release_freed_memory()  # the calibration text's temporaries (hundreds of MB) go back before the layers
     with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
                      int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
-        res, _ = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
-                                   progress=not a.quiet)
+        res, io = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
+                                    progress=not a.quiet)
+        _check_final_norm(model, io.last_hidden, f"the float model {source.path}")
         writer.finish(model, tok, res.plan, cfg, _info(a, source.path))
     return res
+
+
+def _check_final_norm(model, hidden, where: str) -> None:
+    """The final norm of the last layer's outputs for the first calibration sample (the float model's with the
+    default calibration) holds no NaN/Inf or all-zero row (:func:`fptq.eval.health.check_hidden`): an overflow
+    inside the model is an error, not a checkpoint (raised before the checkpoint is written)."""
+    from .eval.health import check_hidden, final_norm_of
+    from .models._torch import torch
+
+    norm = final_norm_of(model)
+    if norm is not None and hidden is not None:
+        with torch.no_grad():
+            check_hidden(norm(hidden), where)
 
 
 def run_quantize(a, cfg) -> int:

@@ -263,7 +263,7 @@ def test_layer_hessian_is_computed_once_per_group_input_and_matches_its_rows():
 
     from fptq.models.calibrate import LayerSamples
     from fptq.models.quantize import layer_hessian
-    from fptq.reference import equalized_hessian
+    from fptq.reference import HessianHandoff, equalized_hessian
 
     rows = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
     samples = LayerSamples({"l.q": rows})
@@ -272,10 +272,12 @@ def test_layer_hessian_is_computed_once_per_group_input_and_matches_its_rows():
     h = layer_hessian(samples, gp)
     np.testing.assert_array_equal(h, equalized_hessian(rows.numpy(), s))
     assert layer_hessian(samples, gp) is h                       # the group's next linear: the cached matrix
+    last = layer_hessian(samples, gp)                            # its last linear: handed over, the cache forgets it
+    assert isinstance(last, HessianHandoff) and last.take() is h and not samples.hessians
     other = layer_hessian(samples, SimpleNamespace(linears=["l.q"], s=s * 2))   # another equalization: recomputed
-    np.testing.assert_array_equal(other, equalized_hessian(rows.numpy(), s * 2))
+    np.testing.assert_array_equal(other.take(), equalized_hessian(rows.numpy(), s * 2))
     plain = layer_hessian(samples, SimpleNamespace(linears=["l.q"], s=None))
-    np.testing.assert_array_equal(plain, equalized_hessian(rows.numpy(), None))
+    np.testing.assert_array_equal(plain.take(), equalized_hessian(rows.numpy(), None))
     assert layer_hessian({"l.q": rows}, gp) is not layer_hessian({"l.q": rows}, gp)   # a plain dict: no cache
     with pytest.raises(ValueError, match="l.o's input"):
         layer_hessian(samples, SimpleNamespace(linears=["l.o"], s=None))

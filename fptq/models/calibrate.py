@@ -332,9 +332,9 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
             other samples' maxima.
-        after_layer: optional ``f(index, prefix, layer)`` called once the layer's outputs for the
-            next layer are computed (after the sequential forward); it may modify the layer again (or
-            release its weights: the layer is not run again).
+        after_layer: optional ``f(index, prefix, layer, outputs)`` called once the layer's outputs for the
+            next layer are computed (after the sequential forward; ``outputs``: their per-batch list, not to be
+            changed); it may modify the layer again (or release its weights: the layer is not run again).
         before_layer: optional ``f(index, prefix, layer)`` called before the layer first runs (after every
             layer's inputs are captured): it may load the layer's weights or rotate it.
         sequential: feed the next layer the outputs of the layer as left by
@@ -367,7 +367,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
                 outs = _run_layer(layer, cap, i, consume=True)
                 _release_caches(layer)
         if after_layer is not None:
-            after_layer(i, prefix, layer)
+            after_layer(i, prefix, layer, outs)
         cap.hidden = outs
         del outs, samples
         release_freed_memory()

@@ -31,8 +31,7 @@ __all__ = ["MemoryEstimate", "InsufficientMemory", "Shape", "shape_of", "estimat
            "mem_available", "measure_rate", "MEANINGS", "BASELINE_BYTES", "GiB", "MiB"]
 
 GiB, MiB = 1 << 30, 1 << 20
-#: the writer's shard size when none is given (``fptq.defaults.SHARD_BYTES``)
-DEFAULT_SHARD_BYTES = SHARD_BYTES
+DEFAULT_SHARD_BYTES = SHARD_BYTES   # the writer's shard size when none is given
 
 #: the Python + torch + transformers + numba process before any weight: peak RSS 433,136 kB of
 #: ``/usr/bin/time -v .venv/bin/python /tmp/c_baseline.py`` (imports fptq.cli, fptq.data.calibration,

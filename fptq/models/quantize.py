@@ -116,7 +116,8 @@ def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
     needs = {kw: getattr(config, name) for kw, name in entry.options}
     if entry.hessian:
-        needs["hessian"] = layer_hessian(samples, gp)
+        h = layer_hessian(samples, gp)
+        needs["hessian"] = h if entry.hessian_handoff or not isinstance(h, ref.HessianHandoff) else h.take()
     if entry.channel_weight and gp is not None and gp.m is not None:
         needs["channel_weight"] = ref.activation_channel_weight(gp.input_channel_max())
     return entry.quantize(w, config.group_size, config.weight_format, **needs)
@@ -198,9 +199,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    rot = plan_rotation(model, config.rotate, seed=config.seed) if config.rotate != "none" else None
-    if rot is not None:
-        rotate_globals(model, rot)
+    rot = _start_rotation(model, config)
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
@@ -232,6 +231,16 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report)
 
 
+def _start_rotation(model, config: QuantConfig):
+    """``config.rotate``'s :class:`~fptq.models.rotate.LayerRotation` of ``model`` (None: no rotation), its part
+    outside the decoder layers done; :func:`rotate_layer` does each layer's when its turn comes."""
+    if config.rotate == "none":
+        return None
+    rot = plan_rotation(model, config.rotate, seed=config.seed)
+    rotate_globals(model, rot)
+    return rot
+
+
 @dataclass
 class _AroundLayer:
     """:func:`quantize_model`'s steps around each layer's calibration: before it, the layer read
@@ -247,9 +256,10 @@ class _AroundLayer:
         if self.rot is not None:
             rotate_layer(self.rot, i, layer)
 
-    def after(self, i, prefix, layer):
+    def after(self, i, prefix, layer, outputs):
         if self.swap is not None:
             self.swap.after_layer(i, prefix, layer)
+        self.io.outputs(i, outputs)
         self.io.done(i, prefix, layer, self.plan)
 
 
@@ -259,6 +269,9 @@ class LayerIO:
 
     def load(self, i: int, prefix: str, layer) -> None:
         """Before layer ``i`` (module path ``prefix``) is rotated and calibrated."""
+
+    def outputs(self, i: int, outputs: list) -> None:
+        """Layer ``i``'s outputs for the next layer (per-batch float32 tensors; read, never changed)."""
 
     def done(self, i: int, prefix: str, layer, plan: Plan) -> None:
         """Once layer ``i`` is quantized and its outputs for the next layer are computed."""

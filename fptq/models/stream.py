@@ -25,7 +25,8 @@ import time
 from .arch import arch_of_model, find_decoder_layers
 from .calibrate import release_freed_memory
 from .loading import ModelLoadError
-from .quantize import LayerIO, QuantResult, quantize_model
+from . import quantize as _quantize
+from .quantize import LayerIO, QuantResult
 from .skeleton import check_source_names, materialize, release, skeleton
 
 __all__ = ["StreamedLayers", "open_streamed", "quantize_streamed", "outside_layer_paths", "config_of",
@@ -81,9 +82,12 @@ def outside_layer_paths(model) -> list[str]:
                    if not name.startswith(inside)})
 
 
-def _embedding_path(model) -> str:
-    emb = model.get_input_embeddings()
-    return next(name for name, m in model.named_modules() if m is emb)
+def _capture_paths(model) -> list[str]:
+    """The modules outside the decoder layers except the output head: those the capture may run (input and
+    positional embeddings, OPT's projections; the final norm is small). The head is read only at the end."""
+    head = model.get_output_embeddings()
+    head_path = next((name for name, m in model.named_modules() if m is head), None)
+    return [p for p in outside_layer_paths(model) if p != head_path]
 
 
 class StreamedLayers(LayerIO):
@@ -99,6 +103,9 @@ class StreamedLayers(LayerIO):
         #: the most bytes the model's real (not meta) parameters and buffers held at a layer's read or
         #: hand-over: one layer (float32, or quantized) plus what lives outside the layers
         self.peak_tensor_bytes = 0
+        #: the last decoder layer's outputs for the first calibration sample ([1, L, H]; the float model's with
+        #: the default non-sequential calibration): what the final norm reads
+        self.last_hidden = None
         self._t0 = 0.0
 
     def _note_resident(self) -> None:
@@ -112,6 +119,10 @@ class StreamedLayers(LayerIO):
         self._t0 = time.perf_counter()
         materialize(self.model, [prefix], self.source)
         self._note_resident()
+
+    def outputs(self, i: int, outputs: list) -> None:
+        if i == self.n_layers - 1:   # the last hidden states of the first sample, for the caller's final check
+            self.last_hidden = outputs[0][:1].clone()
 
     def done(self, i: int, prefix: str, layer, plan) -> None:
         self._note_resident()
@@ -138,11 +149,11 @@ def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_si
                          f"{config.rotate} changes the embeddings and lm_head before the layers (quantize a model "
                          "that fits in memory with the whole-model path: fptq.models.quantize.quantize_model)")
     io = StreamedLayers(model, source, writer, progress)
-    emb = _embedding_path(model)
-    materialize(model, [emb], source)
-    io.pending_release.append(model.get_submodule(emb))
-    res = quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress, inplace=True,
-                         layer_io=io)
+    before = _capture_paths(model)   # what runs before the layers: embeddings, OPT's positions...
+    materialize(model, before, source)
+    io.pending_release.extend(model.get_submodule(p) for p in before)
+    res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
+                                   inplace=True, layer_io=io)
     for module in io.pending_release:   # a model without decoder layers never loads one
         release(module)
     materialize(model, outside_layer_paths(model), source)

@@ -53,6 +53,9 @@ class WeightQuantizer:
     quantize: Callable
     channel_weight: bool = False
     hessian: bool = False
+    #: ``quantize`` accepts its ``hessian=`` as a :class:`~fptq.reference.gptq.HessianHandoff` it may overwrite
+    #: (no copy: GPTQ's peak memory); others get the array itself
+    hessian_handoff: bool = False
     rows_option: str | None = None
     options: tuple = ()
     scale_search: Callable | None = None
@@ -78,7 +81,8 @@ def _gptq(w, group_size: int, fmt, *, hessian, **options) -> spec.QuantizedWeigh
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {e.name: e for e in (
     WeightQuantizer("rtn", "RTN", quantize_weight_rtn),
     WeightQuantizer("mse", "act-aware clip search", quantize_weight_mse, channel_weight=True),
-    WeightQuantizer("gptq", "GPTQ", _gptq, hessian=True, rows_option="gptq_rows", judge_with="rtn",
+    WeightQuantizer("gptq", "GPTQ", _gptq, hessian=True, hessian_handoff=True, rows_option="gptq_rows",
+                    judge_with="rtn",
                     options=(("damp", "gptq_damp"), ("act_order", "gptq_act_order"), ("clip", "gptq_clip")),
                     toggle=("gptq_clip", "clip", "clip search")),
     WeightQuantizer("awq", "AWQ scales + RTN", quantize_weight_rtn, rows_option="keep_rows", scale_search=awq_scales,
