@@ -58,7 +58,8 @@ class TensorFileError(ValueError):
     """A tensor file is malformed (the message says where)."""
 
 
-def _no_duplicates(pairs):
+def no_duplicate_keys(pairs):
+    """``json.loads`` ``object_pairs_hook``: a key given twice is a TensorFileError (a ValueError)."""
     out = {}
     for k, v in pairs:
         if k in out:
@@ -180,7 +181,7 @@ class TensorFile:
             raise TensorFileError(f"the header lists {count} tensors, more than the {MAX_TENSORS} fptq reads")
         try:
             text = raw.decode("utf-8")
-            header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+            header = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constants)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TensorFileError(f"header is not valid UTF-8 JSON ({e})") from None
         if not isinstance(header, dict):

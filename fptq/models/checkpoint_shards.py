@@ -32,7 +32,8 @@ from pathlib import Path
 
 from ..defaults import SHARD_BYTES
 from ..io.reading import file_sha256
-from ..io.tensorfile import DTYPES, MAX_TENSORS, TensorFile, TensorFileError, dtype_name, write_tensor_file
+from ..io.tensorfile import (DTYPES, MAX_TENSORS, TensorFile, TensorFileError, dtype_name, no_duplicate_keys,
+                             write_tensor_file)
 from .checkpoint_meta import SHARDED_FORMAT_VERSION, SHARDS_KEY, SUPPORTED_VERSIONS, CheckpointError
 
 __all__ = ["DEFAULT_SHARD_BYTES", "shard_file_name", "is_shard_name", "write_shard", "parse_shards",
@@ -62,15 +63,6 @@ def write_shard(path: Path, tensors: dict) -> dict:
     write_tensor_file(path, tensors)
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size,
             "tensors": {k: [dtype_name(t), [int(s) for s in t.shape]] for k, t in sorted(tensors.items())}}
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def _refuse(where, what: str):
@@ -115,7 +107,7 @@ def parse_shards(raw: dict[str, str], table: dict, where) -> tuple[dict, dict]:
                                   f"{SHARDED_FORMAT_VERSION} field [{SHARDS_KEY!r}]: the version field is corrupt")
         return {}, dict(table)
     try:
-        shards = json.loads(raw[SHARDS_KEY], object_pairs_hook=_no_duplicates)
+        shards = json.loads(raw[SHARDS_KEY], object_pairs_hook=no_duplicate_keys)
     except (ValueError, RecursionError) as e:
         _refuse(where, f"not JSON ({e})")
     if not isinstance(shards, dict) or not shards:

@@ -48,7 +48,7 @@ from ..io.reading import file_sha256
 
 __all__ = ["DEFAULT_MODEL_NAME", "ModelLoadError", "cache_dir", "default_gguf_path", "default_model_dir",
            "gguf_to_directory", "load_float_model", "resolve_model_dir", "check_config_dict", "check_finite",
-           "check_seq_len", "model_argument", "check_layer_count", "check_model_files", "read_config_dict",
+           "check_seq_len", "model_argument", "check_layer_count", "check_model_files", "read_config_dict", "read_json_file",
            "CACHE_MANIFEST"]
 
 #: the file a GGUF conversion writes with the SHA-256 of its source and of every file it wrote
@@ -283,18 +283,22 @@ def check_layer_count(cfg: dict, names, where, what: str) -> None:
         raise ModelLoadError(f"{where}: key 'num_hidden_layers' is {n!r} but {what} hold {len(idx)} decoder layers")
 
 
-def read_config_dict(d: Path) -> dict:
-    """``d/config.json`` read bounded (a regular file of at most 16 MiB) and checked
-    (:func:`check_config_dict`)."""
+def read_json_file(path: Path):
+    """A model directory's JSON file read bounded (a regular file of at most 16 MiB); ModelLoadError naming it."""
     from ..io.reading import CONFIG_LIMIT, InputFileError, read_bounded
 
-    path = Path(d) / "config.json"
     try:
-        cfg = json.loads(read_bounded(path, CONFIG_LIMIT).decode("utf-8"))
+        return json.loads(read_bounded(path, CONFIG_LIMIT).decode("utf-8"))
     except InputFileError as e:
         raise ModelLoadError(str(e)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelLoadError(f"{path}: unreadable ({e})") from None
+
+
+def read_config_dict(d: Path) -> dict:
+    """``d/config.json`` read bounded (:func:`read_json_file`) and checked (:func:`check_config_dict`)."""
+    path = Path(d) / "config.json"
+    cfg = read_json_file(path)
     check_config_dict(cfg, path)
     return cfg
 

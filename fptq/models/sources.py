@@ -31,15 +31,14 @@ name is a :class:`~fptq.models.loading.ModelLoadError` naming the file and the t
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from pathlib import Path
 from typing import NamedTuple
 
-from ..io.reading import CONFIG_LIMIT, InputFileError, check_regular_file, read_bounded
+from ..io.reading import InputFileError, check_regular_file
 from .loading import (ModelLoadError, _offline, check_config_dict, check_layer_count, check_model_files,
-                      model_argument, read_config_dict, resolve_model_dir)
+                      model_argument, read_config_dict, read_json_file, resolve_model_dir)
 
 __all__ = ["WeightSource", "SafetensorsSource", "GGUFSource", "open_source", "SAFETENSORS_INDEX",
            "SAFETENSORS_SINGLE"]
@@ -154,12 +153,7 @@ def _read_index(d: Path) -> dict[str, Path]:
     """``model.safetensors.index.json``'s weight map (tensor name -> shard path), each shard a regular file
     directly inside ``d``."""
     path = d / SAFETENSORS_INDEX
-    try:
-        index = json.loads(read_bounded(path, CONFIG_LIMIT).decode("utf-8"))
-    except InputFileError as e:
-        raise ModelLoadError(str(e)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ModelLoadError(f"{path}: unreadable ({e})") from None
+    index = read_json_file(path)
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not wmap:
         raise ModelLoadError(f"{path}: no 'weight_map' object naming the shards")
