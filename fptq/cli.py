@@ -4,7 +4,8 @@
 
     fptq quantize [MODEL] --out DIR [--group-size G] [--weight-format F] [--weight-quantizer Q]
                   [--calib SOURCE] [--samples N] [--seq-len L] [--v0 15 --v1 150] [--[no-]sequential]
-                  [--policy-select error|error_static|bands] [--holdout F] [--[no-]gptq-clip-search] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
+                  [--policy-select error|error_static|bands|all_static] [--activations static] [--holdout F]
+                  [--[no-]gptq-clip-search] [--float-dtype bfloat16|float16|float32] [--int8-embeddings]
     fptq eval     [MODEL_OR_QUANTIZED_DIR] [--ppl ptb,wiki] [--tasks lambada,piqa,...] [--limit N]
                   [--backend B] [--fake-quant] [--json PATH]
     fptq compare  [MODEL] [--ppl ptb,wiki] [--max-windows W] [--samples N] [--out DIR]
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from .defaults import (BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND,
                        GENERATION, resolve_backend)
+from .cli_presets import add_preset_arguments, activation_line, resolve_presets
 from .cli_quantize import add_quantize_arguments
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
@@ -153,14 +155,15 @@ def _add_policy_select(p):
                    help="error (default) = per-token dynamic from v1, below it static, LAE + static or per-token "
                    "dynamic, whichever gives the smallest output error on held-out calibration rows (v0 unused); "
                    "error_static = the same between the two static policies only; bands = the paper's fixed "
-                   "v0/v1 bands")
+                   "v0/v1 bands; all_static = static or LAE + static for every group, never per-token dynamic")
     p.add_argument("--holdout", type=_fraction, default=_Q.holdout,
                    help=f"fraction of the calibration samples held out to judge the plan on (default {_Q.holdout:g}; "
                    "0 = judge on rows of every sample)")
 
 
 def _quant_config(a, **extra) -> QuantConfig:
-    """The QuantConfig of the parsed flags (quantize and compare)."""
+    """The QuantConfig of the parsed flags (quantize and compare), after ``--activations``'s preset."""
+    a = resolve_presets(a)
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
@@ -191,6 +194,7 @@ def _add_quantize_parser(sub) -> None:
     add_quantize_arguments(q)
     _add_policy_select(q)
     _add_calib(q)
+    add_preset_arguments(q)  # after the flags a preset may refuse (fptq/cli_presets.py)
     _add_common(q)  # no --backend: quantizing is fptq.reference's NumPy math whatever the backend;
     #                 the backend is chosen where the checkpoint runs (fptq eval --backend)
 
@@ -392,6 +396,7 @@ def cmd_report(a) -> int:
     print(storage_summary(meta))
     print(plan_table(rows))
     print(plan_summary(rows))
+    print(activation_line(qc, rows))  # a ValueError if a static-only checkpoint holds a dynamic group
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         plot_plan(rows, path, v0, v1, title=f"FPTQ plan: {meta.get('info', {}).get('model_name', '')}"[:90])

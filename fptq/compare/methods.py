@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from ..defaults import CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, default_backend
 from ..models.arch import LINEAR_GROUPS
 from ..models.config import POLICY_SELECTIONS, ROTATIONS, QuantConfig
+from ..reference.plan import SELECTION_TABLE
 from ..reference.quantizer_registry import WEIGHT_QUANTIZERS, weight_quantizer
 from ..spec import WeightFormat
 
@@ -88,10 +89,7 @@ def rotation_words(rotate: str) -> str:
 
 
 def _selection_words(select: str, s: CompareSettings) -> str:
-    q = s.quant
-    return {"bands": f"paper bands v0={q.v0:g}, v1={q.v1:g}",
-            "error": f"static/LAE/dynamic by held-out error below v1={q.v1:g}",
-            "error_static": f"static/LAE by calibration error below v1={q.v1:g} (the default until 2026-11-30)"}[select]
+    return SELECTION_TABLE[select].label.format(v0=s.quant.v0, v1=s.quant.v1)
 
 
 def _baseline_rows(s: CompareSettings) -> list[Method]:
@@ -231,11 +229,4 @@ def uses_pipeline(m: Method, s: CompareSettings) -> bool:
 
 def plan_words(select: str, s: CompareSettings) -> str:
     q = s.quant
-    if select == "bands":
-        return f"the paper's bands (static below v0={q.v0:g}, LAE + static below v1={q.v1:g}, else per-token dynamic)"
-    if select == "error_static":
-        return (f"per-token dynamic from v1={q.v1:g}, below it static or LAE + static, whichever gives the smaller "
-                f"output error on {q.keep_rows} calibration rows")
-    return (f"per-token dynamic from v1={q.v1:g}, below it static, LAE + static or per-token dynamic, whichever "
-            f"gives the smallest output error on {q.keep_rows} rows of held-out calibration samples "
-            f"({q.holdout:g} of them; the candidates' scales from the others)")
+    return SELECTION_TABLE[select].rule.format(v0=q.v0, v1=q.v1, keep_rows=q.keep_rows, holdout=q.holdout)

@@ -71,6 +71,8 @@ class QuantConfig:
         v0 unused. ``error_static``: the same between static and LAE + static only (the
         default until 2026-11-30, with ``holdout=0``). ``bands``: the paper's fixed bands
         (v < v0 static, v0 <= v < v1 LAE + static, v >= v1 dynamic), tuned on LLaMA-7B.
+        ``all_static`` (``fptq quantize --activations static``): static or LAE + static for every
+        group whatever its range, by the same held-out error; never per-token dynamic (v1 unused).
     keep_rows: calibration rows kept per linear input for the error selections.
     holdout: the fraction of calibration samples held out to judge the plan's candidates on
         (:meth:`holdout_samples`; 0 = judge on ``keep_rows`` rows of every sample, with scales

@@ -117,7 +117,9 @@ class PlanOptions:
         equalize: ``"lae"`` or ``("smoothquant", alpha)``: the scales equalizing groups get.
         select: ``"bands"`` (the paper: v0 and v1 decide), ``"error"``: below v1, ``static``,
             ``lae_static`` or ``dynamic`` by the output error measured on held-out calibration rows
-            (v0 then unused), or ``"error_static"``: the same between the static two only.
+            (v0 then unused), ``"error_static"``: the same between the static two only, or
+            ``"all_static"``: static or LAE + static for every group, never per-token dynamic
+            (:data:`fptq.reference.plan.SELECTION_TABLE` declares them).
         groups: which groups are equalized and quantized (the others stay float).
         weight_scales: the weight quantizer's scale search ``f(x, weights, kv_heads) -> (s, s_fold)``
             (a registry entry's ``scale_search`` with its group size and format bound), or None.

@@ -1,9 +1,9 @@
 """The FPTQ planner: each input's activation policy, equalization scales, static scale.
 
-One planner, two strategies (``select``), both run by :func:`plan_group` on one
-input-sharing group of linears (q/k/v; o; gate/up; down), from its channel
-maxima ``m`` (float32 [K]) and what the pipeline reads from the model
-(:class:`GroupInputs`)::
+One planner, its strategies (``select``) declared in one table, :data:`SELECTION_TABLE`,
+run by :func:`plan_group` on one input-sharing group of linears (q/k/v; o; gate/up;
+down), from its channel maxima ``m`` (float32 [K]) and what the pipeline reads from
+the model (:class:`GroupInputs`)::
 
     v      = max_j m_j                                   the input range
     band   = select_policy(v, v0, v1)                    spec section 7
@@ -11,6 +11,8 @@ maxima ``m`` (float32 [K]) and what the pipeline reads from the model
            | the candidate with the smallest output      select="error" / "error_static"
              error on held-out rows (static, LAE +        (fptq's default; below v1 only)
              static, [per-token dynamic])
+           | the same between static and LAE + static    select="all_static" (every group,
+             (static where LAE does not fold)             never per-token dynamic)
     s      = equalization scales if LAE_STATIC and 1/s folds into the producer, else the
              group falls back to per-token dynamic (section 3; SmoothQuant's with
              equalize=("smoothquant", alpha); GQA-shared for o_proj)
@@ -46,11 +48,60 @@ from ..spec.validate import as_float32, check_ndim
 from .equalize import equalization_scales, equalized_channel_max, static_act_scale, weight_column_max
 from .select import select_by_error, static_and_dynamic_errors, static_candidate_error
 
-__all__ = ["SELECTIONS", "GroupInputs", "GroupPlan", "plan_group", "LayerPlan", "equalized_amax", "plan_layer",
-           "plan_layers", "with_policy"]
+__all__ = ["SELECTIONS", "SELECTION_TABLE", "Selection", "selection", "GroupInputs", "GroupPlan", "plan_group",
+           "LayerPlan", "equalized_amax", "plan_layer", "plan_layers", "with_policy"]
 
-#: the planner's strategies: how a group's policy is chosen below v1 (:func:`plan_group`)
-SELECTIONS = ("error", "error_static", "bands")
+
+@dataclass(frozen=True)
+class Selection:
+    """One strategy of the planner: which policies a group may get and how (a row of :data:`SELECTION_TABLE`).
+
+    Attributes:
+        name: the ``select`` / ``--policy-select`` value.
+        by_error: the candidates are judged by their output error on the judging rows (else the band decides).
+        dynamic_candidate: per-token dynamic is one of the judged candidates.
+        per_token: any group may end per-token dynamic: from v1 (unjudged), or when LAE does not fold.
+            False: never (every group static or LAE + static, whatever its range; :func:`plan_group` raises
+            if a dynamic group appears anyway).
+        label: how tables name it (``{v0}``, ``{v1}``: the thresholds).
+        rule: the rule in words (``{v0}``, ``{v1}``, ``{keep_rows}``, ``{holdout}``: the settings).
+    """
+
+    name: str
+    by_error: bool
+    dynamic_candidate: bool
+    per_token: bool
+    label: str
+    rule: str
+
+
+#: the planner's strategies, one row each: every choice of a group's policy is declared here
+SELECTION_TABLE = {s.name: s for s in (
+    Selection("error", True, True, True, "static/LAE/dynamic by held-out error below v1={v1:g}",
+              "per-token dynamic from v1={v1:g}, below it static, LAE + static or per-token dynamic, whichever "
+              "gives the smallest output error on {keep_rows} rows of held-out calibration samples ({holdout:g} "
+              "of them; the candidates' scales from the others)"),
+    Selection("error_static", True, False, True,
+              "static/LAE by calibration error below v1={v1:g} (the default until 2026-11-30)",
+              "per-token dynamic from v1={v1:g}, below it static or LAE + static, whichever gives the smaller "
+              "output error on {keep_rows} calibration rows"),
+    Selection("bands", False, False, True, "paper bands v0={v0:g}, v1={v1:g}",
+              "the paper's bands (static below v0={v0:g}, LAE + static below v1={v1:g}, else per-token dynamic)"),
+    Selection("all_static", True, False, False, "all static: static/LAE by held-out error, no per-token dynamic",
+              "every group static or LAE + static whatever its range (no per-token dynamic), whichever gives the "
+              "smaller output error on {keep_rows} rows of held-out calibration samples; static where LAE does "
+              "not fold"),
+)}
+
+#: the planner's strategy names (:data:`SELECTION_TABLE`, :func:`plan_group`)
+SELECTIONS = tuple(SELECTION_TABLE)
+
+
+def selection(name: str) -> Selection:
+    """The :data:`SELECTION_TABLE` row ``name``; a ValueError names the choices."""
+    if name not in SELECTION_TABLE:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {name!r}")
+    return SELECTION_TABLE[name]
 
 
 @dataclass(frozen=True)
@@ -173,10 +224,11 @@ def _equalize(gp: GroupPlan, inp: GroupInputs, equalize) -> None:
     gp.v_after = float(equalized_amax(gp.m, gp.s))
 
 
-def _select_by_error(gp: GroupPlan, inp: GroupInputs, equalize, weight_fn, dynamic: bool) -> None:
+def _select_by_error(gp: GroupPlan, inp: GroupInputs, equalize, weight_fn, sel: Selection) -> None:
     """The error strategy: keep the candidate with the smallest error on the judging rows ``x``, each
     candidate's scales taken from the channel maxima ``m_fit``: ``static``, ``lae_static`` (if it
-    folds) and, if ``dynamic``, per-token ``dynamic``."""
+    folds) and, if ``sel.dynamic_candidate``, per-token ``dynamic``."""
+    dynamic = sel.dynamic_candidate
     if inp.judging_rows is None:
         raise ValueError("select='error' needs calibration samples of every linear input")
     x, m_fit = inp.judging_rows()
@@ -191,7 +243,7 @@ def _select_by_error(gp: GroupPlan, inp: GroupInputs, equalize, weight_fn, dynam
                           m=m_fit)
         _equalize(trial, inp, equalize)
         gp.err_lae = static_candidate_error(x, weights, static_act_scale(trial.v_after), trial.s, weight_fn)
-    elif not dynamic:
+    elif not dynamic and sel.per_token:
         return  # no LAE candidate: the band decides (an LAE-band group falls back to dynamic)
     gp.policy = select_by_error(gp.err_static, gp.err_lae, gp.err_dynamic)
 
@@ -229,15 +281,14 @@ def plan_group(inp: GroupInputs, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1,
             error strategy (None: float weights).
         weight_scales: a weight quantizer's scale search ``f(x, weights, kv_heads) -> (s, s_fold)``, or None.
     """
-    if select not in SELECTIONS:
-        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    sel = selection(select)
     m = inp.m
     v = float(np.max(m)) if m.size else 0.0
     band = select_policy(v, v0, v1)
     policy = band if force is None else ActPolicy(force)
     gp = GroupPlan(inp.layer, inp.prefix, inp.group, inp.linears, v, band, policy, m=m)
-    if select != "bands" and force is None and band is not ActPolicy.DYNAMIC:
-        _select_by_error(gp, inp, equalize, weight_fn, dynamic=select == "error")
+    if sel.by_error and force is None and (band is not ActPolicy.DYNAMIC or not sel.per_token):
+        _select_by_error(gp, inp, equalize, weight_fn, sel)
     if gp.policy is ActPolicy.LAE_STATIC:
         if inp.fold_reason is None:
             gp.fold = inp.fold_target
@@ -248,6 +299,9 @@ def plan_group(inp: GroupInputs, v0: float = DEFAULT_V0, v1: float = DEFAULT_V1,
         _weight_scales(gp, inp, weight_scales)
     if gp.policy is not ActPolicy.DYNAMIC:
         gp.act_scale = static_act_scale(v if gp.s is None else gp.v_after)
+    elif force is None and not sel.per_token:  # the promise of the selection, checked where it is kept
+        raise RuntimeError(f"{inp.prefix}.{inp.group}: select={select!r} never plans per-token dynamic, but the "
+                           "plan came out dynamic (a planner bug)")
     return gp
 
 
