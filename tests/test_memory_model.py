@@ -57,8 +57,9 @@ def test_llama3_8b_components_by_hand():
     c = est.components
     assert c["hidden_in"] == 16 * 512 * 4096 * 4
     assert "hessian" not in c and est.hessian_group == "down"   # handed to GPTQ, which works in it
-    assert c["gptq_work"] == int(8 * (4.1 * 14336 ** 2 + 1.0 * 4096 * 14336))
-    assert est.peak_bytes == est.steps["layer: GPTQ"] and "rows_gptq" not in c
+    # the inverse works in place (one [K,K]); the error feedback's W copies set GPTQ's peak
+    assert c["gptq_work"] == int(8 * (1.0 * 14336 ** 2 + 3.1 * 4096 * 14336))
+    assert "rows_gptq" not in c
     assert c["lm_head_f32"] == c["embeddings_f32"] == 128256 * 4096 * 4
     assert c["embeddings_read"] == 128256 * 4096 * (2 + 1)
     assert c["nonlayer_stored"] == 2 * 128256 * 4096 * 2            # untied: embeddings and lm_head, bf16
@@ -67,10 +68,9 @@ def test_llama3_8b_components_by_hand():
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 1024)
     assert c["kept_rows"] == (8192 + 1024) * 4 * (4096 + 4096 + 4096 + 14336)
     assert c["rotations"] == 12 * 4096 ** 2 + 4 * 14336 ** 2 + 12 * 128 ** 2
-    assert est.peak_step == "layer: GPTQ"
-    assert est.peak_bytes == max(est.steps.values()) == est.steps["layer: GPTQ"]
-    assert est.peak_bytes == sum(c.get(n, 0) for n in memory.STEPS["layer: GPTQ"])
-    assert est.phases["per-layer quantization"] == est.peak_bytes
+    assert est.peak_bytes == max(est.steps.values()) == est.steps[est.peak_step]
+    assert est.steps["layer: GPTQ"] == sum(c.get(n, 0) for n in memory.STEPS["layer: GPTQ"])
+    assert est.phases["per-layer quantization"] == max(v for k, v in est.steps.items() if k.startswith("layer:"))
     assert est.phases["capture"] == max(est.steps["capture"], est.steps["calibration text"])
     assert est.phases["final write"] == est.steps["write"]
 
@@ -181,11 +181,13 @@ def test_check_fits_refuses_with_what_to_lower(tmp_path):
         check_fits(est, available=4 << 30)
     msg = str(e.value)
     assert isinstance(e.value, MemoryError)
-    assert f"{est.peak_bytes / 2**30:.2f} GiB" in msg and "4.00 GiB is available" in msg and "layer: GPTQ" in msg
-    assert "gptq_work" in msg and "--samples" in msg and "--batch-size" in msg
+    assert f"{est.peak_bytes / 2**30:.2f} GiB" in msg and "4.00 GiB is available" in msg
+    assert f"'{est.peak_step}'" in msg and "--samples" in msg and "--batch-size" in msg
+    biggest = max((n for n in memory.STEPS[est.peak_step] if n in est.components), key=est.components.get)
+    assert biggest in msg
     assert check_fits(est, available=est.peak_bytes) == 0
     gpu = estimate(LLAMA3_8B, n_samples=16, seq_len=512, batch_size=8, device="cuda")
-    with pytest.raises(InsufficientMemory, match="GiB of GPU memory at its peak .'layer: GPTQ'.*1.00 GiB is free"):
+    with pytest.raises(InsufficientMemory, match="GiB of GPU memory at its peak .'layer: [A-Za-z]+'.*1.00 GiB is free"):
         check_fits(gpu, available=1 << 50, device_available=1 << 30)
     assert check_fits(gpu, available=1 << 50, device_available=1 << 50) == (1 << 50) - gpu.peak_bytes
     meminfo = tmp_path / "meminfo"
@@ -228,7 +230,7 @@ def test_llama2_70b_projection(capsys):
     assert "80 layers, hidden 8192, MLP 28672" in text and "device cpu" in text and "device cuda" in text
     cpu = estimate(memory.LLAMA2_70B, **DEFAULT_RUN, source_dtype_bytes=2)
     gpu = estimate(memory.LLAMA2_70B, **DEFAULT_RUN, source_dtype_bytes=2, device="cuda")
-    assert cpu.components["gptq_work"] == int(8 * (4.1 * 28672 ** 2 + 8192 * 28672))
+    assert cpu.components["gptq_work"] == int(8 * (28672 ** 2 + 3.1 * 8192 * 28672))
     assert gpu.device_peak_bytes < 80e9 and gpu.peak_bytes < cpu.peak_bytes
 
 

@@ -158,3 +158,29 @@ def test_equalized_hessian_is_the_hessian_of_the_folded_weights():
     h = equalized_hessian(x, s)
     np.testing.assert_allclose(h, _hessian(x) / np.outer(s, s), rtol=1e-10)
     np.testing.assert_allclose(equalized_hessian(x), _hessian(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 37, 200])
+def test_inverse_cholesky_is_the_upper_factor_of_the_dampened_inverse_in_place(k):
+    """U upper triangular, positive diagonal, U^T U (H + lam I) = I; computed in the handed buffer (no copy)."""
+    from fptq.reference.gptq import _inverse_cholesky
+
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((k + 5, k))
+    H = x.T @ x / len(x)
+    Hd = H + 0.01 * np.mean(np.diag(H)) * np.eye(k)
+    buf = H.copy()
+    U = _inverse_cholesky([buf], 0.01)
+    assert np.shares_memory(U, buf) and U.flags.c_contiguous
+    assert np.array_equal(U, np.triu(U)) and (np.diag(U) > 0).all()
+    np.testing.assert_allclose(U.T @ U @ Hd, np.eye(k), atol=1e-9 * k)
+    ref = np.linalg.cholesky(np.linalg.inv(Hd)).T   # the same factor computed another way
+    np.testing.assert_allclose(U, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_inverse_cholesky_refuses_an_indefinite_matrix():
+    from fptq.reference.gptq import _inverse_cholesky
+
+    H = np.diag([1.0, -50.0, 1.0])
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        _inverse_cholesky([H], 0.01)

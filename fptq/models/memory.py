@@ -40,18 +40,20 @@ DEFAULT_SHARD_BYTES = SHARD_BYTES   # the writer's shard size when none is given
 #: the figure is memory, not time), twice, equal to 1 kB
 BASELINE_BYTES = 433_136 * 1024
 #: NumPy/OpenBLAS's buffers touched by the first matmul and LAPACK call: +8,960 kB RSS (/tmp/c_blas.py:
-#: after importing numpy, torch and fptq.models.quantize, a 512 x 512 float64/float32 matmul, Cholesky, inverse)
-BLAS_BYTES = 8960 * 1024
+#: after importing numpy, torch and fptq.models.quantize, a 512 x 512 float64/float32 matmul, Cholesky, inverse),
+#: and SciPy's LAPACK loaded by GPTQ's first inverse: +25,653,248 bytes (``from scipy.linalg import lapack`` and
+#: one ``dpotrf`` after numpy and torch, 2026-12-06)
+BLAS_BYTES = 8960 * 1024 + 25_653_248
 #: ``fptq.reference.gptq.gptq_quantize(w [N, K], H)``, peak RSS over its inputs =
-#: ``max(INV_KK K^2 + INV_NK N K, FB_KK K^2 + FB_NK N K) * 8`` bytes: the inverse Cholesky holds ~4 float64
-#: [K, K] matrices at its peak (L, LAPACK's copy of it, the identity it solves against, the result) beside W
-#: float64; the error feedback U beside W's float64 copies, the block update and the float32 result.
-#: Measured 2026-12-06 on the working tree after the lead's GPTQ/Hessian slimming (HessianAccumulator.take_H,
-#: _inverse_cholesky(owned)) with ``python benchmarks/memory_model_check.py coefficients`` (VmHWM after
-#: clear_refs, BLAS warmed up): K=4096 N=64: 4.09 K^2; K=4096 N=1024: 4.09 K^2 + 1.0 N K; K=3072 N=256:
-#: 4.1 K^2 + N K; K=1024 N=4096: 16.6 K^2 (the feedback: K^2 + 3.9 N K). Smaller K keeps more (glibc
-#: reuses blocks under its 32 MiB mmap threshold: K=2048 5.2 K^2); the big-K figure is the one that matters
-GPTQ_INV_KK, GPTQ_INV_NK, GPTQ_FB_KK, GPTQ_FB_NK = 4.1, 1.0, 1.0, 3.9
+#: ``max(INV_KK K^2 + INV_NK N K, FB_KK K^2 + FB_NK N K) * 8`` bytes: the inverse Cholesky works in the one
+#: float64 [K, K] it is handed (LAPACK potrf/potri/potrf in place) beside W float64; the error feedback U
+#: beside W's float64 copies, the block update and the float32 result. Measured 2026-12-06 after the in-place
+#: inverse with ``python benchmarks/memory_model_check.py coefficients`` (VmHWM after clear_refs, BLAS warmed
+#: up; H passed as an array, so gptq_quantize's own copy is the [K, K] it works in; W visited in place without
+#: act_order): K=8960 N=1536: 1.53 K^2 = K^2 + 3.1 N K; K=4096 N=1024: 1.92 K^2 (SciPy's first load, 26 MB =
+#: 0.19 K^2, inside the window; the rest K^2 + 2.9 N K). Before it (numpy's cholesky/inv/cholesky and a
+#: visiting-order copy of W): 4.1 K^2 + N K in the inverse, K^2 + 3.9 N K in the feedback, at K=4096
+GPTQ_INV_KK, GPTQ_INV_NK, GPTQ_FB_KK, GPTQ_FB_NK = 1.0, 1.0, 1.0, 3.1
 #: ``fptq.models.quantize.layer_hessian`` -> ``equalized_hessian(x [R, K], s)``: peak over x =
 #: ``(HESS_RK R K + HESS_KK K^2) * 8`` (x / s float64, divided in place; X^T X, which becomes the sum and then
 #: H in place); measured (same script): K=4096 R=8192: R K + 1.08 K^2; K=2048 R=8192: R K + 1.13 K^2
@@ -100,8 +102,8 @@ MEANINGS = {
     "plan_judging": "error-selected plan, per linear: held-out rows quantized, outputs, dequantized weight",
     "hessian_build": "building the worst group's Hessian: its rows float64, X^T X",
     "hessian": "the cached float64 Hessian [K,K] beside GPTQ of a group's earlier linears (the last one works in it)",
-    "gptq_work": "GPTQ's working set: ~4 float64 [K,K] in its inverse Cholesky (L, LAPACK's copies, the result), "
-                 "W float64 [N,K]",
+    "gptq_work": "GPTQ's working set: the float64 [K,K] its inverse Cholesky overwrites in place, W float64 "
+                 "[N,K] and its copies in the error feedback",
     "layer_quantized": "the layer's quantized form (packed INT4, scales, zero points, norms)",
     "layer_dequantized": "--sequential: fake-quant float32 weights of the quantized layer",
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",

@@ -14,9 +14,9 @@ from __future__ import annotations
 __all__ = ["layer_flops", "measure_rate", "GPTQ_INVERSE_K3", "GPTQ_ELEMENTWISE"]
 
 
-#: GPTQ's inverse Cholesky as :func:`fptq.reference.gptq._inverse_cholesky` computes it, in K^3 FLOPs: a
-#: Cholesky (1/3), a general inverse of L (2), L^-T L^-1 (2), a Cholesky (1/3); once per linear
-GPTQ_INVERSE_K3 = 14 / 3
+#: GPTQ's inverse Cholesky as :func:`fptq.reference.gptq._inverse_cholesky` computes it, in K^3 FLOPs: LAPACK
+#: potrf (1/3), potri (2/3), potrf (1/3); once per linear
+GPTQ_INVERSE_K3 = 4 / 3
 #: elementwise operations per weight of GPTQ outside BLAS: the column loop's rank-1 updates within a block
 #: of 128 columns (~128 per weight) and the clip search's 21 candidate ranges (~10 operations each)
 GPTQ_ELEMENTWISE = 128 + 21 * 10
