@@ -32,6 +32,9 @@ shape against the model that ``config.json`` describes, built first on the
 ``meta`` device (no memory). Then the values: finite floats, scales within
 the bounds the spec can produce, zero points, padding nibbles. Anything else
 is a :class:`CheckpointError` naming the file and the tensor, key or layer.
+Each tensor is then held once: the model is built again with everything the file stores on ``meta``
+(its computed buffers real) and takes the tensors read with ``load_state_dict(assign=True)``, no copy
+(``docs/checkpoint.md``, "Loading: each tensor held once").
 The checks live in :mod:`fptq.models.checkpoint_read` (and the header's in
 :mod:`fptq.models.checkpoint_meta`); what is written, in :mod:`fptq.models.checkpoint_write`.
 """
@@ -199,6 +202,42 @@ def _check_ties(model, meta: dict) -> None:
                               "separately (metadata key 'tied')")
 
 
+def _aliases(model) -> list[list[str]]:
+    """The names of each tensor the model holds under several (tied weights, tied INT8 rows), in order."""
+    names: dict[int, list[str]] = {}
+    for kind in (model.named_parameters, model.named_buffers):
+        for name, t in kind(remove_duplicate=False):
+            names.setdefault(id(t), []).append(name)
+    return [n for n in names.values() if len(n) > 1]
+
+
+def _assign_tensors(model, tensors: dict, meta: dict) -> None:
+    """Put the read tensors into ``model`` (built on meta by ``build_model``) as they are
+    (``load_state_dict(assign=True)``: no second copy), then tie again what the model tied as it was built:
+    a tensor stored once under one of its names is given to its other names."""
+    aliases = _aliases(model)
+    result = model.load_state_dict(tensors, strict=False, assign=True)
+    if set(result.missing_keys) - set(meta["tied"]) or result.unexpected_keys:
+        raise CheckpointError(f"{meta['_path']}: state dict mismatch: {result}")
+    for names in aliases:
+        loaded = [n for n in names if n in tensors]
+        if loaded:
+            owner, _, attr = loaded[0].rpartition(".")
+            kept = getattr(model.get_submodule(owner), attr)
+            for n in names:
+                owner, _, attr = n.rpartition(".")
+                setattr(model.get_submodule(owner), attr, kept)
+    if not meta["int8_rows"]:  # INT8-rows modules are tied (or not) as they are built, from the config
+        model.tie_weights()
+
+
+def _check_loaded(model, meta: dict) -> None:
+    """Nothing of the model is left on the meta device (a stored tensor it did not take)."""
+    empty = [n for kind in (model.named_parameters, model.named_buffers) for n, t in kind() if t.is_meta]
+    if empty:
+        raise CheckpointError(f"{meta['_path']}: the checkpoint leaves {empty[:4]} of the model unloaded")
+
+
 def _attach_rotations(model, meta: dict, q, q_in) -> None:
     """Wrap the norms of ``online_rotations`` (one shared ``Q``) and give the layers of
     ``input_rotations`` their shared ``Q_f``."""
@@ -250,14 +289,12 @@ def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer"):
             skeleton = build_model(cfg, meta, backend, mode, d / "config.json")
             want = check_against_model(expected_tensors(skeleton, meta, meta["_path"]), meta, table, meta["_path"])
         tensors = read_tensors(tf, meta, want)
-    model = build_model(cfg, meta, backend, mode, d / "config.json")
+    model = build_model(cfg, meta, backend, mode, d / "config.json")  # what the file stores: on meta
     q, q_in = tensors.pop(ONLINE_ROTATION_TENSOR, None), tensors.pop(INPUT_ROTATION_TENSOR, None)
-    result = model.load_state_dict(tensors, strict=False)
-    if set(result.missing_keys) - set(meta["tied"]) or result.unexpected_keys:
-        raise CheckpointError(f"{meta['_path']}: state dict mismatch: {result}")
-    if not meta["int8_rows"]:  # INT8-rows modules are tied (or not) as they are built, from the config
-        model.tie_weights()
+    _assign_tensors(model, tensors, meta)
+    del tensors
     _check_ties(model, meta)
+    _check_loaded(model, meta)
     _attach_rotations(model, meta, q, q_in)  # after the tie checks: the wrapped modules share one Q
     for name in meta["layers"]:
         get_submodule(model, name).origin = f"layer {name} of {d}"

@@ -146,19 +146,28 @@ def build_config(data: bytes, where: Path, meta: dict):
 
 
 def build_model(cfg, meta: dict, backend: str, mode: str, where: Path):
-    """The float model of ``cfg`` with every listed linear replaced by an (empty) W4A8Linear."""
-    from transformers import AutoModelForCausalLM
+    """The float32 model of ``cfg`` with every listed linear replaced by an empty W4A8Linear (and the
+    INT8-rows modules of ``int8_rows``), every tensor the checkpoint stores on the ``meta`` device (no memory):
+    the parameters (:func:`fptq.models.skeleton.skeleton`: no initialization, ties made) and the W4A8 /
+    INT8-rows buffers. The buffers the modules compute themselves (rotary ``inv_freq``, Gemma's
+    ``embed_scale``) are real, computed by their constructors as a model built on the CPU gets them
+    (under ``torch.device("meta")`` they are meta too: the shape check). :func:`load_tensors` fills it."""
+    from .skeleton import skeleton
 
-    try:  # every persistent tensor is overwritten from the file: skip the random init (~2 s for 135M)
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers
-        from contextlib import nullcontext as no_init_weights
     try:
-        with no_init_weights():
-            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model = skeleton(cfg)
+        model.__dict__.pop("_fptq_ties", None)  # the streamed run's record of ties; load_tensors keeps them
         arch_of_model(model)
     except Exception as e:
         raise CheckpointError(f"{where}: cannot build a model from config.json ({type(e).__name__}: {e})") from None
+    with torch.device("meta"):
+        _install_quantized(model, cfg, meta, backend, mode, where)
+    return model
+
+
+def _install_quantized(model, cfg, meta: dict, backend: str, mode: str, where: Path) -> None:
+    """Replace the linears of ``meta["layers"]`` by W4A8Linear and the modules of ``meta["int8_rows"]`` by
+    INT8-rows modules (their buffers made where torch's default device says: meta in :func:`build_model`)."""
     for name, e in meta["layers"].items():
         parent_path, _, attr = name.rpartition(".")
         try:
@@ -187,7 +196,6 @@ def build_model(cfg, meta: dict, backend: str, mode: str, where: Path):
                                   f"model's embedding / lm_head ({targets})")
         model.tie_weights()  # so that a lm_head the config ties shares the embedding's INT8 rows
         install_int8_rows(model, int8_row_modules(model, rows, quantize=False))
-    return model
 
 
 def _stored_dtype(key: str, model_dtype: str, ndim: int, meta: dict) -> str:
@@ -243,43 +251,62 @@ def check_against_model(expected: dict, meta: dict, table: dict, where: Path) ->
     return want
 
 
-def _widen(a: np.ndarray, dtype: str) -> np.ndarray:
-    """A stored BF16 (uint16 bit patterns) or F16 float part as float32, exactly."""
+def _to_torch(a: np.ndarray, dtype: str):
+    """A tensor of torch's own memory (as a model built on the CPU holds it) with the values of ``a`` (as
+    :meth:`~fptq.io.tensorfile.TensorFile.numpy` gives it): a stored BF16 (uint16 bit patterns) or F16
+    float part widened to float32 exactly, written straight into the tensor (no second full-size copy)."""
     if dtype == "BF16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    return a.astype(np.float32) if dtype == "F16" else a
+        t = torch.empty(a.shape, dtype=torch.float32)
+        np.left_shift(a, 16, out=t.numpy().view(np.uint32), dtype=np.uint32)
+        return t
+    t = torch.empty(a.shape, dtype=torch.float32 if dtype == "F16" else torch.from_numpy(a[:0]).dtype)
+    t.numpy()[...] = a
+    return t
+
+
+def _check_values(k: str, a: np.ndarray, where) -> None:
+    if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
+        try:
+            check_rotation_values(a, k)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+    elif a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
 
 
 def read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
-    """name -> torch tensor for every stored tensor (float parts widened to float32), values checked."""
+    """name -> torch tensor for every stored tensor (float parts widened to float32), values checked.
+
+    One tensor is held twice at a time (as read, and in the tensor of its own that the model takes with
+    ``load_state_dict(assign=True)``); the rotations ``Q`` / ``Q_f`` are NumPy-backed as read."""
     where = meta["_path"]
     layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in LAYER_SUFFIXES}
-    arrays, by_layer = {}, {}
+    out, by_layer = {}, {}
     for k in sorted(want):
-        a = _widen(tf.numpy(k), tf.dtype(k))
+        a, dtype = tf.numpy(k), tf.dtype(k)
+        if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
+            out[k] = torch.from_numpy(a)
+        else:
+            out[k] = _to_torch(a, dtype)
+            del a
+        arr = out[k].numpy()
         if k in layer_of:
             n, s = layer_of[k]
-            by_layer.setdefault(n, {})[s] = a
-        elif k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
-            try:
-                check_rotation_values(a, k)
-            except CheckpointError as e:
-                raise CheckpointError(f"{where}: {e}") from None
-        elif a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
-        arrays[k] = a
+            by_layer.setdefault(n, {})[s] = arr
+        else:
+            _check_values(k, arr, where)
     for n, parts in sorted(by_layer.items()):
         try:
             check_layer_values(n, meta["layers"][n], parts)
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
     for n in sorted(meta["int8_rows"]):
-        if f"{n}.qweight" in arrays:  # else tied to another INT8-rows module, checked there
+        if f"{n}.qweight" in out:  # else tied to another INT8-rows module, checked there
             try:
-                check_int8_row_values(n, arrays[f"{n}.qweight"], arrays[f"{n}.scale"])
+                check_int8_row_values(n, out[f"{n}.qweight"].numpy(), out[f"{n}.scale"].numpy())
             except CheckpointError as e:
                 raise CheckpointError(f"{where}: {e}") from None
-    return {k: torch.from_numpy(a) for k, a in arrays.items()}
+    return out
 
 
 def load_tokenizer(d: Path, files: dict, meta: dict):

@@ -211,8 +211,17 @@ def _embedding(model, fam, hidden: int):
     return t, np.float32(hidden ** 0.5), fam.scaled_embedding
 
 
-def _bf16_exact(w: np.ndarray) -> bool:
-    return not np.any(w.view(np.uint32) & np.uint32(0xFFFF))
+def _bf16_bits(w: np.ndarray, rows: int = 4096):
+    """The bfloat16 bit patterns (uint16 [V, H]) of a float32 matrix whose every value is a bfloat16 value,
+    else None; made a block of ``rows`` rows at a time (no full-size temporary beside the result)."""
+    bits = w.view(np.uint32)
+    out = np.empty(w.shape, np.uint16)
+    for r0 in range(0, w.shape[0], rows):
+        block = bits[r0:r0 + rows]
+        if np.any(block & np.uint32(0xFFFF)):
+            return None
+        np.right_shift(block, 16, out=out[r0:r0 + rows], casting="unsafe")
+    return out
 
 
 def _head(model, int8_head: bool | None):
@@ -238,8 +247,9 @@ def _head(model, int8_head: bool | None):
         q, s = quantize_weight_int8_per_channel(w)
         return (np.int64(HEAD_INT8), ef, eb, q, s)
     ones = np.ones(w.shape[0], np.float32)
-    if _bf16_exact(w):
-        return (np.int64(HEAD_BF16), ef, np.ascontiguousarray(w.view(np.uint32) >> 16).astype(np.uint16), eq, ones)
+    bits = _bf16_bits(w)
+    if bits is not None:
+        return (np.int64(HEAD_BF16), ef, bits, eq, ones)
     return (np.int64(HEAD_F32), w, eb, eq, ones)
 
 
