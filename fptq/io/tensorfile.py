@@ -239,14 +239,28 @@ class TensorFile:
     def sha256(self, name: str) -> str:
         """Hex SHA-256 of the tensor's raw bytes as stored."""
         with self._view(name) as v:
-            return hashlib.sha256(v).hexdigest()
+            digest = hashlib.sha256(v).hexdigest()
+        self._unmap_pages(name)
+        return digest
 
     def numpy(self, name: str) -> np.ndarray:
         """A writable copy of the tensor (BF16 comes back as its uint16 bit patterns)."""
         dt, shape, _, _ = self._entries[name]
         with self._view(name) as v:
             a = np.frombuffer(v, dtype=np.dtype(DTYPES[dt][0]).newbyteorder("<")).copy()
+        self._unmap_pages(name)
         return a.astype(a.dtype.newbyteorder("="), copy=False).reshape(shape)
+
+    def _unmap_pages(self, name: str) -> None:
+        """Drop the pages of ``name``'s bytes from this process's mapping once read (``MADV_DONTNEED``; a later
+        read maps them again from the page cache): a mapped page once read counts in the resident set until
+        the file is closed, so reading a whole checkpoint would otherwise hold all its bytes as well as the
+        copies made of them."""
+        _, _, b, e = self._entries[name]
+        if self._mm is None or b == e or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = (self._base + b) // mmap.PAGESIZE * mmap.PAGESIZE
+        self._mm.madvise(mmap.MADV_DONTNEED, start, self._base + e - start)
 
     def tensor(self, name: str):
         """The tensor as a torch tensor that owns its memory."""
