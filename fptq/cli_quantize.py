@@ -84,6 +84,7 @@ def _streamed(a, cfg, out, protect, source):
     from .models.memory import check_fits
     from .models.calibrate import release_freed_memory
     from .models.stream import check_source_finite, open_streamed, quantize_streamed
+    from .models.trace import mark
 
     model = open_streamed(source)
     check_seq_len(model.config, a.seq_len, "--seq-len")
@@ -100,6 +101,7 @@ def _streamed(a, cfg, out, protect, source):
     tok = source.tokenizer()
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
     release_freed_memory()  # the calibration text's temporaries (hundreds of MB) go back before the layers
+    mark("calibration text")
     with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
                      int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
         res, io = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,

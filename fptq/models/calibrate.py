@@ -37,6 +37,7 @@ import numpy as np
 from ..defaults import CALIB_BATCH_SIZE
 from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
+from .trace import mark
 
 __all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches"]
 
@@ -139,14 +140,15 @@ def capture_layer_inputs(model, input_ids, batch_size: int = CALIB_BATCH_SIZE) -
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
+    mark("capture")
     return cap
 
 
 def _check_weights(layer, prefix: str) -> None:
-    import torch
+    from .finite import all_finite
 
     for name, p in layer.named_parameters():
-        if not torch.isfinite(p).all():
+        if not all_finite(p):
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
@@ -309,7 +311,10 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
     samples = LayerSamples() if keep_rows else None
     outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos,
                       consume=consume)
-    return outs, layer_stats.channel_maxima(), _kept_samples(samples, pos)
+    mark(f"{prefix}: forward")
+    kept = _kept_samples(samples, pos)
+    mark(f"{prefix}: rows")
+    return outs, layer_stats.channel_maxima(), kept
 
 
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,

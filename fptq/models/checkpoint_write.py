@@ -31,6 +31,7 @@ from .checkpoint_shards import shard_file_name, write_shard
 from .int8rows import int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import input_rotation_modules, input_rotation_of, online_rotation_modules, online_rotation_targets
+from .trace import mark
 
 __all__ = ["storage_state", "layer_entries", "header_fields", "tied_duplicates", "file_sha256", "source_paths",
            "in_scope", "plan_fields", "tensor_digests", "CheckpointWriter",
@@ -358,6 +359,7 @@ class CheckpointWriter:
         state, tied, rows, online, inputs = storage_state(model, layers, self.float_dtype, self.int8_embeddings,
                                                           skip=skip)
         self._take(state, layers, tied, online, inputs)
+        mark("write: stored")
         if not self._layers:
             raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
         by_linear = plan.by_linear() if plan is not None else {}

@@ -38,6 +38,7 @@ from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
 from .rotate import RotationReport, carry_input_rotation, plan_rotation, rotate_globals, rotate_layer
+from .trace import mark
 
 __all__ = ["QuantResult", "quantize_model", "LayerIO", "apply_plan_layer", "plan_options", "rows_to_keep", "w4a8_factory",
            "quantize_linear_weight", "dequantized_weight_fn"]
@@ -117,6 +118,7 @@ def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     needs = {kw: getattr(config, name) for kw, name in entry.options}
     if entry.hessian:
         h = layer_hessian(samples, gp)
+        mark(f"Hessian {gp.linears[0]}")
         needs["hessian"] = h if entry.hessian_handoff or not isinstance(h, ref.HessianHandoff) else h.take()
     if entry.channel_weight and gp is not None and gp.m is not None:
         needs["channel_weight"] = ref.activation_channel_weight(gp.input_channel_max())
@@ -157,6 +159,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
     :class:`~fptq.models.plan.GroupPlan`.
     """
     gps = plan_groups(lr, stats, options, samples=samples, weight_fn=weight_fn)
+    mark(f"{lr.prefix}: plan")
     for gp in gps:
         fold_group(lr.layer, lr.arch, gp)
     for gp in gps:
@@ -165,6 +168,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
             parent_path, _, attr = rel.rpartition(".")
             parent = get_submodule(lr.layer, parent_path) if parent_path else lr.layer
             setattr(parent, attr, make_linear(getattr(parent, attr), gp))
+            mark(f"quantize {name}")
         getattr(samples, "hessians", {}).clear()  # a group's Hessian serves its linears only (K^2 float64 each)
     return gps
 
@@ -238,6 +242,7 @@ def _start_rotation(model, config: QuantConfig):
         return None
     rot = plan_rotation(model, config.rotate, seed=config.seed)
     rotate_globals(model, rot)
+    mark("rotation plan")
     return rot
 
 
@@ -255,6 +260,7 @@ class _AroundLayer:
         self.io.load(i, prefix, layer)
         if self.rot is not None:
             rotate_layer(self.rot, i, layer)
+            mark(f"{prefix}: rotate")
 
     def after(self, i, prefix, layer, outputs):
         if self.swap is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 from ._torch import nn, torch
+from .finite import all_finite
 from .loading import ModelLoadError
 
 __all__ = ["skeleton", "materialize", "release", "is_materialized", "check_source_names"]
@@ -113,7 +114,7 @@ def materialize(model, paths, source) -> None:
                         raise ModelLoadError(f"{source.path}: tensor {key} has shape {list(t.shape)}, the model "
                                              f"needs {list(p.shape)}")
                     t = t.to(torch.float32)
-                    if not bool(torch.isfinite(t).all()):
+                    if not all_finite(t):
                         raise NonFiniteError(f"weight {key} of {source.path} contains NaN or Inf")
                     done[names] = nn.Parameter(t, requires_grad=False)
                 sub._parameters[pname] = done[names]

@@ -24,10 +24,12 @@ import time
 
 from .arch import arch_of_model, find_decoder_layers
 from .calibrate import release_freed_memory
+from .finite import all_finite
 from .loading import ModelLoadError
 from . import quantize as _quantize
 from .quantize import LayerIO, QuantResult
 from .skeleton import check_source_names, materialize, release, skeleton
+from .trace import mark
 
 __all__ = ["StreamedLayers", "open_streamed", "quantize_streamed", "outside_layer_paths", "config_of",
            "check_source_finite"]
@@ -65,13 +67,12 @@ def check_source_finite(source, progress: bool = False) -> None:
     the tensor). One pass over the weights: about 2 GB/s from safetensors, the dequantization's rate from GGUF."""
     from tqdm.auto import tqdm
 
-    from ._torch import torch
-
     for name in tqdm(source.names(), desc="checking weights", unit="tensor", disable=not progress):
         t = source.tensor(name)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise ModelLoadError(f"{source.path}: parameter {name} holds NaN/Inf; fptq refuses non-finite models")
         del t
+    mark("check weights")
 
 
 def outside_layer_paths(model) -> list[str]:
@@ -119,6 +120,7 @@ class StreamedLayers(LayerIO):
         self._t0 = time.perf_counter()
         materialize(self.model, [prefix], self.source)
         self._note_resident()
+        mark(f"{prefix}: load")
 
     def outputs(self, i: int, outputs: list) -> None:
         if i == self.n_layers - 1:   # the last hidden states of the first sample, for the caller's final check
@@ -126,10 +128,12 @@ class StreamedLayers(LayerIO):
 
     def done(self, i: int, prefix: str, layer, plan) -> None:
         self._note_resident()
+        mark(f"{prefix}: outputs")
         if self.writer is not None:
             self.writer.add_layer(self.model, prefix, plan)
         release(layer)
         release_freed_memory()
+        mark(f"{prefix}: flush")
         self.layer_seconds.append(time.perf_counter() - self._t0)
         if self.progress:
             from tqdm.auto import tqdm
