@@ -151,12 +151,13 @@ def build_model(cfg, meta: dict, backend: str, mode: str, where: Path):
     the parameters (:func:`fptq.models.skeleton.skeleton`: no initialization, ties made) and the W4A8 /
     INT8-rows buffers. The buffers the modules compute themselves (rotary ``inv_freq``, Gemma's
     ``embed_scale``) are real, computed by their constructors as a model built on the CPU gets them
-    (under ``torch.device("meta")`` they are meta too: the shape check). :func:`load_tensors` fills it."""
+    (under ``torch.device("meta")`` they are meta too: the shape check). ``load_quantized`` fills it with the
+    tensors of :func:`read_tensors` (``load_state_dict(assign=True)``)."""
     from .skeleton import skeleton
 
     try:
         model = skeleton(cfg)
-        model.__dict__.pop("_fptq_ties", None)  # the streamed run's record of ties; load_tensors keeps them
+        model.__dict__.pop("_fptq_ties", None)  # the streamed run's record of ties, not needed here
         arch_of_model(model)
     except Exception as e:
         raise CheckpointError(f"{where}: cannot build a model from config.json ({type(e).__name__}: {e})") from None
