@@ -381,3 +381,26 @@ def test_every_mutation_of_a_sharded_checkpoint_is_refused_or_harmless(fuzz_shar
             (d / name).write_bytes(data)
 
     mutate_and_load()
+
+
+def test_spilled_tensor_written_back_exactly_or_refused(tmp_path):
+    """A tensor spilled to a file (the writer's embeddings / lm_head at the final write) is written into a
+    tensors file with the same bytes as the tensor itself (bfloat16 included); spill files changed on disk
+    before the write are refused; remove_spilled leaves no spill directory."""
+    from fptq.models.checkpoint_shards import SPILL_DIR, remove_spilled, spill_tensor
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(300, 7, generator=gen).to(torch.bfloat16), "b": torch.randn(5, generator=gen),
+               "c": torch.arange(12, dtype=torch.int8).reshape(3, 4)}
+    digests = tensor_digests(tensors)
+    spilled = {k: spill_tensor(tmp_path, k, t, digests[k]) for k, t in tensors.items()}
+    write_tensor_file(tmp_path / "direct.safetensors", tensors, {"k": "v"})
+    write_tensor_file(tmp_path / "spilled.safetensors", spilled, {"k": "v"})
+    assert (tmp_path / "direct.safetensors").read_bytes() == (tmp_path / "spilled.safetensors").read_bytes()
+    data = bytearray(spilled["a"].path.read_bytes())
+    data[5] ^= 1
+    spilled["a"].path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="changed before they were written"):
+        write_tensor_file(tmp_path / "bad.safetensors", spilled)
+    remove_spilled(spilled)
+    assert not (tmp_path / SPILL_DIR).exists()

@@ -4,6 +4,7 @@ refuses a flipped byte."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -154,3 +155,83 @@ def test_cli_dry_run_and_memory_refusal(bf16_dir, tmp_path, monkeypatch, capsys)
     assert not out.exists()
     assert main(["quantize", str(bf16_dir), "--out", str(out), "--no-memory-check", *CLI_RUN]) == 0
     assert (out / "fptq_w4a8.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), float("-inf")])
+def test_all_finite_chunked_equals_isfinite(monkeypatch, bad):
+    """The chunked finiteness check answers as ``torch.isfinite(t).all()`` wherever the bad value sits (first,
+    last, at a chunk's edge; contiguous, transposed, sliced; float32 and bfloat16), with chunks of 64 bytes."""
+    from fptq.models import finite
+
+    monkeypatch.setattr(finite, "CHUNK_BYTES", 64)
+    base = torch.randn(37, 11, generator=torch.Generator().manual_seed(0))
+    for pos in [(0, 0), (36, 10), (1, 5), (16 // 11, 16 % 11), (20, 3)]:
+        for dt in (torch.float32, torch.bfloat16):
+            t = base.to(dt).clone()
+            if bad is not None:
+                t[pos] = bad
+            for view in (t, t.t(), t[:, 2:9], t[5:]):
+                assert finite.all_finite(view) == bool(torch.isfinite(view).all()), (pos, dt, view.shape)
+    assert finite.all_finite(torch.arange(10)) and finite.all_finite(torch.tensor(1.0))
+
+
+def test_trace_lines(bf16_dir, tmp_path, capfd):
+    """``FPTQ_TRACE=step``: one stderr line per step of the streamed run, in order, each with the resident set
+    and the step's own peak; off (the default) nothing is written."""
+    from fptq.models import trace
+
+    trace.enable("step")
+    try:
+        _streamed(bf16_dir, tmp_path / "t", _ids(259), shard_bytes=1 << 20)
+    finally:
+        trace.enable(None)
+    lines = [x for x in capfd.readouterr().err.splitlines() if x.startswith("fptq-trace: ")]
+    steps = [x[len("fptq-trace: "):].split(" rss ")[0] for x in lines]
+    want = ["rotation plan", "capture: read", "capture", "model.layers.0: load", "model.layers.0: rotate",
+            "model.layers.0: forward", "model.layers.0: rows", "model.layers.0: plan",
+            "quantize model.layers.0.self_attn.q_proj",
+            "model.layers.0: outputs", "model.layers.0: flush", "model.layers.1: load", "write: read"]
+    assert [s for s in steps if s in want] == want, steps[:12]
+    assert "model.layers.3: flush" in steps and steps[-4:] == [
+        "write: stored", "write: model.embed_tokens", "write: lm_head", "write: finish"], steps[-5:]
+    first_q = steps.index("quantize model.layers.0.self_attn.q_proj")
+    assert steps[first_q - 1] == "Hessian model.layers.0.self_attn.q_proj"   # GPTQ's Hessian, before its linear
+    assert "Hessian model.layers.0.mlp.down_proj" in steps
+    assert all(" GiB hwm " in x and x.endswith(" GiB") and "step peak" in x for x in lines)
+    with pytest.raises(ValueError, match="FPTQ_TRACE"):
+        trace.enable("yes")
+    _streamed(bf16_dir, tmp_path / "u", _ids(259), shard_bytes=1 << 20)
+    assert "fptq-trace" not in capfd.readouterr().err
+
+
+def test_final_write_reads_one_table_at_a_time(bf16_dir, tmp_path, monkeypatch):
+    """The writer's ``finish`` reads the embeddings and lm_head (left on the meta device by the streamed run) one
+    at a time: while one is real the other is on meta, and both are released afterwards; their stored tensors
+    wait in the temporary directory's spill files, which the finished checkpoint does not have. The shared
+    input rotation Q_f is checked finite once, not per layer."""
+    from fptq.models import checkpoint_write, stream
+
+    real = []
+    reading = stream.DeferredModules.reading
+
+    @contextlib.contextmanager
+    def watched(self, group):
+        with reading(self, group):
+            real.append((group, self.model.model.embed_tokens.weight.is_meta, self.model.lm_head.weight.is_meta))
+            yield
+
+    checks = []
+    finite = checkpoint_write.all_finite
+    monkeypatch.setattr(stream.DeferredModules, "reading", watched)
+    monkeypatch.setattr(checkpoint_write, "all_finite", lambda t: checks.append(tuple(t.shape)) or finite(t))
+    with open_source(str(bf16_dir)) as source:
+        model = open_streamed(source)
+        with open_writer(tmp_path / "c", shard_bytes=16 * 1024) as writer:
+            res, _ = quantize_streamed(model, source, _ids(259), QC, writer, batch_size=2, progress=False)
+            assert model.model.embed_tokens.weight.is_meta and model.lm_head.weight.is_meta
+            assert not model.model.norm.weight.is_meta
+            writer.finish(model, None, res.plan, QC, {"run": "test"})
+    assert real == [(("model.embed_tokens",), False, True), (("lm_head",), True, False)]
+    assert model.model.embed_tokens.weight.is_meta and model.lm_head.weight.is_meta
+    assert not (tmp_path / "c" / ".spill").exists()
+    assert checks.count((160, 160)) == 1, checks   # Q_f [F, F]: once for the 4 layers

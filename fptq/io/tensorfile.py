@@ -95,7 +95,10 @@ def raw_bytes(t) -> memoryview:
 
 
 def write_tensor_file(path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (name -> CPU torch tensor) and string ``metadata`` to ``path``, deterministically."""
+    """Write ``tensors`` (name -> CPU torch tensor) and string ``metadata`` to ``path``, deterministically.
+
+    A value may also be an object with a torch ``dtype``, a ``shape``, ``nbytes`` and ``write_to(file)``, which
+    writes its ``nbytes`` raw bytes (a tensor kept in a file: ``fptq.models.checkpoint_shards.SpilledTensor``)."""
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("metadata keys and values must be str")
     items = sorted(tensors.items(), key=lambda kv: (-DTYPES[dtype_name(kv[1])][1], kv[0]))
@@ -103,7 +106,7 @@ def write_tensor_file(path, tensors: dict, metadata: dict[str, str] | None = Non
     if metadata:
         header["__metadata__"] = dict(sorted(metadata.items()))
     for name, t in items:
-        raw = raw_bytes(t)
+        raw = t if hasattr(t, "write_to") else raw_bytes(t)
         header[name] = {"dtype": dtype_name(t), "shape": [int(s) for s in t.shape],
                         "data_offsets": [offset, offset + raw.nbytes]}
         views.append(raw)
@@ -114,7 +117,10 @@ def write_tensor_file(path, tensors: dict, metadata: dict[str, str] | None = Non
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for v in views:
-            f.write(v)
+            if hasattr(v, "write_to"):
+                v.write_to(f)
+            else:
+                f.write(v)
 
 
 def read_header_names(path) -> list[str]:

@@ -33,11 +33,11 @@ from pathlib import Path
 from ..defaults import SHARD_BYTES
 from ..io.reading import file_sha256
 from ..io.tensorfile import (DTYPES, MAX_TENSORS, TensorFile, TensorFileError, dtype_name, no_duplicate_keys,
-                             write_tensor_file)
+                             raw_bytes, write_tensor_file)
 from .checkpoint_meta import SHARDED_FORMAT_VERSION, SHARDS_KEY, SUPPORTED_VERSIONS, CheckpointError
 
 __all__ = ["DEFAULT_SHARD_BYTES", "shard_file_name", "is_shard_name", "write_shard", "parse_shards",
-           "open_shards", "CheckpointTensors"]
+           "open_shards", "CheckpointTensors", "SPILL_DIR", "SpilledTensor", "spill_tensor", "remove_spilled"]
 
 #: the most bytes of tensors a shard holds (unless one layer alone holds more): fptq.defaults.SHARD_BYTES,
 #: where the choice is explained (it bounds the quantized tensors a streamed run holds)
@@ -63,6 +63,60 @@ def write_shard(path: Path, tensors: dict) -> dict:
     write_tensor_file(path, tensors)
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size,
             "tensors": {k: [dtype_name(t), [int(s) for s in t.shape]] for k, t in sorted(tensors.items())}}
+
+
+#: the directory (inside a checkpoint's temporary directory) where a writer keeps tensors until the tensors
+#: file is written (:func:`spill_tensor`); removed then, or with the temporary directory on a failure
+SPILL_DIR = ".spill"
+#: bytes copied at a time from a spilled tensor's file into the tensors file
+SPILL_CHUNK_BYTES = 16 << 20
+
+
+class SpilledTensor:
+    """A stored tensor's bytes kept in a file until the tensors file is written: ``dtype`` (torch), ``shape`` and
+    ``nbytes`` as the tensor's; :meth:`write_to` copies them into an open file a chunk at a time (what
+    :func:`~fptq.io.tensorfile.write_tensor_file` calls for it), checking them against ``sha256``, the digest
+    taken from the tensor itself."""
+
+    def __init__(self, path: Path, dtype, shape: tuple, nbytes: int, sha256: str) -> None:
+        self.path, self.dtype, self.shape, self.nbytes, self.sha256 = Path(path), dtype, tuple(shape), nbytes, sha256
+
+    def write_to(self, f) -> None:
+        h, done = hashlib.sha256(), 0
+        view = memoryview(bytearray(max(1, min(SPILL_CHUNK_BYTES, self.nbytes))))
+        with open(self.path, "rb") as src:
+            while n := src.readinto(view):
+                h.update(view[:n])
+                f.write(view[:n])
+                done += n
+        if done != self.nbytes or h.hexdigest() != self.sha256:
+            raise CheckpointError(f"{self.path}: the bytes kept for a tensor changed before they were written "
+                                  f"({done} of {self.nbytes} bytes read back, or their SHA-256 differs)")
+
+
+def spill_tensor(directory, name: str, t, sha256: str) -> SpilledTensor:
+    """Write tensor ``t``'s raw bytes (``name``'s, digest ``sha256``) to a file in ``directory``/:data:`SPILL_DIR`
+    and return its :class:`SpilledTensor` (the caller drops ``t``)."""
+    d = Path(directory) / SPILL_DIR
+    d.mkdir(exist_ok=True)
+    path = d / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.bin"
+    if path.exists():
+        raise CheckpointError(f"tensor {name} is spilled twice")
+    raw = raw_bytes(t)
+    with open(path, "wb") as f:
+        f.write(raw)
+    return SpilledTensor(path, t.dtype, tuple(t.shape), raw.nbytes, sha256)
+
+
+def remove_spilled(spilled: dict) -> None:
+    """Delete the files of ``spilled`` (name -> :class:`SpilledTensor`) and their directory once empty."""
+    for s in spilled.values():
+        s.path.unlink(missing_ok=True)
+    for d in {s.path.parent for s in spilled.values()}:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _refuse(where, what: str):

@@ -27,7 +27,8 @@ from .checkpoint_meta import (
     ONLINE_ROTATION_TENSOR, PLAN_FILE, SHARDED_FORMAT_VERSION, SHARDS_KEY, TENSORS_FILE, CheckpointError,
     header_digest,
 )
-from .checkpoint_shards import shard_file_name, write_shard
+from .checkpoint_shards import remove_spilled, shard_file_name, spill_tensor, write_shard
+from .finite import all_finite
 from .int8rows import int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import input_rotation_modules, input_rotation_of, online_rotation_modules, online_rotation_targets
@@ -49,11 +50,12 @@ def tied_duplicates(state: dict) -> dict[str, str]:
     return tied
 
 
-def in_scope(name: str, prefix: str | None = None, skip=()) -> bool:
-    """Whether the key or module path ``name`` lies under ``prefix`` (None: anywhere) and under none of
-    the paths of ``skip`` (a path is under itself)."""
+def in_scope(name: str, prefix=None, skip=()) -> bool:
+    """Whether the key or module path ``name`` lies under ``prefix`` (a path, or a tuple of paths: under one
+    of them; None: anywhere) and under none of the paths of ``skip`` (a path is under itself)."""
     under = (lambda p: name == p or name.startswith(f"{p}."))  # noqa: E731
-    return (prefix is None or under(prefix)) and not any(under(p) for p in skip)
+    inside = prefix is None or (under(prefix) if isinstance(prefix, str) else any(under(p) for p in prefix))
+    return inside and not any(under(p) for p in skip)
 
 
 def _named_modules(model, prefix: str | None, skip):
@@ -102,21 +104,29 @@ def same_tensor(a, b) -> bool:
     return torch.equal(a, b)
 
 
-def _shared_rotation(by_path: dict, who: str, differ: str, name: str):
+def _shared_rotation(by_path: dict, who: str, differ: str, name: str, checked: dict | None = None):
     """The one float32 rotation every module of ``by_path`` (path -> tensor, sorted) holds, contiguous on the
-    CPU; a CheckpointError when two differ or it is not finite float32 (a checkpoint stores it once)."""
+    CPU; a CheckpointError when two differ or it is not finite float32 (a checkpoint stores it once).
+    ``checked`` (a writer's): ``name`` -> (tensor, its version counter) found finite float32 before; the same
+    tensor object, not changed in place since, is not read again (a streamed run's layers share one ``Q_f``:
+    822 MB per layer on an 8B model)."""
     paths = list(by_path)
-    q = by_path[paths[0]].detach().cpu()
+    src = by_path[paths[0]]
+    q = src.detach().cpu()
     for p in paths[1:]:
         if not same_tensor(by_path[p].detach().cpu(), q):
             raise CheckpointError(f"{who} {paths[0]} and {p} {differ}; a checkpoint stores one {name} for all "
                                   "of them")
-    if q.dtype != torch.float32 or not bool(torch.isfinite(q).all()):
-        raise CheckpointError(f"{paths[0]}: its rotation {name} must be finite float32, got {q.dtype}")
+    seen = None if checked is None else checked.get(name)
+    if seen is None or seen[0] is not src or seen[1] != src._version:
+        if q.dtype != torch.float32 or not all_finite(q):
+            raise CheckpointError(f"{paths[0]}: its rotation {name} must be finite float32, got {q.dtype}")
+        if checked is not None:
+            checked[name] = (src, src._version)
     return q.contiguous()
 
 
-def _unwrap_rotations(model, sd: dict, prefix=None, skip=()):
+def _unwrap_rotations(model, sd: dict, prefix=None, skip=(), checked=None):
     """(state dict, online rotation paths, Q): each :class:`~fptq.models.rotate.RotateOutput` at ``P``
     (:func:`in_scope`) stored as the plain norm it wraps (``P.norm.x`` -> ``P.x``, ``P.rotation`` dropped)
     and its ``Q`` once (float32, as the model holds it); ``Q`` None when there are none. All must share
@@ -130,7 +140,7 @@ def _unwrap_rotations(model, sd: dict, prefix=None, skip=()):
                               "checkpoint stores online rotations of those norms only")
     paths = sorted(rot)
     q = _shared_rotation({p: rot[p].rotation for p in paths}, "RotateOutput modules", "hold different rotations",
-                         "Q")
+                         "Q", checked)
     out = {}
     for k, v in sd.items():
         owner = next((p for p in paths if k.startswith(f"{p}.")), None)
@@ -143,7 +153,7 @@ def _unwrap_rotations(model, sd: dict, prefix=None, skip=()):
     return out, paths, q
 
 
-def _input_rotations(model, layers: dict, prefix=None, skip=()):
+def _input_rotations(model, layers: dict, prefix=None, skip=(), checked=None):
     """(paths, Q_f): the W4A8 layers with an input rotation (:func:`in_scope`) and their one shared float32
     ``Q_f`` (None when there are none)."""
     mods = {p: m for p, m in input_rotation_modules(model).items() if in_scope(p, prefix, skip)}
@@ -155,18 +165,18 @@ def _input_rotations(model, layers: dict, prefix=None, skip=()):
                               "stores input rotations of quantized layers only")
     paths = sorted(mods)
     q = _shared_rotation({p: input_rotation_of(mods[p]) for p in paths}, "layers",
-                         "rotate their inputs by different matrices", "Q_f")
+                         "rotate their inputs by different matrices", "Q_f", checked)
     return paths, q
 
 
 def _scoped_state(model, prefix, skip) -> dict:
     """The state dict entries of ``model`` under ``prefix`` and outside ``skip`` (:func:`in_scope`); a
     tensor among them on the meta device (never materialized, or released) is a CheckpointError."""
-    if prefix is None:
-        sd = model.state_dict()
-    else:
+    if isinstance(prefix, str):
         sd = model.get_submodule(prefix).state_dict(prefix=f"{prefix}.")
-    sd = {k: v for k, v in sd.items() if in_scope(k, None, skip)}
+    else:
+        sd = model.state_dict()
+    sd = {k: v for k, v in sd.items() if in_scope(k, None if isinstance(prefix, str) else prefix, skip)}
     lost = [k for k, v in sd.items() if v.device.type == "meta"]
     if lost:
         raise CheckpointError(f"tensors {lost[:4]} are on the meta device (not materialized, or released before "
@@ -174,19 +184,20 @@ def _scoped_state(model, prefix, skip) -> dict:
     return sd
 
 
-def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool, prefix: str | None = None,
-                  skip=()):
+def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool, prefix=None, skip=(),
+                  checked: dict | None = None):
     """(state to write, tied, int8_rows, online rotation paths, input rotation paths): the model's state dict
     with tied tensors
     dropped, the embedding / lm_head replaced by INT8 rows when asked, run-time rotated norms as
     their norms plus one float32 ``Q`` (:func:`_unwrap_rotations`), and every other float matrix (a float32
     tensor of 2 or more dimensions outside the W4A8 layers) converted to ``float_dtype``.
 
-    ``prefix`` / ``skip``: only the keys under ``prefix`` (one decoder layer: then no INT8 rows) and under
-    none of ``skip`` (layers already stored), :func:`in_scope`; ``layers`` holds the entries of that scope.
-    Ties are found within the scope."""
-    sd, online, q = _unwrap_rotations(model, _scoped_state(model, prefix, skip), prefix, skip)
-    rows = int8_row_targets(model) if int8_embeddings and prefix is None else {}
+    ``prefix`` / ``skip``: only the keys under ``prefix`` (one decoder layer, or a tuple of module paths) and
+    under none of ``skip`` (layers already stored), :func:`in_scope`; ``layers`` holds the entries of that
+    scope; INT8 rows only of the embedding / lm_head in scope. Ties are found within the scope. ``checked``:
+    see :func:`_shared_rotation`."""
+    sd, online, q = _unwrap_rotations(model, _scoped_state(model, prefix, skip), prefix, skip, checked)
+    rows = {n: k for n, k in int8_row_targets(model).items() if in_scope(n, prefix, skip)} if int8_embeddings else {}
     if rows:
         try:
             mods = int8_row_modules(model, rows)
@@ -205,14 +216,14 @@ def storage_state(model, layers: dict, float_dtype: str, int8_embeddings: bool, 
         v = v.detach().cpu()
         if k not in keep and v.dtype == torch.float32 and v.dim() >= 2 and dt != torch.float32:
             v = v.to(dt)
-            if not bool(torch.isfinite(v).all()):
+            if not all_finite(v):
                 big = float(sd[k].detach().abs().max())
                 raise CheckpointError(f"float_dtype={float_dtype!r}: tensor {k} has values beyond {float_dtype}'s "
                                       f"range (max |x| = {big:.4g}); store the float parts as bfloat16 or float32")
         state[k] = v.contiguous()
     if q is not None:
         state[ONLINE_ROTATION_TENSOR] = q  # float32 whatever float_dtype says: Q stays orthogonal
-    inputs, q_in = _input_rotations(model, layers, prefix, skip)
+    inputs, q_in = _input_rotations(model, layers, prefix, skip, checked)
     if q_in is not None:
         state[INPUT_ROTATION_TENSOR] = q_in
     return state, tied, rows, online, inputs
@@ -286,7 +297,20 @@ class CheckpointWriter:
         self.shards: dict[str, dict] = {}  # shard file name -> index entry
         self._layers, self._digests, self._tied, self._online, self._inputs = {}, {}, {}, [], []
         self._rotations = {}  # ONLINE_ROTATION_TENSOR / INPUT_ROTATION_TENSOR -> the one shared tensor
+        self._checked = {}  # the rotations found finite, not read again (_shared_rotation)
         self._buffer, self._buffered, self.finished = {}, 0, False
+        self._deferred, self._spilled = None, {}  # defer(); name -> SpilledTensor of the deferred modules
+
+    def defer(self, deferred) -> None:
+        """Modules of the model :meth:`finish` gets that are left on the meta device for it to read one group
+        at a time: ``deferred.groups`` (tuples of module paths; modules sharing a tied parameter in one
+        group) and ``deferred.reading(group)``, a context manager holding the group's parameters real
+        (:class:`fptq.models.stream.DeferredModules`). Each group is converted as :func:`storage_state`
+        does, its digests taken and its stored tensors spilled to a file in the checkpoint's temporary
+        directory before the next is read, so one of them is held at a time; the tensors file copies them
+        back. The checkpoint is byte for byte the one of a model holding them all."""
+        self._check_open()
+        self._deferred = deferred
 
     def add_layer(self, model, prefix: str, plan=None) -> None:
         """Store the decoder layer at ``prefix`` (every state-dict key under ``f"{prefix}."``)."""
@@ -301,7 +325,8 @@ class CheckpointWriter:
         except AttributeError:
             raise ValueError(f"add_layer: {prefix!r} is not a module of the model") from None
         layers = layer_entries(model, plan, prefix)
-        state, tied, _, online, inputs = storage_state(model, layers, self.float_dtype, False, prefix)
+        state, tied, _, online, inputs = storage_state(model, layers, self.float_dtype, False, prefix,
+                                                       checked=self._checked)
         self._take(state, layers, tied, online, inputs)
         self._buffer_layer(prefix, state)
 
@@ -348,20 +373,24 @@ class CheckpointWriter:
     def finish(self, model, tokenizer=None, plan=None, config=None, info: dict | None = None) -> None:
         """Store everything :meth:`add_layer` has not (the decoder layers not added, a layer at a time, then
         the rest: embeddings, final norm, lm_head, the shared rotations), the side files (``config.json``,
-        the tokenizer, the plan) and the tensors file with the metadata and digests. Any tensor on the meta
-        device outside the added layers is a CheckpointError. Arguments as
-        :func:`fptq.models.checkpoint.save_quantized`'s."""
+        the tokenizer, the plan) and the tensors file with the metadata and digests; the groups of
+        :meth:`defer` read and stored one at a time. Any other tensor on the meta device outside the added
+        layers is a CheckpointError. Arguments as :func:`fptq.models.checkpoint.save_quantized`'s."""
         self._check_open()
         if self._guard is not None:
             self._guard(model)
         skip = tuple(self.added)
-        layers = layer_entries(model, plan, skip=skip)
+        groups = list(self._deferred.groups) if self._deferred is not None else []
+        rest = skip + tuple(p for g in groups for p in g)
+        layers = layer_entries(model, plan, skip=rest)
         state, tied, rows, online, inputs = storage_state(model, layers, self.float_dtype, self.int8_embeddings,
-                                                          skip=skip)
+                                                          skip=rest, checked=self._checked)
         self._take(state, layers, tied, online, inputs)
         mark("write: stored")
         if not self._layers:
             raise CheckpointError("the model has no quantized (W4A8Linear) layers to save")
+        for group in groups:
+            rows.update(self._store_deferred(model, group, skip))
         by_linear = plan.by_linear() if plan is not None else {}
         for name, e in self._layers.items():  # the final plan's view of the layers added before it was whole
             if name in by_linear:
@@ -370,7 +399,7 @@ class CheckpointWriter:
             self._buffer_layer(prefix, {k: state.pop(k) for k in [k for k in state if in_scope(k, prefix)]})
         if self.shards and self._buffer:
             self._flush()
-        main = {**(state if self.shards else {**self._buffer, **state}), **self._rotations}
+        main = {**(state if self.shards else {**self._buffer, **state}), **self._spilled, **self._rotations}
         version = SHARDED_FORMAT_VERSION if self.shards else FORMAT_VERSION
         meta = header_fields(model, self._layers, self._digests, self._tied, rows, sorted(self._online),
                              sorted(self._inputs), self.float_dtype, config, info)
@@ -385,7 +414,22 @@ class CheckpointWriter:
             table.update({k: (dt, tuple(shape)) for k, (dt, shape) in e["tensors"].items()})
         meta["header_sha256"] = header_digest(meta, table)
         write_tensor_file(self.dir / TENSORS_FILE, main, meta)
-        self._buffer, self.finished = {}, True
+        remove_spilled(self._spilled)
+        self._buffer, self._spilled, self.finished = {}, {}, True
+        mark("write: finish")
+
+    def _store_deferred(self, model, group: tuple, skip: tuple) -> dict:
+        """Read one group of :meth:`defer`, take its entries and digests, spill its stored tensors (files in
+        :data:`~fptq.models.checkpoint_shards.SPILL_DIR` of the temporary directory) and release it; returns
+        its INT8 rows (``int8_rows`` of the header)."""
+        with self._deferred.reading(group):
+            state, tied, rows, online, inputs = storage_state(model, {}, self.float_dtype, self.int8_embeddings,
+                                                              prefix=tuple(group), skip=skip, checked=self._checked)
+            self._take(state, {}, tied, online, inputs)
+            for name in sorted(state):
+                self._spilled[name] = spill_tensor(self.dir, name, state.pop(name), self._digests[name])
+        mark(f"write: {', '.join(group)}")
+        return rows
 
     def _write_side_files(self, model, tokenizer, plan, config, info, version: int) -> None:
         model.config.save_pretrained(self.dir)

@@ -5,13 +5,16 @@ on the meta device (:mod:`fptq.models.skeleton`) and checks the source holds exa
 :func:`quantize_streamed` then runs :func:`fptq.models.quantize.quantize_model` (the one implementation of
 the pipeline) with a :class:`StreamedLayers` as its ``layer_io``:
 
-1. the input embeddings are read (float32) and every decoder layer's calibration inputs captured; they are
-   released before layer 0 is read;
+1. the input embeddings are read (float32) when the capture's forward starts (after the rotation is planned)
+   and every decoder layer's calibration inputs captured; they are released before layer 0 is read;
 2. per decoder layer: its weights read from the source (float32), rotated, calibrated, planned, quantized;
    its outputs computed for the next layer; its tensors handed to the checkpoint writer
    (``writer.add_layer``); its memory released;
-3. the modules outside the layers (embeddings, final norm, ``lm_head``) read again for the writer's
-   ``finish``.
+3. the modules outside the layers read again for the writer's ``finish``: the final norm (and other small
+   ones) at once; the input embeddings and ``lm_head`` by the writer itself, one (tied) group at a time,
+   each stored and released before the next is read (:class:`DeferredModules`).
+
+``FPTQ_TRACE=1`` (or ``step``) prints the resident set at the end of every step (:mod:`fptq.models.trace`).
 
 The calibration activations of the current layer and the writer's shard buffer are the only things that
 grow with the model besides one layer (the memory model: :mod:`fptq.models.memory`).
@@ -19,6 +22,7 @@ grow with the model besides one layer (the memory model: :mod:`fptq.models.memor
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -32,7 +36,7 @@ from .skeleton import check_source_names, materialize, release, skeleton
 from .trace import mark
 
 __all__ = ["StreamedLayers", "open_streamed", "quantize_streamed", "outside_layer_paths", "config_of",
-           "check_source_finite"]
+           "check_source_finite", "DeferredModules", "deferred_paths"]
 
 #: rotations a streamed run supports: ``"residual"`` rotates the embeddings and lm_head before the layers,
 #: which a streamed run reads only at the end
@@ -108,15 +112,37 @@ class StreamedLayers(LayerIO):
         #: the default non-sequential calibration): what the final norm reads
         self.last_hidden = None
         self._t0 = 0.0
+        self._capture_hook = None
 
     def _note_resident(self) -> None:
         held = sum(t.nbytes for t in (*self.model.parameters(), *self.model.buffers()) if not t.is_meta)
         self.peak_tensor_bytes = max(self.peak_tensor_bytes, held)
 
-    def load(self, i: int, prefix: str, layer) -> None:
+    def read_at_capture(self, paths) -> None:
+        """Read the modules at ``paths`` when the capture's first forward starts (a pre-hook on the model the
+        capture runs, removed there): after the rotation is planned, whose float64 transient then does not meet
+        the embeddings; they are released when layer 0 is read (:meth:`release_capture`)."""
+        path = find_decoder_layers(self.model)[0]
+        base = self.model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else self.model
+
+        def read(*_):
+            self._capture_hook.remove()
+            materialize(self.model, paths, self.source)
+            mark("capture: read")
+        self._capture_hook = base.register_forward_pre_hook(read)
+        self.pending_release.extend(self.model.get_submodule(p) for p in paths)
+
+    def release_capture(self) -> None:
+        """Release what :meth:`read_at_capture` read (and its hook, if the capture never ran)."""
+        if self._capture_hook is not None:
+            self._capture_hook.remove()
+            self._capture_hook = None
         for module in self.pending_release:
             release(module)
         self.pending_release = []
+
+    def load(self, i: int, prefix: str, layer) -> None:
+        self.release_capture()
         self._t0 = time.perf_counter()
         materialize(self.model, [prefix], self.source)
         self._note_resident()
@@ -142,23 +168,79 @@ class StreamedLayers(LayerIO):
                        file=sys.stderr)
 
 
+def deferred_paths(model, outside) -> list[tuple[str, ...]]:
+    """The groups of module paths among ``outside`` (:func:`outside_layer_paths`) that the checkpoint writer reads
+    one at a time: the input embeddings and the output head ([V, H] each), each with every module sharing a
+    tied parameter with it (the skeleton's ``_fptq_ties``), so a tied pair is read once, as one tensor; groups
+    and their paths in the model's module order."""
+    ties = getattr(model, "_fptq_ties", None) or {}
+    order = [n for n, _ in model.named_modules()]
+    names = {id(m): n for n, m in model.named_modules()}
+    seeds = [names.get(id(m)) for m in (model.get_input_embeddings(), model.get_output_embeddings())
+             if m is not None]
+    groups: list[set] = []
+    for seed in (s for s in seeds if s in outside):
+        group, todo = {seed}, [seed]
+        while todo:
+            path = todo.pop()
+            for pname in model.get_submodule(path)._parameters:
+                for other in ties.get(f"{path}.{pname}", ()):
+                    owner = other.rpartition(".")[0]
+                    if owner in outside and owner not in group:
+                        group.add(owner)
+                        todo.append(owner)
+        if not any(group & g for g in groups):
+            groups.append(group)
+    return sorted((tuple(sorted(g, key=order.index)) for g in groups), key=lambda g: order.index(g[0]))
+
+
+class DeferredModules:
+    """The modules outside the decoder layers a streamed run leaves on the meta device for the checkpoint
+    writer's ``finish`` to read a group at a time (the embeddings and lm_head: float32 [V, H] each, which
+    would otherwise be held together with their stored copies): ``groups`` (:func:`deferred_paths`),
+    ``reading(group)`` a context manager that reads the group's parameters (float32) from the source and
+    releases them when it exits."""
+
+    def __init__(self, model, source, outside) -> None:
+        self.model, self.source = model, source
+        self.groups = deferred_paths(model, outside)
+
+    def holds(self, path: str) -> bool:
+        """Whether module ``path`` is one of the deferred modules."""
+        return any(path in g for g in self.groups)
+
+    @contextlib.contextmanager
+    def reading(self, group):
+        materialize(self.model, list(group), self.source)
+        try:
+            yield
+        finally:
+            for path in group:
+                release(self.model.get_submodule(path))
+            release_freed_memory()
+
+
 def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_size: int,
                       progress: bool = True) -> tuple[QuantResult, StreamedLayers]:
     """Quantize the model of :func:`open_streamed` layer by layer (module docstring); on return the layers
     are released (their tensors are the writer's) and the modules outside them read again, so
-    ``writer.finish(model, ...)`` can store them. Returns the :class:`QuantResult` and the
-    :class:`StreamedLayers` (its ``layer_seconds``)."""
+    ``writer.finish(model, ...)`` can store them: with a ``writer``, the embeddings and lm_head stay on the meta
+    device and the writer reads them one at a time in ``finish`` (:class:`DeferredModules`, handed over by
+    ``writer.defer``); without one, everything outside the layers is read. Returns the :class:`QuantResult` and
+    the :class:`StreamedLayers` (its ``layer_seconds``)."""
     if config.rotate not in STREAMED_ROTATIONS:
         raise ValueError(f"a streamed run rotates with {' or '.join(STREAMED_ROTATIONS)}; --rotate "
                          f"{config.rotate} changes the embeddings and lm_head before the layers (quantize a model "
                          "that fits in memory with the whole-model path: fptq.models.quantize.quantize_model)")
     io = StreamedLayers(model, source, writer, progress)
-    before = _capture_paths(model)   # what runs before the layers: embeddings, OPT's positions...
-    materialize(model, before, source)
-    io.pending_release.extend(model.get_submodule(p) for p in before)
+    io.read_at_capture(_capture_paths(model))   # what runs before the layers: embeddings, OPT's positions...
     res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
                                    inplace=True, layer_io=io)
-    for module in io.pending_release:   # a model without decoder layers never loads one
-        release(module)
-    materialize(model, outside_layer_paths(model), source)
+    io.release_capture()   # a model without decoder layers never loads one
+    outside = outside_layer_paths(model)
+    deferred = DeferredModules(model, source, outside) if writer is not None else None
+    if deferred is not None:
+        writer.defer(deferred)
+    materialize(model, [p for p in outside if deferred is None or not deferred.holds(p)], source)
+    mark("write: read")
     return res, io
