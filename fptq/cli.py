@@ -282,22 +282,19 @@ def cmd_quantize(a) -> int:
 
 
 def _load_for_eval(a):
-    from .models.checkpoint import is_checkpoint, load_quantized
+    from .models.checkpoint import is_checkpoint
     from .models.loading import load_float_model
 
     if a.model is not None and is_checkpoint(a.model):
+        from .runtime.attach import load_checkpoint
+
         a.backend = _check_backend(a.backend)
-        model, tok, meta = load_quantized(a.model, backend=a.backend,
-                                          mode="fake_quant" if a.fake_quant else "integer")
+        model, tok, _, why = load_checkpoint(a.model, a.backend, "fake_quant" if a.fake_quant else "integer",
+                                             runtime=not getattr(a, "transformers", False), hand_over=True)
         if tok is None:
             raise RuntimeError(f"{a.model} has no tokenizer files; it is not self-contained")
         kind = f"W4A8 {'fake-quant' if a.fake_quant else 'integer, backend ' + a.backend}"
-        if not getattr(a, "transformers", False):
-            from .runtime.attach import attach_runtime
-
-            if attach_runtime(model, a.backend, "fake_quant" if a.fake_quant else "integer") is None:
-                kind += ", fptq runtime"
-        return model, tok, kind
+        return model, tok, kind + ("" if why else ", fptq runtime")
     if a.fake_quant:
         raise ValueError("--fake-quant applies to W4A8 checkpoints only")
     model, tok, _ = load_float_model(a.model, progress=not a.quiet)
@@ -413,7 +410,7 @@ def cmd_generate(a) -> int:
     if not prompt.strip():
         raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
     m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
-                  progress=not a.quiet, runtime=not a.transformers)
+                  progress=not a.quiet, runtime=not a.transformers, hand_over=True)
     generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
                   do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
     return 0

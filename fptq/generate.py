@@ -30,7 +30,7 @@ GENERATION_DEFAULTS = GENERATION
 
 
 def load(model=None, backend: str | None = None, mode: str = "integer", progress: bool = False,
-         runtime: bool = True):
+         runtime: bool = True, hand_over: bool = False):
     """``(model, tokenizer)`` from a W4A8 checkpoint directory or a float model (dir, ``.gguf``, or None = embedded).
 
     Args:
@@ -44,11 +44,15 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
         runtime: attach fptq's compiled runtime (:mod:`fptq.runtime`) where it runs the checkpoint (integer
             mode, numba backend, a supported family): :func:`generate_text` then decodes with it; False keeps
             the transformers path only.
+        hand_over: with the runtime attached, the model keeps only what the runtime does not hold (bfloat16
+            embedding and lm_head shared with it; its W4A8 linears released as re-laid out): about the
+            checkpoint's size in memory, and ``model(...)`` / ``model.generate`` raise
+            (:func:`fptq.runtime.attach.load_checkpoint`; ``fptq generate``'s). Default False: a full model.
     Raises:
         ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
     """
     from .backends import get_backend
-    from .models.checkpoint import is_checkpoint, load_quantized
+    from .models.checkpoint import is_checkpoint
     from .models.loading import load_float_model, model_argument
 
     model = model_argument(model)  # '' refused; an existing ./default wins over the name
@@ -57,13 +61,11 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
     if model is not None and is_checkpoint(model):
         backend = resolve_backend(backend)
         get_backend(backend)  # an unknown or unavailable backend fails here, not at the first forward
-        m, tok, _ = load_quantized(model, backend=backend, mode=mode)
+        from .runtime.attach import load_checkpoint
+
+        m, tok, _, _ = load_checkpoint(model, backend, mode, runtime=runtime, hand_over=hand_over)
         if tok is None:
             raise ValueError(f"{model}: the checkpoint has no tokenizer files")
-        if runtime:
-            from .runtime.attach import attach_runtime
-
-            attach_runtime(m, backend, mode)
         return m, tok
     m, tok, _ = load_float_model(model, progress=progress)
     return m, tok

@@ -66,7 +66,7 @@ from .rotate import attach_input_rotation, factor_tensors, wrap_online_rotations
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SHARDED_FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE",
            "DEFAULT_SHARD_BYTES", "TENSORS_FILE", "PLAN_FILE", "CheckpointError", "CheckpointWarning",
            "CheckpointWriter", "open_writer", "save_quantized", "load_quantized", "read_metadata", "is_checkpoint",
-           "checkpoint_refusal", "check_checkpoint_out", "storage_summary"]
+           "checkpoint_refusal", "check_checkpoint_out", "storage_summary", "widen_bf16"]
 
 #: the files a version-1 checkpoint (which lists none) may hold besides its tensors file
 _V1_FILES = ("config.json", "generation_config.json", PLAN_FILE, "tokenizer.json", "tokenizer_config.json",
@@ -251,9 +251,20 @@ def _attach_rotations(model, meta: dict, q, q_in) -> None:
         attach_input_rotation(get_submodule(model, name), q_in, f_in)
 
 
-def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer"):
+def widen_bf16(model) -> None:
+    """Widen every torch.bfloat16 parameter and buffer of ``model`` (a ``load_quantized(keep_bf16=True)``
+    model) to float32 in place, exactly (``bits << 16``): the model ``load_quantized`` returns by default."""
+    for kind in (model.named_parameters, model.named_buffers):
+        for name, t in list(kind()):   # a tied tensor is listed once, and widened once for all its names
+            if t.dtype == torch.bfloat16:
+                t.data = t.detach().float()   # every bfloat16 value is a float32 value: exact
+
+
+def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer", keep_bf16: bool = False):
     """Load a checkpoint written by :func:`save_quantized`, verifying it (see the module docstring).
-    ``backend`` None: :func:`fptq.defaults.default_backend`.
+    ``backend`` None: :func:`fptq.defaults.default_backend`. ``keep_bf16``: the float matrices stored as
+    BF16 (embeddings, lm_head) stay torch.bfloat16 (half the memory of float32) for :mod:`fptq.runtime`,
+    which reads their bits; such a model runs transformers' forward only after :func:`widen_bf16`.
 
     Returns:
         ``(model, tokenizer_or_None, metadata)``: a float32 model in eval mode (float parts widened
@@ -288,7 +299,7 @@ def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer"):
         with torch.device("meta"):  # shapes first, without memory: a hostile config costs nothing
             skeleton = build_model(cfg, meta, backend, mode, d / "config.json")
             want = check_against_model(expected_tensors(skeleton, meta, meta["_path"]), meta, table, meta["_path"])
-        tensors = read_tensors(tf, meta, want)
+        tensors = read_tensors(tf, meta, want, keep_bf16)
     model = build_model(cfg, meta, backend, mode, d / "config.json")  # what the file stores: on meta
     q, q_in = tensors.pop(ONLINE_ROTATION_TENSOR, None), tensors.pop(INPUT_ROTATION_TENSOR, None)
     _assign_tensors(model, tensors, meta)

@@ -24,6 +24,7 @@ from .checkpoint_meta import (
     check_int8_row_values, check_layer_values, check_rotation_values, parse_metadata,
 )
 from .checkpoint_shards import parse_shards
+from .finite import all_finite
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import online_rotation_targets
@@ -252,10 +253,15 @@ def check_against_model(expected: dict, meta: dict, table: dict, where: Path) ->
     return want
 
 
-def _to_torch(a: np.ndarray, dtype: str):
+def _to_torch(a: np.ndarray, dtype: str, keep_bf16: bool = False):
     """A tensor of torch's own memory (as a model built on the CPU holds it) with the values of ``a`` (as
     :meth:`~fptq.io.tensorfile.TensorFile.numpy` gives it): a stored BF16 (uint16 bit patterns) or F16
-    float part widened to float32 exactly, written straight into the tensor (no second full-size copy)."""
+    float part widened to float32 exactly, written straight into the tensor (no second full-size copy);
+    with ``keep_bf16`` a BF16 part is kept as torch.bfloat16 (the stored bits)."""
+    if dtype == "BF16" and keep_bf16:
+        t = torch.empty(a.shape, dtype=torch.bfloat16)
+        t.view(torch.int16).numpy().view(np.uint16)[...] = a
+        return t
     if dtype == "BF16":
         t = torch.empty(a.shape, dtype=torch.float32)
         np.left_shift(a, 16, out=t.numpy().view(np.uint32), dtype=np.uint32)
@@ -265,18 +271,19 @@ def _to_torch(a: np.ndarray, dtype: str):
     return t
 
 
-def _check_values(k: str, a: np.ndarray, where) -> None:
+def _check_values(k: str, t, where) -> None:
     if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
         try:
-            check_rotation_values(a, k)
+            check_rotation_values(t.numpy(), k)
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
-    elif a.dtype.kind == "f" and not np.isfinite(a).all():
+    elif not all_finite(t):
         raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
 
 
-def read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
-    """name -> torch tensor for every stored tensor (float parts widened to float32), values checked.
+def read_tensors(tf: TensorFile, meta: dict, want: set, keep_bf16: bool = False) -> dict:
+    """name -> torch tensor for every stored tensor (float parts widened to float32; with ``keep_bf16``
+    BF16 ones kept as torch.bfloat16), values checked.
 
     One tensor is held twice at a time (as read, and in the tensor of its own that the model takes with
     ``load_state_dict(assign=True)``); the rotations ``Q`` / ``Q_f`` are NumPy-backed as read."""
@@ -288,14 +295,17 @@ def read_tensors(tf: TensorFile, meta: dict, want: set) -> dict:
         if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
             out[k] = torch.from_numpy(a)
         else:
-            out[k] = _to_torch(a, dtype)
+            out[k] = _to_torch(a, dtype, keep_bf16)
             del a
+        if out[k].dtype == torch.bfloat16:   # not a layer's tensor (those keep their spec dtypes)
+            _check_values(k, out[k], where)
+            continue
         arr = out[k].numpy()
         if k in layer_of:
             n, s = layer_of[k]
             by_layer.setdefault(n, {})[s] = arr
         else:
-            _check_values(k, arr, where)
+            _check_values(k, out[k], where)
     for n, parts in sorted(by_layer.items()):
         try:
             check_layer_values(n, meta["layers"][n], parts)

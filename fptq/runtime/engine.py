@@ -36,15 +36,17 @@ class Runtime:
 
     @classmethod
     def from_model(cls, model, threads: int | None = None, int8_head: bool | None = None, capacity: int = 256,
-                   par_min: int | None = None, split_decode: bool = False):
+                   par_min: int | None = None, split_decode: bool = False, hand_over: bool = False):
         """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
         :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's
         thread count (default: numba's current); ``split_decode``: a decoded token's linears on two
-        threads (same bits; pays two thread wake-ups per layer)."""
+        threads (same bits; pays two thread wake-ups per layer); ``hand_over``: the model's tensors that the
+        runtime re-lays out are released as taken (:func:`fptq.runtime.weights.read_weights`)."""
         import numba
 
         threads = numba.get_num_threads() if threads is None else int(threads)
-        w = read_weights(model, threads=threads, int8_head=int8_head, par_min=par_min, split_decode=split_decode)
+        w = read_weights(model, threads=threads, int8_head=int8_head, par_min=par_min, split_decode=split_decode,
+                         hand_over=hand_over)
         return cls(w, capacity, getattr(model.config, "max_position_embeddings", None))
 
     @property

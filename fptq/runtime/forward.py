@@ -212,16 +212,22 @@ def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, 
 
 @njit
 def embed(ids, emb, embed_scale, use_scale):
-    """float32 [M, H] rows of the embedding: ``emb`` = (kind, float32 [V, H], int8 [V, H], scale [V]);
-    kind 1 (INT8 rows): ``float32(q) * scale`` as :class:`fptq.models.int8rows.Int8Embedding`; then
-    times ``embed_scale`` (Gemma) when ``use_scale``."""
-    kind, wf, wq, ws = emb
-    h = wf.shape[1] if kind == 0 else wq.shape[1]
+    """float32 [M, H] rows of the embedding: ``emb`` = (kind, float32 [V, H], int8 [V, H], scale [V],
+    bfloat16 bits uint16 [V, H]); kind 0: the float32 rows; kind 1 (INT8 rows): ``float32(q) * scale`` as
+    :class:`fptq.models.int8rows.Int8Embedding`; kind 2: the bfloat16 rows widened exactly (``bits << 16``,
+    the float32 values a float32 table of them holds); then times ``embed_scale`` (Gemma) when ``use_scale``."""
+    kind, wf, wq, ws, wb = emb
+    h = wf.shape[1] if kind == 0 else wq.shape[1] if kind == 1 else wb.shape[1]
     x = np.empty((ids.size, h), F32)
+    xb = x.view(np.uint32)
     for m in range(ids.size):
         t = ids[m]
-        for i in range(h):
-            x[m, i] = wf[t, i] if kind == 0 else F32(wq[t, i]) * ws[t]
+        if kind == 2:
+            for i in range(h):
+                xb[m, i] = np.uint32(wb[t, i]) << np.uint32(16)
+        else:
+            for i in range(h):
+                x[m, i] = wf[t, i] if kind == 0 else F32(wq[t, i]) * ws[t]
         if use_scale:
             for i in range(h):
                 x[m, i] = x[m, i] * embed_scale

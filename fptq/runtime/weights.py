@@ -25,22 +25,13 @@ from ..backends.numba_kernels import blocked
 from ..models._torch import torch
 from ..models.arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
 from ..models.int8rows import Int8Embedding, Int8LMHead
-from ..models.qlinear import W4A8Linear
 from ..models.rotate import INPUT_ROTATION, POST_NORMS, RotateOutput, factors_of, input_rotation_of
-from ..spec import ActPolicy, WeightFormat
 from . import ops
 from .family import family_of
 from .head import HEAD_BF16, HEAD_F32, HEAD_INT8, HEAD_INT8_FLOAT
+from .linears import LINEAR_SLOTS, RuntimeUnsupported, check_slots, linear_paths, stack_linears, stack_slots
 
 __all__ = ["RuntimeUnsupported", "RuntimeWeights", "LINEAR_SLOTS", "read_weights", "stack_linears"]
-
-#: the seven linears of a layer, in :func:`fptq.runtime.forward.layer`'s order (Arch attribute names)
-LINEAR_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-class RuntimeUnsupported(ValueError):
-    """The model cannot run on the runtime (the message says why); use the transformers path."""
-
 
 @dataclass
 class RuntimeWeights:
@@ -93,52 +84,6 @@ def _unwrap(mod):
     if isinstance(mod, RotateOutput):
         return mod.norm, (1 if factors_of(mod, "rotation") is not None else 2)
     return mod, 0
-
-
-def _prepare_linear(m, name: str):
-    """One W4A8Linear in the blocked layout (the numba backend's prepared-linear arrays)."""
-    if not isinstance(m, W4A8Linear):
-        raise RuntimeUnsupported(f"{name} is not a W4A8 linear ({type(m).__name__}): only fully quantized "
-                                 "decoder layers run on the runtime")
-    k, g, n = m.in_features, m.group_size, m.out_features
-    if not blocked.supported(g):
-        raise RuntimeUnsupported(f"{name}: group size {g} is not a multiple of {blocked.STEP_K}")
-    signed = m.weight_format is WeightFormat.SYMMETRIC
-    ng = m.wscale.shape[1]
-    zero = np.zeros((n, ng), np.uint8) if m.wzero is None else _np(m.wzero)
-    wb, zc = blocked.repack(_np(m.qweight), zero, k, g, signed)
-    nblk = wb.shape[0]
-    bb = np.zeros(nblk * blocked.LANES, np.float32)
-    if m.bias is not None:
-        bb[:n] = _np(m.bias)
-    dyn = m.policy is ActPolicy.DYNAMIC
-    act = np.float32(1.0) if dyn else np.float32(_np(m.act_scale).reshape(-1)[0])
-    steps_last = (k - (ng - 1) * g + blocked.STEP_K - 1) // blocked.STEP_K
-    return dict(wb=wb, zc=zc, wsb=blocked.block_rows(np.ascontiguousarray(_np(m.wscale)), nblk), bb=bb,
-                act=act, dyn=dyn, hasb=m.bias is not None, g=g, steps_last=steps_last, n=n)
-
-
-def stack_linears(preps: list, name: str, threads: int) -> tuple:
-    """The per-layer prepared linears of one slot as the forward's tuple ``(wb, zc, wsb, bb, act, dyn,
-    has_bias, g, steps_last, n, panel)``, arrays stacked on a leading layer axis."""
-    first = preps[0]
-    for p in preps[1:]:
-        for key in ("g", "steps_last", "n", "hasb"):
-            if p[key] != first[key] or p["wb"].shape != first["wb"].shape:
-                raise RuntimeUnsupported(f"{name}: the layers' linears differ in shape or layout")
-    st = {key: np.ascontiguousarray(np.stack([p[key] for p in preps])) for key in ("wb", "zc", "wsb", "bb")}
-    act = np.array([p["act"] for p in preps], np.float32)
-    dyn = np.array([p["dyn"] for p in preps], np.bool_)
-    panel = blocked.panel_size(first["wb"].shape[0]) if threads > 1 else 1
-    return (st["wb"], st["zc"], st["wsb"], st["bb"], act, dyn, bool(first["hasb"]), np.int64(first["g"]),
-            np.int64(first["steps_last"]), np.int64(first["n"]), np.int64(panel))
-
-
-def _linear_paths(arch) -> dict:
-    gate_up = arch.gate_up
-    if len(gate_up) != 2:
-        raise RuntimeUnsupported(f"{arch.family}: the runtime runs gated MLPs (gate, up) only")
-    return dict(zip(LINEAR_SLOTS, (arch.q, arch.k, arch.v, arch.o, gate_up[0], gate_up[1], arch.down)))
 
 
 def _layer_norms(layer, arch, fam, hidden, hd):
@@ -199,13 +144,23 @@ def _rope_fn(model, cfg, hd: int):
     return tables, kinds
 
 
+def _bf16_view(t) -> np.ndarray:
+    """The bit patterns (uint16, same memory: no copy) of a CPU torch.bfloat16 tensor."""
+    return t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
 def _embedding(model, fam, hidden: int):
+    """(kind, float32 [V, H], int8 [V, H], scale [V], bf16 bits [V, H]) (:func:`fptq.runtime.forward.embed`):
+    a view of the model's rows (float32, INT8 or, as ``load_quantized(keep_bf16=True)`` keeps them, bf16)."""
     emb = model.get_input_embeddings()
     empty_f, empty_q, empty_s = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int8), np.zeros(1, np.float32)
+    empty_b = np.zeros((1, 1), np.uint16)
     if isinstance(emb, Int8Embedding):
-        t = (np.int64(1), empty_f, _np(emb.qweight), _np(emb.scale))
+        t = (np.int64(1), empty_f, _np(emb.qweight), _np(emb.scale), empty_b)
+    elif isinstance(emb, torch.nn.Embedding) and emb.weight.dtype == torch.bfloat16:
+        t = (np.int64(2), empty_f, empty_q, empty_s, _bf16_view(emb.weight))
     elif isinstance(emb, torch.nn.Embedding):
-        t = (np.int64(0), np.ascontiguousarray(_np(emb.weight), np.float32), empty_q, empty_s)
+        t = (np.int64(0), np.ascontiguousarray(_np(emb.weight), np.float32), empty_q, empty_s, empty_b)
     else:
         raise RuntimeUnsupported(f"input embedding {type(emb).__name__} is not an nn.Embedding or INT8 rows")
     return t, np.float32(hidden ** 0.5), fam.scaled_embedding
@@ -242,11 +197,13 @@ def _head(model, int8_head: bool | None):
         return (np.int64(kind), ef, eb, _np(head.qweight), _np(head.scale))
     if not isinstance(head, torch.nn.Linear):
         raise RuntimeUnsupported(f"lm_head {type(head).__name__} is not an nn.Linear or INT8 rows")
-    w = np.ascontiguousarray(_np(head.weight), np.float32)
+    ones = np.ones(head.weight.shape[0], np.float32)
+    if head.weight.dtype == torch.bfloat16 and not int8_head:   # load_quantized(keep_bf16=True): shared
+        return (np.int64(HEAD_BF16), ef, _bf16_view(head.weight), eq, ones)
+    w = np.ascontiguousarray(_np(head.weight.float()), np.float32)
     if int8_head:
         q, s = quantize_weight_int8_per_channel(w)
         return (np.int64(HEAD_INT8), ef, eb, q, s)
-    ones = np.ones(w.shape[0], np.float32)
     bits = _bf16_bits(w)
     if bits is not None:
         return (np.int64(HEAD_BF16), ef, bits, eq, ones)
@@ -261,11 +218,8 @@ def _check_rotations(model, arch, layers) -> None:
                 raise RuntimeUnsupported(f"layer {i} {path}: an input rotation on a linear other than down")
 
 
-def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None,
-                 split_decode: bool = False):
-    """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
-    :class:`RuntimeUnsupported` naming what the runtime cannot run. ``split_decode``: a decoded token's
-    linears on two threads (:func:`fptq.runtime.forward.linears_two_threads`, ``linear_halves``)."""
+def _model_parts(model):
+    """(arch, family entry, config, activation index, decoder layers) of a model the runtime can run."""
     try:
         arch = arch_of_model(model)
     except UnsupportedArchitecture as e:
@@ -279,14 +233,31 @@ def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min
         raise RuntimeUnsupported(f"MLP activation {act!r} is not one of {sorted(ops.ACTIVATIONS)}")
     _, layers, _ = find_decoder_layers(model)
     _check_rotations(model, arch, layers)
-    hidden = model.get_input_embeddings().weight.shape[1] if hasattr(model.get_input_embeddings(), "weight") \
-        else model.get_input_embeddings().embedding_dim
-    attn0 = layers[0].self_attn
-    hd = int(attn0.head_dim)
-    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    paths = _linear_paths(arch)
-    lins = tuple(stack_linears([_prepare_linear(get_submodule(layer, paths[s]), f"layer {i} {paths[s]}")
-                                for i, layer in enumerate(layers)], paths[s], threads) for s in LINEAR_SLOTS)
+    return arch, fam, cfg, ops.ACTIVATIONS[act], layers
+
+
+def _release_input_rotation(downs) -> None:
+    """The down projections' dense ``Q_f`` put on ``meta`` where the runtime runs its Hadamard factors."""
+    for d in downs:
+        q = input_rotation_of(d)
+        if q is not None and not q.is_meta and factors_of(d, INPUT_ROTATION) is not None:
+            setattr(d, INPUT_ROTATION, torch.empty_like(q, device="meta"))
+
+
+def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None,
+                 split_decode: bool = False, hand_over: bool = False):
+    """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
+    :class:`RuntimeUnsupported` naming what the runtime cannot run (before anything is re-laid out).
+    ``split_decode``: a decoded token's linears on two threads (:func:`fptq.runtime.forward.linears_two_threads`,
+    ``linear_halves``). ``hand_over``: the model gives the runtime what it re-lays out (each W4A8 linear's
+    tensors, and a dense ``Q_f`` the runtime runs as Hadamard factors, put on ``meta`` as taken:
+    :func:`fptq.runtime.linears.release_linear`); the model's forward then no longer runs."""
+    arch, fam, cfg, act, layers = _model_parts(model)
+    emb_mod = model.get_input_embeddings()
+    hidden = emb_mod.weight.shape[1] if hasattr(emb_mod, "weight") else emb_mod.embedding_dim
+    hd = int(layers[0].self_attn.head_dim)
+    paths = linear_paths(arch)
+    check_slots(layers, paths)
     with torch.inference_mode():
         rope_fn, kinds = _rope_fn(model, cfg, hd)
         norms = [_layer_norms(layer, arch, fam, hidden, hd) for layer in layers]
@@ -296,24 +267,25 @@ def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min
         final_norm, fkind = _unwrap(model.base_model.norm)
     if fkind:
         raise RuntimeUnsupported("a rotation on the final norm is not supported")
+    softcaps = {a[3] for a in attn}
+    if len(softcaps) > 1:
+        raise RuntimeUnsupported("layers with different attention softcaps")
     downs = [get_submodule(layer, paths["down"]) for layer in layers]
     rot_src = next((m for m in model.modules() if isinstance(m, RotateOutput)), None)
     rotk = np.array([n[2] + [0 if input_rotation_of(d) is None else
                              (1 if factors_of(d, INPUT_ROTATION) is not None else 2)]
                      for n, d in zip(norms, downs)], np.int64)
-    softcaps = {a[3] for a in attn}
-    if len(softcaps) > 1:
-        raise RuntimeUnsupported("layers with different attention softcaps")
-    dims = np.array([nh, nkv, hd, ops.ACTIVATIONS[act], int(fam.qk_norm), int(fam.post_norms), threads,
-                     blocked.PARALLEL_MIN_MACS if par_min is None else par_min, int(split_decode)], np.int64)
-    eps = np.float32(norms[0][3])
+    rot_f = _rotation(downs[0] if rotk[0, 4] else None, INPUT_ROTATION, int(downs[0].in_features))
+    lins = stack_slots(layers, paths, threads, hand_over)
+    if hand_over:
+        _release_input_rotation(downs)
+    dims = np.array([cfg.num_attention_heads, cfg.num_key_value_heads, hd, act, int(fam.qk_norm),
+                     int(fam.post_norms), threads, blocked.PARALLEL_MIN_MACS if par_min is None else par_min,
+                     int(split_decode)], np.int64)
     return RuntimeWeights(
-        arch.family, dims, eps, np.ascontiguousarray(np.stack([n[0] for n in norms])),
-        np.ascontiguousarray(np.stack([n[1] for n in norms])), rotk,
-        _rotation(rot_src, "rotation", hidden), _rotation(downs[0] if rotk[0, 4] else None, INPUT_ROTATION,
-                                                          int(downs[0].in_features)),
-        np.array([a[0] for a in attn], np.int64), np.array([a[1] for a in attn], np.int64),
+        arch.family, dims, np.float32(norms[0][3]), np.ascontiguousarray(np.stack([n[0] for n in norms])),
+        np.ascontiguousarray(np.stack([n[1] for n in norms])), rotk, _rotation(rot_src, "rotation", hidden),
+        rot_f, np.array([a[0] for a in attn], np.int64), np.array([a[1] for a in attn], np.int64),
         np.array([a[2] for a in attn], np.float32), np.float32(softcaps.pop()), lins, emb, escale, use_scale,
         _gain(final_norm, fam.gain_plus_one), head, np.float32(getattr(cfg, "final_logit_softcapping", None) or 0.0),
-        rope_fn, len(layers), nkv, hd, int(head[4].shape[0]))
-
+        rope_fn, len(layers), cfg.num_key_value_heads, hd, int(head[4].shape[0]))
