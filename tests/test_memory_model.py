@@ -28,7 +28,8 @@ def test_smollm2_components_by_hand():
     c = est.components
     assert c["hidden_in"] == c["hidden_out"] == 128 * 512 * 576 * 4
     assert c["embeddings_f32"] == 49152 * 576 * 4
-    assert "lm_head_f32" not in c and c["embeddings_read"] == 49152 * 576   # tied; float32 source: the mask only
+    assert "embeddings_read" not in c          # float32 source: no other-dtype copy; finiteness checked in chunks
+    assert c["nonlayer_stored"] == 49152 * 576 * 2 and c["rotation_build"] == 16 * 1536 ** 2
     # 128 x 512 tokens strided by 8 -> 8192 rows; 16 held-out samples strided by 4 -> 2048 rows
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 2048)
     per_input_k = 576 + 576 + 576 + 1536          # qkv | o | gate_up | down: one copy per group input
@@ -60,10 +61,13 @@ def test_llama3_8b_components_by_hand():
     # the inverse works in place (one [K,K]); the error feedback's W copies set GPTQ's peak
     assert c["gptq_work"] == int(8 * (1.0 * 14336 ** 2 + 3.1 * 4096 * 14336))
     assert "rows_gptq" not in c
-    assert c["lm_head_f32"] == c["embeddings_f32"] == 128256 * 4096 * 4
-    assert c["embeddings_read"] == 128256 * 4096 * (2 + 1)
-    assert c["nonlayer_stored"] == 2 * 128256 * 4096 * 2            # untied: embeddings and lm_head, bf16
-    assert c["layer_read"] == 14336 * 4096 * (2 + 1)                # bf16 tensor + its finiteness mask
+    assert c["embeddings_f32"] == 128256 * 4096 * 4 and "lm_head_f32" not in c   # one table at a time
+    assert c["embeddings_read"] == 128256 * 4096 * 2                # the bf16 tensor while it becomes float32
+    assert c["nonlayer_stored"] == 128256 * 4096 * 2                # untied: one table's bf16 copy, then spilled
+    assert c["layer_read"] == 14336 * 4096 * 2                      # bf16 tensor (finiteness: in chunks)
+    assert est.steps["write: read"] == sum(c.get(n, 0) for n in ("baseline", "tokenizer", "rotations",
+                                                                   "embeddings_read", "embeddings_f32", "write_buffer"))
+    assert est.steps["write"] == est.steps["write: read"] - c["embeddings_read"] + c["nonlayer_stored"]
     # 16 x 512 = 8192 tokens: every one kept (stride 1); 2 held-out samples: 1024 rows
     assert (est.settings.rows, est.settings.heldout_rows) == (8192, 1024)
     assert c["kept_rows"] == (8192 + 1024) * 4 * (4096 + 4096 + 4096 + 14336)
@@ -71,8 +75,8 @@ def test_llama3_8b_components_by_hand():
     assert est.peak_bytes == max(est.steps.values()) == est.steps[est.peak_step]
     assert est.steps["layer: GPTQ"] == sum(c.get(n, 0) for n in memory.STEPS["layer: GPTQ"])
     assert est.phases["per-layer quantization"] == max(v for k, v in est.steps.items() if k.startswith("layer:"))
-    assert est.phases["capture"] == max(est.steps["capture"], est.steps["calibration text"])
-    assert est.phases["final write"] == est.steps["write"]
+    assert est.phases["capture"] == max(est.steps[s] for s in ("capture", "calibration text", "rotation plan"))
+    assert est.phases["final write"] == max(est.steps["write"], est.steps["write: read"])
 
 
 def test_shared_input_rows_and_settings_change_the_right_components():

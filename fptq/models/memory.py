@@ -4,13 +4,13 @@ config and the calibration settings, before anything is loaded.
 The streamed run (``docs/scale.md``) holds one decoder layer at a time. Its memory is a sum of named
 components (:data:`MEANINGS`), each alive during some steps of the run; the peak is the largest step:
 
-* ``capture``: the embeddings float32, layer 0's calibration inputs and the captured per-batch arguments;
+* ``rotation plan`` (rotations built), ``capture`` (embeddings float32, layer 0's inputs, per-batch arguments);
 * per layer: ``layer: load`` (its weights float32 from the source), ``layer: rotate`` (``W Q`` in float64),
   ``layer: forward`` (the calibration pass: outputs, activations, kept rows), ``layer: rows`` (the kept rows
   concatenated), ``layer: plan`` (the error-selected plan's judging), ``layer: Hessian`` (building the
   float64 Hessian of the worst group input), ``layer: GPTQ`` (its inverse Cholesky and error feedback),
   ``layer: sequential`` (``--sequential``'s second pass), ``layer: flush`` (a full shard serialized);
-* ``write``: the embeddings (and an untied ``lm_head``) float32 and in their stored dtype, the last shard.
+* ``write: read`` / ``write``: the embeddings, then ``lm_head``, each read and stored alone, beside the last shard.
 
 The GPTQ and Hessian coefficients are measured on :mod:`fptq.reference.gptq` as it is (peak RSS over
 the inputs; see the constants), so a change there changes one constant here. Pure arithmetic: importing
@@ -77,15 +77,14 @@ MEANINGS = {
     "tokenizer": "the tokenizer (TOKENIZER_BYTES_PER_TOKEN x vocab: extrapolated from SmolLM2's, measured)",
     "calibration_text": "reading and tokenizing the calibration text (measured for 'wiki', the default)",
     "rotations": "rotations held: Q [H,H] float64 + float32, Q_f [F,F] float32 (online), the head rotation",
-    "embeddings_f32": "input embeddings [V,H] float32 (capture and final write)",
-    "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32, its finiteness mask",
+    "rotation_build": "the rotations built (online: Q_f float64 [F,F] and its product: 2 [F,F] while built)",
+    "embeddings_f32": "input embeddings [V,H] float32 (capture); embeddings or lm_head, one at a time (final write)",
+    "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32 (finiteness: in chunks)",
     "embeddings_rotation": "residual rotation of the embeddings: E float64 and E Q float64",
-    "lm_head_f32": "untied lm_head [V,H] float32 (final write)",
-    "nonlayer_stored": "embeddings (+ lm_head) converted to the stored float dtype (Q, Q_f: their float32 copies)",
+    "nonlayer_stored": "the embeddings or lm_head being stored, in the stored float dtype (then spilled to a file)",
     "hidden_in": "calibration inputs of the current layer, float32 [n, L, H]",
     "hidden_out": "its outputs, the next layer's inputs, float32 [n, L, H]",
-    "hidden_in_forward": "the inputs left during the calibration pass: one batch (each dropped once used), "
-                         "all of them with --sequential",
+    "hidden_in_forward": "one batch of inputs during the pass (each dropped once used; all with --sequential)",
     "hidden_in_kept": "--sequential: the inputs kept for the second pass",
     "rows_hessian": "kept rows of the Hessian's group and the later groups (each group's dropped after its Hessian)",
     "rows_gptq": "kept rows of the groups after the one being GPTQ'd",
@@ -93,7 +92,7 @@ MEANINGS = {
     "captured_args": "per-batch layer arguments: attention masks [B,1,L,L], rotary cos/sin, position ids",
     "layer_f32": "one decoder layer's weights, float32",
     "layer_f32_device": "the layer's float32 weights on the GPU for the forward (cuda)",
-    "layer_read": "the largest linear in the source dtype while it becomes float32, its finiteness mask",
+    "layer_read": "the largest linear in the source dtype while it becomes float32 (finiteness: in chunks)",
     "rotation_transient": "rotating a layer: Q_f float64 built again (2 [F,F] while built), then W Q of the "
                           "largest linear: W float32 copy, W float64, W Q float64, result",
     "forward_work": "one batch's activations inside the layer forward (MLP [B,L,F] x4, attention)",
@@ -123,6 +122,7 @@ _LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_dev
 #: (``layer: flush``) after its outputs are computed; its inputs are gone by then (kept with --sequential)
 STEPS = {
     "calibration text": ("baseline", "cuda_context", "tokenizer", "calibration_text"),
+    "rotation plan": ("baseline", "cuda_context", "tokenizer", "rotation_build"),
     "capture": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "hidden_in", "captured_args"),
     "layer: load": _LAYER + ("hidden_in", "layer_read"),
     "layer: rotate": _LAYER + ("hidden_in", "rotation_transient"),
@@ -135,8 +135,8 @@ STEPS = {
                                    "layer_quantized", "layer_dequantized"),
     "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
                                                                        "shard_flush"),
-    "write": _COMMON + ("embeddings_read", "embeddings_f32", "embeddings_rotation", "lm_head_f32",
-                        "nonlayer_stored", "write_buffer"),
+    "write: read": _COMMON + ("embeddings_read", "embeddings_f32", "write_buffer"),
+    "write": _COMMON + ("embeddings_f32", "embeddings_rotation", "nonlayer_stored", "write_buffer"),
 }
 
 
@@ -234,7 +234,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         + len(_batches(n, B)) * (shape.rope_tables * 2 * L * shape.head_dim * 4 + L * 8),
         "layer_f32": shape.layer_float_bytes(),
         "layer_f32_device": shape.layer_float_bytes() if s.device == "cuda" else 0,
-        "layer_read": biggest * ((s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0) + 1),
+        "layer_read": biggest * (s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0),
         "rotation_transient": {"online": max(16 * f * f, 8 * f * f + 24 * biggest), "residual": 24 * biggest}.get(
             s.rotate, 0),
         "forward_work": B * L * 4 * (4 * f + 5 * shape.q_width + 2 * shape.kv_width + 4 * h) + attention,
@@ -251,8 +251,6 @@ def _model_components(shape: Shape, s: Settings) -> dict:
     h, f, v, fb = shape.hidden, shape.intermediate, shape.vocab, s.float_dtype_bytes
     heads = 12 * shape.head_dim ** 2 if s.rotate != "none" else 0
     rot = {"online": 12 * h * h + 4 * f * f, "residual": 12 * h * h}.get(s.rotate, 0) + heads
-    tables = 1 if shape.tied else 2
-    stored_emb = tables * v * h * fb if fb != 4 else 0
     layers_total = shape.layers * shape.layer_stored_bytes(s.group_size, s.asym)
     layer_q = shape.layer_stored_bytes(s.group_size, s.asym)
     leftover = min(s.shard_bytes, layers_total)
@@ -263,19 +261,19 @@ def _model_components(shape: Shape, s: Settings) -> dict:
         "calibration_text": CALIB_TEXT_BYTES,
         "rotations": rot,
         "embeddings_f32": v * h * 4,
-        "embeddings_read": v * h * ((s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0) + 1),
+        "rotation_build": {"online": 16 * f * f, "residual": 16 * h * h}.get(s.rotate, 0),
+        "embeddings_read": v * h * (s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0),
         "embeddings_rotation": 16 * v * h if s.rotate == "residual" else 0,
-        "lm_head_f32": 0 if shape.tied else v * h * 4,
-        "nonlayer_stored": stored_emb,
+        "nonlayer_stored": v * h * fb if fb != 4 else 0,   # one table at a time (spilled before the next)
         "shard_buffer": leftover,
         "shard_flush": min(s.shard_bytes + layer_q, layers_total),
         "write_buffer": leftover,
     }
 
 
-_PHASES = {"capture": ("calibration text", "capture"),
+_PHASES = {"capture": ("calibration text", "rotation plan", "capture"),
            "per-layer quantization": tuple(k for k in STEPS if k.startswith("layer")),
-           "final write": ("write",)}
+           "final write": ("write: read", "write")}
 
 
 @dataclass
