@@ -4,6 +4,8 @@ refuses a flipped byte."""
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import json
 
@@ -148,6 +150,7 @@ def test_cli_dry_run_and_memory_refusal(bf16_dir, tmp_path, monkeypatch, capsys)
     assert main(["quantize", str(bf16_dir), "--out", str(out), "--dry-run", *CLI_RUN]) == 0
     table = capsys.readouterr().out
     assert "peak:" in table and "gptq_work" in table and "layer: GPTQ" in table and not out.exists()
+    assert re.search(r"expected time: about \d+ min \(\d+ s per layer: forward \d+ s", table)
     monkeypatch.setattr(memory, "mem_available", lambda *a, **k: 1 << 20)   # 1 MiB free
     assert main(["quantize", str(bf16_dir), "--out", str(out), *CLI_RUN]) == 2
     err = capsys.readouterr().err
@@ -235,3 +238,24 @@ def test_final_write_reads_one_table_at_a_time(bf16_dir, tmp_path, monkeypatch):
     assert model.model.embed_tokens.weight.is_meta and model.lm_head.weight.is_meta
     assert not (tmp_path / "c" / ".spill").exists()
     assert checks.count((160, 160)) == 1, checks   # Q_f [F, F]: once for the 4 layers
+
+
+def test_trace_off_by_default_and_read_from_the_environment(monkeypatch, capsys):
+    """FPTQ_TRACE is read at the first mark: unset, nothing is written; "1" writes VmRSS and VmHWM without resetting
+    the high-water mark (no "step peak"); any other value is refused by name."""
+    from fptq.models import trace
+
+    monkeypatch.setitem(trace._state, "mode", trace._UNREAD)
+    monkeypatch.delenv("FPTQ_TRACE", raising=False)
+    trace.mark("a")
+    assert not trace.enabled() and capsys.readouterr().err == ""
+    monkeypatch.setitem(trace._state, "mode", trace._UNREAD)
+    monkeypatch.setenv("FPTQ_TRACE", "1")
+    trace.mark("b")
+    err = capsys.readouterr().err
+    assert err.startswith("fptq-trace: b rss ") and " GiB hwm " in err and "step peak" not in err
+    monkeypatch.setitem(trace._state, "mode", trace._UNREAD)
+    monkeypatch.setenv("FPTQ_TRACE", "on")
+    with pytest.raises(ValueError, match="FPTQ_TRACE must be one of"):
+        trace.mark("c")
+    monkeypatch.setitem(trace._state, "mode", None)
