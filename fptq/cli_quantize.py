@@ -38,6 +38,15 @@ def add_quantize_arguments(q) -> None:
                    "one shard in memory; a checkpoint that fits in one is a single file")
 
 
+def _time_line(estimate) -> str:
+    """The memory model's time estimate (:meth:`~fptq.models.memory.MemoryEstimate.time_estimate`, rates timed
+    now on this machine, about half a second) as one line: an estimate, not a measurement."""
+    t = estimate.time_estimate()
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k not in ("per_layer_s", "total_s"))
+    return (f"expected time: about {t['total_s'] / 60:.0f} min ({t['per_layer_s']:.0f} s per layer: {parts}; "
+            "matmul rates timed now, an estimate that a loaded machine or small matrices can miss by 2x)")
+
+
 def _memory_estimate(a, cfg, model, source):
     """The memory model's estimate of this run (:func:`fptq.models.memory.estimate`)."""
     from .models import memory
@@ -91,6 +100,7 @@ def _streamed(a, cfg, out, protect, source):
     estimate = _memory_estimate(a, cfg, model, source)
     if a.dry_run:
         print(estimate.describe())
+        print(_time_line(estimate))
         return None
     if not a.quiet:
         print(f"fptq: memory model: peak {estimate.peak_bytes / 2 ** 30:.2f} GiB in '{estimate.peak_step}' "

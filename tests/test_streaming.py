@@ -4,10 +4,9 @@ refuses a flipped byte."""
 
 from __future__ import annotations
 
-import re
-
 import contextlib
 import json
+import re
 
 import pytest
 
