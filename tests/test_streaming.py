@@ -258,3 +258,20 @@ def test_trace_off_by_default_and_read_from_the_environment(monkeypatch, capsys)
     with pytest.raises(ValueError, match="FPTQ_TRACE must be one of"):
         trace.mark("c")
     monkeypatch.setitem(trace._state, "mode", None)
+
+
+def test_final_write_peak_benchmark_on_a_tiny_model(bf16_dir, tmp_path, capsys):
+    """benchmarks/final_write_peak.py runs the writer's step per table group on a model's files and writes JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "final_write_peak.py"
+    spec = importlib.util.spec_from_file_location("final_write_peak", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main([str(bf16_dir), "--name", "tiny", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [g["group"] for g in doc["groups"]] == [["model.embed_tokens"], ["lm_head"]]
+    assert all(g["peak_above_process_bytes"] >= 0 for g in doc["groups"]) and doc["model_bytes"] == 259 * 64 * 6
+    assert "memory model" in capsys.readouterr().out
