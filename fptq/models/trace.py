@@ -12,10 +12,11 @@ the peak of that step alone (since the previous mark) and ``hwm`` is their runni
 kernel's own high-water mark (``/usr/bin/time``'s "Maximum resident set size", ``ru_maxrss``) is then no
 longer the run's peak. Where ``/proc`` cannot be read (not Linux) the lines say so and nothing else changes.
 
-The marks of a streamed run (``docs/scale.md``): ``capture: read`` (the modules before the layers read),
-``capture`` (every layer's inputs recorded), per layer ``layer i: load``, ``rotate``, ``forward``, ``rows``,
-``plan``, ``Hessian <linear>``, ``quantize <linear>``, ``outputs``, ``flush``, then ``write: <tensor>`` per
-tensor outside the layers and ``write: finish``. Standard library only.
+The marks of ``fptq quantize`` (``docs/scale.md``): ``check weights``, ``calibration text``, ``rotation plan``,
+``capture: read`` (the modules before the layers read), ``capture`` (every layer's inputs recorded), per layer
+``<layer path>: load``, ``rotate``, ``forward``, ``rows``, ``plan``, ``Hessian <linear>``, ``quantize <linear>``,
+``outputs``, ``flush``; then ``write: read`` (the final norm), ``write: stored``, ``write: <module paths>`` per
+group of the embeddings / lm_head and ``write: finish``. Standard library only.
 """
 
 from __future__ import annotations
