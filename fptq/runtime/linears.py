@@ -7,7 +7,8 @@ same shape in every layer), so nothing is re-laid out or handed over for a model
 Each slot's arrays are allocated once with a leading layer axis and filled a layer at a time (one layer's
 blocks as a temporary, never a slot's). With ``hand_over`` the model's packed weights and scales of each
 linear are released as soon as they are re-laid out (:func:`release_linear`: its buffers put on the
-``meta`` device, shapes kept), so the runtime's layout never exists beside a whole second copy.
+``meta`` device, shapes kept) and the freed pages returned to the system (:func:`give_back_freed`), so
+the runtime's layout never exists beside a whole second copy.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..models.qlinear import W4A8Linear
 from ..spec import ActPolicy, WeightFormat
 
 __all__ = ["LINEAR_SLOTS", "RuntimeUnsupported", "linear_paths", "check_slots", "stack_slots", "stack_linears",
-           "prepare_linear", "release_linear"]
+           "prepare_linear", "release_linear", "give_back_freed"]
 
 #: the seven linears of a layer, in :func:`fptq.runtime.forward.layer`'s order (Arch attribute names)
 LINEAR_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -96,6 +97,24 @@ def release_linear(m) -> None:
             setattr(m, name, torch.empty_like(t, device="meta"))
 
 
+def give_back_freed() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``; nothing where the C library
+    has none). A released linear's tensors are small enough to sit inside the heap, whose freed pages stay
+    resident otherwise: measured on the 1.5B model, 0.7 GB of released linears kept in RSS."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
 def _stack(mods, threads: int, hand_over: bool) -> tuple:
     """The forward's tuple ``(wb, zc, wsb, bb, act, dyn, has_bias, g, steps_last, n, panel)`` of one
     slot's linears ``mods`` (one per layer), arrays on a leading layer axis."""
@@ -104,6 +123,7 @@ def _stack(mods, threads: int, hand_over: bool) -> tuple:
         p = prepare_linear(m)
         if hand_over:
             release_linear(m)
+            give_back_freed()
         if first is None:
             first = p
             st = {key: np.empty((len(mods),) + p[key].shape, p[key].dtype) for key in ("wb", "zc", "wsb", "bb")}
