@@ -4,7 +4,8 @@ The transformers path (:func:`fptq.models.checkpoint.load_quantized`) is the ref
 runs the same checkpoint without transformers' per-layer Python:
 
 * :mod:`.family`: the one family table (what a family computes beyond the shared decoder layer);
-* :mod:`.weights`: a loaded model read into flat arrays (the numba backend's blocked W4A8 layout);
+* :mod:`.weights`: a loaded model read into flat arrays, :mod:`.linears` its W4A8 linears in the numba
+  backend's blocked layout (released from the model as taken when it hands them over);
 * :mod:`.forward`: the compiled forward (embedding, layers, final norm, lm_head); :mod:`.ops` its
   float pieces (norms, rotation, RoPE, exp, activations), :mod:`.attention` the causal attention
   over the KV cache, :mod:`.head` the lm_head kernels;

@@ -2,12 +2,12 @@
 
 Read from the model :func:`fptq.models.checkpoint.load_quantized` returns (so every check of the
 checkpoint has already run): per decoder layer its seven W4A8 linears re-laid out once into the
-numba backend's VNNI blocks (:func:`fptq.backends.numba_kernels.blocked.repack`, the prepared-linear
-layout) and stacked on a leading layer axis, the norm gains (``1 + w`` for Gemma, computed by torch
+numba backend's VNNI blocks (:mod:`fptq.runtime.linears`; with ``hand_over`` released from the model as
+taken) and stacked on a leading layer axis, the norm gains (``1 + w`` for Gemma, computed by torch
 as its norms do), the run-time rotations (the shared ``Q`` of :class:`fptq.models.rotate.RotateOutput`
 and ``Q_f`` of the down projections' inputs, as Hadamard factors when stored so), the embedding and
-lm_head (float32 or INT8 rows), and what the attention needs (scaling, windows, softcaps, RoPE
-tables from the model's own rotary module).
+lm_head (float32, INT8 rows, or bfloat16 bits: read in place from a model that keeps them bfloat16),
+and what the attention needs (scaling, windows, softcaps, RoPE tables from the model's own rotary module).
 
 :class:`RuntimeUnsupported` says why a model cannot run here (a family outside
 :data:`fptq.runtime.family.FAMILIES`, a linear left float, a group size the blocked kernel does not
