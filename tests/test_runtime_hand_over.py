@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("numba")
 
+from checkpoint_helpers import rewrite  # noqa: E402
+
 from fptq.cli import main  # noqa: E402
 from fptq.models.checkpoint import load_quantized  # noqa: E402
 from fptq.models.qlinear import W4A8Linear, quantized_linears  # noqa: E402
@@ -113,3 +115,19 @@ def test_no_runtime_widens_back_to_the_default_model(tmp_path_factory):
         assert sorted(got) == sorted(want)
         for k, t in got.items():
             assert t.dtype == want[k].dtype and torch.equal(t, want[k]), k
+
+
+def test_kept_bf16_values_are_checked_as_the_widened_ones(tmp_path_factory, tmp_path):
+    """``keep_bf16``: a NaN/Inf in a stored bfloat16 matrix is refused as it is when widened."""
+    from fptq.models.checkpoint import CheckpointError
+
+    ckpt = _quantize(tmp_path_factory, "llama")
+
+    def nan(t):
+        t["model.embed_tokens.weight"] = t["model.embed_tokens.weight"].clone()
+        t["model.embed_tokens.weight"][3, 7] = float("nan")
+
+    bad = rewrite(ckpt, tmp_path / "bad", edit_tensors=nan)
+    for keep in (False, True):
+        with pytest.raises(CheckpointError, match=r"tensor model\.embed_tokens\.weight holds NaN/Inf"):
+            load_quantized(bad, backend="numba", keep_bf16=keep)
