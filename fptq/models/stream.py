@@ -234,9 +234,11 @@ def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_si
                          "that fits in memory with the whole-model path: fptq.models.quantize.quantize_model)")
     io = StreamedLayers(model, source, writer, progress)
     io.read_at_capture(_capture_paths(model))   # what runs before the layers: embeddings, OPT's positions...
-    res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
-                                   inplace=True, layer_io=io)
-    io.release_capture()   # a model without decoder layers never loads one
+    try:
+        res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
+                                       inplace=True, layer_io=io)
+    finally:
+        io.release_capture()   # its hook, if the capture never ran; what it read, if no layer was loaded
     outside = outside_layer_paths(model)
     deferred = DeferredModules(model, source, outside) if writer is not None else None
     if deferred is not None:
