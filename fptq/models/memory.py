@@ -77,7 +77,7 @@ MEANINGS = {
     "tokenizer": "the tokenizer (TOKENIZER_BYTES_PER_TOKEN x vocab: extrapolated from SmolLM2's, measured)",
     "calibration_text": "reading and tokenizing the calibration text (measured for 'wiki', the default)",
     "rotations": "rotations held: Q [H,H] float64 + float32, Q_f [F,F] float32 (online), the head rotation",
-    "rotation_build": "the rotations built (online: Q_f float64 [F,F] and its product: 2 [F,F] while built)",
+    "rotation_build": "the rotations built (online: Q_f float64 [F,F] and its float32 copy while built)",
     "embeddings_f32": "input embeddings [V,H] float32 (capture); embeddings or lm_head, one at a time (final write)",
     "embeddings_read": "an embedding/lm_head in the source dtype while it becomes float32 (finiteness: in chunks)",
     "embeddings_rotation": "residual rotation of the embeddings: E float64 and E Q float64",
@@ -93,7 +93,7 @@ MEANINGS = {
     "layer_f32": "one decoder layer's weights, float32",
     "layer_f32_device": "the layer's float32 weights on the GPU for the forward (cuda)",
     "layer_read": "the largest linear in the source dtype while it becomes float32 (finiteness: in chunks)",
-    "rotation_transient": "rotating a layer: Q_f float64 built again (2 [F,F] while built), then W Q of the "
+    "rotation_transient": "rotating a layer: Q_f float64 built again (one [F,F]) and, beside it, W Q of the "
                           "largest linear: W float32 copy, W float64, W Q float64, result",
     "forward_work": "one batch's activations inside the layer forward (MLP [B,L,F] x4, attention)",
     "kept_rows": "kept calibration rows per group input, float32 [rows + held-out rows, K]",
@@ -235,7 +235,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         "layer_f32": shape.layer_float_bytes(),
         "layer_f32_device": shape.layer_float_bytes() if s.device == "cuda" else 0,
         "layer_read": biggest * (s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0),
-        "rotation_transient": {"online": max(16 * f * f, 8 * f * f + 24 * biggest), "residual": 24 * biggest}.get(
+        "rotation_transient": {"online": 8 * f * f + 24 * biggest, "residual": 24 * biggest}.get(
             s.rotate, 0),
         "forward_work": B * L * 4 * (4 * f + 5 * shape.q_width + 2 * shape.kv_width + 4 * h) + attention,
         "kept_rows": (s.rows + s.heldout_rows) * 4 * sum(ks),
@@ -261,7 +261,7 @@ def _model_components(shape: Shape, s: Settings) -> dict:
         "calibration_text": CALIB_TEXT_BYTES,
         "rotations": rot,
         "embeddings_f32": v * h * 4,
-        "rotation_build": {"online": 16 * f * f, "residual": 16 * h * h}.get(s.rotate, 0),
+        "rotation_build": {"online": 12 * f * f, "residual": 12 * h * h}.get(s.rotate, 0),
         "embeddings_read": v * h * (s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0),
         "embeddings_rotation": 16 * v * h if s.rotate == "residual" else 0,
         "nonlayer_stored": v * h * fb if fb != 4 else 0,   # one table at a time (spilled before the next)

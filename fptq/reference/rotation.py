@@ -70,8 +70,11 @@ class HadamardFactors:
         return self.signs.shape[0] // self.r.shape[0]
 
     def dense(self) -> np.ndarray:
-        """``Q`` as a float64 [n, n] matrix."""
-        return self.signs[:, None] * np.kron(sylvester_hadamard(self.p2) / np.sqrt(self.p2), self.r)
+        """``Q`` as a float64 [n, n] matrix: ``signs[:, None] * kron(H / sqrt(p2), r)``, the signs applied in
+        place (the same products; one [n, n] float64 while built, not two)."""
+        q = np.kron(sylvester_hadamard(self.p2) / np.sqrt(self.p2), self.r)
+        q *= self.signs[:, None]
+        return q
 
 
 def hadamard_factors(n: int, seed: int = 0) -> HadamardFactors:
