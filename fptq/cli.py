@@ -107,8 +107,8 @@ def _add_common(p):
 
 def _add_calib(p):
     """The flags of :class:`fptq.models.config.QuantConfig` shared by quantize and compare."""
-    p.add_argument("--calib", default=_Q.calib, help="calibration text source (fptq.data; 'random' = random "
-                   f"tokens, smoke tests only; default {_Q.calib})")
+    p.add_argument("--calib", default=_Q.calib, help="calibration text source (fptq.data; 'mix' or 'a+b' = equal "
+                   f"shares of several; 'random' = random tokens, smoke tests only; default {_Q.calib})")
     p.add_argument("--samples", type=_positive_int, default=_Q.n_samples,
                    help=f"calibration samples (default {_Q.n_samples})")
     p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,

