@@ -338,6 +338,7 @@ def cmd_eval(a) -> int:
 
 def cmd_compare(a) -> int:
     from .compare import CompareSettings, run_compare
+    from .data.text import calibration_parts
     from .io.outputs import check_output_dir, is_compare_json, is_compare_md
     from .models.loading import check_seq_len, model_argument, read_config_dict, resolve_model_dir
 
@@ -349,7 +350,7 @@ def cmd_compare(a) -> int:
                         int_max_windows=a.int_max_windows, peers=a.peers, progress=not a.quiet)
     a.model = s.model
     if a.out:
-        check_output_dir(a.out, "--out", protect=_inputs(a, a.ppl, [a.calib, a.peers]),
+        check_output_dir(a.out, "--out", protect=_inputs(a, a.ppl, [*calibration_parts(a.calib), a.peers]),
                          owned={"compare.json": is_compare_json, "compare.md": is_compare_md})
     from transformers import AutoConfig
 

@@ -137,6 +137,7 @@ def _check_final_norm(model, hidden, where: str) -> None:
 def run_quantize(a, cfg) -> int:
     """``fptq quantize`` with parsed flags ``a`` and their :class:`~fptq.models.config.QuantConfig` ``cfg``."""
     from .models.checkpoint import check_checkpoint_out
+    from .data.text import calibration_parts
     from .models.loading import model_argument, resolve_model_dir
     from .models.sources import open_source
     from .models.stream import STREAMED_ROTATIONS
@@ -144,7 +145,7 @@ def run_quantize(a, cfg) -> int:
 
     # every check that can fail runs before the model is read and calibrated
     a.model = model_argument(a.model)
-    protect = [x for x in (a.model, a.calib) if x is not None]
+    protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
     t0 = time.time()
     if cfg.rotate not in STREAMED_ROTATIONS:
