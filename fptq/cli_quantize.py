@@ -79,11 +79,14 @@ def _whole_model(a, cfg, out, protect):
 
 
 def _info(a, src) -> dict:
+    from .data.text import calibration_parts
     from .models.loading import DEFAULT_MODEL_NAME
 
     # nothing run-dependent in info (reproducible bytes); how the float parts are stored is in the metadata
+    parts = "+".join(calibration_parts(a.calib))  # a named mix is recorded with its parts
+    calib = a.calib if parts == a.calib else f"{a.calib} = {parts}"
     return {"source_model": str(src), "model_name": DEFAULT_MODEL_NAME if a.model is None else str(a.model),
-            "calibration": f"{a.calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}"}
+            "calibration": f"{calib}: {a.samples} x {a.seq_len} tokens, seed {a.seed}"}
 
 
 def _streamed(a, cfg, out, protect, source):

@@ -41,3 +41,16 @@ def test_a_bad_mix_is_refused_before_any_work(model_dir, tmp_path, no_work, caps
     assert main(["quantize", str(model_dir), "--calib", "wiki+wiki", "--out", str(out), "--quiet"]) == 2
     assert "calibration mix" in stderr_of(capsys)
     assert no_work == [] and not out.exists()
+
+
+def test_the_checkpoint_records_a_named_mix_with_its_parts():
+    from types import SimpleNamespace
+
+    from fptq.cli_quantize import _info
+
+    def calibration(calib):
+        return _info(SimpleNamespace(calib=calib, samples=128, seq_len=512, seed=0, model=None), "src")["calibration"]
+
+    assert calibration("mix") == "mix = wiki+ptb+science: 128 x 512 tokens, seed 0"
+    assert calibration("wiki") == "wiki: 128 x 512 tokens, seed 0"  # a single source as before
+    assert calibration("wiki+ptb") == "wiki+ptb: 128 x 512 tokens, seed 0"
