@@ -15,24 +15,14 @@ pytest.importorskip("numba")
 
 from checkpoint_helpers import rewrite  # noqa: E402
 
-from fptq.cli import main  # noqa: E402
 from fptq.models.checkpoint import load_quantized  # noqa: E402
 from fptq.models.qlinear import W4A8Linear, quantized_linears  # noqa: E402
 from fptq.models.rotate import INPUT_ROTATION, input_rotation_of  # noqa: E402
 from fptq.runtime.attach import load_checkpoint, runtime_of  # noqa: E402
 from fptq.runtime.engine import Runtime  # noqa: E402
 from fptq.runtime.sampling import generate_ids  # noqa: E402
-from fptq.testing import save_tiny_model  # noqa: E402
 
-IDS = np.array([1, 5, 9, 30, 77, 100, 3, 200, 50, 4, 8, 12, 40, 41, 42, 43], np.int64)
-QUICK = ["--calib", "random", "--samples", "4", "--seq-len", "32", "--group-size", "32", "--quiet"]
-
-
-def _quantize(tmp_path_factory, family: str, *extra: str):
-    d = tmp_path_factory.mktemp(f"ho-{family}")
-    src = save_tiny_model(d / "float", family)
-    assert main(["quantize", str(src), "--out", str(d / "w4a8"), *QUICK, *extra]) == 0
-    return d / "w4a8"
+from test_runtime import IDS, _quantize  # noqa: E402  (test_runtime's tiny checkpoints, made the same way)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

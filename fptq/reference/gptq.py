@@ -152,9 +152,10 @@ def _quantize_column(w: np.ndarray, scale: np.ndarray, zero, fmt: WeightFormat) 
 
 
 def _lapack_in_place(fn, a: np.ndarray, what: str, **kw) -> np.ndarray:
-    """``fn`` (a SciPy LAPACK wrapper) on the Fortran-ordered float64 ``a``, overwriting it; the result is
-    that same memory (checked: a copy would double the peak). A nonzero ``info`` raises LinAlgError."""
-    out, info = fn(a, lower=1, overwrite_c=1) if what == "potri" else fn(a, lower=1, overwrite_a=1, **kw)
+    """``fn`` (a SciPy LAPACK wrapper, its overwrite flag in ``kw``) on the Fortran-ordered float64 ``a``,
+    lower triangle; the result is that same memory (checked: a copy would double the peak). A nonzero
+    ``info`` raises LinAlgError."""
+    out, info = fn(a, lower=1, **kw)
     if info != 0:
         raise np.linalg.LinAlgError(f"GPTQ: LAPACK {what} failed (info {info}): the dampened Hessian is "
                                     "not positive definite; raise damp")
@@ -178,9 +179,9 @@ def _inverse_cholesky(owned: list, damp: float) -> np.ndarray:
     H[np.diag_indices(k)] += lam if lam > 0 else damp
     if k == 0:
         return H
-    a = _lapack_in_place(lapack.dpotrf, H.T, "potrf", clean=0)
-    a = _lapack_in_place(lapack.dpotri, a, "potri")
-    a = _lapack_in_place(lapack.dpotrf, a, "potrf", clean=1)
+    a = _lapack_in_place(lapack.dpotrf, H.T, "potrf", overwrite_a=1, clean=0)
+    a = _lapack_in_place(lapack.dpotri, a, "potri", overwrite_c=1)
+    a = _lapack_in_place(lapack.dpotrf, a, "potrf", overwrite_a=1, clean=1)
     return a.T
 
 
