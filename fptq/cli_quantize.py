@@ -36,6 +36,9 @@ def add_quantize_arguments(q) -> None:
     q.add_argument("--shard-size", type=_mebibytes, default=DEFAULT_SHARD_BYTES, metavar="MIB",
                    help=f"largest checkpoint shard in MiB (default {DEFAULT_SHARD_BYTES >> 20}); the writer holds "
                    "one shard in memory; a checkpoint that fits in one is a single file")
+    q.add_argument("--device", default="cpu", help="where the calibration forwards and the GPTQ Hessians run: "
+                   "cpu (default) or cuda[:N] (the rotation, GPTQ's column loop and the checkpoint stay on the host; "
+                   "the float32 forward rounds differently there, docs/scale.md)")
 
 
 def _time_line(estimate) -> str:
@@ -56,7 +59,17 @@ def _memory_estimate(a, cfg, model, source):
     layer_weight = next((n for n in names if ".layers." in n and n.endswith("proj.weight")), names[0])
     return memory.estimate(model.config.to_dict(), n_samples=a.samples, seq_len=a.seq_len, batch_size=a.batch_size,
                            quant=cfg, source_dtype_bytes=source.dtype(layer_weight).itemsize,
-                           float_dtype_bytes=getattr(torch, a.float_dtype).itemsize, shard_bytes=a.shard_size)
+                           float_dtype_bytes=getattr(torch, a.float_dtype).itemsize, shard_bytes=a.shard_size,
+                           device="cpu" if a.torch_device is None else "cuda")
+
+
+def _gpu_free(device) -> int | None:
+    """Free bytes on ``device`` (None on the host)."""
+    if device is None:
+        return None
+    from .models._torch import torch
+
+    return torch.cuda.mem_get_info(device)[0]
 
 
 def _whole_model(a, cfg, out, protect):
@@ -71,7 +84,8 @@ def _whole_model(a, cfg, out, protect):
     check_seq_len(model.config, a.seq_len, "--seq-len")
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
     check_forward(model, ids[:1], f"the float model {src}")  # an overflow inside is an error, not a plan
-    res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True)
+    res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True,
+                         device=a.torch_device)
     info = _info(a, src)
     save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect,
                    float_dtype=a.float_dtype, int8_embeddings=a.int8_embeddings)
@@ -109,7 +123,7 @@ def _streamed(a, cfg, out, protect, source):
         print(f"fptq: memory model: peak {estimate.peak_bytes / 2 ** 30:.2f} GiB in '{estimate.peak_step}' "
               "(--dry-run prints the table)", file=sys.stderr)
     if a.memory_check:
-        check_fits(estimate)
+        check_fits(estimate, device_available=_gpu_free(a.torch_device))
     check_source_finite(source, progress=not a.quiet)
     tok = source.tokenizer()
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
@@ -118,7 +132,7 @@ def _streamed(a, cfg, out, protect, source):
     with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
                      int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
         res, io = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
-                                    progress=not a.quiet)
+                                    progress=not a.quiet, device=a.torch_device)
         _check_final_norm(model, io.last_hidden, f"the float model {source.path}")
         writer.finish(model, tok, res.plan, cfg, _info(a, source.path))
     return res
@@ -140,6 +154,7 @@ def _check_final_norm(model, hidden, where: str) -> None:
 def run_quantize(a, cfg) -> int:
     """``fptq quantize`` with parsed flags ``a`` and their :class:`~fptq.models.config.QuantConfig` ``cfg``."""
     from .models.checkpoint import check_checkpoint_out
+    from .models.device import resolve_device
     from .data.text import calibration_parts
     from .models.loading import model_argument, resolve_model_dir
     from .models.sources import open_source
@@ -148,6 +163,9 @@ def run_quantize(a, cfg) -> int:
 
     # every check that can fail runs before the model is read and calibrated
     a.model = model_argument(a.model)
+    a.torch_device = resolve_device(a.device)
+    if a.torch_device is not None and cfg.sequential:
+        raise ValueError("--sequential runs the quantized layer on the host: it cannot be used with --device cuda")
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
     t0 = time.time()

@@ -48,7 +48,8 @@ EXCEPTIONS = [
 #: the levels of fptq.models, lowest first (docs/architecture.md, "Inside fptq.models"); a module imports
 #: only modules of lower levels, inside functions too. A new module gets a level here and in the docs.
 MODELS_ORDER = (
-    ("foundations", {"_torch", "arch", "checkpoint_meta", "loading", "memory_shape", "memory_time", "finite", "trace"}),
+    ("foundations", {"_torch", "arch", "checkpoint_meta", "loading", "memory_shape", "memory_time", "finite", "trace",
+                     "device"}),
     ("settings", {"config", "skeleton", "sources"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
     ("planning and baselines", {"plan", "fakequant"}),

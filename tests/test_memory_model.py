@@ -211,7 +211,8 @@ def test_describe_names_every_component_and_step():
         assert f"peak: {est.peak_bytes / 2**30:.2f} GiB" in text
         timed = est.describe(rate=1e9)
         assert timed.startswith(text) and f"{est.time_estimate(1e9)['per_layer_s']:.1f} s per layer" in timed
-    assert "cuda_context" in est.components and est.device_peak_bytes > 0 and est.where("gptq_work") == "gpu"
+    assert "cuda_context" in est.components and est.device_peak_bytes > 0 and est.where("hessian_build") == "gpu"
+    assert est.where("gptq_work") == "host" and est.where("kept_rows") == "host"   # fptq.models.device keeps them there
 
 
 def test_time_estimate_counts_the_forward_and_gptq():

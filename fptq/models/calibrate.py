@@ -29,6 +29,7 @@ before the layer runs, a NaN/Inf activation at a linear's input as it runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 
@@ -79,6 +80,9 @@ class LayerSamples(dict):
         self.batch_rows: dict = {}   # (id(input), kind) -> (input, its kept rows) within one batch
         #: whoever derives a Hessian from a group's rows may drop the rows afterwards (nothing reads them again)
         self.keep_rows_after_hessian = True
+        #: the ``torch.device`` the calibration ran on (None: the host); :func:`fptq.models.quantize.layer_hessian`
+        #: computes the group Hessians there (:func:`fptq.models.device.device_hessian`)
+        self.device = None
 
 
 @dataclass
@@ -152,15 +156,28 @@ def _check_weights(layer, prefix: str) -> None:
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
-def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1, pos=None):
+def _observed(x, reduce):
+    """What a hook hands :meth:`CalibrationStats.observe` for input ``x``: the host float32 array, or with a device
+    (``reduce``: :func:`fptq.models.device.channel_max`) its per-channel maxima reduced where ``x`` lives."""
     import torch
 
+    return reduce(x) if reduce is not None else x.to(torch.float32).cpu().numpy()
+
+
+def _host_rows(x):
+    """A float32 copy of rows ``x`` on the host (one copy, wherever ``x`` lives)."""
+    import torch
+
+    return x.to("cpu", torch.float32, copy=True)
+
+
+def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1, pos=None,
+               reduce=None):
     x = inputs[0].detach()
     x2 = x.reshape(-1, x.shape[-1])
-    stats.observe(name, x.to(torch.float32).cpu().numpy())
+    stats.observe(name, _observed(x, reduce))
     if samples is not None:
-        samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept",
-                                                         lambda: x2[::stride].to(torch.float32).clone()))
+        samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept", lambda: _host_rows(x2[::stride])))
     if pos is not None and pos.fit_stats is not None:
         if x.dim() == 2 and x.shape[0] % pos.batch == 0:
             x = x.reshape(pos.batch, -1, x.shape[-1])  # flattened batch-major (OPT's fc1/fc2: [B * L, K])
@@ -170,10 +187,10 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
         b = pos.batch
         n_fit = min(max(pos.n_fit - pos.first, 0), b)
         if n_fit:
-            pos.fit_stats.observe(name, x[:n_fit].to(torch.float32).cpu().numpy())
+            pos.fit_stats.observe(name, _observed(x[:n_fit], reduce))
         if n_fit < b:
             rows = _shared_rows(samples, inputs[0], "heldout",
-                                lambda: x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride].to(torch.float32).clone())
+                                lambda: _host_rows(x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride]))
             samples.heldout.setdefault(name, []).append(rows)
 
 
@@ -220,32 +237,40 @@ def _layer_output(out):
 
 
 def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
-               pos: _BatchPosition | None = None, consume: bool = False) -> list:
+               pos: _BatchPosition | None = None, consume: bool = False, device=None) -> list:
     """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``); ``consume``:
-    each batch's input is dropped once its output is computed (nothing runs the layer on them again)."""
+    each batch's input is dropped once its output is computed (nothing runs the layer on them again).
+    ``device``: the forward runs there (:mod:`fptq.models.device`; the outputs stay there); None: where the
+    layer is."""
     import torch
     import torch.nn as nn
 
+    from .device import channel_max, layer_on, to_device
+
     handles = []
+    reduce = channel_max if device is not None else None
     try:
         if hooks_on is not None:
             for rel, mod in layer.named_modules():
                 if isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False):
                     handles.append(mod.register_forward_hook(
                         functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
-                                          samples=samples, stride=stride, pos=pos)))
+                                          samples=samples, stride=stride, pos=pos, reduce=reduce)))
         outs = []
         first = 0
-        with torch.no_grad():
+        with torch.no_grad(), (layer_on(layer, device) if device is not None else contextlib.nullcontext()):
             for b in range(len(cap.hidden)):
                 h = cap.hidden[b]
                 if consume:
                     cap.hidden[b] = None
                 if pos is not None:
                     pos.first, pos.batch = first, int(h.shape[0])
-                outs.append(_layer_output(layer(h, *cap.args[b][i], **cap.kwargs[b][i])).detach())
+                args, kwargs = cap.args[b][i], cap.kwargs[b][i]
+                if device is not None:
+                    h, args, kwargs = to_device((h, args, kwargs), device)
+                outs.append(_layer_output(layer(h, *args, **kwargs)).detach())
                 first += int(h.shape[0])
-                del h
+                del h, args, kwargs
                 if samples is not None:
                     samples.batch_rows.clear()
                 release_freed_memory()
@@ -255,7 +280,10 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
             h.remove()
 
 
-def _check_holdout(holdout: int, n_samples: int, keep_rows: int) -> int:
+def _check_holdout(holdout: int, n_samples: int, keep_rows: int, sequential_on_device: bool = False) -> int:
+    if sequential_on_device:
+        raise ValueError("sequential calibration runs the quantized layer, which computes on the host: "
+                         "use --device cpu with --sequential")
     if holdout and not 0 < holdout < n_samples:
         raise ValueError(f"holdout must be between 1 and n_samples - 1 = {n_samples - 1}, got {holdout}")
     if holdout and not keep_rows:
@@ -304,15 +332,17 @@ def _release_caches(layer) -> None:
 
 
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
-                   pos: _BatchPosition | None, consume: bool):
+                   pos: _BatchPosition | None, consume: bool, device=None):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
     _check_weights(layer, prefix)
     layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
     samples = LayerSamples() if keep_rows else None
     outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos,
-                      consume=consume)
+                      consume=consume, device=device)
     mark(f"{prefix}: forward")
     kept = _kept_samples(samples, pos)
+    if kept is not None:
+        kept.device = device   # where whoever derives a Hessian from the rows may compute it
     mark(f"{prefix}: rows")
     return outs, layer_stats.channel_maxima(), kept
 
@@ -320,7 +350,7 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None,
-              before_layer=None) -> dict[str, np.ndarray]:
+              before_layer=None, device=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -344,6 +374,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             layer's inputs are captured): it may load the layer's weights or rotate it.
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
+        device: a ``torch.device`` for the layers' forwards (:mod:`fptq.models.device`); None: the CPU path.
     Returns:
         dict: full module name (``model.layers.3.mlp.down_proj``) -> float32 [K],
         ``m_j = max |x[..., j]|`` over all calibration tokens.
@@ -353,18 +384,16 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     from tqdm.auto import tqdm
 
     n_samples, seq_len = (int(d) for d in input_ids.shape)
-    holdout = _check_holdout(int(holdout), n_samples, keep_rows)
-    path, layers, _ = find_decoder_layers(model)
+    holdout = _check_holdout(int(holdout), n_samples, keep_rows, sequential and device is not None)
+    (path, layers, _), stats = find_decoder_layers(model), {}
     cap = capture_layer_inputs(model, input_ids, batch_size)
-    stats: dict[str, np.ndarray] = {}
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     for i in tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
         if before_layer is not None:
             before_layer(i, prefix, layer)
-        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride,
-                                                 _holdout_position(holdout, n_samples, seq_len,
-                                                                   holdout_rows or keep_rows), not sequential)
+        pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
+        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos, not sequential, device)
         stats.update(layer_np)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)

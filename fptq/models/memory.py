@@ -110,11 +110,10 @@ MEANINGS = {
     "write_buffer": "layers still buffered at the final write (up to shard_bytes), written with the rest",
 }
 
-#: components that live on the GPU with ``device="cuda"`` (the calibration forward and GPTQ there)
-ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_sequential", "captured_args",
-                       "hidden_in_forward", "hidden_in_kept", "rows_hessian", "rows_gptq",
-                       "layer_f32_device", "forward_work", "kept_rows", "kept_rows_concat",
-                       "hessian_build", "hessian", "gptq_work", "layer_dequantized"})
+#: components that live on the GPU with ``device="cuda"`` (:mod:`fptq.models.device`: the calibration forward,
+#: the activations between layers and each group's Hessian product there; kept rows, GPTQ and the rest on the host)
+ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_sequential", "hidden_in_forward",
+                       "hidden_in_kept", "layer_f32_device", "forward_work", "hessian_build"})
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
 _LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device")

@@ -34,6 +34,7 @@ from ..defaults import CALIB_BATCH_SIZE
 from .arch import Arch, arch_of_model, get_submodule
 from .calibrate import calibrate, release_freed_memory
 from .config import QuantConfig
+from .device import device_hessian
 from .fold import fold_group
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
@@ -84,7 +85,8 @@ def _by_error(config: QuantConfig) -> bool:
 
 def layer_hessian(samples, gp):
     """``H = X'^T X' / n`` (float64 [K, K]) of a group's input as its quantized linears see it:
-    ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear).
+    ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear); on the
+    calibration's device when it had one (``samples.device``: :func:`fptq.models.device.device_hessian`).
 
     Computed once per group: a :class:`~fptq.models.calibrate.LayerSamples` keeps it in its
     ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input); the last of them
@@ -95,7 +97,9 @@ def layer_hessian(samples, gp):
     if key not in cache:
         if not samples or name not in samples:
             raise ValueError(f"GPTQ needs calibration rows of {name}'s input (none were kept)")
-        cache[key] = [ref.equalized_hessian(samples[name].numpy(), gp.s), len(gp.linears)]
+        device = getattr(samples, "device", None)
+        cache[key] = [ref.equalized_hessian(samples[name].numpy(), gp.s) if device is None
+                      else device_hessian(samples[name], gp.s, device), len(gp.linears)]
         if not getattr(samples, "keep_rows_after_hessian", True):   # the rows have served: H holds what GPTQ needs
             for n in gp.linears:
                 samples.pop(n, None)
@@ -175,7 +179,7 @@ def apply_plan_layer(lr: LayerRef, stats: dict, make_linear, options: PlanOption
 
 def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend: str | None = None,
                    mode: str = "integer", batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
-                   inplace: bool = False, make_linear=None, layer_io=None) -> QuantResult:
+                   inplace: bool = False, make_linear=None, layer_io=None, device=None) -> QuantResult:
     """Quantize a float transformers causal LM with FPTQ.
 
     Args:
@@ -195,14 +199,12 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
             its outputs for the next layer are computed (its tensors written, its memory released). None:
             ``model`` holds every weight. Either way every layer is rotated (when ``config.rotate`` says
             so), calibrated, planned and quantized by the same code, one layer at a time.
+        device: a ``torch.device`` for the calibration forwards and GPTQ Hessians (:mod:`fptq.models.device`).
     Returns:
         :class:`QuantResult` (the quantized model, its plan, the calibration statistics).
     """
-    config = config or QuantConfig()
-    arch = arch_of_model(model)
-    if not inplace:
-        model = copy.deepcopy(model)
-    model.eval()
+    config, arch = config or QuantConfig(), arch_of_model(model)
+    model = (model if inplace else copy.deepcopy(model)).eval()
     rot = _start_rotation(model, config)
     plan = Plan(config.v0, config.v1)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
@@ -229,7 +231,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
                       sequential=config.sequential, keep_rows=keep, before_layer=steps.before,
                       after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
-                      holdout_rows=config.keep_rows)
+                      holdout_rows=config.keep_rows, device=device)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report)

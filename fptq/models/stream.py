@@ -150,7 +150,7 @@ class StreamedLayers(LayerIO):
 
     def outputs(self, i: int, outputs: list) -> None:
         if i == self.n_layers - 1:   # the last hidden states of the first sample, for the caller's final check
-            self.last_hidden = outputs[0][:1].clone()
+            self.last_hidden = outputs[0][:1].to("cpu", copy=True)   # from the calibration's device, if any
 
     def done(self, i: int, prefix: str, layer, plan) -> None:
         self._note_resident()
@@ -221,13 +221,14 @@ class DeferredModules:
 
 
 def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_size: int,
-                      progress: bool = True) -> tuple[QuantResult, StreamedLayers]:
+                      progress: bool = True, device=None) -> tuple[QuantResult, StreamedLayers]:
     """Quantize the model of :func:`open_streamed` layer by layer (module docstring); on return the layers
     are released (their tensors are the writer's) and the modules outside them read again, so
     ``writer.finish(model, ...)`` can store them: with a ``writer``, the embeddings and lm_head stay on the meta
     device and the writer reads them one at a time in ``finish`` (:class:`DeferredModules`, handed over by
     ``writer.defer``); without one, everything outside the layers is read. Returns the :class:`QuantResult` and
-    the :class:`StreamedLayers` (its ``layer_seconds``)."""
+    the :class:`StreamedLayers` (its ``layer_seconds``). ``device``: where the calibration forwards and GPTQ
+    Hessians run (:mod:`fptq.models.device`; None: the host)."""
     if config.rotate not in STREAMED_ROTATIONS:
         raise ValueError(f"a streamed run rotates with {' or '.join(STREAMED_ROTATIONS)}; --rotate "
                          f"{config.rotate} changes the embeddings and lm_head before the layers (quantize a model "
@@ -236,7 +237,7 @@ def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_si
     io.read_at_capture(_capture_paths(model))   # what runs before the layers: embeddings, OPT's positions...
     try:
         res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
-                                       inplace=True, layer_io=io)
+                                       inplace=True, layer_io=io, device=device)
     finally:
         io.release_capture()   # its hook, if the capture never ran; what it read, if no layer was loaded
     outside = outside_layer_paths(model)
