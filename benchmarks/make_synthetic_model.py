@@ -2,7 +2,7 @@
 
     python benchmarks/make_synthetic_model.py [--out /work/models/synthetic-llama3-8b-bf16]
         [--layers 32 --hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --head-dim 128
-         --vocab 128256 --shard-bytes 2000000000 --seed 0 --std 0.02] [--overwrite]
+         --vocab 128256 --shard-bytes 2000000000 --seed 0 --std 0.02] [--overwrite] [--tokenizer-dir DIR]
 
 The default shape is LLaMA-3-8B's (untied ``lm_head``, ``rope_theta`` 500000, ``rms_norm_eps``
 1e-5): about 8.0 B parameters, 16 GB on disk. Smaller shapes (``--layers 2 --hidden 64 ...``) are
@@ -134,10 +134,15 @@ def write_config(tmp: Path, a) -> None:
     cfg.save_pretrained(tmp)
 
 
-def copy_tokenizer(tmp: Path) -> None:
+def copy_tokenizer(tmp: Path, src: str | None = None) -> None:
+    """The tokenizer files from ``src`` (``--tokenizer-dir``: a machine without the embedded model, e.g. a GPU
+    machine) or the embedded SmolLM2's cached conversion."""
     from fptq.models.loading import default_model_dir
 
-    src = default_model_dir()
+    src = Path(src) if src else default_model_dir()
+    missing = [n for n in TOKENIZER_FILES if not (src / n).is_file()]
+    if missing:
+        raise ValueError(f"--tokenizer-dir {src}: missing {', '.join(missing)}")
     for name in TOKENIZER_FILES:
         shutil.copyfile(src / name, tmp / name)
 
@@ -185,8 +190,8 @@ def make(a) -> tuple[Path, int]:
         index = write_shards(tmp, shards, a.seed, a.std)
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         write_config(tmp, a)
-        copy_tokenizer(tmp)
-        params = {k: v for k, v in vars(a).items() if k not in ("out", "overwrite")}
+        copy_tokenizer(tmp, a.tokenizer_dir)
+        params = {k: v for k, v in vars(a).items() if k not in ("out", "overwrite", "tokenizer_dir")}
         (tmp / MARK).write_text(json.dumps({"made_by": "benchmarks/make_synthetic_model.py", **params}, indent=1) + "\n")
         tmp.chmod(0o755)
         if out.exists() and not any(out.iterdir()):
@@ -208,6 +213,8 @@ def parse_args(argv=None):
     p.add_argument("--rms-norm-eps", type=float, default=1e-5)
     p.add_argument("--std", type=float, default=0.02, help="standard deviation of the linears and embeddings")
     p.add_argument("--overwrite", action="store_true", help="replace a model this script made at --out")
+    p.add_argument("--tokenizer-dir", default=None, help="copy tokenizer.json and tokenizer_config.json from here "
+                   "(default: the embedded SmolLM2's cached conversion)")
     a = p.parse_args(argv)
     for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "shard_bytes"):
         if getattr(a, k) < 1:

@@ -185,5 +185,10 @@ def run_quantize(a, cfg) -> int:
         if res is None:
             return 0
     print(plan_summary([g.to_json() for g in res.plan.groups]))
+    if a.torch_device is not None:
+        from .models._torch import torch
+
+        print(f"GPU ({torch.cuda.get_device_name(a.torch_device)}): peak allocated "
+              f"{torch.cuda.max_memory_allocated(a.torch_device) / 2 ** 30:.2f} GiB")
     print(f"quantized {len(res.plan.by_linear())} linears of {src} in {time.time() - t0:.1f} s -> {out}")
     return 0

@@ -130,8 +130,11 @@ def test_compile_cache_round_trip(tmp_path, monkeypatch):
     assert first.path is not None and first.path.is_file()
     want = _nvrtc_size("policy")
     assert len(first.cubin) == want and first.path.stat().st_size == want
+    assert first.resources.get(first.entries["select_policies"]), \
+        f"no ptxas report for select_policies in a fresh compile's log: {first.log[:800]!r}"
     again = CC.compile_module("policy", ARCH)
     assert again.cubin == first.cubin and again.entries == first.entries and len(again.cubin) == want
+    assert again.log == first.log, (again.log[:400], first.log[:400])
     assert again.kernel_resources("select_policies") == first.kernel_resources("select_policies")
 
 
