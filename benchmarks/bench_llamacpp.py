@@ -71,9 +71,10 @@ def parse_args(argv=None):
                    help="the runtime's lm_head: the checkpoint's (float: bfloat16 bits when lossless; INT8 rows by "
                    "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
                    "its output matrix; the row's name gets '+int8-head'), or both (two rows per pair)")
-    p.add_argument("--split-decode", action="store_true",
-                   help="runtime: a decoded token's linears on two threads (q | k, v; gate | up; o and down in "
-                   "halves): same bits, two thread wake-ups per linear group")
+    p.add_argument("--split-decode", choices=("auto", "on", "off"), default="auto",
+                   help="runtime: a decoded token's linears on two threads, one region per group sharing an input "
+                   "(fptq.runtime.decode; same bits): auto (the runtime's default: groups from "
+                   "decode.SPLIT_MIN_MACS multiply-adds), on (every group), off (one thread)")
     p.add_argument("--breakdown-cpu", action="store_true", help="also the breakdown as one-thread CPU time")
     p.add_argument("--out", default=None, help="JSON file (name it with 'llama', under benchmarks/results/)")
     return p.parse_args(argv)
@@ -164,7 +165,7 @@ def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> floa
     return nbytes / best
 
 
-def load_runtime(ckpt: str, threads: int, int8_head: bool, split: bool = False):
+def load_runtime(ckpt: str, threads: int, int8_head: bool, split: str = "auto"):
     import numba
 
     from fptq.models.checkpoint import load_quantized
@@ -173,7 +174,7 @@ def load_runtime(ckpt: str, threads: int, int8_head: bool, split: bool = False):
     numba.set_num_threads(threads)
     model, _, _ = load_quantized(ckpt, backend="numba")
     return Runtime.from_model(model, threads=threads, int8_head=True if int8_head else None,
-                              split_decode=split and threads > 1)
+                              split_decode={"auto": None, "on": True, "off": False}[split])
 
 
 def fptq_round(rt, a, rng) -> tuple[float, float]:

@@ -36,11 +36,12 @@ class Runtime:
 
     @classmethod
     def from_model(cls, model, threads: int | None = None, int8_head: bool | None = None, capacity: int = 256,
-                   par_min: int | None = None, split_decode: bool = False, hand_over: bool = False):
+                   par_min: int | None = None, split_decode: bool | None = None, hand_over: bool = False):
         """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
         :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's
         thread count (default: numba's current); ``split_decode``: a decoded token's linears on two
-        threads (same bits; pays two thread wake-ups per layer); ``hand_over``: the model's tensors that the
+        threads, one region per group of linears sharing an input (same bits; None: where a group is large
+        enough, :data:`fptq.runtime.decode.SPLIT_MIN_MACS`; True: always; False: never); ``hand_over``: the model's tensors that the
         runtime re-lays out are released as taken (:func:`fptq.runtime.weights.read_weights`)."""
         import numba
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backends.numba_kernels import blocked
 from . import attention as attn
-from . import ops
+from . import decode, ops
 from .head import head_logits
 from .ops import F32, OPTS, njit
 
@@ -170,44 +170,47 @@ def add_rows(x, y, post, w, eps, rot_kind, rot, threads):
 
 
 @njit
+def linear_group(x, la, lb, lc, count, l, threads, par_min, split_min):
+    """The first ``count`` (1 to 3) of the linears la, lb, lc of layer ``l``, all on the input x [M, K]
+    -> (ya, yb, yc, bad) (unused outputs are ``ya``): at decode (M <= ``blocked.TILE_M``) from
+    ``split_min`` multiply-adds in one two-thread region (:func:`fptq.runtime.decode.group`), else one
+    :func:`linear` each. The same bits either way."""
+    m, k = x.shape
+    macs = m * k * (la[9] + (lb[9] if count > 1 else 0) + (lc[9] if count > 2 else 0))
+    if threads > 1 and m <= blocked.TILE_M and macs >= split_min:
+        return decode.group(x, la, lb, lc, count, l)
+    ya, bad = linear(x, la, l, threads, par_min)
+    yb, yc = ya, ya
+    if count > 1:
+        yb, b = linear(x, lb, l, threads, par_min)
+        bad += b
+    if count > 2:
+        yc, b = linear(x, lc, l, threads, par_min)
+        bad += b
+    return ya, yb, yc, bad
+
+
+@njit
 def layer(x, l, pos0, dims, eps, normw, qkn, rotk, rot_q, rot_f, window, ropek, scaling, softcap, cos, sin,
           lins, kc, vc):
     """Decoder layer ``l`` on the residual rows x [M, H] in place; returns the NaN/Inf count."""
-    nh, nkv, hd, act, has_qkn, has_post, threads, par_min = dims[:8]
+    nh, nkv, hd, act, has_qkn, has_post, threads, par_min, split_min = dims[:9]
     lq, lk, lv, lo, lg, lu, ld = lins
     h = np.empty_like(x)
     norm_rows(x, normw[l, 0], eps, rotk[l, 0], rot_q, h, threads)
-    split = dims[8] != 0 and threads > 1 and x.shape[0] == 1     # decode on two threads
-    if split:
-        q, k, v = np.empty((1, lq[9]), F32), np.empty((1, lk[9]), F32), np.empty((1, lv[9]), F32)
-        b1, b2, b3 = linears_two_threads(h, lq, lk, lv, l, q, k, v), 0, 0
-    else:
-        q, b1 = linear(h, lq, l, threads, par_min)
-        k, b2 = linear(h, lk, l, threads, par_min)
-        v, b3 = linear(h, lv, l, threads, par_min)
+    q, k, v, bad = linear_group(h, lq, lk, lv, 3, l, threads, par_min, split_min)
     qk_rope(q, k, qkn[l], eps, has_qkn, ropek[l], cos, sin, pos0, nh, nkv, hd)
     a = attention(q, k, v, kc[l], vc[l], pos0, nh, nkv, hd, scaling[l], window[l], softcap, threads)
-    if split:
-        o = np.empty((1, lo[9]), F32)
-        b4 = linear_halves(a, lo, l, o)
-    else:
-        o, b4 = linear(a, lo, l, threads, par_min)
+    o, _, _, b = linear_group(a, lo, lo, lo, 1, l, threads, par_min, split_min)
+    bad += b
     add_rows(x, o, has_post, normw[l, 2], eps, rotk[l, 2], rot_q, threads)
     norm_rows(x, normw[l, 1], eps, rotk[l, 1], rot_q, h, threads)
-    if split:
-        gt, up = np.empty((1, lg[9]), F32), np.empty((1, lu[9]), F32)
-        b5, b6 = linears_two_threads(h, lg, lu, lu, l, gt, up, np.empty((0, lu[9]), F32)), 0
-    else:
-        gt, b5 = linear(h, lg, l, threads, par_min)
-        up, b6 = linear(h, lu, l, threads, par_min)
+    gt, up, _, b = linear_group(h, lg, lu, lu, 2, l, threads, par_min, split_min)
+    bad += b
     f = mlp_rows(gt, up, act, rotk[l, 4], rot_f, threads)
-    if split:
-        d = np.empty((1, ld[9]), F32)
-        b7 = linear_halves(f, ld, l, d)
-    else:
-        d, b7 = linear(f, ld, l, threads, par_min)
+    d, _, _, b = linear_group(f, ld, ld, ld, 1, l, threads, par_min, split_min)
     add_rows(x, d, has_post, normw[l, 3], eps, rotk[l, 3], rot_q, threads)
-    return b1 + b2 + b3 + b4 + b5 + b6 + b7
+    return bad + b
 
 
 @njit
@@ -249,43 +252,3 @@ def forward(ids, pos0, all_logits, dims, eps, normw, qkn, rotk, rot_q, rot_f, wi
     for m in range(xs.shape[0]):
         ops.rms_norm(xs[m], final_w, eps, h[m])
     return head_logits(h, head, final_cap, dims[6]), bad
-
-
-@numba.njit(parallel=True, **OPTS)
-def linears_two_threads(x, la, lb, lc, l, ya, yb, yc):
-    """Decode on two threads: ``la`` on one, ``lb`` then ``lc`` (if ``lc`` is not None-like: ``yc``
-    has rows) on the other; each output the same bits as :func:`linear_serial`."""
-    bad = np.zeros(2, np.int64)
-    for i in numba.prange(2):
-        if i == 0:
-            y, b = linear_serial(x, la, l)
-            ya[:, :] = y
-            bad[0] = b
-        else:
-            y, b = linear_serial(x, lb, l)
-            yb[:, :] = y
-            bad[1] = b
-            if yc.shape[0] > 0:
-                y2, b2 = linear_serial(x, lc, l)
-                yc[:, :] = y2
-                bad[1] += b2
-    return bad.sum()
-
-
-@numba.njit(parallel=True, **OPTS)
-def linear_halves(x, lin, l, y):
-    """One linear's weight blocks in two halves on two threads (same bits: every output row is its own
-    16-lane block) into y [M, n]."""
-    wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
-    nblk = wb.shape[1]
-    half = (nblk + 1) // 2
-    bad = np.zeros(2, np.int64)
-    for i in numba.prange(2):
-        b0, b1 = i * half, min(nblk, (i + 1) * half)
-        n0, n1 = b0 * blocked.LANES, min(n, b1 * blocked.LANES)
-        if n1 > n0:
-            yy, b, bo = blocked.linear(x, act[l], dyn[l], wb[l, b0:b1], zc[l, b0:b1], wsb[l, b0:b1],
-                                       bb[l, b0 * blocked.LANES:b1 * blocked.LANES], hasb, g, steps_last, n1 - n0)
-            y[:, n0:n1] = yy[:, :n1 - n0]
-            bad[i] = b + bo
-    return bad.sum()

@@ -28,14 +28,15 @@ from .ops import F32, njit
 
 
 @njit
-def _all_linears(lins, n_layers, xh, xa, xf, threads, par_min):
+def _all_linears(lins, n_layers, xh, xa, xf, threads, par_min, split_min):
+    """Every layer's linears at M = 1 as the forward runs them (:func:`fptq.runtime.forward.linear_group`)."""
     lq, lk, lv, lo, lg, lu, ld = lins
     bad = 0
     for l in range(n_layers):
-        for lin in (lq, lk, lv, lg, lu):
-            bad += fw.linear_serial(xh, lin, l)[1]
-        bad += fw.linear_serial(xa, lo, l)[1]
-        bad += fw.linear_serial(xf, ld, l)[1]
+        bad += fw.linear_group(xh, lq, lk, lv, 3, l, threads, par_min, split_min)[3]
+        bad += fw.linear_group(xa, lo, lo, lo, 1, l, threads, par_min, split_min)[3]
+        bad += fw.linear_group(xh, lg, lu, lu, 2, l, threads, par_min, split_min)[3]
+        bad += fw.linear_group(xf, ld, ld, ld, 1, l, threads, par_min, split_min)[3]
     return bad
 
 
@@ -76,10 +77,11 @@ def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock
 
     total = _median_ms(one_token, reps, clock)
     nh, nkv, hd = (int(v) for v in w.dims[:3])
-    threads, par_min = int(w.dims[6]), int(w.dims[7])
+    threads, par_min, split_min = int(w.dims[6]), int(w.dims[7]), int(w.dims[8])
     hidden = w.normw.shape[2]
     xh, xa, xf = (rng.standard_normal((1, n)).astype(F32) for n in (hidden, nh * hd, int(w.lins[4][9])))
-    linears = _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min), reps, clock)
+    linears = _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min, split_min),
+                         reps, clock)
     q = rng.standard_normal((1, nh * hd)).astype(F32)
     attention = _median_ms(lambda: _all_attention(q, rt.kc, rt.vc, context, nh, nkv, hd, w.scaling, w.window,
                                                   w.softcap, threads), reps, clock)

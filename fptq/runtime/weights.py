@@ -26,7 +26,7 @@ from ..models._torch import torch
 from ..models.arch import UnsupportedArchitecture, arch_of_model, find_decoder_layers, get_submodule
 from ..models.int8rows import Int8Embedding, Int8LMHead
 from ..models.rotate import INPUT_ROTATION, POST_NORMS, RotateOutput, factors_of, input_rotation_of
-from . import ops
+from . import decode, ops
 from .family import family_of
 from .head import HEAD_BF16, HEAD_F32, HEAD_INT8, HEAD_INT8_FLOAT
 from .linears import LINEAR_SLOTS, RuntimeUnsupported, check_slots, linear_paths, stack_linears, stack_slots
@@ -38,7 +38,7 @@ class RuntimeWeights:
     """Everything :func:`fptq.runtime.forward.forward` reads, as NumPy arrays (see the module docstring)."""
 
     family: str
-    dims: np.ndarray            # int64 [nh, nkv, hd, act, has_qkn, has_post, threads, par_min, split_decode]
+    dims: np.ndarray            # int64 [nh, nkv, hd, act, has_qkn, has_post, threads, par_min, split_min]
     eps: np.float32
     normw: np.ndarray           # float32 [L, 4, H]: attn, mlp, post-attn, post-mlp gains
     qkn: np.ndarray             # float32 [L, 2, hd]
@@ -244,12 +244,18 @@ def _release_input_rotation(downs) -> None:
             setattr(d, INPUT_ROTATION, torch.empty_like(q, device="meta"))
 
 
+def _split_min(split_decode: bool | None) -> int:
+    """dims[8]: the multiply-adds from which a decoded token's group of linears runs on two threads."""
+    return decode.SPLIT_MIN_MACS if split_decode is None else 0 if split_decode else decode.NEVER
+
+
 def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None,
-                 split_decode: bool = False, hand_over: bool = False):
+                 split_decode: bool | None = None, hand_over: bool = False):
     """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
     :class:`RuntimeUnsupported` naming what the runtime cannot run (before anything is re-laid out).
-    ``split_decode``: a decoded token's linears on two threads (:func:`fptq.runtime.forward.linears_two_threads`,
-    ``linear_halves``). ``hand_over``: the model gives the runtime what it re-lays out (each W4A8 linear's
+    ``split_decode``: a decoded token's linears on two threads, one region per group sharing an input
+    (:mod:`fptq.runtime.decode`): None from :data:`fptq.runtime.decode.SPLIT_MIN_MACS` multiply-adds per
+    group, True always, False never. ``hand_over``: the model gives the runtime what it re-lays out (each W4A8 linear's
     tensors, and a dense ``Q_f`` the runtime runs as Hadamard factors, put on ``meta`` as taken:
     :func:`fptq.runtime.linears.release_linear`); the model's forward then no longer runs."""
     arch, fam, cfg, act, layers = _model_parts(model)
@@ -281,7 +287,7 @@ def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min
         _release_input_rotation(downs)
     dims = np.array([cfg.num_attention_heads, cfg.num_key_value_heads, hd, act, int(fam.qk_norm),
                      int(fam.post_norms), threads, blocked.PARALLEL_MIN_MACS if par_min is None else par_min,
-                     int(split_decode)], np.int64)
+                     _split_min(split_decode)], np.int64)
     return RuntimeWeights(
         arch.family, dims, np.float32(norms[0][3]), np.ascontiguousarray(np.stack([n[0] for n in norms])),
         np.ascontiguousarray(np.stack([n[1] for n in norms])), rotk, _rotation(rot_src, "rotation", hidden),

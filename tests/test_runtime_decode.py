@@ -1,0 +1,66 @@
+"""A decoded token's linears on two threads (:mod:`fptq.runtime.decode`) give the bits of one serial call each.
+
+The linears are the runtime's stacked blocked tuples (:func:`fptq.runtime.linears.stack_linears`) of real
+W4A8 linears quantized by the reference; block counts are odd and unequal (the two halves cut through a
+linear), one linear has a static activation scale (it gets its own quantized input), and a NaN in the
+input is counted as the serial calls count it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+from fptq import spec  # noqa: E402
+from fptq.models.qlinear import W4A8Linear  # noqa: E402
+from fptq.runtime import decode  # noqa: E402
+from fptq.runtime import forward as fw  # noqa: E402
+from fptq.runtime.linears import stack_linears  # noqa: E402
+
+
+def _linears(rng, n: int, k: int, layers: int, bias: bool, static: float | None = None) -> tuple:
+    """One slot's stacked tuple of ``layers`` random W4A8 linears [n, k], group 32, asymmetric."""
+    mods = []
+    for _ in range(layers):
+        lin = torch.nn.Linear(k, n, bias=bias)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32)))
+        policy = spec.ActPolicy.DYNAMIC if static is None else spec.ActPolicy.STATIC
+        mods.append(W4A8Linear.from_linear(lin, policy, None if static is None else np.float32(static), 32,
+                                           spec.WeightFormat.ASYMMETRIC, backend="numba"))
+    return stack_linears(mods, "test", threads=2)
+
+
+@pytest.fixture(scope="module")
+def slots():
+    rng = np.random.default_rng(3)
+    k = 96
+    return k, (_linears(rng, 80, k, 2, True), _linears(rng, 23, k, 2, True, static=0.05),
+               _linears(rng, 48, k, 2, False))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("m", [1, 3])
+def test_group_on_two_threads_equals_the_serial_calls(slots, count, m):
+    k, lins = slots
+    x = (np.random.default_rng(m).standard_normal((m, k)) * 3).astype(np.float32)
+    for layer in range(2):
+        got = decode.group(x, *lins, count, layer)
+        for i in range(count):
+            want, bad = fw.linear_serial(x, lins[i], layer)
+            assert bad == 0
+            assert got[i].shape == want.shape and got[i].flags.c_contiguous
+            assert np.array_equal(got[i].view(np.uint32), want.view(np.uint32)), f"linear {i}, layer {layer}"
+        assert got[3] == 0
+        ys = fw.linear_group(x, *lins, count, layer, 2, 1 << 62, 0)           # the forward's entry, split
+        assert all(np.array_equal(ys[i], got[i]) for i in range(count))
+
+
+def test_a_nonfinite_input_row_is_counted_per_linear(slots):
+    k, lins = slots
+    x = np.ones((2, k), np.float32)
+    x[1, 5] = np.nan
+    assert decode.group(x, *lins, 3, 0)[3] == sum(fw.linear_serial(x, lin, 0)[1] for lin in lins) == 3
