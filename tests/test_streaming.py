@@ -8,6 +8,8 @@ import contextlib
 import json
 import re
 
+import time
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -199,7 +201,7 @@ def test_trace_lines(bf16_dir, tmp_path, capfd):
     first_q = steps.index("quantize model.layers.0.self_attn.q_proj")
     assert steps[first_q - 1] == "Hessian model.layers.0.self_attn.q_proj"   # GPTQ's Hessian, before its linear
     assert "Hessian model.layers.0.mlp.down_proj" in steps
-    assert all(" GiB hwm " in x and x.endswith(" GiB") and "step peak" in x for x in lines)
+    assert all(" GiB hwm " in x and re.search(r" GiB \+\d+\.\d s$", x) and "step peak" in x for x in lines)
     with pytest.raises(ValueError, match="FPTQ_TRACE"):
         trace.enable("yes")
     _streamed(bf16_dir, tmp_path / "u", _ids(259), shard_bytes=1 << 20)
@@ -253,6 +255,10 @@ def test_trace_off_by_default_and_read_from_the_environment(monkeypatch, capsys)
     trace.mark("b")
     err = capsys.readouterr().err
     assert err.startswith("fptq-trace: b rss ") and " GiB hwm " in err and "step peak" not in err
+    time.sleep(0.05)
+    trace.mark("b2")   # the wall time since the previous mark ends each line
+    took = float(capsys.readouterr().err.rsplit(" +", 1)[1].split(" s")[0])
+    assert 0.04 <= took < 5, took
     monkeypatch.setitem(trace._state, "mode", trace._UNREAD)
     monkeypatch.setenv("FPTQ_TRACE", "on")
     with pytest.raises(ValueError, match="FPTQ_TRACE must be one of"):

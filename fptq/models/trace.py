@@ -3,12 +3,13 @@
 Off by default (each :func:`mark` is then one attribute test). ``FPTQ_TRACE=1`` in the environment turns it
 on (read at the first mark); :func:`enable` does the same from code. Each :func:`mark` writes
 
-    fptq-trace: <step> rss 1.234 GiB hwm 2.345 GiB [step peak 2.100 GiB]
+    fptq-trace: <step> rss 1.234 GiB hwm 2.345 GiB [step peak 2.100 GiB] +12.3 s
 
 ``rss``/``hwm``: VmRSS and VmHWM of ``/proc/self/status`` when the step ends. With ``FPTQ_TRACE=1`` VmHWM
 only grows, so the step whose line first shows the final ``hwm`` set the run's peak. With ``FPTQ_TRACE=step``
 every mark also resets VmHWM to the current RSS (``/proc/self/clear_refs``), so each line's ``step peak`` is
 the peak of that step alone (since the previous mark) and ``hwm`` is their running maximum, kept here; the
+last field is the wall time since the previous mark (the first line's: since the trace started); the
 kernel's own high-water mark (``/usr/bin/time``'s "Maximum resident set size", ``ru_maxrss``) is then no
 longer the run's peak. Where ``/proc`` cannot be read (not Linux) the lines say so and nothing else changes.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 __all__ = ["enabled", "enable", "mark", "read_status", "MODES"]
 
@@ -30,14 +32,14 @@ __all__ = ["enabled", "enable", "mark", "read_status", "MODES"]
 MODES = ("1", "step")
 _STATUS, _CLEAR = "/proc/self/status", "/proc/self/clear_refs"
 _UNREAD = object()
-_state = {"mode": _UNREAD, "peak": 0}
+_state = {"mode": _UNREAD, "peak": 0, "t": None}
 
 
 def enable(mode: str | None = "1") -> None:
     """Turn the trace on (``mode`` one of :data:`MODES`) or off (None)."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"FPTQ_TRACE must be one of {MODES} (or unset), got {mode!r}")
-    _state["mode"], _state["peak"] = mode, 0
+    _state["mode"], _state["peak"], _state["t"] = mode, 0, time.perf_counter()
 
 
 def _mode():
@@ -93,4 +95,7 @@ def mark(step: str) -> None:
         _reset_hwm()
     else:
         line += f" hwm {st['VmHWM'] / gib:.3f} GiB"
+    now = time.perf_counter()
+    line += f" +{now - (_state['t'] or now):.1f} s"
+    _state["t"] = now
     print(line, file=sys.stderr, flush=True)
