@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from ..backends.numba_kernels import activation
+from ..backends.numba_kernels.blocked import bits_as_float
 from .ops import F32, OPTS, fnjit, njit
 
 HEAD_F32, HEAD_BF16, HEAD_INT8, HEAD_INT8_FLOAT = 0, 1, 2, 3
@@ -40,15 +41,14 @@ def _rows_f32(x, w, v0, v1, out):
 
 @fnjit
 def _rows_bf16(x, w, v0, v1, out):
-    bits = np.empty(x.size, np.uint32)
-    wide = bits.view(np.float32)
+    """Each row's bfloat16 bits widened (``bits << 16``, exact) inside the dot product's one loop (a
+    separate widening pass into a buffer ran at half the speed: 20 vs 44 GB/s from cache, one thread;
+    the same sums, bit for bit, on the 1.5B model's shape)."""
     for v in range(v0, v1):
         row = w[v]
-        for i in range(x.size):
-            bits[i] = np.uint32(row[i]) << np.uint32(16)
         acc = F32(0.0)
         for i in range(x.size):
-            acc += x[i] * wide[i]
+            acc += x[i] * bits_as_float(np.uint32(row[i]) << np.uint32(16))
         out[v] = acc
 
 

@@ -91,7 +91,7 @@ def supported(g: int) -> bool:
 
 
 @intrinsic
-def _bits_as_float(typingctx, v):
+def bits_as_float(typingctx, v):
     """Reinterpret a uint32 bit pattern as float32."""
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
@@ -198,7 +198,7 @@ def quantize_rows(x, xbits, act_scale, dynamic, g, xq, xs, xsum, r0, r1):
         if mx >= _NONFINITE:
             bad += 1
             continue
-        s = activation.scale_from_amax(_bits_as_float(mx)) if dynamic else act_scale
+        s = activation.scale_from_amax(bits_as_float(mx)) if dynamic else act_scale
         xs[r] = s
         _quantize_row(x[r], s, xq[r, :k])
         _group_sums(xq[r], k, g, xsum[r])
