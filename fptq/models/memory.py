@@ -69,6 +69,7 @@ CALIB_TEXT_BYTES = 626_311_168
 #: the assumed CUDA context (``device="cuda"``): GPU memory and host RSS of torch's CUDA libraries. NOT
 #: measured (no GPU was lent to this session); replace with a measurement
 CUDA_DEVICE_BYTES, CUDA_HOST_BYTES = 600 * MiB, 1 * GiB
+ROTATION_BLOCK_BYTES = 6 * 32 * MiB  # online rotation's float64 row blocks (rotate_input_side_factored)
 
 #: one line per component
 MEANINGS = {
@@ -93,8 +94,8 @@ MEANINGS = {
     "layer_f32": "one decoder layer's weights, float32",
     "layer_f32_device": "the layer's float32 weights on the GPU for the forward (cuda)",
     "layer_read": "the largest linear in the source dtype while it becomes float32 (finiteness: in chunks)",
-    "rotation_transient": "rotating a layer: Q_f float64 built again (one [F,F]) and, beside it, W Q of the "
-                          "largest linear: W float32 copy, W float64, W Q float64, result",
+    "rotation_transient": "rotating a layer: W Q of the largest linear through Q's Hadamard factors (online: its "
+                          "float32 copy, the float32 result, float64 row blocks); residual: W float64, W Q, result",
     "forward_work": "one batch's activations inside the layer forward (MLP [B,L,F] x4, attention)",
     "kept_rows": "kept calibration rows per group input, float32 [rows + held-out rows, K]",
     "kept_rows_concat": "the kept rows concatenated while the per-batch lists are alive",
@@ -234,7 +235,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         "layer_f32": shape.layer_float_bytes(),
         "layer_f32_device": shape.layer_float_bytes() if s.device == "cuda" else 0,
         "layer_read": biggest * (s.source_dtype_bytes if s.source_dtype_bytes != 4 else 0),
-        "rotation_transient": {"online": 8 * f * f + 24 * biggest, "residual": 24 * biggest}.get(
+        "rotation_transient": {"online": 8 * biggest + ROTATION_BLOCK_BYTES, "residual": 24 * biggest}.get(
             s.rotate, 0),
         "forward_work": B * L * 4 * (4 * f + 5 * shape.q_width + 2 * shape.kv_width + 4 * h) + attention,
         "kept_rows": (s.rows + s.heldout_rows) * 4 * sum(ks),

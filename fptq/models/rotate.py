@@ -135,6 +135,11 @@ def _rotate_reader(lin, q) -> None:
     _set(lin.weight, R.rotate_input_side(_get(lin, "weight"), q))
 
 
+def _rotate_reader_factored(lin, factors) -> None:
+    """``W Q`` through ``Q``'s Hadamard factors (:func:`fptq.reference.rotation.rotate_input_side_factored`)."""
+    _set(lin.weight, R.rotate_input_side_factored(_get(lin, "weight"), factors))
+
+
 def _rotate_writer(lin, q) -> None:
     b = None if lin.bias is None else _get(lin, "bias")
     w2, b2 = R.rotate_output_side(_get(lin, "weight"), q, b)
@@ -330,10 +335,12 @@ class LayerRotation:
     q: np.ndarray               # float64 [d, d]
     qh: np.ndarray | None       # float64 [hd, hd] (value heads) or None
     online: tuple               # (float32 tensor Q shared by every RotateOutput, its Hadamard factors)
-    q_f: tuple | None           # (f, seed) of the down projection's input rotation ("online") or None: its float64
-    #                             [f, f] matrix is built again per layer (deterministic), not held (an 8B model's is 1.6 GB)
+    q_f: tuple | None           # (f, seed) of the down projection's input rotation ("online") or None
     f_online: tuple | None      # (float32 tensor Q_f, its factors) or None
     report: RotationReport
+    #: ``"online"``: the Hadamard factors of ``q`` and of ``Q_f`` (:class:`fptq.reference.rotation.HadamardFactors`):
+    #: each layer's readers get ``W Q`` through them, never a dense float64 ``[f, f]`` (an 8B model's is 1.6 GB)
+    factors: tuple | None = None
 
 
 def plan_rotation(model, mode: str = "online", seed: int = 0, heads: bool = True,
@@ -359,9 +366,10 @@ def plan_rotation(model, mode: str = "online", seed: int = 0, heads: bool = True
         q_f = (get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
         q_f_online = torch.from_numpy(np.ascontiguousarray(R.random_orthogonal(*q_f), dtype=np.float32))
         f_online = (q_f_online, factor_tensors(q_f_online))
+    factors = (R.hadamard_factors(d, seed), R.hadamard_factors(*q_f)) if mode == "online" else None
     return LayerRotation(mode, arch, f"{layers_path}." if layers_path else "", q,
                          R.random_orthogonal(hd, seed + 1) if heads else None, (q_online, factor_tensors(q_online)),
-                         q_f, f_online, RotationReport(arch.family, d, hd, seed, mode))
+                         q_f, f_online, RotationReport(arch.family, d, hd, seed, mode), factors)
 
 
 def rotate_globals(model, rot: LayerRotation) -> None:
@@ -379,10 +387,11 @@ def rotate_layer(rot: LayerRotation, i: int, layer) -> None:
         if rot.mode == "residual":
             _rotate_stream_layer(arch, layer, f"{prefix}{i}", rot.q, rot.online, report)
         else:
+            f_q, f_down = rot.factors
             for lin in [get_submodule(layer, p) for p in arch.group_linears("qkv") + arch.group_linears("gate_up")]:
-                _rotate_reader(lin, rot.q)
+                _rotate_reader_factored(lin, f_q)
             down = get_submodule(layer, arch.down)
-            _rotate_reader(down, R.random_orthogonal(*rot.q_f))  # the same float64 matrix for every layer
+            _rotate_reader_factored(down, f_down)
             attach_input_rotation(down, *rot.f_online)
             report.input_rotations.append(f"{prefix}{i}.{arch.down}")
             for n in (arch.attn_norm, arch.mlp_norm):

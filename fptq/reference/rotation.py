@@ -41,6 +41,7 @@ import numpy as np
 
 __all__ = ["sylvester_hadamard", "HadamardFactors", "hadamard_factors", "hadamard_factors_of", "random_orthogonal", "MAX_HADAMARD_BLOCK",
            "hadamard_blocks", "apply_hadamard_factors", "fold_norm_weight", "rotate_input_side",
+           "rotate_input_side_factored", "FACTORED_CHUNK_BYTES",
            "rotate_output_side", "rotate_head_rows", "rotate_head_columns"]
 
 
@@ -204,6 +205,28 @@ def fold_norm_weight(w_linear, gain) -> np.ndarray:
 def rotate_input_side(w, q) -> np.ndarray:
     """``W Q`` for a linear ``y = x W^T`` whose input becomes ``x Q`` (W [out, n], Q [n, n])."""
     return (_f64(w) @ _f64(q)).astype(np.float32)
+
+
+#: float64 bytes of W one step of :func:`rotate_input_side_factored` works on (its intermediates: a few more)
+FACTORED_CHUNK_BYTES = 32 << 20
+
+
+def rotate_input_side_factored(w, f: HadamardFactors) -> np.ndarray:
+    """``W Q`` (float32 [out, n]) for ``Q = f.dense()`` without forming ``Q``: blocks of W's rows in float64
+    times ``Q`` through its factors (:func:`apply_hadamard_factors`: ``n (sum of block sizes + m)``
+    multiply-adds per row instead of ``n^2``), rounded to float32. The same product as
+    ``rotate_input_side(w, f.dense())`` in exact arithmetic; the float64 sums run in another order (~1e-16
+    relative apart), below float32's half ulp except next to a rounding tie. Memory: the float32 result and
+    one block of about :data:`FACTORED_CHUNK_BYTES` in float64 with its intermediates; no ``[n, n]``."""
+    w = np.asarray(w)
+    n = f.signs.shape[0]
+    if w.ndim != 2 or w.shape[1] != n:
+        raise ValueError(f"w: expected [out, {n}], got shape {w.shape}")
+    out = np.empty(w.shape, np.float32)
+    rows = max(1, FACTORED_CHUNK_BYTES // (8 * n))
+    for i in range(0, w.shape[0], rows):
+        out[i:i + rows] = apply_hadamard_factors(_f64(w[i:i + rows]), f.signs, f.r)
+    return out
 
 
 def rotate_output_side(w, q, bias=None):
