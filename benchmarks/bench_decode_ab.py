@@ -4,8 +4,9 @@ Two worker processes hold a loaded runtime each: ``before`` imports fptq from ``
 of the older commit, e.g. made by ``git archive COMMIT | tar -x -C DIR``), ``after`` from this checkout.
 Every round asks each variant in turn (the order rotates per round) for one decode measurement: a
 ``--prompt``-token prompt, then ``--new`` greedy tokens one at a time (tokens/s of those), as
-``benchmarks/bench_llamacpp.py`` times them. Variants: ``before``; ``after`` (the runtime's default);
-``after-1t`` (the same process with the decode split turned off: every linear on one thread). The
+``benchmarks/bench_llamacpp.py`` times them. Variants: ``before``; ``after`` (the runtime's default: the
+split chosen per token by :class:`fptq.runtime.tuning.SplitTuner`); ``after-split`` (the same process, the
+tuner off, every large group on two threads); ``after-1t`` (the tuner off, every linear on one thread). The
 medians, every round and the load averages go to the JSON. Greedy tokens are compared across variants
 (the same checkpoint and head: the same tokens).
 
@@ -41,7 +42,7 @@ def parse_args(argv=None):
 
 
 def worker(a) -> None:
-    """Load the runtime, then answer each stdin line (a split setting: 'default' or 'off') with one JSON
+    """Load the runtime, then answer each stdin line (a split setting: 'default', 'split' or 'off') with one JSON
     line: decode tokens/s and the greedy tokens."""
     import numba
     import numpy as np
@@ -57,8 +58,12 @@ def worker(a) -> None:
     default_split = int(rt.w.dims[8])
     ids = np.random.default_rng(0).integers(100, rt.w.vocab, a.prompt)
     print(json.dumps({"ready": fptq.__file__}), flush=True)
+    tuner = getattr(rt, "tuner", None)                       # issue 24's SplitTuner (absent before it)
     for line in sys.stdin:
-        rt.w.dims[8] = default_split if line.strip() == "default" else (1 << 62)
+        what = line.strip()
+        if tuner is not None:
+            tuner.active = what == "default"
+        rt.w.dims[8] = (1 << 62) if what == "off" else default_split
         rt.reset()
         logits = rt.forward(ids)
         toks = []
@@ -94,13 +99,14 @@ def main(argv=None) -> int:
         return 0
     load0 = os.getloadavg()
     procs = {"before": _start(Path(a.base).resolve(), a), "after": _start(ROOT, a)}
-    variants = [("before", "before", "default"), ("after", "after", "default"), ("after-1t", "after", "off")]
+    variants = [("before", "before", "default"), ("after", "after", "default"), ("after-split", "after", "split"),
+                ("after-1t", "after", "off")]
     for _, proc, split in variants:                                     # warm-up (compiles, fills caches)
         _ask(procs[proc], split)
     rounds = {v[0]: [] for v in variants}
     tokens = {}
     for r in range(a.rounds):
-        for name, proc, split in variants[r % 3:] + variants[:r % 3]:
+        for name, proc, split in variants[r % len(variants):] + variants[:r % len(variants)]:
             res = _ask(procs[proc], split)
             rounds[name].append(res["tok_s"])
             tokens[name] = res["tokens"]

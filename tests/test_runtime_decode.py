@@ -64,3 +64,27 @@ def test_a_nonfinite_input_row_is_counted_per_linear(slots):
     x = np.ones((2, k), np.float32)
     x[1, 5] = np.nan
     assert decode.group(x, *lins, 3, 0)[3] == sum(fw.linear_serial(x, lin, 0)[1] for lin in lins) == 3
+
+
+def test_split_tuner_uses_the_faster_mode_and_retries_the_other():
+    from fptq.runtime.tuning import SplitTuner
+
+    dims = np.array([0, 0, 0, 0, 0, 0, 2, 0, 1000], np.int64)
+    tuner = SplitTuner(dims)
+    cost = {True: 1.0, False: 2.0}                       # split twice as fast
+    modes = []
+    for _ in range(200):
+        mode = tuner.pick()
+        assert dims[8] == (1000 if mode else decode.NEVER)
+        modes.append(mode)
+        tuner.record(mode, cost[mode])
+    assert modes[:2] == [True, False] and modes.count(False) <= 6      # probes back off: 16, 32, 64, ...
+    cost = {True: 5.0, False: 1.0}                       # the machine got busy: serial now faster
+    later = []
+    for _ in range(400):
+        mode = tuner.pick()
+        later.append(mode)
+        tuner.record(mode, cost[mode])
+    assert later[-100:].count(True) <= 2 and tuner.prefer is False
+    one = SplitTuner(np.array([0, 0, 0, 0, 0, 0, 1, 0, 1000], np.int64))   # one thread: nothing to choose
+    assert not one.active and one.pick() is True

@@ -5,13 +5,18 @@ returns their logits (the last token's, or every token's with ``all_logits``); `
 sequence. The KV cache (float32: keys ``[layers, kv heads, head_dim, capacity]``, transposed for the
 attention's loops; values ``[layers, kv heads, capacity, head_dim]``) and the RoPE tables
 grow by doubling when a sequence outgrows them, up to the model's ``max_position_embeddings``.
+A decoded token's linears run on two threads or one as :class:`fptq.runtime.tuning.SplitTuner` finds
+faster on this machine at the time (``tuner``; the same bits either way).
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import forward as fw
+from .tuning import SplitTuner
 from .weights import RuntimeWeights, read_weights
 
 __all__ = ["Runtime"]
@@ -28,6 +33,7 @@ class Runtime:
 
     def __init__(self, weights: RuntimeWeights, capacity: int = 256, max_positions: int | None = None):
         self.w = weights
+        self.tuner = SplitTuner(weights.dims)
         self.max_positions = int(max_positions or 1 << 20)
         self.pos = 0
         self._cap = 0
@@ -85,10 +91,14 @@ class Runtime:
             raise ValueError(f"ids: token ids must be in [0, {self.w.vocab}), got {ids.min()}..{ids.max()}")
         self._grow(self.pos + ids.size)
         w = self.w
+        mode = self.tuner.pick() if ids.size == 1 else None
+        t0 = time.perf_counter()
         logits, bad = fw.forward(ids, np.int64(self.pos), bool(all_logits), w.dims, w.eps, w.normw, w.qkn, w.rotk,
                                  w.rot_q, w.rot_f, w.window, w.ropek, w.scaling, w.softcap, self.cos, self.sin,
                                  w.lins, self.kc, self.vc, w.emb, w.embed_scale, w.use_scale, w.final_w, w.head,
                                  w.final_cap)
+        if mode is not None:
+            self.tuner.record(mode, time.perf_counter() - t0)
         if bad:
             raise ArithmeticError(f"runtime forward at positions {self.pos}..{self.pos + ids.size - 1}: "
                                   f"{bad} activation rows hold NaN/Inf")
