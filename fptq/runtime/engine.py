@@ -46,9 +46,11 @@ class Runtime:
         """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
         :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's
         thread count (default: numba's current); ``split_decode``: a decoded token's linears on two
-        threads, one region per group of linears sharing an input (same bits; None: where a group is large
-        enough, :data:`fptq.runtime.decode.SPLIT_MIN_MACS`; True: always; False: never); ``hand_over``: the model's tensors that the
-        runtime re-lays out are released as taken (:func:`fptq.runtime.weights.read_weights`)."""
+        threads, one region per group of linears sharing an input (same bits; None: where a group is
+        large enough, :data:`fptq.runtime.decode.SPLIT_MIN_MACS`; True: always; False: never; where on,
+        :attr:`tuner` still picks one thread for the tokens it measures faster so); ``hand_over``: the
+        model's tensors that the runtime re-lays out are released as taken
+        (:func:`fptq.runtime.weights.read_weights`)."""
         import numba
 
         threads = numba.get_num_threads() if threads is None else int(threads)

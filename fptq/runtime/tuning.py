@@ -1,14 +1,16 @@
 """Whether a decoded token's linears run on two threads, chosen by measured time (:class:`SplitTuner`).
 
 The two-thread decode (:mod:`fptq.runtime.decode`) opens four parallel regions per layer. On a quiet
-machine two threads can read the weights at up to twice one thread's rate (27.6 vs 53.6 GB/s read on the
-2-core machine, quiet); on a machine whose cores are busy with
-other jobs, every region waits for the second thread to be scheduled (measured on the 2-core machine at
-load average 6-7: 1.65 tokens/s split against 9.5 on one thread for the 1.5B model). Both give the same
-bits, so the runtime may pick per token: :class:`SplitTuner` times each decoded token (M = 1), keeps the
-median of each mode's last three tokens, uses the faster mode, and retries the other one after
-``interval`` tokens (16 at first, doubling up to 64 while the retry loses, back to 16 when it wins):
-at most one token in 64 pays for the retry, and a change of load is noticed within about 64 tokens.
+machine two threads can read the weights at up to twice one thread's rate (27.6 vs 53.6 GB/s read on
+the 2-core machine, quiet); on a machine whose cores are busy with other jobs, every region waits for
+the second thread to be scheduled (measured on the 2-core machine at load average 6-8: 1.1-1.7 tokens/s
+split against 8.4-9.5 on one thread for the 1.5B model). Both give the same bits, so the runtime picks
+per token: :class:`SplitTuner` times each decoded token (M = 1), keeps the median of the preferred
+mode's last three tokens, uses the faster mode, and retries the other one after ``interval`` tokens
+(16 at first; while the retry loses, doubled up to 64 and times how many times slower it was, at most
+256; back to 16 when it wins), or at once when a token of the preferred mode takes over twice or under
+half its median (the load changed). The scaling: under that load a split token cost about 8 serial
+ones, and a retry every 64 tokens at that price would add 11% to the time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class SplitTuner:
     ``pick()`` sets ``dims[8]`` for the next token and returns the mode; ``record(mode, seconds)``
     files its time. Inactive (always the configured mode) with one thread or with the split turned off."""
 
-    FIRST, LONGEST = 16, 64
+    FIRST, LONGEST, RETRY_MAX = 16, 64, 256
 
     def __init__(self, dims):
         self.dims = dims
@@ -49,18 +51,29 @@ class SplitTuner:
         mode = self.prefer
         if self.times[mode] and (not self.times[not mode] or self.since >= self.interval):
             mode = not mode
+            self.times[mode].clear()                  # a retry is judged on its own time, not stale ones
         self.dims[8] = self.threshold if mode else NEVER
         return mode
 
     def record(self, mode: bool, seconds: float) -> None:
+        """File a decoded token's time. A preferred-mode token over twice or under half that mode's
+        median retries the other mode at once. A retry is judged by its own time against the preferred
+        median; a losing one waits ``interval`` tokens, doubled (at most :attr:`LONGEST`) and times how
+        many times slower it was (at most :attr:`RETRY_MAX`): about one token in 64 spent on retries."""
         if not self.active:
             return
-        self.times[mode].append(seconds)
         if mode == self.prefer:
-            self.since += 1
+            est = self._estimate(mode)
+            if self.times[mode] and not 0.5 * est <= seconds <= 2.0 * est:
+                self.since = self.interval
+            else:
+                self.since += 1
+            self.times[mode].append(seconds)
             return
+        self.times[mode].append(seconds)
         self.since = 0
-        if self._estimate(mode) < self._estimate(self.prefer):
+        ratio = self._estimate(mode) / max(self._estimate(self.prefer), 1e-9)
+        if ratio < 1.0:
             self.prefer, self.interval = mode, self.FIRST
         else:
-            self.interval = min(2 * self.interval, self.LONGEST)
+            self.interval = min(min(2 * self.interval, self.LONGEST) * max(1, round(ratio)), self.RETRY_MAX)
