@@ -12,8 +12,10 @@ reads its weights from DRAM. Then, interleaved round by round (medians), it time
 * the whole token's linears (every slot of every layer) per variant.
 
 Every variant's outputs are compared bit for bit with ``serial`` (the one-thread prepared linear).
+With ``PYTHONPATH`` set to an older source tree, ``--variants serial`` times that tree's kernel.
 
     python benchmarks/bench_decode_linears.py --model qwen2.5-coder-1.5b --rounds 5
+    python benchmarks/bench_decode_linears.py --variants serial --clock cpu --rounds 5
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))   # after PYTHONPATH: an older tree can be timed
 
 #: (hidden, q rows, kv rows, intermediate, layers, group, bias on q/k/v)
 SHAPES = {"qwen2.5-coder-1.5b": (1536, 1536, 256, 8960, 28, 128, True),
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="serial,decode", help="comma list of: serial, decode")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this thread's CPU time (time.thread_time; less sensitive to other jobs; counts "
+                   "only the calling thread, so meaningful for the one-thread 'serial' variant only)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -92,7 +97,10 @@ def _groups(slots: dict):
 def run(a) -> dict:
     import numba
 
+    import fptq
     from bench_llamacpp import copy_bandwidth, read_bandwidth
+
+    print(f"fptq from {Path(fptq.__file__).parent}", flush=True)
 
     numba.set_num_threads(a.threads)
     hidden, nq, nkv, inter, layers, g, bias = SHAPES[a.model]
@@ -117,6 +125,7 @@ def run(a) -> dict:
             ref, got = _variants(1)["serial"](xs[xk], lins, 0), fn(xs[xk], lins, 0)
             if not all(np.array_equal(r.view(np.uint32), o.view(np.uint32)) for r, o in zip(ref, got)):
                 mismatches.append(f"{v} {gname}")
+    clock = time.thread_time if a.clock == "cpu" else time.perf_counter
     for r in range(a.rounds):
         bw["read_1t"].append(read_bandwidth(1, reps=2) / 1e9)
         bw["read_2t"].append(read_bandwidth(a.threads, reps=2) / 1e9)
@@ -125,10 +134,10 @@ def run(a) -> dict:
         for v, fn in variants.items():
             tok = 0.0
             for gname, xk, lins in groups:
-                t0 = time.perf_counter()
+                t0 = clock()
                 for l in range(layers):
                     fn(xs[xk], lins, l)
-                dt = (time.perf_counter() - t0) / layers
+                dt = (clock() - t0) / layers
                 times[(v, gname)].append(dt * 1e3)
                 tok += dt * layers
             token[v].append(tok * 1e3)
@@ -140,7 +149,7 @@ def run(a) -> dict:
             ms = med(times[(v, gname)])
             rows.append({"call": gname, "variant": v, "ms": ms, "bytes": nbytes, "gb_s": nbytes / ms / 1e6})
     per_token = sum(lin_bytes(lin) for _, _, lins in groups for lin in lins) * layers
-    return {"model": a.model, "layers": layers, "threads": a.threads, "rounds": a.rounds,
+    return {"model": a.model, "layers": layers, "threads": a.threads, "rounds": a.rounds, "clock": a.clock,
             "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "bandwidth_gb_s": {k: med(v) for k, v in bw.items()}, "calls": rows,
             "token_ms": {v: med(t) for v, t in token.items()}, "token_rounds_ms": token,
@@ -150,7 +159,7 @@ def run(a) -> dict:
 def main(argv=None) -> int:
     a = parse_args(argv)
     res = run(a)
-    print(f"{res['model']}, {res['layers']} layers, {res['threads']} threads, {res['rounds']} rounds, "
+    print(f"{res['model']}, {res['layers']} layers, {res['threads']} threads, {res['rounds']} rounds, {a.clock}, "
           f"load {res['loadavg'][0]:.2f} ({res['date']})")
     print("bandwidth GB/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res["bandwidth_gb_s"].items()))
     print(f"{'call':8} {'variant':8} {'ms/layer':>9} {'MB':>7} {'GB/s':>6}")

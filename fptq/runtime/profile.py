@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from . import decode
 from . import forward as fw
 from .head import head_logits
 from .ops import F32, njit
@@ -77,7 +78,9 @@ def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock
 
     total = _median_ms(one_token, reps, clock)
     nh, nkv, hd = (int(v) for v in w.dims[:3])
-    threads, par_min, split_min = int(w.dims[6]), int(w.dims[7]), int(w.dims[8])
+    tuner = rt.tuner                                    # the linears as the tuner runs them now
+    split_min = tuner.threshold if tuner.prefer or not tuner.active else decode.NEVER
+    threads, par_min = int(w.dims[6]), int(w.dims[7])
     hidden = w.normw.shape[2]
     xh, xa, xf = (rng.standard_normal((1, n)).astype(F32) for n in (hidden, nh * hd, int(w.lins[4][9])))
     linears = _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min, split_min),
@@ -90,6 +93,7 @@ def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock
     rt.reset()
     return {"context": context, "total_ms": total, "linears_ms": linears, "attention_ms": attention,
             "lm_head_ms": head, "other_ms": total - linears - attention - head,
+            "linears_two_threads": bool(threads > 1 and split_min < decode.NEVER),
             "weight_bytes_per_token": w.weight_bytes()}
 
 
