@@ -1,4 +1,4 @@
-"""A decoded token's linears on two threads (:mod:`fptq.runtime.decode`) give the bits of one serial call each.
+"""A decoded token's linears on several threads (:mod:`fptq.runtime.decode`) give the bits of one serial call each.
 
 The linears are the runtime's stacked blocked tuples (:func:`fptq.runtime.linears.stack_linears`) of real
 W4A8 linears quantized by the reference; block counts are odd and unequal (the two halves cut through a
@@ -44,11 +44,11 @@ def slots():
 
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("m", [1, 3])
-def test_group_on_two_threads_equals_the_serial_calls(slots, count, m):
+def test_group_on_threads_equals_the_serial_calls(slots, count, m):
     k, lins = slots
     x = (np.random.default_rng(m).standard_normal((m, k)) * 3).astype(np.float32)
-    for layer in range(2):
-        got = decode.group(x, *lins, count, layer)
+    for layer, parts in ((0, 2), (1, 2), (1, 3), (0, 7)):          # 7 parts: some threads get no block
+        got = decode.group(x, *lins, count, layer, parts)
         for i in range(count):
             want, bad = fw.linear_serial(x, lins[i], layer)
             assert bad == 0
@@ -63,7 +63,7 @@ def test_a_nonfinite_input_row_is_counted_per_linear(slots):
     k, lins = slots
     x = np.ones((2, k), np.float32)
     x[1, 5] = np.nan
-    assert decode.group(x, *lins, 3, 0)[3] == sum(fw.linear_serial(x, lin, 0)[1] for lin in lins) == 3
+    assert decode.group(x, *lins, 3, 0, 2)[3] == sum(fw.linear_serial(x, lin, 0)[1] for lin in lins) == 3
 
 
 def test_split_tuner_uses_the_faster_mode_and_retries_the_other():

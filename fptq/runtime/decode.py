@@ -1,12 +1,13 @@
-"""A decoded token's W4A8 linears on two threads: one parallel region per group of linears that share
-an input (q, k, v; o; gate, up; down), the group's weight blocks dealt to the two threads in two halves.
+"""A decoded token's W4A8 linears on every thread (two on the 2-core machine): one parallel region per
+group of linears that share an input (q, k, v; o; gate, up; down), the group's weight blocks dealt to the
+threads in equal shares.
 
 Per group, the input row is quantized once on the calling thread (:func:`fptq.backends.numba_kernels.
 blocked.quantize_input`: the bytes each linear's own call would make; a linear whose activation rule
 differs from the first one's gets its own), then each thread runs the blocked kernel
-(:func:`fptq.backends.numba_kernels.blocked.blocks_into`) over its half of the group's blocks, counted
-across the group's linears (q, k and v in one list: the 1.5B model's 96 + 16 + 16 blocks split 64 | 64,
-not q | k + v). Every output lane is one weight row's own 16-lane block, computed by the same tile
+(:func:`fptq.backends.numba_kernels.blocked.blocks_into`) over its share of the group's blocks, counted
+across the group's linears (q, k and v in one list: on two threads the 1.5B model's 96 + 16 + 16 blocks
+split 64 | 64, not q | k + v). Every output lane is one weight row's own 16-lane block, computed by the same tile
 from the same inputs, so the outputs are the bits of :func:`fptq.runtime.forward.linear_serial`.
 
 Why: at decode (M = 1) a linear reads each weight byte once; one thread reads DRAM at about half
@@ -57,12 +58,11 @@ def _part(qin, lin, l, y, off, c0, c1):
 
 
 @numba.njit(parallel=True, **OPTS)
-def _region(qa, qb, qc, la, lb, lc, count, l, ya, yb, yc):
+def _region(qa, qb, qc, la, lb, lc, count, l, ya, yb, yc, parts):
     na, nb = la[0].shape[1], lb[0].shape[1]
     total = na + (nb if count > 1 else 0) + (lc[0].shape[1] if count > 2 else 0)
-    half = (total + 1) // 2
-    for i in numba.prange(2):
-        c0, c1 = i * half, min(total, (i + 1) * half)
+    for i in numba.prange(parts):
+        c0, c1 = i * total // parts, (i + 1) * total // parts
         _part(qa, la, l, ya, 0, c0, c1)
         if count > 1:
             _part(qb, lb, l, yb, na, c0, c1)
@@ -81,9 +81,9 @@ def _trim(y, n):
 
 
 @njit
-def group(x, la, lb, lc, count, l):
-    """The first ``count`` (1 to 3) of the linears la, lb, lc of layer ``l`` on float32 x [M, K], on two
-    threads -> (ya, yb, yc, bad): float32 [M, n] each (unused ones are ``ya``), ``bad`` counting rows of
+def group(x, la, lb, lc, count, l, parts):
+    """The first ``count`` (1 to 3) of the linears la, lb, lc of layer ``l`` on float32 x [M, K], their
+    blocks dealt in ``parts`` equal shares to the threads -> (ya, yb, yc, bad): float32 [M, n] each (unused ones are ``ya``), ``bad`` counting rows of
     x or of an output holding a NaN/Inf (as the serial calls would, summed)."""
     qa = _quantized(x, la, l)
     qb = qa if count < 2 or _same_rule(la, lb, l) else _quantized(x, lb, l)
@@ -95,7 +95,7 @@ def group(x, la, lb, lc, count, l):
     bad = qa[3] + (qb[3] if count > 1 else 0) + (qc[3] if count > 2 else 0)
     if bad:
         return _trim(ya, la[9]), _trim(yb, lb[9]), _trim(yc, lc[9]), bad
-    _region(qa, qb, qc, la, lb, lc, count, l, ya, yb, yc)
+    _region(qa, qb, qc, la, lb, lc, count, l, ya, yb, yc, max(parts, 1))
     bad += blocked.nonfinite_rows(ya, la[9])
     if count > 1:
         bad += blocked.nonfinite_rows(yb, lb[9])
