@@ -8,9 +8,11 @@ split against 8.4-9.5 on one thread for the 1.5B model). Both give the same bits
 per token: :class:`SplitTuner` times each decoded token (M = 1), keeps the median of the preferred
 mode's last three tokens, uses the faster mode, and retries the other one after ``interval`` tokens
 (16 at first; while the retry loses, doubled up to 64 and times how many times slower it was, at most
-256; back to 16 when it wins), or at once when a token of the preferred mode takes over twice or under
-half its median (the load changed). The scaling: under that load a split token cost about 8 serial
-ones, and a retry every 64 tokens at that price would add 11% to the time.
+256; back to 16 when it wins), or at once when a token of the preferred mode takes over three times or
+under a third of its median (the load changed; at 2x, a loaded machine's own token-to-token spread
+triggered retries often enough to cost about 10%, simulated with the measured 3.4x gap and a 30% spread).
+The scaling: under that load a split token cost about 8 serial ones, and a retry every 64 tokens at that
+price would add 11% to the time.
 """
 
 from __future__ import annotations
@@ -56,15 +58,15 @@ class SplitTuner:
         return mode
 
     def record(self, mode: bool, seconds: float) -> None:
-        """File a decoded token's time. A preferred-mode token over twice or under half that mode's
-        median retries the other mode at once. A retry is judged by its own time against the preferred
+        """File a decoded token's time. A preferred-mode token over three times or under a third of that
+        mode's median retries the other mode at once. A retry is judged by its own time against the preferred
         median; a losing one waits ``interval`` tokens, doubled (at most :attr:`LONGEST`) and times how
         many times slower it was (at most :attr:`RETRY_MAX`): about one token in 64 spent on retries."""
         if not self.active:
             return
         if mode == self.prefer:
             est = self._estimate(mode)
-            if self.times[mode] and not 0.5 * est <= seconds <= 2.0 * est:
+            if self.times[mode] and not est / 3.0 <= seconds <= 3.0 * est:
                 self.since = self.interval
             else:
                 self.since += 1
