@@ -335,7 +335,6 @@ class LayerRotation:
     q: np.ndarray               # float64 [d, d]
     qh: np.ndarray | None       # float64 [hd, hd] (value heads) or None
     online: tuple               # (float32 tensor Q shared by every RotateOutput, its Hadamard factors)
-    q_f: tuple | None           # (f, seed) of the down projection's input rotation ("online") or None
     f_online: tuple | None      # (float32 tensor Q_f, its factors) or None
     report: RotationReport
     #: ``"online"``: the Hadamard factors of ``q`` and of ``Q_f`` (:class:`fptq.reference.rotation.HadamardFactors`):
@@ -359,17 +358,17 @@ def plan_rotation(model, mode: str = "online", seed: int = 0, heads: bool = True
             "which allow_online=False refuses")
     d = model.get_input_embeddings().weight.shape[1]
     hd = _head_dim(model.config) if heads else None
-    q = R.random_orthogonal(d, seed)
+    f_q = R.hadamard_factors(d, seed)
+    q = f_q.dense()   # = R.random_orthogonal(d, seed)
     q_online = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # one tensor for every RotateOutput
-    q_f = f_online = None
-    if mode == "online":
-        q_f = (get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
-        q_f_online = torch.from_numpy(np.ascontiguousarray(R.random_orthogonal(*q_f), dtype=np.float32))
-        f_online = (q_f_online, factor_tensors(q_f_online))
-    factors = (R.hadamard_factors(d, seed), R.hadamard_factors(*q_f)) if mode == "online" else None
+    f_online = factors = None
+    if mode == "online":   # the down projection's input rotation Q_f (seed + 2), made once from its factors
+        f_down = R.hadamard_factors(get_submodule(layers[0], arch.down).weight.shape[1], seed + 2)
+        q_f_online = torch.from_numpy(np.ascontiguousarray(f_down.dense(), dtype=np.float32))
+        f_online, factors = (q_f_online, factor_tensors(q_f_online)), (f_q, f_down)
     return LayerRotation(mode, arch, f"{layers_path}." if layers_path else "", q,
                          R.random_orthogonal(hd, seed + 1) if heads else None, (q_online, factor_tensors(q_online)),
-                         q_f, f_online, RotationReport(arch.family, d, hd, seed, mode), factors)
+                         f_online, RotationReport(arch.family, d, hd, seed, mode), factors)
 
 
 def rotate_globals(model, rot: LayerRotation) -> None:
