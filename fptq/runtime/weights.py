@@ -179,21 +179,30 @@ def _bf16_bits(w: np.ndarray, rows: int = 4096):
     return out
 
 
-def _head(model, int8_head: bool | None):
+#: ``read_weights``'s ``int8_head`` values (see :func:`_head`)
+INT8_HEAD_CHOICES = (None, True, False, "weights")
+
+
+def _head(model, int8_head: bool | str | None):
     """The lm_head tuple (kind, float32 [V, H], bf16 bits [V, H], int8 [V, H], scale [V]).
 
     ``int8_head``: None = INT8 rows by integer kernels if the checkpoint stores them, else the float
     matrix (bfloat16 bits when lossless); True = also a float head quantized to INT8 rows here
     (:func:`fptq.reference.quantize_weight_int8_per_channel`, the ``--int8-embeddings`` rule);
-    False = INT8 rows computed in float32 (the reference's formula)."""
+    False = INT8 rows computed in float32 (the reference's formula); ``"weights"`` = INT8 rows (the
+    checkpoint's, or a float head quantized here as with True) computed in float32 (``HEAD_INT8_FLOAT``:
+    one byte read per weight, the activation not quantized)."""
     from ..reference import quantize_weight_int8_per_channel
 
+    if int8_head not in INT8_HEAD_CHOICES:
+        raise ValueError(f"int8_head: expected one of {INT8_HEAD_CHOICES}, got {int8_head!r}")
+    weights_only = int8_head is False or int8_head == "weights"
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise RuntimeUnsupported("an lm_head with a bias is not supported")
     ef, eb, eq = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16), np.zeros((1, 1), np.int8)
     if isinstance(head, Int8LMHead):
-        kind = HEAD_INT8_FLOAT if int8_head is False else HEAD_INT8
+        kind = HEAD_INT8_FLOAT if weights_only else HEAD_INT8
         return (np.int64(kind), ef, eb, _np(head.qweight), _np(head.scale))
     if not isinstance(head, torch.nn.Linear):
         raise RuntimeUnsupported(f"lm_head {type(head).__name__} is not an nn.Linear or INT8 rows")
@@ -203,7 +212,7 @@ def _head(model, int8_head: bool | None):
     w = np.ascontiguousarray(_np(head.weight.float()), np.float32)
     if int8_head:
         q, s = quantize_weight_int8_per_channel(w)
-        return (np.int64(HEAD_INT8), ef, eb, q, s)
+        return (np.int64(HEAD_INT8_FLOAT if weights_only else HEAD_INT8), ef, eb, q, s)
     bits = _bf16_bits(w)
     if bits is not None:
         return (np.int64(HEAD_BF16), ef, bits, eq, ones)
@@ -249,7 +258,7 @@ def _split_min(split_decode: bool | None) -> int:
     return decode.SPLIT_MIN_MACS if split_decode is None else 0 if split_decode else decode.NEVER
 
 
-def read_weights(model, threads: int = 1, int8_head: bool | None = None, par_min: int | None = None,
+def read_weights(model, threads: int = 1, int8_head: bool | str | None = None, par_min: int | None = None,
                  split_decode: bool | None = None, hand_over: bool = False):
     """:class:`RuntimeWeights` of a loaded W4A8 model (``load_quantized``'s); raises
     :class:`RuntimeUnsupported` naming what the runtime cannot run (before anything is re-laid out).
