@@ -164,8 +164,9 @@ def run_quantize(a, cfg) -> int:
     # every check that can fail runs before the model is read and calibrated
     a.model = model_argument(a.model)
     a.torch_device = resolve_device(a.device)
-    if a.torch_device is not None and cfg.sequential:
-        raise ValueError("--sequential runs the quantized layer on the host: it cannot be used with --device cuda")
+    if a.torch_device is not None and cfg.sequential_calibration:
+        raise ValueError("--sequential (and --weight-quantizer gptaq, which calibrates sequentially) runs the "
+                         "quantized layer on the host: it cannot be used with --device cuda")
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
     t0 = time.time()

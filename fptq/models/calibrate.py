@@ -83,6 +83,9 @@ class LayerSamples(dict):
         #: the ``torch.device`` the calibration ran on (None: the host); :func:`fptq.models.quantize.layer_hessian`
         #: computes the group Hessians there (:func:`fptq.models.device.device_hessian`)
         self.device = None
+        #: ``calibrate(float_rows=True)`` (GPTAQ): name -> float32 tensor, the float model's rows of the same
+        #: tokens as this dict's (which are the quantized model's)
+        self.float_rows: dict = {}
 
 
 @dataclass
@@ -175,7 +178,8 @@ def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples
                reduce=None):
     x = inputs[0].detach()
     x2 = x.reshape(-1, x.shape[-1])
-    stats.observe(name, _observed(x, reduce))
+    if stats is not None:   # None: rows only (GPTAQ's float pass)
+        stats.observe(name, _observed(x, reduce))
     if samples is not None:
         samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept", lambda: _host_rows(x2[::stride])))
     if pos is not None and pos.fit_stats is not None:
@@ -331,6 +335,15 @@ def _release_caches(layer) -> None:
             mod.release_cache()
 
 
+def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, device=None):
+    """The float layer on the float model's inputs ``cap.hidden`` (consumed; before ``on_layer`` quantizes it):
+    ``(outputs, kept rows by module name)``, the rows of the same tokens as the quantized stream's."""
+    rows = LayerSamples()
+    outs = _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, consume=True, device=device)
+    mark(f"{prefix}: float pass")
+    return outs, _concatenated(rows)
+
+
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
                    pos: _BatchPosition | None, consume: bool, device=None):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
@@ -350,7 +363,7 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None,
-              before_layer=None, device=None) -> dict[str, np.ndarray]:
+              before_layer=None, device=None, float_rows: bool = False) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -375,6 +388,9 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
         device: a ``torch.device`` for the layers' forwards (:mod:`fptq.models.device`); None: the CPU path.
+        float_rows: with ``sequential`` and ``keep_rows`` (GPTAQ's asymmetric calibration): a second stream, the
+            float model's layer inputs, runs beside the quantized one (one more forward per layer, one more set
+            of hidden states held); ``layer_samples.float_rows`` holds its rows of the same tokens.
     Returns:
         dict: full module name (``model.layers.3.mlp.down_proj``) -> float32 [K],
         ``m_j = max |x[..., j]|`` over all calibration tokens.
@@ -386,7 +402,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     n_samples, seq_len = (int(d) for d in input_ids.shape)
     holdout = _check_holdout(int(holdout), n_samples, keep_rows, sequential and device is not None)
     (path, layers, _), stats = find_decoder_layers(model), {}
+    if float_rows and not (sequential and keep_rows):
+        raise ValueError("float_rows (asymmetric calibration) needs sequential=True and keep_rows > 0")
     cap = capture_layer_inputs(model, input_ids, batch_size)
+    float_cap = CapturedInputs(list(cap.hidden), cap.args, cap.kwargs) if float_rows else None
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     for i in tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
@@ -395,6 +414,8 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
         outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos, not sequential, device)
         stats.update(layer_np)
+        if float_cap is not None:
+            float_cap.hidden, samples.float_rows = _float_pass(layer, float_cap, i, prefix, stride, device)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:

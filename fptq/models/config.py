@@ -127,6 +127,12 @@ class QuantConfig:
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
 
+    @property
+    def sequential_calibration(self) -> bool:
+        """Whether the layers are calibrated on the quantized model's inputs: ``sequential``, or a weight
+        quantizer whose entry needs them (``float_inputs``: GPTAQ)."""
+        return bool(self.sequential or registry_entry(self.weight_quantizer).float_inputs)
+
     def holdout_samples(self, n_samples: int) -> int:
         """How many of ``n_samples`` calibration samples are held out: ``round(holdout * n)``,
         at least 1 and at most ``n - 1`` when ``holdout > 0`` (0 with fewer than 2 samples)."""

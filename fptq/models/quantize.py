@@ -112,6 +112,26 @@ def layer_hessian(samples, gp):
     return ref.HessianHandoff(entry.pop(0))
 
 
+def layer_cross_term(samples, gp):
+    """GPTAQ's ``D = (X' - X~')^T X~' / n`` (float64 [K, K], :func:`fptq.reference.gptaq.cross_term`) of a group's
+    input: ``X`` the float model's kept rows (``samples.float_rows``), ``X~`` the quantized model's, ``'`` divided
+    by the group's LAE ``s``. Once per group, cached in ``samples.hessians`` for its other linears; the float rows
+    are dropped once it is built when :func:`layer_hessian` drops the others."""
+    name = gp.linears[0]
+    key = ("cross", name, None if gp.s is None else np.asarray(gp.s, np.float64).tobytes())
+    cache = samples.hessians
+    if key not in cache:
+        if name not in samples.float_rows or name not in samples:
+            raise ValueError(f"GPTAQ needs the float and quantized calibration rows of {name}'s input")
+        cache[key] = [ref.cross_term(samples.float_rows[name].numpy(), samples[name].numpy(), gp.s), len(gp.linears)]
+        if not samples.keep_rows_after_hessian:
+            for n in gp.linears:
+                samples.float_rows.pop(n, None)
+    entry = cache[key]
+    entry[1] -= 1
+    return entry[0] if entry[1] > 0 else cache.pop(key)[0]
+
+
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     """INT4 weight of one linear by ``config.weight_quantizer`` (:class:`fptq.spec.QuantizedWeight`),
     handed what its registry entry asks for (:mod:`fptq.reference.quantizer_registry`): channel
@@ -120,6 +140,8 @@ def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):
     entry = ref.weight_quantizer(config.weight_quantizer)
     w = linear.weight.detach().cpu().numpy().astype(np.float32)
     needs = {kw: getattr(config, name) for kw, name in entry.options}
+    if entry.float_inputs:   # before layer_hessian, which may drop the rows
+        needs["cross"] = layer_cross_term(samples, gp)
     if entry.hessian:
         h = layer_hessian(samples, gp)
         mark(f"Hessian {gp.linears[0]}")
@@ -228,7 +250,8 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     steps = _AroundLayer(rot, layer_io or LayerIO(), swap if make_linear is not None else None, plan)
     keep = rows_to_keep(config)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
-                      sequential=config.sequential, keep_rows=keep, before_layer=steps.before,
+                      sequential=config.sequential_calibration, keep_rows=keep, before_layer=steps.before,
+                      float_rows=ref.weight_quantizer(config.weight_quantizer).float_inputs,
                       after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
                       holdout_rows=config.keep_rows, device=device)

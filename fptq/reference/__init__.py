@@ -17,6 +17,7 @@ once; the pipeline only moves tensors in and out of models.
                                             (channel weights, a Hessian, calibration rows, a scale fold)
 * :mod:`~fptq.reference.weight_quantizers`  INT4 scale choice: round to nearest, clipping search
 * :mod:`~fptq.reference.gptq`               GPTQ: INT4 weights with second-order error feedback
+* :mod:`~fptq.reference.gptaq`              GPTAQ: GPTQ matching the float model's outputs from the quantized inputs
 * :mod:`~fptq.reference.rotation`           orthogonal rotations of the residual stream and value heads
 * :mod:`~fptq.reference.linear`             a W4A8 linear layer: quantization and integer forward
 
@@ -36,6 +37,7 @@ from .equalize import (
     weight_column_max,
 )
 from .fold import NORM_KINDS, fold_into_norm, fold_into_rows
+from .gptaq import cross_term, gptaq_quantize
 from .gptq import HessianAccumulator, HessianHandoff, equalized_hessian, gptq_quantize
 from .linear import QuantizedLinear, quantize_linear
 from .plan import (
@@ -52,7 +54,8 @@ from .weight_quantizers import (
     quantize_weight_rtn,
 )
 
-__all__ = ["HessianAccumulator", "HessianHandoff", "equalized_hessian", "gptq_quantize", "CalibrationStats", "LayerStats",
+__all__ = ["HessianAccumulator", "HessianHandoff", "equalized_hessian", "gptq_quantize", "cross_term", "gptaq_quantize",
+           "CalibrationStats", "LayerStats",
            "NonFiniteError", "SELECTIONS", "GroupInputs", "GroupPlan", "plan_group", "LayerPlan", "equalized_amax",
            "plan_layer", "plan_layers", "with_policy", "QuantizedLinear", "quantize_linear", "equalization_scales",
            "group_channel_max", "equalized_channel_max", "weight_column_max", "smoothquant_scales",

@@ -20,7 +20,12 @@ entry):
 * ``judge_with``: the calibration-free quantizer whose weights the plan's
   error selection uses to judge policy candidates (None: the entry itself);
 * ``toggle``: ``(QuantConfig bool field, key, words)``, a switch ``fptq compare``
-  shows a with/without row for (``fptq_w4a8_[no]<key>``).
+  shows a with/without row for (``fptq_w4a8_[no]<key>``);
+* ``float_inputs``: asymmetric calibration (GPTAQ): the layers are calibrated on
+  the quantized model's inputs ``X~`` (as ``sequential``), the float model's rows
+  ``X`` of the same tokens kept beside them, and ``quantize`` gets ``cross=``,
+  the [K, K] ``(X - X~)^T X~ / n`` as its linears see it
+  (:func:`fptq.reference.gptaq.cross_term`) with ``hessian=`` of ``X~``.
 
 ``quantize(w, group_size, fmt, **needs) -> fptq.spec.QuantizedWeight`` takes
 ``channel_weight=``, ``hessian=`` and the ``options`` keywords it declares; its
@@ -38,6 +43,7 @@ import numpy as np
 from .. import spec
 from ..spec import WeightFormat
 from .awq import awq_scales
+from .gptaq import gptaq_quantize
 from .gptq import gptq_quantize
 from .weight_quantizers import quantize_weight_mse, quantize_weight_rtn
 
@@ -61,8 +67,11 @@ class WeightQuantizer:
     scale_search: Callable | None = None
     judge_with: str | None = None
     toggle: tuple | None = None
+    float_inputs: bool = False
 
     def __post_init__(self):
+        if self.float_inputs and not self.hessian:
+            raise ValueError(f"weight quantizer {self.name!r}: float_inputs (the cross term) needs hessian=True")
         if not self.calibration_free and self.judge_with is None:
             raise ValueError(f"weight quantizer {self.name!r} needs calibration rows: name a calibration-free "
                              "judge_with for the plan's error selection")
@@ -77,16 +86,22 @@ def _gptq(w, group_size: int, fmt, *, hessian, **options) -> spec.QuantizedWeigh
     return gptq_quantize(w, hessian, group_size, fmt, **options)
 
 
+def _gptaq(w, group_size: int, fmt, *, hessian, cross, **options) -> spec.QuantizedWeight:
+    return gptaq_quantize(w, hessian, cross, group_size, fmt, **options)
+
+
+_GPTQ_OPTIONS = (("damp", "gptq_damp"), ("act_order", "gptq_act_order"), ("clip", "gptq_clip"))
+
 #: name -> :class:`WeightQuantizer`; the CLI's ``--weight-quantizer`` choices and ``QuantConfig``'s check
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {e.name: e for e in (
     WeightQuantizer("rtn", "RTN", quantize_weight_rtn),
     WeightQuantizer("mse", "act-aware clip search", quantize_weight_mse, channel_weight=True),
     WeightQuantizer("gptq", "GPTQ", _gptq, hessian=True, hessian_handoff=True, rows_option="gptq_rows",
-                    judge_with="rtn",
-                    options=(("damp", "gptq_damp"), ("act_order", "gptq_act_order"), ("clip", "gptq_clip")),
-                    toggle=("gptq_clip", "clip", "clip search")),
+                    judge_with="rtn", options=_GPTQ_OPTIONS, toggle=("gptq_clip", "clip", "clip search")),
     WeightQuantizer("awq", "AWQ scales + RTN", quantize_weight_rtn, rows_option="keep_rows", scale_search=awq_scales,
                     judge_with="rtn"),
+    WeightQuantizer("gptaq", "GPTAQ (asymmetric calibration)", _gptaq, hessian=True, hessian_handoff=True,
+                    rows_option="gptq_rows", judge_with="rtn", options=_GPTQ_OPTIONS, float_inputs=True),
 )}
 
 
