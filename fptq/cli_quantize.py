@@ -7,6 +7,8 @@ by the one pipeline (:func:`fptq.models.stream.quantize_streamed` around
 (:mod:`fptq.models.memory`) says what the run will hold; ``--dry-run`` prints it and stops, and a run the
 machine cannot hold is refused (``--no-memory-check`` runs it anyway). ``--rotate residual`` changes the
 embeddings and lm_head before the layers and takes the whole-model path (the model loaded whole).
+``--resume`` records the streamed run after every layer in ``<out>.fptq-partial/`` and continues a stopped one
+(:mod:`fptq.cli_resume`, :mod:`fptq.models.journal`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def add_quantize_arguments(q) -> None:
     q.add_argument("--device", default="cpu", help="where the calibration forwards and the GPTQ Hessians run: "
                    "cpu (default) or cuda[:N] (the rotation, GPTQ's column loop and the checkpoint stay on the host; "
                    "the float32 forward rounds differently there, docs/scale.md)")
+    q.add_argument("--resume", action="store_true", help="record the run after every decoder layer in "
+                   "OUT.fptq-partial/ (kept if the run stops: about the calibration activations of one layer plus "
+                   "the checkpoint so far) and continue a stopped run from there: the same command again; the "
+                   "checkpoint equals an uninterrupted run's byte for byte (docs/scale.md)")
 
 
 def _time_line(estimate) -> str:
@@ -109,6 +115,7 @@ def _streamed(a, cfg, out, protect, source):
     from .models.loading import check_seq_len
     from .models.memory import check_fits
     from .models.calibrate import release_freed_memory
+    from .models.arch import find_decoder_layers
     from .models.stream import check_source_finite, open_streamed, quantize_streamed
     from .models.trace import mark
 
@@ -129,12 +136,29 @@ def _streamed(a, cfg, out, protect, source):
     ids = calibration_ids(tok, a.calib, a.samples, a.seq_len, a.seed, vocab_size=model.config.vocab_size)
     release_freed_memory()  # the calibration text's temporaries (hundreds of MB) go back before the layers
     mark("calibration text")
-    with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
-                     int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size) as writer:
-        res, io = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
-                                    progress=not a.quiet, device=a.torch_device)
-        _check_final_norm(model, io.last_hidden, f"the float model {source.path}")
-        writer.finish(model, tok, res.plan, cfg, _info(a, source.path))
+    journal = None
+    if a.resume:
+        from .cli_resume import open_run_journal
+
+        journal = open_run_journal(a, cfg, source, _info(a, source.path), len(find_decoder_layers(model)[1]), protect)
+    try:
+        with open_writer(out, overwrite=a.force, protect=protect, float_dtype=a.float_dtype,
+                         int8_embeddings=a.int8_embeddings, shard_bytes=a.shard_size,
+                         workdir=None if journal is None else journal.checkpoint_dir) as writer:
+            if journal is not None:
+                journal.restore_writer(writer)
+            res, io = quantize_streamed(model, source, ids, cfg, writer, batch_size=a.batch_size,
+                                        progress=not a.quiet, device=a.torch_device, journal=journal)
+            _check_final_norm(model, io.last_hidden, f"the float model {source.path}")
+            writer.finish(model, tok, res.plan, cfg, _info(a, source.path))
+    except BaseException:
+        if journal is not None:
+            from .cli_resume import stopped_message
+
+            print(stopped_message(journal), file=sys.stderr)
+        raise
+    if journal is not None:
+        journal.discard()
     return res
 
 
@@ -153,6 +177,7 @@ def _check_final_norm(model, hidden, where: str) -> None:
 
 def run_quantize(a, cfg) -> int:
     """``fptq quantize`` with parsed flags ``a`` and their :class:`~fptq.models.config.QuantConfig` ``cfg``."""
+    from .cli_resume import check_resume_flags
     from .models.checkpoint import check_checkpoint_out
     from .models.device import resolve_device
     from .data.text import calibration_parts
@@ -167,6 +192,7 @@ def run_quantize(a, cfg) -> int:
     if a.torch_device is not None and cfg.sequential_calibration:
         raise ValueError("--sequential (and --weight-quantizer gptaq, which calibrates sequentially) runs the "
                          "quantized layer on the host: it cannot be used with --device cuda")
+    check_resume_flags(a, cfg)
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
     t0 = time.time()

@@ -53,7 +53,7 @@ MODELS_ORDER = (
     ("settings", {"config", "skeleton", "sources"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
     ("planning and baselines", {"plan", "fakequant"}),
-    ("the run", {"quantize"}),
+    ("the run", {"quantize", "journal"}),
     ("the streamed run", {"stream"}),
     ("checkpoint shards", {"checkpoint_shards"}),
     ("checkpoint halves", {"checkpoint_read", "checkpoint_write"}),

@@ -156,7 +156,7 @@ def _swap(tmp: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(dest, overwrite: bool = False, check=None):
+def atomic_directory(dest, overwrite: bool = False, check=None, workdir=None):
     """Write a directory atomically: ``with atomic_directory(out) as tmp: ...write into tmp...``.
 
     Args:
@@ -166,6 +166,8 @@ def atomic_directory(dest, overwrite: bool = False, check=None):
         check: optional ``check(dest)`` that raises if ``dest`` must not be
             written or replaced; called before anything is written and again
             right before the rename (the destination may have changed meanwhile).
+        workdir: an existing directory (next to ``dest``, same filesystem) to fill and rename instead of a
+            fresh temporary one: a resumable run's (:mod:`fptq.models.journal`); on an exception it is kept.
     Raises:
         FileExistsError: ``dest`` exists (or is a dangling symlink) and ``overwrite`` is false.
         NotADirectoryError: ``dest`` exists and is not a plain directory (a file, a symlink):
@@ -184,7 +186,7 @@ def atomic_directory(dest, overwrite: bool = False, check=None):
 
     _check()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     _IN_PROGRESS.add(tmp)
     try:
         yield tmp
@@ -198,7 +200,8 @@ def atomic_directory(dest, overwrite: bool = False, check=None):
                 os.replace(tmp, dest)
             _fsync_dir(dest.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         _IN_PROGRESS.discard(tmp)

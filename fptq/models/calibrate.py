@@ -344,6 +344,21 @@ def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, de
     return outs, _concatenated(rows)
 
 
+def _resumed(cap: CapturedInputs, resume, stats: dict) -> tuple[int, dict]:
+    """``(first layer, statistics dict)``: ``(0, stats)``, or for ``resume`` (a run continued:
+    :class:`fptq.models.journal.ResumePoint`) its ``start``, its ``stats`` to fill on, and its inputs of that
+    layer instead of the captured ones (the same batch shapes, else a ValueError)."""
+    if resume is None:
+        return 0, stats
+    if resume.hidden is not None:
+        want = [tuple(h.shape) for h in cap.hidden]
+        if [tuple(h.shape) for h in resume.hidden] != want:
+            raise ValueError(f"the inputs of layer {resume.start} to resume from are not of the calibration "
+                             f"batches' shapes {want}")
+        cap.hidden = list(resume.hidden)
+    return resume.start, resume.stats
+
+
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
                    pos: _BatchPosition | None, consume: bool, device=None):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
@@ -363,7 +378,7 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None,
-              before_layer=None, device=None, float_rows: bool = False) -> dict[str, np.ndarray]:
+              before_layer=None, device=None, resume=None, float_rows: bool = False) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -388,6 +403,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         sequential: feed the next layer the outputs of the layer as left by
             ``on_layer`` (one extra forward per layer) instead of the float outputs.
         device: a ``torch.device`` for the layers' forwards (:mod:`fptq.models.device`); None: the CPU path.
+        resume: a :class:`fptq.models.journal.ResumePoint`: start at its layer, on its inputs, filling its ``stats``.
         float_rows: with ``sequential`` and ``keep_rows`` (GPTAQ's asymmetric calibration): a second stream, the
             float model's layer inputs, runs beside the quantized one (one more forward per layer, one more set
             of hidden states held); ``layer_samples.float_rows`` holds its rows of the same tokens.
@@ -405,9 +421,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     if float_rows and not (sequential and keep_rows):
         raise ValueError("float_rows (asymmetric calibration) needs sequential=True and keep_rows > 0")
     cap = capture_layer_inputs(model, input_ids, batch_size)
+    start, stats = _resumed(cap, resume, stats)
     float_cap = CapturedInputs(list(cap.hidden), cap.args, cap.kwargs) if float_rows else None
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
-    for i in tqdm(range(len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
+    for i in tqdm(range(start, len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
         if before_layer is not None:
             before_layer(i, prefix, layer)

@@ -131,14 +131,15 @@ def storage_summary(meta: dict) -> str:
 
 @contextlib.contextmanager
 def open_writer(out_dir, overwrite: bool = False, protect=(), float_dtype: str = DEFAULT_FLOAT_DTYPE,
-                int8_embeddings: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES):
+                int8_embeddings: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES, workdir=None):
     """``with open_writer(out) as w: ...w.add_layer(model, prefix, plan)...; w.finish(model, tokenizer, plan,
     config, info)``: a :class:`~fptq.models.checkpoint_write.CheckpointWriter` writing into the atomic
     directory of ``out_dir`` (:func:`fptq.io.atomic.atomic_directory`: an exception, or leaving the block
     without :meth:`finish`, leaves nothing). ``overwrite`` / ``protect``: as :func:`save_quantized` (checked
     on entry, and again by ``finish`` with the model's own source directory added, and before the rename);
     ``shard_bytes``: the layers' tensors are written into shard files of about this size
-    (:data:`~fptq.models.checkpoint_shards.DEFAULT_SHARD_BYTES`) when they do not fit one."""
+    (:data:`~fptq.models.checkpoint_shards.DEFAULT_SHARD_BYTES`) when they do not fit one. ``workdir``: write in this
+    existing directory instead of a temporary one, kept on a failure (a resumable run's: :mod:`fptq.models.journal`)."""
     protect = [*protect]
     check = (lambda d: check_checkpoint_out(d, overwrite, protect))  # noqa: E731
 
@@ -148,7 +149,7 @@ def open_writer(out_dir, overwrite: bool = False, protect=(), float_dtype: str =
 
     args = dict(float_dtype=float_dtype, int8_embeddings=int8_embeddings, shard_bytes=shard_bytes)
     check_writer_args(**args)  # before anything is touched
-    with atomic_directory(out_dir, overwrite=overwrite, check=check) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, check=check, workdir=workdir) as tmp:
         writer = CheckpointWriter(tmp, **args, guard=guard)
         yield writer
         if not writer.finished:

@@ -300,6 +300,7 @@ class CheckpointWriter:
         self._checked = {}  # the rotations found finite, not read again (_shared_rotation)
         self._buffer, self._buffered, self.finished = {}, 0, False
         self._deferred, self._spilled = None, {}  # defer(); name -> SpilledTensor of the deferred modules
+        self._expected_rotations = {}  # restore(): the shared rotations' digests the interrupted run recorded
 
     def defer(self, deferred) -> None:
         """Modules of the model :meth:`finish` gets that are left on the meta device for it to read one group
@@ -330,6 +331,33 @@ class CheckpointWriter:
         self._take(state, layers, tied, online, inputs)
         self._buffer_layer(prefix, state)
 
+    def journal_state(self) -> dict:
+        """What a resumable run's journal keeps of this writer (:mod:`fptq.models.journal`), JSON-able: the layers
+        added, the shards written, the entries, digests, ties and rotated paths so far, and ``buffered``: the
+        added layers still in the shard buffer (their tensors: :meth:`buffered`)."""
+        return {"added": list(self.added), "shards": self.shards, "layers": self._layers, "digests": self._digests,
+                "tied": self._tied, "online": self._online, "inputs": self._inputs,
+                "buffered": [p for p in self.added if any(in_scope(k, p) for k in self._buffer)]}
+
+    def buffered(self, prefix: str) -> dict:
+        """The buffered stored tensors of the added layer ``prefix``."""
+        return {k: t for k, t in self._buffer.items() if in_scope(k, prefix)}
+
+    def restore(self, state: dict, buffer: dict) -> None:
+        """Continue an interrupted run's writer (in its directory, with its shards): its :meth:`journal_state`
+        and the tensors of its buffered layers. The shared rotations are taken again from the next layer added
+        and must have the digests recorded (a CheckpointError otherwise)."""
+        self._check_open()
+        if self.added or self._buffer:
+            raise CheckpointError("restore: this writer has stored layers already")
+        self.added, self.shards = list(state["added"]), dict(state["shards"])
+        self._layers, self._digests, self._tied = dict(state["layers"]), dict(state["digests"]), dict(state["tied"])
+        self._online, self._inputs = list(state["online"]), list(state["inputs"])
+        self._buffer = dict(buffer)
+        self._buffered = sum(t.numel() * t.element_size() for t in buffer.values())
+        self._expected_rotations = {n: self._digests[n] for n in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR)
+                                    if n in self._digests}
+
     def _check_open(self) -> None:
         if self.finished:
             raise CheckpointError("the checkpoint writer has finished; nothing more can be added")
@@ -345,6 +373,8 @@ class CheckpointWriter:
             if kept is None:
                 self._rotations[name] = q
                 self._digests.update(tensor_digests({name: q}))
+                if self._expected_rotations.get(name, self._digests[name]) != self._digests[name]:
+                    raise CheckpointError(f"{name}: the rotation differs from the one the interrupted run stored")
             elif not same_tensor(kept, q):
                 raise CheckpointError(f"{(online if name == ONLINE_ROTATION_TENSOR else inputs)[0]} holds another "
                                       f"rotation ({name}) than the layers stored before it; a checkpoint stores one")

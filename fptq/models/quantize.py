@@ -229,6 +229,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     model = (model if inplace else copy.deepcopy(model)).eval()
     rot = _start_rotation(model, config)
     plan = Plan(config.v0, config.v1)
+    resume = _resume(layer_io, plan)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding);
     # the requested mode is set afterwards
     w4a8 = w4a8_factory(config, backend, "fake_quant")
@@ -254,10 +255,18 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
                       float_rows=ref.weight_quantizer(config.weight_quantizer).float_inputs,
                       after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
-                      holdout_rows=config.keep_rows, device=device)
+                      holdout_rows=config.keep_rows, device=device, resume=resume)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
     return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report)
+
+
+def _resume(layer_io, plan: Plan):
+    """``layer_io``'s resume point (None: none, the run starts at layer 0), its plan's groups put in ``plan``."""
+    resume = layer_io.resume_point() if layer_io is not None else None
+    if resume is not None:
+        plan.groups.extend(resume.plan_groups)
+    return resume
 
 
 def _start_rotation(model, config: QuantConfig):
@@ -297,6 +306,11 @@ class _AroundLayer:
 class LayerIO:
     """What a streamed run does around each decoder layer (:func:`quantize_model`'s ``layer_io``); this base
     class does nothing (every weight is in memory already)."""
+
+    def resume_point(self):
+        """None, or where a resumed run starts (:class:`fptq.models.journal.ResumePoint`: its layer, that layer's
+        inputs, the statistics and plan of the layers before it, which are not run again)."""
+        return None
 
     def load(self, i: int, prefix: str, layer) -> None:
         """Before layer ``i`` (module path ``prefix``) is rotated and calibrated."""

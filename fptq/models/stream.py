@@ -14,6 +14,9 @@ the pipeline) with a :class:`StreamedLayers` as its ``layer_io``:
    ones) at once; the input embeddings and ``lm_head`` by the writer itself, one (tied) group at a time,
    each stored and released before the next is read (:class:`DeferredModules`).
 
+With a ``journal`` (:mod:`fptq.models.journal`, ``fptq quantize --resume``) the run records itself after every
+layer and starts where an interrupted run of the same settings stopped.
+
 ``FPTQ_TRACE=1`` (or ``step``) prints the resident set at the end of every step (:mod:`fptq.models.trace`).
 
 The calibration activations of the current layer and the writer's shard buffer are the only things that
@@ -98,12 +101,14 @@ def _capture_paths(model) -> list[str]:
 class StreamedLayers(LayerIO):
     """Each decoder layer read from ``source`` before its turn and released after it; ``writer`` (a checkpoint
     writer: ``add_layer(model, prefix, plan)``) gets its tensors first. ``layer_seconds[i]``: wall time of
-    layer ``i`` from its read to its release; with ``progress`` a line per layer goes to stderr."""
+    layer ``i`` from its read to its release; with ``progress`` a line per layer goes to stderr. ``journal``
+    (:class:`fptq.models.journal.Journal`): where the run starts, and a record of it after every layer."""
 
-    def __init__(self, model, source, writer=None, progress: bool = True) -> None:
+    def __init__(self, model, source, writer=None, progress: bool = True, journal=None) -> None:
         self.model, self.source, self.writer, self.progress = model, source, writer, progress
         self.n_layers = len(find_decoder_layers(model)[1])
-        self.layer_seconds: list[float] = []
+        self.journal, self._next_inputs = journal, None
+        self.layer_seconds: list[float] = [] if journal is None else journal.layer_seconds
         self.pending_release: list = []   # modules read for the capture only (the input embeddings)
         #: the most bytes the model's real (not meta) parameters and buffers held at a layer's read or
         #: hand-over: one layer (float32, or quantized) plus what lives outside the layers
@@ -141,6 +146,9 @@ class StreamedLayers(LayerIO):
             release(module)
         self.pending_release = []
 
+    def resume_point(self):
+        return None if self.journal is None else self.journal.resume_point()
+
     def load(self, i: int, prefix: str, layer) -> None:
         self.release_capture()
         self._t0 = time.perf_counter()
@@ -149,6 +157,7 @@ class StreamedLayers(LayerIO):
         mark(f"{prefix}: load")
 
     def outputs(self, i: int, outputs: list) -> None:
+        self._next_inputs = outputs if self.journal is not None else None
         if i == self.n_layers - 1:   # the last hidden states of the first sample, for the caller's final check
             self.last_hidden = outputs[0][:1].to("cpu", copy=True)   # from the calibration's device, if any
 
@@ -166,6 +175,9 @@ class StreamedLayers(LayerIO):
 
             tqdm.write(f"fptq: layer {i + 1}/{self.n_layers} quantized in {self.layer_seconds[-1]:.1f} s",
                        file=sys.stderr)
+        if self.journal is not None:
+            self.journal.record(i, self._next_inputs, plan, self.writer, self.layer_seconds)
+            self._next_inputs = None
 
 
 def deferred_paths(model, outside) -> list[tuple[str, ...]]:
@@ -221,19 +233,22 @@ class DeferredModules:
 
 
 def quantize_streamed(model, source, calib_ids, config, writer=None, *, batch_size: int,
-                      progress: bool = True, device=None) -> tuple[QuantResult, StreamedLayers]:
+                      progress: bool = True, device=None, journal=None) -> tuple[QuantResult, StreamedLayers]:
     """Quantize the model of :func:`open_streamed` layer by layer (module docstring); on return the layers
     are released (their tensors are the writer's) and the modules outside them read again, so
     ``writer.finish(model, ...)`` can store them: with a ``writer``, the embeddings and lm_head stay on the meta
     device and the writer reads them one at a time in ``finish`` (:class:`DeferredModules`, handed over by
     ``writer.defer``); without one, everything outside the layers is read. Returns the :class:`QuantResult` and
     the :class:`StreamedLayers` (its ``layer_seconds``). ``device``: where the calibration forwards and GPTQ
-    Hessians run (:mod:`fptq.models.device`; None: the host)."""
+    Hessians run (:mod:`fptq.models.device`; None: the host). ``journal``: a resumable run's
+    (:class:`fptq.models.journal.Journal`; ``writer`` in its ``checkpoint_dir``, restored from it)."""
     if config.rotate not in STREAMED_ROTATIONS:
         raise ValueError(f"a streamed run rotates with {' or '.join(STREAMED_ROTATIONS)}; --rotate "
                          f"{config.rotate} changes the embeddings and lm_head before the layers (quantize a model "
                          "that fits in memory with the whole-model path: fptq.models.quantize.quantize_model)")
-    io = StreamedLayers(model, source, writer, progress)
+    if journal is not None and writer is None:
+        raise ValueError("a journaled run needs the checkpoint writer it records")
+    io = StreamedLayers(model, source, writer, progress, journal)
     io.read_at_capture(_capture_paths(model))   # what runs before the layers: embeddings, OPT's positions...
     try:
         res = _quantize.quantize_model(model, calib_ids, config, batch_size=batch_size, progress=progress,
