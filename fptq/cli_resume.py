@@ -93,7 +93,7 @@ def open_run_journal(a, cfg, source, info: dict, n_layers: int, protect=()):
         if src is not None and os.path.lexists(src) and (is_within(src, d) or is_within(d, src)):
             raise OutputPathError(f"--resume: {d} would overlap the input {src}; write somewhere else")
     journal = Journal.open(a.out, run_fingerprint(a, cfg, source, info), n_layers)
-    if journal.next_layer and not a.quiet:
+    if journal.next_layer:
         print(f"fptq: resuming {d}: layers 1-{journal.next_layer} of {n_layers} are done, continuing at layer "
               f"{journal.next_layer + 1}", file=sys.stderr)
     return journal
