@@ -67,7 +67,7 @@ def test_default_rows_run_the_pipeline_and_baselines_do_not():
     # or sequential calibration need it
     r = settings(weight_quantizer="rtn", weight_format="int4_sym", sequential=False, rotate="none")
     assert {m.key for m in _methods(r) if _uses_pipeline(m, r)} == {
-        "gptq_w4a16", "fptq_w4a8_gptq", "fptq_w4a8_awq", "fptq_w4a8_rotate_online", "fptq_w4a8_rotate_residual",
+        "gptq_w4a16", "fptq_w4a8_gptq", "fptq_w4a8_awq", "fptq_w4a8_gptaq", "fptq_w4a8_rotate_online", "fptq_w4a8_rotate_residual",
         "fptq_w4a8_noclip", "fptq_w4a8_sequential"}
     # one change each: the G=64, clip-search and previous-plan rows change only what they name
     by_key = {m.key: _quant_config(m, s) for m in _methods(s)}

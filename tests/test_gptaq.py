@@ -149,6 +149,9 @@ def test_float_rows_are_the_float_models_rows():
     assert not torch.equal(both["model.layers.1.self_attn.q_proj"][0], plain["model.layers.1.self_attn.q_proj"][0])
     with pytest.raises(ValueError, match="needs sequential"):
         calibrate(tiny_model("llama"), _ids(), progress=False, keep_rows=40, float_rows=True)
+    with pytest.raises(ValueError, match="cannot resume"):   # a journal holds the quantized stream only
+        calibrate(tiny_model("llama"), _ids(), progress=False, keep_rows=40, sequential=True, float_rows=True,
+                  resume=object())
 
 
 def test_gptaq_pipeline_writes_a_loadable_checkpoint(tmp_path):
@@ -178,3 +181,21 @@ def test_gptaq_pipeline_writes_a_loadable_checkpoint(tmp_path):
     assert meta["quant_config"]["weight_quantizer"] == "gptaq"
     with torch.no_grad():
         assert torch.isfinite(model(_ids()).logits).all()
+
+
+def test_the_memory_model_counts_the_float_stream():
+    """GPTAQ's run holds one more hidden-state stream and the float rows beside the sequential run's."""
+    from fptq.models.config import QuantConfig
+    from fptq.models.memory import estimate
+    from test_memory_model import DEFAULT_RUN, SMOLLM2
+
+    seq = estimate(SMOLLM2, **DEFAULT_RUN, quant=QuantConfig(sequential=True))
+    asym = estimate(SMOLLM2, **DEFAULT_RUN, quant=QuantConfig(weight_quantizer="gptaq"))
+    assert asym.settings.sequential and asym.settings.float_inputs
+    assert asym.components["hidden_float"] == seq.components["hidden_in"]
+    assert asym.components["kept_rows_float"] * (asym.settings.rows + asym.settings.heldout_rows) == \
+        seq.components["kept_rows"] * asym.settings.rows
+    extra = asym.components["hidden_float"] + asym.components["kept_rows_float"]
+    assert asym.steps["layer: sequential"] == seq.steps["layer: sequential"] + extra
+    assert asym.steps["layer: GPTQ"] == seq.steps["layer: GPTQ"] + extra + asym.components["gptaq_work"]
+    assert not {"hidden_float", "kept_rows_float", "gptaq_work"} & seq.components.keys()

@@ -335,6 +335,20 @@ def _release_caches(layer) -> None:
             mod.release_cache()
 
 
+def _float_stream(cap: CapturedInputs, float_rows: bool, sequential: bool, keep_rows: int, resume):
+    """GPTAQ's float stream (``float_rows``): the captured arguments with hidden states of their own, layer 0's
+    to start with (the embeddings); None without ``float_rows``. It needs ``sequential`` and ``keep_rows``; a
+    resumed run is refused (its journal holds the quantized stream's inputs only)."""
+    if not float_rows:
+        return None
+    if not (sequential and keep_rows):
+        raise ValueError("float_rows (asymmetric calibration) needs sequential=True and keep_rows > 0")
+    if resume is not None:
+        raise ValueError("float_rows (asymmetric calibration, --weight-quantizer gptaq) cannot resume a run: "
+                         "the journal keeps the quantized model's layer inputs only, not the float model's")
+    return CapturedInputs(list(cap.hidden), cap.args, cap.kwargs)
+
+
 def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, device=None):
     """The float layer on the float model's inputs ``cap.hidden`` (consumed; before ``on_layer`` quantizes it):
     ``(outputs, kept rows by module name)``, the rows of the same tokens as the quantized stream's."""
@@ -360,8 +374,9 @@ def _resumed(cap: CapturedInputs, resume, stats: dict) -> tuple[int, dict]:
 
 
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
-                   pos: _BatchPosition | None, consume: bool, device=None):
-    """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``."""
+                   pos: _BatchPosition | None, consume: bool, device=None, float_cap: CapturedInputs | None = None):
+    """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``; with
+    ``float_cap`` (:func:`_float_stream`) the float layer's pass on it too, its rows in ``kept.float_rows``."""
     _check_weights(layer, prefix)
     layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
     samples = LayerSamples() if keep_rows else None
@@ -372,6 +387,8 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
     if kept is not None:
         kept.device = device   # where whoever derives a Hessian from the rows may compute it
     mark(f"{prefix}: rows")
+    if float_cap is not None:   # before on_layer quantizes the layer
+        float_cap.hidden, kept.float_rows = _float_pass(layer, float_cap, i, prefix, stride, device)
     return outs, layer_stats.channel_maxima(), kept
 
 
@@ -385,12 +402,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         model: transformers causal LM (float32, eval mode).
         input_ids: LongTensor [n_samples, seq_len].
         batch_size: samples per forward.
-        on_layer: optional ``f(index, prefix, layer, layer_stats, layer_samples)`` called
-            after a layer's statistics are collected (``layer_stats``: full module name ->
-            float32 ndarray [K]; ``layer_samples``: a :class:`LayerSamples`, full module name ->
-            float32 tensor [~keep_rows, K] of input rows, or None); it may modify the layer in place.
-        keep_rows: also keep about this many input rows (tokens, evenly strided over
-            the calibration set) of every linear for ``on_layer`` (0 = none).
+        on_layer: optional ``f(index, prefix, layer, layer_stats, layer_samples)`` called after a layer's statistics
+            are collected (``layer_stats``: full module name -> float32 ndarray [K]; ``layer_samples``: a
+            :class:`LayerSamples`, name -> float32 tensor [~keep_rows, K] of input rows, or None); may change the layer.
+        keep_rows: also keep about this many input rows (tokens, evenly strided) of every linear for ``on_layer``.
         holdout: hold the last ``holdout`` samples out (see the module docstring; needs
             ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
@@ -400,13 +415,10 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             changed); it may modify the layer again (or release its weights: the layer is not run again).
         before_layer: optional ``f(index, prefix, layer)`` called before the layer first runs (after every
             layer's inputs are captured): it may load the layer's weights or rotate it.
-        sequential: feed the next layer the outputs of the layer as left by
-            ``on_layer`` (one extra forward per layer) instead of the float outputs.
+        sequential: feed the next layer the outputs of the layer as left by ``on_layer`` (one more forward).
         device: a ``torch.device`` for the layers' forwards (:mod:`fptq.models.device`); None: the CPU path.
         resume: a :class:`fptq.models.journal.ResumePoint`: start at its layer, on its inputs, filling its ``stats``.
-        float_rows: with ``sequential`` and ``keep_rows`` (GPTAQ's asymmetric calibration): a second stream, the
-            float model's layer inputs, runs beside the quantized one (one more forward per layer, one more set
-            of hidden states held); ``layer_samples.float_rows`` holds its rows of the same tokens.
+        float_rows: GPTAQ: the float model's stream beside the sequential one (:func:`_float_stream`).
     Returns:
         dict: full module name (``model.layers.3.mlp.down_proj``) -> float32 [K],
         ``m_j = max |x[..., j]|`` over all calibration tokens.
@@ -418,21 +430,17 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     n_samples, seq_len = (int(d) for d in input_ids.shape)
     holdout = _check_holdout(int(holdout), n_samples, keep_rows, sequential and device is not None)
     (path, layers, _), stats = find_decoder_layers(model), {}
-    if float_rows and not (sequential and keep_rows):
-        raise ValueError("float_rows (asymmetric calibration) needs sequential=True and keep_rows > 0")
     cap = capture_layer_inputs(model, input_ids, batch_size)
+    float_cap = _float_stream(cap, float_rows, sequential, keep_rows, resume)
     start, stats = _resumed(cap, resume, stats)
-    float_cap = CapturedInputs(list(cap.hidden), cap.args, cap.kwargs) if float_rows else None
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     for i in tqdm(range(start, len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
         if before_layer is not None:
             before_layer(i, prefix, layer)
         pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
-        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos, not sequential, device)
+        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos, not sequential, device, float_cap)
         stats.update(layer_np)
-        if float_cap is not None:
-            float_cap.hidden, samples.float_rows = _float_pass(layer, float_cap, i, prefix, stride, device)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:

@@ -15,8 +15,7 @@ components (:data:`MEANINGS`), each alive during some steps of the run; the peak
 The GPTQ and Hessian coefficients are measured on :mod:`fptq.reference.gptq` as it is (peak RSS over
 the inputs; see the constants), so a change there changes one constant here. Pure arithmetic: importing
 this module imports only the standard library; :func:`estimate` reads the weight quantizer's needs from
-:mod:`fptq.reference`'s registry and, when ``quant`` is None, the defaults of
-:class:`~fptq.models.config.QuantConfig`.
+:mod:`fptq.reference`'s registry and, when ``quant`` is None, the defaults of :class:`~fptq.models.config.QuantConfig`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..defaults import SHARD_BYTES
-from .memory_shape import Shape, _batches, heldout_rows, kept_rows, shape_of
+from .memory_shape import FLOAT_STREAM_MEANINGS, Shape, _batches, float_stream_components, heldout_rows, kept_rows, shape_of
 from .memory_time import layer_flops, measure_rate
 
 __all__ = ["MemoryEstimate", "InsufficientMemory", "Shape", "shape_of", "estimate", "check_fits",
@@ -109,7 +108,7 @@ MEANINGS = {
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",
     "shard_flush": "the shard buffer at a flush: up to shard_bytes + one layer (written without a copy)",
     "write_buffer": "layers still buffered at the final write (up to shard_bytes), written with the rest",
-}
+    **FLOAT_STREAM_MEANINGS}
 
 #: components that live on the GPU with ``device="cuda"`` (:mod:`fptq.models.device`: the calibration forward,
 #: the activations between layers and each group's Hessian product there; kept rows, GPTQ and the rest on the host)
@@ -117,7 +116,7 @@ ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_se
                        "hidden_in_kept", "layer_f32_device", "forward_work", "hessian_build"})
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
-_LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device")
+_LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device", "hidden_float", "kept_rows_float")
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
 #: (``layer: flush``) after its outputs are computed; its inputs are gone by then (kept with --sequential)
 STEPS = {
@@ -130,7 +129,7 @@ STEPS = {
     "layer: rows": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "kept_rows_concat"),
     "layer: plan": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "plan_judging"),
     "layer: Hessian": _LAYER + ("hidden_in_kept", "hidden_out", "rows_hessian", "hessian_build", "layer_quantized"),
-    "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized"),
+    "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized", "gptaq_work"),
     "layer: sequential": _LAYER + ("hidden_in_kept", "hidden_out", "hidden_out_sequential", "forward_work",
                                    "layer_quantized", "layer_dequantized"),
     "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
@@ -160,6 +159,7 @@ class Settings:
     shard_bytes: int
     device: str
     shared_input_rows: bool   # one copy of the rows per group input instead of per linear
+    float_inputs: bool = False   # GPTAQ: the float model's calibration stream beside the sequential one
 
 
 def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes: int = 4,
@@ -185,9 +185,9 @@ def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dty
     holdout = quant.holdout_samples(n_samples) if by_error and rows else 0
     return Settings(n_samples, seq_len, batch_size, kept_rows(n_samples, seq_len, batch_size, rows),
                     heldout_rows(n_samples, seq_len, batch_size, holdout, quant.keep_rows),
-                    bool(entry.hessian and rows), by_error, bool(quant.sequential), quant.rotate,
+                    bool(entry.hessian and rows), by_error, quant.sequential_calibration, quant.rotate,
                     int(quant.group_size), quant.weight_format == "uint4_asym", source_dtype_bytes,
-                    float_dtype_bytes, shard_bytes, device, shared_input_rows)
+                    float_dtype_bytes, shard_bytes, device, shared_input_rows, entry.float_inputs)
 
 
 def _hessian_parts(shape: Shape, s: Settings) -> tuple[dict, str]:
@@ -243,7 +243,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         "plan_judging": plan,
         "layer_quantized": shape.layer_stored_bytes(s.group_size, s.asym),
         "layer_dequantized": 4 * shape.layer_params() if s.sequential else 0,
-    }
+        **float_stream_components(shape, s)}
 
 
 def _model_components(shape: Shape, s: Settings) -> dict:
@@ -363,7 +363,7 @@ def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=
     every = {**_model_components(shape, s), **_layer_components(shape, s), **hess}
     components = {k: int(every.get(k, 0)) for k in MEANINGS if every.get(k, 0)}
     flops = layer_flops(shape, n_samples=s.n_samples, seq_len=s.seq_len, sequential=s.sequential, rows=s.rows,
-                        heldout_rows=s.heldout_rows if s.by_error else 0, hessian=s.hessian)
+                        heldout_rows=s.heldout_rows if s.by_error else 0, hessian=s.hessian, float_inputs=s.float_inputs)
     est = MemoryEstimate(shape, s, components, {}, {}, 0, "", 0, group, flops)
     for step, names in STEPS.items():
         if step == "layer: sequential" and not s.sequential:

@@ -1,7 +1,8 @@
 """A decoder-only model's shape read from its transformers config dict, for the memory model
 (:mod:`fptq.models.memory`): widths, the linears of a layer and their groups, what a checkpoint stores.
 
-Also the calibration rows a run keeps per linear input (:func:`kept_rows`, :func:`heldout_rows`).
+Also the calibration rows a run keeps per linear input (:func:`kept_rows`, :func:`heldout_rows`) and what
+GPTAQ's second calibration stream adds (:func:`float_stream_components`).
 Standard library only (no torch, no transformers): the config is the ``config.json`` dict
 (``WeightSource.config_dict()``), read before any weight is. Families: llama, mistral, qwen2, qwen3,
 gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3, opt (fc1/fc2, biases
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Shape", "shape_of", "FAMILIES", "kept_rows", "heldout_rows"]
+__all__ = ["Shape", "shape_of", "FAMILIES", "kept_rows", "heldout_rows", "FLOAT_STREAM_MEANINGS", "float_stream_components"]
 
 #: model_type -> (tie_word_embeddings when the config omits it, q/k/v bias, attention masks per batch as
 #: bytes per element (one entry per distinct mask), rotary tables, eager attention, [H] norms per layer,
@@ -171,3 +172,28 @@ def heldout_rows(n: int, seq_len: int, batch: int, holdout: int, rows: int) -> i
         total += -(-(held * seq_len) // stride) if held else 0
         first += b
     return total
+
+
+#: the components asymmetric calibration (GPTAQ, a weight quantizer with ``float_inputs``) adds to the memory
+#: model (:mod:`fptq.models.memory` merges them into its ``MEANINGS``)
+FLOAT_STREAM_MEANINGS = {
+    "hidden_float": "GPTAQ: the float model's layer inputs/outputs, a second stream float32 [n, L, H] beside the "
+                    "quantized one (its pass consumes its inputs as it makes its outputs)",
+    "kept_rows_float": "GPTAQ: the float stream's kept rows per group input, float32 [rows, K]",
+    "gptaq_work": "GPTAQ: the cross term D float64 [K,K], the dampened copy of H~ factored, W D and its solve "
+                  "[N,K] float64, beside GPTQ of the worst group",
+}
+
+
+def float_stream_components(shape: Shape, s) -> dict:
+    """Bytes of :data:`FLOAT_STREAM_MEANINGS` of a run with settings ``s`` (:class:`fptq.models.memory.Settings`;
+    none without ``s.float_inputs``): one more hidden-state stream,
+    the float rows of every group input (the same count as the quantized stream's kept rows, no held-out rows),
+    and GPTAQ's target computation at the largest linear (``2 K^2 + 2 N K`` float64: D, the factor, ``W D``
+    and its solve; not measured, counted from :mod:`fptq.reference.gptaq`)."""
+    if not s.float_inputs:
+        return {}
+    ks = [k for _, k, _ in shape.groups()] if s.shared_input_rows else [k for *_, k in shape.linears()]
+    work = max(2 * k * k + 2 * n * k for _, _, n, k in shape.linears())
+    return {"hidden_float": s.n_samples * s.seq_len * shape.hidden * 4, "kept_rows_float": s.rows * 4 * sum(ks),
+            "gptaq_work": 8 * work}

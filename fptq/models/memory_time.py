@@ -23,19 +23,20 @@ GPTQ_ELEMENTWISE = 128 + 21 * 10
 
 
 def layer_flops(shape, *, n_samples: int, seq_len: int, sequential: bool, rows: int, heldout_rows: int,
-                hessian: bool) -> dict:
+                hessian: bool, float_inputs: bool = False) -> dict:
     """name -> (operations per layer, rate kind): the calibration forwards (2 x params x tokens per pass, plus
     causal attention), the plan's candidate outputs on ``heldout_rows`` rows (0: no error-selected plan),
     the Hessians of ``rows`` rows (``hessian``), GPTQ's error feedback, inverse and elementwise loops.
-    ``shape``: a :class:`~fptq.models.memory_shape.Shape`."""
+    ``shape``: a :class:`~fptq.models.memory_shape.Shape`. ``float_inputs`` (GPTAQ): the float stream's pass and
+    each group's cross term (as many FLOPs as its Hessian) besides."""
     tokens, p = n_samples * seq_len, shape.layer_params()
-    passes = 1 + (1 if sequential else 0)
+    passes = 1 + (1 if sequential else 0) + (1 if float_inputs else 0)
     attention = 2 * n_samples * seq_len ** 2 * shape.q_width
     out = {"forward": (passes * (2 * p * tokens + attention), "float32")}
     if heldout_rows:
         out["plan_judging"] = (8 * heldout_rows * p, "float32")  # 3 candidates + the float output, per linear
     if hessian:
-        out["hessians"] = (sum(2 * rows * k * k for _, k, _ in shape.groups()), "float64")
+        out["hessians"] = ((2 if float_inputs else 1) * sum(2 * rows * k * k for _, k, _ in shape.groups()), "float64")
         out["gptq_feedback"] = (sum(n * k * k for *_, n, k in shape.linears()), "float64")
         out["gptq_inverse"] = (sum(GPTQ_INVERSE_K3 * k ** 3 for *_, k in shape.linears()), "float64")
         out["gptq_elementwise"] = (GPTQ_ELEMENTWISE * p, "elementwise")
