@@ -9,7 +9,8 @@ What each test pins:
   the output scale of a float64 computation (measured 3.2e-7; float32 dot products and sums over
   up to 300 keys), with GQA, a sliding window and a softcap;
 * ``rotate``: the same bits as the plain statement of its order (signs, butterfly stages, block
-  product summed b ascending from +0.0), here written with NumPy float32 operations.
+  product summed b ascending from +0.0), here written with NumPy float32 operations, for blocks
+  small (summed across groups) and large (across a group's padded outputs, eight b per pass).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _rotate_plain(y, signs, rs, p2):
     return out.reshape(-1)
 
 
-@pytest.mark.parametrize("p2,m", [(64, 9), (512, 3), (8, 1), (1, 5), (16, 12)])
+@pytest.mark.parametrize("p2,m", [(64, 9), (512, 3), (8, 1), (1, 5), (16, 12),
+                                  (128, 70), (4, 16), (2, 17), (8, 33), (1, 24), (1, 70)])   # m >= 16: across outputs
 def test_rotate_is_its_plain_order_bit_for_bit(p2, m):
     rng = np.random.default_rng(p2 * m)
     n = p2 * m
@@ -107,7 +109,7 @@ def test_rotate_is_its_plain_order_bit_for_bit(p2, m):
     rs = (rng.standard_normal((m, m)) / np.sqrt(p2 * m)).astype(F32)
     y = rng.standard_normal(n).astype(F32)
     got = y.copy()
-    ops.rotate(got, signs, rs, np.int64(p2), np.empty(2 * n, F32))
+    ops.rotate(got, signs, ops.padded_block(rs), np.int64(p2), ops.rotate_scratch(n))
     want = _rotate_plain(y, signs, rs, p2)
     bad = np.flatnonzero(got != want)
     assert bad.size == 0, f"rotate p2={p2} m={m}: element {bad[0]} = {got[bad[0]]!r}, plain order {want[bad[0]]!r}"

@@ -62,7 +62,7 @@ def norm_block(x, w, eps, rot_kind, rot, out, r0, r1):
     """``out[m] = norm(x[m])`` for rows r0..r1-1, then times the rotation when ``rot_kind`` != 0
     (1: Hadamard factors, 2: dense; ``rot`` = (signs, rs, p2, dense))."""
     signs, rs, p2, dense = rot
-    tmp = np.empty(2 * x.shape[1], F32)
+    tmp = ops.rotate_scratch(x.shape[1])
     for m in range(r0, r1):
         ops.rms_norm(x[m], w, eps, out[m])
         rotate_row(out[m], rot_kind, signs, rs, p2, dense, tmp)
@@ -89,7 +89,7 @@ def norm_rows(x, w, eps, rot_kind, rot, out, threads):
 def mlp_block(gt, up, act, rot_kind, rot, f, r0, r1):
     """``f[m] = rot_f(act(gt[m]) * up[m])`` for rows r0..r1-1 (the down projection's input)."""
     signs, rs, p2, dense = rot
-    tmp = np.empty(2 * f.shape[1], F32)
+    tmp = ops.rotate_scratch(f.shape[1])
     bits = np.empty(f.shape[1], np.int32)
     for m in range(r0, r1):
         ops.activation(gt[m], up[m], act, f[m], bits)
