@@ -67,13 +67,14 @@ def _run(kind, model_dir, out, *extra, patch=None) -> int:
 
 
 def _fail_after(k: int, where: str = "done"):
-    """A patch making layer ``k`` raise: after it is recorded (``done``) or as it is read (``load``)."""
+    """A patch making layer ``k`` raise: after it is recorded (``done``: an error) or as it is read (``load``: an
+    interruption)."""
     def patch(mp):
         orig = getattr(stream.StreamedLayers, where)
 
         def hooked(self, i, *a):
-            if where == "load" and i == k:
-                raise RuntimeError(f"injected failure at layer {k}")
+            if where == "load" and i == k:   # as Ctrl-C or SIGTERM (fptq's Terminated) would
+                raise KeyboardInterrupt(f"injected failure at layer {k}")
             orig(self, i, *a)
             if where == "done" and i == k:
                 raise RuntimeError(f"injected failure after layer {k}")
@@ -96,11 +97,12 @@ def _same_checkpoint(a, b) -> None:
 def test_resumed_checkpoint_is_byte_identical(reference, model_dir, tmp_path, capsys, k, where):
     kind, ref = reference
     out = tmp_path / "ckpt"
-    assert _run(kind, model_dir, out, "--resume", patch=_fail_after(k, where)) == 2
+    assert _run(kind, model_dir, out, "--resume", patch=_fail_after(k, where)) == (2 if where == "done" else 130)
     err = capsys.readouterr().err
     part = partial_dir(out)
     assert part.is_dir() and not out.exists()            # kept; nothing at --out
-    assert "injected failure" in err and str(part) in err and "--resume" in err and f"rm -r {part}" in err
+    assert ("injected failure" in err if where == "done" else "interrupted" in err)
+    assert str(part) in err and "--resume" in err and f"rm -r {part}" in err
     state = json.loads((part / "journal.json").read_text())
     assert state["next_layer"] == (k + 1 if where == "done" else k)
     if kind == "sharded" and where == "done":   # layers 0-1 in a shard, layer 2 in the buffer (its own file)
@@ -226,3 +228,12 @@ def test_no_journal_after_the_last_layer(model_dir, tmp_path):
     assert _run("single", model_dir, out, "--resume", patch=_fail_after(LAYERS - 1)) == 2
     state = json.loads((partial_dir(out) / journal_mod.JOURNAL_FILE).read_text())
     assert state["next_layer"] == LAYERS - 1
+
+
+@pytest.mark.parametrize("flags,why", [(["--rotate", "residual"], "needs the streamed run"),
+                                       (["--weight-quantizer", "gptaq"], "second (float) stream")])
+def test_resume_refused_where_not_journaled(model_dir, tmp_path, capsys, flags, why):
+    out = tmp_path / "ckpt"
+    assert main(_args(model_dir, out, "1", "--resume", *flags)) == 2
+    assert why in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

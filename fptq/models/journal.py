@@ -175,6 +175,7 @@ class Journal:
         of what it does not name (files a stopped process was writing)."""
         d = partial_dir(out)
         if not os.path.lexists(d):
+            d.parent.mkdir(parents=True, exist_ok=True)
             d.mkdir()
             (d / CHECKPOINT_DIR).mkdir()
             state = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "fingerprint": fingerprint,
