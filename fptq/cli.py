@@ -131,6 +131,8 @@ def _add_calib(p):
     p.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=_Q.gptq_clip,
                    help="GPTQ: choose each group's scale by a clipping search weighted by the Hessian diagonal "
                    f"(--no-gptq-clip-search: the group's full range; default {'on' if _Q.gptq_clip else 'off'})")
+    p.add_argument("--gptaq-alpha", type=float, default=_Q.gptaq_alpha, help="gptaq: share of the asymmetric "
+                   f"correction in [0, 1] (1: match the float model's outputs; default {_Q.gptaq_alpha:g})")
     p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=_Q.sequential,
                    help="calibrate each layer on the outputs of the quantized previous layers (--no-sequential: "
                    f"on the float model's; default {'on' if _Q.sequential else 'off'})")
@@ -170,7 +172,7 @@ def _quant_config(a, **extra) -> QuantConfig:
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
                        gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, sequential=a.sequential,
-                       **extra)
+                       gptaq_alpha=a.gptaq_alpha, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

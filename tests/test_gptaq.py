@@ -75,6 +75,19 @@ def test_the_target_completes_the_square():
     assert objective(target) < min(objective(q1), objective(q2))
 
 
+def test_alpha_interpolates_between_gptq_on_the_quantized_inputs_and_the_float_outputs():
+    """``alpha = 0``: GPTQ on X~ bit for bit; ``alpha``: the target of the float input ``X~ + alpha (X - X~)``."""
+    x, xt, w = _streams(5, n=8, k=64, rows=300)
+    D = cross_term(x, xt)
+    assert _same(gptaq_quantize(w, _H(xt), D, 32, "uint4_asym", alpha=0.0, clip=True),
+                 gptq_quantize(w, _H(xt), 32, "uint4_asym", clip=True))
+    x_alpha = xt.astype(np.float64) + 0.25 * (x.astype(np.float64) - xt)
+    np.testing.assert_allclose(asymmetric_target(w, _H(xt), D, alpha=0.25),
+                               asymmetric_target(w, _H(xt), cross_term(x_alpha, xt)), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="alpha"):
+        asymmetric_target(w, _H(xt), D, alpha=1.5)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_gptaq_lowers_the_asymmetric_error_of_gptq_on_the_quantized_inputs(seed, fmt):

@@ -51,6 +51,9 @@ class QuantConfig:
     gptq_clip: GPTQ takes each group's scale by a clipping search weighted by the Hessian
         diagonal (:func:`fptq.reference.gptq.hessian_clip_scale`; default) instead of the group's
         full range.
+    gptaq_alpha: ``--weight-quantizer gptaq``'s share of the asymmetric correction
+        (:func:`fptq.reference.gptaq.asymmetric_target`: 1 = the float model's outputs, 0 = plain GPTQ on the
+        quantized model's inputs; GPTAQ's reference code uses 0.25).
     rotate: how the float model is rotated by a randomized Hadamard matrix before calibrating
         (:mod:`fptq.models.rotate`; seed ``seed``): ``online`` (default: each pre-norm's output is
         rotated at run time by one float32 ``Q`` stored in the checkpoint, q/k/v and gate/up read
@@ -100,6 +103,7 @@ class QuantConfig:
     gptq_damp: float = 0.01
     gptq_rows: int = 8192
     gptq_clip: bool = True
+    gptaq_alpha: float = 1.0
     rotate: str = "online"
 
     def __post_init__(self):
@@ -111,6 +115,8 @@ class QuantConfig:
         registry_entry(self.weight_quantizer)  # a ValueError names the registry's choices
         if not self.gptq_damp > 0:
             raise ValueError(f"gptq_damp must be > 0, got {self.gptq_damp!r}")
+        if not 0 <= self.gptaq_alpha <= 1:
+            raise ValueError(f"gptaq_alpha must be in [0, 1], got {self.gptaq_alpha!r}")
         spec.select_policy(0.0, self.v0, self.v1)  # validates 0 <= v0 < v1
         if self.group_size != -1 and not 1 <= int(self.group_size) <= spec.MAX_GROUP_SIZE:
             raise ValueError(f"group size must be in [1, {spec.MAX_GROUP_SIZE}] or -1, got {self.group_size}")

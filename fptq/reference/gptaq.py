@@ -25,6 +25,10 @@ GPTQ's dampened one. It is exact, not an approximation; GPTAQ's paper applies th
 GPTQ's column loop (cheaper, the same target). When ``X~ = X``, ``Delta = 0`` exactly, ``D = 0`` and
 ``W* = W`` bit for bit: :func:`gptaq_quantize` is then :func:`~fptq.reference.gptq.gptq_quantize`.
 
+``alpha`` in [0, 1] (GPTAQ's reference code scales its correction by 0.25) takes the target
+``W + alpha W D H~_d^{-1}``: exactly the objective with ``X`` replaced by ``X~ + alpha (X - X~)``, i.e. the
+float model's output approached part of the way (``alpha = 0``: plain GPTQ on ``X~``; ``1``: ``E`` above).
+
 With a LAE fold ``s`` both inputs are divided by ``s`` and the weight multiplied by it (``X / s``,
 ``X~ / s``, ``W * s``): :func:`cross_term` takes ``s`` like :func:`~fptq.reference.gptq.equalized_hessian`.
 
@@ -78,9 +82,10 @@ def _dampened(H: np.ndarray, damp: float) -> np.ndarray:
     return Hd
 
 
-def asymmetric_target(w, H, D, damp: float = 0.01) -> np.ndarray:
-    """``W* = W + W D H_d^{-1}`` (float64 [N, K]; the module docstring): the weight whose GPTQ with ``H``
-    minimizes ``||X W^T - X~ Q^T||^2 + lambda ||W - Q||^2``. ``H``: ``X~^T X~ / n``; ``D``: :func:`cross_term`."""
+def asymmetric_target(w, H, D, damp: float = 0.01, alpha: float = 1.0) -> np.ndarray:
+    """``W* = W + alpha W D H_d^{-1}`` (float64 [N, K]; the module docstring): the weight whose GPTQ with ``H``
+    minimizes ``||X W^T - X~ Q^T||^2 + lambda ||W - Q||^2`` (``alpha = 1``). ``H``: ``X~^T X~ / n``; ``D``:
+    :func:`cross_term`."""
     from scipy.linalg import cho_factor, cho_solve
 
     W = np.asarray(w, np.float64)
@@ -90,22 +95,25 @@ def asymmetric_target(w, H, D, damp: float = 0.01) -> np.ndarray:
             raise ValueError(f"{name}: expected a finite [{k}, {k}] matrix, got shape {np.shape(m)}")
     if not damp > 0:
         raise ValueError(f"damp: expected > 0, got {damp!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     factor = cho_factor(_dampened(H, damp), lower=True, overwrite_a=True, check_finite=False)
     correction = cho_solve(factor, (W @ np.asarray(D, np.float64)).T, overwrite_b=True, check_finite=False)
     del factor
+    correction *= alpha
     return W + correction.T
 
 
 def gptaq_quantize(w, H, D, group_size: int, fmt: WeightFormat | str = WeightFormat.SYMMETRIC, *,
-                   damp: float = 0.01, **gptq_options) -> spec.QuantizedWeight:
+                   damp: float = 0.01, alpha: float = 1.0, **gptq_options) -> spec.QuantizedWeight:
     """GPTAQ of ``w`` [N, K] float32: :func:`~fptq.reference.gptq.gptq_quantize` of :func:`asymmetric_target`
     with ``H = X~^T X~ / n`` (or a :class:`~fptq.reference.gptq.HessianHandoff` of it) and ``D``
-    (:func:`cross_term`); ``gptq_options``: GPTQ's (``act_order``, ``clip``, ``block_size``, ``scale_fn``).
+    (:func:`cross_term`), ``alpha`` (:func:`asymmetric_target`); ``gptq_options``: GPTQ's (``act_order``, ``clip``, ``block_size``, ``scale_fn``).
     The target is cast to float32 for GPTQ (``W`` itself when ``D = 0``)."""
     w = spec.validate.as_float32(w, "w")
     spec.validate.check_ndim(w, 2, "w")
     held = H.take() if isinstance(H, HessianHandoff) else H
-    target = asymmetric_target(w, held, D, damp).astype(np.float32)
+    target = asymmetric_target(w, held, D, damp, alpha).astype(np.float32)
     if not np.isfinite(target).all():
         raise ValueError("GPTAQ: the asymmetric target W* is not finite (float32 overflow); raise damp")
     H = HessianHandoff(held) if isinstance(H, HessianHandoff) else held

@@ -101,7 +101,8 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {e.name: e for e in (
     WeightQuantizer("awq", "AWQ scales + RTN", quantize_weight_rtn, rows_option="keep_rows", scale_search=awq_scales,
                     judge_with="rtn"),
     WeightQuantizer("gptaq", "GPTAQ (asymmetric calibration)", _gptaq, hessian=True, hessian_handoff=True,
-                    rows_option="gptq_rows", judge_with="rtn", options=_GPTQ_OPTIONS, float_inputs=True),
+                    rows_option="gptq_rows", judge_with="rtn", options=_GPTQ_OPTIONS + (("alpha", "gptaq_alpha"),),
+                    float_inputs=True),
 )}
 
 
