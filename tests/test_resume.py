@@ -237,3 +237,41 @@ def test_resume_refused_where_not_journaled(model_dir, tmp_path, capsys, flags, 
     assert main(_args(model_dir, out, "1", "--resume", *flags)) == 2
     assert why in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _api_run(model_dir, out, device, journaled: bool) -> None:
+    """The streamed run through the API (as ``fptq quantize`` runs it) with ``device``; ``journaled``: with a
+    journal, resumed when one exists."""
+    from fptq.models.checkpoint import open_writer
+    from fptq.models.config import QuantConfig
+    from fptq.models.sources import open_source
+    from fptq.models.stream import open_streamed, quantize_streamed
+
+    qc = QuantConfig(n_samples=4, seq_len=16, keep_rows=48)
+    ids = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(1))
+    with open_source(str(model_dir)) as source:
+        model = open_streamed(source)
+        journal = Journal.open(out, {"test": 1}, LAYERS) if journaled else None
+        with open_writer(out, workdir=None if journal is None else journal.checkpoint_dir) as writer:
+            if journal is not None:
+                journal.restore_writer(writer)
+            res, _ = quantize_streamed(model, source, ids, qc, writer, batch_size=2, progress=False, device=device,
+                                       journal=journal)
+            writer.finish(model, None, res.plan, qc, {"run": "test"})
+    if journal is not None:
+        journal.discard()
+
+
+def test_device_path_resume_identical(model_dir, tmp_path, monkeypatch):
+    """The ``--device`` path's code (each layer lent to the device, its outputs left there, copied to the host by
+    the journal) with the host as the device: resumed equals uninterrupted."""
+    device = torch.device("cpu")
+    _api_run(model_dir, tmp_path / "ref", device, journaled=False)
+    with pytest.MonkeyPatch.context() as mp:
+        _fail_after(1)(mp)
+        with pytest.raises(RuntimeError, match="injected"):
+            _api_run(model_dir, tmp_path / "ckpt", device, journaled=True)
+    assert json.loads((partial_dir(tmp_path / "ckpt") / "journal.json").read_text())["next_layer"] == 2
+    _api_run(model_dir, tmp_path / "ckpt", device, journaled=True)
+    _same_checkpoint(tmp_path / "ckpt", tmp_path / "ref")
+    assert not partial_dir(tmp_path / "ckpt").exists()
