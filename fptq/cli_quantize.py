@@ -156,6 +156,7 @@ def _streamed(a, cfg, out, protect, source):
             from .cli_resume import stopped_message
 
             print(stopped_message(journal), file=sys.stderr)
+            journal.close()
         raise
     if journal is not None:
         journal.discard()

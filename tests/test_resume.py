@@ -6,6 +6,7 @@ identity test fail."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -252,7 +253,8 @@ def _api_run(model_dir, out, device, journaled: bool) -> None:
     with open_source(str(model_dir)) as source:
         model = open_streamed(source)
         journal = Journal.open(out, {"test": 1}, LAYERS) if journaled else None
-        with open_writer(out, workdir=None if journal is None else journal.checkpoint_dir) as writer:
+        with journal or contextlib.nullcontext(), \
+                open_writer(out, workdir=None if journal is None else journal.checkpoint_dir) as writer:
             if journal is not None:
                 journal.restore_writer(writer)
             res, _ = quantize_streamed(model, source, ids, qc, writer, batch_size=2, progress=False, device=device,
@@ -275,3 +277,15 @@ def test_device_path_resume_identical(model_dir, tmp_path, monkeypatch):
     _api_run(model_dir, tmp_path / "ckpt", device, journaled=True)
     _same_checkpoint(tmp_path / "ckpt", tmp_path / "ref")
     assert not partial_dir(tmp_path / "ckpt").exists()
+
+
+def test_one_process_at_a_time(tmp_path):
+    """A second process (here: a second open of the directory) cannot continue a run another holds."""
+    out = tmp_path / "ckpt"
+    with Journal.open(out, {"test": 1}, LAYERS):
+        with pytest.raises(journal_mod.ResumeError, match="in use by another fptq process"):
+            Journal.open(out, {"test": 1}, LAYERS)
+    with Journal.open(out, {"test": 1}, LAYERS) as j:   # released: it opens again
+        assert j.next_layer == 0
+        j.discard()
+    assert not partial_dir(out).exists()

@@ -42,6 +42,7 @@ __all__ = ["PARTIAL_SUFFIX", "JOURNAL_FILE", "CHECKPOINT_DIR", "ResumeError", "R
 PARTIAL_SUFFIX = ".fptq-partial"
 JOURNAL_FILE = "journal.json"
 CHECKPOINT_DIR = "checkpoint"
+LOCK_FILE = ".lock"
 JOURNAL_FORMAT, JOURNAL_VERSION = "fptq-resume-journal", 1
 
 
@@ -150,7 +151,8 @@ def _replace_atomically(path: Path, write) -> None:
 class Journal:
     """One resumable run's directory (module docstring): :meth:`open` it, hand :meth:`resume_point` to the
     run, :meth:`restore_writer` the checkpoint writer, :meth:`record` each finished layer, :meth:`discard` at
-    the end. ``checkpoint_dir``: the writer's directory (``open_writer(workdir=...)``)."""
+    the end (or :meth:`close` it: a context manager). ``checkpoint_dir``: the writer's directory
+    (``open_writer(workdir=...)``). One process at a time holds a directory (a lock on ``.lock``)."""
 
     def __init__(self, directory: Path, state: dict) -> None:
         self.directory, self.state = Path(directory), state
@@ -181,12 +183,43 @@ class Journal:
             state = {"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "fingerprint": fingerprint,
                      "n_layers": n_layers, "next_layer": 0, "layer_seconds": [], "files": {}}
             journal = cls(d, state)
+            journal._lock()
             journal._commit()
             return journal
         journal = cls(d, _read_state(d))
-        journal._check(fingerprint, n_layers)
-        journal._clear_unnamed()
+        journal._lock()
+        try:
+            journal._check(fingerprint, n_layers)
+            journal._clear_unnamed()
+        except BaseException:
+            journal.close()
+            raise
         return journal
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on ``.lock`` in the directory for this process's life (released when it exits):
+        a second process continuing the same run at once is refused."""
+        import fcntl
+
+        self._lock_file = open(self.directory / LOCK_FILE, "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise ResumeError(f"{self.directory} is in use by another fptq process running this run; wait for it "
+                              "to stop") from None
+
+    def close(self) -> None:
+        """Release the directory's lock (the process may run it again); :meth:`discard` and a context exit call it."""
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check(self, fingerprint: dict, n_layers: int) -> None:
         diff = fingerprint_differences(self.state["fingerprint"], fingerprint)
@@ -293,7 +326,8 @@ class Journal:
     def discard(self) -> None:
         """Remove what the journal made (after the checkpoint was renamed to ``--out``); anything else found in
         the directory is left, with the directory, and named on stderr."""
-        for name in [*self.state["files"], JOURNAL_FILE]:
+        self.close()
+        for name in [*self.state["files"], JOURNAL_FILE, LOCK_FILE]:
             (self.directory / name).unlink(missing_ok=True)
         if self.checkpoint_dir.is_dir() and not any(self.checkpoint_dir.iterdir()):
             self.checkpoint_dir.rmdir()
