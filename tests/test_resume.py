@@ -289,3 +289,44 @@ def test_one_process_at_a_time(tmp_path):
         assert j.next_layer == 0
         j.discard()
     assert not partial_dir(out).exists()
+
+
+KILL_DRIVER = """
+import os, signal, sys
+from fptq.models import journal
+from fptq.cli import main
+orig, seen = journal._replace_atomically, []
+def replace(path, write):
+    if path.name == journal.JOURNAL_FILE:
+        seen.append(path)
+        if len(seen) == int(sys.argv[1]):   # the new journal written beside the old one, not yet renamed
+            write(path.with_name(f".{path.name}.tmp"))
+            os.kill(os.getpid(), signal.SIGKILL)
+    orig(path, write)
+journal._replace_atomically = replace
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_mid_record_resumes_identical(reference, model_dir, tmp_path):
+    """A process killed (SIGKILL: no cleanup, no message) while it records layer 1, its new inputs file written
+    and its new journal not yet in place: the resume drops what the old journal does not name, redoes layer 1,
+    and the checkpoint equals the uninterrupted run's."""
+    import subprocess
+    import sys
+
+    kind, ref = reference
+    if kind != "single":
+        pytest.skip("one shard layout is enough for the kill")
+    out = tmp_path / "ckpt"
+    args = _args(model_dir, out, "1", "--resume")
+    # the journal is written at the start (1) and after layers 0 (2) and 1 (3): killed in the third
+    p = subprocess.run([sys.executable, "-c", KILL_DRIVER, "3", *args], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]
+    part = partial_dir(out)
+    names = sorted(x.name for x in part.iterdir())
+    assert {"inputs-1.safetensors", "inputs-2.safetensors", ".journal.json.tmp"} <= set(names), names
+    assert json.loads((part / "journal.json").read_text())["next_layer"] == 1
+    assert main(args) == 0
+    _same_checkpoint(out, ref)
+    assert not part.exists()
