@@ -369,7 +369,7 @@ def _resumed(cap: CapturedInputs, resume, stats: dict) -> tuple[int, dict]:
         if [tuple(h.shape) for h in resume.hidden] != want:
             raise ValueError(f"the inputs of layer {resume.start} to resume from are not of the calibration "
                              f"batches' shapes {want}")
-        cap.hidden = list(resume.hidden)
+        cap.hidden, resume.hidden = list(resume.hidden), None   # handed over: each batch is dropped once used
     return resume.start, resume.stats
 
 

@@ -60,8 +60,9 @@ def partial_dir(out) -> Path:
 @dataclass
 class ResumePoint:
     """Where a streamed run starts: layer ``start`` (the layers before it are quantized and in the writer),
-    its inputs ``hidden`` (per calibration batch; None at layer 0: the captured ones), the channel maxima so
-    far ``stats`` (the dict calibration fills on, which the journal reads) and the plan's groups so far."""
+    its inputs ``hidden`` (per calibration batch; None at layer 0: the captured ones; calibration takes them
+    and sets None, so they are freed batch by batch), the channel maxima so far ``stats`` (the dict calibration
+    fills on, which the journal reads) and the plan's groups so far."""
 
     start: int
     hidden: list | None
@@ -158,7 +159,7 @@ class Journal:
         self.directory, self.state = Path(directory), state
         self.checkpoint_dir = self.directory / CHECKPOINT_DIR
         self._point: ResumePoint | None = None
-        self._expected_rotations: dict = {}
+        self._lock_file = None
 
     @property
     def next_layer(self) -> int:
@@ -211,7 +212,7 @@ class Journal:
 
     def close(self) -> None:
         """Release the directory's lock (the process may run it again); :meth:`discard` and a context exit call it."""
-        if getattr(self, "_lock_file", None) is not None:
+        if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
@@ -250,8 +251,12 @@ class Journal:
                 p.unlink()
         shards = self.state.get("writer", {}).get("shards", {})
         for p in self.checkpoint_dir.iterdir():
-            if p.name not in shards:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.name in shards:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
     def resume_point(self) -> ResumePoint:
         """The run's :class:`ResumePoint` (read once: the inputs of the next layer, statistics, plan)."""
