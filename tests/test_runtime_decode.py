@@ -88,3 +88,30 @@ def test_split_tuner_uses_the_faster_mode_and_retries_the_other():
     assert later[-100:].count(True) <= 2 and tuner.prefer is False
     one = SplitTuner(np.array([0, 0, 0, 0, 0, 0, 1, 0, 1000], np.int64))   # one thread: nothing to choose
     assert not one.active and one.pick() is True
+
+
+def test_split_tuner_is_not_flipped_by_one_fast_token():
+    """A retry that wins once (noise) runs once more and flips the choice only if it wins again: one fluke
+    serial token while split is faster leaves split preferred; serial winning twice in a row takes over."""
+    from fptq.runtime.tuning import SplitTuner
+
+    tuner = SplitTuner(np.array([0, 0, 0, 0, 0, 0, 2, 0, 1000], np.int64))
+    cost = {True: 1.0, False: 2.0}
+    fluke_at = None
+    modes = []
+    for _ in range(120):
+        mode = tuner.pick()
+        modes.append(mode)
+        t = cost[mode]
+        if mode is False and fluke_at is None and len(modes) > 10:
+            t, fluke_at = 0.9, len(modes)                  # one serial retry token measured 10% faster than split
+        tuner.record(mode, t)
+    assert fluke_at is not None and tuner.prefer is True
+    assert modes[fluke_at:].count(False) <= 2              # its confirmation token, not 16 serial ones (17 before)
+    cost = {True: 1.0, False: 0.5}                         # serial really faster now
+    later = []
+    for _ in range(200):
+        mode = tuner.pick()
+        later.append(mode)
+        tuner.record(mode, cost[mode])
+    assert tuner.prefer is False and later[-50:].count(True) <= 1
