@@ -129,3 +129,19 @@ def test_three_heads_per_pass_equal_one_head_at_a_time():
         one = np.empty((m_rows, hd), F32)
         at.attend(np.ascontiguousarray(q[:, h * hd:(h + 1) * hd]), kt, vc, 0, 1, 1, hd, F32(0.2), 0, F32(0.0), one)
         assert np.array_equal(one, three[:, h * hd:(h + 1) * hd]), f"head {h}: three-head pass differs"
+
+
+@pytest.mark.parametrize("n", [8960, 1025, 1024, 3])
+def test_silu_activation_is_its_formula_bit_for_bit(n):
+    """``ops.activation`` (SiLU): the same bits as its formula in NumPy float32 operations (``-g``,
+    :func:`exp_into` over every value, then ``(g * (1 / (1 + e))) * u``), so a change of its loops (blocks,
+    fusion) that changes a value is caught (a blocked version that skipped a block's last exp failed it)."""
+    rng = np.random.default_rng(n)
+    g, u = (rng.standard_normal(n) * 4).astype(F32), rng.standard_normal(n).astype(F32)
+    e = -g
+    ops.exp_into(e, 0, n, np.empty(n, np.int32))
+    want = (g * (F32(1.0) / (F32(1.0) + e))) * u
+    got = np.empty(n, F32)
+    ops.activation(g, u, ops.ACT_SILU, got, np.empty(n, np.int32))
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"activation n={n}: element {bad[0]} = {got[bad[0]]!r}, one pass {want[bad[0]]!r}"
