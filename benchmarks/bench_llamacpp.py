@@ -186,8 +186,11 @@ def load_runtime(ckpt: str, threads: int, int8_head, split: str = "auto"):
                               split_decode={"auto": None, "on": True, "off": False}[split])
 
 
-def fptq_round(rt, a, rng) -> tuple[float, float]:
-    """(decode tokens/s, prefill tokens/s) of one round of the runtime."""
+def fptq_round(rt, a, rng) -> tuple[float, float, int]:
+    """(decode tokens/s, prefill tokens/s, decoded tokens whose linears ran split) of one round of the runtime
+    (the split count says which mode the runtime's SplitTuner ran)."""
+    from fptq.runtime.decode import NEVER
+
     ids = rng.integers(100, rt.w.vocab, max(a.prefill_tokens, a.prompt_tokens))
     rt.reset()
     t0 = time.perf_counter()
@@ -195,11 +198,13 @@ def fptq_round(rt, a, rng) -> tuple[float, float]:
     prefill = a.prefill_tokens / (time.perf_counter() - t0)
     rt.reset()
     logits = rt.forward(ids[:a.prompt_tokens])
+    split = 0
     t0 = time.perf_counter()
     for _ in range(a.new_tokens):
         logits = rt.forward(np.array([int(np.argmax(logits[-1]))], np.int64))
+        split += rt.tuner.active and int(rt.w.dims[8]) < NEVER
     decode = a.new_tokens / (time.perf_counter() - t0)
-    return decode, prefill
+    return decode, prefill, split
 
 
 def memory_floor(rt, a, read_bw: dict, copy_bw: float) -> dict:
@@ -223,11 +228,12 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
     rng = np.random.default_rng(0)
     fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
-    rows = {"fptq_decode": [], "fptq_prefill": [], "llama_decode": [], "llama_prefill": []}
+    rows = {"fptq_decode": [], "fptq_prefill": [], "fptq_split_tokens": [], "llama_decode": [], "llama_prefill": []}
     for _ in range(a.rounds):
-        d, p = fptq_round(rt, a, rng)
+        d, p, split = fptq_round(rt, a, rng)
         rows["fptq_decode"].append(d)
         rows["fptq_prefill"].append(p)
+        rows["fptq_split_tokens"].append(split)
         rows["llama_prefill"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", str(a.prefill_tokens), "-n", "0"]))
         rows["llama_decode"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", "0", "-n", str(a.new_tokens),
                                                                           "-d", str(a.prompt_tokens)]))
@@ -265,7 +271,12 @@ def print_table(results: list, a) -> None:
         b = r["breakdown_wall"]
         print(f"{r['model']} per token (ms, wall, {a.threads} threads, context {b['context']}): total "
               f"{b['total_ms']:.2f} = linears {b['linears_ms']:.2f} + attention {b['attention_ms']:.2f} + "
-              f"lm_head {b['lm_head_ms']:.2f} + other {b['other_ms']:.2f}")
+              f"lm_head {b['lm_head_ms']:.2f} + other {b['other_ms']:.2f}; decoded tokens run split per round "
+              f"{r['rounds']['fptq_split_tokens']} of {a.new_tokens}")
+        if "total_split_ms" in b:
+            print(f"  forced: split {b['total_split_ms']:.2f} (linears {b['linears_split_ms']:.2f}), serial "
+                  f"{b['total_serial_ms']:.2f} (linears {b['linears_serial_ms']:.2f}); the breakdown's own total ran "
+                  f"{b['split_tokens']} of {b['timed_tokens']} tokens split")
         p = r["prefill_breakdown_wall"]
         print(f"{r['model']} prefill of {p['tokens']} (ms, wall, {a.threads} threads): total {p['total_ms']:.0f} = "
               + " + ".join(f"{k[:-3]} {v:.0f}" for k, v in p.items() if k.endswith("_ms") and k != "total_ms"))

@@ -4,7 +4,8 @@
 ``context`` (the whole compiled forward), then the same token's parts, each in its own compiled call
 on the same shapes: every W4A8 linear of every layer (M = 1), the attention of every layer over
 ``context`` cached positions, and the lm_head. ``other`` is the rest of the forward (embedding,
-norms, online rotations, RoPE, activations, residual adds, one Python-to-Numba call).
+norms, online rotations, RoPE, activations, residual adds, one Python-to-Numba call), taken within one
+mode of the linears (split where the tuner chooses: :func:`token_breakdown`).
 
 :func:`prefill_breakdown` does the same for a prompt of ``tokens`` tokens: the whole prefill, then
 layer 0's parts on the prefill's shapes (norms with their rotations, the seven linears, q/k norms and
@@ -65,37 +66,71 @@ def _median_ms(fn, reps: int, clock=time.perf_counter) -> float:
 def token_breakdown(rt, context: int = 128, reps: int = 20, seed: int = 0, clock=time.perf_counter) -> dict:
     """ms per decoded token: ``total`` and its parts ``linears``, ``attention``, ``lm_head``, ``other``
     (see the module docstring); the runtime's sequence is reset. ``clock``: ``time.process_time`` gives
-    CPU time (on one thread, immune to other jobs' load), the default wall time."""
+    CPU time (on one thread, immune to other jobs' load), the default wall time.
+
+    Where the runtime's :class:`~fptq.runtime.tuning.SplitTuner` chooses per token (two threads or more),
+    ``total`` is timed as the tuner runs it (``split_tokens`` of them ran split) and again with each mode
+    forced (``total_split_ms``, ``total_serial_ms``; the linears likewise), and ``other`` is the split
+    token's rest (forced split total minus the split linears): a remainder taken across two modes, as
+    before, came out as the two modes' difference whenever the tuner had switched."""
     w = rt.w
     rng = np.random.default_rng(seed)
     rt.reset()
     rt.forward(rng.integers(0, w.vocab, context))
     tok = np.array([int(rng.integers(0, w.vocab))], np.int64)
+    split_ran = []
 
     def one_token():
         rt.pos = context
         rt.forward(tok)
+        split_ran.append(int(w.dims[8]) < decode.NEVER)
 
     total = _median_ms(one_token, reps, clock)
     nh, nkv, hd = (int(v) for v in w.dims[:3])
-    tuner = rt.tuner                                    # the linears as the tuner runs them now
-    split_min = tuner.threshold if tuner.prefer or not tuner.active else decode.NEVER
+    tuner = rt.tuner
     threads, par_min = int(w.dims[6]), int(w.dims[7])
     hidden = w.normw.shape[2]
     xh, xa, xf = (rng.standard_normal((1, n)).astype(F32) for n in (hidden, nh * hd, int(w.lins[4][9])))
-    linears = _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min, split_min),
-                         reps, clock)
+
+    def linears(split_min):
+        return _median_ms(lambda: _all_linears(w.lins, w.n_layers, xh, xa, xf, threads, par_min, split_min),
+                          reps, clock)
+
     q = rng.standard_normal((1, nh * hd)).astype(F32)
     attention = _median_ms(lambda: _all_attention(q, rt.kc, rt.vc, context, nh, nkv, hd, w.scaling, w.window,
                                                   w.softcap, threads), reps, clock)
     h = rng.standard_normal((1, hidden)).astype(F32)
     head = _median_ms(lambda: head_logits(h, w.head, w.final_cap, threads), reps, clock)
+    out = {"context": context, "total_ms": total, "attention_ms": attention, "lm_head_ms": head,
+           "weight_bytes_per_token": w.weight_bytes()}
+    if tuner.active:
+        out.update(split_tokens=sum(split_ran[1:]), timed_tokens=len(split_ran) - 1)   # before the forced runs
+        out.update(_both_modes(rt, one_token, linears, reps, clock))
+        out["linears_ms"] = out["linears_split_ms"]
+        out["other_ms"] = out["total_split_ms"] - out["linears_split_ms"] - attention - head
+        out["linears_two_threads"] = True
+    else:
+        out["linears_ms"] = linears(tuner.threshold)
+        out["other_ms"] = total - out["linears_ms"] - attention - head
+        out["linears_two_threads"] = bool(threads > 1 and tuner.threshold < decode.NEVER)
     rt.reset()
-    return {"context": context, "total_ms": total, "linears_ms": linears, "attention_ms": attention,
-            "lm_head_ms": head, "other_ms": total - linears - attention - head,
-            "linears_two_threads": bool(threads > 1 and split_min < decode.NEVER),
-            "weight_bytes_per_token": w.weight_bytes()}
+    return out
 
+
+def _both_modes(rt, one_token, linears, reps: int, clock) -> dict:
+    """The token and its linears with the tuner's split forced on, then off (the tuner restored)."""
+    tuner, w = rt.tuner, rt.w
+    saved = tuner.active, int(w.dims[8])
+    out = {}
+    try:
+        tuner.active = False
+        for name, split_min in (("split", tuner.threshold), ("serial", decode.NEVER)):
+            w.dims[8] = split_min
+            out[f"total_{name}_ms"] = _median_ms(one_token, reps, clock)
+            out[f"linears_{name}_ms"] = linears(split_min)
+    finally:
+        tuner.active, w.dims[8] = saved[0], saved[1]
+    return out
 
 
 def prefill_breakdown(rt, tokens: int = 512, reps: int = 5, seed: int = 0, clock=time.perf_counter) -> dict:
