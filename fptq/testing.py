@@ -13,7 +13,7 @@ pipeline's mechanics only; no accuracy claim is made on them.
 
 from __future__ import annotations
 
-__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "save_tiny_model"]
+__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "save_tiny_model", "save_tiny_bf16_shards"]
 
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma", "gemma2", "gemma3", "opt")
 
@@ -98,5 +98,24 @@ def save_tiny_model(directory, family: str = "llama", seed: int = 0, outliers: b
 
     d = Path(directory)
     tiny_model(family, seed, outliers).save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+def save_tiny_bf16_shards(directory, layers: int = 4, seed: int = 0):
+    """A tiny untied llama (hidden 64, MLP 160, 4/2 heads, vocab 259) saved as bfloat16 in shards of about 100 KB
+    with an index, and :func:`tiny_tokenizer`: the multi-shard source of the streamed-run tests; returns it."""
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=259,
+                                   tie_word_embeddings=False, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    d = Path(directory)
+    model.save_pretrained(d, max_shard_size="100KB")
     tiny_tokenizer().save_pretrained(d)
     return d

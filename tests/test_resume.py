@@ -29,17 +29,9 @@ SHARDS = {"single": "1", "sharded": "0"}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny untied llama saved as bfloat16 shards with fptq.testing's tokenizer (as tests/test_streaming.py's)."""
-    from fptq.testing import tiny_tokenizer
+    from fptq.testing import save_tiny_bf16_shards
 
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=LAYERS,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=259,
-                                   tie_word_embeddings=False, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    d = tmp_path_factory.mktemp("model") / "model"
-    model.save_pretrained(d, max_shard_size="100KB")
-    tiny_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_bf16_shards(tmp_path_factory.mktemp("model") / "model", LAYERS)
 
 
 def _args(model_dir, out, shards: str, *extra) -> list[str]:

@@ -30,16 +30,9 @@ LAYERS = 4
 @pytest.fixture(scope="module")
 def bf16_dir(tmp_path_factory):
     """A tiny untied llama saved as bfloat16 in several shards with an index, with fptq.testing's tokenizer."""
-    from fptq.testing import tiny_tokenizer
+    from fptq.testing import save_tiny_bf16_shards
 
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=LAYERS,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=259,
-                                   tie_word_embeddings=False, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    d = tmp_path_factory.mktemp("bf16") / "model"
-    model.save_pretrained(d, max_shard_size="100KB")
-    tiny_tokenizer().save_pretrained(d)
+    d = save_tiny_bf16_shards(tmp_path_factory.mktemp("bf16") / "model", LAYERS)
     assert len(list(d.glob("*.safetensors"))) > 2 and (d / "model.safetensors.index.json").is_file()
     return d
 
