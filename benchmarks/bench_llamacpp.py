@@ -74,8 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--build", action="store_true", help="build llama-bench first (cmake + ninja, -j2)")
     p.add_argument("--llama-src", default=DEFAULT_SRC, help="llama.cpp source tree (for --build)")
     p.add_argument("--build-dir", default=DEFAULT_BUILD)
-    p.add_argument("--head", choices=tuple(HEAD_RUNS), default="checkpoint",
-                   help="the runtime's lm_head: the checkpoint's (float: bfloat16 bits when lossless; INT8 rows by "
+    p.add_argument("--head", choices=tuple(HEAD_RUNS), default="int8w",
+                   help="the runtime's lm_head (default int8w: what fptq generate / eval serve a float head with, "
+                   "fptq.runtime.attach.resolve_head): checkpoint (float: bfloat16 bits when lossless; INT8 rows by "
                    "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
                    "its output matrix, and the activation quantized per token; the row's name gets '+int8-head'), "
                    "int8w (the same INT8 rows, the activation kept float32: '+int8w-head'), both (checkpoint and "

@@ -98,6 +98,12 @@ def _add_backend(p):
 def _add_transformers(p):
     p.add_argument("--transformers", action="store_true", help="run a W4A8 checkpoint on the transformers path "
                    "(default: fptq's compiled runtime, fptq.runtime, where it runs the family with the numba backend)")
+    from .runtime.attach import HEADS
+
+    p.add_argument("--head", default="auto", choices=tuple(HEADS),
+                   help="the runtime's lm_head: auto (default) = int8w for a float head, a stored INT8 head as "
+                   "stored; checkpoint = as stored (bfloat16, lossless); int8w = INT8 rows, float activation; "
+                   "int8 = INT8 rows and activation (fptq.runtime.attach.HEADS)")
 
 
 def _add_common(p):
@@ -290,15 +296,16 @@ def _load_for_eval(a):
     from .models.loading import load_float_model
 
     if a.model is not None and is_checkpoint(a.model):
-        from .runtime.attach import load_checkpoint
+        from .runtime.attach import head_kind_of, load_checkpoint
 
         a.backend = _check_backend(a.backend)
         model, tok, _, why = load_checkpoint(a.model, a.backend, "fake_quant" if a.fake_quant else "integer",
-                                             runtime=not getattr(a, "transformers", False), hand_over=True)
+                                             runtime=not getattr(a, "transformers", False), hand_over=True,
+                                             head=getattr(a, "head", "auto"))
         if tok is None:
             raise RuntimeError(f"{a.model} has no tokenizer files; it is not self-contained")
         kind = f"W4A8 {'fake-quant' if a.fake_quant else 'integer, backend ' + a.backend}"
-        return model, tok, kind + ("" if why else ", fptq runtime")
+        return model, tok, kind + ("" if why else f", fptq runtime, lm_head {head_kind_of(model)}")
     if a.fake_quant:
         raise ValueError("--fake-quant applies to W4A8 checkpoints only")
     model, tok, _ = load_float_model(a.model, progress=not a.quiet)
@@ -415,7 +422,7 @@ def cmd_generate(a) -> int:
     if not prompt.strip():
         raise ValueError("empty prompt: give PROMPT or pipe text to standard input")
     m, tok = load(model, backend=a.backend, mode="fake_quant" if a.fake_quant else "integer",
-                  progress=not a.quiet, runtime=not a.transformers, hand_over=True)
+                  progress=not a.quiet, runtime=not a.transformers, hand_over=True, head=a.head)
     generate_text(m, tok, prompt, chat=a.chat, stream=sys.stdout, seed=a.seed, max_new_tokens=a.max_new_tokens,
                   do_sample=a.do_sample, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
     return 0

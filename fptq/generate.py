@@ -30,7 +30,7 @@ GENERATION_DEFAULTS = GENERATION
 
 
 def load(model=None, backend: str | None = None, mode: str = "integer", progress: bool = False,
-         runtime: bool = True, hand_over: bool = False):
+         runtime: bool = True, hand_over: bool = False, head: str = "auto"):
     """``(model, tokenizer)`` from a W4A8 checkpoint directory or a float model (dir, ``.gguf``, or None = embedded).
 
     Args:
@@ -48,6 +48,9 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
             embedding and lm_head shared with it; its W4A8 linears released as re-laid out): about the
             checkpoint's size in memory, and ``model(...)`` / ``model.generate`` raise
             (:func:`fptq.runtime.attach.load_checkpoint`; ``fptq generate``'s). Default False: a full model.
+        head: the runtime's lm_head (:data:`fptq.runtime.attach.HEADS`): "auto" = INT8 rows with a float32
+            activation for a float head, a stored INT8 head as stored; "checkpoint" = the head as stored
+            (bfloat16, lossless); "int8w"; "int8".
     Raises:
         ValueError / fptq.backends.UnknownBackend / CheckpointError / ModelLoadError with a clear message.
     """
@@ -58,12 +61,15 @@ def load(model=None, backend: str | None = None, mode: str = "integer", progress
     model = model_argument(model)  # '' refused; an existing ./default wins over the name
     if backend is not None and (not isinstance(backend, str) or not backend):
         raise ValueError(f"backend must be a backend name (a registered name or package.module:Class), got {backend!r}")
+    from .runtime.attach import check_head
+
+    check_head(head)
     if model is not None and is_checkpoint(model):
         backend = resolve_backend(backend)
         get_backend(backend)  # an unknown or unavailable backend fails here, not at the first forward
         from .runtime.attach import load_checkpoint
 
-        m, tok, _, _ = load_checkpoint(model, backend, mode, runtime=runtime, hand_over=hand_over)
+        m, tok, _, _ = load_checkpoint(model, backend, mode, runtime=runtime, hand_over=hand_over, head=head)
         if tok is None:
             raise ValueError(f"{model}: the checkpoint has no tokenizer files")
         return m, tok

@@ -154,12 +154,12 @@ def test_generate_and_eval_use_the_runtime_and_match_transformers(tmp_path_facto
 
     ckpt = _quantize(tmp_path_factory, "llama")
     capsys.readouterr()
-    model, _ = fptq.load(str(ckpt), backend="numba")
+    model, _ = fptq.load(str(ckpt), backend="numba", head="checkpoint")   # the lossless head: transformers'
     assert runtime_of(model) is not None
     assert runtime_of(fptq.load(str(ckpt), backend="numba", runtime=False)[0]) is None
     assert runtime_of(fptq.load(str(ckpt), backend="torch")[0]) is None
     outs = []
-    for flag in ([], ["--transformers"]):
+    for flag in (["--head", "checkpoint"], ["--transformers"]):
         assert main(["generate", str(ckpt), "hello world", "--max-new-tokens", "12", "--backend", "numba",
                      "--quiet", *flag]) == 0
         outs.append(capsys.readouterr().out)

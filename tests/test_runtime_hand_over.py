@@ -55,7 +55,7 @@ def test_hand_over_gives_the_same_bits_and_holds_each_tensor_once(tmp_path_facto
     ckpt = _quantize(tmp_path_factory, family, *extra)
     full, _, _ = load_quantized(ckpt, backend="numba")
     want_logits, want_tokens = _run(Runtime.from_model(full, threads=2))
-    model, _, _, why = load_checkpoint(ckpt, "numba", "integer", hand_over=True)
+    model, _, _, why = load_checkpoint(ckpt, "numba", "integer", hand_over=True, head="checkpoint")
     assert why is None
     rt = runtime_of(model)
     got_logits, got_tokens = _run(rt)
@@ -77,6 +77,36 @@ def test_hand_over_gives_the_same_bits_and_holds_each_tensor_once(tmp_path_facto
         assert not any(_overlaps(a, head.weight) for a in (rt.w.head[1], rt.w.head[3]))
     with pytest.raises(RuntimeError, match="handed over"):
         model(torch.from_numpy(IDS)[None])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_default_head_is_int8_rows_and_an_untied_float_head_is_released(tmp_path_factory, tmp_path, tied):
+    """``head="auto"`` (the default of ``fptq generate`` / ``fptq eval`` / ``fptq.load``): a float lm_head runs
+    as INT8 rows with a float32 activation, the same bits as ``Runtime.from_model(int8_head="weights")`` on
+    the full model; with ``hand_over`` an untied head's bfloat16 is released (put on ``meta``), a head tied
+    to the embedding stays (the embedding reads it)."""
+    from fptq.cli import main
+    from fptq.runtime.head import HEAD_INT8_FLOAT
+    from fptq.testing import save_tiny_bf16_shards
+
+    from test_runtime import QUICK
+
+    if tied:
+        ckpt = _quantize(tmp_path_factory, "llama")
+    else:
+        ckpt = tmp_path / "w4a8"
+        assert main(["quantize", str(save_tiny_bf16_shards(tmp_path / "float")), "--out", str(ckpt), *QUICK]) == 0
+    full, _, _ = load_quantized(ckpt, backend="numba")
+    want_logits, want_tokens = _run(Runtime.from_model(full, threads=2, int8_head="weights"))
+    model, _, _, why = load_checkpoint(ckpt, "numba", "integer", hand_over=True)
+    assert why is None
+    rt = runtime_of(model)
+    assert int(rt.w.head[0]) == HEAD_INT8_FLOAT
+    got_logits, got_tokens = _run(rt)
+    assert np.array_equal(_bits(got_logits), _bits(want_logits)) and got_tokens == want_tokens
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    assert head.weight.is_meta is not tied
+    assert not emb.weight.is_meta and emb.weight.dtype == torch.bfloat16
 
 
 def test_full_load_keeps_a_runnable_float32_model(tmp_path_factory):

@@ -62,3 +62,28 @@ def test_int8_head_rejects_an_unknown_choice():
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError, match="int8_head"):
         _head_of(torch.nn.Linear(8, 16, bias=False), "rows")
+
+
+@pytest.mark.parametrize("rows", [1, 7, 4096])
+def test_int8_rows_by_blocks_equal_the_whole_matrix_rule(rows):
+    """The head's INT8 rows are made ``rows`` rows at a time from the stored bfloat16 (no float32 copy of the
+    whole head): the codes and scales are the reference rule's on the whole widened matrix, compared exactly."""
+    torch = pytest.importorskip("torch")
+    from fptq.reference import quantize_weight_int8_per_channel
+    from fptq.runtime.weights import _int8_rows
+
+    w = torch.from_numpy(np.random.default_rng(rows).standard_normal((61, 40)).astype(np.float32) * 5)
+    w[3] = 0.0                                                            # an all-zero row: the scale floor
+    wb = w.to(torch.bfloat16)
+    q, s = _int8_rows(wb, rows=rows)
+    want_q, want_s = quantize_weight_int8_per_channel(wb.float().numpy())
+    assert np.array_equal(q, want_q) and np.array_equal(s.view(np.uint32), want_s.view(np.uint32))
+
+
+def test_head_choices_are_checked_once_by_name():
+    """``--head`` / ``fptq.load(head=)``: an unknown name is refused naming the choices, before any file is read."""
+    from fptq.runtime.attach import HEADS, check_head, load_checkpoint
+
+    assert [check_head(h) for h in HEADS] == list(HEADS)
+    with pytest.raises(ValueError, match="head: expected one of auto, checkpoint, int8w, int8"):
+        load_checkpoint("/nonexistent/checkpoint", "numba", "integer", head="bf16")

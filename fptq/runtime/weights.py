@@ -183,6 +183,19 @@ def _bf16_bits(w: np.ndarray, rows: int = 4096):
 INT8_HEAD_CHOICES = (None, True, False, "weights")
 
 
+def _checked_head(model, int8_head):
+    """The model's lm_head module if the runtime can run it as ``int8_head`` asks, else ValueError (an
+    unknown choice) / :class:`RuntimeUnsupported` (a bias, a module that is neither nn.Linear nor INT8 rows)."""
+    if int8_head not in INT8_HEAD_CHOICES:
+        raise ValueError(f"int8_head: expected one of {INT8_HEAD_CHOICES}, got {int8_head!r}")
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise RuntimeUnsupported("an lm_head with a bias is not supported")
+    if not isinstance(head, (Int8LMHead, torch.nn.Linear)):
+        raise RuntimeUnsupported(f"lm_head {type(head).__name__} is not an nn.Linear or INT8 rows")
+    return head
+
+
 def _head(model, int8_head: bool | str | None):
     """The lm_head tuple (kind, float32 [V, H], bf16 bits [V, H], int8 [V, H], scale [V]).
 
@@ -192,31 +205,36 @@ def _head(model, int8_head: bool | str | None):
     False = INT8 rows computed in float32 (the reference's formula); ``"weights"`` = INT8 rows (the
     checkpoint's, or a float head quantized here as with True) computed in float32 (``HEAD_INT8_FLOAT``:
     one byte read per weight, the activation not quantized)."""
-    from ..reference import quantize_weight_int8_per_channel
-
-    if int8_head not in INT8_HEAD_CHOICES:
-        raise ValueError(f"int8_head: expected one of {INT8_HEAD_CHOICES}, got {int8_head!r}")
+    head = _checked_head(model, int8_head)
     weights_only = int8_head is False or int8_head == "weights"
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise RuntimeUnsupported("an lm_head with a bias is not supported")
     ef, eb, eq = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.uint16), np.zeros((1, 1), np.int8)
     if isinstance(head, Int8LMHead):
         kind = HEAD_INT8_FLOAT if weights_only else HEAD_INT8
         return (np.int64(kind), ef, eb, _np(head.qweight), _np(head.scale))
-    if not isinstance(head, torch.nn.Linear):
-        raise RuntimeUnsupported(f"lm_head {type(head).__name__} is not an nn.Linear or INT8 rows")
     ones = np.ones(head.weight.shape[0], np.float32)
     if head.weight.dtype == torch.bfloat16 and not int8_head:   # load_quantized(keep_bf16=True): shared
         return (np.int64(HEAD_BF16), ef, _bf16_view(head.weight), eq, ones)
-    w = np.ascontiguousarray(_np(head.weight.float()), np.float32)
     if int8_head:
-        q, s = quantize_weight_int8_per_channel(w)
+        q, s = _int8_rows(head.weight)
         return (np.int64(HEAD_INT8_FLOAT if weights_only else HEAD_INT8), ef, eb, q, s)
+    w = np.ascontiguousarray(_np(head.weight.float()), np.float32)
     bits = _bf16_bits(w)
     if bits is not None:
         return (np.int64(HEAD_BF16), ef, bits, eq, ones)
     return (np.int64(HEAD_F32), w, eb, eq, ones)
+
+
+def _int8_rows(weight, rows: int = 4096):
+    """(int8 [V, H], float32 scale [V]) of a float lm_head (any float dtype, e.g. the stored bfloat16) by
+    :func:`fptq.reference.quantize_weight_int8_per_channel`, ``rows`` rows at a time: the rule is per row,
+    so the result is the whole matrix's, with a float32 copy of one block only beside it."""
+    from ..reference import quantize_weight_int8_per_channel
+
+    n, k = weight.shape
+    q, s = np.empty((n, k), np.int8), np.empty(n, np.float32)
+    for r0 in range(0, n, rows):
+        q[r0:r0 + rows], s[r0:r0 + rows] = quantize_weight_int8_per_channel(_np(weight[r0:r0 + rows].float()))
+    return q, s
 
 
 def _check_rotations(model, arch, layers) -> None:
@@ -253,6 +271,17 @@ def _release_input_rotation(downs) -> None:
             setattr(d, INPUT_ROTATION, torch.empty_like(q, device="meta"))
 
 
+def _release_float_head(model, kind: int) -> None:
+    """``hand_over``: an untied float lm_head the runtime made INT8 rows of is put on ``meta`` (the model
+    keeps no second copy: the 1.5B's bfloat16 head is 467 MB); a head tied to the embedding stays."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if kind not in (HEAD_INT8, HEAD_INT8_FLOAT) or not isinstance(head, torch.nn.Linear) or head.weight.is_meta:
+        return
+    if getattr(emb, "weight", None) is head.weight:
+        return
+    head.weight = torch.nn.Parameter(torch.empty_like(head.weight, device="meta"), requires_grad=False)
+
+
 def _split_min(split_decode: bool | None) -> int:
     """dims[8]: the multiply-adds from which a decoded token's group of linears runs on two threads."""
     return decode.SPLIT_MIN_MACS if split_decode is None else 0 if split_decode else decode.NEVER
@@ -278,7 +307,7 @@ def read_weights(model, threads: int = 1, int8_head: bool | str | None = None, p
         norms = [_layer_norms(layer, arch, fam, hidden, hd) for layer in layers]
         attn = [_attention_params(layer, cfg, i, kinds) for i, layer in enumerate(layers)]
         emb, escale, use_scale = _embedding(model, fam, hidden)
-        head = _head(model, int8_head)
+        _checked_head(model, int8_head)
         final_norm, fkind = _unwrap(model.base_model.norm)
     if fkind:
         raise RuntimeUnsupported("a rotation on the final norm is not supported")
@@ -291,9 +320,13 @@ def read_weights(model, threads: int = 1, int8_head: bool | str | None = None, p
                              (1 if factors_of(d, INPUT_ROTATION) is not None else 2)]
                      for n, d in zip(norms, downs)], np.int64)
     rot_f = _rotation(downs[0] if rotk[0, 4] else None, INPUT_ROTATION, int(downs[0].in_features))
-    lins = stack_slots(layers, paths, threads, hand_over)
+    lins = stack_slots(layers, paths, threads, hand_over)   # every check has passed: releases as it goes
     if hand_over:
         _release_input_rotation(downs)
+    with torch.inference_mode():   # after the linears: INT8 rows made with the model's linears already released
+        head = _head(model, int8_head)
+    if hand_over:
+        _release_float_head(model, int(head[0]))
     dims = np.array([cfg.num_attention_heads, cfg.num_key_value_heads, hd, act, int(fam.qk_norm),
                      int(fam.post_norms), threads, blocked.PARALLEL_MIN_MACS if par_min is None else par_min,
                      _split_min(split_decode)], np.int64)
