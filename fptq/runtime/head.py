@@ -11,9 +11,8 @@
   * xscale`` (the spec's epilogue order for one group). This quantizes the activation, which the
   transformers path (:class:`fptq.models.int8rows.Int8LMHead`, float32 ``x`` times the dequantized
   rows) does not: its logits differ from the reference's by the INT8 rounding of ``x``.
-* ``HEAD_INT8_FLOAT`` (3): the same INT8 rows, ``x`` kept float32: ``(sum_h x[h] float32(q[v, h])) *
-  scale[v]``, the reference's ``sum_h x[h] (q[v, h] scale[v])`` with the row's scale taken out of the sum
-  (float rounding aside).
+* ``HEAD_INT8_FLOAT`` (3): the same INT8 rows, ``x`` kept float32: ``sum_h x[h] (float32(q[v, h]) *
+  scale[v])``, the reference's formula (float order aside).
 
 Vocabulary rows run in parallel chunks (one chunk per thread); each chunk's work is a separate
 function so that LLVM vectorizes its inner loops (``fptq/backends/numba_kernels/_jit.py``).
@@ -65,14 +64,13 @@ def _rows_int8(qx, xs, w, ws, v0, v1, out):
 
 @fnjit
 def _rows_int8_float(x, w, ws, v0, v1, out):
-    """``logit[v] = float32(sum_h x[h] float32(q[v, h])) * scale[v]``, float32 sums: the row's scale once,
-    after the sum (one multiply per weight fewer than scaling every weight inside the loop)."""
     for v in range(v0, v1):
         acc = F32(0.0)
         row = w[v]
+        s = ws[v]
         for i in range(x.size):
-            acc += x[i] * F32(row[i])
-        out[v] = acc * ws[v]
+            acc += x[i] * (F32(row[i]) * s)
+        out[v] = acc
 
 
 @njit
