@@ -101,9 +101,7 @@ def _add_transformers(p):
     from .runtime.attach import HEADS
 
     p.add_argument("--head", default="auto", choices=tuple(HEADS),
-                   help="the runtime's lm_head: auto (default) = int8w for a float head, a stored INT8 head as "
-                   "stored; checkpoint = as stored (bfloat16, lossless); int8w = INT8 rows, float activation; "
-                   "int8 = INT8 rows and activation (fptq.runtime.attach.HEADS)")
+                   help="the runtime's lm_head (default auto): " + "; ".join(f"{k} = {v}" for k, v in HEADS.items()))
 
 
 def _add_common(p):

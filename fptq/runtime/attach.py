@@ -107,11 +107,10 @@ def load_checkpoint(path, backend: str, mode: str, runtime: bool = True, hand_ov
 def head_kind_of(model) -> str | None:
     """What the attached runtime computes the lm_head with: "bfloat16", "float32" (as stored), "int8w" (INT8
     rows, float32 activation) or "int8" (integer kernels); None without a runtime (eval's ``model_kind``)."""
-    from .head import HEAD_BF16, HEAD_F32, HEAD_INT8, HEAD_INT8_FLOAT
+    from .head import HEAD_KIND_NAMES
 
     rt = runtime_of(model)
-    names = {HEAD_BF16: "bfloat16", HEAD_F32: "float32", HEAD_INT8: "int8", HEAD_INT8_FLOAT: "int8w"}
-    return None if rt is None else names[int(rt.w.head[0])]
+    return None if rt is None else HEAD_KIND_NAMES[int(rt.w.head[0])]
 
 
 def runtime_of(model):

@@ -28,6 +28,8 @@ from ..backends.numba_kernels.blocked import bits_as_float
 from .ops import F32, OPTS, fnjit, njit
 
 HEAD_F32, HEAD_BF16, HEAD_INT8, HEAD_INT8_FLOAT = 0, 1, 2, 3
+#: kind -> its name in reports (``fptq eval``'s ``model_kind``)
+HEAD_KIND_NAMES = {HEAD_F32: "float32", HEAD_BF16: "bfloat16", HEAD_INT8: "int8", HEAD_INT8_FLOAT: "int8w"}
 
 
 @fnjit
