@@ -86,6 +86,9 @@ class LayerSamples(dict):
         #: ``calibrate(float_rows=True)`` (GPTAQ): name -> float32 tensor, the float model's rows of the same
         #: tokens as this dict's (which are the quantized model's)
         self.float_rows: dict = {}
+        #: GPTAQ: ``f(names) -> {name: rows}``, the quantized stream's rows of those linears again from the layer as
+        #: quantized so far (:func:`_rows_again`); None otherwise
+        self.rows_again = None
 
 
 @dataclass
@@ -241,8 +244,9 @@ def _layer_output(out):
 
 
 def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
-               pos: _BatchPosition | None = None, consume: bool = False, device=None) -> list:
-    """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``); ``consume``:
+               pos: _BatchPosition | None = None, consume: bool = False, device=None, only=None) -> list:
+    """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``, on those whose
+    full names are in ``only`` when given); ``consume``:
     each batch's input is dropped once its output is computed (nothing runs the layer on them again).
     ``device``: the forward runs there (:mod:`fptq.models.device`; the outputs stay there); None: where the
     layer is."""
@@ -256,7 +260,8 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
     try:
         if hooks_on is not None:
             for rel, mod in layer.named_modules():
-                if isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False):
+                hooked = isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False)
+                if hooked and (only is None or f"{hooks_on}.{rel}" in only):
                     handles.append(mod.register_forward_hook(
                         functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
                                           samples=samples, stride=stride, pos=pos, reduce=reduce)))
@@ -358,6 +363,18 @@ def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, de
     return outs, _concatenated(rows)
 
 
+def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, names) -> dict:
+    """GPTAQ's quantized-stream rows of the linears ``names`` (full names) once more: the layer as it is now (its
+    earlier groups already replaced by their W4A8 modules and its equalization folded) run on the quantized
+    stream's inputs ``cap.hidden`` (kept: a sequential pass consumes them only after ``on_layer``), the same
+    strided tokens as the first pass and as the float rows. name -> float32 tensor; a name whose input is
+    shared (gate/up) shares one tensor."""
+    rows = LayerSamples()
+    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names))
+    mark(f"{prefix}: rows again")
+    return _concatenated(rows)
+
+
 def _resumed(cap: CapturedInputs, resume, stats: dict) -> tuple[int, dict]:
     """``(first layer, statistics dict)``: ``(0, stats)``, or for ``resume`` (a run continued:
     :class:`fptq.models.journal.ResumePoint`) its ``start``, its ``stats`` to fill on, and its inputs of that
@@ -389,6 +406,7 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
     mark(f"{prefix}: rows")
     if float_cap is not None:   # before on_layer quantizes the layer
         float_cap.hidden, kept.float_rows = _float_pass(layer, float_cap, i, prefix, stride, device)
+        kept.rows_again = functools.partial(_rows_again, layer, cap, i, prefix, stride)
     return outs, layer_stats.channel_maxima(), kept
 
 
