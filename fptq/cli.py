@@ -128,8 +128,8 @@ def _add_calib(p):
                    help=f"INT4 weights (default {_Q.weight_quantizer}): gptq = GPTQ on the LAE-folded weights "
                    "(Hessian from the layer's calibration inputs), rtn = round to nearest (the paper's), "
                    "mse = activation-aware clipping search, gptaq = GPTQ matching the float model's outputs from "
-                   "the quantized model's inputs (asymmetric calibration: calibrates sequentially, one more "
-                   "forward per layer)")
+                   "the quantized model's inputs (asymmetric calibration: calibrates sequentially, the layer's "
+                   "groups in turn: six forwards per layer instead of one)")
     p.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
                    "diagonal (group scales fixed beforehand)")
     p.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=_Q.gptq_clip,

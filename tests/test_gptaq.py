@@ -212,7 +212,13 @@ def test_the_memory_model_counts_the_float_stream():
     extra = asym.components["hidden_float"] + asym.components["kept_rows_float"]
     assert asym.steps["layer: sequential"] == seq.steps["layer: sequential"] + extra
     assert asym.steps["layer: GPTQ"] == seq.steps["layer: GPTQ"] + extra + asym.components["gptaq_work"]
-    assert not {"hidden_float", "kept_rows_float", "gptaq_work"} & seq.components.keys()
+    assert not {"hidden_float", "kept_rows_float", "gptaq_work", "rows_again"} & seq.components.keys()
+    # the groups after the first are taken again (refresh_group_rows): a group's new rows beside its old rows and
+    # those of the groups after it (SmolLM2's group inputs: q/k/v, o, gate/up 576 wide, down 1536)
+    rows, kept = asym.settings.rows, asym.settings.rows + asym.settings.heldout_rows
+    ks = [576, 576, 576, 1536]
+    assert asym.components["rows_again"] == max(4 * (rows * ks[j] + kept * sum(ks[j:])) for j in (1, 2, 3))
+    assert "layer: rows again" in asym.steps and "layer: rows again" not in seq.steps
 
 
 def test_each_group_is_fitted_on_the_inputs_its_quantized_predecessors_give(monkeypatch):

@@ -244,9 +244,10 @@ def _layer_output(out):
 
 
 def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
-               pos: _BatchPosition | None = None, consume: bool = False, device=None, only=None) -> list:
+               pos: _BatchPosition | None = None, consume: bool = False, device=None, only=None,
+               keep_outputs: bool = True) -> list:
     """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``, on those whose
-    full names are in ``only`` when given); ``consume``:
+    full names are in ``only`` when given; an empty list with ``keep_outputs=False``); ``consume``:
     each batch's input is dropped once its output is computed (nothing runs the layer on them again).
     ``device``: the forward runs there (:mod:`fptq.models.device`; the outputs stay there); None: where the
     layer is."""
@@ -277,7 +278,10 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                 args, kwargs = cap.args[b][i], cap.kwargs[b][i]
                 if device is not None:
                     h, args, kwargs = to_device((h, args, kwargs), device)
-                outs.append(_layer_output(layer(h, *args, **kwargs)).detach())
+                out = _layer_output(layer(h, *args, **kwargs)).detach()
+                if keep_outputs:
+                    outs.append(out)
+                del out
                 first += int(h.shape[0])
                 del h, args, kwargs
                 if samples is not None:
@@ -370,7 +374,7 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     strided tokens as the first pass and as the float rows. name -> float32 tensor; a name whose input is
     shared (gate/up) shares one tensor."""
     rows = LayerSamples()
-    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names))
+    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False)
     mark(f"{prefix}: rows again")
     return _concatenated(rows)
 

@@ -130,6 +130,8 @@ STEPS = {
     "layer: plan": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "plan_judging"),
     "layer: Hessian": _LAYER + ("hidden_in_kept", "hidden_out", "rows_hessian", "hessian_build", "layer_quantized"),
     "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized", "gptaq_work"),
+    "layer: rows again": _LAYER + ("hidden_in_kept", "hidden_out", "forward_work", "layer_quantized", "layer_dequantized",
+                                   "rows_again"),
     "layer: sequential": _LAYER + ("hidden_in_kept", "hidden_out", "hidden_out_sequential", "forward_work",
                                    "layer_quantized", "layer_dequantized"),
     "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
@@ -366,7 +368,7 @@ def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=
                         heldout_rows=s.heldout_rows if s.by_error else 0, hessian=s.hessian, float_inputs=s.float_inputs)
     est = MemoryEstimate(shape, s, components, {}, {}, 0, "", 0, group, flops)
     for step, names in STEPS.items():
-        if step == "layer: sequential" and not s.sequential:
+        if step == "layer: sequential" and not s.sequential or step == "layer: rows again" and not s.float_inputs:
             continue
         est.steps[step] = sum(components.get(c, 0) for c in names if est.where(c) == "host")
         est.device_steps[step] = sum(components.get(c, 0) for c in names if est.where(c) == "gpu")

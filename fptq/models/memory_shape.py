@@ -182,6 +182,8 @@ FLOAT_STREAM_MEANINGS = {
     "kept_rows_float": "GPTAQ: the float stream's kept rows per group input, float32 [rows, K]",
     "gptaq_work": "GPTAQ: the cross term D float64 [K,K], the dampened copy of H~ factored, W D and its solve "
                   "[N,K] float64, beside GPTQ of the worst group",
+    "rows_again": "GPTAQ: a group's rows taken again from the layer as quantized so far, beside the kept rows of it "
+                  "and of the groups after it (the worst group after the first)",
 }
 
 
@@ -189,11 +191,15 @@ def float_stream_components(shape: Shape, s) -> dict:
     """Bytes of :data:`FLOAT_STREAM_MEANINGS` of a run with settings ``s`` (:class:`fptq.models.memory.Settings`;
     none without ``s.float_inputs``): one more hidden-state stream,
     the float rows of every group input (the same count as the quantized stream's kept rows, no held-out rows),
-    and GPTAQ's target computation at the largest linear (``2 K^2 + 2 N K`` float64: D, the factor, ``W D``
-    and its solve; not measured, counted from :mod:`fptq.reference.gptaq`)."""
+    GPTAQ's target computation at the largest linear (``2 K^2 + 2 N K`` float64: D, the factor, ``W D``
+    and its solve; not measured, counted from :mod:`fptq.reference.gptaq`), and the rows of a group taken again
+    (:func:`fptq.models.quantize.refresh_group_rows`) beside the kept rows of that group and the later ones."""
     if not s.float_inputs:
         return {}
     ks = [k for _, k, _ in shape.groups()] if s.shared_input_rows else [k for *_, k in shape.linears()]
     work = max(2 * k * k + 2 * n * k for _, _, n, k in shape.linears())
+    per_group = [4 * k * (1 if s.shared_input_rows else len(lins)) for _, k, lins in shape.groups()]
+    again = max((s.rows * b + (s.rows + s.heldout_rows) * sum(per_group[j:])
+                 for j, b in enumerate(per_group) if j), default=0)
     return {"hidden_float": s.n_samples * s.seq_len * shape.hidden * 4, "kept_rows_float": s.rows * 4 * sum(ks),
-            "gptaq_work": 8 * work}
+            "gptaq_work": 8 * work, "rows_again": again}

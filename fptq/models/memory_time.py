@@ -27,10 +27,12 @@ def layer_flops(shape, *, n_samples: int, seq_len: int, sequential: bool, rows: 
     """name -> (operations per layer, rate kind): the calibration forwards (2 x params x tokens per pass, plus
     causal attention), the plan's candidate outputs on ``heldout_rows`` rows (0: no error-selected plan),
     the Hessians of ``rows`` rows (``hessian``), GPTQ's error feedback, inverse and elementwise loops.
-    ``shape``: a :class:`~fptq.models.memory_shape.Shape`. ``float_inputs`` (GPTAQ): the float stream's pass and
-    each group's cross term (as many FLOPs as its Hessian) besides."""
+    ``shape``: a :class:`~fptq.models.memory_shape.Shape`. ``float_inputs`` (GPTAQ): the float stream's pass, the
+    layer run again before each group after the first (its rows from the groups quantized before it,
+    :func:`fptq.models.quantize.refresh_group_rows`) and each group's cross term (as many FLOPs as its Hessian)
+    besides."""
     tokens, p = n_samples * seq_len, shape.layer_params()
-    passes = 1 + (1 if sequential else 0) + (1 if float_inputs else 0)
+    passes = 1 + (1 if sequential else 0) + (len(list(shape.groups())) if float_inputs else 0)
     attention = 2 * n_samples * seq_len ** 2 * shape.q_width
     out = {"forward": (passes * (2 * p * tokens + attention), "float32")}
     if heldout_rows:
