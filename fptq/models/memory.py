@@ -117,6 +117,7 @@ ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_se
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
 _LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device", "hidden_float", "kept_rows_float")
+_RERUN = ("hidden_in_kept", "hidden_out", "forward_work", "layer_quantized", "layer_dequantized")   # the layer run again
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
 #: (``layer: flush``) after its outputs are computed; its inputs are gone by then (kept with --sequential)
 STEPS = {
@@ -130,10 +131,8 @@ STEPS = {
     "layer: plan": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "plan_judging"),
     "layer: Hessian": _LAYER + ("hidden_in_kept", "hidden_out", "rows_hessian", "hessian_build", "layer_quantized"),
     "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized", "gptaq_work"),
-    "layer: rows again": _LAYER + ("hidden_in_kept", "hidden_out", "forward_work", "layer_quantized", "layer_dequantized",
-                                   "rows_again"),
-    "layer: sequential": _LAYER + ("hidden_in_kept", "hidden_out", "hidden_out_sequential", "forward_work",
-                                   "layer_quantized", "layer_dequantized"),
+    "layer: rows again": _LAYER + _RERUN + ("rows_again",),   # GPTAQ: a group's rows from the layer quantized so far
+    "layer: sequential": _LAYER + _RERUN + ("hidden_out_sequential",),
     "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
                                                                        "shard_flush"),
     "write: read": _COMMON + ("embeddings_read", "embeddings_f32", "write_buffer"),
@@ -352,8 +351,7 @@ def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=
         float_dtype_bytes: the checkpoint's float dtype (``--float-dtype``: bfloat16 2, float32 4).
         shard_bytes: the checkpoint writer's shard size.
         device: ``"cpu"``, or ``"cuda"`` (the calibration forward, kept rows, Hessians and GPTQ on one GPU).
-        shared_input_rows: one copy of the calibration rows per group input (q/k/v share one, gate/up one),
-            as ``fptq.models.calibrate`` keeps them since issue 22; False: one per linear (before).
+        shared_input_rows: one copy of the rows per group input, as ``calibrate`` keeps them; False: per linear.
     Raises:
         ValueError naming a bad argument or what the config lacks.
     """
