@@ -371,8 +371,7 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     """GPTAQ's quantized-stream rows of the linears ``names`` (full names) once more: the layer as it is now (its
     earlier groups already replaced by their W4A8 modules and its equalization folded) run on the quantized
     stream's inputs ``cap.hidden`` (kept: a sequential pass consumes them only after ``on_layer``), the same
-    strided tokens as the first pass and as the float rows. name -> float32 tensor; a name whose input is
-    shared (gate/up) shares one tensor."""
+    strided tokens as the first pass and as the float rows. name -> float32 tensor."""
     rows = LayerSamples()
     _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False)
     mark(f"{prefix}: rows again")

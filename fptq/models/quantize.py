@@ -138,21 +138,20 @@ def refresh_group_rows(samples, gp) -> None:
     inputs that the quantized q/k/v give it, gate/up on those the quantized o projection gives, down on those of the
     quantized gate/up (GPTAQ's reference calibrates the four groups in turn). Without it each group's correction
     ``W D H~^{-1}`` would undo a drift that the earlier groups' corrections already removed: measured on SmolLM2,
-    the hidden states' drift from the float model's after layer 9 was 0.187 with the correction counted twice
-    against 0.099 without any (docs/results.md). The rows are read after the group's equalization is folded
-    (its inputs divided by ``s``) and multiplied back by ``s``: the same unfolded rows as the first pass keeps."""
+    the hidden states' drift from the float model's after layer 9 was 0.186 with the correction counted twice
+    against 0.100 for plain sequential GPTQ (docs/results.md). The rows are read after the group's equalization is
+    folded (its inputs divided by ``s``) and multiplied back by ``s``: the same unfolded rows as the first pass
+    keeps. Only the group's first linear is hooked: its rows serve the whole group (:func:`layer_hessian`,
+    :func:`layer_cross_term`); the group's Hessians are not cached yet (:func:`apply_plan_layer` clears them
+    after each group)."""
     import torch
 
-    fresh = samples.rows_again(gp.linears)
-    scale = None if gp.s is None else torch.from_numpy(np.asarray(gp.s, np.float32))
-    done = {}
+    first = gp.linears[0]
+    rows = samples.rows_again((first,))[first]
+    if gp.s is not None:
+        rows.mul_(torch.from_numpy(np.asarray(gp.s, np.float32)))
     for name in gp.linears:
-        rows = fresh[name]
-        if id(rows) not in done:
-            done[id(rows)] = rows if scale is None else rows.mul_(scale)
-        samples[name] = done[id(rows)]
-    for key in [k for k in samples.hessians if k[1 if k[0] == "cross" else 0] in gp.linears]:
-        del samples.hessians[key]
+        samples[name] = rows
 
 
 def quantize_linear_weight(linear, gp, config: QuantConfig, samples=None):

@@ -66,6 +66,8 @@ def _rows_int8(qx, xs, w, ws, v0, v1, out):
 
 @fnjit
 def _rows_int8_float(x, w, ws, v0, v1, out):
+    """``logit[v] = sum_h x[h] (float32(q[v, h]) * scale[v])``, float32 sums, h ascending (the scale inside the
+    loop: LLVM vectorizes this form better than one multiply after the sum, measured 6.42 vs 9.47 ms)."""
     for v in range(v0, v1):
         acc = F32(0.0)
         row = w[v]
