@@ -264,3 +264,32 @@ def test_each_group_is_fitted_on_the_inputs_its_quantized_predecessors_give(monk
             assert x_tilde.shape == want.shape
             continue
         np.testing.assert_allclose(x_tilde, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=gp.linears[0])
+
+
+@pytest.mark.parametrize("stop_at", ["self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"])
+def test_a_rerun_stops_once_its_linears_have_run(stop_at):
+    """GPTAQ's reruns (``_rows_again``) end each batch's forward once the hooked linear has seen its input: the
+    modules after it do not run, and the rows are those of a whole forward, bit for bit."""
+    from fptq.models.calibrate import LayerSamples, _run_layer, capture_layer_inputs
+    from fptq.testing import tiny_model
+
+    model = tiny_model("llama")
+    cap = capture_layer_inputs(model, _ids(), batch_size=2)
+    layer, prefix = model.model.layers[1], "model.layers.1"
+    calls = []
+    after = layer.mlp.down_proj if stop_at != "mlp.down_proj" else layer.post_attention_layernorm
+    handle = after.register_forward_hook(lambda *a: calls.append(1))
+    name = f"{prefix}.{stop_at}"
+    whole, early = LayerSamples(), LayerSamples()
+    _run_layer(layer, cap, 1, hooks_on=prefix, samples=whole, stride=3, only={name}, keep_outputs=False)
+    n_whole = len(calls)
+    _run_layer(layer, cap, 1, hooks_on=prefix, samples=early, stride=3, only={name}, keep_outputs=False,
+               stop_early=True)
+    handle.remove()
+    assert n_whole == len(cap.hidden)
+    assert len(calls) - n_whole == (len(cap.hidden) if stop_at == "mlp.down_proj" else 0)
+    assert len(early[name]) == len(whole[name]) == len(cap.hidden)
+    for a, b in zip(early[name], whole[name]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="stop_early needs"):
+        _run_layer(layer, cap, 1, hooks_on=prefix, stop_early=True)

@@ -243,29 +243,46 @@ def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+class _HookedAllRan(Exception):
+    """Every hooked linear has seen the batch: the rest of the forward is not needed (``stop_early``)."""
+
+
+def _stop_hook(module, inputs, output, *, name, waiting: set):
+    waiting.discard(name)
+    if not waiting:
+        raise _HookedAllRan
+
+
 def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
                pos: _BatchPosition | None = None, consume: bool = False, device=None, only=None,
-               keep_outputs: bool = True) -> list:
+               keep_outputs: bool = True, stop_early: bool = False) -> list:
     """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``, on those whose
     full names are in ``only`` when given; an empty list with ``keep_outputs=False``); ``consume``:
     each batch's input is dropped once its output is computed (nothing runs the layer on them again).
     ``device``: the forward runs there (:mod:`fptq.models.device`; the outputs stay there); None: where the
-    layer is."""
+    layer is. ``stop_early`` (with ``keep_outputs=False``): each batch's forward ends once every hooked
+    linear has seen its input (GPTAQ's reruns for the o projection need the attention only)."""
     import torch
     import torch.nn as nn
 
     from .device import channel_max, layer_on, to_device
 
-    handles = []
+    if stop_early and (keep_outputs or hooks_on is None):
+        raise ValueError("stop_early needs keep_outputs=False and hooks (the outputs are not computed)")
+    handles, hooked = [], []
     reduce = channel_max if device is not None else None
     try:
         if hooks_on is not None:
             for rel, mod in layer.named_modules():
-                hooked = isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False)
-                if hooked and (only is None or f"{hooks_on}.{rel}" in only):
+                is_linear = isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False)
+                if is_linear and (only is None or f"{hooks_on}.{rel}" in only):
+                    hooked.append((f"{hooks_on}.{rel}", mod))
                     handles.append(mod.register_forward_hook(
                         functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
                                           samples=samples, stride=stride, pos=pos, reduce=reduce)))
+        waiting = set()   # stop_early: the hooked linears yet to run in this batch (after the row hooks)
+        handles += [mod.register_forward_hook(functools.partial(_stop_hook, name=name, waiting=waiting))
+                    for name, mod in (hooked if stop_early else ())]
         outs = []
         first = 0
         with torch.no_grad(), (layer_on(layer, device) if device is not None else contextlib.nullcontext()):
@@ -278,7 +295,11 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                 args, kwargs = cap.args[b][i], cap.kwargs[b][i]
                 if device is not None:
                     h, args, kwargs = to_device((h, args, kwargs), device)
-                out = _layer_output(layer(h, *args, **kwargs)).detach()
+                waiting.update(name for name, _ in hooked)
+                try:
+                    out = _layer_output(layer(h, *args, **kwargs)).detach()
+                except _HookedAllRan:
+                    out = None
                 if keep_outputs:
                     outs.append(out)
                 del out
@@ -371,9 +392,11 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     """GPTAQ's quantized-stream rows of the linears ``names`` (full names) once more: the layer as it is now (its
     earlier groups already replaced by their W4A8 modules and its equalization folded) run on the quantized
     stream's inputs ``cap.hidden`` (kept: a sequential pass consumes them only after ``on_layer``), the same
-    strided tokens as the first pass and as the float rows. name -> float32 tensor."""
+    strided tokens as the first pass and as the float rows; each batch's forward stops once they have all run
+(the o projection's rows need the attention only, gate/up's not the down projection). name -> float32 tensor."""
     rows = LayerSamples()
-    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False)
+    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False,
+               stop_early=True)
     mark(f"{prefix}: rows again")
     return _concatenated(rows)
 
