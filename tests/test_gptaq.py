@@ -219,6 +219,12 @@ def test_the_memory_model_counts_the_float_stream():
     ks = [576, 576, 576, 1536]
     assert asym.components["rows_again"] == max(4 * (rows * ks[j] + kept * sum(ks[j:])) for j in (1, 2, 3))
     assert "layer: rows again" in asym.steps and "layer: rows again" not in seq.steps
+    # time: the float stream's whole pass, then three reruns that stop at their group (o: q/k/v, attention, o;
+    # gate/up: and gate/up; down: the whole layer)
+    tokens, attention = 128 * 512, 2 * 128 * 512 ** 2 * 576
+    qkv, o, mlp_in, down = 576 * (576 + 2 * 192), 576 * 576, 2 * 1536 * 576, 576 * 1536
+    rerun = sum(2 * tokens * params + attention for params in (qkv + o, qkv + o + mlp_in, qkv + o + mlp_in + down))
+    assert asym.flops["forward"][0] == seq.flops["forward"][0] * 3 // 2 + rerun
 
 
 def test_each_group_is_fitted_on_the_inputs_its_quantized_predecessors_give(monkeypatch):

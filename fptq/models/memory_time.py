@@ -11,6 +11,8 @@ measured on small matmuls overstate what a loaded machine gives.
 
 from __future__ import annotations
 
+import itertools
+
 __all__ = ["layer_flops", "measure_rate", "GPTQ_INVERSE_K3", "GPTQ_ELEMENTWISE"]
 
 
@@ -28,13 +30,17 @@ def layer_flops(shape, *, n_samples: int, seq_len: int, sequential: bool, rows: 
     causal attention), the plan's candidate outputs on ``heldout_rows`` rows (0: no error-selected plan),
     the Hessians of ``rows`` rows (``hessian``), GPTQ's error feedback, inverse and elementwise loops.
     ``shape``: a :class:`~fptq.models.memory_shape.Shape`. ``float_inputs`` (GPTAQ): the float stream's pass, the
-    layer run again before each group after the first (its rows from the groups quantized before it,
-    :func:`fptq.models.quantize.refresh_group_rows`) and each group's cross term (as many FLOPs as its Hessian)
-    besides."""
+    layer run again up to each group after the first (its rows from the groups quantized before it,
+    :func:`fptq.models.quantize.refresh_group_rows`; the rerun stops at the group) and each group's cross term
+    (as many FLOPs as its Hessian) besides."""
     tokens, p = n_samples * seq_len, shape.layer_params()
-    passes = 1 + (1 if sequential else 0) + (len(list(shape.groups())) if float_inputs else 0)
+    passes = 1 + (1 if sequential else 0) + (1 if float_inputs else 0)
     attention = 2 * n_samples * seq_len ** 2 * shape.q_width
-    out = {"forward": (passes * (2 * p * tokens + attention), "float32")}
+    forward = passes * (2 * p * tokens + attention)
+    if float_inputs:   # each rerun stops at its group: the groups up to it and the attention after the first
+        done = list(itertools.accumulate(sum(n for _, n in lins) * k for _, k, lins in shape.groups()))
+        forward += sum(2 * params * tokens + attention for params in done[1:])
+    out = {"forward": (forward, "float32")}
     if heldout_rows:
         out["plan_judging"] = (8 * heldout_rows * p, "float32")  # 3 candidates + the float output, per linear
     if hessian:
