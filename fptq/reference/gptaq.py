@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import spec
 from ..spec import WeightFormat
-from .gptq import HessianHandoff, gptq_quantize
+from .gptq import HessianHandoff, dampen, gptq_quantize
 
 __all__ = ["cross_term", "asymmetric_target", "gptaq_quantize", "asymmetric_error"]
 
@@ -74,11 +74,9 @@ def _dampened(H: np.ndarray, damp: float) -> np.ndarray:
     """A copy of ``H`` as GPTQ factors it: dead columns' diagonal 1, then ``+ damp * mean(diag)`` (or ``+ damp``
     when that mean is 0) on the diagonal (:func:`fptq.reference.gptq._inverse_cholesky`)."""
     Hd = np.array(H, dtype=np.float64)
-    k = Hd.shape[0]
     dead = np.diag(Hd) == 0
     Hd[dead, dead] = 1.0
-    lam = damp * float(np.mean(np.diag(Hd))) if k else 0.0
-    Hd[np.diag_indices(k)] += lam if lam > 0 else damp
+    dampen(Hd, damp)
     return Hd
 
 

@@ -164,6 +164,14 @@ def _lapack_in_place(fn, a: np.ndarray, what: str, **kw) -> np.ndarray:
     return out
 
 
+def dampen(H: np.ndarray, damp: float) -> None:
+    """GPTQ's dampening, in place on a float64 ``[K, K]``: ``H += lambda I`` with ``lambda = damp * mean(diag H)``,
+    or ``damp`` itself when that mean is 0 (an all-dead Hessian)."""
+    k = H.shape[0]
+    lam = damp * float(np.mean(np.diag(H))) if k else 0.0
+    H[np.diag_indices(k)] += lam if lam > 0 else damp
+
+
 def _inverse_cholesky(owned: list, damp: float) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + lam I)^{-1}`` (``U^T U`` = that inverse), ``lam = damp *
     mean(diag H)`` added on the diagonal in place; ``owned = [H]``, a float64 ``[K, K]`` whose only reference
@@ -175,8 +183,7 @@ def _inverse_cholesky(owned: list, damp: float) -> np.ndarray:
 
     H = np.ascontiguousarray(owned.pop(), dtype=np.float64)
     k = H.shape[0]
-    lam = damp * float(np.mean(np.diag(H))) if k else 0.0
-    H[np.diag_indices(k)] += lam if lam > 0 else damp
+    dampen(H, damp)
     if k == 0:
         return H
     a = _lapack_in_place(lapack.dpotrf, H.T, "potrf", overwrite_a=1, clean=0)
