@@ -147,6 +147,8 @@ def _add_calib(p):
                    "(QuaRot; RMS-norm models; norm gains folded into the weights, measured harmful to Gemma-3); "
                    "none (see docs/results.md)")
     p.add_argument("--no-rotate", dest="rotate", action="store_const", const="none", help="same as --rotate none")
+    p.add_argument("--rotation-seed", type=_non_negative_int, default=None,
+                   help="seed of the random Hadamard matrices (default: --seed's value)")
     p.add_argument("--v0", type=_threshold, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=_threshold, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
@@ -176,7 +178,7 @@ def _quant_config(a, **extra) -> QuantConfig:
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
                        gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, sequential=a.sequential,
-                       gptaq_alpha=a.gptaq_alpha, **extra)
+                       gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,6 +119,26 @@ def test_rotate_config_values():
         QuantConfig(rotate="hadamard")
 
 
+def test_rotation_seed_picks_the_rotation_and_defaults_to_the_calibration_seed():
+    """``rotation_seed`` chooses the Hadamard matrices alone (the calibration set stays ``seed``'s); None keeps
+    the rotation every checkpoint before the field had: ``seed``'s."""
+    from fptq.reference.rotation import hadamard_factors
+
+    assert QuantConfig().rotation_seed is None and QuantConfig(seed=3).rotation_seed_used == 3
+    assert QuantConfig(seed=3, rotation_seed=0).rotation_seed_used == 0
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="rotation_seed must be None or an integer"):
+            QuantConfig(rotation_seed=bad)
+    res = {seed: quantize_model(tiny_model("llama"), IDS, QuantConfig(group_size=32, n_samples=8, seq_len=32,
+                                                                       **kw), backend="numpy", progress=False)
+           for seed, kw in ((0, {}), (1, {"rotation_seed": 1}))}
+    stored = {seed: next(iter(_online(r.model).values())).rotation for seed, r in res.items()}
+    for seed, q in stored.items():
+        want = hadamard_factors(q.shape[0], seed).dense().astype(np.float32)
+        assert torch.equal(q, torch.from_numpy(np.ascontiguousarray(want))), seed
+    assert not torch.equal(stored[0], stored[1])
+
+
 # ---- post-norm families (Gemma 2/3): online rotations stored in the checkpoint ------------------------------
 @pytest.fixture(scope="module")
 def rotated_post_norm():

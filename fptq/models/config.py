@@ -55,13 +55,15 @@ class QuantConfig:
         (:func:`fptq.reference.gptaq.asymmetric_target`: 1 = the float model's outputs, 0 = plain GPTQ on the
         quantized model's inputs; GPTAQ's reference code uses 0.25).
     rotate: how the float model is rotated by a randomized Hadamard matrix before calibrating
-        (:mod:`fptq.models.rotate`; seed ``seed``): ``online`` (default: each pre-norm's output is
+        (:mod:`fptq.models.rotate`; seed ``rotation_seed``): ``online`` (default: each pre-norm's output is
         rotated at run time by one float32 ``Q`` stored in the checkpoint, q/k/v and gate/up read
         ``W Q``; value heads rotated; measured best on SmolLM2-135M and Gemma-3-270M,
         docs/results.md), ``residual`` (QuaRot's rotation of the residual stream with the norm
         gains folded into the weights; RMS-norm models; ruins Gemma-3's INT4 weights) or
         ``none``. ``True``/``False`` (checkpoints before 2026-11-30) read as
         ``residual``/``none``.
+    rotation_seed: the random Hadamard matrices' seed (None, the default: ``seed``, as before the field
+        existed), to try other rotations on the same calibration set.
     v0, v1: policy thresholds. n_samples, seq_len, calib, seed: the calibration set.
     sequential: calibrate layer i on the quantized layers' outputs (False, the default: on the
         float model's). With GPTQ + clip search it measured 1.2% better on SmolLM2-135M's PTB but
@@ -105,6 +107,7 @@ class QuantConfig:
     gptq_clip: bool = True
     gptaq_alpha: float = 1.0
     rotate: str = "online"
+    rotation_seed: int | None = None
 
     def __post_init__(self):
         if isinstance(self.rotate, bool):   # the field was a bool until 2026-11-30
@@ -130,6 +133,8 @@ class QuantConfig:
         for name in ("n_samples", "seq_len", "keep_rows", "gptq_rows"):
             if int(getattr(self, name)) < (0 if name == "keep_rows" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.rotation_seed is not None and (type(self.rotation_seed) is not int or self.rotation_seed < 0):
+            raise ValueError(f"rotation_seed must be None or an integer >= 0, got {self.rotation_seed!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
 
@@ -138,6 +143,11 @@ class QuantConfig:
         """Whether the layers are calibrated on the quantized model's inputs: ``sequential``, or a weight
         quantizer whose entry needs them (``float_inputs``: GPTAQ)."""
         return bool(self.sequential or registry_entry(self.weight_quantizer).float_inputs)
+
+    @property
+    def rotation_seed_used(self) -> int:
+        """The rotation's seed: ``rotation_seed``, or ``seed`` when it is None."""
+        return self.seed if self.rotation_seed is None else self.rotation_seed
 
     def holdout_samples(self, n_samples: int) -> int:
         """How many of ``n_samples`` calibration samples are held out: ``round(holdout * n)``,

@@ -298,7 +298,7 @@ def _start_rotation(model, config: QuantConfig):
     outside the decoder layers done; :func:`rotate_layer` does each layer's when its turn comes."""
     if config.rotate == "none":
         return None
-    rot = plan_rotation(model, config.rotate, seed=config.seed)
+    rot = plan_rotation(model, config.rotate, seed=config.rotation_seed_used)
     rotate_globals(model, rot)
     mark("rotation plan")
     return rot
