@@ -390,13 +390,13 @@ def cmd_report(a) -> int:
     from .report import plan_rows_from_metadata, plan_summary, plan_table, plot_plan
 
     from .io.outputs import check_output_file, is_fptq_png
-    from .models.checkpoint import load_quantized, storage_summary
+    from .models.checkpoint import storage_summary, verify_checkpoint
 
     path = None
     if a.plot:  # never into the checkpoint, never over a file fptq report did not write
         path = check_output_file(_plot_path(a.plot), "--plot", protect=[a.checkpoint], owned=is_fptq_png,
                                  kind="a plot written by fptq report")
-    _, _, meta = load_quantized(a.checkpoint, backend="numpy", mode="fake_quant")  # verified as eval would
+    meta = verify_checkpoint(a.checkpoint)  # every check eval's load runs, one layer's tensors held at a time
     rows = plan_rows_from_metadata(meta)
     qc = meta.get("quant_config") or {}
     v0, v1 = qc.get("v0", 15.0), qc.get("v1", 150.0)

@@ -42,6 +42,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(fptq.models.loading, "load_float_model", refuse("load_float_model"))
     monkeypatch.setattr(fptq.models.checkpoint, "load_quantized", refuse("load_quantized"))
+    monkeypatch.setattr(fptq.models.checkpoint, "verify_checkpoint", refuse("verify_checkpoint"))  # fptq report's
     monkeypatch.setattr(fptq.models.quantize, "quantize_model", refuse("quantize_model"))
     monkeypatch.setattr(fptq.compare, "run_compare", refuse("run_compare"))
     return calls

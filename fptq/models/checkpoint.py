@@ -35,6 +35,8 @@ is a :class:`CheckpointError` naming the file and the tensor, key or layer.
 Each tensor is then held once: the model is built again with everything the file stores on ``meta``
 (its computed buffers real) and takes the tensors read with ``load_state_dict(assign=True)``, no copy
 (``docs/checkpoint.md``, "Loading: each tensor held once").
+:func:`verify_checkpoint` (``fptq report``) runs every one of these checks without loading: one layer's
+tensors held at a time, BF16 never widened (``docs/checkpoint.md``, "Verifying without loading").
 The checks live in :mod:`fptq.models.checkpoint_read` (and the header's in
 :mod:`fptq.models.checkpoint_meta`); what is written, in :mod:`fptq.models.checkpoint_write`.
 """
@@ -42,6 +44,7 @@ The checks live in :mod:`fptq.models.checkpoint_read` (and the header's in
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -55,8 +58,8 @@ from .checkpoint_meta import (
     PLAN_FILE, SHARDED_FORMAT_VERSION, TENSORS_FILE, CheckpointError,
 )
 from .checkpoint_read import (
-    CheckpointWarning, build_config, build_model, check_against_model, expected_tensors, load_tokenizer,
-    open_checkpoint, read_tensors, verified_files, verify_tensor_digests,
+    CheckpointWarning, build_config, build_model, check_against_model, checked_groups, expected_tensors, load_tokenizer,
+    loaded_dtype, open_checkpoint, read_tensors, verified_files, verify_tensor_digests,
 )
 from .checkpoint_shards import DEFAULT_SHARD_BYTES, open_shards
 from .checkpoint_write import CheckpointWriter, check_writer_args, source_paths, tied_duplicates
@@ -65,8 +68,8 @@ from .rotate import attach_input_rotation, factor_tensors, wrap_online_rotations
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SHARDED_FORMAT_VERSION", "FLOAT_DTYPES", "DEFAULT_FLOAT_DTYPE",
            "DEFAULT_SHARD_BYTES", "TENSORS_FILE", "PLAN_FILE", "CheckpointError", "CheckpointWarning",
-           "CheckpointWriter", "open_writer", "save_quantized", "load_quantized", "read_metadata", "is_checkpoint",
-           "checkpoint_refusal", "check_checkpoint_out", "storage_summary", "widen_bf16"]
+           "CheckpointWriter", "open_writer", "save_quantized", "load_quantized", "verify_checkpoint", "read_metadata",
+           "is_checkpoint", "checkpoint_refusal", "check_checkpoint_out", "storage_summary", "widen_bf16"]
 
 #: the files a version-1 checkpoint (which lists none) may hold besides its tensors file
 _V1_FILES = ("config.json", "generation_config.json", PLAN_FILE, "tokenizer.json", "tokenizer_config.json",
@@ -239,15 +242,15 @@ def _check_loaded(model, meta: dict) -> None:
         raise CheckpointError(f"{meta['_path']}: the checkpoint leaves {empty[:4]} of the model unloaded")
 
 
-def _attach_rotations(model, meta: dict, q, q_in) -> None:
+def _attach_rotations(model, meta: dict, q, q_in, factors=factor_tensors) -> None:
     """Wrap the norms of ``online_rotations`` (one shared ``Q``) and give the layers of
-    ``input_rotations`` their shared ``Q_f``."""
+    ``input_rotations`` their shared ``Q_f`` (with their Hadamard factors, ``factors(q)``)."""
     if meta["online_rotations"]:
         try:
-            wrap_online_rotations(model, meta["online_rotations"], q, factor_tensors(q))
+            wrap_online_rotations(model, meta["online_rotations"], q, factors(q))
         except ValueError as e:
             raise CheckpointError(f"{meta['_path']}: metadata key 'online_rotations': {e}") from None
-    f_in = factor_tensors(q_in) if meta["input_rotations"] else None
+    f_in = factors(q_in) if meta["input_rotations"] else None
     for name in meta["input_rotations"]:
         attach_input_rotation(get_submodule(model, name), q_in, f_in)
 
@@ -289,8 +292,24 @@ def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer", 
         raise ValueError(f"backend must be a backend name (a registered name or package.module:Class), "
                          f"got {backend!r}")
     get_backend(backend)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     d = Path(ckpt_dir)
+    cfg, files, meta, tensors = _read_checked(d, backend, mode, functools.partial(read_tensors, keep_bf16=keep_bf16))
+    model = build_model(cfg, meta, backend, mode, d / "config.json")  # what the file stores: on meta
+    _assemble(model, tensors, meta)
+    del tensors
+    for name in meta["layers"]:
+        get_submodule(model, name).origin = f"layer {name} of {d}"
+    model.eval()
+    return model, load_tokenizer(d, files, meta), meta
+
+
+def _read_checked(d: Path, backend: str, mode: str, read) -> tuple:
+    """``(transformers config, verified files, metadata, read(tf, meta, want))`` of checkpoint ``d``, after every
+    check before the values, in order: the header (:func:`~fptq.models.checkpoint_read.open_checkpoint`), the shards,
+    the digests of every tensor and listed file, ``config.json``, and every stored tensor's name, dtype and shape
+    against the model built on ``meta`` (``want``: the stored tensors). ``read`` reads and checks the values
+    (:func:`~fptq.models.checkpoint_read.read_tensors` or :func:`_stream_values`) while the files are open."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tf, meta = open_checkpoint(d)
     with open_shards(tf, d, meta) as tf:  # every shard verified: its file digest, size and table
         verify_tensor_digests(tf, meta)
@@ -300,15 +319,60 @@ def load_quantized(ckpt_dir, backend: str | None = None, mode: str = "integer", 
         with torch.device("meta"):  # shapes first, without memory: a hostile config costs nothing
             skeleton = build_model(cfg, meta, backend, mode, d / "config.json")
             want = check_against_model(expected_tensors(skeleton, meta, meta["_path"]), meta, table, meta["_path"])
-        tensors = read_tensors(tf, meta, want, keep_bf16)
-    model = build_model(cfg, meta, backend, mode, d / "config.json")  # what the file stores: on meta
+        return cfg, files, meta, read(tf, meta, want)
+
+
+def _assemble(model, tensors: dict, meta: dict, factors=factor_tensors) -> None:
+    """Give ``model`` (of :func:`~fptq.models.checkpoint_read.build_model`) the ``tensors`` read (the rotations
+    popped from the dict, the rest taken by the model: :func:`_assign_tensors`), then check it: the ties the header
+    records are the config's (:func:`_check_ties`), nothing is left unloaded (:func:`_check_loaded`), the run-time
+    rotations attach (:func:`_attach_rotations`, after the tie checks: the wrapped modules share one Q)."""
     q, q_in = tensors.pop(ONLINE_ROTATION_TENSOR, None), tensors.pop(INPUT_ROTATION_TENSOR, None)
     _assign_tensors(model, tensors, meta)
-    del tensors
     _check_ties(model, meta)
     _check_loaded(model, meta)
-    _attach_rotations(model, meta, q, q_in)  # after the tie checks: the wrapped modules share one Q
-    for name in meta["layers"]:
-        get_submodule(model, name).origin = f"layer {name} of {d}"
-    model.eval()
-    return model, load_tokenizer(d, files, meta), meta
+    _attach_rotations(model, meta, q, q_in, factors)
+
+
+def _stand_in(dtype: str, shape: tuple):
+    """What :func:`_assemble` needs of a stored tensor without its values: a tensor of the shape and the dtype
+    :func:`~fptq.models.checkpoint_read.read_tensors` gives it, with a storage of its own (the tie checks compare
+    storages) of one element, expanded (stride 0)."""
+    return torch.empty((1,) * len(shape), dtype=loaded_dtype(dtype)).expand(shape)
+
+
+def _stream_values(tf, meta: dict, want: set) -> dict:
+    """Check every stored tensor's values one group at a time, keeping none of them
+    (:func:`~fptq.models.checkpoint_read.checked_groups`); returns :func:`_stand_in` tensors for ``want`` (the
+    rotations on ``meta``: :func:`~fptq.models.rotate.wrap_online_rotations` makes ``Q`` contiguous)."""
+    for arrays in checked_groups(tf, meta, want):
+        arrays.clear()
+    rotations = (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR)
+    return {k: torch.empty(tf.shape(k), dtype=torch.float32, device="meta") if k in rotations
+            else _stand_in(tf.dtype(k), tf.shape(k)) for k in want}
+
+
+def verify_checkpoint(ckpt_dir) -> dict:
+    """Check a checkpoint as :func:`load_quantized` does, without loading it; return its metadata (the ``meta``
+    ``load_quantized`` returns). For ``fptq report``: it holds one group of tensors at a time (a W4A8 layer's, an
+    INT8-rows module's, or one other tensor: the embedding as stored, BF16 never widened), where ``load_quantized``
+    holds the whole model with its float parts in float32.
+
+    The same checks, in the same order, with the same :class:`CheckpointError` messages: everything before the
+    values (:func:`_read_checked`, shared), every value (:func:`~fptq.models.checkpoint_read.checked_groups`, the
+    routine ``read_tensors`` runs; BF16 / F16 finiteness read on the bits, the same answer as on the widened values),
+    the assembly checks (:func:`_assemble`, shared: state-dict keys, ties, nothing unloaded, rotations attached) on a
+    model given :func:`_stand_in` tensors of the stored names, shapes and dtypes, which is all they read, and the
+    tokenizer (built from the verified files, then dropped). Not computed: the Hadamard factors of ``Q`` / ``Q_f``
+    (:func:`~fptq.models.rotate.factor_tensors` recognises a form or returns None; it refuses nothing). The backend
+    ``load_quantized`` is given is not checked (it is no part of the checkpoint); the layers are built for
+    ``numpy`` / ``fake_quant``, which nothing here runs.
+
+    Warns: CheckpointWarning for a version-1 checkpoint, as ``load_quantized``."""
+    d = Path(ckpt_dir)
+    cfg, files, meta, stand_ins = _read_checked(d, "numpy", "fake_quant", _stream_values)
+    model = build_model(cfg, meta, "numpy", "fake_quant", d / "config.json")
+    _assemble(model, stand_ins, meta, factors=lambda q: None)
+    del model, stand_ins
+    load_tokenizer(d, files, meta)
+    return meta

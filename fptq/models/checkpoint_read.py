@@ -3,7 +3,9 @@
 The tensors file's header (:mod:`fptq.models.checkpoint_meta`), the digests of every tensor and of
 every file written with it, ``config.json`` (bounded, checked key by key), the model it describes
 built on the ``meta`` device and compared tensor by tensor with the file, the tensor values, and
-after loading the ties; then the tokenizer from the verified bytes.
+after loading the ties; then the tokenizer from the verified bytes. The values are read and checked a
+group at a time (:func:`checked_groups`), kept by :func:`read_tensors` or dropped by
+:func:`fptq.models.checkpoint.verify_checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.reading import CONFIG_LIMIT, SIDE_FILE_LIMIT, InputFileError, read_bounded
-from ..io.tensorfile import TORCH_DTYPE_NAMES, TensorFile, TensorFileError
+from ..io.tensorfile import DTYPES, TORCH_DTYPE_NAMES, TensorFile, TensorFileError
 from ._torch import nn, torch
 from .arch import arch_of_model
 from .checkpoint_meta import (
@@ -24,13 +26,17 @@ from .checkpoint_meta import (
     check_int8_row_values, check_layer_values, check_rotation_values, parse_metadata,
 )
 from .checkpoint_shards import parse_shards
-from .finite import all_finite
+from .finite import EXPONENT_MASKS, all_finite, bits_finite
 from .int8rows import install_int8_rows, int8_row_modules, int8_row_targets
 from .qlinear import W4A8Linear
 from .rotate import online_rotation_targets
 
 __all__ = ["CheckpointWarning", "open_checkpoint", "check_quant_config", "verified_files", "verify_tensor_digests", "build_config",
-           "build_model", "check_against_model", "expected_tensors", "read_tensors", "load_tokenizer"]
+           "build_model", "check_against_model", "expected_tensors", "value_groups", "checked_groups", "read_tensors",
+           "loaded_dtype", "load_tokenizer"]
+
+#: the stored run-time rotations (float32, checked orthogonal, kept as read)
+_ROTATIONS = (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR)
 
 
 class CheckpointWarning(UserWarning):
@@ -97,7 +103,7 @@ def verified_files(d: Path, meta: dict) -> dict[str, bytes]:
     if "digests" not in meta:
         warnings.warn(f"{meta['_path']}: format version 1 has no digests; corrupted tensor data or config.json "
                       "cannot be detected (re-quantize to get a version-2 checkpoint)", CheckpointWarning,
-                      stacklevel=3)
+                      stacklevel=4)  # the caller of load_quantized / verify_checkpoint (via checkpoint._read_checked)
         names = {"config.json": None}
     else:
         names = meta["digests"]["files"]
@@ -253,70 +259,110 @@ def check_against_model(expected: dict, meta: dict, table: dict, where: Path) ->
     return want
 
 
+def loaded_dtype(dtype: str, keep_bf16: bool = False):
+    """The torch dtype :func:`read_tensors` gives a stored tensor of safetensors dtype ``dtype``: a BF16 or F16 float
+    part float32 (BF16 kept as torch.bfloat16 with ``keep_bf16``), any other its own."""
+    if dtype == "BF16":
+        return torch.bfloat16 if keep_bf16 else torch.float32
+    if dtype == "F16":
+        return torch.float32
+    return torch.from_numpy(np.empty(0, DTYPES[dtype][0])).dtype
+
+
 def _to_torch(a: np.ndarray, dtype: str, keep_bf16: bool = False):
     """A tensor of torch's own memory (as a model built on the CPU holds it) with the values of ``a`` (as
-    :meth:`~fptq.io.tensorfile.TensorFile.numpy` gives it): a stored BF16 (uint16 bit patterns) or F16
-    float part widened to float32 exactly, written straight into the tensor (no second full-size copy);
-    with ``keep_bf16`` a BF16 part is kept as torch.bfloat16 (the stored bits)."""
-    if dtype == "BF16" and keep_bf16:
-        t = torch.empty(a.shape, dtype=torch.bfloat16)
+    :meth:`~fptq.io.tensorfile.TensorFile.numpy` gives it), of :func:`loaded_dtype`: a stored BF16 (uint16 bit
+    patterns) or F16 float part widened to float32 exactly, written straight into the tensor (no second full-size
+    copy); with ``keep_bf16`` a BF16 part is kept as torch.bfloat16 (the stored bits)."""
+    t = torch.empty(a.shape, dtype=loaded_dtype(dtype, keep_bf16))
+    if t.dtype == torch.bfloat16:
         t.view(torch.int16).numpy().view(np.uint16)[...] = a
-        return t
-    if dtype == "BF16":
-        t = torch.empty(a.shape, dtype=torch.float32)
+    elif dtype == "BF16":
         np.left_shift(a, 16, out=t.numpy().view(np.uint32), dtype=np.uint32)
-        return t
-    t = torch.empty(a.shape, dtype=torch.float32 if dtype == "F16" else torch.from_numpy(a[:0]).dtype)
-    t.numpy()[...] = a
+    else:
+        t.numpy()[...] = a
     return t
 
 
-def _check_values(k: str, t, where) -> None:
-    if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
+def _finite(a: np.ndarray, dtype: str) -> bool:
+    """No NaN/Inf in ``a`` as read (stored dtype ``dtype``): a BF16 / F16 part on its bits (:func:`bits_finite`,
+    no float32 copy), a float32 / float64 one a chunk at a time (:func:`all_finite`); integers always."""
+    if dtype in EXPONENT_MASKS:
+        return bits_finite(a, dtype)
+    return a.dtype.kind != "f" or all_finite(torch.from_numpy(a))
+
+
+def _check_values(k: str, a: np.ndarray, dtype: str, where) -> None:
+    """A tensor outside the W4A8 layers, as read: a rotation ``Q`` / ``Q_f`` finite and orthogonal
+    (:func:`check_rotation_values`), any other float tensor free of NaN/Inf."""
+    if k in _ROTATIONS:
         try:
-            check_rotation_values(t.numpy(), k)
+            check_rotation_values(a, k)
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e}") from None
-    elif not all_finite(t):
+    elif not _finite(a, dtype):
         raise CheckpointError(f"{where}: tensor {k} holds NaN/Inf")
+
+
+def _check_group(owner, arrays: dict, meta: dict, where) -> None:
+    """The checks that need a module's tensors together: a W4A8 layer's against its entry and the spec's bounds
+    (:func:`check_layer_values`), an INT8-rows module's codes and row scales (:func:`check_int8_row_values`)."""
+    try:
+        if owner in meta["layers"]:
+            check_layer_values(owner, meta["layers"][owner], {k.rpartition(".")[2]: a for k, a in arrays.items()})
+        elif owner in meta["int8_rows"]:
+            check_int8_row_values(owner, arrays[f"{owner}.qweight"], arrays[f"{owner}.scale"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def value_groups(meta: dict, want) -> list[tuple[str | None, list[str]]]:
+    """``(owner, names)`` of the stored tensors ``want`` in the order their values are checked (by first name):
+    a W4A8 layer's tensors together (owner: its path), an INT8-rows module's stored ``qweight`` and ``scale``
+    together (a tied one's are stored, and checked, under the module it is tied to), every other tensor alone
+    (owner None)."""
+    suffixes = {**{n: INT8_ROW_SUFFIXES for n in meta["int8_rows"]}, **{n: LAYER_SUFFIXES for n in meta["layers"]}}
+    groups: dict[tuple, tuple[str | None, list[str]]] = {}
+    for k in sorted(want):
+        owner, _, suffix = k.rpartition(".")
+        key = (True, owner) if suffix in suffixes.get(owner, ()) else (False, k)
+        groups.setdefault(key, (owner if key[0] else None, []))[1].append(k)
+    return list(groups.values())
+
+
+def checked_groups(tf: TensorFile, meta: dict, want: set):
+    """Read the stored tensors ``want`` one group of :func:`value_groups` at a time and check their values; yield
+    each group as ``{name: array as read}`` (:meth:`~fptq.io.tensorfile.TensorFile.numpy`: BF16 as its uint16 bits)
+    once it has passed. The dict is emptied when the next group is asked for, so a caller that keeps nothing of it
+    holds one group's arrays at most (one layer, one INT8-rows module or one other tensor).
+
+    Checked: every tensor outside the W4A8 layers by :func:`_check_values` (an INT8-rows module's too), then the
+    group by :func:`_check_group`. The first problem in this order is the one raised, a CheckpointError naming the
+    file and the tensor or layer. :func:`read_tensors` keeps what it yields; ``fptq report``
+    (:func:`fptq.models.checkpoint.verify_checkpoint`) drops it."""
+    where = meta["_path"]
+    for owner, names in value_groups(meta, want):
+        arrays = {k: tf.numpy(k) for k in names}
+        if owner not in meta["layers"]:
+            for k in names:  # no loop variable left holding an array into the next group
+                _check_values(k, arrays[k], tf.dtype(k), where)
+        _check_group(owner, arrays, meta, where)
+        yield arrays
+        arrays.clear()
 
 
 def read_tensors(tf: TensorFile, meta: dict, want: set, keep_bf16: bool = False) -> dict:
     """name -> torch tensor for every stored tensor (float parts widened to float32; with ``keep_bf16``
-    BF16 ones kept as torch.bfloat16), values checked.
+    BF16 ones kept as torch.bfloat16), values checked (:func:`checked_groups`).
 
     One tensor is held twice at a time (as read, and in the tensor of its own that the model takes with
     ``load_state_dict(assign=True)``); the rotations ``Q`` / ``Q_f`` are NumPy-backed as read."""
-    where = meta["_path"]
-    layer_of = {f"{n}.{s}": (n, s) for n in meta["layers"] for s in LAYER_SUFFIXES}
-    out, by_layer = {}, {}
-    for k in sorted(want):
-        a, dtype = tf.numpy(k), tf.dtype(k)
-        if k in (ONLINE_ROTATION_TENSOR, INPUT_ROTATION_TENSOR):
-            out[k] = torch.from_numpy(a)
-        else:
-            out[k] = _to_torch(a, dtype, keep_bf16)
+    out = {}
+    for arrays in checked_groups(tf, meta, want):
+        for k in list(arrays):
+            a = arrays.pop(k)
+            out[k] = torch.from_numpy(a) if k in _ROTATIONS else _to_torch(a, tf.dtype(k), keep_bf16)
             del a
-        if out[k].dtype == torch.bfloat16:   # not a layer's tensor (those keep their spec dtypes)
-            _check_values(k, out[k], where)
-            continue
-        arr = out[k].numpy()
-        if k in layer_of:
-            n, s = layer_of[k]
-            by_layer.setdefault(n, {})[s] = arr
-        else:
-            _check_values(k, out[k], where)
-    for n, parts in sorted(by_layer.items()):
-        try:
-            check_layer_values(n, meta["layers"][n], parts)
-        except CheckpointError as e:
-            raise CheckpointError(f"{where}: {e}") from None
-    for n in sorted(meta["int8_rows"]):
-        if f"{n}.qweight" in out:  # else tied to another INT8-rows module, checked there
-            try:
-                check_int8_row_values(n, out[f"{n}.qweight"].numpy(), out[f"{n}.scale"].numpy())
-            except CheckpointError as e:
-                raise CheckpointError(f"{where}: {e}") from None
     return out
 
 
