@@ -31,17 +31,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
 
-    from fptq.models import checkpoint as C
+    from pathlib import Path
 
-    size = os.path.getsize(os.path.join(a.checkpoint, C.TENSORS_FILE))
+    from fptq.models import checkpoint as C
+    from fptq.models.checkpoint_read import open_checkpoint, verify_tensor_digests
+    from fptq.models.checkpoint_shards import open_shards
+
+    size = sum(f.stat().st_size for f in Path(a.checkpoint).iterdir() if f.suffix == ".safetensors")
     digests, loads = [], []
     for _ in range(a.repeats):
-        tf, meta = C._open(a.checkpoint)
+        tf, meta = open_checkpoint(a.checkpoint)
         if "digests" not in meta:
+            tf.close()
             raise SystemExit(f"{a.checkpoint}: a version-1 checkpoint has no digests to time")
-        with tf:
+        with open_shards(tf, a.checkpoint, meta) as tf:   # opening verifies each shard file's digest too
             t = time.perf_counter()
-            C._verify_tensor_digests(tf, meta)
+            verify_tensor_digests(tf, meta)
             digests.append(time.perf_counter() - t)
         t = time.perf_counter()
         C.load_quantized(a.checkpoint, backend=a.backend)
