@@ -280,9 +280,10 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                     handles.append(mod.register_forward_hook(
                         functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
                                           samples=samples, stride=stride, pos=pos, reduce=reduce)))
-        waiting = set()   # stop_early: the hooked linears yet to run in this batch (after the row hooks)
+        stops = hooked if stop_early else []   # their stop hooks run after the row hooks
+        waiting = set()   # the stopping linears yet to run in this batch
         handles += [mod.register_forward_hook(functools.partial(_stop_hook, name=name, waiting=waiting))
-                    for name, mod in (hooked if stop_early else ())]
+                    for name, mod in stops]
         outs = []
         first = 0
         with torch.no_grad(), (layer_on(layer, device) if device is not None else contextlib.nullcontext()):
@@ -295,7 +296,7 @@ def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sa
                 args, kwargs = cap.args[b][i], cap.kwargs[b][i]
                 if device is not None:
                     h, args, kwargs = to_device((h, args, kwargs), device)
-                waiting.update(name for name, _ in hooked)
+                waiting.update(name for name, _ in stops)
                 try:
                     out = _layer_output(layer(h, *args, **kwargs)).detach()
                 except _HookedAllRan:
@@ -393,7 +394,8 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     earlier groups already replaced by their W4A8 modules and its equalization folded) run on the quantized
     stream's inputs ``cap.hidden`` (kept: a sequential pass consumes them only after ``on_layer``), the same
     strided tokens as the first pass and as the float rows; each batch's forward stops once they have all run
-(the o projection's rows need the attention only, gate/up's not the down projection). name -> float32 tensor."""
+    (the o projection's rows need the attention only, gate/up's not the down projection). name -> float32 tensor;
+    a name whose input is shared (gate/up) shares one tensor."""
     rows = LayerSamples()
     _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False,
                stop_early=True)
