@@ -22,12 +22,11 @@ RESULT_SOURCES = ("spec", "reference", "models", "data", "io", "defaults.py", "_
 
 
 def check_resume_flags(a, cfg) -> None:
-    """Before any work: ``--resume`` only on the streamed run (not ``--rotate residual``) and with a weight quantizer
-    that calibrates on one stream; without ``--resume``, an interrupted resumable run of ``--out`` is refused (it
-    would be left behind and wasted), naming it and both ways on."""
+    """Before any work: ``--resume`` only on the streamed run (not ``--rotate residual``; any weight quantizer: the
+    journal keeps GPTAQ's float stream too); without ``--resume``, an interrupted resumable run of ``--out`` is
+    refused (it would be left behind and wasted), naming it and both ways on."""
     from .models.journal import JOURNAL_FILE, partial_dir
     from .models.stream import STREAMED_ROTATIONS
-    from . import reference as ref
 
     d = partial_dir(a.out)
     if not a.resume:
@@ -37,9 +36,6 @@ def check_resume_flags(a, cfg) -> None:
         return
     if cfg.rotate not in STREAMED_ROTATIONS:
         raise ValueError(f"--resume needs the streamed run; --rotate {cfg.rotate} loads the model whole")
-    if getattr(ref.weight_quantizer(cfg.weight_quantizer), "float_inputs", False):
-        raise ValueError(f"--resume: --weight-quantizer {cfg.weight_quantizer} calibrates on a second (float) stream "
-                         "that the journal does not keep yet")
 
 
 def code_digest() -> str:
@@ -83,8 +79,10 @@ def run_fingerprint(a, cfg, source, info: dict) -> dict:
 
 
 def open_run_journal(a, cfg, source, info: dict, n_layers: int, protect=()):
-    """The :class:`~fptq.models.journal.Journal` of this run (new, or the interrupted run's, checked); its
-    directory must not overlap an input."""
+    """The :class:`~fptq.models.journal.Journal` of this run (new, or the interrupted run's, checked: with a weight
+    quantizer that calibrates on the float stream too, GPTAQ, the journal must hold that stream); its directory
+    must not overlap an input."""
+    from . import reference as ref
     from .io.outputs import OutputPathError, is_within
     from .models.journal import Journal, partial_dir
 
@@ -92,7 +90,8 @@ def open_run_journal(a, cfg, source, info: dict, n_layers: int, protect=()):
     for src in protect:
         if src is not None and os.path.lexists(src) and (is_within(src, d) or is_within(d, src)):
             raise OutputPathError(f"--resume: {d} would overlap the input {src}; write somewhere else")
-    journal = Journal.open(a.out, run_fingerprint(a, cfg, source, info), n_layers)
+    journal = Journal.open(a.out, run_fingerprint(a, cfg, source, info), n_layers,
+                           float_stream=ref.weight_quantizer(cfg.weight_quantizer).float_inputs)
     if journal.next_layer:
         print(f"fptq: resuming {d}: layers 1-{journal.next_layer} of {n_layers} are done, continuing at layer "
               f"{journal.next_layer + 1}", file=sys.stderr)

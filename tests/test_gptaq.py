@@ -162,9 +162,14 @@ def test_float_rows_are_the_float_models_rows():
     assert not torch.equal(both["model.layers.1.self_attn.q_proj"][0], plain["model.layers.1.self_attn.q_proj"][0])
     with pytest.raises(ValueError, match="needs sequential"):
         calibrate(tiny_model("llama"), _ids(), progress=False, keep_rows=40, float_rows=True)
-    with pytest.raises(ValueError, match="cannot resume"):   # a journal holds the quantized stream only
-        calibrate(tiny_model("llama"), _ids(), progress=False, keep_rows=40, sequential=True, float_rows=True,
-                  resume=object())
+    from fptq.models.calibrate import capture_layer_inputs
+    from fptq.models.journal import ResumePoint
+
+    model = tiny_model("llama")
+    hidden = capture_layer_inputs(model, _ids(), 2).hidden
+    with pytest.raises(ValueError, match="both streams"):   # a resume point without the float stream is refused
+        calibrate(model, _ids(), batch_size=2, progress=False, keep_rows=40, sequential=True, float_rows=True,
+                  resume=ResumePoint(1, list(hidden)))
 
 
 def test_gptaq_pipeline_writes_a_loadable_checkpoint(tmp_path):

@@ -2,7 +2,9 @@
 of an uninterrupted run byte for byte; a run with other settings is refused by name; the partial directory is
 kept when the run stops, removed when it succeeds, and a directory at its path that fptq did not make is
 refused, never used or deleted. Planted breaks (the next layer's inputs or the plan not restored) make the
-identity test fail."""
+identity test fail. GPTAQ (two calibration streams, the float model's beside the quantized one) and plain
+``--sequential`` (one stream, the quantized one) resume byte for byte too; GPTAQ's float stream not restored
+(the quantized one given to both) fails the identity."""
 
 from __future__ import annotations
 
@@ -223,13 +225,85 @@ def test_no_journal_after_the_last_layer(model_dir, tmp_path):
     assert state["next_layer"] == LAYERS - 1
 
 
-@pytest.mark.parametrize("flags,why", [(["--rotate", "residual"], "needs the streamed run"),
-                                       (["--weight-quantizer", "gptaq"], "second (float) stream")])
-def test_resume_refused_where_not_journaled(model_dir, tmp_path, capsys, flags, why):
+def test_resume_refused_where_not_journaled(model_dir, tmp_path, capsys):
     out = tmp_path / "ckpt"
-    assert main(_args(model_dir, out, "1", "--resume", *flags)) == 2
-    assert why in capsys.readouterr().err
+    assert main(_args(model_dir, out, "1", "--resume", "--rotate", "residual")) == 2
+    assert "needs the streamed run" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+#: calibrations on the quantized model's stream: GPTAQ (and the float model's stream beside it), --sequential
+STREAMS = {"gptaq": ("--weight-quantizer", "gptaq"), "sequential": ("--sequential",)}
+
+
+@pytest.fixture(scope="module", params=sorted(STREAMS))
+def stream_reference(request, model_dir, tmp_path_factory):
+    """(name, its flags, the single-file checkpoint of an uninterrupted run of them without --resume)."""
+    out = tmp_path_factory.mktemp("ref") / "ckpt"
+    flags = STREAMS[request.param]
+    assert _run("single", model_dir, out, *flags) == 0
+    return request.param, flags, out
+
+
+@pytest.mark.parametrize("k,where", [(1, "done"), (2, "load")])
+def test_two_stream_resume_is_byte_identical(stream_reference, model_dir, tmp_path, k, where):
+    """GPTAQ stopped after layer 1 (or as layer 2 is read) records both streams' inputs of the next layer and
+    resumes to the uninterrupted run's bytes; --sequential records its one (quantized) stream."""
+    name, flags, ref = stream_reference
+    out = tmp_path / "ckpt"
+    assert _run("single", model_dir, out, "--resume", *flags, patch=_fail_after(k, where)) == \
+        (2 if where == "done" else 130)
+    part = partial_dir(out)
+    state = json.loads((part / "journal.json").read_text())
+    assert state["next_layer"] == (k + 1 if where == "done" else k)
+    assert (state["batches"], state["float_batches"]) == (2, 2 if name == "gptaq" else 0)
+    from fptq.io.tensorfile import TensorFile
+
+    with TensorFile(part / state["inputs"]) as tf:
+        floats = sorted(n for n in tf.names if n.startswith("float."))
+        assert floats == ([f"float.{b}" for b in range(state["batches"])] if name == "gptaq" else [])
+        if floats:   # the float model's stream is not the quantized one's
+            assert not torch.equal(tf.tensor("float.0"), tf.tensor("hidden.0"))
+    assert _run("single", model_dir, out, "--resume", *flags) == 0
+    _same_checkpoint(out, ref)
+    assert not part.exists()
+
+
+def test_gptaq_float_stream_not_restored_fails_identity(stream_reference, model_dir, tmp_path, monkeypatch):
+    """The identity test bites for the float stream: a resume that gives GPTAQ's float stream the quantized
+    stream's inputs (what a journal keeping one stream would have to do) writes another checkpoint."""
+    name, flags, ref = stream_reference
+    if name != "gptaq":
+        pytest.skip("one stream only")
+    out = tmp_path / "ckpt"
+    assert _run("single", model_dir, out, "--resume", *flags, patch=_fail_after(1)) == 2
+    orig = Journal.resume_point
+
+    def broken(self):
+        p = orig(self)
+        return ResumePoint(p.start, p.hidden, p.stats, p.plan_groups, list(p.hidden))
+    monkeypatch.setattr(Journal, "resume_point", broken)
+    assert _run("single", model_dir, out, "--resume", *flags) == 0
+    with pytest.raises(AssertionError, match="differ"):
+        _same_checkpoint(out, ref)
+
+
+def test_gptaq_resume_of_journal_without_float_stream_refused(model_dir, tmp_path, capsys):
+    """A journal that recorded no float stream (as one written before the float stream was journaled) is
+    refused for a GPTAQ run, named, and left as it is."""
+    out = tmp_path / "ckpt"
+    flags = STREAMS["gptaq"]
+    assert _run("single", model_dir, out, "--resume", *flags, patch=_fail_after(0)) == 2
+    part = partial_dir(out)
+    state = json.loads((part / "journal.json").read_text())
+    del state["float_batches"]
+    (part / "journal.json").write_text(json.dumps(state, sort_keys=True))
+    before = _files(part)
+    capsys.readouterr()
+    assert main(_args(model_dir, out, "1", "--resume", *flags)) == 2
+    err = capsys.readouterr().err
+    assert "recorded no float stream" in err and f"rm -r {part}" in err
+    assert _files(part) == before and not out.exists()
 
 
 def _api_run(model_dir, out, device, journaled: bool) -> None:

@@ -366,17 +366,13 @@ def _release_caches(layer) -> None:
             mod.release_cache()
 
 
-def _float_stream(cap: CapturedInputs, float_rows: bool, sequential: bool, keep_rows: int, resume):
-    """GPTAQ's float stream (``float_rows``): the captured arguments with hidden states of their own, layer 0's
-    to start with (the embeddings); None without ``float_rows``. It needs ``sequential`` and ``keep_rows``; a
-    resumed run is refused (its journal holds the quantized stream's inputs only)."""
+def _float_stream(cap: CapturedInputs, float_rows: bool, sequential: bool, keep_rows: int):
+    """GPTAQ's float stream (``float_rows``, which needs ``sequential`` and ``keep_rows``): the captured arguments
+    with hidden states of their own, layer 0's (the embeddings; a resumed run's: :func:`_resumed`); else None."""
     if not float_rows:
         return None
     if not (sequential and keep_rows):
         raise ValueError("float_rows (asymmetric calibration) needs sequential=True and keep_rows > 0")
-    if resume is not None:
-        raise ValueError("float_rows (asymmetric calibration, --weight-quantizer gptaq) cannot resume a run: "
-                         "the journal keeps the quantized model's layer inputs only, not the float model's")
     return CapturedInputs(list(cap.hidden), cap.args, cap.kwargs)
 
 
@@ -403,18 +399,22 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     return _concatenated(rows)
 
 
-def _resumed(cap: CapturedInputs, resume, stats: dict) -> tuple[int, dict]:
+def _resumed(cap: CapturedInputs, resume, stats: dict, float_cap: CapturedInputs | None) -> tuple[int, dict]:
     """``(first layer, statistics dict)``: ``(0, stats)``, or for ``resume`` (a run continued:
     :class:`fptq.models.journal.ResumePoint`) its ``start``, its ``stats`` to fill on, and its inputs of that
-    layer instead of the captured ones (the same batch shapes, else a ValueError)."""
+    layer instead of the captured ones, with ``float_cap`` (GPTAQ) the float stream's too (``float_hidden``):
+    each present and of the calibration batches' shapes, else a ValueError."""
     if resume is None:
         return 0, stats
     if resume.hidden is not None:
         want = [tuple(h.shape) for h in cap.hidden]
-        if [tuple(h.shape) for h in resume.hidden] != want:
-            raise ValueError(f"the inputs of layer {resume.start} to resume from are not of the calibration "
-                             f"batches' shapes {want}")
+        streams = [resume.hidden] if float_cap is None else [resume.hidden, resume.float_hidden]
+        if any(s is None or [tuple(h.shape) for h in s] != want for s in streams):
+            raise ValueError(f"the inputs of layer {resume.start} to resume from (with GPTAQ: both streams') are "
+                             f"missing or not of the calibration batches' shapes {want}")
         cap.hidden, resume.hidden = list(resume.hidden), None   # handed over: each batch is dropped once used
+        if float_cap is not None:
+            float_cap.hidden, resume.float_hidden = list(resume.float_hidden), None
     return resume.start, resume.stats
 
 
@@ -456,9 +456,9 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
             other samples' maxima.
-        after_layer: optional ``f(index, prefix, layer, outputs)`` called once the layer's outputs for the
-            next layer are computed (after the sequential forward; ``outputs``: their per-batch list, not to be
-            changed); it may modify the layer again (or release its weights: the layer is not run again).
+        after_layer: optional ``f(index, prefix, layer, outputs, float_outputs)`` called once the layer's outputs
+            for the next layer are computed (after the sequential forward; ``outputs``: their per-batch list, not to
+            be changed; ``float_outputs``: the float stream's, or None); it may modify (or release) the layer again.
         before_layer: optional ``f(index, prefix, layer)`` called before the layer first runs (after every
             layer's inputs are captured): it may load the layer's weights or rotate it.
         sequential: feed the next layer the outputs of the layer as left by ``on_layer`` (one more forward).
@@ -477,8 +477,8 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     holdout = _check_holdout(int(holdout), n_samples, keep_rows, sequential and device is not None)
     (path, layers, _), stats = find_decoder_layers(model), {}
     cap = capture_layer_inputs(model, input_ids, batch_size)
-    float_cap = _float_stream(cap, float_rows, sequential, keep_rows, resume)
-    start, stats = _resumed(cap, resume, stats)
+    float_cap = _float_stream(cap, float_rows, sequential, keep_rows)
+    start, stats = _resumed(cap, resume, stats, float_cap)
     stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
     for i in tqdm(range(start, len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
@@ -493,7 +493,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
                 outs = _run_layer(layer, cap, i, consume=True)
                 _release_caches(layer)
         if after_layer is not None:
-            after_layer(i, prefix, layer, outs)
+            after_layer(i, prefix, layer, outs, None if float_cap is None else float_cap.hidden)
         cap.hidden = outs
         del outs, samples
         release_freed_memory()

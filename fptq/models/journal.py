@@ -5,8 +5,10 @@ A streamed run with a journal works in ``<out>.fptq-partial/`` (:func:`partial_d
     journal.json            the commit point, replaced atomically after each decoder layer: the run's
                             fingerprint, the next layer, the checkpoint writer's state, the plan so far (its
                             arrays in the inputs file), the seconds per layer, every file below with its SHA-256
-    inputs-K.safetensors    layer K's calibration inputs (``hidden.B``: batch B, in its dtype), the channel
-                            maxima so far (``stats.NAME``) and the plan's arrays (``plan.J.FIELD``)
+    inputs-K.safetensors    layer K's calibration inputs (``hidden.B``: batch B, in its dtype; with a weight
+                            quantizer that calibrates on the float model's stream too, GPTAQ's, that stream's
+                            inputs of layer K beside them, ``float.B``), the channel maxima so far
+                            (``stats.NAME``) and the plan's arrays (``plan.J.FIELD``)
     layer-P.safetensors     decoder layer P's stored tensors while the writer holds it in its shard buffer
     checkpoint/             the checkpoint writer's directory: the shards so far; at the end the whole
                             checkpoint, renamed to ``--out`` (nothing is ever at ``--out`` before)
@@ -16,7 +18,9 @@ A streamed run with a journal works in ``<out>.fptq-partial/`` (:func:`partial_d
 last layer: a run stopped later (in the final write) redoes that layer. :meth:`Journal.open` continues a
 directory only when its journal is fptq's, its fingerprint equals this run's (else :class:`ResumeError`
 naming the fields that differ) and every file it names has its digest; it never deletes or uses a directory
-that holds no journal. On success :meth:`Journal.discard` removes what the journal made.
+that holds no journal; a run with a float stream (``Journal.open(float_stream=True)``) refuses a journal that
+recorded none (``float_batches`` 0, or absent as before the float stream was journaled). On success
+:meth:`Journal.discard` removes what the journal made.
 """
 
 from __future__ import annotations
@@ -62,12 +66,14 @@ class ResumePoint:
     """Where a streamed run starts: layer ``start`` (the layers before it are quantized and in the writer),
     its inputs ``hidden`` (per calibration batch; None at layer 0: the captured ones; calibration takes them
     and sets None, so they are freed batch by batch), the channel maxima so far ``stats`` (the dict calibration
-    fills on, which the journal reads) and the plan's groups so far."""
+    fills on, which the journal reads), the plan's groups so far and, for a run with a float stream (GPTAQ), that
+    stream's inputs of layer ``start`` ``float_hidden`` (taken like ``hidden``; None otherwise)."""
 
     start: int
     hidden: list | None
     stats: dict = field(default_factory=dict)
     plan_groups: list = field(default_factory=list)
+    float_hidden: list | None = None
 
 
 def _encode_value(v, key: str, arrays: dict):
@@ -172,10 +178,11 @@ class Journal:
         return list(self.state["layer_seconds"])
 
     @classmethod
-    def open(cls, out, fingerprint: dict, n_layers: int) -> "Journal":
+    def open(cls, out, fingerprint: dict, n_layers: int, float_stream: bool = False) -> "Journal":
         """The journal of ``--out``'s run: a new one in a new :func:`partial_dir`, or the interrupted run's there,
-        checked (:class:`ResumeError`: not fptq's, another fingerprint, a file changed or missing) and cleared
-        of what it does not name (files a stopped process was writing)."""
+        checked (:class:`ResumeError`: not fptq's, another fingerprint, a file changed or missing, no float stream
+        recorded for a run that has one: ``float_stream``, GPTAQ) and cleared of what it does not name (files a
+        stopped process was writing)."""
         d = partial_dir(out)
         if not os.path.lexists(d):
             d.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +197,7 @@ class Journal:
         journal = cls(d, _read_state(d))
         journal._lock()
         try:
-            journal._check(fingerprint, n_layers)
+            journal._check(fingerprint, n_layers, float_stream)
             journal._clear_unnamed()
         except BaseException:
             journal.close()
@@ -222,7 +229,7 @@ class Journal:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _check(self, fingerprint: dict, n_layers: int) -> None:
+    def _check(self, fingerprint: dict, n_layers: int, float_stream: bool = False) -> None:
         diff = fingerprint_differences(self.state["fingerprint"], fingerprint)
         if diff or self.state.get("n_layers") != n_layers:
             lines = diff or [f"n_layers: interrupted run {self.state.get('n_layers')}, this run {n_layers}"]
@@ -240,6 +247,10 @@ class Journal:
             if not path.is_file() or file_sha256(path) != digest:
                 raise ResumeError(f"--resume: {path} is missing or changed since the journal recorded it: the "
                                   f"interrupted run cannot be continued; remove {self.directory} (rm -r) to start over")
+        if float_stream and self.next_layer and not self.state.get("float_batches"):
+            raise ResumeError(f"--resume: {self.directory} recorded no float stream (the float model's layer "
+                              "inputs), which this run's weight quantizer calibrates on: it cannot be continued; "
+                              f"remove it (rm -r {self.directory}) to start over")
 
     def _clear_unnamed(self) -> None:
         """Remove what a stopped process left and no journal names: our temporary and superseded files, and in
@@ -268,9 +279,10 @@ class Journal:
             return self._point
         with TensorFile(self.directory / self.state["inputs"]) as tf:
             hidden = [tf.tensor(f"hidden.{b}") for b in range(int(self.state["batches"]))]
+            floats = [tf.tensor(f"float.{b}") for b in range(int(self.state.get("float_batches", 0)))]
             stats = {n: tf.numpy(f"stats.{n}") for n in self.state["stats"]}
             groups = decode_groups(self.state["plan"], tf.numpy)
-        self._point = ResumePoint(start, hidden, stats, groups)
+        self._point = ResumePoint(start, hidden, stats, groups, floats or None)
         mark("journal: read")
         return self._point
 
@@ -285,15 +297,18 @@ class Journal:
                 buffer.update({n: tf.tensor(n) for n in tf.names})
         writer.restore(ws, buffer)
 
-    def record(self, i: int, outputs: list, plan, writer, layer_seconds: list) -> None:
-        """After layer ``i`` is done (in the writer, its outputs computed): the next layer's inputs, the
-        statistics and plan so far, the writer's state and its buffered layers' tensors, then ``journal.json``.
-        Nothing after the last layer (the run that resumes redoes it)."""
+    def record(self, i: int, outputs: list, plan, writer, layer_seconds: list,
+               float_outputs: list | None = None) -> None:
+        """After layer ``i`` is done (in the writer, its outputs computed): the next layer's inputs (with
+        ``float_outputs``, GPTAQ's float stream, that stream's too), the statistics and plan so far, the writer's
+        state and its buffered layers' tensors, then ``journal.json``. Nothing after the last layer (the run that
+        resumes redoes it)."""
         if i + 1 >= int(self.state["n_layers"]):
             return
         records, arrays = encode_groups(plan.groups)
         stats = self.resume_point().stats
         tensors = {f"hidden.{b}": h.detach().to("cpu") for b, h in enumerate(outputs)}
+        tensors.update({f"float.{b}": h.detach().to("cpu") for b, h in enumerate(float_outputs or ())})
         tensors.update({f"stats.{n}": np.ascontiguousarray(v) for n, v in stats.items()})
         tensors.update(arrays)
         files, inputs = {}, f"inputs-{i + 1}.safetensors"
@@ -308,7 +323,8 @@ class Journal:
         _fsync(self.checkpoint_dir)
         old = set(self.state["files"]) - set(files)
         self.state.update(next_layer=i + 1, layer_seconds=list(layer_seconds), files=files, inputs=inputs,
-                          batches=len(outputs), stats=sorted(stats), plan=records, writer=ws)
+                          batches=len(outputs), float_batches=len(float_outputs or ()), stats=sorted(stats),
+                          plan=records, writer=ws)
         self._commit()
         for name in old:
             (self.directory / name).unlink(missing_ok=True)

@@ -320,10 +320,10 @@ class _AroundLayer:
             rotate_layer(self.rot, i, layer)
             mark(f"{prefix}: rotate")
 
-    def after(self, i, prefix, layer, outputs):
+    def after(self, i, prefix, layer, outputs, float_outputs=None):
         if self.swap is not None:
             self.swap.after_layer(i, prefix, layer)
-        self.io.outputs(i, outputs)
+        self.io.outputs(i, outputs, float_outputs)
         self.io.done(i, prefix, layer, self.plan)
 
 
@@ -333,14 +333,16 @@ class LayerIO:
 
     def resume_point(self):
         """None, or where a resumed run starts (:class:`fptq.models.journal.ResumePoint`: its layer, that layer's
-        inputs, the statistics and plan of the layers before it, which are not run again)."""
+        inputs (GPTAQ: the float stream's too), the statistics and plan of the layers before it, which are not run
+        again)."""
         return None
 
     def load(self, i: int, prefix: str, layer) -> None:
         """Before layer ``i`` (module path ``prefix``) is rotated and calibrated."""
 
-    def outputs(self, i: int, outputs: list) -> None:
-        """Layer ``i``'s outputs for the next layer (per-batch float32 tensors; read, never changed)."""
+    def outputs(self, i: int, outputs: list, float_outputs: list | None = None) -> None:
+        """Layer ``i``'s outputs for the next layer (per-batch float32 tensors; read, never changed);
+        ``float_outputs``: GPTAQ's float stream's (the float model's layer ``i`` outputs), else None."""
 
     def done(self, i: int, prefix: str, layer, plan: Plan) -> None:
         """Once layer ``i`` is quantized and its outputs for the next layer are computed."""

@@ -107,7 +107,7 @@ class StreamedLayers(LayerIO):
     def __init__(self, model, source, writer=None, progress: bool = True, journal=None) -> None:
         self.model, self.source, self.writer, self.progress = model, source, writer, progress
         self.n_layers = len(find_decoder_layers(model)[1])
-        self.journal, self._next_inputs = journal, None
+        self.journal, self._next_inputs, self._next_float = journal, None, None
         self.layer_seconds: list[float] = [] if journal is None else journal.layer_seconds
         self.pending_release: list = []   # modules read for the capture only (the input embeddings)
         #: the most bytes the model's real (not meta) parameters and buffers held at a layer's read or
@@ -156,8 +156,9 @@ class StreamedLayers(LayerIO):
         self._note_resident()
         mark(f"{prefix}: load")
 
-    def outputs(self, i: int, outputs: list) -> None:
-        self._next_inputs = outputs if self.journal is not None else None
+    def outputs(self, i: int, outputs: list, float_outputs: list | None = None) -> None:
+        if self.journal is not None:   # held until the journal records them (done)
+            self._next_inputs, self._next_float = outputs, float_outputs
         if i == self.n_layers - 1:   # the last hidden states of the first sample, for the caller's final check
             self.last_hidden = outputs[0][:1].to("cpu", copy=True)   # from the calibration's device, if any
 
@@ -176,8 +177,8 @@ class StreamedLayers(LayerIO):
             tqdm.write(f"fptq: layer {i + 1}/{self.n_layers} quantized in {self.layer_seconds[-1]:.1f} s",
                        file=sys.stderr)
         if self.journal is not None:
-            self.journal.record(i, self._next_inputs, plan, self.writer, self.layer_seconds)
-            self._next_inputs = None
+            self.journal.record(i, self._next_inputs, plan, self.writer, self.layer_seconds, self._next_float)
+            self._next_inputs = self._next_float = None
 
 
 def deferred_paths(model, outside) -> list[tuple[str, ...]]:
