@@ -9,7 +9,7 @@ first position (the attention sink, whose hidden state is hundreds of times larg
 
     python benchmarks/gptaq_drift.py [--model DIR_OR_GGUF] [--alpha 0,1] [--samples 16] [--layers 12]
 
-It wraps two private functions of :mod:`fptq.models.calibrate` (the float pass and the layer forward) to read the
+It wraps two functions as :mod:`fptq.models.calibrate` calls them (its private float pass and the layer forward `run_layer`) to read the
 streams; nothing else changes. Writes benchmarks/results/gptaq_drift_<model>_<date>.json.
 """
 
@@ -44,7 +44,7 @@ def _watching(rows: list, layers: int):
 
     import fptq.models.calibrate as cal
 
-    float_pass, run_layer, seen = cal._float_pass, cal._run_layer, {}
+    float_pass, run_layer, seen = cal._float_pass, cal.run_layer, {}
 
     def watched_float_pass(layer, cap, i, *args, **kwargs):
         seen["in"] = torch.cat(cap.hidden)
@@ -64,13 +64,13 @@ def _watching(rows: list, layers: int):
                 raise _Enough
         return outs
 
-    cal._float_pass, cal._run_layer = watched_float_pass, watched_run_layer
+    cal._float_pass, cal.run_layer = watched_float_pass, watched_run_layer
     try:
         yield
     except _Enough:
         pass
     finally:
-        cal._float_pass, cal._run_layer = float_pass, run_layer
+        cal._float_pass, cal.run_layer = float_pass, run_layer
 
 
 def main(argv=None) -> int:

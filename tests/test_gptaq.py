@@ -281,7 +281,8 @@ def test_each_group_is_fitted_on_the_inputs_its_quantized_predecessors_give(monk
 def test_a_rerun_stops_once_its_linears_have_run(stop_at):
     """GPTAQ's reruns (``_rows_again``) end each batch's forward once the hooked linear has seen its input: the
     modules after it do not run, and the rows are those of a whole forward, bit for bit."""
-    from fptq.models.calibrate import LayerSamples, _run_layer, capture_layer_inputs
+    from fptq.models.calibrate import capture_layer_inputs
+    from fptq.models.layer_pass import LayerSamples, run_layer
     from fptq.testing import tiny_model
 
     model = tiny_model("llama")
@@ -292,9 +293,9 @@ def test_a_rerun_stops_once_its_linears_have_run(stop_at):
     handle = after.register_forward_hook(lambda *a: calls.append(1))
     name = f"{prefix}.{stop_at}"
     whole, early = LayerSamples(), LayerSamples()
-    _run_layer(layer, cap, 1, hooks_on=prefix, samples=whole, stride=3, only={name}, keep_outputs=False)
+    run_layer(layer, cap, 1, hooks_on=prefix, samples=whole, stride=3, only={name}, keep_outputs=False)
     n_whole = len(calls)
-    _run_layer(layer, cap, 1, hooks_on=prefix, samples=early, stride=3, only={name}, keep_outputs=False,
+    run_layer(layer, cap, 1, hooks_on=prefix, samples=early, stride=3, only={name}, keep_outputs=False,
                stop_early=True)
     handle.remove()
     assert n_whole == len(cap.hidden)
@@ -303,4 +304,4 @@ def test_a_rerun_stops_once_its_linears_have_run(stop_at):
     for a, b in zip(early[name], whole[name]):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="stop_early needs"):
-        _run_layer(layer, cap, 1, hooks_on=prefix, stop_early=True)
+        run_layer(layer, cap, 1, hooks_on=prefix, stop_early=True)

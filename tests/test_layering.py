@@ -51,6 +51,7 @@ MODELS_ORDER = (
     ("foundations", {"_torch", "arch", "checkpoint_meta", "loading", "memory_shape", "memory_time", "finite", "trace",
                      "device"}),
     ("settings", {"config", "skeleton", "sources"}),
+    ("layer passes", {"layer_pass"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
     ("planning and baselines", {"plan", "fakequant"}),
     ("the run", {"quantize", "journal"}),

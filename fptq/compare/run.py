@@ -33,7 +33,7 @@ def _selected(s: CompareSettings) -> list[Method]:
 
 def _sample_keeper(s: CompareSettings, methods: list[Method], model):
     """``(samples, on_layer)``: when a shared row selects its plan by error, one
-    :class:`~fptq.models.calibrate.LayerSamples` kept from the shared calibration (one row sample
+    :class:`~fptq.models.layer_pass.LayerSamples` kept from the shared calibration (one row sample
     per input-sharing group: the plan reads its first linear's); else ``(None, None)``."""
     from ..models.arch import LINEAR_GROUPS, arch_of_model
     from ..models.calibrate import LayerSamples

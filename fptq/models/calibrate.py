@@ -23,83 +23,31 @@ rows that did not make them: ``LayerSamples.fit_max`` are the channel maxima
 of the other samples, ``LayerSamples.heldout`` rows of the held-out ones
 (the returned statistics still cover every sample).
 
+Each pass over a layer is :func:`fptq.models.layer_pass.run_layer` (the hooks, the rows, the held-out
+samples); this module orders the passes.
+
 Non-finite values are reported with the module's name: a NaN/Inf weight
 before the layer runs, a NaN/Inf activation at a linear's input as it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..defaults import CALIB_BATCH_SIZE
 from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
+from .layer_pass import BatchPosition, CapturedInputs, LayerSamples, release_freed_memory, run_layer
 from .trace import mark
 
-__all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches"]
+__all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches",
+           "release_freed_memory"]
 
 
 class _StopForward(Exception):
     pass
-
-
-@dataclass
-class CapturedInputs:
-    """What each decoder layer receives, per calibration batch.
-
-    ``hidden[b]``: float32 [B, L, H], the current layer's input for batch b
-    (starts as layer 0's input). ``args[b][i]`` / ``kwargs[b][i]``: the other
-    arguments decoder layer i received for batch b (tensors shared across
-    layers are stored once).
-    """
-
-    hidden: list = field(default_factory=list)
-    args: list = field(default_factory=list)
-    kwargs: list = field(default_factory=list)
-
-
-class LayerSamples(dict):
-    """Calibration rows of one decoder layer's linear inputs: full module name -> float32 tensor
-    [~keep_rows, K] (evenly strided over every calibration token), plus, when samples are held out:
-
-    * ``heldout``: name -> float32 tensor [~keep_rows, K], rows of the held-out samples only;
-    * ``fit_max``: name -> float32 ndarray [K], the channel maxima of the other samples;
-    * ``hessians``: a cache for whoever derives one matrix per group input from the rows
-      (:func:`fptq.models.quantize.layer_hessian`), freed with the layer's samples.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.heldout: dict = {}
-        self.fit_max: dict = {}
-        self.hessians: dict = {}
-        self.batch_rows: dict = {}   # (id(input), kind) -> (input, its kept rows) within one batch
-        #: whoever derives a Hessian from a group's rows may drop the rows afterwards (nothing reads them again)
-        self.keep_rows_after_hessian = True
-        #: the ``torch.device`` the calibration ran on (None: the host); :func:`fptq.models.quantize.layer_hessian`
-        #: computes the group Hessians there (:func:`fptq.models.device.device_hessian`)
-        self.device = None
-        #: ``calibrate(float_rows=True)`` (GPTAQ): name -> float32 tensor, the float model's rows of the same
-        #: tokens as this dict's (which are the quantized model's)
-        self.float_rows: dict = {}
-        #: GPTAQ: ``f(names) -> {name: rows}``, the quantized stream's rows of those linears again from the layer as
-        #: quantized so far (:func:`_rows_again`); None otherwise
-        self.rows_again = None
-
-
-@dataclass
-class _BatchPosition:
-    """Where the batch a hook sees lies in the calibration set (set by :func:`_run_layer`)."""
-
-    first: int = 0          # index of the batch's first sample
-    batch: int = 0          # samples in the batch
-    n_fit: int = 0          # samples [0, n_fit) are fit samples, the rest held out
-    stride: int = 1         # row stride of the held-out rows kept
-    fit_stats: object = None
 
 
 def iter_batches(input_ids, batch_size: int):
@@ -162,159 +110,6 @@ def _check_weights(layer, prefix: str) -> None:
             raise NonFiniteError(f"weight {prefix}.{name} contains NaN or Inf")
 
 
-def _observed(x, reduce):
-    """What a hook hands :meth:`CalibrationStats.observe` for input ``x``: the host float32 array, or with a device
-    (``reduce``: :func:`fptq.models.device.channel_max`) its per-channel maxima reduced where ``x`` lives."""
-    import torch
-
-    return reduce(x) if reduce is not None else x.to(torch.float32).cpu().numpy()
-
-
-def _host_rows(x):
-    """A float32 copy of rows ``x`` on the host (one copy, wherever ``x`` lives)."""
-    import torch
-
-    return x.to("cpu", torch.float32, copy=True)
-
-
-def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1, pos=None,
-               reduce=None):
-    x = inputs[0].detach()
-    x2 = x.reshape(-1, x.shape[-1])
-    if stats is not None:   # None: rows only (GPTAQ's float pass)
-        stats.observe(name, _observed(x, reduce))
-    if samples is not None:
-        samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept", lambda: _host_rows(x2[::stride])))
-    if pos is not None and pos.fit_stats is not None:
-        if x.dim() == 2 and x.shape[0] % pos.batch == 0:
-            x = x.reshape(pos.batch, -1, x.shape[-1])  # flattened batch-major (OPT's fc1/fc2: [B * L, K])
-        if x.dim() < 3 or int(x.shape[0]) != pos.batch:
-            raise ValueError(f"{name}: held-out calibration needs the input as [batch={pos.batch}, tokens, K], "
-                             f"got shape {tuple(x.shape)}; pass holdout=0")
-        b = pos.batch
-        n_fit = min(max(pos.n_fit - pos.first, 0), b)
-        if n_fit:
-            pos.fit_stats.observe(name, _observed(x[:n_fit], reduce))
-        if n_fit < b:
-            rows = _shared_rows(samples, inputs[0], "heldout",
-                                lambda: _host_rows(x[n_fit:].reshape(-1, x.shape[-1])[::pos.stride]))
-            samples.heldout.setdefault(name, []).append(rows)
-
-
-def _shared_rows(samples, x, kind: str, copy):
-    """The rows ``copy()`` makes of input ``x``, made once per batch for every linear reading that same tensor
-    (q/k/v, gate/up share their input: one copy instead of three or two). ``samples.batch_rows`` holds ``x``
-    itself beside its rows so that its ``id`` cannot be reused within the batch; :func:`_run_layer` clears it
-    after each batch."""
-    key = (id(x), kind)
-    if key not in samples.batch_rows:
-        samples.batch_rows[key] = (x, copy())
-    return samples.batch_rows[key][1]
-
-
-def release_freed_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Each calibration batch and each quantized linear frees tens of MB of float
-    temporaries in many sizes; without this, glibc keeps them in fragmented arenas and
-    the resident set grows by roughly that much per layer (measured: ~1 GB over
-    SmolLM2's 30 layers). Called after every batch of a layer's forward
-    (:func:`_run_layer`), after every layer, and after every quantized linear
-    (:func:`fptq.models.quantize.quantize_model`): with the online rotation's
-    per-batch products, trimming once per layer left SmolLM2-135M's default quantize
-    at a peak of 3.2-3.7 GB, trimming per batch and per linear at 2.3 GB, for ~8%
-    more wall time (benchmarks/bench_quantize.py, 2026-11-30)."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
-
-
-def _layer_output(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-class _HookedAllRan(Exception):
-    """Every hooked linear has seen the batch: the rest of the forward is not needed (``stop_early``)."""
-
-
-def _stop_hook(module, inputs, output, *, name, waiting: set):
-    waiting.discard(name)
-    if not waiting:
-        raise _HookedAllRan
-
-
-def _run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, samples=None, stride=1,
-               pos: _BatchPosition | None = None, consume: bool = False, device=None, only=None,
-               keep_outputs: bool = True, stop_early: bool = False) -> list:
-    """The layer's outputs for every captured batch (hooks on its linears when ``hooks_on``, on those whose
-    full names are in ``only`` when given; an empty list with ``keep_outputs=False``); ``consume``:
-    each batch's input is dropped once its output is computed (nothing runs the layer on them again).
-    ``device``: the forward runs there (:mod:`fptq.models.device`; the outputs stay there); None: where the
-    layer is. ``stop_early`` (with ``keep_outputs=False``): each batch's forward ends once every hooked
-    linear has seen its input (GPTAQ's reruns for the o projection need the attention only)."""
-    import torch
-    import torch.nn as nn
-
-    from .device import channel_max, layer_on, to_device
-
-    if stop_early and (keep_outputs or hooks_on is None):
-        raise ValueError("stop_early needs keep_outputs=False and hooks (the outputs are not computed)")
-    handles, hooked = [], []
-    reduce = channel_max if device is not None else None
-    try:
-        if hooks_on is not None:
-            for rel, mod in layer.named_modules():
-                is_linear = isinstance(mod, nn.Linear) or getattr(mod, "is_fptq_linear", False)
-                if is_linear and (only is None or f"{hooks_on}.{rel}" in only):
-                    hooked.append((f"{hooks_on}.{rel}", mod))
-                    handles.append(mod.register_forward_hook(
-                        functools.partial(_amax_hook, name=f"{hooks_on}.{rel}", stats=stats,
-                                          samples=samples, stride=stride, pos=pos, reduce=reduce)))
-        stops = hooked if stop_early else []   # their stop hooks run after the row hooks
-        waiting = set()   # the stopping linears yet to run in this batch
-        handles += [mod.register_forward_hook(functools.partial(_stop_hook, name=name, waiting=waiting))
-                    for name, mod in stops]
-        outs = []
-        first = 0
-        with torch.no_grad(), (layer_on(layer, device) if device is not None else contextlib.nullcontext()):
-            for b in range(len(cap.hidden)):
-                h = cap.hidden[b]
-                if consume:
-                    cap.hidden[b] = None
-                if pos is not None:
-                    pos.first, pos.batch = first, int(h.shape[0])
-                args, kwargs = cap.args[b][i], cap.kwargs[b][i]
-                if device is not None:
-                    h, args, kwargs = to_device((h, args, kwargs), device)
-                waiting.update(name for name, _ in stops)
-                try:
-                    out = _layer_output(layer(h, *args, **kwargs)).detach()
-                except _HookedAllRan:
-                    out = None
-                if keep_outputs:
-                    outs.append(out)
-                del out
-                first += int(h.shape[0])
-                del h, args, kwargs
-                if samples is not None:
-                    samples.batch_rows.clear()
-                release_freed_memory()
-        return outs
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _check_holdout(holdout: int, n_samples: int, keep_rows: int, sequential_on_device: bool = False) -> int:
     if sequential_on_device:
         raise ValueError("sequential calibration runs the quantized layer, which computes on the host: "
@@ -326,15 +121,15 @@ def _check_holdout(holdout: int, n_samples: int, keep_rows: int, sequential_on_d
     return holdout
 
 
-def _holdout_position(holdout: int, n_samples: int, seq_len: int, rows: int) -> _BatchPosition | None:
-    """A fresh :class:`_BatchPosition` of one layer's pass keeping about ``rows`` held-out rows (None: no holdout)."""
+def _holdout_position(holdout: int, n_samples: int, seq_len: int, rows: int) -> BatchPosition | None:
+    """A fresh :class:`BatchPosition` of one layer's pass keeping about ``rows`` held-out rows (None: no holdout)."""
     if not holdout:
         return None
-    return _BatchPosition(n_fit=n_samples - holdout, fit_stats=CalibrationStats(non_first=False),
+    return BatchPosition(n_fit=n_samples - holdout, fit_stats=CalibrationStats(non_first=False),
                           stride=max(1, -(-holdout * seq_len // int(rows))))
 
 
-def _kept_samples(samples, pos: _BatchPosition | None):
+def _kept_samples(samples, pos: BatchPosition | None):
     """One layer's kept rows as a :class:`LayerSamples` of concatenated tensors (None: none kept)."""
     if samples is None:
         return None
@@ -380,7 +175,7 @@ def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, de
     """The float layer on the float model's inputs ``cap.hidden`` (consumed; before ``on_layer`` quantizes it):
     ``(outputs, kept rows by module name)``, the rows of the same tokens as the quantized stream's."""
     rows = LayerSamples()
-    outs = _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, consume=True, device=device)
+    outs = run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, consume=True, device=device)
     mark(f"{prefix}: float pass")
     return outs, _concatenated(rows)
 
@@ -393,7 +188,7 @@ def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, na
     (the o projection's rows need the attention only, gate/up's not the down projection). name -> float32 tensor;
     a name whose input is shared (gate/up) shares one tensor."""
     rows = LayerSamples()
-    _run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False,
+    run_layer(layer, cap, i, hooks_on=prefix, samples=rows, stride=stride, only=set(names), keep_outputs=False,
                stop_early=True)
     mark(f"{prefix}: rows again")
     return _concatenated(rows)
@@ -419,13 +214,13 @@ def _resumed(cap: CapturedInputs, resume, stats: dict, float_cap: CapturedInputs
 
 
 def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
-                   pos: _BatchPosition | None, consume: bool, device=None, float_cap: CapturedInputs | None = None):
+                   pos: BatchPosition | None, consume: bool, device=None, float_cap: CapturedInputs | None = None):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``; with
     ``float_cap`` (:func:`_float_stream`) the float layer's pass on it too, its rows in ``kept.float_rows``."""
     _check_weights(layer, prefix)
     layer_stats = CalibrationStats(non_first=False)  # the pipeline plans from channel_max
     samples = LayerSamples() if keep_rows else None
-    outs = _run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos,
+    outs = run_layer(layer, cap, i, hooks_on=prefix, stats=layer_stats, samples=samples, stride=stride, pos=pos,
                       consume=consume, device=device)
     mark(f"{prefix}: forward")
     kept = _kept_samples(samples, pos)
@@ -490,7 +285,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
             if sequential:
-                outs = _run_layer(layer, cap, i, consume=True)
+                outs = run_layer(layer, cap, i, consume=True)
                 _release_caches(layer)
         if after_layer is not None:
             after_layer(i, prefix, layer, outs, None if float_cap is None else float_cap.hidden)

@@ -160,7 +160,7 @@ def _as_numpy(x) -> np.ndarray:
 def _judging_rows(samples, names: tuple, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(x, m_fit)``: the rows candidates are judged on and the channel maxima their scales come
     from: the held-out rows and the other samples' maxima when ``samples`` holds samples out
-    (:class:`fptq.models.calibrate.LayerSamples`), else the kept rows and ``m`` (all samples)."""
+    (:class:`fptq.models.layer_pass.LayerSamples`), else the kept rows and ``m`` (all samples)."""
     if not samples or names[0] not in samples:
         raise ValueError("select='error' needs calibration samples of every linear input")
     heldout, fit_max = getattr(samples, "heldout", None), getattr(samples, "fit_max", None)
@@ -193,7 +193,7 @@ def plan_groups(lr: LayerRef, stats: dict, options: PlanOptions = PlanOptions(),
         options: :class:`PlanOptions`.
         samples: full linear name -> float32 rows [n, K] of its input (ndarray or CPU tensor);
             needed by ``select="error"``/``"error_static"``. A
-            :class:`fptq.models.calibrate.LayerSamples` with held-out rows has the candidates
+            :class:`fptq.models.layer_pass.LayerSamples` with held-out rows has the candidates
             judged on those rows with scales from the other samples' maxima.
         weight_fn: ``f(w, channel_weight) -> float32 [N, K]``, the weight the model will store
             (e.g. INT4 quantize-dequantize), used by ``select="error"``; None = float weights.

@@ -32,7 +32,8 @@ import numpy as np
 from .. import reference as ref
 from ..defaults import CALIB_BATCH_SIZE
 from .arch import Arch, arch_of_model, get_submodule
-from .calibrate import calibrate, release_freed_memory
+from .calibrate import calibrate
+from .layer_pass import release_freed_memory
 from .config import QuantConfig
 from .device import device_hessian
 from .fold import fold_group
@@ -88,7 +89,7 @@ def layer_hessian(samples, gp):
     ``X' = X / s`` after LAE (``X``: the kept calibration rows of the group's first linear); on the
     calibration's device when it had one (``samples.device``: :func:`fptq.models.device.device_hessian`).
 
-    Computed once per group: a :class:`~fptq.models.calibrate.LayerSamples` keeps it in its
+    Computed once per group: a :class:`~fptq.models.layer_pass.LayerSamples` keeps it in its
     ``hessians`` cache for the group's other linears (q/k/v, gate/up share one input); the last of them
     gets it as a :class:`fptq.reference.HessianHandoff` (GPTQ works in it, no copy) and the cache forgets it."""
     name = gp.linears[0]

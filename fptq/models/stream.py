@@ -30,7 +30,7 @@ import sys
 import time
 
 from .arch import arch_of_model, find_decoder_layers
-from .calibrate import release_freed_memory
+from .layer_pass import release_freed_memory
 from .finite import all_finite
 from .loading import ModelLoadError
 from . import quantize as _quantize
