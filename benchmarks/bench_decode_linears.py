@@ -59,7 +59,7 @@ def make_linear(rng, n: int, k: int, g: int, layers: int, bias: bool) -> tuple:
     nblk, ng = (n + 15) // 16, (k + g - 1) // g
     steps = (k + 7) // 8
     wb = rng.integers(0, 256, (layers, nblk, steps, 64), dtype=np.uint8)
-    zc = np.full((layers, nblk, ng, 16), 8, np.int32)
+    zc = np.full((layers, nblk, ng, 16), 8, np.uint8)
     wsb = (rng.random((layers, nblk, ng, 16), dtype=np.float32) * 1e-2 + 1e-3).astype(np.float32)
     bb = rng.standard_normal((layers, nblk * 16)).astype(np.float32) if bias else np.zeros((layers, nblk * 16),
                                                                                              np.float32)

@@ -438,6 +438,32 @@ def test_prepared_linear_extreme_sums(nb):
                   f"extreme sums {fmt.value}")
 
 
+@pytest.mark.parametrize("m", [1, 9], ids=["decode", "tiles-8-1"])
+def test_blocked_zero_points_are_one_byte_per_lane(nb, m):
+    """The blocked layout stores its zero points as uint8 [nblk, ng, 16] (16 bytes per block-group, not
+    64: issue 24's decode traffic), 8 for symmetric weights and 0 on the padding rows past N, and the tile
+    reads 16 of them per group: asymmetric weights with zero points 0 and 15 mixed in every group (a load
+    of the wrong width or stride mixes lanes or groups) and symmetric ones give the spec's bits."""
+    n, k, g = 37, 300, 64
+    ng, nblk = spec.num_groups(k, g), (n + 15) // 16
+    rng = np.random.default_rng(24)
+    x = (rng.standard_normal((m, k)) * 30).astype(np.float32)
+    ws = rng.uniform(1e-3, 1e-1, (n, ng)).astype(np.float32)
+    zero = np.where(rng.random((n, ng)) < 0.5, 0, 15).astype(np.uint8)
+    zero[0], zero[1] = 0, 15
+    for fmt, q, z in ((ASYM, rng.integers(0, 16, (n, k)).astype(np.int8), zero),
+                      (SYM, rng.integers(-8, 8, (n, k)).astype(np.int8), None)):
+        packed = spec.pack_int4(q, signed=fmt is SYM)
+        prep = nb.prepare_linear(packed, ws, z, None, None, k, g, fmt)
+        zc = prep.kernel.zc
+        assert zc.dtype == np.uint8 and zc.shape == (nblk, ng, 16) and zc.nbytes == nblk * ng * 16
+        lanes = zc.transpose(0, 2, 1).reshape(nblk * 16, ng)
+        assert (lanes[:n] == (zero if fmt is ASYM else 8)).all() and (lanes[n:] == 0).all()
+        qx, xs = spec.quantize_act_per_token(x)
+        same_bits(nb.linear_forward(x, prep), spec.w4a8_matmul(qx, xs, packed, ws, z, k, g, fmt),
+                  f"uint8 zero points {fmt.value}, M = {m}")
+
+
 def test_prepared_linear_refuses_non_finite_x_with_the_specs_error(nb):
     """The finiteness check is fused into the kernel's quantizer; the error is still the spec's own."""
     args, x, _ = _linear_case(5, 3, 20, 64, 32, SYM, spec.ActPolicy.DYNAMIC, True)
@@ -479,7 +505,7 @@ def _tile_runner(t4, t1):
         ng = zc.shape[1]
         for blk in range(wb.shape[0]):
             wp = B._address(wb) + blk * wb.shape[1] * 64
-            zp, wsp, bp = B._address(zc) + blk * ng * 64, B._address(wsb) + blk * ng * 64, B._address(bb) + blk * 64
+            zp, wsp, bp = B._address(zc) + blk * ng * 16, B._address(wsb) + blk * ng * 64, B._address(bb) + blk * 64
             for g0, g1 in ((0, ng // 2), (ng // 2, ng)):
                 m = 0
                 while m < xq.shape[0]:

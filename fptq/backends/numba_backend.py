@@ -48,7 +48,7 @@ class _Blocked:
     """A layer's weights in the blocked VNNI layout (:mod:`fptq.backends.numba_kernels.blocked`)."""
 
     wb: np.ndarray           # uint8 [nblk, steps, 64]
-    zc: np.ndarray           # int32 [nblk, ng, 16] zero points of the unsigned nibbles
+    zc: np.ndarray           # uint8 [nblk, ng, 16] zero points of the unsigned nibbles
     wsb: np.ndarray          # float32 [nblk, ng, 16] weight scales
     bb: np.ndarray           # float32 [16 * nblk] bias (0 past N, or all 0)
     has_bias: bool

@@ -60,6 +60,7 @@ class _TileIR:
         self.a = SimpleNamespace(**dict(zip(_TILE_ARGS, args)))
         self.i8, self.i32, self.i64, self.f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
         self.vi, self.vf = ir.VectorType(self.i32, LANES), ir.VectorType(self.f32, LANES)
+        self.vz = ir.VectorType(self.i8, LANES)          # a group's 16 uint8 zero points
         self.vb, self.wide = ir.VectorType(self.i8, 4 * LANES), ir.VectorType(self.i32, 4 * LANES)
         if vnni:
             self.dpbusd = cgutils.get_or_insert_function(
@@ -150,7 +151,7 @@ class _TileIR:
         b, a = self.b, self.a
         b.position_at_end(g_end)
         sums = [b.add(self.new_accs[2 * r], self.new_accs[2 * r + 1]) for r in range(self.rows)]
-        z = self.load(b.add(a.zp, b.mul(self.g, self.c64(4 * LANES))), self.vi)
+        z = b.zext(self.load(b.add(a.zp, b.mul(self.g, self.c64(LANES))), self.vz), self.vi)
         ws = self.load(b.add(a.wsp, b.mul(self.g, self.c64(4 * LANES))), self.vf)
         self.new_ys = []
         for r in range(self.rows):
@@ -186,10 +187,11 @@ def _make_tile(rows: int, vnni: bool):
     stored there by the previous group range; if ``last`` != 0 they are finished (``* xscale``,
     ``+ bias``) before they are stored. Addresses: wp the block's steps (uint8 [steps, 64]); xp
     the first activation row (int8, ``xstride`` bytes per row); xsp its group sums (int32,
-    ``xsstride`` per row); zp, wsp the block's zero points and weight scales (int32 / float32
-    [ng, 16]); xscp the rows' scales (float32); bp the block's bias (float32 [16]), added when
-    ``has_bias`` != 0. Storing an unfinished float32 sum and loading it back is exact, so a
-    split of the groups into ranges gives the same bits. The IR is emitted by :class:`_TileIR`."""
+    ``xsstride`` per row); zp, wsp the block's zero points and weight scales (uint8 / float32
+    [ng, 16]; the zero points are zero-extended to int32); xscp the rows' scales (float32); bp the
+    block's bias (float32 [16]), added when ``has_bias`` != 0. Storing an unfinished float32 sum
+    and loading it back is exact, so a split of the groups into ranges gives the same bits. The IR
+    is emitted by :class:`_TileIR`."""
 
     @intrinsic
     def tile(typingctx, wp, xp, xstride, xsp, xsstride, zp, wsp, ng, steps_full, steps_last, xscp, bp,
