@@ -192,6 +192,10 @@ CONFIGS = [
     ("llmc_quip_gptq_w4a8_g64_asym", "llm-compressor QuIP (v: every linear's input, random Hadamard) + GPTQ W4A8 asym G=64",
      "llm-compressor", "INT4 asym G=64 GPTQ, input-rotated", "INT8 sym per-token dynamic, rotated online",
      FAKE, build_llmc(None, 64, rotation="quip", symmetric=False)),
+    # on fptq's own grid where the model's widths allow it (Gemma-3: 640, 2048; SmolLM2's 576 is refused)
+    ("llmc_quip_gptq_w4a8_g128_asym", "llm-compressor QuIP (v: every linear's input, random Hadamard) + GPTQ W4A8 asym G=128",
+     "llm-compressor", "INT4 asym G=128 GPTQ, input-rotated", "INT8 sym per-token dynamic, rotated online",
+     FAKE, build_llmc(None, 128, rotation="quip", symmetric=False)),
     # the same with llm-compressor's round-to-nearest instead of GPTQ (its SpinQuant example's recipe):
     # what the 2-core machine could finish when GPTQ ran at 1.5-2.5 min per MLP linear (issue 23's run)
     ("llmc_spinquant_rtn_w4a8_g64_asym", "llm-compressor SpinQuant R1+R2+R4 (random Hadamard) + RTN W4A8 asym G=64",
