@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from fptq.models import memory
-    from fptq.models.calibrate import release_freed_memory
+    from fptq.models.layer_pass import release_freed_memory
     from fptq.models.checkpoint_write import CheckpointWriter
     from fptq.models.skeleton import materialize
     from fptq.models.sources import open_source

@@ -82,7 +82,6 @@ def open_run_journal(a, cfg, source, info: dict, n_layers: int, protect=()):
     """The :class:`~fptq.models.journal.Journal` of this run (new, or the interrupted run's, checked: with a weight
     quantizer that calibrates on the float stream too, GPTAQ, the journal must hold that stream); its directory
     must not overlap an input."""
-    from . import reference as ref
     from .io.outputs import OutputPathError, is_within
     from .models.journal import Journal, partial_dir
 
@@ -91,7 +90,7 @@ def open_run_journal(a, cfg, source, info: dict, n_layers: int, protect=()):
         if src is not None and os.path.lexists(src) and (is_within(src, d) or is_within(d, src)):
             raise OutputPathError(f"--resume: {d} would overlap the input {src}; write somewhere else")
     journal = Journal.open(a.out, run_fingerprint(a, cfg, source, info), n_layers,
-                           float_stream=ref.weight_quantizer(cfg.weight_quantizer).float_inputs)
+                           float_stream=cfg.float_stream)
     if journal.next_layer:
         print(f"fptq: resuming {d}: layers 1-{journal.next_layer} of {n_layers} are done, continuing at layer "
               f"{journal.next_layer + 1}", file=sys.stderr)

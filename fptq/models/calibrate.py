@@ -42,8 +42,7 @@ from .arch import find_decoder_layers
 from .layer_pass import BatchPosition, CapturedInputs, LayerSamples, release_freed_memory, run_layer
 from .trace import mark
 
-__all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches",
-           "release_freed_memory"]
+__all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches"]
 
 
 class _StopForward(Exception):

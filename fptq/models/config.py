@@ -142,7 +142,13 @@ class QuantConfig:
     def sequential_calibration(self) -> bool:
         """Whether the layers are calibrated on the quantized model's inputs: ``sequential``, or a weight
         quantizer whose entry needs them (``float_inputs``: GPTAQ)."""
-        return bool(self.sequential or registry_entry(self.weight_quantizer).float_inputs)
+        return bool(self.sequential or self.float_stream)
+
+    @property
+    def float_stream(self) -> bool:
+        """Whether calibration also carries the float model's stream (a weight quantizer whose entry has
+        ``float_inputs``: GPTAQ); the journal of a resumable run records it too."""
+        return bool(registry_entry(self.weight_quantizer).float_inputs)
 
     @property
     def rotation_seed_used(self) -> int:
