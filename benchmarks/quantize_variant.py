@@ -5,7 +5,7 @@ was chosen"): no checkpoint is written; the quantized model is evaluated in memo
 kernels of ``--backend`` (or ``--mode fake_quant``) on the same windows as ``fptq compare``.
 
     python benchmarks/quantize_variant.py NAME '{"sequential": true, "gptq_clip": true}' \
-        [--model DIR_OR_GGUF] [--windows 16] [--out results/variants]
+        [--model DIR_OR_GGUF] [--windows 16] [--texts ptb,wiki,fiction] [--out results/variants]
 
 Prints one line per run and writes OUT/NAME.json (the overrides, perplexities, the plan's policy
 counts, quantize seconds).
@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", help='QuantConfig fields as JSON, e.g. \'{"gptq_clip": false}\'')
     ap.add_argument("--model", default=None, help="local model dir or .gguf (default: embedded SmolLM2-135M)")
     ap.add_argument("--windows", type=int, default=16, help="perplexity windows of 512 tokens per text")
+    ap.add_argument("--texts", default="ptb,wiki",
+                    help="comma-separated evaluation texts (fptq.data.text.TEXT_SOURCES; 'fiction' is the held-out one)")
     ap.add_argument("--mode", default="integer", choices=["integer", "fake_quant"])
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--out", default="results/variants")
@@ -42,6 +44,12 @@ def main(argv=None) -> int:
     from fptq.models.loading import load_float_model
     from fptq.models.quantize import quantize_model
 
+    from fptq.data.text import TEXT_SOURCES
+
+    texts = [t for t in a.texts.split(",") if t]
+    unknown = [t for t in texts if t not in TEXT_SOURCES]
+    if unknown or not texts:
+        ap.error(f"--texts: unknown text(s) {unknown or a.texts!r}; choose from {', '.join(TEXT_SOURCES)}")
     overrides = json.loads(a.overrides)
     cfg = QuantConfig(**overrides)
     model, tok, src = load_float_model(a.model, progress=False)
@@ -52,13 +60,14 @@ def main(argv=None) -> int:
            "mode": a.mode, "backend": a.backend, "windows": a.windows,
            "quantize_seconds": time.time() - t0, "policy_counts": res.plan.counts(), "ppl": {}}
     with torch.no_grad():
-        for text in ("ptb", "wiki"):
+        for text in texts:
             r = perplexity(res.model, eval_tokens(tok, text), seq_len=512, max_windows=a.windows, progress=False,
                            bos_token_id=bos_token_id(tok))
             out["ppl"][text] = float(r["ppl"])
     Path(a.out).mkdir(parents=True, exist_ok=True)
     Path(a.out, f"{a.name}.json").write_text(json.dumps(out, indent=1))
-    print(f"{a.name} {a.overrides}: PTB {out['ppl']['ptb']:.3f} Wiki {out['ppl']['wiki']:.3f} "
+    ppl = " ".join(f"{t} {v:.3f}" for t, v in out["ppl"].items())
+    print(f"{a.name} {a.overrides}: {ppl} "
           f"(quantize {out['quantize_seconds']:.0f} s; {out['policy_counts']})", flush=True)
     return 0
 
