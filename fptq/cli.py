@@ -286,9 +286,9 @@ def _check_backend(name: str | None) -> str:
 
 
 def cmd_quantize(a) -> int:
-    from .cli_quantize import run_quantize
+    from .cli_quantize import run_quantize, tuning_fields
 
-    return run_quantize(a, _quant_config(a))
+    return run_quantize(a, _quant_config(a, **tuning_fields(a)))
 
 
 def _load_for_eval(a):

@@ -14,10 +14,30 @@ embeddings and lm_head before the layers and takes the whole-model path (the mod
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
-__all__ = ["add_quantize_arguments", "run_quantize"]
+__all__ = ["add_quantize_arguments", "run_quantize", "tuning_fields"]
+
+
+def _steps(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of steps >= 0, got {s}")
+    return v
+
+
+def _learning_rate(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite learning rate > 0, got {s}")
+    return v
+
+
+def tuning_fields(a) -> dict:
+    """The :class:`~fptq.models.config.QuantConfig` fields of ``--tune-scales`` / ``--tune-scales-lr``."""
+    return {"tune_scales_steps": a.tune_scales, "tune_scales_lr": a.tune_scales_lr}
 
 
 def _mebibytes(s: str) -> int:
@@ -41,6 +61,15 @@ def add_quantize_arguments(q) -> None:
     q.add_argument("--device", default="cpu", help="where the calibration forwards and the GPTQ Hessians run: "
                    "cpu (default) or cuda[:N] (the rotation, GPTQ's column loop and the checkpoint stay on the host; "
                    "the float32 forward rounds differently there, docs/scale.md)")
+    from .models.config import QuantConfig
+
+    q.add_argument("--tune-scales", type=_steps, default=QuantConfig.default("tune_scales_steps"), metavar="STEPS",
+                   help="after quantizing, train the INT4 group scales (codes and zero points frozen) for STEPS Adam "
+                   "steps toward the float model's next-token distribution on the calibration samples (default 0: "
+                   "off; loads the model whole and keeps a float32 copy of it; docs/pipeline.md)")
+    q.add_argument("--tune-scales-lr", type=_learning_rate, default=QuantConfig.default("tune_scales_lr"),
+                   metavar="LR", help="--tune-scales: Adam's learning rate on the log-scales, a relative change "
+                   f"per step (default {QuantConfig.default('tune_scales_lr'):g})")
     q.add_argument("--resume", action="store_true", help="record the run after every decoder layer in "
                    "OUT.fptq-partial/ (kept if the run stops: about the calibration activations of one layer plus "
                    "the checkpoint so far) and continue a stopped run from there: the same command again; the "
@@ -79,7 +108,7 @@ def _gpu_free(device) -> int | None:
 
 
 def _whole_model(a, cfg, out, protect):
-    """``--rotate residual``: the model loaded whole (the pre-streaming path)."""
+    """``--rotate residual`` and ``--tune-scales``: the model loaded whole (the pre-streaming path)."""
     from .data.calibration import calibration_ids
     from .eval.health import check_forward
     from .models.checkpoint import save_quantized
@@ -92,6 +121,8 @@ def _whole_model(a, cfg, out, protect):
     check_forward(model, ids[:1], f"the float model {src}")  # an overflow inside is an error, not a plan
     res = quantize_model(model, ids, cfg, batch_size=a.batch_size, progress=not a.quiet, inplace=True,
                          device=a.torch_device)
+    if res.scale_tuning is not None and a.quiet:   # not quiet: tune_scales printed it
+        print(res.scale_tuning.summary(), file=sys.stderr)
     info = _info(a, src)
     save_quantized(out, res.model, tok, res.plan, cfg, info, overwrite=a.force, protect=protect,
                    float_dtype=a.float_dtype, int8_embeddings=a.int8_embeddings)
@@ -197,11 +228,12 @@ def run_quantize(a, cfg) -> int:
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
     t0 = time.time()
-    if cfg.rotate not in STREAMED_ROTATIONS:
+    if cfg.rotate not in STREAMED_ROTATIONS or cfg.tune_scales_steps:   # the model whole
         protect.append(resolve_model_dir(a.model, progress=not a.quiet))
         out = check_checkpoint_out(a.out, a.force, protect)
         if a.dry_run:
-            print("--dry-run: the memory model covers the streamed run; --rotate residual loads the model whole")
+            print("--dry-run: the memory model covers the streamed run; --rotate residual and --tune-scales load "
+                  "the model whole")
             return 0
         res, src = _whole_model(a, cfg, out, protect)
     else:

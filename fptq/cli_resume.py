@@ -22,9 +22,9 @@ RESULT_SOURCES = ("spec", "reference", "models", "data", "io", "defaults.py", "_
 
 
 def check_resume_flags(a, cfg) -> None:
-    """Before any work: ``--resume`` only on the streamed run (not ``--rotate residual``; any weight quantizer: the
-    journal keeps GPTAQ's float stream too); without ``--resume``, an interrupted resumable run of ``--out`` is
-    refused (it would be left behind and wasted), naming it and both ways on."""
+    """Before any work: ``--resume`` only on the streamed run (not ``--rotate residual`` nor ``--tune-scales``; any
+    weight quantizer: the journal keeps GPTAQ's float stream too); without ``--resume``, an interrupted resumable
+    run of ``--out`` is refused (it would be left behind and wasted), naming it and both ways on."""
     from .models.journal import JOURNAL_FILE, partial_dir
     from .models.stream import STREAMED_ROTATIONS
 
@@ -36,6 +36,9 @@ def check_resume_flags(a, cfg) -> None:
         return
     if cfg.rotate not in STREAMED_ROTATIONS:
         raise ValueError(f"--resume needs the streamed run; --rotate {cfg.rotate} loads the model whole")
+    if cfg.tune_scales_steps:
+        raise ValueError("--resume cannot be used with --tune-scales: scale tuning trains the whole model at the end "
+                         "(loaded whole, nothing to resume layer by layer); drop one of them")
 
 
 def code_digest() -> str:

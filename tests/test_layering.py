@@ -53,7 +53,7 @@ MODELS_ORDER = (
     ("settings", {"config", "skeleton", "sources"}),
     ("layer passes", {"layer_pass"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
-    ("planning and baselines", {"plan", "fakequant"}),
+    ("planning and baselines", {"plan", "fakequant", "scale_tuning"}),
     ("the run", {"quantize", "journal"}),
     ("the streamed run", {"stream"}),
     ("checkpoint shards", {"checkpoint_shards"}),

@@ -8,6 +8,7 @@ checkpoint records it (``quant_config`` in the metadata).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .. import spec
@@ -84,6 +85,11 @@ class QuantConfig:
         from every sample).
     force_policy: one policy for every group (baselines), None = FPTQ.
     groups: which linear groups to quantize (the rest stay float; ablations).
+    tune_scales_steps, tune_scales_lr: scale tuning after quantizing (:mod:`fptq.models.scale_tuning`): that
+        many Adam steps (0, the default: off) on the INT4 group scales, codes and zero points frozen, toward
+        the float model's next-token distribution on the calibration samples (KL per token), one sample per
+        step, learning rate ``tune_scales_lr`` on ``ln s`` (a relative change per step). Needs the model
+        whole and a float copy of it (``fptq quantize`` then loads the model whole; no ``--resume``).
     """
 
     group_size: int = spec.DEFAULT_GROUP_SIZE
@@ -108,6 +114,8 @@ class QuantConfig:
     gptaq_alpha: float = 1.0
     rotate: str = "online"
     rotation_seed: int | None = None
+    tune_scales_steps: int = 0
+    tune_scales_lr: float = 1e-3
 
     def __post_init__(self):
         if isinstance(self.rotate, bool):   # the field was a bool until 2026-11-30
@@ -137,6 +145,11 @@ class QuantConfig:
             raise ValueError(f"rotation_seed must be None or an integer >= 0, got {self.rotation_seed!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        if type(self.tune_scales_steps) is not int or self.tune_scales_steps < 0:
+            raise ValueError(f"tune_scales_steps must be an integer >= 0 (0: off), got {self.tune_scales_steps!r}")
+        lr = self.tune_scales_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"tune_scales_lr must be a finite number > 0, got {self.tune_scales_lr!r}")
 
     @property
     def sequential_calibration(self) -> bool:
