@@ -203,7 +203,7 @@ def test_cli_flags_reach_the_config(capsys):
         check_resume_flags(r, _quant_config(r, **tuning_fields(r)))
 
 
-def test_cli_quantize_with_tuning_writes_a_checkpoint_that_records_it(tmp_path):
+def test_cli_quantize_with_tuning_writes_a_checkpoint_that_records_it(tmp_path, capsys):
     """``fptq quantize --tune-scales 2``: the whole-model path (online rotation), the checkpoint loads and
     computes with the tuned scales, its quant_config records the steps and rate."""
     from fptq.cli import main
@@ -221,3 +221,8 @@ def test_cli_quantize_with_tuning_writes_a_checkpoint_that_records_it(tmp_path):
     assert meta["quant_config"]["tune_scales_steps"] == 2
     with torch.no_grad():
         assert bool(torch.isfinite(model(IDS[:1]).logits).all())
+    capsys.readouterr()
+    refused = tmp_path / "r"
+    assert main(["quantize", str(src), "--out", str(refused), "--tune-scales", "2", "--resume", "--quiet"]) == 2
+    assert "--resume cannot be used with --tune-scales" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "tiny"]
