@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     out = {"name": a.name, "overrides": overrides, "config": cfg.to_json(), "model": str(src),
            "mode": a.mode, "backend": a.backend, "windows": a.windows,
            "quantize_seconds": time.time() - t0, "policy_counts": res.plan.counts(), "ppl": {}}
+    tuning = getattr(res, "scale_tuning", None)
+    if tuning is not None:
+        out["scale_tuning"] = {k: v for k, v in vars(tuning).items()}
     with torch.no_grad():
         for text in texts:
             r = perplexity(res.model, eval_tokens(tok, text), seq_len=512, max_windows=a.windows, progress=False,
