@@ -32,7 +32,7 @@ from pathlib import Path
 from .defaults import (BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND,
                        GENERATION, resolve_backend)
 from .cli_presets import add_preset_arguments, activation_line, resolve_presets
-from .cli_quantize import add_quantize_arguments
+from .cli_quantize import add_quantize_arguments, non_negative_int
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 from .spec import WeightFormat
@@ -50,13 +50,6 @@ def _positive_int(s: str) -> int:
     v = int(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
-    return v
-
-
-def _non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
     return v
 
 
@@ -117,7 +110,7 @@ def _add_calib(p):
                    help=f"calibration samples (default {_Q.n_samples})")
     p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,
                    help=f"tokens per calibration sample (default {_Q.seq_len})")
-    p.add_argument("--seed", type=_non_negative_int, default=_Q.seed)
+    p.add_argument("--seed", type=non_negative_int, default=_Q.seed)
     p.add_argument("--batch-size", type=_positive_int, default=CALIB_BATCH_SIZE,
                    help=f"samples per forward during calibration (default {CALIB_BATCH_SIZE})")
     p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
@@ -147,7 +140,7 @@ def _add_calib(p):
                    "(QuaRot; RMS-norm models; norm gains folded into the weights, measured harmful to Gemma-3); "
                    "none (see docs/results.md)")
     p.add_argument("--no-rotate", dest="rotate", action="store_const", const="none", help="same as --rotate none")
-    p.add_argument("--rotation-seed", type=_non_negative_int, default=None,
+    p.add_argument("--rotation-seed", type=non_negative_int, default=None,
                    help="seed of the random Hadamard matrices (default: --seed's value)")
     p.add_argument("--v0", type=_threshold, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
     p.add_argument("--v1", type=_threshold, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
@@ -267,7 +260,7 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--temperature", type=_positive_float, default=GENERATION["temperature"])
     g.add_argument("--top-k", type=_positive_int, default=GENERATION["top_k"])
     g.add_argument("--top-p", type=_probability, default=GENERATION["top_p"])
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="sampling seed (>= 0)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (>= 0)")
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "
                    "integer backend")
     _add_backend(g)

@@ -18,13 +18,14 @@ import math
 import sys
 import time
 
-__all__ = ["add_quantize_arguments", "run_quantize", "tuning_fields"]
+__all__ = ["add_quantize_arguments", "non_negative_int", "run_quantize", "tuning_fields"]
 
 
-def _steps(s: str) -> int:
+def non_negative_int(s: str) -> int:
+    """argparse type: an integer >= 0 (``--seed``, ``--rotation-seed``, ``--tune-scales``)."""
     v = int(s)
     if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of steps >= 0, got {s}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
     return v
 
 
@@ -63,7 +64,7 @@ def add_quantize_arguments(q) -> None:
                    "the float32 forward rounds differently there, docs/scale.md)")
     from .models.config import QuantConfig
 
-    q.add_argument("--tune-scales", type=_steps, default=QuantConfig.default("tune_scales_steps"), metavar="STEPS",
+    q.add_argument("--tune-scales", type=non_negative_int, default=QuantConfig.default("tune_scales_steps"), metavar="STEPS",
                    help="after quantizing, train the INT4 group scales (codes and zero points frozen) for STEPS Adam "
                    "steps toward the float model's next-token distribution on the calibration samples (default 0: "
                    "off; loads the model whole and keeps a float32 copy of it; docs/pipeline.md)")
