@@ -20,6 +20,30 @@ import time
 from pathlib import Path
 
 
+def parse_texts(ap, value: str) -> list:
+    """``--texts``: the comma-separated evaluation texts, each one of fptq.data.text.TEXT_SOURCES."""
+    from fptq.data.text import TEXT_SOURCES
+
+    texts = [t for t in value.split(",") if t]
+    unknown = [t for t in texts if t not in TEXT_SOURCES]
+    if unknown or not texts:
+        ap.error(f"--texts: unknown text(s) {unknown or value!r}; choose from {', '.join(TEXT_SOURCES)}")
+    return texts
+
+
+def evaluate(model, tok, texts, windows: int) -> dict:
+    """text -> perplexity of ``model`` on its first ``windows`` windows of 512 tokens (BOS before each)."""
+    import torch
+
+    from fptq.data.text import eval_tokens
+    from fptq.data.tokenize import bos_token_id
+    from fptq.eval.perplexity import perplexity
+
+    with torch.no_grad():
+        return {t: float(perplexity(model, eval_tokens(tok, t), seq_len=512, max_windows=windows, progress=False,
+                                    bos_token_id=bos_token_id(tok))["ppl"]) for t in texts}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name", help="run name (the JSON file's stem)")
@@ -34,22 +58,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    import torch
-
     from fptq.data.calibration import calibration_ids
-    from fptq.data.text import eval_tokens
-    from fptq.data.tokenize import bos_token_id
-    from fptq.eval.perplexity import perplexity
     from fptq.models.config import QuantConfig
     from fptq.models.loading import load_float_model
     from fptq.models.quantize import quantize_model
 
-    from fptq.data.text import TEXT_SOURCES
-
-    texts = [t for t in a.texts.split(",") if t]
-    unknown = [t for t in texts if t not in TEXT_SOURCES]
-    if unknown or not texts:
-        ap.error(f"--texts: unknown text(s) {unknown or a.texts!r}; choose from {', '.join(TEXT_SOURCES)}")
+    texts = parse_texts(ap, a.texts)
     overrides = json.loads(a.overrides)
     cfg = QuantConfig(**overrides)
     model, tok, src = load_float_model(a.model, progress=False)
@@ -58,15 +72,10 @@ def main(argv=None) -> int:
     res = quantize_model(model, ids, cfg, backend=a.backend, mode=a.mode, progress=False, inplace=True)
     out = {"name": a.name, "overrides": overrides, "config": cfg.to_json(), "model": str(src),
            "mode": a.mode, "backend": a.backend, "windows": a.windows,
-           "quantize_seconds": time.time() - t0, "policy_counts": res.plan.counts(), "ppl": {}}
-    tuning = getattr(res, "scale_tuning", None)
-    if tuning is not None:
-        out["scale_tuning"] = {k: v for k, v in vars(tuning).items()}
-    with torch.no_grad():
-        for text in texts:
-            r = perplexity(res.model, eval_tokens(tok, text), seq_len=512, max_windows=a.windows, progress=False,
-                           bos_token_id=bos_token_id(tok))
-            out["ppl"][text] = float(r["ppl"])
+           "quantize_seconds": time.time() - t0, "policy_counts": res.plan.counts()}
+    if res.scale_tuning is not None:
+        out["scale_tuning"] = dict(vars(res.scale_tuning))
+    out["ppl"] = evaluate(res.model, tok, texts, a.windows)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     Path(a.out, f"{a.name}.json").write_text(json.dumps(out, indent=1))
     ppl = " ".join(f"{t} {v:.3f}" for t, v in out["ppl"].items())

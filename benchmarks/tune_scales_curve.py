@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from quantize_variant import evaluate, parse_texts   # this folder: the same texts and windows
+
 
 def _stages(text: str) -> list:
     try:
@@ -31,18 +33,6 @@ def _stages(text: str) -> list:
     if not stages or min(stages) < 1:
         raise SystemExit(f"--stages: positive step counts, got {text!r}")
     return stages
-
-
-def _evaluate(model, tok, texts, windows):
-    import torch
-
-    from fptq.data.text import eval_tokens
-    from fptq.data.tokenize import bos_token_id
-    from fptq.eval.perplexity import perplexity
-
-    with torch.no_grad():
-        return {t: float(perplexity(model, eval_tokens(tok, t), seq_len=512, max_windows=windows, progress=False,
-                                    bos_token_id=bos_token_id(tok))["ppl"]) for t in texts}
 
 
 def main(argv=None) -> int:
@@ -61,15 +51,12 @@ def main(argv=None) -> int:
     stages = _stages(a.stages)
 
     from fptq.data.calibration import calibration_ids
-    from fptq.data.text import TEXT_SOURCES
     from fptq.models.config import QuantConfig
     from fptq.models.loading import load_float_model
     from fptq.models.quantize import quantize_model
     from fptq.models.scale_tuning import tune_scales
 
-    texts = [t for t in a.texts.split(",") if t]
-    if not texts or any(t not in TEXT_SOURCES for t in texts):
-        ap.error(f"--texts: choose from {', '.join(TEXT_SOURCES)}, got {a.texts!r}")
+    texts = parse_texts(ap, a.texts)
     overrides = {**json.loads(a.overrides), "tune_scales_steps": 0}
     cfg = QuantConfig(**overrides)
     lr = cfg.tune_scales_lr if a.lr is None else a.lr
@@ -86,7 +73,7 @@ def main(argv=None) -> int:
         if steps:
             report = tune_scales(res.model, teacher, ids, steps, lr, seed=cfg.seed + i)
             done += steps
-        row = {"steps": done, "ppl": _evaluate(res.model, tok, texts, a.windows),
+        row = {"steps": done, "ppl": evaluate(res.model, tok, texts, a.windows),
                "report": None if report is None else vars(report)}
         out["stages"].append(row)
         print(f"{a.name} steps {done:4d}: " + " ".join(f"{t} {v:.3f}" for t, v in row["ppl"].items())

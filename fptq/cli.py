@@ -23,7 +23,6 @@ Errors print one line and exit with status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 from .defaults import (BACKEND, CALIB_BATCH_SIZE, COMPARE_MAX_WINDOWS, EVAL_SEQ_LEN, EVAL_TEXTS, FALLBACK_BACKEND,
                        GENERATION, resolve_backend)
 from .cli_presets import add_preset_arguments, activation_line, resolve_presets
-from .cli_quantize import add_quantize_arguments, non_negative_int
+from .cli_quantize import add_quantize_arguments
+from .cli_types import non_negative_float, non_negative_int, positive_float, positive_int
 from .models.checkpoint_meta import DEFAULT_FLOAT_DTYPE, FLOAT_DTYPES
 from .models.config import POLICY_SELECTIONS, ROTATIONS, WEIGHT_QUANTIZER_NAMES, QuantConfig
 from .spec import WeightFormat
@@ -44,28 +44,6 @@ _Q = QuantConfig()
 
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
-    return v
-
-
-def _threshold(s: str) -> float:
-    """A finite number >= 0 (v0, v1; their order is QuantConfig's check)."""
-    v = float(s)
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
-    return v
 
 
 def _probability(s: str) -> float:
@@ -106,12 +84,12 @@ def _add_calib(p):
     """The flags of :class:`fptq.models.config.QuantConfig` shared by quantize and compare."""
     p.add_argument("--calib", default=_Q.calib, help="calibration text source (fptq.data; 'mix' or 'a+b' = equal "
                    f"shares of several; 'random' = random tokens, smoke tests only; default {_Q.calib})")
-    p.add_argument("--samples", type=_positive_int, default=_Q.n_samples,
+    p.add_argument("--samples", type=positive_int, default=_Q.n_samples,
                    help=f"calibration samples (default {_Q.n_samples})")
-    p.add_argument("--seq-len", type=_positive_int, default=_Q.seq_len,
+    p.add_argument("--seq-len", type=positive_int, default=_Q.seq_len,
                    help=f"tokens per calibration sample (default {_Q.seq_len})")
     p.add_argument("--seed", type=non_negative_int, default=_Q.seed)
-    p.add_argument("--batch-size", type=_positive_int, default=CALIB_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=CALIB_BATCH_SIZE,
                    help=f"samples per forward during calibration (default {CALIB_BATCH_SIZE})")
     p.add_argument("--group-size", type=_group_size, default=_Q.group_size,
                    help=f"INT4 group size G (-1 = per-channel; default {_Q.group_size})")
@@ -142,8 +120,8 @@ def _add_calib(p):
     p.add_argument("--no-rotate", dest="rotate", action="store_const", const="none", help="same as --rotate none")
     p.add_argument("--rotation-seed", type=non_negative_int, default=None,
                    help="seed of the random Hadamard matrices (default: --seed's value)")
-    p.add_argument("--v0", type=_threshold, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
-    p.add_argument("--v1", type=_threshold, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
+    p.add_argument("--v0", type=non_negative_float, default=_Q.v0, help=f"static / LAE threshold (default {_Q.v0:g})")
+    p.add_argument("--v1", type=non_negative_float, default=_Q.v1, help=f"LAE / per-token dynamic threshold (default {_Q.v1:g})")
 
 
 def _fraction(s: str) -> float:
@@ -209,9 +187,9 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--ppl", type=_csv, default=EVAL_TEXTS, help=f"perplexity texts (default {','.join(EVAL_TEXTS)})")
     e.add_argument("--tasks", type=_csv, default=(), help="comma-separated tasks (lambada,piqa,hellaswag,"
                    "winogrande,arc_easy,arc_challenge,mmlu)")
-    e.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
-    e.add_argument("--seq-len", type=_positive_int, default=EVAL_SEQ_LEN)
-    e.add_argument("--max-windows", type=_positive_int, default=None, help="perplexity windows per text")
+    e.add_argument("--limit", type=positive_int, default=None, help="examples per task")
+    e.add_argument("--seq-len", type=positive_int, default=EVAL_SEQ_LEN)
+    e.add_argument("--max-windows", type=positive_int, default=None, help="perplexity windows per text")
     e.add_argument("--fake-quant", action="store_true", help="evaluate a checkpoint in fake-quant mode (float "
                    "matmuls on dequantized weights) instead of the integer backend")
     e.add_argument("--json", default=None, help="write the results as JSON here")
@@ -225,12 +203,12 @@ def _add_compare_parser(sub) -> None:
     c.add_argument("model", nargs="?", default=None)
     c.add_argument("--ppl", type=_csv, default=EVAL_TEXTS)
     c.add_argument("--tasks", type=_csv, default=(), help="zero-shot tasks per method too (slow: pick --methods)")
-    c.add_argument("--limit", type=_positive_int, default=None, help="examples per task")
-    c.add_argument("--max-windows", type=_positive_int, default=COMPARE_MAX_WINDOWS,
+    c.add_argument("--limit", type=positive_int, default=None, help="examples per task")
+    c.add_argument("--max-windows", type=positive_int, default=COMPARE_MAX_WINDOWS,
                    help=f"--eval-seq-len windows per text (default {COMPARE_MAX_WINDOWS})")
-    c.add_argument("--eval-seq-len", type=_positive_int, default=EVAL_SEQ_LEN)
+    c.add_argument("--eval-seq-len", type=positive_int, default=EVAL_SEQ_LEN)
     c.add_argument("--methods", type=_csv, default=None, help="subset of methods (default: all)")
-    c.add_argument("--int-max-windows", type=_positive_int, default=None,
+    c.add_argument("--int-max-windows", type=positive_int, default=None,
                    help="windows for the (slow) integer-backend row (default: --max-windows)")
     c.add_argument("--out", default="results/compare", help="directory for compare.md / compare.json")
     c.add_argument("--peers", default=None, help="a peers JSON (benchmarks/peers/run_peers.py) whose rows join "
@@ -255,10 +233,10 @@ def _add_generate_parser(sub) -> None:
                    "SmolLM2-135M-Instruct, float)")
     g.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read from standard input)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    g.add_argument("--max-new-tokens", type=_positive_int, default=GENERATION["max_new_tokens"])
+    g.add_argument("--max-new-tokens", type=positive_int, default=GENERATION["max_new_tokens"])
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=_positive_float, default=GENERATION["temperature"])
-    g.add_argument("--top-k", type=_positive_int, default=GENERATION["top_k"])
+    g.add_argument("--temperature", type=positive_float, default=GENERATION["temperature"])
+    g.add_argument("--top-k", type=positive_int, default=GENERATION["top_k"])
     g.add_argument("--top-p", type=_probability, default=GENERATION["top_p"])
     g.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (>= 0)")
     g.add_argument("--fake-quant", action="store_true", help="a checkpoint in fake-quant mode instead of the "

@@ -14,26 +14,12 @@ embeddings and lm_head before the layers and takes the whole-model path (the mod
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
-__all__ = ["add_quantize_arguments", "non_negative_int", "run_quantize", "tuning_fields"]
+from .cli_types import non_negative_int, positive_float
 
-
-def non_negative_int(s: str) -> int:
-    """argparse type: an integer >= 0 (``--seed``, ``--rotation-seed``, ``--tune-scales``)."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
-    return v
-
-
-def _learning_rate(s: str) -> float:
-    v = float(s)
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite learning rate > 0, got {s}")
-    return v
+__all__ = ["add_quantize_arguments", "run_quantize", "tuning_fields"]
 
 
 def tuning_fields(a) -> dict:
@@ -68,7 +54,7 @@ def add_quantize_arguments(q) -> None:
                    help="after quantizing, train the INT4 group scales (codes and zero points frozen) for STEPS Adam "
                    "steps toward the float model's next-token distribution on the calibration samples (default 0: "
                    "off; loads the model whole and keeps a float32 copy of it; docs/pipeline.md)")
-    q.add_argument("--tune-scales-lr", type=_learning_rate, default=QuantConfig.default("tune_scales_lr"),
+    q.add_argument("--tune-scales-lr", type=positive_float, default=QuantConfig.default("tune_scales_lr"),
                    metavar="LR", help="--tune-scales: Adam's learning rate on the log-scales, a relative change "
                    f"per step (default {QuantConfig.default('tune_scales_lr'):g})")
     q.add_argument("--resume", action="store_true", help="record the run after every decoder layer in "
