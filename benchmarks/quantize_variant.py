@@ -75,6 +75,8 @@ def main(argv=None) -> int:
            "quantize_seconds": time.time() - t0, "policy_counts": res.plan.counts()}
     if res.scale_tuning is not None:
         out["scale_tuning"] = dict(vars(res.scale_tuning))
+    if res.layer_tuning is not None:
+        out["layer_tuning"] = [dict(vars(r)) for r in res.layer_tuning]
     out["ppl"] = evaluate(res.model, tok, texts, a.windows)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     Path(a.out, f"{a.name}.json").write_text(json.dumps(out, indent=1))

@@ -23,8 +23,10 @@ __all__ = ["add_quantize_arguments", "run_quantize", "tuning_fields"]
 
 
 def tuning_fields(a) -> dict:
-    """The :class:`~fptq.models.config.QuantConfig` fields of ``--tune-scales`` / ``--tune-scales-lr``."""
-    return {"tune_scales_steps": a.tune_scales, "tune_scales_lr": a.tune_scales_lr}
+    """The :class:`~fptq.models.config.QuantConfig` fields of ``--tune-scales`` / ``--tune-scales-lr`` and
+    ``--tune-layers`` / ``--tune-layers-lr``."""
+    return {"tune_scales_steps": a.tune_scales, "tune_scales_lr": a.tune_scales_lr,
+            "tune_layers_steps": a.tune_layers, "tune_layers_lr": a.tune_layers_lr}
 
 
 def _mebibytes(s: str) -> int:
@@ -57,6 +59,14 @@ def add_quantize_arguments(q) -> None:
     q.add_argument("--tune-scales-lr", type=positive_float, default=QuantConfig.default("tune_scales_lr"),
                    metavar="LR", help="--tune-scales: Adam's learning rate on the log-scales, a relative change "
                    f"per step (default {QuantConfig.default('tune_scales_lr'):g})")
+    q.add_argument("--tune-layers", type=non_negative_int, default=QuantConfig.default("tune_layers_steps"),
+                   metavar="STEPS", help="right after each decoder layer is quantized, train its INT4 group scales "
+                   "(codes and zero points frozen) for STEPS Adam steps, one per calibration batch, toward the float "
+                   "layer's outputs (mean squared error; default 0: off; layer by layer, so the streamed run and "
+                   "--resume support it; --device cpu only; docs/pipeline.md)")
+    q.add_argument("--tune-layers-lr", type=positive_float, default=QuantConfig.default("tune_layers_lr"),
+                   metavar="LR", help="--tune-layers: Adam's learning rate on the log-scales, a relative change "
+                   f"per step (default {QuantConfig.default('tune_layers_lr'):g})")
     q.add_argument("--resume", action="store_true", help="record the run after every decoder layer in "
                    "OUT.fptq-partial/ (kept if the run stops: about the calibration activations of one layer plus "
                    "the checkpoint so far) and continue a stopped run from there: the same command again; the "
@@ -211,6 +221,8 @@ def run_quantize(a, cfg) -> int:
     if a.torch_device is not None and cfg.sequential_calibration:
         raise ValueError("--sequential (and --weight-quantizer gptaq, which calibrates sequentially) runs the "
                          "quantized layer on the host: it cannot be used with --device cuda")
+    if a.torch_device is not None and cfg.tune_layers_steps:
+        raise ValueError("--tune-layers trains the scales on the host: it cannot be used with --device cuda")
     check_resume_flags(a, cfg)
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
@@ -232,6 +244,10 @@ def run_quantize(a, cfg) -> int:
         if res is None:
             return 0
     print(plan_summary([g.to_json() for g in res.plan.groups]))
+    if res.layer_tuning is not None:
+        from .models.layer_tuning import summarize
+
+        print(summarize(res.layer_tuning), file=sys.stderr)
     if a.torch_device is not None:
         from .models._torch import torch
 

@@ -23,7 +23,8 @@ RESULT_SOURCES = ("spec", "reference", "models", "data", "io", "defaults.py", "_
 
 def check_resume_flags(a, cfg) -> None:
     """Before any work: ``--resume`` only on the streamed run (not ``--rotate residual`` nor ``--tune-scales``; any
-    weight quantizer: the journal keeps GPTAQ's float stream too); without ``--resume``, an interrupted resumable
+    weight quantizer: the journal keeps GPTAQ's float stream too; ``--tune-layers`` tunes each layer before the
+    journal records it); without ``--resume``, an interrupted resumable
     run of ``--out`` is refused (it would be left behind and wasted), naming it and both ways on."""
     from .models.journal import JOURNAL_FILE, partial_dir
     from .models.stream import STREAMED_ROTATIONS

@@ -54,6 +54,7 @@ MODELS_ORDER = (
     ("layer passes", {"layer_pass"}),
     ("model surgery", {"calibrate", "rotate", "fold", "qlinear", "int8rows", "memory"}),
     ("planning and baselines", {"plan", "fakequant", "scale_tuning"}),
+    ("layer tuning", {"layer_tuning"}),
     ("the run", {"quantize", "journal"}),
     ("the streamed run", {"stream"}),
     ("checkpoint shards", {"checkpoint_shards"}),

@@ -232,10 +232,26 @@ def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: i
     return outs, layer_stats.channel_maxima(), kept
 
 
+def _next_inputs(layer, cap: CapturedInputs, i: int, prefix: str, outs: list, float_cap, sequential: bool,
+                 tune_layer) -> list:
+    """After ``on_layer`` quantized layer ``i``: ``tune_layer`` (when given) trains it on its inputs ``cap.hidden``
+    toward the float layer's outputs (GPTAQ: the float stream's ``float_cap.hidden``; else the observe pass's
+    ``outs``: on the same float inputs by default, on the quantized inputs with ``sequential``), then the inputs
+    are released; the next layer's inputs: ``outs``, or with ``sequential`` the quantized layer's outputs."""
+    if tune_layer is not None:
+        tune_layer(i, prefix, layer, cap, outs if float_cap is None else float_cap.hidden)
+        if not sequential:
+            cap.hidden = [None] * len(cap.hidden)   # nothing runs on them again
+    if sequential:
+        outs = run_layer(layer, cap, i, consume=True)
+        _release_caches(layer)
+    return outs
+
+
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
-              holdout: int = 0, holdout_rows: int | None = None, after_layer=None,
-              before_layer=None, device=None, resume=None, float_rows: bool = False) -> dict[str, np.ndarray]:
+              holdout: int = 0, holdout_rows: int | None = None, after_layer=None, before_layer=None,
+              device=None, resume=None, float_rows: bool = False, tune_layer=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -259,6 +275,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         device: a ``torch.device`` for the layers' forwards (:mod:`fptq.models.device`); None: the CPU path.
         resume: a :class:`fptq.models.journal.ResumePoint`: start at its layer, on its inputs, filling its ``stats``.
         float_rows: GPTAQ: the float model's stream beside the sequential one (:func:`_float_stream`).
+        tune_layer: optional ``f(index, prefix, layer, cap, targets)``, right after ``on_layer`` (:func:`_next_inputs`).
     Returns:
         dict: full module name (``model.layers.3.mlp.down_proj``) -> float32 [K],
         ``m_j = max |x[..., j]|`` over all calibration tokens.
@@ -279,13 +296,12 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         if before_layer is not None:
             before_layer(i, prefix, layer)
         pos = _holdout_position(holdout, n_samples, seq_len, holdout_rows or keep_rows)
-        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos, not sequential, device, float_cap)
+        outs, layer_np, samples = _observe_layer(layer, cap, i, prefix, keep_rows, stride, pos,
+                                                  not sequential and tune_layer is None, device, float_cap)
         stats.update(layer_np)
         if on_layer is not None:
             on_layer(i, prefix, layer, layer_np, samples)
-            if sequential:
-                outs = run_layer(layer, cap, i, consume=True)
-                _release_caches(layer)
+            outs = _next_inputs(layer, cap, i, prefix, outs, float_cap, sequential, tune_layer)
         if after_layer is not None:
             after_layer(i, prefix, layer, outs, None if float_cap is None else float_cap.hidden)
         cap.hidden = outs

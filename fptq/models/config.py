@@ -90,6 +90,11 @@ class QuantConfig:
         the float model's next-token distribution on the calibration samples (KL per token), one sample per
         step, learning rate ``tune_scales_lr`` on ``ln s`` (a relative change per step). Needs the model
         whole and a float copy of it (``fptq quantize`` then loads the model whole; no ``--resume``).
+    tune_layers_steps, tune_layers_lr: layer-wise scale tuning (:mod:`fptq.models.layer_tuning`): right after each
+        decoder layer is quantized, that many Adam steps (0, the default: off), one per calibration batch in seeded
+        order (``seed``), on the layer's INT4 group scales (codes and zero points frozen) toward the float layer's
+        outputs (mean squared error), learning rate ``tune_layers_lr`` on ``ln s``. Layer by layer, so the streamed
+        run and ``--resume`` support it; CPU calibration only (no ``device``).
     """
 
     group_size: int = spec.DEFAULT_GROUP_SIZE
@@ -116,6 +121,8 @@ class QuantConfig:
     rotation_seed: int | None = None
     tune_scales_steps: int = 0
     tune_scales_lr: float = 1e-3
+    tune_layers_steps: int = 0
+    tune_layers_lr: float = 1e-3
 
     def __post_init__(self):
         if isinstance(self.rotate, bool):   # the field was a bool until 2026-11-30
@@ -145,11 +152,12 @@ class QuantConfig:
             raise ValueError(f"rotation_seed must be None or an integer >= 0, got {self.rotation_seed!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        if type(self.tune_scales_steps) is not int or self.tune_scales_steps < 0:
-            raise ValueError(f"tune_scales_steps must be an integer >= 0 (0: off), got {self.tune_scales_steps!r}")
-        lr = self.tune_scales_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"tune_scales_lr must be a finite number > 0, got {self.tune_scales_lr!r}")
+        for kind in ("scales", "layers"):
+            steps, lr = getattr(self, f"tune_{kind}_steps"), getattr(self, f"tune_{kind}_lr")
+            if type(steps) is not int or steps < 0:
+                raise ValueError(f"tune_{kind}_steps must be an integer >= 0 (0: off), got {steps!r}")
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"tune_{kind}_lr must be a finite number > 0, got {lr!r}")
 
     @property
     def sequential_calibration(self) -> bool:

@@ -12,8 +12,10 @@ Per decoder layer, inside the layer-by-layer calibration loop
    groupwise weights by ``config.weight_quantizer``, given what its entry in
    :mod:`fptq.reference.quantizer_registry` needs; the group's policy and static scale).
 
-With ``config.tune_scales_steps`` > 0 the whole quantized model's group scales are then trained toward a float
-copy's next-token distribution (:mod:`fptq.models.scale_tuning`).
+With ``config.tune_layers_steps`` > 0 each layer's group scales are trained right after step 4 toward the float
+layer's outputs (:mod:`fptq.models.layer_tuning`, inside the calibration loop). With ``config.tune_scales_steps`` > 0
+the whole quantized model's group scales are then trained toward a float copy's next-token distribution
+(:mod:`fptq.models.scale_tuning`).
 
 By default the next layer is calibrated on the *float* outputs of this layer
 (one forward per layer; the statistics equal a plain float calibration). With
@@ -40,6 +42,7 @@ from .layer_pass import release_freed_memory
 from .config import QuantConfig
 from .device import device_hessian
 from .fold import fold_group
+from .layer_tuning import LayerTuningReport, layer_tuner
 from .plan import LayerRef, Plan, PlanOptions, plan_groups
 from .qlinear import MODES, W4A8Linear, set_quantized_mode
 from .rotate import RotationReport, carry_input_rotation, plan_rotation, rotate_globals, rotate_layer
@@ -64,6 +67,9 @@ class QuantResult:
     rotation: RotationReport | None = None
     #: what ``config.tune_scales_steps`` did (:mod:`fptq.models.scale_tuning`); None when off
     scale_tuning: ScaleTuningReport | None = None
+    #: what ``config.tune_layers_steps`` did, per decoder layer run in this process (:mod:`fptq.models.layer_tuning`;
+    #: a resumed run's: the layers after its start); None when off
+    layer_tuning: list[LayerTuningReport] | None = None
 
 
 def plan_options(config: QuantConfig, **overrides) -> PlanOptions:
@@ -238,7 +244,7 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     Args:
         model: float32 causal LM of a supported architecture (:mod:`fptq.models.arch`).
         calib_ids: LongTensor [n_samples, seq_len] calibration tokens.
-        config: :class:`~fptq.models.config.QuantConfig` (``tune_scales_steps`` > 0: :mod:`~.scale_tuning` last).
+        config: :class:`~fptq.models.config.QuantConfig` (tuning: :mod:`~.layer_tuning`, :mod:`~.scale_tuning`).
         backend: backend the returned model's W4A8 layers compute with (``get_backend``; None:
             :func:`fptq.defaults.default_backend`); the quantization itself is :mod:`fptq.reference`'s
             and does not depend on it.
@@ -257,11 +263,10 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
         :class:`QuantResult` (the quantized model, its plan, the calibration statistics).
     """
     config, arch = config or QuantConfig(), arch_of_model(model)
-    teacher = _float_teacher(model, config, inplace, layer_io, make_linear)
+    teacher, tuner = _tuning(model, config, inplace, layer_io, make_linear, device, progress)
     model = (model if inplace else copy.deepcopy(model)).eval()
     rot = _start_rotation(model, config)
-    plan = Plan(config.v0, config.v1)
-    resume = _resume(layer_io, plan)
+    plan, resume = _resume(layer_io, config)
     # during calibration the replaced layers compute in fake-quant mode (fast, same rounding); the mode is set last
     w4a8 = w4a8_factory(config, backend, "fake_quant")
     options, weight_fn = plan_options(config), dequantized_weight_fn(config)
@@ -285,11 +290,19 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
                       sequential=config.sequential_calibration, keep_rows=keep, before_layer=steps.before,
                       float_rows=config.float_stream, after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
-                      holdout_rows=config.keep_rows, device=device, resume=resume)
+                      holdout_rows=config.keep_rows, device=device, resume=resume, tune_layer=tuner)
     tuned = _tune_scales(model, teacher, calib_ids, config, progress)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
-    return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report, tuned)
+    return QuantResult(model, plan, stats, config, arch, None if rot is None else rot.report, tuned,
+                       None if tuner is None else tuner.reports)
+
+
+def _tuning(model, config: QuantConfig, inplace: bool, layer_io, make_linear, device, progress: bool):
+    """``(teacher, tuner)``: :func:`_float_teacher` (``config.tune_scales_steps``) and the calibration's
+    ``tune_layer`` hook (:func:`fptq.models.layer_tuning.layer_tuner`, ``config.tune_layers_steps``), None when off."""
+    return (_float_teacher(model, config, inplace, layer_io, make_linear),
+            layer_tuner(config, device, make_linear, progress))
 
 
 def _float_teacher(model, config: QuantConfig, inplace: bool, layer_io, make_linear):
@@ -313,12 +326,14 @@ def _tune_scales(model, teacher, calib_ids, config: QuantConfig, progress: bool)
                        progress=progress)
 
 
-def _resume(layer_io, plan: Plan):
-    """``layer_io``'s resume point (None: none, the run starts at layer 0), its plan's groups put in ``plan``."""
+def _resume(layer_io, config: QuantConfig):
+    """``(plan, resume point)``: the run's :class:`Plan` and ``layer_io``'s resume point (None: none, the run starts
+    at layer 0), whose plan's groups are put in the plan."""
+    plan = Plan(config.v0, config.v1)
     resume = layer_io.resume_point() if layer_io is not None else None
     if resume is not None:
         plan.groups.extend(resume.plan_groups)
-    return resume
+    return plan, resume
 
 
 def _start_rotation(model, config: QuantConfig):

@@ -49,8 +49,8 @@ from ._torch import nn, torch
 from .config import QuantConfig
 from .qlinear import W4A8Linear, fake_quant_act, quantized_linears
 
-__all__ = ["ScaleTuningReport", "tune_scales", "tunable_scales", "TunedLinear", "mean_kl", "DEFAULT_LR",
-           "MAX_LOG_STEP"]
+__all__ = ["ScaleTuningReport", "tune_scales", "tunable_scales", "TunedLinear", "write_scales", "mean_kl",
+           "DEFAULT_LR", "MAX_LOG_STEP", "log_step_optimizer", "optimizer_step", "sample_order"]
 
 #: Adam's learning rate on the log-scales (a relative change of about lr per step): QuantConfig's default
 DEFAULT_LR = QuantConfig.default("tune_scales_lr")
@@ -183,8 +183,9 @@ def mean_kl(student, teacher, ids) -> float:
                               for i in range(len(ids))]))
 
 
-def _sample_order(n: int, count: int, seed: int) -> list:
-    """``count`` sample indices: seeded permutations of ``range(n)``, one after another."""
+def sample_order(n: int, count: int, seed: int) -> list:
+    """``count`` sample indices: seeded permutations of ``range(n)``, one after another (both tunings' order:
+    samples here, calibration batches in :mod:`fptq.models.layer_tuning`)."""
     g = torch.Generator().manual_seed(int(seed))
     order = []
     while len(order) < count:
@@ -192,18 +193,31 @@ def _sample_order(n: int, count: int, seed: int) -> list:
     return order[:count]
 
 
-def _step(student, teacher, ids, optimizer, params) -> float:
-    """One optimizer step on the batch ``ids``; returns its KL before the step."""
-    with torch.no_grad():
-        target = _logits(teacher, ids)
+def log_step_optimizer(tuned: dict, lr: float):
+    """``(params, optimizer)``: the log-steps ``d`` of the :class:`TunedLinear` s in ``tuned`` and a fresh Adam on
+    them at learning rate ``lr``."""
+    params = [t.log_step for t in tuned.values()]
+    return params, torch.optim.Adam(params, lr=lr)
+
+
+def optimizer_step(loss_fn, optimizer, params) -> float:
+    """One optimizer step on the loss ``loss_fn()`` (a float32 scalar computed with gradients), then every
+    log-step clamped to ``[-MAX_LOG_STEP, MAX_LOG_STEP]``; returns the loss before the step."""
     optimizer.zero_grad(set_to_none=True)
-    loss = _kl(_logits(student, ids), target)
+    loss = loss_fn()
     loss.backward()
     optimizer.step()
     with torch.no_grad():
         for p in params:
             p.clamp_(-MAX_LOG_STEP, MAX_LOG_STEP)
     return float(loss.detach())
+
+
+def _step(student, teacher, ids, optimizer, params) -> float:
+    """One optimizer step on the batch ``ids``; returns its KL before the step."""
+    with torch.no_grad():
+        target = _logits(teacher, ids)
+    return optimizer_step(lambda: _kl(_logits(student, ids), target), optimizer, params)
 
 
 def _check(steps, lr, batch, n):
@@ -229,14 +243,13 @@ def tune_scales(student, teacher, calib_ids, steps: int, lr: float = DEFAULT_LR,
         return report
     t0, modes = time.time(), (student.training, teacher.training)
     student.eval(), teacher.eval()
-    order, probe = _sample_order(len(calib_ids), steps * batch, seed), calib_ids[:max(0, int(measure))]
+    order, probe = sample_order(len(calib_ids), steps * batch, seed), calib_ids[:max(0, int(measure))]
     try:
         with torch.enable_grad(), tunable_scales(student) as tuned:
-            params = [t.log_step for t in tuned.values()]
+            params, optimizer = log_step_optimizer(tuned, lr)
             report.linears, report.scales, report.measured = len(params), sum(p.numel() for p in params), len(probe)
             if len(probe):
                 report.loss_before = mean_kl(student, teacher, probe)
-            optimizer = torch.optim.Adam(params, lr=lr)
             for i in range(steps):
                 ids = calib_ids[order[i * batch:(i + 1) * batch]]
                 report.losses.append(_step(student, teacher, ids, optimizer, params))
