@@ -30,33 +30,26 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._torch import torch
 from .config import QuantConfig
 from .layer_pass import _layer_output
 from .qlinear import quantized_linears
-from .scale_tuning import log_step_optimizer, optimizer_step, sample_order, tunable_scales, write_scales
+from .scale_tuning import (TuningReport, log_step_optimizer, optimizer_step, sample_order, tunable_scales,
+                           write_scales)
 
 __all__ = ["LayerTuningReport", "LayerTuner", "layer_tuner", "tune_layer", "layer_mse", "summarize"]
 
 
-@dataclass
-class LayerTuningReport:
+@dataclass(kw_only=True)
+class LayerTuningReport(TuningReport):
     """What :func:`tune_layer` did to decoder layer ``layer`` (module path ``prefix``): ``loss_before`` /
     ``loss_after``: :func:`layer_mse` of the first calibration batch before and after (the layer's own modules in
     fake-quant mode), ``losses`` the MSE of each step's batch (before that step), ``seconds`` its wall time."""
 
     layer: int
     prefix: str
-    steps: int
-    lr: float
-    linears: int = 0
-    scales: int = 0
-    loss_before: float | None = None
-    loss_after: float | None = None
-    losses: list = field(default_factory=list)
-    seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"layer tuning {self.prefix}: {self.steps} steps (lr {self.lr:g}) on {self.scales} scales of "
@@ -101,7 +94,7 @@ def tune_layer(layer, cap, i: int, targets: list, steps: int, lr: float, seed: i
     ``wscale``. None (nothing done) for a layer without W4A8 linears."""
     if not quantized_linears(layer):
         return None
-    t0, report = time.time(), LayerTuningReport(i, "", steps, float(lr))
+    t0, report = time.time(), LayerTuningReport(steps, float(lr), layer=i, prefix="")
     report.loss_before = layer_mse(layer, cap, i, targets[0])
     order = sample_order(len(cap.hidden), steps, seed)
     with torch.enable_grad(), tunable_scales(layer) as tuned:

@@ -49,7 +49,7 @@ from ._torch import nn, torch
 from .config import QuantConfig
 from .qlinear import W4A8Linear, fake_quant_act, quantized_linears
 
-__all__ = ["ScaleTuningReport", "tune_scales", "tunable_scales", "TunedLinear", "write_scales", "mean_kl",
+__all__ = ["TuningReport", "ScaleTuningReport", "tune_scales", "tunable_scales", "TunedLinear", "write_scales", "mean_kl",
            "DEFAULT_LR", "MAX_LOG_STEP", "log_step_optimizer", "optimizer_step", "sample_order"]
 
 #: Adam's learning rate on the log-scales (a relative change of about lr per step): QuantConfig's default
@@ -59,21 +59,29 @@ MAX_LOG_STEP = math.log(4.0)
 
 
 @dataclass
-class ScaleTuningReport:
-    """What :func:`tune_scales` did: ``loss_before`` / ``loss_after`` are :func:`mean_kl` on the first
-    ``measured`` calibration samples (training data, not held out; None when ``measured`` is 0), ``losses``
-    the KL of each optimizer step's batch (before that step), ``seconds`` the wall time of it all."""
+class TuningReport:
+    """What a tuning of group scales did (both tunings' reports): ``steps`` Adam steps at learning rate ``lr`` on
+    ``scales`` scales of ``linears`` linears, the loss before and after (each tuning says on what), ``losses``
+    each step's batch loss (before that step), ``seconds`` the wall time of it all."""
 
     steps: int
     lr: float
-    batch: int
     linears: int = 0
     scales: int = 0
-    measured: int = 0
     loss_before: float | None = None
     loss_after: float | None = None
     losses: list = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass(kw_only=True)
+class ScaleTuningReport(TuningReport):
+    """What :func:`tune_scales` did: ``loss_before`` / ``loss_after`` are :func:`mean_kl` on the first
+    ``measured`` calibration samples (training data, not held out; None when ``measured`` is 0), ``losses``
+    the KL of each optimizer step's batch of ``batch`` samples."""
+
+    batch: int = 1
+    measured: int = 0
 
     def summary(self) -> str:
         kl = ("" if self.loss_before is None else
@@ -238,7 +246,7 @@ def tune_scales(student, teacher, calib_ids, steps: int, lr: float = DEFAULT_LR,
     and after (0: not measured). ``steps = 0`` changes nothing. The scales are written into each ``wscale``;
     codes, zero points and every other tensor are unchanged."""
     _check(steps, lr, batch, len(calib_ids))
-    report = ScaleTuningReport(steps, float(lr), batch)
+    report = ScaleTuningReport(steps, float(lr), batch=batch)
     if steps == 0:
         return report
     t0, modes = time.time(), (student.training, teacher.training)
