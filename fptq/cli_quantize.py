@@ -221,8 +221,9 @@ def run_quantize(a, cfg) -> int:
     if a.torch_device is not None and cfg.sequential_calibration:
         raise ValueError("--sequential (and --weight-quantizer gptaq, which calibrates sequentially) runs the "
                          "quantized layer on the host: it cannot be used with --device cuda")
-    if a.torch_device is not None and cfg.tune_layers_steps:
-        raise ValueError("--tune-layers trains the scales on the host: it cannot be used with --device cuda")
+    from .models.layer_tuning import layer_tuner
+
+    layer_tuner(cfg, device=a.torch_device)   # before any work: its refusal of a calibration device
     check_resume_flags(a, cfg)
     protect = [x for x in (a.model, *calibration_parts(a.calib)) if x is not None]  # every part of a mix
     check_checkpoint_out(a.out, a.force, protect)
