@@ -15,7 +15,11 @@ llama.cpp: above 1 means fptq is faster), the **memory floor** (bytes the runtim
 token: packed weights, scales, lm_head, KV cache; over the read bandwidth measured in the same run:
 vectorized XOR of a 512 MB buffer on 1 and on THREADS threads, the better of the two; a NumPy copy's
 rate is also recorded, ``copy_gb_s``, but a copy moves each byte twice, so it understates the read
-bandwidth about twofold and a floor from it came out below the measured decode rate) and the
+bandwidth about twofold and a floor from it came out below the measured decode rate); the read
+bandwidth is also measured in every round, right after that round's decode, and
+``decode_vs_floor_per_round`` is the median over rounds of (that round's floor tok/s / its fptq decode
+tok/s): paired in time, so a host whose bandwidth drifts between rounds does not set a floor from one
+moment against tokens from another (the run-wide ``decode_vs_floor`` keeps the best bandwidth); and the
 **per-token breakdown** of the runtime
 (:func:`fptq.runtime.profile.token_breakdown`: linears, attention, lm_head, the rest) and of a
 prefill (:func:`fptq.runtime.profile.prefill_breakdown`: norms, linears, RoPE, attention, MLP
@@ -235,7 +239,8 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
     rng = np.random.default_rng(0)
     fptq_round(rt, a, rng)                                               # warm-up (compiles on first use)
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
-    rows = {"fptq_decode": [], "fptq_prefill": [], "fptq_split_tokens": [], "llama_decode": [], "llama_prefill": []}
+    rows = {"fptq_decode": [], "fptq_prefill": [], "fptq_split_tokens": [], "llama_decode": [], "llama_prefill": [],
+            "read_gb_s": []}
     for _ in range(a.rounds):
         d, p, split = fptq_round(rt, a, rng)
         rows["fptq_decode"].append(d)
@@ -244,15 +249,18 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
         rows["llama_prefill"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", str(a.prefill_tokens), "-n", "0"]))
         rows["llama_decode"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", "0", "-n", str(a.new_tokens),
                                                                           "-d", str(a.prompt_tokens)]))
+        rows["read_gb_s"].append(max(read_bandwidth(t, reps=3) for t in sorted({1, a.threads})) / 1e9)
     med = {k: statistics.median(v) for k, v in rows.items()}
     floor = memory_floor(rt, a, {t: read_bandwidth(t) for t in sorted({1, a.threads})}, copy_bandwidth())
+    per_round = [gb * 1e9 / floor["bytes_per_token"] / d for gb, d in zip(rows["read_gb_s"], rows["fptq_decode"])]
     res = {"model": name, "checkpoint": os.path.abspath(ckpt), "gguf": os.path.abspath(gguf),
            "gguf_bytes": os.path.getsize(gguf), "lm_head": ["float32", "bfloat16", "int8", "int8-float"][int(rt.w.head[0])],
            "fptq_decode_tok_s": med["fptq_decode"], "fptq_prefill_tok_s": med["fptq_prefill"],
            "llama_decode_tok_s": med["llama_decode"], "llama_prefill_tok_s": med["llama_prefill"],
            "decode_ratio": med["fptq_decode"] / med["llama_decode"],
            "prefill_ratio": med["fptq_prefill"] / med["llama_prefill"],
-           "decode_vs_floor": floor["floor_tok_s"] / med["fptq_decode"], "memory_floor": floor, "rounds": rows,
+           "decode_vs_floor": floor["floor_tok_s"] / med["fptq_decode"],
+           "decode_vs_floor_per_round": statistics.median(per_round), "memory_floor": floor, "rounds": rows,
            "breakdown_wall": token_breakdown(rt, a.prompt_tokens, 20),
            "prefill_breakdown_wall": prefill_breakdown(rt, a.prefill_tokens, 3)}
     if a.breakdown_cpu:
@@ -268,12 +276,13 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
 
 def print_table(results: list, a) -> None:
     print(f"| model | fptq decode | llama.cpp decode | decode ratio | fptq prefill {a.prefill_tokens} | "
-          "llama.cpp prefill | prefill ratio | floor tok/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "llama.cpp prefill | prefill ratio | floor tok/s | decode vs floor (per round) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['fptq_decode_tok_s']:.1f} | {r['llama_decode_tok_s']:.1f} | "
               f"{r['decode_ratio']:.2f}x | {r['fptq_prefill_tok_s']:.0f} | {r['llama_prefill_tok_s']:.0f} | "
-              f"{r['prefill_ratio']:.2f}x | {r['memory_floor']['floor_tok_s']:.0f} |")
+              f"{r['prefill_ratio']:.2f}x | {r['memory_floor']['floor_tok_s']:.0f} | "
+              f"{r['decode_vs_floor_per_round']:.2f}x |")
     for r in results:
         b = r["breakdown_wall"]
         print(f"{r['model']} per token (ms, wall, {a.threads} threads, context {b['context']}): total "
