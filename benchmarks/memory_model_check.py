@@ -2,6 +2,8 @@
 
     python benchmarks/memory_model_check.py coefficients     # ~1-2 min: baseline, BLAS, GPTQ and Hessian peaks
     python benchmarks/memory_model_check.py validate --hidden 1024 --mlp 4096 --layers 2 --samples 32 --seq-len 256
+    python benchmarks/memory_model_check.py validate --hidden 512 --mlp 2048 --layers 1 --samples 16 --batch-size 16 \
+        --tune-layers 2                                      # ~1 min: layer-wise scale tuning's step
     python benchmarks/memory_model_check.py projections      # the projection table of docs/scale.md
 
 ``coefficients`` runs each measurement in a fresh process and prints it beside what
@@ -111,11 +113,12 @@ import sys, torch
 from fptq.models.config import QuantConfig
 from fptq.models.sources import open_source
 from fptq.models.stream import open_streamed, quantize_streamed
-d, n, L, B = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d, n, L, B, tune = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 with open_source(d) as src:
     model = open_streamed(src)
     ids = torch.randint(0, 8192, (n, L), generator=torch.Generator().manual_seed(0))
-    quantize_streamed(model, src, ids, QuantConfig(n_samples=n, seq_len=L), None, batch_size=B, progress=False)
+    quantize_streamed(model, src, ids, QuantConfig(n_samples=n, seq_len=L, tune_layers_steps=tune), None,
+                      batch_size=B, progress=False)
 print(status("VmHWM"))
 '''
 
@@ -126,12 +129,14 @@ WRITER_PARTS = ("shard_buffer", "shard_flush", "write_buffer", "nonlayer_stored"
 def validate(a) -> dict:
     """Quantize a random bf16 LLaMA of the given shape streamed (no writer); measured peak vs predicted."""
     from fptq.models import memory as M
+    from fptq.models.config import QuantConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         _child(_MAKE, tmp, a.hidden, a.mlp, a.layers)
         cfg = json.loads((Path(tmp) / "config.json").read_text())
-        measured = _child(_RUN, tmp, a.samples, a.seq_len, a.batch_size)
-    est = M.estimate(cfg, n_samples=a.samples, seq_len=a.seq_len, batch_size=a.batch_size, source_dtype_bytes=2)
+        measured = _child(_RUN, tmp, a.samples, a.seq_len, a.batch_size, a.tune_layers)
+    est = M.estimate(cfg, n_samples=a.samples, seq_len=a.seq_len, batch_size=a.batch_size, source_dtype_bytes=2,
+                     quant=QuantConfig(tune_layers_steps=a.tune_layers))
     steps = {s: sum(b for c, b in est.components.items() if c in M.STEPS[s] and c not in WRITER_PARTS)
              for s in est.steps}
     step = max(steps, key=steps.get)
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
     sub.add_parser("projections").add_argument("--out", type=Path)
     v = sub.add_parser("validate")
     for name, default in (("hidden", 1024), ("mlp", 4096), ("layers", 2), ("samples", 32), ("seq-len", 256),
-                          ("batch-size", 8)):
+                          ("batch-size", 8), ("tune-layers", 0)):
         v.add_argument(f"--{name}", type=int, default=default)
     v.add_argument("--out", type=Path)
     a = p.parse_args(argv)

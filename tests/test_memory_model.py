@@ -245,3 +245,138 @@ def test_importing_the_memory_model_loads_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+#: the layer steps of SmolLM2 at DEFAULT_RUN with a bf16 source, computed by the memory model before it counted
+#: layer-wise scale tuning (commit 70bfbd6): with tuning off they must not move by a byte
+_BEFORE_TUNING = {
+    "default": {"layer: load": 778874696, "layer: rotate": 985509704, "layer: forward": 1112125256,
+                "layer: rows": 1044492104, "layer: plan": 965062472, "layer: Hessian": 963368752,
+                "layer: GPTQ": 819844912, "layer: flush": 779029092},
+    "sequential": {"layer: load": 778874696, "layer: rotate": 985509704, "layer: forward": 1253683016,
+                   "layer: rows": 1195487048, "layer: plan": 1116057416, "layer: Hessian": 1114363696,
+                   "layer: GPTQ": 970839856, "layer: sequential": 1287064164, "layer: flush": 779029092}}
+_TUNE = ("tune_inputs", "tune_integer", "tune_scales", "tune_autograd", "tune_backward")
+
+
+@pytest.mark.parametrize("mode", sorted(_BEFORE_TUNING))
+def test_layer_tuning_off_leaves_the_estimate_as_it_was(mode):
+    """tune_layers_steps = 0 (the default): the same bytes as before the tuning was counted, no tune step."""
+    seq = mode == "sequential"
+    est = estimate(SMOLLM2, **DEFAULT_RUN, source_dtype_bytes=2, quant=QuantConfig(sequential=seq, tune_layers_steps=0))
+    assert {k: v for k, v in est.steps.items() if k.startswith("layer")} == _BEFORE_TUNING[mode]
+    assert est.settings.tune_steps == 0 and not set(_TUNE) & est.components.keys()
+    for cfg, kw in ((LLAMA3_8B, {}), (dict(SMOLLM2, model_type="gemma2"), {"device": "cuda"})):
+        for extra in ({}, {"weight_quantizer": "gptaq"}, {"sequential": True}):
+            off, default = (estimate(cfg, **DEFAULT_RUN, **kw, quant=QuantConfig(**extra, **t))
+                            for t in ({"tune_layers_steps": 0}, {}))
+            assert (off.components, off.steps, off.device_steps) == (default.components, default.steps,
+                                                                      default.device_steps)
+            assert "layer: tune" not in off.steps
+
+
+def _tiny_llama(**over):
+    return {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, **over}
+
+
+def test_layer_tuning_components_by_hand():
+    """hidden 64, MLP 128, 4/2 heads of 16; 6 samples of 8 tokens in batches of 4 (T = 32 tokens), groups of 32."""
+    run = dict(n_samples=6, seq_len=8, batch_size=4)
+    quant = QuantConfig(group_size=32, tune_layers_steps=3)
+    assert memory.settings(quant, **run).tune_steps == 3   # read from the config like sequential / GPTAQ
+    est = estimate(_tiny_llama(), **run, quant=quant)
+    c = est.components
+    # the linears [N, K]: q 64x64, k/v 32x64, o 64x64, gate/up 128x64, down 64x128
+    params = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 2 * 128 * 64 + 64 * 128
+    groups = 64 * 2 + 2 * 32 * 2 + 64 * 2 + 2 * 128 * 2 + 64 * 4           # [N, K / 32] scales per linear
+    assert c["tune_inputs"] == 6 * 8 * 64 * 4                               # the default pass keeps them for it
+    assert c["tune_integer"] == 4 * params                                  # (q - z) float32
+    assert c["tune_scales"] == 6 * 4 * groups                               # s0, d, grad, 2 Adam moments, exp(d)
+    per_token = (3 * 64 + 64 + 2 * 64 + 128) + (2 * 64 + 2 * 32) + 3 * 128 + 64 + 64
+    #            rounded inputs: qkv, o, gate/up, down; sdpa q/out, k/v; MLP; second norm; y - t
+    assert c["tune_autograd"] == 4 * 32 * per_token + 4 * (params - (64 * 64 + 2 * 32 * 64))   # + W^ of o, MLP
+    assert c["tune_backward"] == 8 * 128 * 64 + 8 * 32 * 128
+    assert est.steps["layer: tune"] == sum(c.get(n, 0) for n in memory.STEPS["layer: tune"])
+    assert c["hidden_in_forward"] == c["hidden_in"]                          # not consumed: kept for the tuning
+    off = estimate(_tiny_llama(), **run, quant=QuantConfig(group_size=32))
+    for step in ("layer: rows", "layer: plan", "layer: Hessian", "layer: GPTQ"):   # the inputs kept until the tune
+        assert est.steps[step] == off.steps[step] + c["tune_inputs"], step
+    assert est.steps["layer: forward"] == off.steps["layer: forward"] + (6 - 4) * 8 * 64 * 4
+    for step in ("layer: load", "layer: rotate", "layer: flush", "capture", "write"):
+        assert est.steps[step] == off.steps[step], step
+    seq = estimate(_tiny_llama(), **run, quant=QuantConfig(group_size=32, sequential=True, tune_layers_steps=3))
+    assert "tune_inputs" not in seq.components and seq.components["hidden_in_kept"] == c["tune_inputs"]
+    assert seq.steps["layer: tune"] == est.steps["layer: tune"]   # the same bytes, counted as hidden_in_kept
+    text = est.describe()
+    assert "\nlayer: tune " in text and all(f"\n{n} " in text for n in _TUNE)
+
+
+def test_layer_tuning_sets_the_peak_when_its_batch_is_large():
+    """SmolLM2, 128 x 512 in batches of 128: one batch's autograd (~3 GiB) makes ``layer: tune`` the peak, by the
+    formula's amount over the layer's other holdings; dropping any tune component would fail this."""
+    run = dict(n_samples=128, seq_len=512, batch_size=128)
+    off = estimate(SMOLLM2, **run)
+    on = estimate(SMOLLM2, **run, quant=QuantConfig(tune_layers_steps=32))
+    c, T, h, f, q, kv = on.components, 128 * 512, 576, 1536, 576, 192
+    params = 576 * (576 + 2 * 192 + 576) + 3 * 1536 * 576
+    tune = {"tune_inputs": 128 * 512 * h * 4, "tune_integer": 4 * params,
+            "tune_scales": 24 * (576 * 5 * 2 + 192 * 2 * 5 + 1536 * 5 * 2 + 576 * 12),   # groups of 128
+            "tune_autograd": 4 * T * (5 * h + q + f + 2 * q + 2 * kv + 3 * f + 2 * h)
+            + 4 * (params - 576 * (576 + 2 * 192)),
+            "tune_backward": 8 * 1536 * 576 + 8 * T * f}
+    assert {n: c[n] for n in _TUNE} == tune
+    held = sum(c.get(n, 0) for n in memory.STEPS["layer: tune"] if n not in _TUNE)
+    assert held == sum(off.components.get(n, 0) for n in ("baseline", "tokenizer", "rotations", "captured_args",
+                                                           "shard_buffer", "layer_f32", "hidden_out", "layer_quantized"))
+    assert on.peak_step == "layer: tune" and off.peak_step != "layer: tune"
+    assert on.peak_bytes == held + sum(tune.values()) > off.peak_bytes
+    with pytest.raises(InsufficientMemory, match="'layer: tune'.*tune_autograd .*lower: --batch-size"):
+        check_fits(on, available=off.peak_bytes)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_tune_autograd_counts_what_autograd_keeps(family, monkeypatch):
+    """tune_autograd against the bytes autograd really saves in one batch's tuning loss on a tiny model (the
+    distinct storages ``saved_tensors_hooks`` sees, less the layer's parameters, (q - z), s0, d and the captured
+    arguments): within 5%, never above (what it leaves out is small: exp(d), norm factors, log-sum-exp)."""
+    torch = pytest.importorskip("torch")
+    from fptq.models import quantize as quantize_mod
+    from fptq.models.layer_tuning import _mse, _output
+    from fptq.models.scale_tuning import tunable_scales
+    from fptq.testing import tiny_model
+
+    n, L, B = 6, 20, 4
+    saved = {}
+
+    def storages(x):
+        if torch.is_tensor(x):
+            return {x.untyped_storage().data_ptr()}
+        items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+        return set().union(*(storages(y) for y in items))
+
+    def probe(i, prefix, layer, cap, targets):
+        if i:
+            return
+        with torch.enable_grad(), tunable_scales(layer) as tuned:
+            known = storages([cap.args[0][i], cap.kwargs[0][i], list(layer.parameters()), list(layer.buffers()),
+                              [(t.integer, t.s0, t.log_step) for t in tuned.values()]])
+
+            def pack(t):
+                if t.untyped_storage().data_ptr() not in known:
+                    saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                _mse(_output(layer, cap, i, 0), targets[0])
+
+    probe.reports = []
+    model = tiny_model(family)
+    quant = QuantConfig(group_size=32, n_samples=n, seq_len=L, keep_rows=64, tune_layers_steps=1)
+    ids = torch.randint(3, 259, (n, L), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(quantize_mod, "layer_tuner", lambda *a, **k: probe)
+    quantize_mod.quantize_model(model, ids, quant, backend="numpy", mode="fake_quant", progress=False, batch_size=B)
+    counted = estimate(model.config.to_dict(), n_samples=n, seq_len=L, batch_size=B,
+                       quant=quant).components["tune_autograd"]
+    measured = sum(saved.values())
+    assert 0.95 * measured <= counted <= measured, (counted, measured)

@@ -23,7 +23,8 @@ and the seeded order (:func:`~fptq.models.scale_tuning.sample_order`), here over
 cycling. One Adam step per batch, ``steps`` per layer, a fresh optimizer for every layer; codes, zero points and
 every other tensor unchanged. Memory: the layer's inputs are kept until its tuning ends (the default pass would
 drop each batch once used), its integer parts ``(q - z)`` as float32 and the activations autograd keeps for one
-batch through one layer. CPU only (no ``device``).
+batch through one layer: the memory model's ``layer: tune`` step (:func:`fptq.models.memory_shape.tune_components`:
+``tune_inputs``, ``tune_integer``, ``tune_scales``, ``tune_autograd``, ``tune_backward``). CPU only (no ``device``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ components (:data:`MEANINGS`), each alive during some steps of the run; the peak
   ``layer: forward`` (the calibration pass: outputs, activations, kept rows), ``layer: rows`` (the kept rows
   concatenated), ``layer: plan`` (the error-selected plan's judging), ``layer: Hessian`` (building the
   float64 Hessian of the worst group input), ``layer: GPTQ`` (its inverse Cholesky and error feedback),
-  ``layer: sequential`` (``--sequential``'s second pass), ``layer: flush`` (a full shard serialized);
+  ``layer: tune`` (``--tune-layers``: its scales trained, :data:`TUNE_MEANINGS`), ``layer: sequential``
+  (``--sequential``'s second pass), ``layer: flush`` (a full shard serialized);
 * ``write: read`` / ``write``: the embeddings, then ``lm_head``, each read and stored alone, beside the last shard.
 
 The GPTQ and Hessian coefficients are measured on :mod:`fptq.reference.gptq` as it is (peak RSS over
@@ -23,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..defaults import SHARD_BYTES
-from .memory_shape import FLOAT_STREAM_MEANINGS, Shape, _batches, float_stream_components, heldout_rows, kept_rows, shape_of
+from .memory_shape import (FLOAT_STREAM_MEANINGS, TUNE_MEANINGS, Settings, Shape, _batches, float_stream_components,
+                           heldout_rows, kept_rows, shape_of, tune_components)
 from .memory_time import layer_flops, measure_rate
 
 __all__ = ["MemoryEstimate", "InsufficientMemory", "Shape", "shape_of", "estimate", "check_fits",
@@ -84,7 +86,8 @@ MEANINGS = {
     "nonlayer_stored": "the embeddings or lm_head being stored, in the stored float dtype (then spilled to a file)",
     "hidden_in": "calibration inputs of the current layer, float32 [n, L, H]",
     "hidden_out": "its outputs, the next layer's inputs, float32 [n, L, H]",
-    "hidden_in_forward": "one batch of inputs during the pass (each dropped once used; all with --sequential)",
+    "hidden_in_forward": "one batch of inputs during the pass (each dropped once used; all with --sequential or "
+                         "--tune-layers)",
     "hidden_in_kept": "--sequential: the inputs kept for the second pass",
     "rows_hessian": "kept rows of the Hessian's group and the later groups (each group's dropped after its Hessian)",
     "rows_gptq": "kept rows of the groups after the one being GPTQ'd",
@@ -108,7 +111,7 @@ MEANINGS = {
     "shard_buffer": "quantized layers buffered for the current shard (up to shard_bytes)",
     "shard_flush": "the shard buffer at a flush: up to shard_bytes + one layer (written without a copy)",
     "write_buffer": "layers still buffered at the final write (up to shard_bytes), written with the rest",
-    **FLOAT_STREAM_MEANINGS}
+    **FLOAT_STREAM_MEANINGS, **TUNE_MEANINGS}
 
 #: components that live on the GPU with ``device="cuda"`` (:mod:`fptq.models.device`: the calibration forward,
 #: the activations between layers and each group's Hessian product there; kept rows, GPTQ and the rest on the host)
@@ -117,7 +120,8 @@ ON_DEVICE = frozenset({"cuda_context", "hidden_in", "hidden_out", "hidden_out_se
 
 _COMMON = ("baseline", "cuda_context", "tokenizer", "rotations")
 _LAYER = _COMMON + ("captured_args", "shard_buffer", "layer_f32", "layer_f32_device", "hidden_float", "kept_rows_float")
-_RERUN = ("hidden_in_kept", "hidden_out", "forward_work", "layer_quantized", "layer_dequantized")   # the layer run again
+_KEPT = ("hidden_in_kept", "tune_inputs", "hidden_out")   # the inputs kept past the pass (--sequential, --tune-layers)
+_RERUN = _KEPT + ("forward_work", "layer_quantized", "layer_dequantized")   # the layer run again
 #: step -> the components alive during it (the peak of a step is their sum). The layer is handed to the writer
 #: (``layer: flush``) after its outputs are computed; its inputs are gone by then (kept with --sequential)
 STEPS = {
@@ -127,11 +131,12 @@ STEPS = {
     "layer: load": _LAYER + ("hidden_in", "layer_read"),
     "layer: rotate": _LAYER + ("hidden_in", "rotation_transient"),
     "layer: forward": _LAYER + ("hidden_in_forward", "hidden_out", "forward_work", "kept_rows"),
-    "layer: rows": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "kept_rows_concat"),
-    "layer: plan": _LAYER + ("hidden_in_kept", "hidden_out", "kept_rows", "plan_judging"),
-    "layer: Hessian": _LAYER + ("hidden_in_kept", "hidden_out", "rows_hessian", "hessian_build", "layer_quantized"),
-    "layer: GPTQ": _LAYER + ("hidden_in_kept", "hidden_out", "rows_gptq", "hessian", "gptq_work", "layer_quantized", "gptaq_work"),
+    "layer: rows": _LAYER + _KEPT + ("kept_rows", "kept_rows_concat"),
+    "layer: plan": _LAYER + _KEPT + ("kept_rows", "plan_judging"),
+    "layer: Hessian": _LAYER + _KEPT + ("rows_hessian", "hessian_build", "layer_quantized"),
+    "layer: GPTQ": _LAYER + _KEPT + ("rows_gptq", "hessian", "gptq_work", "layer_quantized", "gptaq_work"),
     "layer: rows again": _LAYER + _RERUN + ("rows_again",),   # GPTAQ: a group's rows from the layer quantized so far
+    "layer: tune": _LAYER + _KEPT + ("layer_quantized", "tune_integer", "tune_scales", "tune_autograd", "tune_backward"),
     "layer: sequential": _LAYER + _RERUN + ("hidden_out_sequential",),
     "layer: flush": tuple(c for c in _LAYER if c != "shard_buffer") + ("hidden_out", "layer_quantized",
                                                                        "shard_flush"),
@@ -140,35 +145,13 @@ STEPS = {
 }
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The run's inputs to the model (rows: kept calibration rows per linear input, see :func:`settings`)."""
-
-    n_samples: int
-    seq_len: int
-    batch_size: int
-    rows: int                 # rows of every sample kept per linear input (the Hessian's rows)
-    heldout_rows: int         # rows of the held-out samples kept per linear input (the plan's judging)
-    hessian: bool             # the weight quantizer takes a Hessian (GPTQ)
-    by_error: bool            # the plan judges candidates by their error
-    sequential: bool
-    rotate: str
-    group_size: int
-    asym: bool
-    source_dtype_bytes: int
-    float_dtype_bytes: int
-    shard_bytes: int
-    device: str
-    shared_input_rows: bool   # one copy of the rows per group input instead of per linear
-    float_inputs: bool = False   # GPTAQ: the float model's calibration stream beside the sequential one
-
-
 def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dtype_bytes: int = 4,
              float_dtype_bytes: int = 2, shard_bytes: int = DEFAULT_SHARD_BYTES, device: str = "cpu",
              shared_input_rows: bool = True) -> Settings:
     """:class:`Settings` of a run of ``quant`` (a :class:`~fptq.models.config.QuantConfig`; None: its defaults):
     the rows kept are :func:`fptq.models.quantize.rows_to_keep`'s rule (the error plan's ``keep_rows``, the
-    weight quantizer's ``rows_option``), held out as ``quant.holdout_samples`` says."""
+    weight quantizer's ``rows_option``), held out as ``quant.holdout_samples`` says; ``quant.tune_layers_steps``
+    (layer-wise scale tuning) its ``tune_steps``."""
     from ..reference import weight_quantizer
     if quant is None:
         from .config import QuantConfig
@@ -188,7 +171,8 @@ def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dty
                     heldout_rows(n_samples, seq_len, batch_size, holdout, quant.keep_rows),
                     bool(entry.hessian and rows), by_error, quant.sequential_calibration, quant.rotate,
                     int(quant.group_size), quant.weight_format == "uint4_asym", source_dtype_bytes,
-                    float_dtype_bytes, shard_bytes, device, shared_input_rows, entry.float_inputs)
+                    float_dtype_bytes, shard_bytes, device, shared_input_rows, entry.float_inputs,
+                    int(quant.tune_layers_steps))
 
 
 def _hessian_parts(shape: Shape, s: Settings) -> tuple[dict, str]:
@@ -228,7 +212,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
     return {
         "hidden_in": n * L * h * 4, "hidden_out": n * L * h * 4,
         # the default pass drops each batch's input once its output is computed; --sequential runs it again
-        "hidden_in_forward": (n if s.sequential else min(B, n)) * L * h * 4,
+        "hidden_in_forward": (n if s.sequential or s.tune_steps else min(B, n)) * L * h * 4,
         "hidden_in_kept": n * L * h * 4 if s.sequential else 0,
         "hidden_out_sequential": n * L * h * 4 if s.sequential else 0,
         "captured_args": n * L * L * sum(shape.mask_bytes)
@@ -244,7 +228,7 @@ def _layer_components(shape: Shape, s: Settings) -> dict:
         "plan_judging": plan,
         "layer_quantized": shape.layer_stored_bytes(s.group_size, s.asym),
         "layer_dequantized": 4 * shape.layer_params() if s.sequential else 0,
-        **float_stream_components(shape, s)}
+        **float_stream_components(shape, s), **tune_components(shape, s)}
 
 
 def _model_components(shape: Shape, s: Settings) -> dict:
@@ -365,8 +349,9 @@ def estimate(cfg: dict, *, n_samples: int, seq_len: int, batch_size: int, quant=
     flops = layer_flops(shape, n_samples=s.n_samples, seq_len=s.seq_len, sequential=s.sequential, rows=s.rows,
                         heldout_rows=s.heldout_rows if s.by_error else 0, hessian=s.hessian, float_inputs=s.float_inputs)
     est = MemoryEstimate(shape, s, components, {}, {}, 0, "", 0, group, flops)
+    only = {"layer: sequential": s.sequential, "layer: rows again": s.float_inputs, "layer: tune": s.tune_steps}
     for step, names in STEPS.items():
-        if step == "layer: sequential" and not s.sequential or step == "layer: rows again" and not s.float_inputs:
+        if not only.get(step, True):
             continue
         est.steps[step] = sum(components.get(c, 0) for c in names if est.where(c) == "host")
         est.device_steps[step] = sum(components.get(c, 0) for c in names if est.where(c) == "gpu")
@@ -426,7 +411,8 @@ _LOWER = {"hidden_in": "--samples or --seq-len", "hidden_out": "--samples or --s
           "hessian_build": "the kept rows (QuantConfig.gptq_rows)", "shard_buffer": "the shard size",
           "shard_flush": "the shard size", "write_buffer": "the shard size",
           "nonlayer_stored": "--int8-embeddings", "rotation_transient": "--rotate none",
-          "rotations": "--rotate none"}
+          "rotations": "--rotate none", "tune_inputs": "--sequential (which keeps them anyway) or --samples",
+          "tune_autograd": "--batch-size", "tune_backward": "--batch-size"}
 
 
 def mem_available(path: str = "/proc/meminfo") -> int | None:

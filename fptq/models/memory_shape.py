@@ -1,8 +1,10 @@
 """A decoder-only model's shape read from its transformers config dict, for the memory model
 (:mod:`fptq.models.memory`): widths, the linears of a layer and their groups, what a checkpoint stores.
 
-Also the calibration rows a run keeps per linear input (:func:`kept_rows`, :func:`heldout_rows`) and what
-GPTAQ's second calibration stream adds (:func:`float_stream_components`).
+Also the calibration rows a run keeps per linear input (:func:`kept_rows`, :func:`heldout_rows`), what
+GPTAQ's second calibration stream adds (:func:`float_stream_components`), what layer-wise scale tuning holds
+(:func:`tune_components`), and the run's settings they read (:class:`Settings`, made by
+:func:`fptq.models.memory.settings`).
 Standard library only (no torch, no transformers): the config is the ``config.json`` dict
 (``WeightSource.config_dict()``), read before any weight is. Families: llama, mistral, qwen2, qwen3,
 gemma, gemma2, gemma3 (its text part may be nested under ``text_config``), smollm3, opt (fc1/fc2, biases
@@ -14,7 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Shape", "shape_of", "FAMILIES", "kept_rows", "heldout_rows", "FLOAT_STREAM_MEANINGS", "float_stream_components"]
+__all__ = ["Shape", "shape_of", "FAMILIES", "kept_rows", "heldout_rows", "FLOAT_STREAM_MEANINGS",
+           "float_stream_components", "TUNE_MEANINGS", "tune_components", "Settings"]
 
 #: model_type -> (tie_word_embeddings when the config omits it, q/k/v bias, attention masks per batch as
 #: bytes per element (one entry per distinct mask), rotary tables, eager attention, [H] norms per layer,
@@ -116,6 +119,31 @@ class Shape:
         return q + 4 * self._norm_elements()
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The run's inputs to the memory model (rows: kept calibration rows per linear input; made by
+    :func:`fptq.models.memory.settings`)."""
+
+    n_samples: int
+    seq_len: int
+    batch_size: int
+    rows: int                 # rows of every sample kept per linear input (the Hessian's rows)
+    heldout_rows: int         # rows of the held-out samples kept per linear input (the plan's judging)
+    hessian: bool             # the weight quantizer takes a Hessian (GPTQ)
+    by_error: bool            # the plan judges candidates by their error
+    sequential: bool
+    rotate: str
+    group_size: int
+    asym: bool
+    source_dtype_bytes: int
+    float_dtype_bytes: int
+    shard_bytes: int
+    device: str
+    shared_input_rows: bool   # one copy of the rows per group input instead of per linear
+    float_inputs: bool = False   # GPTAQ: the float model's calibration stream beside the sequential one
+    tune_steps: int = 0          # layer-wise scale tuning's steps per layer (QuantConfig.tune_layers_steps)
+
+
 def _text_part(cfg: dict) -> dict:
     """The language model's part of ``cfg`` (gemma3's ``text_config``), with the outer keys as fallback."""
     inner = cfg.get("text_config")
@@ -188,7 +216,7 @@ FLOAT_STREAM_MEANINGS = {
 
 
 def float_stream_components(shape: Shape, s) -> dict:
-    """Bytes of :data:`FLOAT_STREAM_MEANINGS` of a run with settings ``s`` (:class:`fptq.models.memory.Settings`;
+    """Bytes of :data:`FLOAT_STREAM_MEANINGS` of a run with settings ``s`` (:class:`Settings`;
     none without ``s.float_inputs``): one more hidden-state stream,
     the float rows of every group input (the same count as the quantized stream's kept rows, no held-out rows),
     GPTAQ's target computation at the largest linear (``2 K^2 + 2 N K`` float64: D, the factor, ``W D``
@@ -203,3 +231,50 @@ def float_stream_components(shape: Shape, s) -> dict:
                  for j, b in enumerate(per_group) if j), default=0)
     return {"hidden_float": s.n_samples * s.seq_len * shape.hidden * 4, "kept_rows_float": s.rows * 4 * sum(ks),
             "gptaq_work": 8 * work, "rows_again": again}
+
+
+#: the components layer-wise scale tuning (``QuantConfig.tune_layers_steps``, :mod:`fptq.models.layer_tuning`) adds
+#: to the memory model, all in its ``layer: tune`` step (:mod:`fptq.models.memory` merges them into its ``MEANINGS``)
+TUNE_MEANINGS = {
+    "tune_inputs": "--tune-layers without --sequential: the layer's inputs kept from its pass until its tuning ends "
+                   "(the default pass drops each batch once used), float32 [n, L, H]",
+    "tune_integer": "--tune-layers: the layer's integer parts (q - z) as float32 [N,K] per linear (TunedLinear)",
+    "tune_scales": "--tune-layers: per linear [N, groups] float32 x6: s0, log-step d, its gradient, Adam's two "
+                   "moments, exp(d) kept for the backward",
+    "tune_autograd": "--tune-layers: what autograd keeps of one batch through the layer: the linears' rounded "
+                     "inputs, attention q/k/v/output (eager: scores), MLP activations, norms, the loss's difference, "
+                     "the dequantized weights W^ of o and the MLP",
+    "tune_backward": "--tune-layers: the backward's transients (counted, not measured): the largest linear's W^ "
+                     "gradient and its product with (q - z), an MLP-wide activation gradient and its input's",
+}
+
+
+def tune_components(shape: Shape, s) -> dict:
+    """Bytes of :data:`TUNE_MEANINGS` of a run with settings ``s`` (none without ``s.tune_steps``). The targets
+    are tensors counted already (``hidden_out``: the observe pass's outputs; GPTAQ: ``hidden_float``); with
+    ``--sequential`` (GPTAQ too) the inputs are ``hidden_in_kept``. ``tune_autograd`` counts, for the
+    ``T = B L`` tokens of one batch (float32; checked against ``torch.autograd.graph.saved_tensors_hooks`` on tiny
+    models, ``tests/test_memory_model.py``): each linear's own INT8-rounded input (q/k/v: 3 ``[T,H]``, o ``[T,Nq]``,
+    gate/up ``[T,H]`` each (fc1: one), down ``[T,F]``); attention's q, output ``[T,Nq]`` and k, v (``[T,Nkv]``
+    where sdpa runs GQA itself: no mask; else repeated to ``[T,Nq]``); eager: q, k, v and ``2 [B,heads,L,L]``
+    (the softmax's output, softcapping's tanh); the MLP's
+    activation input, output and up ``3 [T,F]`` (ungated: the activation's output ``[T,F]``); each norm after the
+    first ``[T,H]`` (the first's input needs no gradient; qwen3/gemma3's q/k norms ``[T,Nq + Nkv]``); the loss's
+    ``y - t`` ``[T,H]``; ``W^`` of the linears whose input needs a gradient (o and the MLP; q/k/v's is dropped after
+    its product). Left out as small: the norms' ``[T]`` factors, sdpa's log-sum-exp ``[B,heads,L]``, the rotary
+    tables (``captured_args``), the online rotation's factors."""
+    if not s.tune_steps:
+        return {}
+    h, f, q, b = shape.hidden, shape.intermediate, shape.q_width, min(s.batch_size, s.n_samples)
+    T, kv = b * s.seq_len, q if shape.mask_bytes else shape.kv_width
+    inputs = (3 + (2 if shape.gated else 1)) * h + q + f
+    attention = 3 * q if shape.eager else 2 * q + 2 * kv
+    heads = (q + shape.kv_width) if shape.head_norms else 0
+    acts = attention + (3 if shape.gated else 1) * f + shape.norms * h + heads   # norms after the first + y - t
+    qkv = sum(n * k for _, g, n, k in shape.linears() if g == "qkv")
+    scales = sum(n * (1 if s.group_size == -1 else -(-k // s.group_size)) for *_, n, k in shape.linears())
+    eager = 2 * b * shape.heads * s.seq_len ** 2 * 4 if shape.eager else 0
+    return {"tune_inputs": 0 if s.sequential else s.n_samples * s.seq_len * h * 4,
+            "tune_integer": 4 * shape.layer_params(), "tune_scales": 6 * 4 * scales,
+            "tune_autograd": 4 * T * (inputs + acts) + eager + 4 * (shape.layer_params() - qkv),
+            "tune_backward": 8 * max(n * k for *_, n, k in shape.linears()) + 8 * T * f}
