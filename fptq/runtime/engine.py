@@ -6,7 +6,9 @@ sequence. The KV cache (float32: keys ``[layers, kv heads, head_dim, capacity]``
 attention's loops; values ``[layers, kv heads, capacity, head_dim]``) and the RoPE tables
 grow by doubling when a sequence outgrows them, up to the model's ``max_position_embeddings``.
 A decoded token's linears run on two threads or one as :class:`fptq.runtime.tuning.SplitTuner` finds
-faster on this machine at the time (``tuner``; the same bits either way).
+faster on this machine at the time (``tuner``; the same bits either way). Constructing a runtime sets
+glibc's malloc to keep freed memory for the next layer's activations (:mod:`fptq.runtime.allocator`;
+``keep_freed_memory=False`` leaves malloc as it is).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import numpy as np
 
 from . import forward as fw
+from .allocator import keep_freed_memory as _keep_freed_memory
 from .tuning import SplitTuner
 from .weights import RuntimeWeights, read_weights
 
@@ -29,9 +32,14 @@ class Runtime:
         weights: :class:`fptq.runtime.weights.RuntimeWeights` (:meth:`from_model` reads them).
         capacity: initial KV cache length in tokens.
         max_positions: the longest sequence (default: the config's ``max_position_embeddings``).
+        keep_freed_memory: set glibc's malloc thresholds so a forward's freed activations are reused, not
+            faulted in again page by page (:func:`fptq.runtime.allocator.keep_freed_memory`; process-wide).
     """
 
-    def __init__(self, weights: RuntimeWeights, capacity: int = 256, max_positions: int | None = None):
+    def __init__(self, weights: RuntimeWeights, capacity: int = 256, max_positions: int | None = None,
+                 keep_freed_memory: bool = True):
+        if keep_freed_memory:
+            _keep_freed_memory()
         self.w = weights
         self.tuner = SplitTuner(weights.dims)
         self.max_positions = int(max_positions or 1 << 20)
@@ -42,7 +50,8 @@ class Runtime:
 
     @classmethod
     def from_model(cls, model, threads: int | None = None, int8_head: bool | str | None = None, capacity: int = 256,
-                   par_min: int | None = None, split_decode: bool | None = None, hand_over: bool = False):
+                   par_min: int | None = None, split_decode: bool | None = None, hand_over: bool = False,
+                   keep_freed_memory: bool = True):
         """The runtime of a model :func:`fptq.models.checkpoint.load_quantized` returned (raises
         :class:`fptq.runtime.weights.RuntimeUnsupported` when it cannot run it). ``threads``: numba's
         thread count (default: numba's current); ``split_decode``: a decoded token's linears on two
@@ -50,13 +59,13 @@ class Runtime:
         large enough, :data:`fptq.runtime.decode.SPLIT_MIN_MACS`; True: always; False: never; where on,
         :attr:`tuner` still picks one thread for the tokens it measures faster so); ``hand_over``: the
         model's tensors that the runtime re-lays out are released as taken
-        (:func:`fptq.runtime.weights.read_weights`)."""
+        (:func:`fptq.runtime.weights.read_weights`); ``keep_freed_memory``: as in the class."""
         import numba
 
         threads = numba.get_num_threads() if threads is None else int(threads)
         w = read_weights(model, threads=threads, int8_head=int8_head, par_min=par_min, split_decode=split_decode,
                          hand_over=hand_over)
-        return cls(w, capacity, getattr(model.config, "max_position_embeddings", None))
+        return cls(w, capacity, getattr(model.config, "max_position_embeddings", None), keep_freed_memory)
 
     @property
     def capacity(self) -> int:
