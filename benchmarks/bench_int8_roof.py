@@ -7,7 +7,10 @@ can do. This script measures both in one run:
 * **roof**: ``vpdpbusd`` on zmm (AVX-512 VNNI, the instruction the numba backend's tile uses;
   64 multiply-adds of uint8 x int8 into int32 each) in 16 independent chains held in registers,
   no memory traffic, on 1 thread and on ``--threads`` threads (one loop per thread in a numba
-  ``prange``); giga multiply-accumulates per second (GMAC/s), the best of ``--rounds``;
+  ``prange``); giga multiply-accumulates per second (GMAC/s), the best of ``--rounds``; and the
+  tile's inner step alone on 1 thread (the same 16 vpdpbusd with the activations as 4-byte
+  broadcast loads and a 64-byte weight load and nibble unpack per step, data in L1): what the
+  tile's loop can reach before its epilogues, outer loops and cache misses;
 * **kernel**: the numba backend's prepared linear (``prepare_linear`` + ``linear_forward``:
   per-token INT8 quantization of float32 x, the blocked integer product, the float epilogue;
   what the runtime's prefill calls) at M = ``--m`` on the given weight shapes (default: the
@@ -38,6 +41,8 @@ QWEN15B_SHAPES = "1536x1536*2,256x1536*2,8960x1536*2,1536x8960*1"
 QWEN15B_LAYERS = 28
 CHAINS = 16
 MACS_PER_DPBUSD = 64
+#: bytes between the activation rows of the tile-step measurement (K = 1024 plus the kernel's 64-byte pad)
+TILE_X_STRIDE = 1088
 
 
 def parse_args(argv=None):
@@ -124,9 +129,69 @@ def _roof_kernels():
 
         return sig, codegen
 
+    @intrinsic
+    def tile_steps(typingctx, n, xp, wp):
+        """The tile's inner step (fptq/backends/numba_kernels/tile.py, 8 rows) on L1-resident data: per
+        iteration one 64-byte weight load (cycling over 128 x 64 bytes at ``wp``), its two nibbles
+        (and, shift), and per row two vpdpbusd with the row's next 4 + 4 activation bytes as broadcast
+        loads (rows :data:`TILE_X_STRIDE` bytes apart at ``xp``, cycling over 64 steps)."""
+        sig = types.int64(types.int64, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+            vi, vb = ir.VectorType(i32, 16), ir.VectorType(i8, 64)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+
+            def c64(v):
+                return ir.Constant(i64, v)
+
+            def splat(v):
+                one = builder.insert_element(ir.Constant(vi, ir.Undefined), v, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(vi, ir.Undefined), ir.Constant(vi, [0] * 16))
+
+            def load(addr, ty):
+                return builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1)
+
+            entry, body, done = builder.basic_block, builder.append_basic_block("b"), builder.append_basic_block("d")
+            builder.branch(body)
+            builder.position_at_end(body)
+            i = builder.phi(i64)
+            i.add_incoming(c64(0), entry)
+            accs = []
+            for c in range(CHAINS):
+                acc = builder.phi(vi)
+                acc.add_incoming(ir.Constant(vi, [c] * 16), entry)
+                accs.append(acc)
+            w = load(builder.add(args[2], builder.mul(builder.and_(i, c64(127)), c64(64))), vb)
+            lo = builder.bitcast(builder.and_(w, ir.Constant(vb, [15] * 64)), vi)
+            hi = builder.bitcast(builder.lshr(w, ir.Constant(vb, [4] * 64)), vi)
+            xoff = builder.add(args[1], builder.mul(builder.and_(i, c64(63)), c64(8)))
+            new = []
+            for r in range(CHAINS // 2):
+                xa = builder.add(xoff, c64(r * TILE_X_STRIDE))
+                new.append(builder.call(fn, [accs[2 * r], lo, splat(load(xa, i32))]))
+                new.append(builder.call(fn, [accs[2 * r + 1], hi, splat(load(builder.add(xa, c64(4)), i32))]))
+            i_next = builder.add(i, c64(1))
+            i.add_incoming(i_next, body)
+            for acc, nacc in zip(accs, new):
+                acc.add_incoming(nacc, body)
+            builder.cbranch(builder.icmp_signed("<", i_next, args[0]), body, done)
+            builder.position_at_end(done)
+            total = new[0]
+            for v in new[1:]:
+                total = builder.add(total, v)
+            return builder.sext(builder.extract_element(total, ir.Constant(i32, 0)), i64)
+
+        return sig, codegen
+
     @numba.njit(cache=False)
     def dp_loop(n, seed):
         return dp_chains(n, seed)
+
+    @numba.njit(cache=False)
+    def tile_loop(n, x, w):
+        return tile_steps(n, x.ctypes.data, w.ctypes.data)
 
     @numba.njit(parallel=True, cache=False)
     def dp_parallel(n, seed, parts):
@@ -135,20 +200,32 @@ def _roof_kernels():
             out += dp_chains(n, seed + p)
         return out
 
-    return dp_loop, dp_parallel
+    return dp_loop, dp_parallel, tile_loop
+
+
+def tile_inputs():
+    """The L1-resident activations and weights :func:`_roof_kernels`' ``tile_loop`` reads (ones: every
+    vpdpbusd then adds 4 per lane, so its result is known)."""
+    import numpy as np
+
+    return np.ones(TILE_X_STRIDE * (CHAINS // 2), np.int8), np.full(128 * 64, 0x11, np.uint8)
 
 
 def measure_roof(threads: int, rounds: int) -> dict:
-    """Best GMAC/s of the vpdpbusd chains on 1 thread and on ``threads`` threads."""
+    """Best GMAC/s of the vpdpbusd chains on 1 thread and on ``threads`` threads, and (``"1 tile step"``) of the
+    tile's inner step on L1-resident data on 1 thread."""
     import numba
 
-    dp_loop, dp_parallel = _roof_kernels()
+    dp_loop, dp_parallel, tile_loop = _roof_kernels()
+    x, w = tile_inputs()
+    tile_loop(1000, x, w)
     n = 20_000_000                       # 20 M iterations x 16 x 64 = 20.5 G MAC per thread
     dp_loop(1000, 3)
     numba.set_num_threads(threads)
     dp_parallel(1000, 3, threads)
     result = {}
-    for label, fn, parts in (("1", lambda: dp_loop(n, 7), 1), (str(threads), lambda: dp_parallel(n, 7, threads), threads)):
+    for label, fn, parts in (("1", lambda: dp_loop(n, 7), 1), (str(threads), lambda: dp_parallel(n, 7, threads), threads),
+                             ("1 tile step", lambda: tile_loop(n, x, w), 1)):
         best = None
         for _ in range(rounds):
             t0 = time.perf_counter()
@@ -204,8 +281,9 @@ def prefill_bound(rows: list[dict], layers: int, roof_gmac_s: float) -> dict:
 
 def print_report(roof: dict, rows: list[dict], bound: dict, threads: int, file=sys.stdout) -> None:
     top = roof[str(threads)]["gmac_s"]
-    print(f"vpdpbusd zmm roof: 1 thread {roof['1']['gmac_s']:.1f} GMAC/s, {threads} threads {top:.1f} GMAC/s",
-          file=file)
+    print(f"vpdpbusd zmm roof: 1 thread {roof['1']['gmac_s']:.1f} GMAC/s, {threads} threads {top:.1f} GMAC/s; "
+          f"the tile's inner step on L1-resident data, 1 thread: {roof['1 tile step']['gmac_s']:.1f} GMAC/s "
+          f"({roof['1 tile step']['gmac_s'] / roof['1']['gmac_s']:.1%} of the 1-thread roof)", file=file)
     print(f"{'N x K':>12} {'M':>5} {'ms':>9} {'GMAC/s':>8} {'of roof':>8}", file=file)
     for r in rows:
         print(f"{r['n']:>6}x{r['k']:<5} {r['m']:>5} {r['ms']:>9.2f} {r['gmac_s']:>8.1f} {r['gmac_s'] / top:>8.1%}",

@@ -51,7 +51,7 @@ def test_roof_loop_runs_every_vpdpbusd(n, seed):
     one iteration more or less, or a chain the compiler dropped, gives another number."""
     mod = _roof()
     _needs_vnni(mod)
-    dp_loop, _ = mod._roof_kernels()
+    dp_loop, _, _ = mod._roof_kernels()
     u = np.array([seed], dtype=np.int64).astype(np.uint32).view(np.uint8).astype(np.int64)
     x = (u ^ 1).astype(np.uint8).view(np.int8).astype(np.int64)
     d = int((u * x).sum())
@@ -71,3 +71,14 @@ def test_main_writes_json_and_never_overwrites(tmp_path, capsys):
     before = out.read_bytes()
     assert mod.main(args) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_tile_step_loop_runs_every_step():
+    """Weights 0x11 (both nibbles 1) and activations 1: each vpdpbusd adds 4 per lane, so lane 0 of the 16
+    chains' sum is sum(c) + 16 * 4 n; a step more or less, or a dropped chain, gives another number."""
+    mod = _roof()
+    _needs_vnni(mod)
+    _, _, tile_loop = mod._roof_kernels()
+    x, w = mod.tile_inputs()
+    for n in (1, 64, 1001):
+        assert tile_loop(n, x, w) == sum(range(mod.CHAINS)) + mod.CHAINS * 4 * n
