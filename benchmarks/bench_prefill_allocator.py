@@ -2,7 +2,7 @@
 
 One process: the runtime of CKPT is built with ``keep_freed_memory=False`` (malloc as the process had it),
 ``--rounds`` prefills of ``--tokens`` pseudo-random tokens are timed, with the minor page faults and the
-system CPU time of each (``getrusage``); then :func:`fptq.runtime.allocator.keep_freed_memory` is set (it
+system CPU time of each (``getrusage``); then :func:`fptq.heap.keep_freed_memory` is set (it
 cannot be unset in a process, hence this order) and the same prefills are timed again. Prints the medians
 and writes the rounds to JSON.
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     import numba
 
     from fptq.models.checkpoint import load_quantized
-    from fptq.runtime.allocator import keep_freed_memory
+    from fptq.heap import keep_freed_memory
     from fptq.runtime.engine import Runtime
 
     numba.set_num_threads(a.threads)

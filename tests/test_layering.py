@@ -14,7 +14,7 @@ The layers, from the bottom:
 * the pipeline (``fptq.models``, ``fptq.eval``, ``fptq.data``, ``fptq.io``,
   ``fptq.cli``, ...) imports the layers below, never the reverse;
 * inside the pipeline, ``fptq.models`` imports of the rest of the pipeline only
-  ``fptq.io`` and ``fptq.defaults`` (it sits below the commands that use it),
+  ``fptq.io``, ``fptq.defaults`` and ``fptq.heap`` (it sits below the commands that use it),
   and its modules form the ordered levels of :data:`MODELS_ORDER`: a module
   imports only modules of lower levels, so the package has no cycle, however
   lazy an import (``docs/architecture.md``, "Inside fptq.models");
@@ -62,7 +62,7 @@ MODELS_ORDER = (
     ("checkpoint", {"checkpoint"}),
 )
 #: what fptq.models may import from the rest of the pipeline
-MODELS_PIPELINE_IMPORTS = ("fptq.io", "fptq.defaults")
+MODELS_PIPELINE_IMPORTS = ("fptq.io", "fptq.defaults", "fptq.heap")
 
 
 def _module_name(path: Path) -> str:

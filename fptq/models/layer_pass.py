@@ -15,6 +15,7 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 
+from ..heap import trim
 from ..reference import CalibrationStats
 
 __all__ = ["CapturedInputs", "LayerSamples", "BatchPosition", "run_layer", "release_freed_memory"]
@@ -125,7 +126,7 @@ def _shared_rows(samples, x, kind: str, copy):
 
 
 def release_freed_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+    """Return freed heap memory to the OS (:func:`fptq.heap.trim`: glibc ``malloc_trim``; a no-op elsewhere).
 
     Each calibration batch and each quantized linear frees tens of MB of float
     temporaries in many sizes; without this, glibc keeps them in fragmented arenas and
@@ -136,19 +137,9 @@ def release_freed_memory() -> None:
     per-batch products, trimming once per layer left SmolLM2-135M's default quantize
     at a peak of 3.2-3.7 GB, trimming per batch and per linear at 2.3 GB, for ~8%
     more wall time (benchmarks/bench_quantize.py, 2026-11-30)."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+    trim()
 
 
-_MALLOC_TRIM = None
 
 
 def _layer_output(out):

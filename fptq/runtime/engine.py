@@ -7,7 +7,7 @@ attention's loops; values ``[layers, kv heads, capacity, head_dim]``) and the Ro
 grow by doubling when a sequence outgrows them, up to the model's ``max_position_embeddings``.
 A decoded token's linears run on two threads or one as :class:`fptq.runtime.tuning.SplitTuner` finds
 faster on this machine at the time (``tuner``; the same bits either way). Constructing a runtime sets
-glibc's malloc to keep freed memory for the next layer's activations (:mod:`fptq.runtime.allocator`;
+glibc's malloc to keep freed memory for the next layer's activations (:func:`fptq.heap.keep_freed_memory`;
 ``keep_freed_memory=False`` leaves malloc as it is).
 """
 
@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
+from ..heap import keep_freed_memory as _keep_freed_memory
 from . import forward as fw
-from .allocator import keep_freed_memory as _keep_freed_memory
 from .tuning import SplitTuner
 from .weights import RuntimeWeights, read_weights
 
@@ -33,7 +33,7 @@ class Runtime:
         capacity: initial KV cache length in tokens.
         max_positions: the longest sequence (default: the config's ``max_position_embeddings``).
         keep_freed_memory: set glibc's malloc thresholds so a forward's freed activations are reused, not
-            faulted in again page by page (:func:`fptq.runtime.allocator.keep_freed_memory`; process-wide).
+            faulted in again page by page (:func:`fptq.heap.keep_freed_memory`; process-wide).
     """
 
     def __init__(self, weights: RuntimeWeights, capacity: int = 256, max_positions: int | None = None,

@@ -1,4 +1,4 @@
-"""fptq.runtime.allocator: with glibc, keep_freed_memory() makes a layer-like pattern of large allocations
+"""fptq.heap: with glibc, keep_freed_memory() makes a layer-like pattern of large allocations
 reuse freed pages (no page faults once warm) where glibc's own thresholds fault them in again; a Runtime sets
 it unless told not to."""
 
@@ -11,14 +11,14 @@ import types
 
 import pytest
 
-from fptq.runtime import allocator
+from fptq import heap as allocator
 
 GLIBC = allocator._glibc() is not None
 
 #: one "layer" of a 1.5B prefill's activation sizes (MB), allocated in turn, touched, then all freed
 _PATTERN = textwrap.dedent("""
     import ctypes, ctypes.util, resource, sys
-    from fptq.runtime.allocator import keep_freed_memory
+    from fptq.heap import keep_freed_memory
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
@@ -62,8 +62,35 @@ def test_not_glibc_changes_nothing(monkeypatch):
     allocator.keep_freed_memory.cache_clear()
     try:
         assert allocator.keep_freed_memory() is False
+        allocator.trim()                                   # nothing to call: no error
     finally:
         allocator.keep_freed_memory.cache_clear()
+
+
+@pytest.mark.skipif(not GLIBC, reason="the C library is not glibc: trim changes nothing")
+def test_trim_gives_freed_heap_pages_back():
+    """Freed small blocks stay resident in glibc's heap (below the mmap threshold) until trimmed."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import ctypes, ctypes.util
+        from fptq.heap import trim
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+        def rss():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
+        ps = [libc.malloc(64 << 10) for _ in range(4000)]       # 250 MB in 64 KB blocks, under the mmap threshold
+        for p in ps:
+            libc.memset(p, 1, 64 << 10)
+        keep = libc.malloc(16)                                  # pins the heap's top: only trim can give pages back
+        for p in ps:
+            libc.free(p)
+        before = rss()
+        trim()
+        print(before - rss())
+    """)], capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 200_000, f"trim gave back only {out.stdout.strip()} kB of ~250 MB freed"
 
 
 def test_runtime_sets_it_unless_told_not_to(monkeypatch):
