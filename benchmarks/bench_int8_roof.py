@@ -83,51 +83,73 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
+class _ChainIR:
+    """IR helpers for the two measured loops: ``for i in range(n)`` around CHAINS int32 x 16 sums that start at
+    (c, ..., c) for chain c, each step's new sums from ``step(ir, i, sums)``; returns lane 0 of the sums' total
+    as int64 (so the result says how many steps ran)."""
+
+    def __init__(self, builder):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        self.ir, self.b = ir, builder
+        self.i8, self.i32, self.i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        self.vi, self.vb = ir.VectorType(self.i32, 16), ir.VectorType(self.i8, 64)
+        self.dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vi, [self.vi] * 3),
+                                                     "llvm.x86.avx512.vpdpbusd.512")
+
+    def c64(self, v):
+        return self.ir.Constant(self.i64, v)
+
+    def splat(self, v):
+        ir, vi = self.ir, self.vi
+        one = self.b.insert_element(ir.Constant(vi, ir.Undefined), v, ir.Constant(self.i32, 0))
+        return self.b.shuffle_vector(one, ir.Constant(vi, ir.Undefined), ir.Constant(vi, [0] * 16))
+
+    def load(self, addr, ty):
+        return self.b.load(self.b.inttoptr(addr, ty.as_pointer()), align=1)
+
+    def loop(self, n, step):
+        ir, b = self.ir, self.b
+        entry, body, done = b.basic_block, b.append_basic_block("b"), b.append_basic_block("d")
+        b.branch(body)
+        b.position_at_end(body)
+        i = b.phi(self.i64)
+        i.add_incoming(self.c64(0), entry)
+        sums = []
+        for c in range(CHAINS):
+            acc = b.phi(self.vi)
+            acc.add_incoming(ir.Constant(self.vi, [c] * 16), entry)
+            sums.append(acc)
+        new = step(i, sums)
+        i_next = b.add(i, self.c64(1))
+        i.add_incoming(i_next, body)
+        for acc, nacc in zip(sums, new):
+            acc.add_incoming(nacc, body)
+        b.cbranch(b.icmp_signed("<", i_next, n), body, done)
+        b.position_at_end(done)
+        total = new[0]
+        for v in new[1:]:
+            total = b.add(total, v)
+        return b.sext(b.extract_element(total, ir.Constant(self.i32, 0)), self.i64)
+
+
 def _roof_kernels():
-    """Numba functions: ``dp_loop(n, seed)`` runs n iterations of CHAINS vpdpbusd; ``dp_parallel``
-    runs one such loop per thread."""
+    """Numba functions: ``dp_loop(n, seed)`` runs n iterations of CHAINS vpdpbusd on registers; ``dp_parallel``
+    runs one such loop per thread; ``tile_loop(n, x, w)`` the tile's inner step n times on L1-resident data."""
     import numba
-    from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.core.extending import intrinsic
 
     @intrinsic
     def dp_chains(typingctx, n, seed):
-        sig = types.int64(types.int64, types.int64)
-
         def codegen(context, builder, signature, args):
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vi = ir.VectorType(i32, 16)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
-            s = builder.trunc(args[1], i32)
-            splat = builder.insert_element(ir.Constant(vi, ir.Undefined), s, ir.Constant(i32, 0))
-            u = builder.shuffle_vector(splat, ir.Constant(vi, ir.Undefined), ir.Constant(vi, [0] * 16))
-            x = builder.xor(u, ir.Constant(vi, [0x01010101] * 16))
-            entry, body, done = builder.basic_block, builder.append_basic_block("b"), builder.append_basic_block("d")
-            builder.branch(body)
-            builder.position_at_end(body)
-            i = builder.phi(i64)
-            i.add_incoming(ir.Constant(i64, 0), entry)
-            accs = []
-            for c in range(CHAINS):
-                acc = builder.phi(vi)
-                acc.add_incoming(ir.Constant(vi, [c] * 16), entry)
-                accs.append(acc)
-            new = [builder.call(fn, [acc, u, x]) for acc in accs]
-            i_next = builder.add(i, ir.Constant(i64, 1))
-            i.add_incoming(i_next, body)
-            for acc, nacc in zip(accs, new):
-                acc.add_incoming(nacc, body)
-            builder.cbranch(builder.icmp_signed("<", i_next, args[0]), body, done)
-            builder.position_at_end(done)
-            total = new[0]
-            for v in new[1:]:
-                total = builder.add(total, v)
-            return builder.sext(builder.extract_element(total, ir.Constant(i32, 0)), i64)
+            t = _ChainIR(builder)
+            u = t.splat(builder.trunc(args[1], t.i32))
+            x = builder.xor(u, t.ir.Constant(t.vi, [0x01010101] * 16))
+            return t.loop(args[0], lambda i, sums: [builder.call(t.dpbusd, [acc, u, x]) for acc in sums])
 
-        return sig, codegen
+        return types.int64(types.int64, types.int64), codegen
 
     @intrinsic
     def tile_steps(typingctx, n, xp, wp):
@@ -135,55 +157,25 @@ def _roof_kernels():
         iteration one 64-byte weight load (cycling over 128 x 64 bytes at ``wp``), its two nibbles
         (and, shift), and per row two vpdpbusd with the row's next 4 + 4 activation bytes as broadcast
         loads (rows :data:`TILE_X_STRIDE` bytes apart at ``xp``, cycling over 64 steps)."""
-        sig = types.int64(types.int64, types.int64, types.int64)
-
         def codegen(context, builder, signature, args):
-            i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-            vi, vb = ir.VectorType(i32, 16), ir.VectorType(i8, 64)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
+            t = _ChainIR(builder)
+            b, c64 = builder, t.c64
 
-            def c64(v):
-                return ir.Constant(i64, v)
+            def step(i, sums):
+                w = t.load(b.add(args[2], b.mul(b.and_(i, c64(127)), c64(64))), t.vb)
+                lo = b.bitcast(b.and_(w, t.ir.Constant(t.vb, [15] * 64)), t.vi)
+                hi = b.bitcast(b.lshr(w, t.ir.Constant(t.vb, [4] * 64)), t.vi)
+                xoff = b.add(args[1], b.mul(b.and_(i, c64(63)), c64(8)))
+                new = []
+                for r in range(CHAINS // 2):
+                    xa = b.add(xoff, c64(r * TILE_X_STRIDE))
+                    new.append(b.call(t.dpbusd, [sums[2 * r], lo, t.splat(t.load(xa, t.i32))]))
+                    new.append(b.call(t.dpbusd, [sums[2 * r + 1], hi, t.splat(t.load(b.add(xa, c64(4)), t.i32))]))
+                return new
 
-            def splat(v):
-                one = builder.insert_element(ir.Constant(vi, ir.Undefined), v, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(vi, ir.Undefined), ir.Constant(vi, [0] * 16))
+            return t.loop(args[0], step)
 
-            def load(addr, ty):
-                return builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1)
-
-            entry, body, done = builder.basic_block, builder.append_basic_block("b"), builder.append_basic_block("d")
-            builder.branch(body)
-            builder.position_at_end(body)
-            i = builder.phi(i64)
-            i.add_incoming(c64(0), entry)
-            accs = []
-            for c in range(CHAINS):
-                acc = builder.phi(vi)
-                acc.add_incoming(ir.Constant(vi, [c] * 16), entry)
-                accs.append(acc)
-            w = load(builder.add(args[2], builder.mul(builder.and_(i, c64(127)), c64(64))), vb)
-            lo = builder.bitcast(builder.and_(w, ir.Constant(vb, [15] * 64)), vi)
-            hi = builder.bitcast(builder.lshr(w, ir.Constant(vb, [4] * 64)), vi)
-            xoff = builder.add(args[1], builder.mul(builder.and_(i, c64(63)), c64(8)))
-            new = []
-            for r in range(CHAINS // 2):
-                xa = builder.add(xoff, c64(r * TILE_X_STRIDE))
-                new.append(builder.call(fn, [accs[2 * r], lo, splat(load(xa, i32))]))
-                new.append(builder.call(fn, [accs[2 * r + 1], hi, splat(load(builder.add(xa, c64(4)), i32))]))
-            i_next = builder.add(i, c64(1))
-            i.add_incoming(i_next, body)
-            for acc, nacc in zip(accs, new):
-                acc.add_incoming(nacc, body)
-            builder.cbranch(builder.icmp_signed("<", i_next, args[0]), body, done)
-            builder.position_at_end(done)
-            total = new[0]
-            for v in new[1:]:
-                total = builder.add(total, v)
-            return builder.sext(builder.extract_element(total, ir.Constant(i32, 0)), i64)
-
-        return sig, codegen
+        return types.int64(types.int64, types.int64, types.int64), codegen
 
     @numba.njit(cache=False)
     def dp_loop(n, seed):

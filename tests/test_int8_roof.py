@@ -3,21 +3,16 @@ real instructions), the shape parser, the prefill bound's arithmetic and the JSO
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_bench_scripts import _script  # noqa: E402  (the benchmark scripts loaded by file, one helper)
 
 
 def _roof():
-    spec = importlib.util.spec_from_file_location("bench_int8_roof", ROOT / "benchmarks" / "bench_int8_roof.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _script("bench_int8_roof")
 
 
 def _needs_vnni(mod):
