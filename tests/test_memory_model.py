@@ -49,8 +49,17 @@ def test_smollm2_components_by_hand():
     assert c["layer_quantized"] == layer_q
     assert c["shard_buffer"] == 30 * layer_q          # the whole checkpoint's layers fit one 128 MiB shard
     assert c["baseline"] == memory.BASELINE_BYTES + memory.BLAS_BYTES
-    assert c["tokenizer"] == 1183 * 49152 and c["calibration_text"] == memory.CALIB_TEXT_BYTES
+    assert c["tokenizer"] == 1183 * 49152 and c["calibration_text"] == memory.CALIB_TEXT_BYTES["mix"]
     assert est.steps["calibration text"] == c["baseline"] + c["tokenizer"] + c["calibration_text"]
+
+
+@pytest.mark.parametrize("calib, key", [("wiki", "wiki"), ("mix", "mix"), ("some/file.txt", "mix")])
+def test_calibration_text_follows_the_calibration_source(calib, key):
+    """The measured bytes of the source named (the default is "mix"); a source not measured counts as the
+    largest measured."""
+    c = estimate(SMOLLM2, quant=QuantConfig(calib=calib), **DEFAULT_RUN).components
+    assert c["calibration_text"] == memory.CALIB_TEXT_BYTES[key]
+    assert memory.CALIB_TEXT_BYTES["mix"] > memory.CALIB_TEXT_BYTES["wiki"]
 
 
 def test_llama3_8b_components_by_hand():

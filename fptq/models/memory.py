@@ -62,11 +62,12 @@ HESS_RK, HESS_KK = 1.0, 1.1
 #: the tokenizer: SmolLM2-135M's (vocab 49,152) added 58,167,296 bytes of peak RSS when loaded
 #: (``source.tokenizer()`` after the baseline); other vocabularies scaled by their size (not measured)
 TOKENIZER_BYTES_PER_TOKEN = 1183
-#: ``fptq.data.calibration.calibration_ids(tok, "wiki", 128, 512)``: 626,311,168 bytes of peak RSS above the
-#: process with the tokenizer loaded (the summaries' JSON parsed, the calibration split tokenized whole, so
-#: independent of n_samples); afterwards ~17 MB stays once freed memory is trimmed (``release_freed_memory``),
-#: ~300 MB if not. Measured 2026-12-06 with SmolLM2's tokenizer
-CALIB_TEXT_BYTES = 626_311_168
+#: ``fptq.data.calibration.calibration_ids(tok, SOURCE, 128, 512)``: bytes of peak RSS above the process with the
+#: tokenizer loaded (the calibration splits read and tokenized whole, so independent of n_samples): "wiki"
+#: 626,311,168 (2026-12-06; afterwards ~17 MB stays once freed memory is trimmed, ``release_freed_memory``, ~300 MB
+#: if not); "mix" (wiki + ptb + science) 998,338,560 (2026-12-07, ``ru_maxrss`` around ``calibration_samples``; wiki
+#: the same way: 632,713,216). SmolLM2's tokenizer. Any other source counts as the largest measured
+CALIB_TEXT_BYTES = {"wiki": 626_311_168, "mix": 998_338_560}
 #: the assumed CUDA context (``device="cuda"``): GPU memory and host RSS of torch's CUDA libraries. NOT
 #: measured (no GPU was lent to this session); replace with a measurement
 CUDA_DEVICE_BYTES, CUDA_HOST_BYTES = 600 * MiB, 1 * GiB
@@ -77,7 +78,7 @@ MEANINGS = {
     "baseline": "Python + torch + transformers + numba, BLAS buffers (measured, BASELINE_BYTES + BLAS_BYTES)",
     "cuda_context": "CUDA context and libraries (assumed, not measured)",
     "tokenizer": "the tokenizer (TOKENIZER_BYTES_PER_TOKEN x vocab: extrapolated from SmolLM2's, measured)",
-    "calibration_text": "reading and tokenizing the calibration text (measured for 'wiki', the default)",
+    "calibration_text": "reading and tokenizing the calibration text (measured for 'mix', the default, and 'wiki')",
     "rotations": "rotations held: Q [H,H] float64 + float32, Q_f [F,F] float32 (online), the head rotation",
     "rotation_build": "the rotations built (online: Q_f float64 [F,F] and its float32 copy while built)",
     "embeddings_f32": "input embeddings [V,H] float32 (capture); embeddings or lm_head, one at a time (final write)",
@@ -172,7 +173,7 @@ def settings(quant, *, n_samples: int, seq_len: int, batch_size: int, source_dty
                     bool(entry.hessian and rows), by_error, quant.sequential_calibration, quant.rotate,
                     int(quant.group_size), quant.weight_format == "uint4_asym", source_dtype_bytes,
                     float_dtype_bytes, shard_bytes, device, shared_input_rows, entry.float_inputs,
-                    int(quant.tune_layers_steps))
+                    int(quant.tune_layers_steps), CALIB_TEXT_BYTES.get(quant.calib, max(CALIB_TEXT_BYTES.values())))
 
 
 def _hessian_parts(shape: Shape, s: Settings) -> tuple[dict, str]:
@@ -243,7 +244,7 @@ def _model_components(shape: Shape, s: Settings) -> dict:
         "baseline": BASELINE_BYTES + BLAS_BYTES + (CUDA_HOST_BYTES if s.device == "cuda" else 0),
         "cuda_context": CUDA_DEVICE_BYTES if s.device == "cuda" else 0,
         "tokenizer": TOKENIZER_BYTES_PER_TOKEN * v,
-        "calibration_text": CALIB_TEXT_BYTES,
+        "calibration_text": s.calib_text,
         "rotations": rot,
         "embeddings_f32": v * h * 4,
         "rotation_build": {"online": 12 * f * f, "residual": 12 * h * h}.get(s.rotate, 0),

@@ -142,6 +142,7 @@ class Settings:
     shared_input_rows: bool   # one copy of the rows per group input instead of per linear
     float_inputs: bool = False   # GPTAQ: the float model's calibration stream beside the sequential one
     tune_steps: int = 0          # layer-wise scale tuning's steps per layer (QuantConfig.tune_layers_steps)
+    calib_text: int = 0          # peak bytes of reading and tokenizing the calibration text (memory.CALIB_TEXT_BYTES)
 
 
 def _text_part(cfg: dict) -> dict:
