@@ -159,7 +159,7 @@ def _read_kernels():
     return read_all
 
 
-def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> float:
+def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5, buf=None) -> float:
     """Bytes per second read from memory by ``threads`` threads XOR-ing a ``nbytes`` buffer (larger than
     the caches) in vectorized loops, the best of ``reps``: the rate a decoded token's weight reads
     can reach at most."""
@@ -168,7 +168,8 @@ def read_bandwidth(threads: int, nbytes: int = 512 << 20, reps: int = 5) -> floa
     read_all = _read_kernels()
     old = numba.get_num_threads()
     numba.set_num_threads(threads)
-    a = np.ones(nbytes // 8, np.uint64)
+    a = np.ones(nbytes // 8, np.uint64) if buf is None else buf          # buf: a caller's buffer, pages touched
+    nbytes = a.nbytes
     read_all(a, threads)                                                  # compile, touch the pages
     best = float("inf")
     for _ in range(reps):
@@ -241,6 +242,7 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
     llama_bench_ts(exe, gguf, a.threads, ["-p", "16", "-n", "0"])
     rows = {"fptq_decode": [], "fptq_prefill": [], "fptq_split_tokens": [], "llama_decode": [], "llama_prefill": [],
             "read_gb_s": []}
+    buf = np.ones((512 << 20) // 8, np.uint64)                            # one buffer for every round's read rate
     for _ in range(a.rounds):
         d, p, split = fptq_round(rt, a, rng)
         rows["fptq_decode"].append(d)
@@ -249,9 +251,10 @@ def bench_pair(name: str, ckpt: str, gguf: str, exe: Path, a, int8_head=None) ->
         rows["llama_prefill"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", str(a.prefill_tokens), "-n", "0"]))
         rows["llama_decode"].append(llama_bench_ts(exe, gguf, a.threads, ["-p", "0", "-n", str(a.new_tokens),
                                                                           "-d", str(a.prompt_tokens)]))
-        rows["read_gb_s"].append(max(read_bandwidth(t, reps=3) for t in sorted({1, a.threads})) / 1e9)
+        rows["read_gb_s"].append(max(read_bandwidth(t, reps=3, buf=buf) for t in sorted({1, a.threads})) / 1e9)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    floor = memory_floor(rt, a, {t: read_bandwidth(t) for t in sorted({1, a.threads})}, copy_bandwidth())
+    floor = memory_floor(rt, a, {t: read_bandwidth(t, buf=buf) for t in sorted({1, a.threads})}, copy_bandwidth())
+    del buf
     per_round = [gb * 1e9 / floor["bytes_per_token"] / d for gb, d in zip(rows["read_gb_s"], rows["fptq_decode"])]
     res = {"model": name, "checkpoint": os.path.abspath(ckpt), "gguf": os.path.abspath(gguf),
            "gguf_bytes": os.path.getsize(gguf), "lm_head": ["float32", "bfloat16", "int8", "int8-float"][int(rt.w.head[0])],
