@@ -1,4 +1,4 @@
-"""Before/after decode speed of the runtime on one checkpoint, interleaved round by round (issue 24).
+"""Before/after decode (or prefill) speed of the runtime on one checkpoint, interleaved round by round (issue 24).
 
 Two worker processes hold a loaded runtime each: ``before`` imports fptq from ``--base`` (a source tree
 of the older commit, e.g. made by ``git archive COMMIT | tar -x -C DIR``), ``after`` from this checkout.
@@ -11,6 +11,10 @@ medians, every round and the load averages go to the JSON. Greedy tokens are com
 (the same checkpoint and head: the same tokens).
 
     python benchmarks/bench_decode_ab.py --ckpt /work/runs/qwen15b-w4a8 --base /tmp/base --rounds 5
+
+With ``--prefill N`` the variants are ``before`` and ``after`` and each measurement is one prefill of N
+pseudo-random tokens (ms; the digest of its last row of logits is compared across variants: a change
+meant to keep the bits must give the same digest).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--head", choices=("checkpoint", "int8"), default="int8")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=32)
+    p.add_argument("--prefill", type=int, default=0, help="measure prefills of this many tokens instead of decode")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -61,6 +66,9 @@ def worker(a) -> None:
     tuner = getattr(rt, "tuner", None)                       # issue 24's SplitTuner (absent before it)
     for line in sys.stdin:
         what = line.strip()
+        if what == "prefill":
+            print(json.dumps(_prefill(rt, a.prefill)), flush=True)
+            continue
         if tuner is not None:
             tuner.active = what == "default"
         rt.w.dims[8] = (1 << 62) if what == "off" else default_split
@@ -75,10 +83,24 @@ def worker(a) -> None:
         print(json.dumps({"tok_s": a.new / dt, "tokens": toks}), flush=True)
 
 
+def _prefill(rt, tokens: int) -> dict:
+    """One timed prefill of ``tokens`` pseudo-random tokens: ms and the digest of the last logits row."""
+    import hashlib
+
+    import numpy as np
+
+    ids = np.random.default_rng(1).integers(100, rt.w.vocab, tokens)
+    rt.reset()
+    t0 = time.perf_counter()
+    logits = rt.forward(ids)
+    ms = (time.perf_counter() - t0) * 1e3
+    return {"ms": ms, "tok_s": tokens / ms * 1e3, "tokens": [hashlib.sha256(np.ascontiguousarray(logits[-1]).tobytes()).hexdigest()]}
+
+
 def _start(tree: Path, a):
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, __file__, "--worker", "--ckpt", a.ckpt, "--base", a.base, "--threads", str(a.threads),
-           "--head", a.head, "--prompt", str(a.prompt), "--new", str(a.new)]
+           "--head", a.head, "--prompt", str(a.prompt), "--new", str(a.new), "--prefill", str(a.prefill)]
     p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = json.loads(p.stdout.readline())["ready"]
     if not ready.startswith(str(tree)):
@@ -101,6 +123,8 @@ def main(argv=None) -> int:
     procs = {"before": _start(Path(a.base).resolve(), a), "after": _start(ROOT, a)}
     variants = [("before", "before", "default"), ("after", "after", "default"), ("after-split", "after", "split"),
                 ("after-1t", "after", "off")]
+    if a.prefill:
+        variants = [("before", "before", "prefill"), ("after", "after", "prefill")]
     for _, proc, split in variants:                                     # warm-up (compiles, fills caches)
         _ask(procs[proc], split)
     rounds = {v[0]: [] for v in variants}
@@ -115,7 +139,8 @@ def main(argv=None) -> int:
         p.wait()
     med = {k: statistics.median(v) for k, v in rounds.items()}
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "ckpt": a.ckpt, "head": a.head,
-           "threads": a.threads, "prompt": a.prompt, "new": a.new, "base": a.base, "median_tok_s": med,
+           "threads": a.threads, "prompt": a.prompt, "new": a.new, "prefill": a.prefill, "base": a.base,
+           "median_tok_s": med,
            "rounds_tok_s": rounds, "same_tokens": len({tuple(t) for t in tokens.values()}) == 1,
            "loadavg_start": load0, "loadavg_end": os.getloadavg()}
     for k, v in med.items():

@@ -438,6 +438,22 @@ def test_prepared_linear_extreme_sums(nb):
                   f"extreme sums {fmt.value}")
 
 
+@pytest.mark.parametrize("k,g", [(1536, 128), (300, 64), (131, 24), (7, 8), (200, 200), (1000, 72)])
+def test_blocked_group_sums_are_exact(k, g):
+    """The activation group sums (``blocked._group_sums``: 64-byte vector sums, then 8-byte, then single
+    bytes) equal NumPy's int64 sums on every group, ragged last group included, at both extremes
+    (all -128 / all 127) and on random codes."""
+    from fptq.backends.numba_kernels import blocked
+    ng = -(-k // g)
+    rng = np.random.default_rng(k + g)
+    for row in (np.full(k + 64, -128, np.int8), np.full(k + 64, 127, np.int8),
+                rng.integers(-128, 128, k + 64).astype(np.int8)):
+        got = np.zeros(ng, np.int32)
+        blocked._group_sums(row, k, g, got)
+        want = np.array([row[j * g:min((j + 1) * g, k)].astype(np.int64).sum() for j in range(ng)])
+        assert np.array_equal(got.astype(np.int64), want), (k, g)
+
+
 @pytest.mark.parametrize("m", [1, 9], ids=["decode", "tiles-8-1"])
 def test_blocked_zero_points_are_one_byte_per_lane(nb, m):
     """The blocked layout stores its zero points as uint8 [nblk, ng, 16] (16 bytes per block-group, not

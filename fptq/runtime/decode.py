@@ -15,6 +15,12 @@ the rate two do (measured 27.6 vs 53.6 GB/s on the 2-core machine), and the bloc
 parallel path (``linear_parallel``) wakes the thread pool once per linear and splits in panels sized
 for prefill. :func:`group` is used from :data:`SPLIT_MIN_MACS` multiply-adds per group (below it a
 thread wake-up costs about what the second thread saves).
+
+A prefill (M > ``blocked.TILE_M`` rows) runs its groups here too (:func:`prefill_parts`): the input
+quantized once per group, in parallel row chunks, instead of once per linear (q, k and v quantized the
+same 512 x 1536 input three times), and the group's blocks dealt in shares of about one panel
+(``blocked.panel_size``), so k and v (16 blocks each on the 1.5B model) no longer run as products of
+their own too small for two threads (35-48% of the int8 roof in session 19).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 from ..backends.numba_kernels import blocked
 from .ops import F32, OPTS, njit
 
-__all__ = ["SPLIT_MIN_MACS", "NEVER", "group"]
+__all__ = ["SPLIT_MIN_MACS", "NEVER", "group", "prefill_parts"]
 
 #: multiply-adds (M * N * K, summed over a group's linears) from which a decoded token's group runs on
 #: two threads: every group of Qwen2.5-1.5B (the smallest, o, 2.4M) and none of SmolLM2-135M (its
@@ -38,7 +44,17 @@ NEVER = 1 << 62
 @njit
 def _quantized(x, lin, l):
     wb, zc, wsb, bb, act, dyn, hasb, g, steps_last, n, panel = lin
+    if x.shape[0] > blocked.TILE_M:
+        return blocked.quantize_input_parallel(x, act[l], dyn[l], wb[l], zc[l], g)
     return blocked.quantize_input(x, act[l], dyn[l], wb[l], zc[l], g)
+
+
+@njit
+def prefill_parts(la, lb, lc, count):
+    """The shares a prefill's group is dealt in: about one panel (the first linear's, ``la[10]``) of
+    blocks each, counted over the group's linears."""
+    total = la[0].shape[1] + (lb[0].shape[1] if count > 1 else 0) + (lc[0].shape[1] if count > 2 else 0)
+    return max(1, (total + la[10] - 1) // la[10])
 
 
 @njit

@@ -172,13 +172,16 @@ def add_rows(x, y, post, w, eps, rot_kind, rot, threads):
 @njit
 def linear_group(x, la, lb, lc, count, l, threads, par_min, split_min):
     """The first ``count`` (1 to 3) of the linears la, lb, lc of layer ``l``, all on the input x [M, K]
-    -> (ya, yb, yc, bad) (unused outputs are ``ya``): at decode (M <= ``blocked.TILE_M``) from
-    ``split_min`` multiply-adds in one region on every thread (:func:`fptq.runtime.decode.group`), else one
-    :func:`linear` each. The same bits either way."""
+    -> (ya, yb, yc, bad) (unused outputs are ``ya``): in one region on every thread
+    (:func:`fptq.runtime.decode.group`) at decode (M <= ``blocked.TILE_M``) from ``split_min``
+    multiply-adds, in a prefill from ``par_min`` (in shares of about a panel,
+    :func:`fptq.runtime.decode.prefill_parts`); else one :func:`linear` each. The same bits either way."""
     m, k = x.shape
     macs = m * k * (la[9] + (lb[9] if count > 1 else 0) + (lc[9] if count > 2 else 0))
     if threads > 1 and m <= blocked.TILE_M and macs >= split_min:
         return decode.group(x, la, lb, lc, count, l, threads)
+    if threads > 1 and m > blocked.TILE_M and macs >= par_min:
+        return decode.group(x, la, lb, lc, count, l, decode.prefill_parts(la, lb, lc, count))
     ya, bad = linear(x, la, l, threads, par_min)
     yb, yc = ya, ya
     if count > 1:
