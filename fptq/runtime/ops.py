@@ -24,6 +24,7 @@ import numpy as np
 import numba
 
 from ..backends.numba_kernels import _jit  # noqa: F401  (its cache guard covers fptq/runtime too)
+from .block_product import block_product
 
 OPTS = dict(cache=True, nogil=True, error_model="numpy")
 #: float reductions: reassociation lets LLVM vectorize (the float order differs from torch's anyway)
@@ -140,42 +141,20 @@ def _product_across_groups(y, rs, p2, tmp):
 
 @njit
 def _product_across_outputs(y, rs, p2, tmp):
-    """:func:`rotate`'s block product two groups at a time (:func:`_product_pair`; an odd last group
-    paired with itself), the loop across the groups' padded outputs (``rs`` [m, cp], cp a multiple of
-    :data:`PAD_LANES`), no transposes: on the 1.5B's 8960 = 128 x 70 about 2.8x less one-thread time
-    than :func:`_product_across_groups` (under load, CPU time)."""
-    for a in range(0, p2, 2):
-        _product_pair(y, rs, a, min(a + 1, p2 - 1), tmp)
-
-
-@njit
-def _product_pair(y, rs, a1, a2, tmp):
-    """Groups a1 and a2 (equal: one group) of :func:`_product_across_outputs`: four values of b per
-    pass over the outputs, each output still summed b ascending from +0.0 (the same float operations)."""
+    """:func:`rotate`'s block product with the groups' padded outputs in registers
+    (:func:`fptq.runtime.block_product.block_product`: eight groups x 16 outputs per tile, ``rs`` [m, cp]
+    with cp a multiple of :data:`PAD_LANES`) into ``tmp`` [p2, cp], then the m real outputs of each group
+    back into y. Each output summed b ascending from +0.0, one multiply and one add per term: the same bits
+    as the plain loop; on the 1.5B's 8960 = 128 x 70 about 2.5x less one-thread time than the Numba loop
+    it replaced (docs/benchmarks.md)."""
     m, cp = rs.shape
-    o, q = tmp[:cp], tmp[cp:2 * cp]
-    ya, yb = y[a1 * m:(a1 + 1) * m], y[a2 * m:(a2 + 1) * m]
-    for c in range(cp):
-        o[c] = F32(0.0)
-        q[c] = F32(0.0)
-    b = 0
-    while b + 4 <= m:
-        v0, v1, v2, v3 = ya[b], ya[b + 1], ya[b + 2], ya[b + 3]
-        w0, w1, w2, w3 = yb[b], yb[b + 1], yb[b + 2], yb[b + 3]
-        r0, r1, r2, r3 = rs[b], rs[b + 1], rs[b + 2], rs[b + 3]
-        for c in range(cp):
-            x0, x1, x2, x3 = r0[c], r1[c], r2[c], r3[c]
-            o[c] = (((o[c] + v0 * x0) + v1 * x1) + v2 * x2) + v3 * x3
-            q[c] = (((q[c] + w0 * x0) + w1 * x1) + w2 * x2) + w3 * x3
-        b += 4
-    for bb in range(b, m):
-        v, w, r = ya[bb], yb[bb], rs[bb]
-        for c in range(cp):
-            o[c] = o[c] + v * r[c]
-            q[c] = q[c] + w * r[c]
-    for c in range(m):
-        ya[c] = o[c]
-        yb[c] = q[c]
+    out = tmp[:p2 * cp]
+    block_product(np.int64(y.ctypes.data), np.int64(rs.ctypes.data), np.int64(m), np.int64(cp), np.int64(p2),
+                  np.int64(out.ctypes.data))
+    for a in range(p2):
+        ya, oa = y[a * m:(a + 1) * m], out[a * cp:a * cp + m]
+        for c in range(m):
+            ya[c] = oa[c]
 
 
 @njit
