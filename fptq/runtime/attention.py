@@ -24,59 +24,35 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .block_product import block_product
 from .ops import F32, OPTS, exp_into, njit, window_start
 
 #: query rows per work item (times the query heads sharing a KV head)
 ROWS = 8
-#: keys per score chunk (the chunk's scores of an item's rows stay in L1)
-KEYS = 256
 LANES = 16
 
 @njit
-def _scores(q, kt, g, grp, hd, pos0, m0, m1, lo, hi, window, s):
+def _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv):
     """``s[i, t - lo]`` = the dot products of item row i (row ``m0 + i // grp``, head ``g grp + i % grp``)
-    with keys ``lo .. hi-1`` within the row's causal range, chunk by chunk of :data:`KEYS` keys; three
-    heads per pass over the keys, then one by one. (Inner loops index views from 0: Numba then drops
-    its negative-index fix-up and LLVM vectorizes.)"""
-    for c0 in range(lo, hi, KEYS):
-        for m in range(m0, m1):
-            p = pos0 + m
-            a, b = max(c0, window_start(p, window)), min(c0 + KEYS, hi, p + 1)
-            if b <= a:
-                continue
-            i0, h0 = (m - m0) * grp, g * grp
-            for i in range(i0, i0 + grp):
-                s[i, a - lo:b - lo] = F32(0.0)
-            for j in range(0, grp - grp % 3, 3):
-                h = (h0 + j) * hd
-                _dots3(q[m, h:h + hd], q[m, h + hd:h + 2 * hd], q[m, h + 2 * hd:h + 3 * hd], kt, g, a,
-                       s[i0 + j, a - lo:b - lo], s[i0 + j + 1, a - lo:b - lo], s[i0 + j + 2, a - lo:b - lo])
-            for j in range(grp - grp % 3, grp):
-                _dots(q[m, (h0 + j) * hd:], kt, g, a, s[i0 + j, a - lo:b - lo], hd)
-
-
-@njit
-def _dots3(qa, qb, qc, kt, g, a, sa, sb, sc):
-    """:func:`_dots` of three query heads against the same keys, four d at a time (each score the
-    same operations in the same order)."""
-    n, hd = sa.size, qa.size
-    full = hd - hd % 4
-    for d in range(0, full, 4):
-        k0, k1, k2, k3 = kt[g, d, a:a + n], kt[g, d + 1, a:a + n], kt[g, d + 2, a:a + n], kt[g, d + 3, a:a + n]
-        a0, a1, a2, a3 = qa[d], qa[d + 1], qa[d + 2], qa[d + 3]
-        b0, b1, b2, b3 = qb[d], qb[d + 1], qb[d + 2], qb[d + 3]
-        c0, c1, c2, c3 = qc[d], qc[d + 1], qc[d + 2], qc[d + 3]
-        for u in range(n):
-            x0, x1, x2, x3 = k0[u], k1[u], k2[u], k3[u]
-            sa[u] = (((sa[u] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
-            sb[u] = (((sb[u] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
-            sc[u] = (((sc[u] + c0 * x0) + c1 * x1) + c2 * x2) + c3 * x3
-    for d in range(full, hd):
-        kd = kt[g, d, a:a + n]
-        for u in range(n):
-            sa[u] = sa[u] + qa[d] * kd[u]
-            sb[u] = sb[u] + qb[d] * kd[u]
-            sc[u] = sc[u] + qc[d] * kd[u]
+    with keys ``lo .. hi-1``: every row against every key of the item's range (a row's keys past its
+    position or before its window are computed and not used; at most ROWS - 1 per row), 16 keys at a
+    time by :func:`fptq.runtime.block_product.block_product` on the rows' query vectors gathered into
+    ``qv`` [rows, hd], the last ``(hi - lo) % 16`` keys by :func:`_dots`; each score summed d ascending
+    from +0.0 either way."""
+    for m in range(m0, m1):
+        for j in range(grp):
+            h = (g * grp + j) * hd
+            qv[(m - m0) * grp + j, :] = q[m, h:h + hd]
+    nv, cap = (m1 - m0) * grp, kt.shape[2]
+    full = (hi - lo) - (hi - lo) % LANES
+    if full > 0:
+        block_product(np.int64(qv.ctypes.data), np.int64(hd), np.int64(kt.ctypes.data) + (g * hd * cap + lo) * 4,
+                      np.int64(cap), np.int64(hd), np.int64(full), np.int64(nv), np.int64(s.ctypes.data),
+                      np.int64(s.shape[1]))
+    if full < hi - lo:
+        for i in range(nv):
+            s[i, full:hi - lo] = F32(0.0)
+            _dots(qv[i], kt, g, lo + full, s[i, full:hi - lo], hd)
 
 
 @njit
@@ -199,17 +175,22 @@ def _weighted_sum3(wa, wb, wc, vc, g, t0, oa, ob, oc):
 
 
 @njit
-def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes):
+def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes, qv):
     """Query rows m0..m1-1 with the ``grp`` query heads of KV head ``g`` -> their ``out`` columns."""
-    lo = window_start(pos0 + m0, window)
-    _scores(q, kt, g, grp, hd, pos0, m0, m1, lo, pos0 + m1, window, s)
+    lo, hi = window_start(pos0 + m0, window), pos0 + m1
+    _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv)
     for m in range(m0, m1):
         p = pos0 + m
         t0 = window_start(p, window)
-        i0 = (m - m0) * grp
-        for i in range(i0, i0 + grp):
+        for i in range((m - m0) * grp, (m - m0 + 1) * grp):
             _softmax_row(s[i, t0 - lo:p + 1 - lo], p + 1 - t0, scaling, softcap, bits, lanes)
-        h0 = g * grp
+    if hd % LANES == 0:
+        _weighted_sums_block(vc, pos0, m0, m1, g, grp, hd, window, lo, hi, out, s, qv)
+        return
+    for m in range(m0, m1):
+        p = pos0 + m
+        t0 = window_start(p, window)
+        i0, h0 = (m - m0) * grp, g * grp
         for j in range(0, grp - grp % 3, 3):    # three heads per pass over the values, then one by one
             h = h0 + j
             _weighted_sum3(s[i0 + j, t0 - lo:p + 1 - lo], s[i0 + j + 1, t0 - lo:p + 1 - lo],
@@ -221,18 +202,48 @@ def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, o
 
 
 @njit
+def _weighted_sums_block(vc, pos0, m0, m1, g, grp, hd, window, lo, hi, out, s, ov):
+    """Every item row's weighted sum over the item's keys lo..hi-1 in one
+    :func:`fptq.runtime.block_product.block_product` (hd a multiple of 16), into ``ov`` [rows, hd], then
+    the rows' ``out`` columns. A row's weights outside its own keys ``t0 .. p`` are set to +0.0 first:
+    its sum starts at +0.0 and stays +0.0 through the leading terms (``0 * v`` is +-0.0 for a finite v,
+    and ``+0.0 + -0.0`` is +0.0), then takes :func:`_weighted_sum`'s terms in its order, and a trailing
+    ``+-0.0`` leaves it unchanged (a sum started at +0.0 is never -0.0): the bits of the row alone.
+    (A non-finite cached value inside the item's range would spread to its other rows; the forward then
+    stops on the NaN/Inf anyway.)"""
+    for m in range(m0, m1):
+        p = pos0 + m
+        t0 = window_start(p, window)
+        for i in range((m - m0) * grp, (m - m0 + 1) * grp):
+            s[i, :t0 - lo] = F32(0.0)
+            s[i, p + 1 - lo:hi - lo] = F32(0.0)
+    nv, cap = (m1 - m0) * grp, vc.shape[1]
+    block_product(np.int64(s.ctypes.data), np.int64(s.shape[1]), np.int64(vc.ctypes.data) + (g * cap + lo) * hd * 4,
+                  np.int64(hd), np.int64(hi - lo), np.int64(hd), np.int64(nv), np.int64(ov.ctypes.data), np.int64(hd))
+    for m in range(m0, m1):
+        for j in range(grp):
+            h = g * grp + j
+            out[m, h * hd:(h + 1) * hd] = ov[(m - m0) * grp + j]
+
+
+@njit
 def _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, first, step):
     """Work items first, first + step, ... (item j: KV head ``j % nkv``, row block ``j // nkv``)."""
     grp = nh // nkv
     m_rows = q.shape[0]
+    if kt.strides[2] != 4 or kt.strides[1] != 4 * kt.shape[2] or kt.strides[0] != 4 * kt.shape[1] * kt.shape[2]:
+        raise ValueError("attention: the transposed keys must be a C-contiguous float32 [nkv, hd, T] array")
+    if vc.strides[2] != 4 or vc.strides[1] != 4 * vc.shape[2] or vc.strides[0] != 4 * vc.shape[1] * vc.shape[2]:
+        raise ValueError("attention: the cached values must be a C-contiguous float32 [nkv, T, hd] array")
     n_items = nkv * ((m_rows + ROWS - 1) // ROWS)
     s = np.empty((ROWS * grp, pos0 + m_rows), F32)
     bits = np.empty(pos0 + m_rows, np.int32)
     lanes = np.empty(LANES, F32)
+    qv = np.empty((ROWS * grp, hd), F32)
     for j in range(first, n_items, step):
         g, m0 = j % nkv, (j // nkv) * ROWS
         attend_item(q, kt, vc, pos0, m0, min(m0 + ROWS, m_rows), g, grp, hd, scaling, window, softcap, out,
-                    s, bits, lanes)
+                    s, bits, lanes, qv)
 
 
 @njit

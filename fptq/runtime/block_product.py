@@ -1,6 +1,7 @@
-"""The online rotation's block product as LLVM IR (a Numba ``@intrinsic``): ``out = Y @ rs`` for
-Y float32 [p2, m] (the rotated row, group a = ``y[a*m : (a+1)*m]``) and rs float32 [m, cp] (cp a
-multiple of 16, columns past m zero: :func:`fptq.runtime.ops.padded_block`).
+"""A float32 block product as LLVM IR (a Numba ``@intrinsic``), ``out = Y @ R`` in the plain float order:
+the online rotation's (Y float32 [p2, m], the rotated row, group a = ``y[a*m : (a+1)*m]``; R = rs
+float32 [m, cp], cp a multiple of 16, columns past m zero: :func:`fptq.runtime.ops.padded_block`) and
+the attention's scores (Y the query vectors, R the transposed keys: :mod:`fptq.runtime.attention`).
 
 Every output is summed ``b`` ascending from +0.0, one multiply ``y[a, b] * rs[b, c]`` and one add per
 term, each rounded (plain ``fmul`` / ``fadd``, no fast-math flags: no FMA, no reassociation) -- the
@@ -61,7 +62,7 @@ class _Loop:
         return phis
 
 
-def _emit(b, yp, rsp, m, cp, p2, outp):
+def _emit(b, yp, ystride, rsp, rstride, m, ncols, p2, outp, ostride):
     f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
     vf = ir.VectorType(f32, LANES)
     c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
@@ -77,16 +78,16 @@ def _emit(b, yp, rsp, m, cp, p2, outp):
     def tile(groups, a0, cc):
         """Groups a0..a0+groups-1, outputs cc..cc+15: sums over b, stored to out."""
         def step(bi, sums):
-            r = load(b.add(rsp, b.mul(b.add(b.mul(bi, cp), cc), c64(4))), vf)
+            r = load(b.add(rsp, b.mul(b.add(b.mul(bi, rstride), cc), c64(4))), vf)
             out = []
             for g, s in enumerate(sums):
-                yv = load(b.add(yp, b.mul(b.add(b.mul(b.add(a0, c64(g)), m), bi), c64(4))), f32)
+                yv = load(b.add(yp, b.mul(b.add(b.mul(b.add(a0, c64(g)), ystride), bi), c64(4))), f32)
                 out.append(b.fadd(s, b.fmul(splat(yv), r)))
             return out
 
         sums = _Loop(b, f"bp.b{groups}").run(c64(0), m, c64(1), [zero] * groups, step)
         for g, s in enumerate(sums):
-            b.store(s, b.inttoptr(b.add(outp, b.mul(b.add(b.mul(b.add(a0, c64(g)), cp), cc), c64(4))), vf.as_pointer()),
+            b.store(s, b.inttoptr(b.add(outp, b.mul(b.add(b.mul(b.add(a0, c64(g)), ostride), cc), c64(4))), vf.as_pointer()),
                     align=4)
 
     def per_slice(cc, _):
@@ -104,15 +105,17 @@ def _emit(b, yp, rsp, m, cp, p2, outp):
         _Loop(b, "bp.a1").run(rest0, p2, c64(1), [], singles)
         return []
 
-    _Loop(b, "bp.c").run(c64(0), cp, c64(LANES), [], per_slice)
+    _Loop(b, "bp.c").run(c64(0), ncols, c64(LANES), [], per_slice)
 
 
 @intrinsic
-def block_product(typingctx, yp, rsp, m, cp, p2, outp):
-    """``block_product(y_addr, rs_addr, m, cp, p2, out_addr)``: float32 out [p2, cp] (row stride cp) =
-    Y [p2, m] @ rs [m, cp] as the module docstring says; cp a multiple of :data:`LANES`. All arguments
-    int64 (addresses and sizes)."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+def block_product(typingctx, yp, ystride, rsp, rstride, m, ncols, p2, outp, ostride):
+    """``block_product(y, ystride, r, rstride, m, ncols, p2, out, ostride)``: float32
+    ``out[a, c] = sum_{b < m} y[a, b] * r[b, c]`` for a < p2, c < ncols (a multiple of :data:`LANES`), each
+    summed b ascending from +0.0 as the module docstring says. Addresses of row 0 and row strides in
+    float32 elements; all arguments int64. The rotation: y [p2, m], r = rs [m, cp], out [p2, cp]; the
+    attention's scores: y = the query vectors [n, hd], r = the transposed keys [hd, T], out = the scores."""
+    sig = types.void(*([types.int64] * 9))
 
     def codegen(context, builder, signature, args):
         _emit(builder, *args)

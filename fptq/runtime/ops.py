@@ -184,8 +184,8 @@ def _product_across_outputs(y, rs, p2, tmp):
     it replaced (docs/benchmarks.md)."""
     m, cp = rs.shape
     out = tmp[:p2 * cp]
-    block_product(np.int64(y.ctypes.data), np.int64(rs.ctypes.data), np.int64(m), np.int64(cp), np.int64(p2),
-                  np.int64(out.ctypes.data))
+    block_product(np.int64(y.ctypes.data), np.int64(m), np.int64(rs.ctypes.data), np.int64(cp), np.int64(m),
+                  np.int64(cp), np.int64(p2), np.int64(out.ctypes.data), np.int64(cp))
     for a in range(p2):
         ya, oa = y[a * m:(a + 1) * m], out[a * cp:a * cp + m]
         for c in range(m):
