@@ -24,12 +24,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .block_product import block_product
+from .block_product import GROUPS, block_product
 from .ops import F32, OPTS, exp_into, njit, window_start
 
 #: query rows per work item (times the query heads sharing a KV head)
 ROWS = 8
 LANES = 16
+#: keys per score chunk of :func:`_scores_rows` (the chunk's scores of an item's rows stay in L1)
+KEYS = 256
 
 @njit
 def _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv):
@@ -53,6 +55,53 @@ def _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv):
         for i in range(nv):
             s[i, full:hi - lo] = F32(0.0)
             _dots(qv[i], kt, g, lo + full, s[i, full:hi - lo], hd)
+
+
+@njit
+def _scores_rows(q, kt, g, grp, hd, pos0, m0, m1, lo, hi, window, s):
+    """:func:`_scores` for an item of fewer than ``block_product.GROUPS`` query vectors (a decoded token's
+    heads of one KV head: the tile would run one vector at a time, on one sum's latency): only each row's
+    own keys, chunk by chunk of :data:`KEYS` keys; three heads per pass over the keys, then one by one. (Inner loops index views from 0: Numba then drops
+    its negative-index fix-up and LLVM vectorizes.)"""
+    for c0 in range(lo, hi, KEYS):
+        for m in range(m0, m1):
+            p = pos0 + m
+            a, b = max(c0, window_start(p, window)), min(c0 + KEYS, hi, p + 1)
+            if b <= a:
+                continue
+            i0, h0 = (m - m0) * grp, g * grp
+            for i in range(i0, i0 + grp):
+                s[i, a - lo:b - lo] = F32(0.0)
+            for j in range(0, grp - grp % 3, 3):
+                h = (h0 + j) * hd
+                _dots3(q[m, h:h + hd], q[m, h + hd:h + 2 * hd], q[m, h + 2 * hd:h + 3 * hd], kt, g, a,
+                       s[i0 + j, a - lo:b - lo], s[i0 + j + 1, a - lo:b - lo], s[i0 + j + 2, a - lo:b - lo])
+            for j in range(grp - grp % 3, grp):
+                _dots(q[m, (h0 + j) * hd:], kt, g, a, s[i0 + j, a - lo:b - lo], hd)
+
+
+@njit
+def _dots3(qa, qb, qc, kt, g, a, sa, sb, sc):
+    """:func:`_dots` of three query heads against the same keys, four d at a time (each score the
+    same operations in the same order)."""
+    n, hd = sa.size, qa.size
+    full = hd - hd % 4
+    for d in range(0, full, 4):
+        k0, k1, k2, k3 = kt[g, d, a:a + n], kt[g, d + 1, a:a + n], kt[g, d + 2, a:a + n], kt[g, d + 3, a:a + n]
+        a0, a1, a2, a3 = qa[d], qa[d + 1], qa[d + 2], qa[d + 3]
+        b0, b1, b2, b3 = qb[d], qb[d + 1], qb[d + 2], qb[d + 3]
+        c0, c1, c2, c3 = qc[d], qc[d + 1], qc[d + 2], qc[d + 3]
+        for u in range(n):
+            x0, x1, x2, x3 = k0[u], k1[u], k2[u], k3[u]
+            sa[u] = (((sa[u] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
+            sb[u] = (((sb[u] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
+            sc[u] = (((sc[u] + c0 * x0) + c1 * x1) + c2 * x2) + c3 * x3
+    for d in range(full, hd):
+        kd = kt[g, d, a:a + n]
+        for u in range(n):
+            sa[u] = sa[u] + qa[d] * kd[u]
+            sb[u] = sb[u] + qb[d] * kd[u]
+            sc[u] = sc[u] + qc[d] * kd[u]
 
 
 @njit
@@ -178,13 +227,17 @@ def _weighted_sum3(wa, wb, wc, vc, g, t0, oa, ob, oc):
 def attend_item(q, kt, vc, pos0, m0, m1, g, grp, hd, scaling, window, softcap, out, s, bits, lanes, qv):
     """Query rows m0..m1-1 with the ``grp`` query heads of KV head ``g`` -> their ``out`` columns."""
     lo, hi = window_start(pos0 + m0, window), pos0 + m1
-    _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv)
+    tiled = (m1 - m0) * grp >= GROUPS          # enough query vectors for block_product's register tile
+    if tiled:
+        _scores(q, kt, g, grp, hd, m0, m1, lo, hi, s, qv)
+    else:
+        _scores_rows(q, kt, g, grp, hd, pos0, m0, m1, lo, hi, window, s)
     for m in range(m0, m1):
         p = pos0 + m
         t0 = window_start(p, window)
         for i in range((m - m0) * grp, (m - m0 + 1) * grp):
             _softmax_row(s[i, t0 - lo:p + 1 - lo], p + 1 - t0, scaling, softcap, bits, lanes)
-    if hd % LANES == 0:
+    if tiled and hd % LANES == 0:
         _weighted_sums_block(vc, pos0, m0, m1, g, grp, hd, window, lo, hi, out, s, qv)
         return
     for m in range(m0, m1):
