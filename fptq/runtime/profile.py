@@ -8,8 +8,9 @@ norms, online rotations, RoPE, activations, residual adds, one Python-to-Numba c
 mode of the linears (split where the tuner chooses: :func:`token_breakdown`).
 
 :func:`prefill_breakdown` does the same for a prompt of ``tokens`` tokens: the whole prefill, then
-layer 0's parts on the prefill's shapes (norms with their rotations, the seven linears, q/k norms and
-RoPE, attention over the prompt, the MLP activation with ``Q_f``), each times the layer count;
+layer 0's parts on the prefill's shapes (norms with their rotations, the seven linears in their four
+groups as the forward runs them, :func:`fptq.runtime.forward.linear_group`, q/k norms and RoPE,
+attention over the prompt, the MLP activation with ``Q_f``), each times the layer count;
 ``other`` is the rest (embedding, residual adds, the final norm and the last row's lm_head). Each
 part timed alone also pays one Python-to-Numba call (tens of microseconds), so for a short prompt
 the parts can add up to more than the whole and ``other`` comes out negative; at 512 tokens that is
@@ -153,12 +154,15 @@ def prefill_breakdown(rt, tokens: int = 512, reps: int = 5, seed: int = 0, clock
     lq, lk, lv, lo, lg, lu, ld = w.lins
     parts = {"norms_ms": 2 * _median_ms(lambda: fw.norm_rows(x, w.normw[0, 0], w.eps, w.rotk[0, 0], w.rot_q, h,
                                                                threads), reps, clock)}
-    (q, _), (k, _), (v, _) = (fw.linear(h, lin, 0, threads, par_min) for lin in (lq, lk, lv))
-    (gt, _), (up, _) = (fw.linear(h, lin, 0, threads, par_min) for lin in (lg, lu))
+    split_min = int(w.dims[8])
+    q, k, v, _ = fw.linear_group(h, lq, lk, lv, 3, 0, threads, par_min, split_min)
+    gt, up, _, _ = fw.linear_group(h, lg, lu, lu, 2, 0, threads, par_min, split_min)
     f = fw.mlp_rows(gt, up, act, w.rotk[0, 4], w.rot_f, threads)
     a = np.ascontiguousarray(q)
-    parts["linears_ms"] = sum(_median_ms(lambda: fw.linear(xin, lin, 0, threads, par_min), reps, clock)
-                              for lin, xin in ((lq, h), (lk, h), (lv, h), (lo, a), (lg, h), (lu, h), (ld, f)))
+    parts["linears_ms"] = sum(_median_ms(lambda: fw.linear_group(xin, la, lb, lc, count, 0, threads, par_min,
+                                                                 split_min), reps, clock)
+                              for la, lb, lc, count, xin in ((lq, lk, lv, 3, h), (lo, lo, lo, 1, a), (lg, lu, lu, 2, h),
+                                                             (ld, ld, ld, 1, f)))
     parts["qk_rope_ms"] = _median_ms(lambda: fw.qk_rope(q.copy(), k.copy(), w.qkn[0], w.eps, has_qkn, w.ropek[0],
                                                         rt.cos, rt.sin, 0, nh, nkv, hd), reps, clock)
     parts["attention_ms"] = _median_ms(lambda: fw.attention(q, k, v, rt.kc[0], rt.vc[0], 0, nh, nkv, hd, w.scaling[0],
