@@ -140,8 +140,6 @@ def release_freed_memory() -> None:
     trim()
 
 
-
-
 def _layer_output(out):
     return out[0] if isinstance(out, tuple) else out
 

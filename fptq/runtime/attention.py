@@ -280,13 +280,19 @@ def _weighted_sums_block(vc, pos0, m0, m1, g, grp, hd, window, lo, hi, out, s, o
 
 
 @njit
+def _dense(a) -> bool:
+    """Whether the float32 3-D array ``a`` is C-contiguous (the block product walks it by address)."""
+    return a.strides[2] == 4 and a.strides[1] == 4 * a.shape[2] and a.strides[0] == 4 * a.shape[1] * a.shape[2]
+
+
+@njit
 def _items(q, kt, vc, pos0, nh, nkv, hd, scaling, window, softcap, out, first, step):
     """Work items first, first + step, ... (item j: KV head ``j % nkv``, row block ``j // nkv``)."""
     grp = nh // nkv
     m_rows = q.shape[0]
-    if kt.strides[2] != 4 or kt.strides[1] != 4 * kt.shape[2] or kt.strides[0] != 4 * kt.shape[1] * kt.shape[2]:
+    if not _dense(kt):
         raise ValueError("attention: the transposed keys must be a C-contiguous float32 [nkv, hd, T] array")
-    if vc.strides[2] != 4 or vc.strides[1] != 4 * vc.shape[2] or vc.strides[0] != 4 * vc.shape[1] * vc.shape[2]:
+    if not _dense(vc):
         raise ValueError("attention: the cached values must be a C-contiguous float32 [nkv, T, hd] array")
     n_items = nkv * ((m_rows + ROWS - 1) // ROWS)
     s = np.empty((ROWS * grp, pos0 + m_rows), F32)

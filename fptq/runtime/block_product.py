@@ -21,45 +21,14 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
+from ..backends.numba_kernels.ir_loop import counted_loop
+
 __all__ = ["GROUPS", "LANES", "block_product"]
 
 #: groups per register tile (each its own 16-lane sum)
 GROUPS = 8
 #: float32 lanes per output slice (one 512-bit vector)
 LANES = 16
-
-
-class _Loop:
-    """``for i in range(start, stop, step)`` emitted around a body; the body gets the phi values."""
-
-    def __init__(self, b, name: str):
-        self.b, self.name = b, name
-
-    def run(self, start, stop, step, carried, body):
-        """Emit the loop; ``carried``: initial values of loop-carried values; ``body(i, values)`` returns
-        their next values. Returns the values after the loop (the initial ones if it ran no trip)."""
-        b = self.b
-        fn, pre = b.function, b.basic_block
-        head, loop, done = (fn.append_basic_block(f"{self.name}.{p}") for p in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(start.type)
-        i.add_incoming(start, pre)
-        phis = []
-        for v in carried:
-            p = b.phi(v.type)
-            p.add_incoming(v, pre)
-            phis.append(p)
-        b.cbranch(b.icmp_signed("<=", b.add(i, step), stop), loop, done)
-        b.position_at_end(loop)
-        nxt = body(i, phis)
-        end = b.basic_block
-        i.add_incoming(b.add(i, step), end)
-        for p, v in zip(phis, nxt):
-            p.add_incoming(v, end)
-        b.branch(head)
-        b.position_at_end(done)
-        return phis
 
 
 def _emit(b, yp, ystride, rsp, rstride, m, ncols, p2, outp, ostride):
@@ -85,7 +54,7 @@ def _emit(b, yp, ystride, rsp, rstride, m, ncols, p2, outp, ostride):
                 out.append(b.fadd(s, b.fmul(splat(yv), r)))
             return out
 
-        sums = _Loop(b, f"bp.b{groups}").run(c64(0), m, c64(1), [zero] * groups, step)
+        _, sums = counted_loop(b, f"bp.b{groups}", c64(0), m, c64(1), [zero] * groups, step)
         for g, s in enumerate(sums):
             b.store(s, b.inttoptr(b.add(outp, b.mul(b.add(b.mul(b.add(a0, c64(g)), ostride), cc), c64(4))), vf.as_pointer()),
                     align=4)
@@ -95,17 +64,16 @@ def _emit(b, yp, ystride, rsp, rstride, m, ncols, p2, outp, ostride):
             tile(GROUPS, a0, cc)
             return []
 
-        _Loop(b, "bp.a8").run(c64(0), p2, c64(GROUPS), [], tiles)
-        rest0 = b.mul(b.sdiv(p2, c64(GROUPS)), c64(GROUPS))
+        rest0, _ = counted_loop(b, "bp.a8", c64(0), p2, c64(GROUPS), [], tiles)   # the first group left over
 
         def singles(a0, __):
             tile(1, a0, cc)
             return []
 
-        _Loop(b, "bp.a1").run(rest0, p2, c64(1), [], singles)
+        counted_loop(b, "bp.a1", rest0, p2, c64(1), [], singles)
         return []
 
-    _Loop(b, "bp.c").run(c64(0), ncols, c64(LANES), [], per_slice)
+    counted_loop(b, "bp.c", c64(0), ncols, c64(LANES), [], per_slice)
 
 
 @intrinsic

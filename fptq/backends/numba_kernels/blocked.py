@@ -57,6 +57,7 @@ from numba.core.extending import intrinsic
 from ...spec.formats import FLOAT, INT4_SIGN_OFFSET
 from . import activation
 from ._jit import njit, njit_inline, pnjit, prange
+from .ir_loop import counted_loop
 from .packing import HIGH_NIBBLE, NIBBLE, SHIFT, SIGN_FLIP
 from .tile import LANES, STEP_BYTES, STEP_K, USE_VNNI, tile1, tile4, tile8  # noqa: F401 - part of this API
 
@@ -197,32 +198,19 @@ def byte_sum(typingctx, addr, n):
 
 def _byte_sum_ir(b, addr, n):
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    fn = b.function
-    acc_in, i_in, prev = ir.Constant(i32, 0), ir.Constant(i64, 0), b.basic_block
+    i, acc = ir.Constant(i64, 0), ir.Constant(i32, 0)
     for width in (64, 8, 1):
-        head, body, after = (fn.append_basic_block(f"bytesum.{part}{width}") for part in ("head", "body", "after"))
-        b.branch(head)
-        b.position_at_end(head)
-        i, acc = b.phi(i64), b.phi(i32)
-        i.add_incoming(i_in, prev)
-        acc.add_incoming(acc_in, prev)
-        nxt = b.add(i, ir.Constant(i64, width))
-        b.cbranch(b.icmp_signed("<=", nxt, n), body, after)
-        b.position_at_end(body)
-        ty = ir.VectorType(i8, width) if width > 1 else i8
-        v = b.load(b.inttoptr(b.add(addr, i), ty.as_pointer()), align=1)
-        if width > 1:
+        def trip(j, sums, width=width):
+            ty = ir.VectorType(i8, width) if width > 1 else i8
+            v = b.load(b.inttoptr(b.add(addr, j), ty.as_pointer()), align=1)
+            if width == 1:
+                return [b.add(sums[0], b.sext(v, i32))]
             vi = ir.VectorType(i32, width)
             red = cgutils.get_or_insert_function(b.module, ir.FunctionType(i32, [vi]), f"llvm.vector.reduce.add.v{width}i32")
-            part = b.call(red, [b.sext(v, vi)])
-        else:
-            part = b.sext(v, i32)
-        i.add_incoming(nxt, body)
-        acc.add_incoming(b.add(acc, part), body)
-        b.branch(head)
-        b.position_at_end(after)
-        acc_in, i_in, prev = acc, i, after
-    return acc_in
+            return [b.add(sums[0], b.call(red, [b.sext(v, vi)]))]
+
+        i, (acc,) = counted_loop(b, f"bytesum{width}", i, n, ir.Constant(i64, width), [acc], trip)
+    return acc
 
 
 @njit
