@@ -360,6 +360,8 @@ def main(argv=None):
                 for t in texts:
                     res[t] = perplexity(model, tokens[t], seq_len=args.seq_len, max_windows=args.max_windows,
                                         progress=False, bos_token_id=bos)
+                    # each text as it is done: a long row stopped before its last text still leaves these
+                    print(f"   {t}: ppl {float(res[t]['ppl']):.4f} ({time.time() - t1:.0f} s)", flush=True)
             row["ppl"] = {t: float(r["ppl"]) for t, r in res.items()}
             row["nll"] = {t: float(r["nll"]) for t, r in res.items()}
             row["n_tokens"] = {t: int(r["n_tokens"]) for t, r in res.items()}
