@@ -103,6 +103,9 @@ def _add_calib(p):
                    "groups in turn: six forwards per layer instead of one)")
     p.add_argument("--gptq-act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian "
                    "diagonal (group scales fixed beforehand)")
+    p.add_argument("--gptq-rows", type=positive_int, default=_Q.gptq_rows,
+                   help="GPTQ: calibration rows (tokens, evenly strided) per linear input for the Hessian "
+                   f"(default {_Q.gptq_rows}; all of them: --samples x --seq-len)")
     p.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=_Q.gptq_clip,
                    help="GPTQ: choose each group's scale by a clipping search weighted by the Hessian diagonal "
                    f"(--no-gptq-clip-search: the group's full range; default {'on' if _Q.gptq_clip else 'off'})")
@@ -148,8 +151,8 @@ def _quant_config(a, **extra) -> QuantConfig:
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
-                       gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate, sequential=a.sequential,
-                       gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed, **extra)
+                       gptq_rows=a.gptq_rows, gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate,
+                       sequential=a.sequential, gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,6 +97,17 @@ def test_flag_defaults_are_the_quant_config_defaults():
     assert _quant_config(c) == QuantConfig()
 
 
+def test_gptq_rows_flag_sets_the_hessian_rows(capsys):
+    """``--gptq-rows`` reaches QuantConfig.gptq_rows (the Hessian's calibration rows per linear input); a count
+    below 1 is refused by the parser, naming the flag."""
+    from fptq.cli import _quant_config, build_parser
+
+    assert _quant_config(build_parser().parse_args(["quantize", "--out", "x", "--gptq-rows", "32768"])).gptq_rows == 32768
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--out", "x", "--gptq-rows", "0"])
+    assert e.value.code == 2 and "--gptq-rows" in capsys.readouterr().err
+
+
 def test_bad_arguments_exit_nonzero(capsys):
     with pytest.raises(SystemExit) as e:
         main(["quantize", "--out", "x", "--samples", "0"])
