@@ -1,18 +1,47 @@
-"""A probe, not a benchmark table: a float model (default: the 1.5B GGUF at /work/models; argv[3] another) with its
-embeddings / lm_head rounded to bfloat16, as fptq's checkpoint stores them, on the texts argv[1] (16 x 512, BOS),
-JSON to argv[2]: the head's share of a W4A8 row's loss (docs/results.md, session 22)."""
-import json, sys, time, torch
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from fptq.models.loading import load_float_model
-from fptq.eval.runner import run_eval
-torch.set_num_threads(2)
-model, tok, src = load_float_model(sys.argv[3] if len(sys.argv) > 3 else "/work/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", progress=False)
-print("tied:", model.config.tie_word_embeddings, model.lm_head.weight is model.model.embed_tokens.weight, flush=True)
-with torch.no_grad():
-    for p in {id(m.weight): m.weight for m in (model.model.embed_tokens, model.lm_head)}.values():
-        p.copy_(p.to(torch.bfloat16).to(torch.float32))
-t0 = time.time()
-res = run_eval(model, tok, ppl=sys.argv[1], max_windows=16, progress=False)
-res["model_kind"] = "float32, embeddings / lm_head rounded to bfloat16"
-json.dump(res, open(sys.argv[2], "w"), indent=1)
-print({k: v["ppl"] for k, v in res["perplexity"].items()}, f"{time.time()-t0:.0f}s", flush=True)
+"""A probe, not a benchmark table: a float model with its embeddings / lm_head rounded to bfloat16, as fptq's
+checkpoint stores them, on the eval texts (16 x 512, BOS before each): the head's share of a W4A8 row's loss
+(docs/results.md, "The 1.5B's rotation-based peer, session 21").
+
+    python benchmarks/probe_bf16_head.py --model GGUF_OR_DIR --texts ptb,wiki,science,fiction --out OUT.json
+
+Prints the perplexities and writes them as ``fptq eval --json`` does (:func:`fptq.eval.runner.run_eval`'s result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def round_tables_to_bf16(model) -> None:
+    """Round the input embeddings and the lm_head (one table when tied) to bfloat16 and back, in place."""
+    import torch
+
+    tables = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+    with torch.no_grad():
+        for w in tables.values():
+            w.copy_(w.to(torch.bfloat16).to(w.dtype))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="local model dir or .gguf (default: embedded SmolLM2-135M)")
+    ap.add_argument("--texts", default="ptb,wiki,science,fiction", help="comma-separated eval texts")
+    ap.add_argument("--windows", type=int, default=16, help="windows of 512 tokens per text (default 16)")
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    a = ap.parse_args(argv)
+
+    from fptq.eval.runner import run_eval, write_json
+    from fptq.models.loading import load_float_model
+
+    model, tok, _ = load_float_model(a.model, progress=False)
+    round_tables_to_bf16(model)
+    t0 = time.time()
+    res = run_eval(model, tok, ppl=a.texts, max_windows=a.windows, progress=False)
+    res["model_kind"] = "float32, embeddings / lm_head rounded to bfloat16"
+    write_json(a.out, res)
+    print({k: v["ppl"] for k, v in res["perplexity"].items()}, f"{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
