@@ -106,6 +106,10 @@ def _add_calib(p):
     p.add_argument("--gptq-rows", type=positive_int, default=_Q.gptq_rows,
                    help="GPTQ: calibration rows (tokens, evenly strided) per linear input for the Hessian "
                    f"(default {_Q.gptq_rows}; all of them: --samples x --seq-len)")
+    p.add_argument("--balanced-rows", action=argparse.BooleanOptionalAction, default=_Q.balanced_rows,
+                   help="the kept calibration rows (GPTQ's Hessian, the plan's errors) at positions that move by one "
+                   "per sample, each position (BOS too) at its share of the tokens (--no-balanced-rows: the same "
+                   f"strided positions of every sample; default {'on' if _Q.balanced_rows else 'off'})")
     p.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=_Q.gptq_clip,
                    help="GPTQ: choose each group's scale by a clipping search weighted by the Hessian diagonal "
                    f"(--no-gptq-clip-search: the group's full range; default {'on' if _Q.gptq_clip else 'off'})")
@@ -151,7 +155,7 @@ def _quant_config(a, **extra) -> QuantConfig:
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
-                       gptq_rows=a.gptq_rows, gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate,
+                       gptq_rows=a.gptq_rows, balanced_rows=a.balanced_rows, gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate,
                        sequential=a.sequential, gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed, **extra)
 
 

@@ -108,6 +108,19 @@ def test_gptq_rows_flag_sets_the_hessian_rows(capsys):
     assert e.value.code == 2 and "--gptq-rows" in capsys.readouterr().err
 
 
+def test_balanced_rows_flag_sets_the_row_positions():
+    """``--balanced-rows`` / ``--no-balanced-rows`` reach QuantConfig.balanced_rows (which calibration tokens are
+    kept); without either, the config's default."""
+    from fptq.cli import _quant_config, build_parser
+    from fptq.models.config import QuantConfig
+
+    def parsed(*flags):
+        return _quant_config(build_parser().parse_args(["quantize", "--out", "x", *flags])).balanced_rows
+
+    assert parsed("--balanced-rows") is True and parsed("--no-balanced-rows") is False
+    assert parsed() is QuantConfig().balanced_rows
+
+
 def test_bad_arguments_exit_nonzero(capsys):
     with pytest.raises(SystemExit) as e:
         main(["quantize", "--out", "x", "--samples", "0"])

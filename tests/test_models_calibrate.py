@@ -130,3 +130,47 @@ def test_the_plan_judges_on_held_out_rows_with_the_fit_maxima():
     assert np.array_equal(x, held.numpy()) and m.tolist() == [3.0, 4.0, 2.0]
     with pytest.raises(ValueError, match="needs calibration samples"):
         _judging_rows({}, names, m_all)
+
+
+def _whole_model_inputs(model, ids, batch_size):
+    """Every decoder linear's input over all samples: name -> float32 [n, L, K] (hooks on one forward per batch)."""
+    seen, handles = {}, []
+    n, length = ids.shape
+
+    def hook(mod, inp, out, name):
+        seen.setdefault(name, []).append(inp[0].detach().reshape(-1, length, inp[0].shape[-1]))
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+            handles.append(mod.register_forward_hook(functools.partial(hook, name=name)))
+    try:
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                model(ids[i:i + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat(v) for k, v in seen.items()}
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_kept_rows_are_the_strided_or_balanced_positions(family, balanced):
+    """keep_rows=32 of 8 x 16 tokens: stride 4. Unbalanced, positions 0, 4, 8, 12 of every sample (its first
+    token in each); ``balanced_rows``, positions (j mod 4) + 4 t of sample j, across batches of 3 (the offset
+    follows the sample's index in the set, not its place in the batch): each position kept in 2 of the 8
+    samples, as many rows. OPT's fc1/fc2 read a flattened [B * L, K] input: the same rows."""
+    model = tiny_model(family)
+    ids = _ids(n=8, seq=16)
+    kept = {}
+
+    def keep(i, prefix, layer, stats, samples):
+        kept.update({name: rows.clone() for name, rows in samples.items()})
+
+    calibrate(model, ids, batch_size=3, progress=False, on_layer=keep, keep_rows=32, balanced_rows=balanced)
+    inputs = _whole_model_inputs(model, ids, 3)
+    assert set(kept) == set(inputs)
+    for name, x in inputs.items():
+        want = torch.cat([x[j, ((j % 4) if balanced else 0)::4] for j in range(8)])
+        assert torch.equal(kept[name], want), name
+        assert kept[name].shape[0] == 32

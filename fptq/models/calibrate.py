@@ -39,7 +39,7 @@ import numpy as np
 from ..defaults import CALIB_BATCH_SIZE
 from ..reference import CalibrationStats, NonFiniteError
 from .arch import find_decoder_layers
-from .layer_pass import BatchPosition, CapturedInputs, LayerSamples, release_freed_memory, run_layer
+from .layer_pass import BatchPosition, CapturedInputs, LayerSamples, RowStride, release_freed_memory, run_layer
 from .trace import mark
 
 __all__ = ["NonFiniteError", "CapturedInputs", "LayerSamples", "capture_layer_inputs", "calibrate", "iter_batches"]
@@ -170,7 +170,7 @@ def _float_stream(cap: CapturedInputs, float_rows: bool, sequential: bool, keep_
     return CapturedInputs(list(cap.hidden), cap.args, cap.kwargs)
 
 
-def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, device=None):
+def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: RowStride, device=None):
     """The float layer on the float model's inputs ``cap.hidden`` (consumed; before ``on_layer`` quantizes it):
     ``(outputs, kept rows by module name)``, the rows of the same tokens as the quantized stream's."""
     rows = LayerSamples()
@@ -179,7 +179,7 @@ def _float_pass(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, de
     return outs, _concatenated(rows)
 
 
-def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: int, names) -> dict:
+def _rows_again(layer, cap: CapturedInputs, i: int, prefix: str, stride: RowStride, names) -> dict:
     """GPTAQ's quantized-stream rows of the linears ``names`` (full names) once more: the layer as it is now (its
     earlier groups already replaced by their W4A8 modules and its equalization folded) run on the quantized
     stream's inputs ``cap.hidden`` (kept: a sequential pass consumes them only after ``on_layer``), the same
@@ -212,7 +212,7 @@ def _resumed(cap: CapturedInputs, resume, stats: dict, float_cap: CapturedInputs
     return resume.start, resume.stats
 
 
-def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: int,
+def _observe_layer(layer, cap: CapturedInputs, i: int, prefix: str, keep_rows: int, stride: RowStride,
                    pos: BatchPosition | None, consume: bool, device=None, float_cap: CapturedInputs | None = None):
     """One layer's calibration pass: ``(outputs, channel maxima by module name, kept rows or None)``; with
     ``float_cap`` (:func:`_float_stream`) the float layer's pass on it too, its rows in ``kept.float_rows``."""
@@ -251,7 +251,8 @@ def _next_inputs(layer, cap: CapturedInputs, i: int, prefix: str, outs: list, fl
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
               on_layer=None, sequential: bool = False, keep_rows: int = 0,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None, before_layer=None,
-              device=None, resume=None, float_rows: bool = False, tune_layer=None) -> dict[str, np.ndarray]:
+              device=None, resume=None, float_rows: bool = False, tune_layer=None,
+              balanced_rows: bool = False) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -262,6 +263,9 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
             are collected (``layer_stats``: full module name -> float32 ndarray [K]; ``layer_samples``: a
             :class:`LayerSamples`, name -> float32 tensor [~keep_rows, K] of input rows, or None); may change the layer.
         keep_rows: also keep about this many input rows (tokens, evenly strided) of every linear for ``on_layer``.
+        balanced_rows: which tokens those are (:class:`fptq.models.layer_pass.RowStride`): False, every
+            ``stride``-th token of each batch (the same positions of every sample, BOS included in each);
+            True, the offset moves by one per sample, so every position, BOS too, is kept at its share of the tokens.
         holdout: hold the last ``holdout`` samples out (see the module docstring; needs
             ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
             (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
@@ -290,7 +294,7 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
     cap = capture_layer_inputs(model, input_ids, batch_size)
     float_cap = _float_stream(cap, float_rows, sequential, keep_rows)
     start, stats = _resumed(cap, resume, stats, float_cap)
-    stride = max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1
+    stride = RowStride(max(1, -(-int(input_ids.numel()) // keep_rows)) if keep_rows else 1, bool(balanced_rows))
     for i in tqdm(range(start, len(layers)), desc="calibrating layers", disable=not progress, unit="layer"):
         layer, prefix = layers[i], f"{path}.{i}"
         if before_layer is not None:

@@ -80,6 +80,11 @@ class QuantConfig:
         ``all_static`` (``fptq quantize --activations static``): static or LAE + static for every
         group whatever its range, by the same held-out error; never per-token dynamic (v1 unused).
     keep_rows: calibration rows kept per linear input for the error selections.
+    balanced_rows: which tokens the kept rows (``keep_rows``, ``gptq_rows``) are
+        (:class:`fptq.models.layer_pass.RowStride`): False (the default), every ``stride``-th token of each
+        calibration batch, the same positions of every sample, so each sample's first token (BOS) is among
+        them and weighs ``stride`` times its share in GPTQ's Hessian; True, the positions move by one per
+        sample, every position (BOS too) kept at its share of the tokens, the same number of rows.
     holdout: the fraction of calibration samples held out to judge the plan's candidates on
         (:meth:`holdout_samples`; 0 = judge on ``keep_rows`` rows of every sample, with scales
         from every sample).
@@ -115,6 +120,7 @@ class QuantConfig:
     gptq_act_order: bool = False
     gptq_damp: float = 0.01
     gptq_rows: int = 8192
+    balanced_rows: bool = False
     gptq_clip: bool = True
     gptaq_alpha: float = 1.0
     rotate: str = "online"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..heap import trim
 from ..reference import CalibrationStats
 
-__all__ = ["CapturedInputs", "LayerSamples", "BatchPosition", "run_layer", "release_freed_memory"]
+__all__ = ["CapturedInputs", "LayerSamples", "BatchPosition", "RowStride", "run_layer", "release_freed_memory"]
 
 @dataclass
 class CapturedInputs:
@@ -75,6 +75,36 @@ class BatchPosition:
     fit_stats: object = None
 
 
+@dataclass
+class RowStride:
+    """Which token rows of a batch's linear input are kept (about one in ``step``).
+
+    ``balanced`` False: every ``step``-th row of the batch's flattened ``[B * L, K]`` input, rows 0, step, ...;
+    when ``step`` divides the sample length ``L`` these are positions 0, step, 2 step, ... of every sample, so
+    the first token of every sample (BOS) is kept, ``step`` times its share of the tokens. ``balanced`` True:
+    the rows at positions ``(j mod step) + step * t`` (t = 0, 1, ...) of the batch's samples
+    ``j = first, first + 1, ...`` (their index in the calibration set): every position is kept equally often
+    over ``step`` consecutive samples, the BOS row of one sample in ``step`` (its share of the tokens), with
+    the same count per sample as unbalanced when ``step`` divides ``L``. :func:`run_layer` sets ``first`` and
+    ``batch`` before each batch's forward, so every pass over the batches keeps the same tokens."""
+
+    step: int = 1
+    balanced: bool = False
+    first: int = 0   # index in the calibration set of the batch's first sample (run_layer)
+    batch: int = 1   # samples in the batch (run_layer)
+
+    def take(self, x2):
+        """The kept rows of ``x2`` [batch * L, K] (a view or a new tensor on ``x2``'s device)."""
+        import torch
+
+        if not self.balanced or self.step == 1:
+            return x2[::self.step]
+        length = int(x2.shape[0]) // self.batch
+        idx = [torch.arange(b * length + (self.first + b) % self.step, (b + 1) * length, self.step)
+               for b in range(self.batch)]
+        return x2.index_select(0, torch.cat(idx).to(x2.device))
+
+
 def _observed(x, reduce):
     """What a hook hands :meth:`CalibrationStats.observe` for input ``x``: the host float32 array, or with a device
     (``reduce``: :func:`fptq.models.device.channel_max`) its per-channel maxima reduced where ``x`` lives."""
@@ -90,14 +120,15 @@ def _host_rows(x):
     return x.to("cpu", torch.float32, copy=True)
 
 
-def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride=1, pos=None,
-               reduce=None):
+def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride: RowStride = None,
+               pos=None, reduce=None):
     x = inputs[0].detach()
     x2 = x.reshape(-1, x.shape[-1])
     if stats is not None:   # None: rows only (GPTAQ's float pass)
         stats.observe(name, _observed(x, reduce))
     if samples is not None:
-        samples.setdefault(name, []).append(_shared_rows(samples, inputs[0], "kept", lambda: _host_rows(x2[::stride])))
+        kept = _shared_rows(samples, inputs[0], "kept", lambda: _host_rows(stride.take(x2)))
+        samples.setdefault(name, []).append(kept)
     if pos is not None and pos.fit_stats is not None:
         if x.dim() == 2 and x.shape[0] % pos.batch == 0:
             x = x.reshape(pos.batch, -1, x.shape[-1])  # flattened batch-major (OPT's fc1/fc2: [B * L, K])
@@ -170,6 +201,7 @@ def run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sam
 
     if stop_early and (keep_outputs or hooks_on is None):
         raise ValueError("stop_early needs keep_outputs=False and hooks (the outputs are not computed)")
+    stride = stride if isinstance(stride, RowStride) else RowStride(int(stride))
     handles, hooked = [], []
     reduce = channel_max if device is not None else None
     try:
@@ -194,6 +226,7 @@ def run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sam
                     cap.hidden[b] = None
                 if pos is not None:
                     pos.first, pos.batch = first, int(h.shape[0])
+                stride.first, stride.batch = first, int(h.shape[0])
                 args, kwargs = cap.args[b][i], cap.kwargs[b][i]
                 if device is not None:
                     h, args, kwargs = to_device((h, args, kwargs), device)

@@ -290,7 +290,8 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
                       sequential=config.sequential_calibration, keep_rows=keep, before_layer=steps.before,
                       float_rows=config.float_stream, after_layer=steps.after,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
-                      holdout_rows=config.keep_rows, device=device, resume=resume, tune_layer=tuner)
+                      holdout_rows=config.keep_rows, device=device, resume=resume, tune_layer=tuner,
+                      balanced_rows=config.balanced_rows)
     tuned = _tune_scales(model, teacher, calib_ids, config, progress)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
