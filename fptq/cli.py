@@ -155,8 +155,9 @@ def _quant_config(a, **extra) -> QuantConfig:
     return QuantConfig(group_size=a.group_size, weight_format=a.weight_format, v0=a.v0, v1=a.v1,
                        policy_select=a.policy_select, n_samples=a.samples, seq_len=a.seq_len, calib=a.calib,
                        seed=a.seed, weight_quantizer=a.weight_quantizer, gptq_act_order=a.gptq_act_order,
-                       gptq_rows=a.gptq_rows, balanced_rows=a.balanced_rows, gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate,
-                       sequential=a.sequential, gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed, **extra)
+                       gptq_rows=a.gptq_rows, gptq_clip=a.gptq_clip_search, holdout=a.holdout, rotate=a.rotate,
+                       sequential=a.sequential, gptaq_alpha=a.gptaq_alpha, rotation_seed=a.rotation_seed,
+                       balanced_rows=a.balanced_rows, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

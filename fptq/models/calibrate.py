@@ -249,10 +249,9 @@ def _next_inputs(layer, cap: CapturedInputs, i: int, prefix: str, outs: list, fl
 
 
 def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bool = True,
-              on_layer=None, sequential: bool = False, keep_rows: int = 0,
+              on_layer=None, sequential: bool = False, keep_rows: int = 0, balanced_rows: bool = False,
               holdout: int = 0, holdout_rows: int | None = None, after_layer=None, before_layer=None,
-              device=None, resume=None, float_rows: bool = False, tune_layer=None,
-              balanced_rows: bool = False) -> dict[str, np.ndarray]:
+              device=None, resume=None, float_rows: bool = False, tune_layer=None) -> dict[str, np.ndarray]:
     """Per-channel input amax of every linear in the decoder layers, layer by layer.
 
     Args:
@@ -262,14 +261,11 @@ def calibrate(model, input_ids, batch_size: int = CALIB_BATCH_SIZE, progress: bo
         on_layer: optional ``f(index, prefix, layer, layer_stats, layer_samples)`` called after a layer's statistics
             are collected (``layer_stats``: full module name -> float32 ndarray [K]; ``layer_samples``: a
             :class:`LayerSamples`, name -> float32 tensor [~keep_rows, K] of input rows, or None); may change the layer.
-        keep_rows: also keep about this many input rows (tokens, evenly strided) of every linear for ``on_layer``.
-        balanced_rows: which tokens those are (:class:`fptq.models.layer_pass.RowStride`): False, every
-            ``stride``-th token of each batch (the same positions of every sample, BOS included in each);
-            True, the offset moves by one per sample, so every position, BOS too, is kept at its share of the tokens.
-        holdout: hold the last ``holdout`` samples out (see the module docstring; needs
-            ``keep_rows``; 0 = none): ``layer_samples.heldout`` keeps about ``holdout_rows``
-            (default ``keep_rows``) of their rows per linear, ``layer_samples.fit_max`` the
-            other samples' maxima.
+        keep_rows: also keep about this many input rows (tokens, evenly strided) of every linear for ``on_layer``;
+            which ones: ``balanced_rows`` (:class:`~fptq.models.layer_pass.RowStride`).
+        holdout: hold the last ``holdout`` samples out (see the module docstring; needs ``keep_rows``; 0 = none):
+            ``layer_samples.heldout`` keeps about ``holdout_rows`` (default ``keep_rows``) of their rows per linear,
+            ``layer_samples.fit_max`` the other samples' maxima.
         after_layer: optional ``f(index, prefix, layer, outputs, float_outputs)`` called once the layer's outputs
             for the next layer are computed (after the sequential forward; ``outputs``: their per-batch list, not to
             be changed; ``float_outputs``: the float stream's, or None); it may modify (or release) the layer again.

@@ -105,6 +105,14 @@ class RowStride:
         return x2.index_select(0, torch.cat(idx).to(x2.device))
 
 
+def _mark_batch(first: int, batch: int, *where) -> None:
+    """Tell each of ``where`` (a :class:`BatchPosition`, a :class:`RowStride` or None) where the batch about to run
+    lies: the index of its first sample in the calibration set and its number of samples."""
+    for w in where:
+        if w is not None:
+            w.first, w.batch = first, batch
+
+
 def _observed(x, reduce):
     """What a hook hands :meth:`CalibrationStats.observe` for input ``x``: the host float32 array, or with a device
     (``reduce``: :func:`fptq.models.device.channel_max`) its per-channel maxima reduced where ``x`` lives."""
@@ -224,9 +232,7 @@ def run_layer(layer, cap: CapturedInputs, i: int, hooks_on=None, stats=None, sam
                 h = cap.hidden[b]
                 if consume:
                     cap.hidden[b] = None
-                if pos is not None:
-                    pos.first, pos.batch = first, int(h.shape[0])
-                stride.first, stride.batch = first, int(h.shape[0])
+                _mark_batch(first, int(h.shape[0]), pos, stride)
                 args, kwargs = cap.args[b][i], cap.kwargs[b][i]
                 if device is not None:
                     h, args, kwargs = to_device((h, args, kwargs), device)

@@ -288,10 +288,9 @@ def quantize_model(model, calib_ids, config: QuantConfig | None = None, backend:
     keep = rows_to_keep(config)
     stats = calibrate(model, calib_ids, batch_size=batch_size, progress=progress, on_layer=on_layer,
                       sequential=config.sequential_calibration, keep_rows=keep, before_layer=steps.before,
-                      float_rows=config.float_stream, after_layer=steps.after,
+                      float_rows=config.float_stream, after_layer=steps.after, balanced_rows=config.balanced_rows,
                       holdout=config.holdout_samples(len(calib_ids)) if _by_error(config) and keep else 0,
-                      holdout_rows=config.keep_rows, device=device, resume=resume, tune_layer=tuner,
-                      balanced_rows=config.balanced_rows)
+                      holdout_rows=config.keep_rows, device=device, resume=resume, tune_layer=tuner)
     tuned = _tune_scales(model, teacher, calib_ids, config, progress)
     if layer_io is None:
         set_quantized_mode(model, mode, backend)
