@@ -10,7 +10,7 @@ BOS's key/value cache and BOS's logits taken from the float model rotated like t
 al. 2024: the first token's state does not depend on the text, so a float copy of it is exact), the other 511
 positions from the quantized model reading that cache. ``--no-bos-rows`` keeps the calibration rows balanced
 (``balanced_rows``) and never at position 0, so BOS is absent from GPTQ's Hessian and the plan's rows (a what-if:
-:class:`fptq.models.layer_pass.RowStride` patched for this process only).
+:meth:`fptq.models.layer_pass.RowStride.offset` patched for this process only).
 """
 
 from __future__ import annotations
@@ -23,18 +23,11 @@ import time
 
 
 def drop_first_position() -> None:
-    """Patch :meth:`RowStride.take` (this process only) so that balanced rows skip each sample's position 0."""
-    import torch
-
+    """Patch :meth:`RowStride.offset` (this process only) so that balanced rows skip each sample's position 0:
+    a sample whose offset would be 0 starts at ``step`` instead."""
     from fptq.models.layer_pass import RowStride
 
-    def take(self, x2):
-        length = int(x2.shape[0]) // self.batch
-        idx = [torch.arange(b * length + ((self.first + b) % self.step or self.step), (b + 1) * length, self.step)
-               for b in range(self.batch)]
-        return x2.index_select(0, torch.cat(idx).to(x2.device))
-
-    RowStride.take = take
+    RowStride.offset = lambda self, j: j % self.step or self.step
 
 
 def window_nll(qm, window, bos_cache, bos_logits) -> tuple:
@@ -84,11 +77,12 @@ def main(argv=None) -> None:
     seconds, bos, ppl = time.time() - t0, bos_token_id(tok), {}
     with torch.no_grad():
         first = float_rotated(torch.tensor([[bos]]), use_cache=True)
+        bos_cache, bos_logits = first.past_key_values, first.logits[0, 0].float()
         for text in a.texts.split(","):
             toks, sums, n = eval_tokens(tok, text), [0.0, 0.0], 0
             for i in range(a.windows):
                 w = torch.cat([torch.full((1, 1), bos), toks[:, i * 512:(i + 1) * 512]], dim=1)
-                sums = [s + v for s, v in zip(sums, window_nll(qm, w, first.past_key_values, first.logits[0, 0].float()))]
+                sums = [s + v for s, v in zip(sums, window_nll(qm, w, bos_cache, bos_logits))]
                 n += w.shape[1] - 1
             ppl[text] = {"plain": math.exp(sums[0] / n), "intact_bos": math.exp(sums[1] / n)}
             print(text, ppl[text], flush=True)

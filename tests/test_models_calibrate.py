@@ -1,7 +1,5 @@
 """Layer-by-layer calibration equals hooks on a whole-model forward; NaNs are named."""
 
-import functools
-
 import numpy as np
 import pytest
 
@@ -16,16 +14,10 @@ def _ids(n=4, seq=20, seed=1):
     return torch.randint(3, 259, (n, seq), generator=torch.Generator().manual_seed(seed))
 
 
-def _whole_model_amax(model, ids, batch_size):
-    stats, handles = {}, []
-
-    def hook(mod, inp, out, name):
-        m = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0)
-        stats[name] = m if name not in stats else torch.maximum(stats[name], m)
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-            handles.append(mod.register_forward_hook(functools.partial(hook, name=name)))
+def _hooked_forward(model, ids, batch_size, record):
+    """One forward per batch of ``ids`` with ``record(name, input)`` hooked on every decoder linear."""
+    handles = [mod.register_forward_hook(lambda mod, inp, out, name=name: record(name, inp[0].detach()))
+               for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and ".layers." in name]
     try:
         with torch.no_grad():
             for i in range(0, ids.shape[0], batch_size):
@@ -33,6 +25,16 @@ def _whole_model_amax(model, ids, batch_size):
     finally:
         for h in handles:
             h.remove()
+
+
+def _whole_model_amax(model, ids, batch_size):
+    stats = {}
+
+    def record(name, x):
+        m = x.abs().reshape(-1, x.shape[-1]).amax(0)
+        stats[name] = m if name not in stats else torch.maximum(stats[name], m)
+
+    _hooked_forward(model, ids, batch_size, record)
     return {k: v.numpy() for k, v in stats.items()}
 
 
@@ -134,22 +136,9 @@ def test_the_plan_judges_on_held_out_rows_with_the_fit_maxima():
 
 def _whole_model_inputs(model, ids, batch_size):
     """Every decoder linear's input over all samples: name -> float32 [n, L, K] (hooks on one forward per batch)."""
-    seen, handles = {}, []
-    n, length = ids.shape
-
-    def hook(mod, inp, out, name):
-        seen.setdefault(name, []).append(inp[0].detach().reshape(-1, length, inp[0].shape[-1]))
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
-            handles.append(mod.register_forward_hook(functools.partial(hook, name=name)))
-    try:
-        with torch.no_grad():
-            for i in range(0, n, batch_size):
-                model(ids[i:i + batch_size], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    seen, length = {}, ids.shape[1]
+    _hooked_forward(model, ids, batch_size,
+                    lambda name, x: seen.setdefault(name, []).append(x.reshape(-1, length, x.shape[-1])))
     return {k: torch.cat(v) for k, v in seen.items()}
 
 

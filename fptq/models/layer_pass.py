@@ -100,9 +100,13 @@ class RowStride:
         if not self.balanced or self.step == 1:
             return x2[::self.step]
         length = int(x2.shape[0]) // self.batch
-        idx = [torch.arange(b * length + (self.first + b) % self.step, (b + 1) * length, self.step)
+        idx = [torch.arange(b * length + self.offset(self.first + b), (b + 1) * length, self.step, device=x2.device)
                for b in range(self.batch)]
-        return x2.index_select(0, torch.cat(idx).to(x2.device))
+        return x2.index_select(0, torch.cat(idx))
+
+    def offset(self, j: int) -> int:
+        """The first kept position of sample ``j`` (its index in the calibration set) when ``balanced``."""
+        return j % self.step
 
 
 def _mark_batch(first: int, batch: int, *where) -> None:
@@ -128,7 +132,7 @@ def _host_rows(x):
     return x.to("cpu", torch.float32, copy=True)
 
 
-def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride: RowStride = None,
+def _amax_hook(module, inputs, output, *, name, stats: CalibrationStats, samples=None, stride: RowStride | None = None,
                pos=None, reduce=None):
     x = inputs[0].detach()
     x2 = x.reshape(-1, x.shape[-1])
